@@ -1,0 +1,1684 @@
+#!/usr/bin/env python3
+# /// script
+# requires-python = ">=3.9"
+# dependencies = []
+# ///
+"""codex-session-recovery: find out why local Codex conversations vanished, and bring them back.
+
+Codex (the CLI, Codex Desktop and the IDE extension) keeps every conversation as a rollout file
+(`CODEX_HOME/sessions/YYYY/MM/DD/rollout-*.jsonl`) and lists it through a SQLite index
+(`state_5.sqlite`). When the index and the files disagree with the current configuration, a
+conversation disappears from the lists although every byte of it is still on disk. This tool
+explains why, thread by thread, and repairs the metadata that hides it.
+
+Safety contract:
+  * Reads only, unless `--apply` is given. A dry run prints the plan and changes no byte.
+  * `--apply` backs up every file it will change first, under
+    CODEX_HOME/recovery-backups/<UTC timestamp>-<command>/, then writes.
+  * Refuses while Codex is using the home, unless `--force` (which never implies `--apply`).
+  * Never opens auth.json, API keys, tokens or cookies.
+
+Exit codes (every command):
+  0  clean, nothing to do, or the apply succeeded
+  1  findings, or changes pending in a dry run
+  2  usage error
+  3  refused by a safety check
+  4  apply failed (the output says whether the automatic restore worked)
+
+The file reads top to bottom: constants and errors; configuration (TOML) and discovery;
+readers for SQLite and rollouts; the inventory that joins them; pure checks that return
+findings; rendering; commands; the argument parser; main().
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import re
+import shutil
+import sqlite3
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+try:  # Python 3.11+
+    import tomllib as _tomllib  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - exercised on 3.9/3.10
+    _tomllib = None
+
+__version__ = "0.1.0"
+TOOL_NAME = "codex-session-recovery"
+
+EXIT_OK = 0
+EXIT_FINDINGS = 1
+EXIT_USAGE = 2
+EXIT_REFUSED = 3
+EXIT_APPLY_FAILED = 4
+
+# Sources that a default Codex listing shows (`thread/list` with no `sourceKinds`, the
+# `codex resume` picker, the Desktop sidebar). Everything else is hidden by design.
+INTERACTIVE_SOURCES = ("cli", "vscode", '{"custom":"atlas"}', '{"custom":"chatgpt"}')
+# Providers Codex knows without a `[model_providers.X]` table.
+BUILTIN_PROVIDERS = ("openai", "ollama", "lmstudio", "amazon-bedrock", "oss")
+DEFAULT_PROVIDER = "openai"
+# CODEX-COMPAT: Codex treats a timestamp below this as seconds, above it as milliseconds.
+MILLIS_THRESHOLD = 1_577_836_800_000
+# CODEX-COMPAT: the filesystem lister reads 10 head records plus 200 more looking for a
+# user message; a thread whose first user message sits later is missing from file listings.
+HEAD_SCAN_LINES = 210
+# A rollout line longer than this is not parsed (it is skipped, and reported), so one
+# pathological line cannot exhaust memory.
+MAX_LINE_BYTES = 32 * 1024 * 1024
+READ_CHUNK = 1024 * 1024
+
+ROLLOUT_NAME_RE = re.compile(
+    r"^rollout-(?P<stamp>\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2})-"
+    r"(?P<uuid>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"
+    r"(?P<suffix>\.jsonl(?:\.zst)?)$"
+)
+STATE_DB_RE = re.compile(r"^state(?:_(\d+))?\.sqlite$")
+# Files that hold credentials. The tool never opens them; tests hold it to that.
+SECRET_FILE_NAMES = ("auth.json", "auth.json.lock", "auth.lock", ".credentials.json")
+
+# Text a user never typed: Codex injects these as role=user messages around a turn.
+SYNTHETIC_USER_PREFIXES = (
+    "<environment_context",
+    "<user_instructions",
+    "# AGENTS.md instructions",
+    "<INSTRUCTIONS>",
+    "<turn_aborted",
+    "<user_shell_command",
+    "<subagent_notification",
+    "<permissions instructions",
+    "<collaboration_mode",
+    "<skills_instructions",
+    "<apps_instructions",
+    "<model_switch",
+)
+USER_REQUEST_MARKER = "## My request for Codex:"
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors: each expected failure carries its exit code; main() prints one line for it.
+# ---------------------------------------------------------------------------------------------
+
+
+class ToolError(Exception):
+    exit_code = EXIT_FINDINGS
+    label = "error"
+
+
+class UsageError(ToolError):
+    exit_code = EXIT_USAGE
+
+
+class RefusedError(ToolError):
+    """A safety check said no. The message names the reason and, where one exists, the override."""
+
+    exit_code = EXIT_REFUSED
+    label = "refused"
+
+
+class ApplyError(ToolError):
+    exit_code = EXIT_APPLY_FAILED
+    label = "apply failed"
+
+
+# ---------------------------------------------------------------------------------------------
+# TOML: the standard library's reader where present (3.11+), otherwise a small reader for the
+# subset config.toml uses. Either way a parse error becomes a finding, never a traceback.
+# ---------------------------------------------------------------------------------------------
+
+
+class TomlError(ValueError):
+    pass
+
+
+def parse_toml(text: str) -> Dict[str, Any]:
+    if _tomllib is not None:
+        try:
+            return _tomllib.loads(text)
+        except _tomllib.TOMLDecodeError as exc:
+            raise TomlError(str(exc)) from None
+    return parse_toml_subset(text)
+
+
+class _TomlSubsetReader:
+    """Reads tables, dotted keys, strings (basic, literal, multi-line), integers, floats,
+    booleans, arrays and inline tables, with comments. Enough for Codex's config.toml."""
+
+    _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+    _NUMBER = re.compile(r"[+-]?(?:0x[0-9A-Fa-f_]+|0o[0-7_]+|0b[01_]+|[0-9_]+(?:\.[0-9_]+)?(?:[eE][+-]?[0-9_]+)?|inf|nan)")
+    _ESCAPES = {"b": "\b", "t": "\t", "n": "\n", "f": "\f", "r": "\r", '"': '"', "\\": "\\"}
+
+    def __init__(self, text: str) -> None:
+        self.text = text.replace("\r\n", "\n")
+        self.pos = 0
+        self.root: Dict[str, Any] = {}
+
+    def error(self, message: str) -> TomlError:
+        line = self.text.count("\n", 0, self.pos) + 1
+        return TomlError("%s (line %d)" % (message, line))
+
+    def peek(self, n: int = 1) -> str:
+        return self.text[self.pos:self.pos + n]
+
+    def skip_space(self) -> None:
+        while self.pos < len(self.text) and self.text[self.pos] in " \t":
+            self.pos += 1
+
+    def skip_blank_and_comments(self) -> None:
+        while self.pos < len(self.text):
+            ch = self.text[self.pos]
+            if ch in " \t\n":
+                self.pos += 1
+            elif ch == "#":
+                end = self.text.find("\n", self.pos)
+                self.pos = len(self.text) if end < 0 else end
+            else:
+                return
+
+    def end_of_line(self) -> None:
+        self.skip_space()
+        if self.peek() == "#":
+            end = self.text.find("\n", self.pos)
+            self.pos = len(self.text) if end < 0 else end
+        if self.pos < len(self.text) and self.peek() != "\n":
+            raise self.error("unexpected text after value")
+
+    def parse(self) -> Dict[str, Any]:
+        current = self.root
+        while True:
+            self.skip_blank_and_comments()
+            if self.pos >= len(self.text):
+                return self.root
+            if self.peek(2) == "[[":
+                self.pos += 2
+                path = self.key_path()
+                if self.peek(2) != "]]":
+                    raise self.error("expected ]]")
+                self.pos += 2
+                parent = self.descend(self.root, path[:-1])
+                items = parent.setdefault(path[-1], [])
+                if not isinstance(items, list):
+                    raise self.error("key %r is not an array of tables" % path[-1])
+                current = {}
+                items.append(current)
+            elif self.peek() == "[":
+                self.pos += 1
+                path = self.key_path()
+                if self.peek() != "]":
+                    raise self.error("expected ]")
+                self.pos += 1
+                current = self.descend(self.root, path)
+            else:
+                self.key_value(current)
+            self.end_of_line()
+
+    def descend(self, table: Dict[str, Any], path: List[str]) -> Dict[str, Any]:
+        for part in path:
+            node = table.setdefault(part, {})
+            if isinstance(node, list) and node and isinstance(node[-1], dict):
+                node = node[-1]
+            if not isinstance(node, dict):
+                raise self.error("key %r is not a table" % part)
+            table = node
+        return table
+
+    def key_path(self) -> List[str]:
+        parts = []
+        while True:
+            self.skip_space()
+            ch = self.peek()
+            if ch == '"':
+                parts.append(self.basic_string())
+            elif ch == "'":
+                parts.append(self.literal_string())
+            else:
+                match = self._BARE_KEY.match(self.text, self.pos)
+                if not match:
+                    raise self.error("expected a key")
+                parts.append(match.group(0))
+                self.pos = match.end()
+            self.skip_space()
+            if self.peek() != ".":
+                return parts
+            self.pos += 1
+
+    def key_value(self, table: Dict[str, Any]) -> None:
+        path = self.key_path()
+        if self.peek() != "=":
+            raise self.error("expected =")
+        self.pos += 1
+        self.skip_space()
+        value = self.value()
+        target = self.descend(table, path[:-1])
+        if path[-1] in target:
+            raise self.error("duplicate key %r" % path[-1])
+        target[path[-1]] = value
+
+    def value(self) -> Any:
+        ch = self.peek()
+        if self.peek(3) == '"""':
+            return self.multiline_basic_string()
+        if self.peek(3) == "'''":
+            return self.multiline_literal_string()
+        if ch == '"':
+            return self.basic_string()
+        if ch == "'":
+            return self.literal_string()
+        if ch == "[":
+            return self.array()
+        if ch == "{":
+            return self.inline_table()
+        for word, result in (("true", True), ("false", False)):
+            if self.text.startswith(word, self.pos):
+                self.pos += len(word)
+                return result
+        match = self._NUMBER.match(self.text, self.pos)
+        if match and match.group(0):
+            self.pos = match.end()
+            raw = match.group(0).replace("_", "")
+            try:
+                if raw.lstrip("+-").startswith(("0x", "0o", "0b")):
+                    return int(raw, 0)
+                if any(c in raw for c in ".eE") or raw.lstrip("+-") in ("inf", "nan"):
+                    return float(raw)
+                return int(raw)
+            except ValueError:
+                raise self.error("bad number %r" % raw) from None
+        raise self.error("unsupported value")
+
+    def basic_string(self) -> str:
+        self.pos += 1
+        out = []
+        while True:
+            if self.pos >= len(self.text) or self.peek() == "\n":
+                raise self.error("unterminated string")
+            ch = self.text[self.pos]
+            if ch == '"':
+                self.pos += 1
+                return "".join(out)
+            if ch == "\\":
+                out.append(self.escape())
+            else:
+                out.append(ch)
+                self.pos += 1
+
+    def escape(self) -> str:
+        code = self.text[self.pos + 1:self.pos + 2]
+        if code in self._ESCAPES:
+            self.pos += 2
+            return self._ESCAPES[code]
+        if code in ("u", "U"):
+            width = 4 if code == "u" else 8
+            digits = self.text[self.pos + 2:self.pos + 2 + width]
+            try:
+                char = chr(int(digits, 16))
+            except ValueError:
+                raise self.error("bad unicode escape") from None
+            self.pos += 2 + width
+            return char
+        raise self.error("bad escape \\%s" % code)
+
+    def literal_string(self) -> str:
+        end = self.text.find("'", self.pos + 1)
+        newline = self.text.find("\n", self.pos + 1)
+        if end < 0 or (0 <= newline < end):
+            raise self.error("unterminated string")
+        value = self.text[self.pos + 1:end]
+        self.pos = end + 1
+        return value
+
+    def multiline_basic_string(self) -> str:
+        self.pos += 3
+        if self.peek() == "\n":
+            self.pos += 1
+        out = []
+        while True:
+            if self.pos >= len(self.text):
+                raise self.error("unterminated string")
+            if self.peek(3) == '"""':
+                self.pos += 3
+                return "".join(out)
+            ch = self.text[self.pos]
+            if ch == "\\" and self.text[self.pos + 1:self.pos + 2] in ("\n", " ", "\t"):
+                self.pos += 1
+                while self.pos < len(self.text) and self.text[self.pos] in " \t\n":
+                    self.pos += 1
+            elif ch == "\\":
+                out.append(self.escape())
+            else:
+                out.append(ch)
+                self.pos += 1
+
+    def multiline_literal_string(self) -> str:
+        end = self.text.find("'''", self.pos + 3)
+        if end < 0:
+            raise self.error("unterminated string")
+        value = self.text[self.pos + 3:end]
+        self.pos = end + 3
+        return value[1:] if value.startswith("\n") else value
+
+    def array(self) -> List[Any]:
+        self.pos += 1
+        items = []
+        while True:
+            self.skip_blank_and_comments()
+            if self.peek() == "]":
+                self.pos += 1
+                return items
+            items.append(self.value())
+            self.skip_blank_and_comments()
+            if self.peek() == ",":
+                self.pos += 1
+            elif self.peek() != "]":
+                raise self.error("expected , or ] in array")
+
+    def inline_table(self) -> Dict[str, Any]:
+        self.pos += 1
+        table: Dict[str, Any] = {}
+        self.skip_space()
+        if self.peek() == "}":
+            self.pos += 1
+            return table
+        while True:
+            self.key_value(table)
+            self.skip_space()
+            if self.peek() == ",":
+                self.pos += 1
+                self.skip_space()
+            elif self.peek() == "}":
+                self.pos += 1
+                return table
+            else:
+                raise self.error("expected , or } in inline table")
+
+
+def parse_toml_subset(text: str) -> Dict[str, Any]:
+    return _TomlSubsetReader(text).parse()
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def utc_now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc)
+
+
+def to_millis(value: Any) -> Optional[int]:
+    """A Codex timestamp in seconds or milliseconds, as milliseconds (Codex's own rule)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        return None
+    value = int(value)
+    return value * 1000 if value < MILLIS_THRESHOLD else value
+
+
+def iso_from_millis(millis: Optional[int]) -> Optional[str]:
+    if millis is None:
+        return None
+    stamp = _dt.datetime.fromtimestamp(millis / 1000, _dt.timezone.utc)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def decode_source(raw: Any) -> str:
+    """`threads.source` holds a bare string (`cli`) or JSON text (`{"subagent":"review"}`);
+    a rollout holds the same value as JSON. Return the canonical stored form."""
+    if raw is None:
+        return "vscode"  # CODEX-COMPAT: Codex's default when a rollout names no source.
+    if isinstance(raw, str):
+        text = raw.strip()
+        if text.startswith(("{", "[", '"')):
+            try:
+                raw = json.loads(text)
+            except ValueError:
+                return text
+        else:
+            return text
+    if isinstance(raw, str):
+        return raw
+    return json.dumps(raw, separators=(",", ":"), sort_keys=True)
+
+
+def source_kind(source: str) -> str:
+    """A short family name for counting: cli, vscode, exec, mcp, subagent, custom:x, …"""
+    if source.startswith("{"):
+        try:
+            value = json.loads(source)
+        except ValueError:
+            return "unknown"
+        if isinstance(value, dict) and value:
+            key = sorted(value)[0]
+            inner = value[key]
+            if key == "custom" and isinstance(inner, str):
+                return "custom:" + inner
+            return key
+        return "unknown"
+    return source or "unknown"
+
+
+def is_interactive(source: str) -> bool:
+    return source in INTERACTIVE_SOURCES
+
+
+def is_synthetic_user_text(text: str) -> bool:
+    return text.lstrip().startswith(SYNTHETIC_USER_PREFIXES)
+
+
+def strip_request_marker(text: str) -> str:
+    # CODEX-COMPAT: Codex strips everything up to and including this marker for previews.
+    index = text.find(USER_REQUEST_MARKER)
+    return text[index + len(USER_REQUEST_MARKER):].strip() if index >= 0 else text.strip()
+
+
+def is_within(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+        return True
+    except ValueError:
+        return False
+
+
+def short(text: str, limit: int = 80) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration and discovery: which home, which provider, which state DB.
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_codex_home(flag: Optional[str], environ: Dict[str, str]) -> Tuple[Path, str]:
+    """The home and where the answer came from. A symlinked home is allowed (Codex resolves it
+    too); the returned path is the resolved one so every stored path compares equal."""
+    if flag:
+        raw, origin = flag, "--codex-home"
+    elif environ.get("CODEX_HOME"):
+        raw, origin = environ["CODEX_HOME"], "CODEX_HOME"
+    else:
+        raw, origin = str(Path.home() / ".codex"), "default (~/.codex)"
+    path = Path(raw).expanduser()
+    if not path.exists():
+        raise UsageError("Codex home %s (from %s) does not exist" % (path, origin))
+    if not path.is_dir():
+        raise UsageError("Codex home %s (from %s) is not a directory" % (path, origin))
+    return path.resolve(), origin
+
+
+class Config:
+    """What config.toml says about providers, as far as listing goes."""
+
+    def __init__(self) -> None:
+        self.provider = DEFAULT_PROVIDER
+        self.provider_source = "default (no model_provider in config.toml)"
+        self.profile: Optional[str] = None
+        self.configured_providers: List[str] = []
+        self.sqlite_home: Optional[str] = None
+        self.problems: List[Dict[str, Any]] = []
+        self.files_read: List[str] = []
+
+    def knows_provider(self, provider: str) -> bool:
+        return provider in BUILTIN_PROVIDERS or provider in self.configured_providers
+
+    def as_json(self) -> Dict[str, Any]:
+        return {
+            "active_provider": self.provider,
+            "provider_source": self.provider_source,
+            "profile": self.profile,
+            "configured_providers": sorted(self.configured_providers),
+            "sqlite_home": self.sqlite_home,
+            "files_read": self.files_read,
+        }
+
+
+def _read_toml_file(path: Path, config: Config) -> Optional[Dict[str, Any]]:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        config.problems.append({"code": "config_unreadable", "path": str(path), "error": str(exc)})
+        return None
+    config.files_read.append(path.name)
+    try:
+        text = data.decode("utf-8-sig")
+        return parse_toml(text)
+    except (UnicodeDecodeError, TomlError) as exc:
+        config.problems.append({"code": "config_unparsable", "path": str(path), "error": short(str(exc), 200)})
+        return None
+
+
+def load_config(home: Path, profile: Optional[str]) -> Config:
+    """Resolve the active provider the way Codex does, across the releases that differ:
+
+    * `--profile NAME` (recent releases): `NAME.config.toml` layered over config.toml; older
+      releases read `[profiles.NAME]` instead.
+    * CODEX-COMPAT: up to ~0.131 a top-level `profile = "NAME"` selected `[profiles.NAME]`;
+      0.169.0 refuses to start with it. Both are reported.
+    * then top-level `model_provider`, then `openai`.
+    """
+    config = Config()
+    base = _read_toml_file(home / "config.toml", config) or {}
+    providers = base.get("model_providers")
+    if isinstance(providers, dict):
+        config.configured_providers.extend(k for k, v in providers.items() if isinstance(v, dict))
+    sqlite_home = base.get("sqlite_home")
+    if isinstance(sqlite_home, str) and sqlite_home:
+        config.sqlite_home = sqlite_home
+    top = base.get("model_provider")
+    if isinstance(top, str) and top:
+        config.provider, config.provider_source = top, "config.toml model_provider"
+    elif top is not None:
+        config.problems.append({"code": "config_unparsable", "path": str(home / "config.toml"),
+                                "error": "model_provider is not a string"})
+    profiles = base.get("profiles") if isinstance(base.get("profiles"), dict) else {}
+    legacy = base.get("profile")
+    if isinstance(legacy, str) and legacy:
+        config.problems.append({"code": "legacy_profile", "path": str(home / "config.toml"), "profile": legacy})
+        if not profile:
+            _apply_legacy_profile(config, profiles, legacy, 'config.toml profile = "%s"' % legacy)
+    if profile:
+        config.profile = profile
+        layered = _read_toml_file(home / ("%s.config.toml" % profile), config)
+        if layered is not None:
+            extra = layered.get("model_providers")
+            if isinstance(extra, dict):
+                config.configured_providers.extend(k for k, v in extra.items() if isinstance(v, dict))
+            chosen = layered.get("model_provider")
+            if isinstance(chosen, str) and chosen:
+                config.provider, config.provider_source = chosen, "%s.config.toml model_provider" % profile
+            if isinstance(layered.get("sqlite_home"), str):
+                config.sqlite_home = layered["sqlite_home"]
+        elif not _apply_legacy_profile(config, profiles, profile, "[profiles.%s] (--profile)" % profile):
+            config.problems.append({"code": "profile_missing", "profile": profile,
+                                    "path": str(home / ("%s.config.toml" % profile))})
+    config.configured_providers = sorted(set(config.configured_providers))
+    return config
+
+
+def _apply_legacy_profile(config: Config, profiles: Dict[str, Any], name: str, origin: str) -> bool:
+    table = profiles.get(name)
+    if not isinstance(table, dict):
+        return False
+    config.profile = name
+    chosen = table.get("model_provider")
+    if isinstance(chosen, str) and chosen:
+        config.provider, config.provider_source = chosen, origin
+    return True
+
+
+class StateDb:
+    """One state_*.sqlite file and what we learned opening it."""
+
+    def __init__(self, path: Path, origin: str) -> None:
+        self.path = path
+        self.origin = origin
+        self.file_version = 0
+        match = STATE_DB_RE.match(path.name)
+        if match and match.group(1):
+            self.file_version = int(match.group(1))
+        self.schema_version: Optional[int] = None
+        self.columns: List[str] = []
+        self.error: Optional[str] = None
+        self.last_write = self._last_write()
+
+    def _last_write(self) -> float:
+        times = []
+        for suffix in ("", "-wal"):
+            try:
+                times.append(os.stat(str(self.path) + suffix).st_mtime)
+            except OSError:
+                pass
+        return max(times) if times else 0.0
+
+    def sort_key(self) -> Tuple[int, int, float]:
+        return (self.file_version, self.schema_version or 0, self.last_write)
+
+    def as_json(self, home: Path) -> Dict[str, Any]:
+        return {
+            "path": display_path(self.path, home),
+            "origin": self.origin,
+            "schema_version": self.schema_version,
+            "thread_columns": len(self.columns),
+            "last_write": iso_from_millis(int(self.last_write * 1000)) if self.last_write else None,
+            "error": self.error,
+        }
+
+
+def display_path(path: Path, home: Path) -> str:
+    """Paths inside the home are shown relative to it; others in full."""
+    try:
+        return str(path.relative_to(home))
+    except ValueError:
+        return str(path)
+
+
+def sqlite_home_dirs(home: Path, config: Config, environ: Dict[str, str]) -> List[Tuple[Path, str]]:
+    """Where Codex may keep its state DB: explicit settings first (they win when present)."""
+    dirs: List[Tuple[Path, str]] = []
+    if config.sqlite_home:
+        dirs.append((_resolve_setting_path(config.sqlite_home, home), "config sqlite_home"))
+    if environ.get("CODEX_SQLITE_HOME"):
+        dirs.append((_resolve_setting_path(environ["CODEX_SQLITE_HOME"], home), "CODEX_SQLITE_HOME"))
+    dirs.append((home / "sqlite", "CODEX_HOME/sqlite"))
+    dirs.append((home, "CODEX_HOME"))
+    return dirs
+
+
+def _resolve_setting_path(raw: str, home: Path) -> Path:
+    path = Path(raw).expanduser()
+    return path if path.is_absolute() else (Path.cwd() / path)
+
+
+def find_state_dbs(home: Path, config: Config, environ: Dict[str, str]) -> List[StateDb]:
+    found: List[StateDb] = []
+    seen = set()
+    for folder, origin in sqlite_home_dirs(home, config, environ):
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError:
+            continue
+        for name in names:
+            path = folder / name
+            if not STATE_DB_RE.match(name) or not path.is_file():
+                continue
+            key = os.path.realpath(path)
+            if key in seen:
+                continue
+            seen.add(key)
+            found.append(StateDb(path, origin))
+    return found
+
+
+def pick_live_db(dbs: List[StateDb]) -> Tuple[Optional[StateDb], str]:
+    """The DB Codex reads. An explicit `sqlite_home` / CODEX_SQLITE_HOME wins; otherwise the
+    newest file-name version, then the newest schema, then the most recent write."""
+    if not dbs:
+        return None, "no state DB found (rollout-only home)"
+    explicit = [d for d in dbs if d.origin in ("config sqlite_home", "CODEX_SQLITE_HOME") and d.error is None]
+    pool = explicit or [d for d in dbs if d.error is None] or dbs
+    live = max(pool, key=lambda d: d.sort_key())
+    if explicit:
+        return live, "named by %s" % live.origin
+    if len(dbs) == 1:
+        return live, "only state DB"
+    return live, "newest file version, then schema version, then last write"
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading SQLite. Always read-only (URI mode=ro): a read never checkpoints the user's WAL.
+# Columns are discovered at run time: 0.120-era DBs have 25 thread columns, 0.169.0 has 46.
+# ---------------------------------------------------------------------------------------------
+
+# The thread columns the tool reads, when they exist. Text columns that may hold message text
+# are read as "is it non-empty" so no conversation text is held in memory.
+_ROW_PLAIN_COLUMNS = (
+    "id", "rollout_path", "created_at", "updated_at", "created_at_ms", "updated_at_ms",
+    "recency_at_ms", "source", "model_provider", "cwd", "archived", "archived_at",
+    "has_user_event", "cli_version", "thread_source", "history_mode", "name",
+)
+_ROW_PRESENCE_COLUMNS = ("first_user_message", "preview", "title")
+
+
+def open_db_readonly(path: Path) -> sqlite3.Connection:
+    uri = path.resolve().as_uri() + "?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=5.0)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def table_columns(conn: sqlite3.Connection, table: str) -> List[str]:
+    return [row[1] for row in conn.execute("PRAGMA table_info(%s)" % table)]
+
+
+def table_exists(conn: sqlite3.Connection, table: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone() is not None
+
+
+def schema_version(conn: sqlite3.Connection) -> Optional[int]:
+    if not table_exists(conn, "_sqlx_migrations"):
+        return None
+    value = conn.execute("SELECT max(version) FROM _sqlx_migrations").fetchone()[0]
+    return int(value) if value is not None else None
+
+
+def probe_state_db(db: StateDb) -> None:
+    """Fill in schema facts; a DB that cannot be read gets `error` set, never an exception."""
+    try:
+        conn = open_db_readonly(db.path)
+        try:
+            db.schema_version = schema_version(conn)
+            db.columns = table_columns(conn, "threads") if table_exists(conn, "threads") else []
+            if not db.columns:
+                db.error = "no threads table"
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        db.error = str(exc)
+
+
+def read_thread_rows(db: StateDb) -> Dict[str, Dict[str, Any]]:
+    columns = set(db.columns)
+    select = [c for c in _ROW_PLAIN_COLUMNS if c in columns]
+    select += ["(%s <> '') AS has_%s" % (c, c) for c in _ROW_PRESENCE_COLUMNS if c in columns]
+    conn = open_db_readonly(db.path)
+    try:
+        cursor = conn.execute("SELECT %s FROM threads" % ", ".join(select))
+        return {str(row["id"]): dict(row) for row in cursor}
+    finally:
+        conn.close()
+
+
+def read_backfill_state(db: StateDb) -> Optional[Dict[str, Any]]:
+    try:
+        conn = open_db_readonly(db.path)
+        try:
+            if not table_exists(conn, "backfill_state"):
+                return None
+            row = conn.execute("SELECT * FROM backfill_state WHERE id = 1").fetchone()
+            return dict(row) if row else None
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading rollouts. Streams, bounded: the first line (session_meta, ~21 KB in 0.169.0), then
+# only as far as the first real user message. A bad line becomes a problem code on the file.
+# ---------------------------------------------------------------------------------------------
+
+
+class RolloutInfo:
+    """What the head of one rollout file says."""
+
+    def __init__(self, path: Path, home: Path) -> None:
+        self.path = path
+        self.rel = display_path(path, home)
+        match = ROLLOUT_NAME_RE.match(path.name)
+        self.name_uuid = match.group("uuid").lower() if match else None
+        self.compressed = path.name.endswith(".zst")
+        self.archived_location = self.rel.replace("\\", "/").startswith("archived_sessions/")
+        self.meta: Dict[str, Any] = {}
+        self.meta_lines = 0
+        self.evidence_kind: Optional[str] = None
+        self.evidence_line: Optional[int] = None
+        self.evidence_text: Optional[str] = None
+        self.scanned_to_end = False
+        self.problems: List[str] = []
+        self.bytes_read = 0
+        try:
+            stat = path.stat()
+            self.size, self.mtime = stat.st_size, stat.st_mtime
+        except OSError:
+            self.size, self.mtime = 0, 0.0
+
+    @property
+    def thread_id(self) -> Optional[str]:
+        meta_id = self.meta.get("id")
+        if isinstance(meta_id, str) and self.name_uuid and meta_id.lower() != self.name_uuid:
+            # A fork may carry its parent's id; the file name is the thread's own UUID.
+            return self.name_uuid
+        return (meta_id.lower() if isinstance(meta_id, str) else None) or self.name_uuid
+
+    @property
+    def provider(self) -> Optional[str]:
+        value = self.meta.get("model_provider")
+        return value if isinstance(value, str) and value else None
+
+    @property
+    def source(self) -> Optional[str]:
+        if not self.meta:
+            return None
+        return decode_source(self.meta.get("source"))
+
+    @property
+    def has_evidence(self) -> bool:
+        return self.evidence_kind is not None
+
+
+def iter_rollout_files(home: Path) -> Iterator[Path]:
+    """Every rollout under sessions/ (any depth: pre-July-2025 files are flat) and
+    archived_sessions/. Symlinks are listed but never followed out of the home."""
+    for top in ("sessions", "archived_sessions"):
+        root = home / top
+        if not root.is_dir():
+            continue
+        for folder, dirs, files in os.walk(str(root)):
+            dirs.sort()
+            for name in sorted(files):
+                if name.startswith("rollout-") and (name.endswith(".jsonl") or name.endswith(".jsonl.zst")):
+                    yield Path(folder) / name
+
+
+def read_line_bounded(handle: Any) -> Tuple[bytes, bool]:
+    """One line, at most MAX_LINE_BYTES. Returns (line, oversized); an oversized line is
+    drained chunk by chunk and returned empty."""
+    line = handle.readline(MAX_LINE_BYTES)
+    if len(line) < MAX_LINE_BYTES or line.endswith(b"\n"):
+        return line, False
+    while True:
+        chunk = handle.readline(READ_CHUNK)
+        if not chunk or chunk.endswith(b"\n"):
+            return b"", True
+
+
+def parse_rollout_line(raw: bytes, line_no: int, problems: List[str]) -> Optional[Dict[str, Any]]:
+    if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+        problems.append("bom")
+        raw = raw[3:]
+    if b"\x00" in raw:
+        problems.append("nul_bytes")
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        problems.append("invalid_utf8")
+        return None
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        problems.append("torn_line" if not raw.endswith(b"\n") else "bad_json")
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def user_text_of(record: Dict[str, Any]) -> Optional[Tuple[str, str]]:
+    """(kind, text) when this rollout line is something a person typed, else None.
+
+    CODEX-COMPAT: releases up to ~0.130 write `event_msg/user_message`; 0.169.0 writes
+    `event_msg/item_completed` with a UserMessage item and no user_message; all write the
+    prompt as a role=user `response_item`, next to synthetic role=user context blocks."""
+    payload = record.get("payload")
+    if not isinstance(payload, dict):
+        return None
+    kind = record.get("type")
+    ptype = payload.get("type")
+    if kind == "event_msg" and ptype == "user_message":
+        text = payload.get("message")
+        text = strip_request_marker(text) if isinstance(text, str) else ""
+        if not text and (payload.get("images") or payload.get("local_images")):
+            text = "[Image]"
+        return ("user_message", text) if text else None
+    if kind == "event_msg" and ptype == "item_completed":
+        item = payload.get("item")
+        if isinstance(item, dict) and str(item.get("type", "")).lower() in ("usermessage", "user_message"):
+            text = _content_text(item.get("content"))
+            return ("item_completed", text) if text and not is_synthetic_user_text(text) else None
+        return None
+    if kind == "event_msg" and ptype == "thread_goal_updated":
+        goal = payload.get("goal")
+        objective = goal.get("objective") if isinstance(goal, dict) else None
+        return ("goal", objective) if isinstance(objective, str) and objective.strip() else None
+    if kind == "response_item" and ptype == "message" and payload.get("role") == "user":
+        text = _content_text(payload.get("content"))
+        if text and not is_synthetic_user_text(text):
+            return ("response_item", strip_request_marker(text) or text)
+    return None
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content.strip()
+    parts = []
+    if isinstance(content, list):
+        for piece in content:
+            if isinstance(piece, dict):
+                text = piece.get("text")
+                if isinstance(text, str):
+                    parts.append(text)
+                elif piece.get("type") in ("input_image", "image", "localImage", "local_image"):
+                    parts.append("[Image]")
+    return "\n".join(parts).strip()
+
+
+def scan_rollout(path: Path, home: Path) -> RolloutInfo:
+    """Read the head of a rollout: its own session_meta and the first real user message."""
+    info = RolloutInfo(path, home)
+    if info.compressed:
+        info.problems.append("compressed")  # zstd is not in the standard library
+        return info
+    if info.size == 0:
+        info.problems.append("empty_file")
+        info.scanned_to_end = True
+        return info
+    try:
+        handle = open(str(path), "rb")
+    except OSError:
+        info.problems.append("unreadable")
+        return info
+    with handle:
+        line_no = 0
+        while True:
+            raw, oversized = read_line_bounded(handle)
+            if not raw and not oversized:
+                info.scanned_to_end = True
+                break
+            line_no += 1
+            if oversized:
+                info.problems.append("oversized_line")
+                continue
+            record = parse_rollout_line(raw, line_no, info.problems)
+            if record is None:
+                continue
+            if line_no == 1:
+                _take_first_line(info, record)
+            elif record.get("type") == "session_meta":
+                info.meta_lines += 1
+            found = user_text_of(record)
+            if found:
+                info.evidence_kind, text = found
+                info.evidence_line = line_no
+                info.evidence_text = short(text, 200)
+                break
+        info.bytes_read = handle.tell()
+    info.problems = sorted(set(info.problems))
+    return info
+
+
+def _take_first_line(info: RolloutInfo, record: Dict[str, Any]) -> None:
+    payload = record.get("payload")
+    if record.get("type") == "session_meta" and isinstance(payload, dict):
+        info.meta = {k: payload.get(k) for k in (
+            "id", "timestamp", "cwd", "originator", "cli_version", "source", "thread_source",
+            "model_provider", "history_mode", "forked_from_id")}
+        info.meta_lines = 1
+        if isinstance(payload.get("model_provider"), (int, float, list, dict)):
+            info.problems.append("wrong_shape")
+            info.meta["model_provider"] = None
+        meta_id = payload.get("id")
+        if isinstance(meta_id, str) and info.name_uuid and meta_id.lower() != info.name_uuid:
+            info.problems.append("id_mismatch")
+    elif "type" not in record and "id" in record and "timestamp" in record:
+        info.problems.append("legacy_format")  # pre-Sept-2025 rollouts have no envelope
+    else:
+        info.problems.append("first_line_not_session_meta")
+
+
+# ---------------------------------------------------------------------------------------------
+# Other state: session_index.jsonl, Desktop's .codex-global-state.json, history projections.
+# ---------------------------------------------------------------------------------------------
+
+
+def read_session_index(home: Path) -> Dict[str, Any]:
+    path = home / "session_index.jsonl"
+    result: Dict[str, Any] = {"present": path.is_file(), "entries": 0, "bad_lines": 0, "names": {}}
+    if not result["present"]:
+        return result
+    names: Dict[str, str] = {}
+    with open(str(path), "rb") as handle:
+        while True:
+            raw, oversized = read_line_bounded(handle)
+            if not raw and not oversized:
+                break
+            if oversized or not raw.strip():
+                result["bad_lines"] += int(oversized)
+                continue
+            try:
+                entry = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                result["bad_lines"] += 1
+                continue
+            if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+                result["bad_lines"] += 1
+                continue
+            result["entries"] += 1
+            name = entry.get("thread_name")
+            if isinstance(name, str) and name.strip():
+                names[entry["id"].lower()] = name  # the last non-empty name wins
+            else:
+                names.setdefault(entry["id"].lower(), "")
+    result["names"] = names
+    return result
+
+
+SIDEBAR_KEYS = (
+    "sidebar-collapsed-groups", "sidebar-collapsed-sections-v1", "sidebar-organize-mode-v1",
+    "electron-sidebar-mode-v1", "thread-sort-key", "sidebar-keep-projects-in-recent-v1",
+)
+WORKSPACE_KEYS = (
+    "electron-saved-workspace-roots", "active-workspace-roots", "thread-workspace-root-hints",
+    "projectless-thread-ids", "pinned-thread-ids",
+)
+
+
+def read_global_state(home: Path) -> Dict[str, Any]:
+    path = home / ".codex-global-state.json"
+    result: Dict[str, Any] = {"present": path.is_file(), "error": None, "sidebar": {}, "workspace": {}}
+    if not result["present"]:
+        return result
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        result["error"] = short(str(exc), 120)
+        return result
+    if not isinstance(data, dict):
+        result["error"] = "not a JSON object"
+        return result
+    atoms = data.get("electron-persisted-atom-state")
+    atoms = atoms if isinstance(atoms, dict) else {}
+    for key in SIDEBAR_KEYS:
+        if key in atoms:
+            result["sidebar"][key] = _summarise_value(atoms[key])
+    for key in WORKSPACE_KEYS:
+        if key in data:
+            result["workspace"][key] = _summarise_value(data[key])
+    return result
+
+
+def _summarise_value(value: Any) -> Any:
+    """Keys and counts, never paths or text: the summary may be pasted into an issue."""
+    if isinstance(value, (list, dict)):
+        return {"count": len(value)}
+    if isinstance(value, (bool, int, float)) or value is None:
+        return value
+    return short(str(value), 40)
+
+
+def history_projection_files(home: Path) -> List[str]:
+    return sorted(p.name for p in home.glob("thread_history_*.sqlite") if p.is_file())
+
+
+# ---------------------------------------------------------------------------------------------
+# The inventory: everything read from one home, joined by thread id. Built once per command.
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_version(text: Any) -> Tuple[int, ...]:
+    match = re.match(r"^(\d+)\.(\d+)\.(\d+)", text or "") if isinstance(text, str) else None
+    return tuple(int(g) for g in match.groups()) if match else ()
+
+
+class ThreadView:
+    """One thread as every layer sees it: its DB row (if any) and its rollout file(s)."""
+
+    def __init__(self, thread_id: str, row: Optional[Dict[str, Any]], files: List[RolloutInfo], home: Path) -> None:
+        self.id = thread_id
+        self.row = row
+        self.files = files
+        self.primary = self._primary_file(home)
+        self.index_name: Optional[str] = None
+        self.reasons: List[Dict[str, Any]] = []
+
+    def _primary_file(self, home: Path) -> Optional[RolloutInfo]:
+        if not self.files:
+            return None
+        if self.row and self.row.get("rollout_path"):
+            wanted = os.path.normcase(os.path.abspath(str(self.row["rollout_path"])))
+            for info in self.files:
+                if os.path.normcase(os.path.abspath(str(info.path))) == wanted:
+                    return info
+        return self.files[0]
+
+    @property
+    def db_provider(self) -> Optional[str]:
+        return (self.row or {}).get("model_provider")
+
+    @property
+    def rollout_provider(self) -> Optional[str]:
+        return self.primary.provider if self.primary else None
+
+    @property
+    def source(self) -> str:
+        if self.primary and self.primary.meta:
+            return self.primary.source or "vscode"
+        return decode_source((self.row or {}).get("source"))
+
+    @property
+    def archived(self) -> bool:
+        if self.primary is not None:
+            return self.primary.archived_location
+        return bool((self.row or {}).get("archived"))
+
+    @property
+    def has_evidence(self) -> bool:
+        if self.primary is not None and self.primary.has_evidence:
+            return True
+        row = self.row or {}
+        return bool(row.get("has_first_user_message") or row.get("has_preview"))
+
+    @property
+    def updated_ms(self) -> Optional[int]:
+        row = self.row or {}
+        for key in ("recency_at_ms", "updated_at_ms", "updated_at"):
+            value = to_millis(row.get(key))
+            if value:
+                return value
+        return int(self.primary.mtime * 1000) if self.primary and self.primary.mtime else None
+
+    @property
+    def hidden(self) -> bool:
+        return any(r["hides"] for r in self.reasons)
+
+
+class Inventory:
+    def __init__(self, home: Path, home_origin: str, config: Config, environ: Dict[str, str]) -> None:
+        self.home = home
+        self.home_origin = home_origin
+        self.config = config
+        self.dbs = find_state_dbs(home, config, environ)
+        for db in self.dbs:
+            probe_state_db(db)
+        self.live_db, self.live_reason = pick_live_db(self.dbs)
+        self.rows: Dict[str, Dict[str, Any]] = {}
+        self.db_error: Optional[str] = None
+        self.backfill: Optional[Dict[str, Any]] = None
+        if self.live_db is not None and self.live_db.error is None:
+            try:
+                self.rows = read_thread_rows(self.live_db)
+            except sqlite3.Error as exc:
+                self.db_error = str(exc)
+            self.backfill = read_backfill_state(self.live_db)
+        elif self.live_db is not None:
+            self.db_error = self.live_db.error
+        self.rollouts = [scan_rollout(path, home) for path in iter_rollout_files(home)]
+        self.index = read_session_index(home)
+        self.global_state = read_global_state(home)
+        self.projections = history_projection_files(home)
+        self.threads = self._join()
+        self.release = self._newest_release()
+
+    def _join(self) -> Dict[str, ThreadView]:
+        by_id: Dict[str, List[RolloutInfo]] = {}
+        for info in self.rollouts:
+            if info.thread_id:
+                by_id.setdefault(info.thread_id, []).append(info)
+        ids = sorted(set(self.rows) | set(by_id))
+        threads = {}
+        for thread_id in ids:
+            view = ThreadView(thread_id, self.rows.get(thread_id), by_id.get(thread_id, []), self.home)
+            view.index_name = self.index["names"].get(thread_id)
+            threads[thread_id] = view
+        return threads
+
+    def _newest_release(self) -> Tuple[int, ...]:
+        versions = [parse_version(r.get("cli_version")) for r in self.rows.values()]
+        versions += [parse_version(i.meta.get("cli_version")) for i in self.rollouts]
+        return max((v for v in versions if v), default=())
+
+    @property
+    def has_db(self) -> bool:
+        return self.live_db is not None and self.db_error is None
+
+    def gate_column(self) -> Optional[str]:
+        """The column whose emptiness hides a thread from DB listings, by schema."""
+        if not self.has_db:
+            return None
+        columns = set(self.live_db.columns)
+        for column in ("preview", "first_user_message", "has_user_event"):
+            if column in columns:
+                return column
+        return None
+
+
+def build_inventory(args: argparse.Namespace, environ: Optional[Dict[str, str]] = None) -> Inventory:
+    environ = dict(os.environ if environ is None else environ)
+    home, origin = resolve_codex_home(getattr(args, "codex_home", None), environ)
+    config = load_config(home, getattr(args, "profile", None))
+    return Inventory(home, origin, config, environ)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks: pure functions from the inventory to reasons and findings, each with a stable code.
+# ---------------------------------------------------------------------------------------------
+
+# code -> (severity, hides from the default list, one-line meaning)
+REASONS: Dict[str, Tuple[str, str]] = {
+    "provider_mismatch": ("warning", "recorded under a provider other than the active one"),
+    "user_event_missing": ("warning", "the DB row's preview/first message is blank although the rollout has a user message"),
+    "rollout_missing": ("warning", "the DB row points at a rollout file that does not exist"),
+    "rollout_path_stale": ("warning", "the DB row's rollout_path is wrong; the file exists elsewhere in the home"),
+    "no_db_row": ("warning", "the rollout has no row in the state DB"),
+    "archive_flag_mismatch": ("warning", "the DB archived flag disagrees with where the file lives"),
+    "source_filtered": ("info", "non-interactive source (exec, mcp, subagent…): hidden from default lists by design"),
+    "archived": ("info", "archived: shown only in the Archived view"),
+    "no_user_content": ("info", "no user message anywhere: Codex lists only threads with one"),
+}
+
+HOME_FINDINGS: Dict[str, Tuple[str, str]] = {
+    "multiple_state_dbs": ("warning", "more than one state DB exists; only one is live"),
+    "state_db_unreadable": ("error", "the live state DB cannot be read"),
+    "backfill_incomplete": ("warning", "the state DB backfill is not complete; Codex may ignore the DB"),
+    "config_unparsable": ("error", "config.toml cannot be parsed; Codex will not start with it"),
+    "config_unreadable": ("error", "config.toml cannot be read"),
+    "legacy_profile": ("warning", "top-level `profile =` is rejected by recent Codex releases (0.169.0)"),
+    "profile_missing": ("error", "the named profile exists neither as NAME.config.toml nor as [profiles.NAME]"),
+    "provider_not_configured": ("warning", "threads use a provider that config.toml does not define; resuming them fails"),
+    "rollout_unreadable": ("warning", "rollout files with unreadable lines or an unknown layout"),
+    "index_stale": ("warning", "session_index.jsonl names threads whose rollout no longer exists"),
+    "index_bad_lines": ("warning", "session_index.jsonl has lines that are not index entries"),
+    "ui_state_unreadable": ("warning", ".codex-global-state.json is not a JSON object"),
+    "duplicate_thread_id": ("warning", "one thread id is carried by more than one rollout file"),
+}
+
+
+def add_reason(view: ThreadView, code: str, hides: bool, **evidence: Any) -> None:
+    view.reasons.append({"code": code, "hides": hides, "evidence": evidence})
+
+
+def user_event_gate_hides(release: Tuple[int, ...]) -> bool:
+    # CODEX-COMPAT: measured with the real Codex: 0.120.0 hides a thread whose
+    # first_user_message is blank; 0.130.0 and 0.169.0 re-derive it from the rollout when
+    # listing, so a blank column there is stale metadata, not a hiding reason.
+    return not release or release < (0, 130, 0)
+
+
+def check_thread(view: ThreadView, inv: Inventory) -> None:
+    active = inv.config.provider
+    row = view.row
+    if view.archived or (row and row.get("archived")):
+        add_reason(view, "archived", True, db_archived=bool(row and row.get("archived")),
+                   in_archived_sessions=bool(view.primary and view.primary.archived_location))
+    if row is not None and view.primary is not None and bool(row.get("archived")) != view.primary.archived_location:
+        add_reason(view, "archive_flag_mismatch", False, db_archived=bool(row.get("archived")),
+                   file=view.primary.rel)
+    if not is_interactive(view.source):
+        add_reason(view, "source_filtered", True, source=view.source)
+    rollout_provider = view.rollout_provider or (DEFAULT_PROVIDER if view.primary and view.primary.meta else None)
+    providers = {p for p in (view.db_provider, rollout_provider) if p}
+    if providers and providers != {active}:
+        add_reason(view, "provider_mismatch", True, db=view.db_provider,
+                   rollout=view.rollout_provider, active=active)
+    if not view.has_evidence and (view.primary is None or view.primary.scanned_to_end):
+        add_reason(view, "no_user_content", True)
+    gate = inv.gate_column()
+    if row is not None and gate and view.primary is not None and view.primary.has_evidence:
+        blank = not row.get("has_" + gate) if gate != "has_user_event" else not row.get("has_user_event")
+        if blank:
+            add_reason(view, "user_event_missing", user_event_gate_hides(inv.release), column=gate,
+                       evidence_kind=view.primary.evidence_kind, evidence_line=view.primary.evidence_line)
+    if row is not None:
+        path = str(row.get("rollout_path") or "")
+        exists = bool(path) and os.path.isfile(path)
+        if not exists and view.files:
+            add_reason(view, "rollout_path_stale", True, rollout_path=path, found=view.files[0].rel)
+        elif not exists:
+            add_reason(view, "rollout_missing", True, rollout_path=path)
+    elif inv.has_db and view.files:
+        add_reason(view, "no_db_row", False, file=view.files[0].rel)
+
+
+def check_home(inv: Inventory) -> List[Dict[str, Any]]:
+    findings: List[Dict[str, Any]] = []
+
+    def add(code: str, **evidence: Any) -> None:
+        severity, message = HOME_FINDINGS[code]
+        findings.append({"code": code, "severity": severity, "message": message, "evidence": evidence})
+
+    for problem in inv.config.problems:
+        add(problem["code"], **{k: v for k, v in problem.items() if k != "code"})
+    if len(inv.dbs) > 1:
+        add("multiple_state_dbs", live=display_path(inv.live_db.path, inv.home) if inv.live_db else None,
+            others=[display_path(d.path, inv.home) for d in inv.dbs if d is not inv.live_db])
+    if inv.db_error:
+        add("state_db_unreadable", path=display_path(inv.live_db.path, inv.home), error=short(inv.db_error, 160))
+    if inv.backfill and inv.backfill.get("status") not in (None, "complete"):
+        add("backfill_incomplete", status=inv.backfill.get("status"),
+            last_watermark=inv.backfill.get("last_watermark"))
+    used = {}
+    for view in inv.threads.values():
+        for provider in (view.db_provider, view.rollout_provider):
+            if provider and not inv.config.knows_provider(provider):
+                used[provider] = used.get(provider, 0) + 1
+    for provider, count in sorted(used.items()):
+        add("provider_not_configured", provider=provider, threads=count,
+            manual_step="add a [model_providers.%s] table to config.toml, or move the threads "
+                        "with repair-provider" % provider)
+    damaged = [i for i in inv.rollouts if set(i.problems) - {"bom"} or "bom" in i.problems]
+    if damaged:
+        counts: Dict[str, int] = {}
+        for info in damaged:
+            for problem in info.problems:
+                counts[problem] = counts.get(problem, 0) + 1
+        add("rollout_unreadable", files=len(damaged), problems=counts,
+            examples=[i.rel for i in damaged[:5]])
+    stale = sorted(tid for tid in inv.index["names"] if tid not in inv.threads or not inv.threads[tid].files)
+    if stale:
+        add("index_stale", entries=len(stale), thread_ids=stale)
+    if inv.index["bad_lines"]:
+        add("index_bad_lines", lines=inv.index["bad_lines"])
+    if inv.global_state["error"]:
+        add("ui_state_unreadable", error=inv.global_state["error"])
+    dupes = sorted(v.id for v in inv.threads.values() if len(v.files) > 1)
+    if dupes:
+        add("duplicate_thread_id", thread_ids=dupes)
+    return findings
+
+
+def run_checks(inv: Inventory) -> List[Dict[str, Any]]:
+    """Per-thread reasons aggregated into one finding per code, then the home-level findings."""
+    for view in inv.threads.values():
+        view.reasons = []
+        check_thread(view, inv)
+    findings = []
+    for code, (severity, message) in REASONS.items():
+        ids = [v.id for v in inv.threads.values() if any(r["code"] == code for r in v.reasons)]
+        if ids:
+            findings.append({"code": code, "severity": severity, "message": message,
+                             "count": len(ids), "thread_ids": ids})
+    return findings + check_home(inv)
+
+
+def exit_code_for(findings: List[Dict[str, Any]]) -> int:
+    return EXIT_FINDINGS if any(f["severity"] in ("warning", "error") for f in findings) else EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
+# Summaries and suggestions (pure).
+# ---------------------------------------------------------------------------------------------
+
+
+def count_by(values: Iterable[str]) -> Dict[str, int]:
+    counts: Dict[str, int] = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def latest_interactive_thread(inv: Inventory) -> Optional[ThreadView]:
+    candidates = [v for v in inv.threads.values()
+                  if is_interactive(v.source) and not v.archived and v.has_evidence and v.updated_ms]
+    return max(candidates, key=lambda v: v.updated_ms or 0) if candidates else None
+
+
+def summarise(inv: Inventory) -> Dict[str, Any]:
+    views = list(inv.threads.values())
+    return {
+        "threads": len(views),
+        "db_rows": len(inv.rows),
+        "rollout_files": len(inv.rollouts),
+        "visible_by_default": sum(1 for v in views if not v.hidden),
+        "hidden": sum(1 for v in views if v.hidden),
+        "archived": sum(1 for v in views if v.archived),
+        "by_source": count_by(source_kind(v.source) for v in views),
+        "by_provider": count_by((v.rollout_provider or v.db_provider or "(none)") for v in views),
+        "by_provider_db": count_by(v.db_provider for v in views if v.db_provider),
+        "by_provider_rollout": count_by(v.rollout_provider or "(none)" for v in views if v.primary and v.primary.meta),
+    }
+
+
+def in_scope(view: ThreadView, sources: Sequence[str], include_archived: bool, include_empty: bool) -> bool:
+    """The threads a repair touches by default: the sources Codex lists, not archived, with a
+    user message. Options widen it; nothing narrows it silently."""
+    if "any" not in sources and source_kind(view.source) not in sources:
+        return False
+    if view.archived and not include_archived:
+        return False
+    return include_empty or view.has_evidence
+
+
+def provider_candidates(inv: Inventory, args: argparse.Namespace) -> Dict[str, List[str]]:
+    """Threads hidden by provider, in repair scope, grouped by the provider they carry."""
+    groups: Dict[str, List[str]] = {}
+    for view in inv.threads.values():
+        if not any(r["code"] == "provider_mismatch" for r in view.reasons):
+            continue
+        if not in_scope(view, scope_sources(args), args.include_archived, args.include_empty):
+            continue
+        carried = view.rollout_provider or view.db_provider or DEFAULT_PROVIDER
+        if carried != inv.config.provider:
+            groups.setdefault(carried, []).append(view.id)
+    return groups
+
+
+def scope_sources(args: argparse.Namespace) -> List[str]:
+    chosen = getattr(args, "source", None) or ["cli", "vscode"]
+    return list(chosen)
+
+
+def command_prefix(args: argparse.Namespace) -> str:
+    invoked = os.path.basename(sys.argv[0] or "")
+    prefix = "python3 scripts/codex_session_recovery.py" if invoked.endswith(".py") or not invoked else TOOL_NAME
+    if getattr(args, "codex_home", None):
+        prefix += " --codex-home %s" % _shell_quote(args.codex_home)
+    return prefix
+
+
+def _shell_quote(text: str) -> str:
+    return text if re.match(r"^[\w@%+=:,./-]+$", text) else "'" + text.replace("'", "'\"'\"'") + "'"
+
+
+def suggest_commands(inv: Inventory, findings: List[Dict[str, Any]], args: argparse.Namespace) -> List[str]:
+    prefix = command_prefix(args)
+    codes = {f["code"] for f in findings}
+    commands = []
+    for provider in sorted(provider_candidates(inv, args)):
+        commands.append("%s repair-provider --from %s --to auto" % (prefix, _shell_quote(provider)))
+    if "user_event_missing" in codes:
+        commands.append("%s repair-user-events" % prefix)
+    if codes & {"index_stale", "index_bad_lines"}:
+        commands.append("%s rebuild-index" % prefix)
+    if "ui_state_unreadable" in codes:
+        commands.append("%s repair-ui-state" % prefix)
+    return commands
+
+
+def thread_entry(view: ThreadView, verbose: bool) -> Dict[str, Any]:
+    entry: Dict[str, Any] = {
+        "id": view.id,
+        "hidden": view.hidden,
+        "reasons": [r["code"] for r in view.reasons],
+        "evidence": {r["code"]: r["evidence"] for r in view.reasons if r["evidence"]},
+        "source": view.source,
+        "provider": {"db": view.db_provider, "rollout": view.rollout_provider},
+        "archived": view.archived,
+        "has_db_row": view.row is not None,
+        "rollout": view.primary.rel if view.primary else None,
+        "updated_at": iso_from_millis(view.updated_ms),
+        "user_message_line": view.primary.evidence_line if view.primary else None,
+    }
+    if view.index_name:
+        entry["name"] = view.index_name if verbose else "(named)"
+    if verbose and view.primary and view.primary.evidence_text:
+        entry["first_user_message"] = view.primary.evidence_text
+    return entry
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering: one JSON document under --json, short human text otherwise.
+# ---------------------------------------------------------------------------------------------
+
+SAFETY_LINE_READ = "read-only: no file was changed; credentials (auth.json, tokens) were not opened"
+
+
+def envelope(command: str, inv: Optional[Inventory], exit_code: int, **body: Any) -> Dict[str, Any]:
+    doc = {"tool": TOOL_NAME, "version": __version__, "command": command,
+           "codex_home": str(inv.home) if inv else None, "exit_code": exit_code}
+    doc.update(body)
+    return doc
+
+
+def emit_json(doc: Dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def render_diagnose_text(doc: Dict[str, Any], verbose: bool) -> str:
+    lines = []
+    cfg, counts, db = doc["config"], doc["counts"], doc["state_db"]
+    lines.append("%s %s diagnose" % (TOOL_NAME, __version__))
+    lines.append("Home:      %s (%s)" % (doc["codex_home"], doc["codex_home_origin"]))
+    lines.append("Safety:    %s" % doc["safety"])
+    lines.append("Provider:  %s (from %s)%s" % (cfg["active_provider"], cfg["provider_source"],
+                                                 "; profile %s" % cfg["profile"] if cfg["profile"] else ""))
+    if db["live"]:
+        live = db["live"]
+        lines.append("State DB:  %s (schema %s, %d thread columns; %s)" % (
+            live["path"], live["schema_version"], live["thread_columns"], db["reason"]))
+    else:
+        lines.append("State DB:  none (%s)" % db["reason"])
+    if doc["codex_release"]:
+        lines.append("Release:   newest Codex that wrote here: %s" % doc["codex_release"])
+    lines.append("Threads:   %d (%d DB rows, %d rollout files); visible by default %d, hidden %d, archived %d" % (
+        counts["threads"], counts["db_rows"], counts["rollout_files"], counts["visible_by_default"],
+        counts["hidden"], counts["archived"]))
+    lines.append("  by source:   %s" % _fmt_counts(counts["by_source"]))
+    lines.append("  by provider: %s" % _fmt_counts(counts["by_provider"]))
+    latest = doc["latest_interactive_thread"]
+    if latest:
+        lines.append("Latest interactive thread: %s (provider %s, %s)" % (latest["id"], latest["provider"], latest["updated_at"]))
+    idx = doc["session_index"]
+    lines.append("Index:     session_index.jsonl %s, %d entries" % ("present" if idx["present"] else "absent", idx["entries"]))
+    if doc["ui_state"]["present"]:
+        lines.append("UI state:  .codex-global-state.json sidebar keys: %s" % (
+            ", ".join(sorted(doc["ui_state"]["sidebar"])) or "none"))
+    lines.append("")
+    if not doc["findings"]:
+        lines.append("No findings: every thread is where Codex will list it.")
+    for finding in doc["findings"]:
+        count = finding.get("count")
+        lines.append("[%s] %s%s: %s" % (finding["severity"], finding["code"],
+                                        " (%d threads)" % count if count else "", finding["message"]))
+        ids = finding.get("thread_ids") or []
+        shown = ids if verbose else ids[:3]
+        if shown:
+            lines.append("    e.g. %s%s" % (", ".join(shown), " …" if len(ids) > len(shown) else ""))
+        if finding.get("evidence") and (verbose or finding["code"] not in ("index_stale",)):
+            lines.append("    %s" % short(json.dumps(finding["evidence"], default=str), 200 if not verbose else 2000))
+    if doc["next_commands"]:
+        lines.append("")
+        lines.append("Next (dry runs; nothing is written without --apply):")
+        lines.extend("  " + c for c in doc["next_commands"])
+    return "\n".join(lines)
+
+
+def _fmt_counts(counts: Dict[str, int]) -> str:
+    return ", ".join("%s %d" % kv for kv in counts.items()) or "none"
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------------
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    inv = build_inventory(args)
+    findings = run_checks(inv)
+    code = exit_code_for(findings)
+    latest = latest_interactive_thread(inv)
+    views = sorted(inv.threads.values(), key=lambda v: -(v.updated_ms or 0))
+    doc = envelope(
+        "diagnose", inv, code,
+        codex_home_origin=inv.home_origin,
+        applied=False,
+        safety=SAFETY_LINE_READ,
+        config=inv.config.as_json(),
+        codex_release=".".join(map(str, inv.release)) or None,
+        state_db={"live": inv.live_db.as_json(inv.home) if inv.live_db else None, "reason": inv.live_reason,
+                  "all": [d.as_json(inv.home) for d in inv.dbs],
+                  "backfill": inv.backfill, "history_projections": inv.projections},
+        counts=summarise(inv),
+        latest_interactive_thread=None if latest is None else {
+            "id": latest.id, "provider": latest.rollout_provider or latest.db_provider,
+            "updated_at": iso_from_millis(latest.updated_ms)},
+        provider_candidates={k: len(v) for k, v in provider_candidates(inv, args).items()},
+        session_index={k: v for k, v in inv.index.items() if k != "names"},
+        ui_state=inv.global_state,
+        findings=findings,
+        threads=[thread_entry(v, args.verbose) for v in views if v.hidden or args.verbose],
+        next_commands=suggest_commands(inv, findings, args),
+    )
+    if args.json:
+        emit_json(doc)
+    else:
+        print(render_diagnose_text(doc, args.verbose))
+    return code
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument parser. Shared options work before and after the subcommand name.
+# ---------------------------------------------------------------------------------------------
+
+HELP_SUMMARY = """\
+Find out why local Codex conversations vanished from the lists, and bring them back by
+repairing local metadata. Reads only, unless --apply is given; --apply backs up every file it
+changes first (CODEX_HOME/recovery-backups/) and refuses while Codex is using the home unless
+--force. Never opens auth.json, API keys, tokens or cookies."""
+
+HELP_EPILOG = """\
+exit codes:
+  0  clean, nothing to do, or the apply succeeded
+  1  findings, or changes pending in a dry run
+  2  usage error
+  3  refused by a safety check (the message names the override, if any)
+  4  apply failed (the output says whether the automatic restore worked)
+
+examples:
+  %(prog)s diagnose
+  %(prog)s diagnose --codex-home ~/.codex --json
+"""
+
+
+def _shared_options(defaults: bool) -> argparse.ArgumentParser:
+    """Options every command takes. Subcommands get SUPPRESS defaults so a value given before
+    the subcommand name is not overwritten by the subcommand's default."""
+    parser = argparse.ArgumentParser(add_help=False)
+    default = (lambda value: value) if defaults else (lambda value: argparse.SUPPRESS)
+    group = parser.add_argument_group("common options")
+    group.add_argument("--codex-home", metavar="PATH", default=default(None),
+                       help="Codex home to inspect (default: $CODEX_HOME, else ~/.codex)")
+    group.add_argument("--profile", metavar="NAME", default=default(None),
+                       help="resolve the active provider as `codex --profile NAME` would")
+    group.add_argument("--json", action="store_true", default=default(False),
+                       help="print exactly one JSON document on stdout")
+    group.add_argument("--verbose", action="store_true", default=default(False),
+                       help="list every thread and example; include message snippets")
+    return parser
+
+
+def _scope_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("scope")
+    group.add_argument("--source", action="append", metavar="KIND",
+                       choices=("cli", "vscode", "exec", "mcp", "subagent", "any"),
+                       help="thread sources in scope (repeatable; default: cli and vscode, the ones "
+                            "Codex lists; `any` for all)")
+    group.add_argument("--include-archived", action="store_true", help="include archived threads")
+    group.add_argument("--include-empty", action="store_true",
+                       help="include threads with no user message")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="codex_session_recovery.py", description=HELP_SUMMARY, epilog=HELP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter, parents=[_shared_options(True)])
+    parser.add_argument("--version", action="version", version="%s %s" % (TOOL_NAME, __version__))
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    shared = _shared_options(False)
+
+    diagnose = sub.add_parser(
+        "diagnose", parents=[shared], formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="explain, thread by thread, why conversations are hidden (read-only)",
+        description="Read the state DB, every rollout head, the session index and Desktop's UI "
+                    "state; report each hidden thread with stable reason codes and the next "
+                    "command to run. Never writes.")
+    _scope_options(diagnose)
+    diagnose.set_defaults(handler=cmd_diagnose)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return args.handler(args)
+    except ToolError as exc:
+        if getattr(args, "json", False):
+            emit_json({"tool": TOOL_NAME, "version": __version__, "command": args.command,
+                       "exit_code": exc.exit_code, "error": {"kind": exc.label, "message": str(exc)}})
+        sys.stderr.write("%s: %s\n" % (exc.label, exc))
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
