@@ -727,9 +727,34 @@ _ROW_PRESENCE_COLUMNS = ("first_user_message", "preview", "title")
 
 
 def open_db_readonly(path: Path) -> sqlite3.Connection:
-    uri = path.resolve().as_uri() + "?mode=ro"
-    conn = sqlite3.connect(uri, uri=True, timeout=5.0)
+    """Open a state DB for reading without creating or changing any file beside it.
+
+    A `mode=ro` open of a WAL database creates an empty `-wal` when none exists, so with no
+    `-wal` (every page is in the main file) the DB is opened `immutable`, which creates
+    nothing. When the folder cannot take the `-shm` index SQLite needs (a read-only home),
+    a private copy is read instead."""
+    wal = Path(str(path) + "-wal")
+    query = "?mode=ro" if wal.exists() else "?mode=ro&immutable=1"
+    try:
+        conn = sqlite3.connect(path.resolve().as_uri() + query, uri=True, timeout=5.0)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError as exc:
+        if "unable to open" not in str(exc) and "readonly" not in str(exc):
+            raise
+        conn = _open_private_copy(path)
     conn.row_factory = sqlite3.Row
+    return conn
+
+
+def _open_private_copy(path: Path) -> sqlite3.Connection:
+    folder = Path(tempfile.mkdtemp(prefix="csr-read-"))
+    for suffix in ("", "-wal"):
+        source = Path(str(path) + suffix)
+        if source.exists():
+            shutil.copyfile(str(source), str(folder / (path.name + suffix)))
+    conn = sqlite3.connect(str(folder / path.name), timeout=5.0)
+    # The copy is read once and thrown away; nothing of it is kept once the connection is closed.
+    shutil.rmtree(str(folder), ignore_errors=True) if os.name != "nt" else None
     return conn
 
 
@@ -981,8 +1006,23 @@ def scan_rollout(path: Path, home: Path) -> RolloutInfo:
                 info.evidence_text = short(text, 200)
                 break
         info.bytes_read = handle.tell()
+        if not info.scanned_to_end:
+            check_tail(handle, info)
     info.problems = sorted(set(info.problems))
     return info
+
+
+def check_tail(handle: Any, info: RolloutInfo) -> None:
+    """A torn last line (a crash mid-append) or NUL padding (a sync tool pre-allocating)
+    sits at the end, past the head scan; reading the last 64 KB finds it in O(1)."""
+    start = max(info.bytes_read, info.size - 65536)
+    handle.seek(start)
+    tail = handle.read()
+    info.bytes_read += len(tail)
+    if b"\x00" in tail:
+        info.problems.append("nul_bytes")
+    if tail and not tail.endswith(b"\n"):
+        info.problems.append("torn_line")
 
 
 def _take_first_line(info: RolloutInfo, record: Dict[str, Any]) -> None:
@@ -1326,7 +1366,7 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
             last_watermark=inv.backfill.get("last_watermark"))
     used = {}
     for view in inv.threads.values():
-        for provider in (view.db_provider, view.rollout_provider):
+        for provider in {view.db_provider, view.rollout_provider}:
             if provider and not inv.config.knows_provider(provider):
                 used[provider] = used.get(provider, 0) + 1
     for provider, count in sorted(used.items()):

@@ -1,0 +1,225 @@
+"""Synthetic Codex homes for the fast test tier.
+
+The state DB schemas in tests/fixtures/ were dumped from homes that the real Codex releases
+created (tables, indexes, triggers and `_sqlx_migrations` rows; no thread data), and the
+rollout lines below follow the line sequences those releases wrote:
+
+* 0.169.0: session_meta (~21 KB, `history_mode`, `ordinal` on every line), task_started,
+  developer and <environment_context> messages, world_state, turn_context,
+  thread_settings_applied, the prompt as a role=user response_item, then
+  event_msg/item_completed with a UserMessage item; no event_msg/user_message.
+* 0.130.0 and 0.120.0: the same head without ordinals, and event_msg/user_message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import uuid
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+RELEASES = ("0.169.0", "0.130.0", "0.120.0")
+BASE_TIME_MS = 1_790_000_000_000  # 2026-09-21
+
+
+def new_thread_id(seed: str) -> str:
+    """A UUIDv7-looking, deterministic id."""
+    digest = hashlib.sha256(seed.encode()).hexdigest()
+    return "019a%s-%s-7%s-8%s-%s" % (digest[:4], digest[4:8], digest[8:11], digest[11:14], digest[14:26])
+
+
+class Thread:
+    def __init__(self, thread_id: str, path: Path, created_ms: int) -> None:
+        self.id = thread_id
+        self.path = path
+        self.created_ms = created_ms
+
+
+class HomeBuilder:
+    """Builds a CODEX_HOME: config, state DB (from a real release's schema), rollouts, index."""
+
+    def __init__(self, root: Path, release: str = "0.169.0", with_db: bool = True) -> None:
+        self.root = root
+        self.release = release
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "sessions").mkdir(exist_ok=True)
+        self.db_path: Optional[Path] = None
+        self.counter = 0
+        if with_db:
+            self.db_path = self.root / "state_5.sqlite"
+            create_state_db(self.db_path, release)
+
+    # -- files --------------------------------------------------------------------------------
+
+    def config(self, text: str, name: str = "config.toml") -> "HomeBuilder":
+        (self.root / name).write_text(text, encoding="utf-8")
+        return self
+
+    def provider_config(self, provider: str) -> "HomeBuilder":
+        if provider == "openai":
+            return self.config("")
+        return self.config(
+            'model_provider = "%s"\n\n[model_providers.%s]\nname = "%s"\nbase_url = "http://127.0.0.1:9/v1"\n'
+            'wire_api = "responses"\nenv_key = "CSR_FAKE_KEY"\n' % (provider, provider, provider))
+
+    def thread(
+        self,
+        provider: Optional[str] = "openai",
+        source: Any = "vscode",
+        user_text: Optional[str] = "fix the failing checkout test",
+        archived: bool = False,
+        row: bool = True,
+        row_overrides: Optional[Dict[str, Any]] = None,
+        turns: int = 1,
+        extra_lines: Optional[List[Dict[str, Any]]] = None,
+        cwd: str = "/work/shop",
+        thread_id: Optional[str] = None,
+    ) -> Thread:
+        self.counter += 1
+        thread_id = thread_id or new_thread_id("%s/%d" % (self.root.name, self.counter))
+        created_ms = BASE_TIME_MS + self.counter * 60_000
+        stamp = _stamp(created_ms)
+        name = "rollout-%s-%s.jsonl" % (stamp.replace(":", "-")[:19], thread_id)
+        folder = self.root / "archived_sessions" if archived else self.root / "sessions" / stamp[:4] / stamp[5:7] / stamp[8:10]
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / name
+        lines = rollout_lines(self.release, thread_id, created_ms, provider, source, user_text, turns, cwd)
+        lines += extra_lines or []
+        write_jsonl(path, lines)
+        thread = Thread(thread_id, path, created_ms)
+        if row and self.db_path is not None:
+            values = row_values(self.release, thread, provider, source, user_text, archived, cwd)
+            values.update(row_overrides or {})
+            insert_row(self.db_path, values)
+        return thread
+
+    def index(self, entries: List[Dict[str, Any]]) -> "HomeBuilder":
+        write_jsonl(self.root / "session_index.jsonl", entries)
+        return self
+
+
+# -- rollouts ---------------------------------------------------------------------------------
+
+
+def _stamp(millis: int) -> str:
+    import datetime as dt
+    return dt.datetime.fromtimestamp(millis / 1000, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:23] + "Z"
+
+
+def write_jsonl(path: Path, records: List[Dict[str, Any]]) -> None:
+    with open(str(path), "wb") as handle:
+        for record in records:
+            handle.write(json.dumps(record, separators=(",", ":")).encode("utf-8") + b"\n")
+
+
+def session_meta(release: str, thread_id: str, created_ms: int, provider: Optional[str], source: Any,
+                 cwd: str) -> Dict[str, Any]:
+    payload: Dict[str, Any] = {}
+    if release >= "0.169.0":
+        payload.update(account_scoped=True, session_id=thread_id)
+    payload.update(id=thread_id, timestamp=_stamp(created_ms), cwd=cwd, originator="codex_vscode",
+                   cli_version=release, source=source)
+    if provider is not None:
+        payload["model_provider"] = provider
+    payload["base_instructions"] = {"text": "You are Codex. " + "x" * 20_000}
+    if release >= "0.169.0":
+        payload["history_mode"] = "paginated"
+    return {"timestamp": _stamp(created_ms), "type": "session_meta", "payload": payload}
+
+
+def rollout_lines(release: str, thread_id: str, created_ms: int, provider: Optional[str], source: Any,
+                  user_text: Optional[str], turns: int, cwd: str) -> List[Dict[str, Any]]:
+    ts = _stamp(created_ms + 500)
+    lines = [session_meta(release, thread_id, created_ms, provider, source, cwd)]
+
+    def add(kind: str, payload: Dict[str, Any]) -> None:
+        lines.append({"timestamp": ts, "type": kind, "payload": payload})
+
+    for turn in range(turns):
+        add("event_msg", {"type": "task_started", "turn_id": "turn-%d" % turn})
+        if turn == 0:
+            add("response_item", {"type": "message", "role": "developer",
+                                  "content": [{"type": "input_text", "text": "<permissions instructions>\nsandbox\n</permissions instructions>"}]})
+            add("response_item", {"type": "message", "role": "user",
+                                  "content": [{"type": "input_text", "text": "<environment_context>\n  <cwd>%s</cwd>\n</environment_context>" % cwd}]})
+        add("turn_context", {"cwd": cwd, "model": "gpt-5.5"})
+        if release >= "0.169.0":
+            add("event_msg", {"type": "thread_settings_applied", "thread_id": thread_id,
+                              "thread_settings": {"model": "gpt-5.5", "model_provider_id": provider}})
+        if user_text is not None:
+            text = user_text if turn == 0 else "%s (turn %d)" % (user_text, turn + 1)
+            add("response_item", {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]})
+            if release >= "0.169.0":
+                add("event_msg", {"type": "item_completed", "thread_id": thread_id, "turn_id": "turn-%d" % turn,
+                                  "item": {"type": "UserMessage", "id": "u%d" % turn,
+                                           "content": [{"type": "text", "text": text, "text_elements": []}]}})
+            else:
+                add("event_msg", {"type": "user_message", "message": text, "images": [], "local_images": [],
+                                  "text_elements": []})
+        add("response_item", {"type": "message", "role": "assistant",
+                              "content": [{"type": "output_text", "text": "done %d" % turn}]})
+        add("event_msg", {"type": "task_complete", "turn_id": "turn-%d" % turn})
+    if release >= "0.169.0":
+        for ordinal, line in enumerate(lines):
+            line["ordinal"] = ordinal
+    return lines
+
+
+# -- the state DB -----------------------------------------------------------------------------
+
+
+def create_state_db(path: Path, release: str) -> None:
+    conn = sqlite3.connect(str(path))
+    try:
+        conn.executescript((FIXTURES / ("state_5-%s.sql" % release)).read_text(encoding="utf-8"))
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("INSERT OR REPLACE INTO backfill_state (id, status, last_watermark, last_success_at, updated_at) "
+                     "VALUES (1, 'complete', NULL, 1790000000, 1790000000)")
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def row_values(release: str, thread: Thread, provider: Optional[str], source: Any, user_text: Optional[str],
+               archived: bool, cwd: str) -> Dict[str, Any]:
+    stored_source = source if isinstance(source, str) else json.dumps(source, separators=(",", ":"))
+    text = user_text or ""
+    return {
+        "id": thread.id, "rollout_path": str(thread.path), "created_at": thread.created_ms // 1000,
+        "updated_at": thread.created_ms // 1000 + 1, "source": stored_source,
+        "model_provider": provider or "openai", "cwd": cwd, "title": text, "sandbox_policy": '{"type":"read-only"}',
+        "approval_mode": "on-request", "tokens_used": 30, "has_user_event": 0, "archived": int(archived),
+        "archived_at": thread.created_ms // 1000 + 5 if archived else None, "cli_version": release,
+        "first_user_message": text, "memory_mode": "enabled", "model": "gpt-5.5",
+        "created_at_ms": thread.created_ms, "updated_at_ms": thread.created_ms + 1000, "preview": text,
+        "recency_at": thread.created_ms // 1000 + 1, "recency_at_ms": thread.created_ms + 1000,
+        "history_mode": "paginated" if release >= "0.169.0" else "legacy", "originator": "codex_vscode",
+    }
+
+
+def insert_row(db_path: Path, values: Dict[str, Any]) -> None:
+    conn = sqlite3.connect(str(db_path))
+    try:
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(threads)")}
+        names = [k for k in values if k in columns]
+        conn.execute("INSERT OR REPLACE INTO threads (%s) VALUES (%s)" % (", ".join(names), ", ".join("?" * len(names))),
+                     [values[k] for k in names])
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def hash_tree(root: Path, ignore_shm: bool = True) -> Dict[str, str]:
+    """SHA-256 of every file under root (SQLite's -shm index may move on a read)."""
+    digests = {}
+    for folder, _dirs, files in os.walk(str(root)):
+        for name in files:
+            if ignore_shm and name.endswith("-shm"):
+                continue
+            path = Path(folder) / name
+            digests[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digests
