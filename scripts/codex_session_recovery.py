@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import hashlib
 import json
 import os
 import re
@@ -713,7 +714,7 @@ def pick_live_db(dbs: List[StateDb]) -> Tuple[Optional[StateDb], str]:
 
 # ---------------------------------------------------------------------------------------------
 # Reading SQLite. Always read-only (URI mode=ro): a read never checkpoints the user's WAL.
-# Columns are discovered at run time: 0.120-era DBs have 25 thread columns, 0.169.0 has 46.
+# Columns are discovered at run time: 0.120.0 has 25 thread columns, 0.130.0 28, 0.169.0 43.
 # ---------------------------------------------------------------------------------------------
 
 # The thread columns the tool reads, when they exist. Text columns that may hold message text
@@ -1082,7 +1083,7 @@ def read_session_index(home: Path) -> Dict[str, Any]:
 
 
 SIDEBAR_KEYS = (
-    "sidebar-collapsed-groups", "sidebar-collapsed-sections-v1", "sidebar-organize-mode-v1",
+    "sidebar-workspace-filter-v2", "sidebar-collapsed-groups", "sidebar-collapsed-sections-v1", "sidebar-organize-mode-v1",
     "electron-sidebar-mode-v1", "thread-sort-key", "sidebar-keep-projects-in-recent-v1",
 )
 WORKSPACE_KEYS = (
@@ -1109,6 +1110,7 @@ def read_global_state(home: Path) -> Dict[str, Any]:
     for key in SIDEBAR_KEYS:
         if key in atoms:
             result["sidebar"][key] = _summarise_value(atoms[key])
+    result["sidebar_reset"] = sorted(sidebar_changes(atoms))
     for key in WORKSPACE_KEYS:
         if key in data:
             result["workspace"][key] = _summarise_value(data[key])
@@ -1297,6 +1299,8 @@ HOME_FINDINGS: Dict[str, Tuple[str, str]] = {
     "index_stale": ("warning", "session_index.jsonl names threads whose rollout no longer exists"),
     "index_bad_lines": ("warning", "session_index.jsonl has lines that are not index entries"),
     "ui_state_unreadable": ("warning", ".codex-global-state.json is not a JSON object"),
+    "sidebar_filtered": ("warning", "Desktop's sidebar is narrowed (collapsed groups or sections, a workspace filter, a non-recent sort)"),
+    "index_missing_names": ("warning", "threads named in the state DB have no session_index.jsonl entry; `codex exec resume NAME` cannot find them"),
     "duplicate_thread_id": ("warning", "one thread id is carried by more than one rollout file"),
 }
 
@@ -1381,13 +1385,19 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
                 counts[problem] = counts.get(problem, 0) + 1
         add("rollout_unreadable", files=len(damaged), problems=counts,
             examples=[i.rel for i in damaged[:5]])
-    stale = sorted(tid for tid in inv.index["names"] if tid not in inv.threads or not inv.threads[tid].files)
+    stale = index_stale_ids(inv)
     if stale:
         add("index_stale", entries=len(stale), thread_ids=stale)
+    unnamed = sorted(v.id for v in inv.threads.values()
+                     if v.row and v.row.get("name") and v.id not in inv.index["names"] and v.files)
+    if unnamed:
+        add("index_missing_names", thread_ids=unnamed)
     if inv.index["bad_lines"]:
         add("index_bad_lines", lines=inv.index["bad_lines"])
     if inv.global_state["error"]:
         add("ui_state_unreadable", error=inv.global_state["error"])
+    if inv.global_state.get("sidebar_reset"):
+        add("sidebar_filtered", keys=inv.global_state["sidebar_reset"])
     dupes = sorted(v.id for v in inv.threads.values() if len(v.files) > 1)
     if dupes:
         add("duplicate_thread_id", thread_ids=dupes)
@@ -1495,9 +1505,9 @@ def suggest_commands(inv: Inventory, findings: List[Dict[str, Any]], args: argpa
         commands.append("%s repair-provider --from %s --to auto" % (prefix, _shell_quote(provider)))
     if "user_event_missing" in codes:
         commands.append("%s repair-user-events" % prefix)
-    if codes & {"index_stale", "index_bad_lines"}:
+    if codes & {"index_stale", "index_bad_lines", "index_missing_names"}:
         commands.append("%s rebuild-index" % prefix)
-    if "ui_state_unreadable" in codes:
+    if "sidebar_filtered" in codes:
         commands.append("%s repair-ui-state" % prefix)
     return commands
 
@@ -1521,6 +1531,1014 @@ def thread_entry(view: ThreadView, verbose: bool) -> Dict[str, Any]:
     if verbose and view.primary and view.primary.evidence_text:
         entry["first_user_message"] = view.primary.evidence_text
     return entry
+
+
+# ---------------------------------------------------------------------------------------------
+# Plans: what a repair would change, computed without writing. Every repair builds a Plan of
+# rollout edits, guarded SQL updates and whole-file writes; apply_plan() is the one writer.
+# ---------------------------------------------------------------------------------------------
+
+# CODEX-COMPAT: the newest state DB migration measured (0.169.0). A newer one means a Codex
+# release this tool has not been checked against: writes are refused unless --force.
+KNOWN_SCHEMA_MAX = 62
+BACKUP_DIR_NAME = "recovery-backups"
+
+
+class RolloutEdit:
+    """Line edits to one rollout, planned from a full streaming read of it. `fingerprint` is
+    (size, mtime_ns, sha256) at planning time: the writer refuses to replace a file that no
+    longer matches, so a line appended by a live session is never lost."""
+
+    def __init__(self, path: Path, thread_id: str) -> None:
+        self.path = path
+        self.thread_id = thread_id
+        self.fingerprint: Tuple[int, int, str] = (0, 0, "")
+        self.changes: List[Dict[str, Any]] = []
+        # (byte offset where the line started, byte length change) for each changed line
+        self.deltas: List[Tuple[int, int, int]] = []
+        self.encrypted_reasoning = False
+
+    def shift(self, offset: int) -> int:
+        """Where a byte offset into the old file lands in the new one (offsets are line starts)."""
+        return offset + sum(delta for start, length, delta in self.deltas if start + length <= offset)
+
+    def as_json(self, home: Path) -> Dict[str, Any]:
+        return {"kind": "rollout_edit", "thread_id": self.thread_id, "path": display_path(self.path, home),
+                "changes": self.changes, "bytes_delta": sum(d for _s, _l, d in self.deltas)}
+
+
+class SqlChange:
+    """One guarded UPDATE of one row: it must hit exactly one row, or the apply fails."""
+
+    def __init__(self, db: Path, table: str, key: Dict[str, Any], values: Dict[str, Any],
+                 expect: Optional[Dict[str, Any]] = None, thread_id: Optional[str] = None) -> None:
+        self.db, self.table, self.key, self.values = db, table, key, values
+        self.expect = expect or {}
+        self.thread_id = thread_id
+
+    def statement(self) -> Tuple[str, List[Any]]:
+        sets = ", ".join("%s = ?" % c for c in self.values)
+        where = dict(self.key)
+        where.update(self.expect)
+        clauses = " AND ".join("%s IS ?" % c for c in where)
+        return ("UPDATE %s SET %s WHERE %s" % (self.table, sets, clauses),
+                list(self.values.values()) + list(where.values()))
+
+    def as_json(self, home: Path) -> Dict[str, Any]:
+        sql, params = self.statement()
+        return {"kind": "sql", "db": display_path(self.db, home), "thread_id": self.thread_id,
+                "sql": sql, "params": params}
+
+
+class FileWrite:
+    """A small file (index, UI state) replaced whole, atomically."""
+
+    def __init__(self, path: Path, data: bytes, summary: Dict[str, Any]) -> None:
+        self.path, self.data, self.summary = path, data, summary
+
+    def as_json(self, home: Path) -> Dict[str, Any]:
+        return {"kind": "file_write", "path": display_path(self.path, home), "summary": self.summary}
+
+
+class Plan:
+    def __init__(self, command: str) -> None:
+        self.command = command
+        self.rollout_edits: List[RolloutEdit] = []
+        self.sql: List[SqlChange] = []
+        self.file_writes: List[FileWrite] = []
+        self.warnings: List[str] = []
+        self.skipped: List[Dict[str, Any]] = []
+        self.notes: Dict[str, Any] = {}
+
+    @property
+    def change_count(self) -> int:
+        return len(self.rollout_edits) + len(self.sql) + len(self.file_writes)
+
+    def touched_dbs(self) -> List[Path]:
+        return sorted({c.db for c in self.sql}, key=str)
+
+    def touched_files(self) -> List[Path]:
+        return [e.path for e in self.rollout_edits] + [w.path for w in self.file_writes]
+
+    def actions_json(self, home: Path) -> List[Dict[str, Any]]:
+        return ([e.as_json(home) for e in self.rollout_edits] + [c.as_json(home) for c in self.sql]
+                + [w.as_json(home) for w in self.file_writes])
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(str(path), "rb") as handle:
+        for chunk in iter(lambda: handle.read(READ_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_fingerprint(path: Path, digest: str) -> Tuple[int, int, str]:
+    stat = path.stat()
+    return (stat.st_size, stat.st_mtime_ns, digest)
+
+
+def replace_json_value(raw: bytes, key: str, old: str, new: str) -> Optional[bytes]:
+    """Change one string value in a raw JSON line, keeping every other byte. Returns None
+    unless the key/value pair occurs exactly once (escaped text inside strings cannot match:
+    its quotes are preceded by a backslash)."""
+    pattern = re.compile(
+        b'"' + re.escape(key.encode()) + b'"(\\s*):(\\s*)' + re.escape(json.dumps(old).encode()))
+    matches = pattern.findall(raw)
+    if len(matches) != 1:
+        return None
+    return pattern.sub(lambda m: b'"' + key.encode() + b'"' + m.group(1) + b":" + m.group(2)
+                       + json.dumps(new).encode(), raw, count=1)
+
+
+def split_line_ending(raw: bytes) -> Tuple[bytes, bytes]:
+    for ending in (b"\r\n", b"\n"):
+        if raw.endswith(ending):
+            return raw[:-len(ending)], ending
+    return raw, b""
+
+
+def provider_line_edit(raw: bytes, thread_id: str, old: str, new: str) -> Optional[Tuple[bytes, str]]:
+    """The rewritten line and the field changed, or None when the line is not about the
+    thread's provider. Lines Codex reads the provider from (measured on 0.169.0):
+    the thread's own `session_meta` lines, and `thread_settings_applied` events."""
+    if b"session_meta" not in raw and b"thread_settings_applied" not in raw:
+        return None
+    body, ending = split_line_ending(raw)
+    try:
+        record = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    payload = record.get("payload") if isinstance(record, dict) else None
+    if not isinstance(payload, dict):
+        return None
+    if record.get("type") == "session_meta":
+        # A fork's copy of its parent's session_meta carries another id: Codex ignores it.
+        if str(payload.get("id", "")).lower() != thread_id or payload.get("model_provider") != old:
+            return None
+        field, target = "model_provider", payload
+    elif record.get("type") == "event_msg" and payload.get("type") == "thread_settings_applied":
+        settings = payload.get("thread_settings")
+        if not isinstance(settings, dict) or settings.get("model_provider_id") != old:
+            return None
+        field, target = "model_provider_id", settings
+    else:
+        return None
+    edited = replace_json_value(body, field, old, new)
+    if edited is None:
+        raise PlanError("%s: the %s value is not where it is expected" % (thread_id, field))
+    target[field] = new
+    if json.loads(edited.decode("utf-8")) != record:
+        raise PlanError("%s: editing %s would change more than that field" % (thread_id, field))
+    return edited + ending, field
+
+
+class PlanError(ValueError):
+    """A thread whose files do not look as the repair expects: it is skipped and reported."""
+
+
+def plan_rollout_edit(path: Path, thread_id: str, line_edit: Any) -> RolloutEdit:
+    """Read the whole rollout as a stream, apply `line_edit` to each line in memory one line at
+    a time, and record what would change. Nothing is written here."""
+    edit = RolloutEdit(path, thread_id)
+    digest = hashlib.sha256()
+    offset = 0
+    with open(str(path), "rb") as handle:
+        line_no = 0
+        for raw in iter(lambda: handle.readline(MAX_LINE_BYTES), b""):
+            line_no += 1
+            digest.update(raw)
+            if b'"encrypted_content"' in raw:
+                edit.encrypted_reasoning = True
+            result = line_edit(raw)
+            if result is not None:
+                new_raw, field = result
+                edit.changes.append({"line": line_no, "field": field})
+                if len(new_raw) != len(raw):
+                    edit.deltas.append((offset, len(raw), len(new_raw) - len(raw)))
+            offset += len(raw)
+    edit.fingerprint = file_fingerprint(path, digest.hexdigest())
+    return edit
+
+
+def history_db_path(home: Path) -> Optional[Path]:
+    found = sorted(home.glob("thread_history_*.sqlite"))
+    return found[-1] if found else None
+
+
+def plan_projection_shift(home: Path, edit: RolloutEdit) -> List[SqlChange]:
+    """0.169.0's paginated-history projection stores byte offsets into the rollout. When a
+    rewrite changes line lengths, every later offset moves by the same amount: keep them true."""
+    db_path = history_db_path(home)
+    if db_path is None or not edit.deltas:
+        return []
+    changes: List[SqlChange] = []
+    conn = open_db_readonly(db_path)
+    try:
+        offset_columns = {
+            "thread_turns": (("thread_id", "turn_id"), ("rollout_byte_offset", "rollout_end_byte_offset")),
+            "thread_history_projection_state": (("thread_id",), ("next_rollout_byte_offset",)),
+        }
+        for table, (keys, columns) in offset_columns.items():
+            if not table_exists(conn, table):
+                continue
+            present = [c for c in columns if c in table_columns(conn, table)]
+            if not present:
+                continue
+            query = "SELECT %s FROM %s WHERE thread_id = ?" % (", ".join(keys + tuple(present)), table)
+            for row in conn.execute(query, (edit.thread_id,)):
+                old = {c: row[c] for c in present if isinstance(row[c], int)}
+                new = {c: edit.shift(v) for c, v in old.items() if edit.shift(v) != v}
+                if new:
+                    changes.append(SqlChange(db_path, table, {k: row[k] for k in keys}, new,
+                                             expect={c: old[c] for c in new}, thread_id=edit.thread_id))
+    finally:
+        conn.close()
+    return changes
+
+
+def resolve_target_provider(inv: Inventory, requested: str, source_provider: str) -> Tuple[str, str]:
+    """`--to auto`: the provider config.toml makes active; when config names none, the provider
+    of the latest interactive thread (the one Desktop was last used with), said so."""
+    if requested != "auto":
+        return requested, "--to"
+    if not inv.config.provider_source.startswith("default"):
+        return inv.config.provider, inv.config.provider_source
+    latest = latest_interactive_thread(inv)
+    carried = (latest.rollout_provider or latest.db_provider) if latest else None
+    if carried and carried != source_provider:
+        return carried, "latest interactive thread %s (config.toml names no provider)" % latest.id
+    return DEFAULT_PROVIDER, "default (config.toml names no provider)"
+
+
+def plan_provider_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
+    plan = Plan("repair-provider")
+    target, target_source = resolve_target_provider(inv, args.to, args.from_provider)
+    plan.notes.update({"from": args.from_provider, "to": target, "to_source": target_source,
+                       "scope": {"sources": scope_sources(args), "include_archived": args.include_archived,
+                                 "include_empty": args.include_empty}})
+    if target == args.from_provider:
+        raise UsageError("--from and --to name the same provider (%s); nothing would move" % target)
+    if not inv.config.knows_provider(target):
+        plan.warnings.append("provider %s is not defined in config.toml; Codex cannot resume threads "
+                             "moved to it until it is" % target)
+    encrypted = 0
+    for view in inv.threads.values():
+        if args.from_provider not in (view.db_provider, view.rollout_provider):
+            continue
+        if not in_scope(view, scope_sources(args), args.include_archived, args.include_empty):
+            continue
+        reason = provider_repair_blocker(view)
+        if reason:
+            plan.skipped.append({"thread_id": view.id, "reason": reason})
+            continue
+        try:
+            if view.primary is not None:
+                edit = plan_rollout_edit(view.primary.path, view.id, lambda raw, v=view: provider_line_edit(
+                    raw, v.id, args.from_provider, target))
+                encrypted += int(edit.encrypted_reasoning)
+                if edit.changes:
+                    plan.rollout_edits.append(edit)
+                    plan.sql.extend(plan_projection_shift(inv.home, edit))
+        except (OSError, PlanError) as exc:
+            plan.skipped.append({"thread_id": view.id, "reason": short(str(exc), 160)})
+            continue
+        if view.row is not None and view.db_provider == args.from_provider:
+            plan.sql.append(SqlChange(inv.live_db.path, "threads", {"id": view.id}, {"model_provider": target},
+                                      expect={"model_provider": args.from_provider}, thread_id=view.id))
+    if encrypted:
+        plan.warnings.append("%d moved thread(s) carry encrypted reasoning (encrypted_content); it may not "
+                             "verify under another provider or account, and resuming can fail until the "
+                             "original provider is configured again" % encrypted)
+    plan.notes["threads"] = len({e.thread_id for e in plan.rollout_edits} | {c.thread_id for c in plan.sql})
+    return plan
+
+
+def provider_repair_blocker(view: ThreadView) -> Optional[str]:
+    if view.primary is None:
+        return None if view.row is not None else "no rollout and no DB row"
+    if view.primary.problems and set(view.primary.problems) & {"id_mismatch", "legacy_format", "compressed",
+                                                                "first_line_not_session_meta", "unreadable"}:
+        return "rollout cannot be edited safely: %s" % ", ".join(view.primary.problems)
+    if len(view.files) > 1:
+        return "thread id carried by %d rollout files; resolve the duplicate first" % len(view.files)
+    if view.row is not None and view.primary is not None and view.row.get("rollout_path") and \
+            not os.path.isfile(str(view.row["rollout_path"])):
+        return "the DB row's rollout_path is stale; run rebuild-index or diagnose first"
+    return None
+
+
+def full_first_user_text(path: Path) -> Optional[str]:
+    """The complete first user message of a rollout, read as a stream up to that line."""
+    with open(str(path), "rb") as handle:
+        line_no = 0
+        for raw in iter(lambda: handle.readline(MAX_LINE_BYTES), b""):
+            line_no += 1
+            record = parse_rollout_line(raw, line_no, [])
+            found = user_text_of(record) if record else None
+            if found:
+                return found[1]
+    return None
+
+
+def plan_user_events_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
+    plan = Plan("repair-user-events")
+    columns = set(inv.live_db.columns) if inv.has_db else set()
+    for view in inv.threads.values():
+        reason = next((r for r in view.reasons if r["code"] == "user_event_missing"), None)
+        if reason is None or view.primary is None:
+            continue
+        try:
+            text = full_first_user_text(view.primary.path)
+        except OSError as exc:
+            plan.skipped.append({"thread_id": view.id, "reason": str(exc)})
+            continue
+        if not text:
+            continue
+        values: Dict[str, Any] = {}
+        if "has_user_event" in columns and not view.row.get("has_user_event"):
+            values["has_user_event"] = 1
+        for column in ("first_user_message", "preview", "title"):
+            if column in columns and not view.row.get("has_" + column):
+                values[column] = text
+        if values:
+            plan.sql.append(SqlChange(inv.live_db.path, "threads", {"id": view.id}, values, thread_id=view.id))
+    plan.notes["threads"] = len(plan.sql)
+    return plan
+
+
+# Desktop sidebar keys and the values that show every thread: all workspaces, the recent
+# (updated_at) ordering, nothing collapsed. Only keys already present are touched.
+SIDEBAR_RESET = {
+    "sidebar-workspace-filter-v2": "all",
+    "sidebar-collapsed-groups": {},
+    "sidebar-collapsed-sections-v1": {},
+    "thread-sort-key": "updated_at",
+}
+
+
+def sidebar_changes(atoms: Dict[str, Any]) -> Dict[str, Tuple[Any, Any]]:
+    return {k: (atoms[k], v) for k, v in SIDEBAR_RESET.items() if k in atoms and atoms[k] != v}
+
+
+def plan_ui_state_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
+    plan = Plan("repair-ui-state")
+    path = inv.home / ".codex-global-state.json"
+    if not path.is_file():
+        return plan
+    raw = path.read_bytes()
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        plan.skipped.append({"path": path.name, "reason": "not JSON; Codex Desktop rewrites it on its next exit"})
+        return plan
+    atoms = data.get("electron-persisted-atom-state") if isinstance(data, dict) else None
+    if not isinstance(atoms, dict):
+        return plan
+    changes = sidebar_changes(atoms)
+    if not changes:
+        return plan
+    for key, (_old, new) in changes.items():
+        atoms[key] = new
+    indent = 2 if b"\n " in raw else None
+    separators = (",", ": ") if indent else (",", ":")
+    text = json.dumps(data, indent=indent, separators=separators, ensure_ascii=False)
+    data_out = text.encode("utf-8") + (b"\n" if raw.endswith(b"\n") else b"")
+    plan.file_writes.append(FileWrite(path, data_out, {"reset": sorted(changes)}))
+    return plan
+
+
+def index_stale_ids(inv: Inventory) -> List[str]:
+    """Index entries provably stale: no rollout with that id anywhere in the home, and no DB
+    row whose rollout_path exists. Anything less certain is kept."""
+    stale = []
+    for thread_id in inv.index["names"]:
+        view = inv.threads.get(thread_id)
+        if view is not None and (view.files or (view.row and os.path.isfile(str(view.row.get("rollout_path") or "")))):
+            continue
+        stale.append(thread_id)
+    return sorted(stale)
+
+
+def plan_index_rebuild(inv: Inventory, args: argparse.Namespace) -> Plan:
+    plan = Plan("rebuild-index")
+    path = inv.home / "session_index.jsonl"
+    stale = set(index_stale_ids(inv))
+    missing = sorted(v.id for v in inv.threads.values()
+                     if v.row and v.row.get("name") and v.id not in inv.index["names"] and v.files)
+    if not stale and not missing and not inv.index["bad_lines"]:
+        return plan
+    entries = read_index_entries(path) if path.is_file() else []
+    latest: Dict[str, Dict[str, Any]] = {}
+    for entry in entries:
+        thread_id = entry["id"].lower()
+        if thread_id in stale:
+            continue
+        name = entry.get("thread_name")
+        if isinstance(name, str) and name.strip() or thread_id not in latest:
+            latest[thread_id] = entry  # the last non-empty name wins
+    for thread_id in missing:
+        view = inv.threads[thread_id]
+        latest[thread_id] = {"id": thread_id, "thread_name": view.row["name"],
+                             "updated_at": iso_from_millis(view.updated_ms)}
+    ordered = sorted(latest.values(), key=lambda e: str(e.get("updated_at") or ""))
+    data = b"".join(json.dumps(e, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n" for e in ordered)
+    plan.file_writes.append(FileWrite(path, data, {
+        "entries_before": inv.index["entries"], "entries_after": len(ordered), "dropped_stale": len(stale),
+        "dropped_bad_lines": inv.index["bad_lines"], "added_from_db_names": len(missing)}))
+    return plan
+
+
+def read_index_entries(path: Path) -> List[Dict[str, Any]]:
+    entries = []
+    with open(str(path), "rb") as handle:
+        for raw in iter(lambda: handle.readline(MAX_LINE_BYTES), b""):
+            try:
+                entry = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                continue
+            if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+                entries.append(entry)
+    return entries
+
+
+# ---------------------------------------------------------------------------------------------
+# Safety: preflight refusals, all through one helper, each naming its override (if any).
+# ---------------------------------------------------------------------------------------------
+
+
+def refuse(reason: str, override: Optional[str]) -> RefusedError:
+    tail = " If you want to proceed anyway, use %s." % override if override else " This check has no override."
+    return RefusedError("will not write: %s.%s" % (reason, tail))
+
+
+def preflight(inv: Inventory, plan: Plan, force: bool) -> None:
+    for path in plan.touched_files():
+        check_inside_home(path, inv.home)
+    for db in plan.touched_dbs():
+        if not is_within(Path(os.path.realpath(str(db))), inv.home) and not is_configured_sqlite_home(db, inv):
+            raise refuse("%s lies outside CODEX_HOME" % db, None)
+    if inv.live_db is not None and (inv.live_db.schema_version or 0) > KNOWN_SCHEMA_MAX and not force:
+        raise refuse("the state DB has schema version %s, newer than the newest this tool was checked "
+                     "against (%d)" % (inv.live_db.schema_version, KNOWN_SCHEMA_MAX), "--force")
+    users = codex_users(inv.home, [d.path for d in inv.dbs] + [p for p in [history_db_path(inv.home)] if p])
+    if plan.command == "repair-ui-state":
+        # Desktop rewrites .codex-global-state.json when it exits, undoing an edit made while it runs.
+        users += desktop_processes()
+    if users and not force:
+        raise refuse("Codex is using this home (%s); quit Codex Desktop, the IDE extension and any codex "
+                     "process first" % "; ".join(users[:3]), "--force")
+
+
+def is_configured_sqlite_home(db: Path, inv: Inventory) -> bool:
+    return any(db.parent == folder for folder, origin in sqlite_home_dirs(inv.home, inv.config, dict(os.environ))
+               if origin in ("config sqlite_home", "CODEX_SQLITE_HOME"))
+
+
+def check_inside_home(path: Path, home: Path) -> None:
+    """Writes stay inside the home and never go through a symlink (a symlinked home itself is
+    resolved once, up front, and is fine)."""
+    if not is_within(Path(os.path.abspath(str(path))), home):
+        raise refuse("%s lies outside CODEX_HOME" % path, None)
+    current = Path(os.path.abspath(str(path)))
+    while current != home and is_within(current, home):
+        if current.is_symlink():
+            raise refuse("%s is reached through a symlink (%s)" % (display_path(path, home), display_path(current, home)), None)
+        current = current.parent
+    if path.exists() and not path.is_file():
+        raise refuse("%s is not a regular file" % display_path(path, home), None)
+
+
+def codex_users(home: Path, dbs: List[Path]) -> List[str]:
+    """Who is using the home right now. An idle `codex app-server` (what Desktop and the IDE run)
+    holds no write lock, but every open SQLite connection in WAL mode holds a shared lock on byte
+    128 of the -shm file, which F_GETLK reports with the holder's pid."""
+    users = []
+    for db in dbs:
+        pid = shm_lock_holder(Path(str(db) + "-shm"))
+        if pid:
+            users.append("pid %d has %s open" % (pid, display_path(db, home)))
+    users.extend(writer_lock_holders(home))
+    users.extend(processes_with_open_files(home))
+    return sorted(set(users))
+
+
+def shm_lock_holder(shm: Path) -> Optional[int]:
+    if os.name != "posix" or not shm.exists():
+        return None
+    import fcntl
+    import struct
+    if sys.platform.startswith("linux"):
+        layout = "hhxxxxqqixxxx"
+        request = struct.pack(layout, fcntl.F_WRLCK, os.SEEK_SET, 128, 1, 0)
+    elif sys.platform == "darwin" or "bsd" in sys.platform:
+        layout = "qqihh"
+        request = struct.pack(layout, 128, 1, 0, fcntl.F_WRLCK, os.SEEK_SET)
+    else:  # pragma: no cover - other POSIX systems: the process scan still applies
+        return None
+    try:
+        fd = os.open(str(shm), os.O_RDWR)
+    except OSError:
+        try:
+            fd = os.open(str(shm), os.O_RDONLY)
+        except OSError:
+            return None
+    try:
+        answer = fcntl.fcntl(fd, fcntl.F_GETLK, request)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    fields = struct.unpack(layout, answer)
+    if sys.platform.startswith("linux"):
+        l_type, pid = fields[0], fields[4]
+    else:
+        l_type, pid = fields[3], fields[2]
+    return pid if l_type != fcntl.F_UNLCK else None
+
+
+def writer_lock_holders(home: Path) -> List[str]:
+    folder = home / "thread-writer-locks"
+    if os.name != "posix" or not folder.is_dir():
+        return []
+    import fcntl
+    holders = []
+    for lock in sorted(folder.iterdir()):
+        if not lock.is_file():
+            continue
+        try:
+            fd = os.open(str(lock), os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except OSError:
+            holders.append("a Codex thread writer holds %s" % display_path(lock, home))
+        finally:
+            os.close(fd)
+    return holders
+
+
+def processes_with_open_files(home: Path) -> List[str]:
+    """Processes with a file of the home open: /proc on Linux, lsof elsewhere, tasklist on Windows."""
+    if os.name == "nt":  # pragma: no cover - exercised on Windows CI
+        return _windows_codex_processes()
+    proc = Path("/proc")
+    if proc.is_dir() and (proc / "self" / "fd").is_dir():
+        return _proc_holders(home)
+    lsof = shutil.which("lsof")
+    if lsof is None:  # pragma: no cover
+        return []
+    import subprocess
+    try:
+        out = subprocess.run([lsof, "-Fpc", "+D", str(home / "sessions")], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, timeout=20).stdout.decode("utf-8", "replace")
+    except (OSError, subprocess.SubprocessError):  # pragma: no cover
+        return []
+    users, pid = [], None
+    for line in out.splitlines():
+        if line.startswith("p"):
+            pid = line[1:]
+        elif line.startswith("c") and pid and int(pid) != os.getpid():
+            users.append("pid %s (%s) has files of the home open" % (pid, line[1:]))
+    return users
+
+
+def _proc_holders(home: Path) -> List[str]:
+    users = []
+    prefix = str(home) + os.sep
+    own = {os.getpid()}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in own:
+            continue
+        try:
+            fds = os.listdir("/proc/%s/fd" % entry)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink("/proc/%s/fd/%s" % (entry, fd))
+            except OSError:
+                continue
+            if target.startswith(prefix) and BACKUP_DIR_NAME not in target:
+                users.append("pid %s (%s) has %s open" % (entry, _process_name(entry), display_path(Path(target), home)))
+                break
+    return users
+
+
+def _process_name(pid: str) -> str:
+    try:
+        return Path("/proc/%s/comm" % pid).read_text().strip()
+    except OSError:
+        return "?"
+
+
+def desktop_processes() -> List[str]:
+    """Codex Desktop (an Electron app named Codex) running on this machine."""
+    if os.name == "nt":  # pragma: no cover
+        return [u for u in _windows_codex_processes() if "codex.exe" in u.lower() and "app" in u.lower()]
+    found = []
+    proc = Path("/proc")
+    if proc.is_dir():
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) != os.getpid() and _process_name(entry) in ("Codex", "codex-desktop"):
+                found.append("Codex Desktop is running (pid %s)" % entry)
+        return found
+    pgrep = shutil.which("pgrep")
+    if pgrep:  # pragma: no cover - macOS
+        import subprocess
+        out = subprocess.run([pgrep, "-x", "Codex"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL).stdout
+        found = ["Codex Desktop is running (pid %s)" % p for p in out.decode().split()]
+    return found
+
+
+def _windows_codex_processes() -> List[str]:  # pragma: no cover - Windows only
+    import subprocess
+    try:
+        out = subprocess.run(["tasklist", "/FO", "CSV", "/NH"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             timeout=20).stdout.decode("utf-8", "replace")
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return ["%s is running" % line.split(",")[0].strip('"') for line in out.splitlines()
+            if line.lower().startswith(('"codex', '"codex.exe'))]
+
+
+class ToolLock:
+    """Two copies of the tool never apply to one home at once: an exclusive lock on a file of
+    our own, released by the OS if the process dies."""
+
+    def __init__(self, home: Path) -> None:
+        self.path = home / BACKUP_DIR_NAME / ".lock"
+        self.handle: Any = None
+
+    def __enter__(self) -> "ToolLock":
+        self.path.parent.mkdir(mode=0o700, exist_ok=True)
+        self.handle = open(str(self.path), "a+b")
+        try:
+            if os.name == "nt":  # pragma: no cover
+                import msvcrt
+                msvcrt.locking(self.handle.fileno(), msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl
+                fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.handle.close()
+            raise refuse("another codex-session-recovery run is writing to this home", None) from None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.handle.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Backups and restore. A backup holds each DB (through SQLite's online backup API, which
+# includes pages still in the -wal) and each file to be rewritten, byte for byte, plus a
+# manifest. Restore puts exactly those back.
+# ---------------------------------------------------------------------------------------------
+
+
+def make_backup_dir(home: Path, command: str) -> Path:
+    root = home / BACKUP_DIR_NAME
+    root.mkdir(mode=0o700, exist_ok=True)
+    stamp = utc_now().strftime("%Y%m%dT%H%M%SZ")
+    for n in range(1000):
+        folder = root / ("%s-%s%s" % (stamp, command, "" if n == 0 else "-%d" % n))
+        try:
+            folder.mkdir(mode=0o700)
+            return folder
+        except FileExistsError:
+            continue
+    raise ApplyError("could not create a backup folder under %s" % root)
+
+
+def db_digest(conn: sqlite3.Connection, rows: Dict[str, List[Dict[str, Any]]]) -> str:
+    """A digest of the rows a plan touches: what `restore` compares to see whether the DB
+    changed since the run."""
+    digest = hashlib.sha256()
+    for table in sorted(rows):
+        for key in sorted(rows[table], key=lambda k: json.dumps(k, sort_keys=True)):
+            clauses = " AND ".join("%s IS ?" % c for c in key)
+            found = conn.execute("SELECT * FROM %s WHERE %s" % (table, clauses), list(key.values())).fetchall()
+            digest.update(json.dumps([list(r) for r in found], default=str).encode())
+    return digest.hexdigest()
+
+
+def touched_rows(plan: Plan, db: Path) -> Dict[str, List[Dict[str, Any]]]:
+    rows: Dict[str, List[Dict[str, Any]]] = {}
+    for change in plan.sql:
+        if change.db == db and change.key not in rows.setdefault(change.table, []):
+            rows[change.table].append(change.key)
+    return rows
+
+
+def backup_plan(inv: Inventory, plan: Plan, argv: Sequence[str]) -> Tuple[Path, Dict[str, Any]]:
+    dbs = {db: touched_rows(plan, db) for db in plan.touched_dbs()}
+    return make_backup(inv.home, plan.command, dbs, plan.touched_files(), plan.actions_json(inv.home), argv)
+
+
+def make_backup(home: Path, command: str, dbs: Dict[Path, Dict[str, List[Dict[str, Any]]]], files: List[Path],
+                actions: List[Dict[str, Any]], argv: Sequence[str]) -> Tuple[Path, Dict[str, Any]]:
+    folder = make_backup_dir(home, command)
+    manifest: Dict[str, Any] = {
+        "tool": TOOL_NAME, "version": __version__, "command": command, "argv": list(argv),
+        "created_at": utc_now().strftime("%Y-%m-%dT%H:%M:%SZ"), "codex_home": str(home),
+        "complete": False, "entries": [], "actions": actions,
+    }
+    for db, rows in dbs.items():
+        target = folder / "files" / _backup_name(db, home)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source = sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True, timeout=5.0)
+        dest = sqlite3.connect(str(target))
+        try:
+            source.backup(dest)
+            entry = {"path": _manifest_path(db, home), "kind": "sqlite", "backup": str(target.relative_to(folder)),
+                     "rows": rows, "digest_before": db_digest(source, rows), "digest_after": None}
+        finally:
+            dest.close()
+            source.close()
+        fsync_path(target)
+        manifest["entries"].append(entry)
+    for path in files:
+        target = folder / "files" / _backup_name(path, home)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        exists = path.exists()
+        if exists:
+            shutil.copy2(str(path), str(target))
+            fsync_path(target)
+        stat = path.stat() if exists else None
+        manifest["entries"].append({
+            "path": _manifest_path(path, home), "kind": "file", "existed": exists,
+            "backup": str(target.relative_to(folder)) if exists else None,
+            "size": stat.st_size if stat else None, "mode": stat.st_mode & 0o7777 if stat else None,
+            "mtime_ns": stat.st_mtime_ns if stat else None,
+            "sha256_before": sha256_file(path) if exists else None, "sha256_after": None})
+    write_manifest(folder, manifest)
+    return folder, manifest
+
+
+def _backup_name(path: Path, home: Path) -> str:
+    try:
+        return str(path.relative_to(home))
+    except ValueError:
+        return os.path.join("_outside", *[p for p in path.parts if p not in (os.sep, path.anchor)])
+
+
+def _manifest_path(path: Path, home: Path) -> str:
+    return display_path(path, home)
+
+
+def _resolve_manifest_path(text: str, home: Path) -> Path:
+    path = Path(text)
+    return path if path.is_absolute() else home / path
+
+
+def write_manifest(folder: Path, manifest: Dict[str, Any]) -> None:
+    tmp = folder / "manifest.json.tmp"
+    with open(str(tmp), "w", encoding="utf-8") as handle:
+        json.dump(manifest, handle, indent=2, default=str)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(str(tmp), str(folder / "manifest.json"))
+
+
+def fsync_path(path: Path) -> None:
+    with open(str(path), "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def atomic_write(path: Path, data: bytes, mode: Optional[int], mtime_ns: Optional[int] = None) -> None:
+    tmp = path.parent / (".%s.csr-tmp-%d" % (path.name, os.getpid()))
+    try:
+        with open(str(tmp), "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if mode is not None:
+            os.chmod(str(tmp), mode)
+        if mtime_ns is not None:
+            os.utime(str(tmp), ns=(mtime_ns, mtime_ns))
+        os.replace(str(tmp), str(path))
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def restore_backup(folder: Path, home: Path, only_changed: bool = False) -> List[str]:
+    """Put back every file and DB of a backup. Returns the paths restored."""
+    manifest = read_manifest(folder)
+    restored = []
+    for entry in manifest["entries"]:
+        target = _resolve_manifest_path(entry["path"], home)
+        if entry["kind"] == "sqlite":
+            source = sqlite3.connect(str(folder / entry["backup"]))
+            dest = sqlite3.connect(str(target), timeout=10.0)
+            try:
+                source.backup(dest)
+            finally:
+                dest.close()
+                source.close()
+        elif entry.get("existed", True):
+            atomic_write(target, (folder / entry["backup"]).read_bytes(), entry.get("mode"), entry.get("mtime_ns"))
+        elif target.exists():
+            target.unlink()
+        restored.append(entry["path"])
+    return restored
+
+
+def read_manifest(folder: Path) -> Dict[str, Any]:
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError("%s is not a backup made by this tool (%s)" % (folder, short(str(exc), 100))) from None
+    if not isinstance(manifest, dict) or manifest.get("tool") != TOOL_NAME or not isinstance(manifest.get("entries"), list):
+        raise UsageError("%s is not a backup made by this tool" % folder)
+    return manifest
+
+
+def changed_since_backup(folder: Path, home: Path) -> List[str]:
+    """Files and DB rows that differ from what the backed-up run left behind."""
+    manifest = read_manifest(folder)
+    changed = []
+    for entry in manifest["entries"]:
+        target = _resolve_manifest_path(entry["path"], home)
+        if entry["kind"] == "sqlite":
+            expected = entry.get("digest_after") or entry.get("digest_before")
+            try:
+                conn = open_db_readonly(target)
+                try:
+                    now = db_digest(conn, entry.get("rows") or {})
+                finally:
+                    conn.close()
+            except sqlite3.Error:
+                now = None
+            if now != expected:
+                changed.append(entry["path"])
+        else:
+            expected = entry.get("sha256_after") or entry.get("sha256_before")
+            now = sha256_file(target) if target.exists() else None
+            if now != expected:
+                changed.append(entry["path"])
+    return changed
+
+
+# ---------------------------------------------------------------------------------------------
+# Apply: the one place that writes. Preflight, lock, backup, rollouts, DBs, files, verify;
+# on any failure after the first write, restore from the backup and say whether that worked.
+# ---------------------------------------------------------------------------------------------
+
+# Test hook: names of write points at which to fail, for the restore-on-failure tests.
+_FAULTS: Dict[str, BaseException] = {}
+
+
+def _fault_point(name: str) -> None:
+    fault = _FAULTS.get(name)
+    if fault is not None:
+        raise fault
+
+
+def apply_plan(inv: Inventory, plan: Plan, args: argparse.Namespace, argv: Sequence[str]) -> Dict[str, Any]:
+    preflight(inv, plan, args.force)
+    with ToolLock(inv.home):
+        folder, manifest = backup_plan(inv, plan, argv)
+        _fault_point("after_backup")
+        result: Dict[str, Any] = {"backup_dir": str(folder), "skipped": []}
+        try:
+            skipped_threads = write_rollouts(plan, result)
+            write_sql(plan, skipped_threads)
+            for write in plan.file_writes:
+                _fault_point("before_file_write")
+                mode = write.path.stat().st_mode & 0o7777 if write.path.exists() else 0o600
+                atomic_write(write.path, write.data, mode)
+        except Exception as exc:  # noqa: BLE001 - any failure after writing began must restore
+            try:
+                restore_backup(folder, inv.home)
+                restored = "the automatic restore from %s succeeded" % folder
+            except Exception as again:  # noqa: BLE001
+                restored = "the automatic restore FAILED (%s); the backup is intact at %s" % (again, folder)
+            raise ApplyError("%s; %s" % (short(str(exc) or type(exc).__name__, 200), restored)) from None
+        finish_manifest(folder, manifest, inv.home)
+    return result
+
+
+def write_rollouts(plan: Plan, result: Dict[str, Any]) -> set:
+    skipped = set()
+    for edit in plan.rollout_edits:
+        _fault_point("before_rollout_replace")
+        if not rewrite_rollout(edit, plan):
+            skipped.add(edit.thread_id)
+            result["skipped"].append({"thread_id": edit.thread_id, "reason": "the rollout changed after it was "
+                                      "read (a live session?); it was left as it is"})
+    return skipped
+
+
+def rewrite_rollout(edit: RolloutEdit, plan: Plan) -> bool:
+    """Stream the rollout to a temp file beside it with the planned edits, then replace it.
+    Returns False (and leaves the file alone) when it changed since it was planned."""
+    editor = _edit_function(edit, plan)
+    size, mtime_ns, expected = edit.fingerprint
+    stat = edit.path.stat()
+    if (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns):
+        return False
+    tmp = edit.path.parent / (".%s.csr-tmp-%d" % (edit.path.name, os.getpid()))
+    digest = hashlib.sha256()
+    try:
+        with open(str(edit.path), "rb") as source, open(str(tmp), "wb") as out:
+            for raw in iter(lambda: source.readline(MAX_LINE_BYTES), b""):
+                digest.update(raw)
+                changed = editor(raw)
+                out.write(changed[0] if changed else raw)
+            out.flush()
+            os.fsync(out.fileno())
+        now = edit.path.stat()
+        if digest.hexdigest() != expected or (now.st_size, now.st_mtime_ns) != (size, mtime_ns):
+            return False
+        os.chmod(str(tmp), stat.st_mode & 0o7777)
+        # Codex orders threads by the rollout's mtime when it re-derives a row: keep it.
+        os.utime(str(tmp), ns=(stat.st_atime_ns, mtime_ns))
+        os.replace(str(tmp), str(edit.path))
+        return True
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _edit_function(edit: RolloutEdit, plan: Plan) -> Any:
+    if plan.command == "repair-provider":
+        old, new = plan.notes["from"], plan.notes["to"]
+        return lambda raw: provider_line_edit(raw, edit.thread_id, old, new)
+    raise ApplyError("no line editor for %s" % plan.command)  # pragma: no cover
+
+
+def write_sql(plan: Plan, skipped_threads: set) -> None:
+    by_db: Dict[Path, List[SqlChange]] = {}
+    for change in plan.sql:
+        if change.thread_id not in skipped_threads:
+            by_db.setdefault(change.db, []).append(change)
+    for db, changes in by_db.items():
+        conn = sqlite3.connect(str(db), timeout=5.0, isolation_level=None)
+        try:
+            conn.execute("PRAGMA busy_timeout = 5000")
+            conn.execute("BEGIN IMMEDIATE")
+            for change in changes:
+                _fault_point("mid_transaction")
+                sql, params = change.statement()
+                if conn.execute(sql, params).rowcount != 1:
+                    raise ApplyError("%s: expected to update one row of %s for %s" % (
+                        db.name, change.table, change.key))
+            conn.execute("COMMIT")
+            verify_sql(conn, changes)
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        finally:
+            conn.close()
+
+
+def verify_sql(conn: sqlite3.Connection, changes: List[SqlChange]) -> None:
+    for change in changes:
+        clauses = " AND ".join("%s IS ?" % c for c in change.key)
+        row = conn.execute("SELECT %s FROM %s WHERE %s" % (", ".join(change.values), change.table, clauses),
+                           list(change.key.values())).fetchone()
+        if row is None or list(row) != list(change.values.values()):
+            raise ApplyError("re-reading %s after commit did not show the change for %s" % (change.table, change.key))
+
+
+def finish_manifest(folder: Path, manifest: Dict[str, Any], home: Path) -> None:
+    for entry in manifest["entries"]:
+        target = _resolve_manifest_path(entry["path"], home)
+        if entry["kind"] == "sqlite":
+            conn = open_db_readonly(target)
+            try:
+                entry["digest_after"] = db_digest(conn, entry.get("rows") or {})
+            finally:
+                conn.close()
+        else:
+            entry["sha256_after"] = sha256_file(target) if target.exists() else None
+    manifest["complete"] = True
+    write_manifest(folder, manifest)
+    (folder / "README.txt").write_text(
+        "Backup made by %s %s before `%s --apply`.\nTo put everything back: %s restore %s\n" % (
+            TOOL_NAME, __version__, manifest["command"], TOOL_NAME, folder), encoding="utf-8")
+
+
+def list_backups(home: Path) -> List[Dict[str, Any]]:
+    root = home / BACKUP_DIR_NAME
+    found = []
+    if root.is_dir():
+        for folder in sorted(root.iterdir()):
+            if not folder.is_dir():
+                continue
+            try:
+                manifest = read_manifest(folder)
+            except UsageError:
+                continue
+            found.append({"path": str(folder), "name": folder.name, "command": manifest.get("command"),
+                          "created_at": manifest.get("created_at"), "complete": manifest.get("complete"),
+                          "files": len(manifest["entries"])})
+    return found
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1590,6 +2608,38 @@ def render_diagnose_text(doc: Dict[str, Any], verbose: bool) -> str:
     return "\n".join(lines)
 
 
+SAFETY_LINE_WRITE = "wrote only after a backup; credentials (auth.json, tokens) were not opened"
+
+
+def render_plan_text(doc: Dict[str, Any], verbose: bool) -> str:
+    lines = ["%s %s %s" % (TOOL_NAME, __version__, doc["command"]), "Home:    %s" % doc["codex_home"]]
+    for key, value in doc["plan"].items():
+        lines.append("%-8s %s" % (key.replace("_", " ") + ":", value if not isinstance(value, dict) else json.dumps(value)))
+    actions = doc["actions"]
+    shown = actions if verbose else actions[:10]
+    for action in shown:
+        if action["kind"] == "rollout_edit":
+            lines.append("  rollout  %s: %s" % (action["path"], ", ".join(
+                "line %d %s" % (c["line"], c["field"]) for c in action["changes"])))
+        elif action["kind"] == "sql":
+            lines.append("  sql      %s: %s %s" % (action["db"], action["sql"], action["params"]))
+        else:
+            lines.append("  file     %s: %s" % (action["path"], json.dumps(action["summary"])))
+    if len(actions) > len(shown):
+        lines.append("  … %d more (--verbose lists all)" % (len(actions) - len(shown)))
+    for item in doc["skipped"]:
+        lines.append("  skipped  %s: %s" % (item.get("thread_id") or item.get("path"), item["reason"]))
+    if doc["applied"]:
+        lines.append("Applied %d change(s). Backup: %s" % (doc["changes"], doc["backup_dir"]))
+        lines.append("Restart Codex (or reload the window), then run diagnose again.")
+    elif doc["changes"]:
+        lines.append("%d change(s) planned; nothing was written. Re-run with --apply to write them after a "
+                     "backup to CODEX_HOME/%s/." % (doc["changes"], BACKUP_DIR_NAME))
+    else:
+        lines.append("Nothing to do.")
+    return "\n".join(lines)
+
+
 def _fmt_counts(counts: Dict[str, int]) -> str:
     return ", ".join("%s %d" % kv for kv in counts.items()) or "none"
 
@@ -1633,6 +2683,123 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return code
 
 
+def run_repair(args: argparse.Namespace, planner: Any) -> int:
+    """The shape of every repair: read, check, plan, then either show the plan or apply it."""
+    inv = build_inventory(args)
+    run_checks(inv)
+    plan = planner(inv, args)
+    applied: Optional[Dict[str, Any]] = None
+    if args.apply and plan.change_count:
+        applied = apply_plan(inv, plan, args, args.argv)
+    code = EXIT_OK if applied is not None or plan.change_count == 0 else EXIT_FINDINGS
+    doc = envelope(plan.command, inv, code, applied=applied is not None,
+                   safety=SAFETY_LINE_READ if applied is None else SAFETY_LINE_WRITE,
+                   plan=plan.notes, changes=plan.change_count, actions=plan.actions_json(inv.home),
+                   warnings=plan.warnings, skipped=plan.skipped + (applied or {}).get("skipped", []),
+                   backup_dir=(applied or {}).get("backup_dir"))
+    if args.json:
+        emit_json(doc)
+    else:
+        print(render_plan_text(doc, args.verbose))
+    for warning in plan.warnings:
+        sys.stderr.write("warning: %s\n" % warning)
+    return code
+
+
+def cmd_repair_provider(args: argparse.Namespace) -> int:
+    return run_repair(args, plan_provider_repair)
+
+
+def cmd_repair_user_events(args: argparse.Namespace) -> int:
+    return run_repair(args, plan_user_events_repair)
+
+
+def cmd_repair_ui_state(args: argparse.Namespace) -> int:
+    return run_repair(args, plan_ui_state_repair)
+
+
+def cmd_rebuild_index(args: argparse.Namespace) -> int:
+    return run_repair(args, plan_index_rebuild)
+
+
+def choose_backup(home: Path, args: argparse.Namespace) -> Path:
+    if args.backup_dir and args.latest:
+        raise UsageError("give a backup folder or --latest, not both")
+    if args.backup_dir:
+        folder = Path(args.backup_dir).expanduser()
+        folder = folder if folder.is_absolute() or folder.exists() else home / BACKUP_DIR_NAME / args.backup_dir
+        return folder.resolve()
+    if args.latest:
+        backups = [b for b in list_backups(home) if b["command"] != "restore"]
+        if not backups:
+            raise UsageError("no backups under %s" % (home / BACKUP_DIR_NAME))
+        return Path(backups[-1]["path"])
+    raise UsageError("name a backup folder, or use --latest or --list")
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    home, _origin = resolve_codex_home(args.codex_home, dict(os.environ))
+    if args.list:
+        backups = list_backups(home)
+        doc = {"tool": TOOL_NAME, "version": __version__, "command": "restore", "codex_home": str(home),
+               "exit_code": EXIT_OK, "backups": backups}
+        if args.json:
+            emit_json(doc)
+        else:
+            print("\n".join("%s  %-18s %d file(s)%s" % (b["name"], b["command"], b["files"],
+                                                         "" if b["complete"] else "  (incomplete run)")
+                            for b in backups) or "No backups under %s" % (home / BACKUP_DIR_NAME))
+        return EXIT_OK
+    folder = choose_backup(home, args)
+    if not is_within(folder, (home / BACKUP_DIR_NAME).resolve()):
+        raise refuse("%s is not a backup folder of this home" % folder, None)
+    manifest = read_manifest(folder)
+    changed = changed_since_backup(folder, home)
+    entries = [e["path"] for e in manifest["entries"]]
+    result: Dict[str, Any] = {"backup_dir": str(folder), "files": entries, "changed_since_run": changed}
+    if args.apply:
+        if changed and not args.force:
+            raise refuse("%d file(s) changed after that run (%s); restoring would discard those changes"
+                         % (len(changed), ", ".join(changed[:3])), "--force")
+        users = codex_users(home, [_resolve_manifest_path(e["path"], home) for e in manifest["entries"]
+                                   if e["kind"] == "sqlite"])
+        if users and not args.force:
+            raise refuse("Codex is using this home (%s)" % "; ".join(users[:3]), "--force")
+        with ToolLock(home):
+            dbs = {_resolve_manifest_path(e["path"], home): e.get("rows") or {} for e in manifest["entries"]
+                   if e["kind"] == "sqlite"}
+            files = [_resolve_manifest_path(e["path"], home) for e in manifest["entries"] if e["kind"] == "file"]
+            undo, undo_manifest = make_backup(home, "restore", dbs, files, [{"kind": "restore", "from": str(folder)}],
+                                              args.argv)
+            try:
+                restore_backup(folder, home)
+            except Exception as exc:  # noqa: BLE001
+                try:
+                    restore_backup(undo, home)
+                    again = "the state before the restore was put back from %s" % undo
+                except Exception as worse:  # noqa: BLE001
+                    again = "putting back the state before the restore FAILED (%s); see %s" % (worse, undo)
+                raise ApplyError("restore failed: %s; %s" % (short(str(exc), 200), again)) from None
+            finish_manifest(undo, undo_manifest, home)
+            result["undo_backup_dir"] = str(undo)
+    code = EXIT_OK if args.apply else EXIT_FINDINGS
+    doc = {"tool": TOOL_NAME, "version": __version__, "command": "restore", "codex_home": str(home),
+           "exit_code": code, "applied": bool(args.apply), **result}
+    if args.json:
+        emit_json(doc)
+    else:
+        verb = "Restored" if args.apply else "Would restore"
+        print("%s %d file(s) from %s" % (verb, len(entries), folder))
+        for path in entries:
+            print("  %s%s" % (path, "  (changed since that run)" if path in changed else ""))
+        if args.apply:
+            print("The state just before this restore is saved in %s" % result["undo_backup_dir"])
+        else:
+            print("Nothing was written. Re-run with --apply to restore%s." % (
+                " (--force too: files changed since that run)" if changed else ""))
+    return code
+
+
 # ---------------------------------------------------------------------------------------------
 # Argument parser. Shared options work before and after the subcommand name.
 # ---------------------------------------------------------------------------------------------
@@ -1654,6 +2821,13 @@ exit codes:
 examples:
   %(prog)s diagnose
   %(prog)s diagnose --codex-home ~/.codex --json
+  %(prog)s repair-provider --from openai --to auto            # dry run: shows the plan
+  %(prog)s repair-provider --from openai --to auto --apply    # backs up, then writes
+  %(prog)s repair-user-events
+  %(prog)s repair-ui-state
+  %(prog)s rebuild-index
+  %(prog)s restore --list
+  %(prog)s restore --latest --apply
 """
 
 
@@ -1701,12 +2875,63 @@ def build_parser() -> argparse.ArgumentParser:
                     "command to run. Never writes.")
     _scope_options(diagnose)
     diagnose.set_defaults(handler=cmd_diagnose)
+
+    repairs = (
+        ("repair-provider", cmd_repair_provider,
+         "move threads recorded under one provider to another (rollouts and state DB together)",
+         "Rewrite model_provider in each matching thread's own session_meta lines and "
+         "thread_settings_applied events, and in its state DB row, so Codex lists it under the "
+         "active provider. Every other byte of every line stays as it was."),
+        ("repair-user-events", cmd_repair_user_events,
+         "fill a blank preview/first message from the rollout's first user message (state DB only)",
+         "For rows whose listing column is blank although the rollout has a real user message, set "
+         "has_user_event and fill the blank first_user_message, preview and title. Never rewrites rollouts."),
+        ("repair-ui-state", cmd_repair_ui_state,
+         "reset Desktop's sidebar filters (all workspaces, recent order, nothing collapsed)",
+         "Reset the sidebar keys of .codex-global-state.json that hide threads; unknown keys stay as "
+         "they are. Refuses while Codex Desktop runs: it rewrites the file when it exits."),
+        ("rebuild-index", cmd_rebuild_index,
+         "rewrite session_index.jsonl without stale entries, keeping every thread name",
+         "Drop entries whose rollout no longer exists and lines that are not entries, keep the last "
+         "non-empty name of each thread, and add names the state DB has that the index lacks."),
+    )
+    for name, handler, summary, description in repairs:
+        repair = sub.add_parser(name, parents=[shared], help=summary, description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+        if name == "repair-provider":
+            repair.add_argument("--from", dest="from_provider", required=True, metavar="PROVIDER",
+                                help="the provider the hidden threads carry (see diagnose)")
+            repair.add_argument("--to", default="auto", metavar="PROVIDER|auto",
+                                help="target provider; `auto` (default) is the one config.toml makes active")
+            _scope_options(repair)
+        _write_options(repair)
+        repair.set_defaults(handler=handler)
+
+    restore = sub.add_parser(
+        "restore", parents=[shared], help="put back exactly what an earlier --apply changed",
+        description="Restore the files and DB of a backup made by --apply. Refuses when they changed "
+                    "after that run, unless --force. The state just before the restore is backed up too.")
+    restore.add_argument("backup_dir", nargs="?", metavar="BACKUP_DIR",
+                         help="a folder under CODEX_HOME/%s (its name or path)" % BACKUP_DIR_NAME)
+    restore.add_argument("--latest", action="store_true", help="the most recent backup")
+    restore.add_argument("--list", action="store_true", help="list the backups and exit")
+    _write_options(restore)
+    restore.set_defaults(handler=cmd_restore)
     return parser
+
+
+def _write_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("writing")
+    group.add_argument("--apply", action="store_true", help="write the changes (after a backup); without it "
+                       "nothing is written")
+    group.add_argument("--force", action="store_true", help="proceed although Codex is using the home or the "
+                       "schema is newer than known; never implies --apply")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if not getattr(args, "handler", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
