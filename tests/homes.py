@@ -91,6 +91,8 @@ class HomeBuilder:
         lines += extra_lines or []
         write_jsonl(path, lines)
         thread = Thread(thread_id, path, created_ms)
+        if self.release >= "0.169.0" and self.db_path is not None:
+            record_projection(self.root / "thread_history_1.sqlite", thread)
         if row and self.db_path is not None:
             values = row_values(self.release, thread, provider, source, user_text, archived, cwd)
             values.update(row_overrides or {})
@@ -213,13 +215,53 @@ def insert_row(db_path: Path, values: Dict[str, Any]) -> None:
         conn.close()
 
 
+def record_projection(db_path: Path, thread: Thread) -> None:
+    """What 0.169.0's paginated-history projection stores for a rollout: one thread_turns row
+    per turn with byte offsets of its first and past-last line, and the next offset to read."""
+    fresh = not db_path.exists()
+    conn = sqlite3.connect(str(db_path))
+    try:
+        if fresh:
+            conn.executescript((FIXTURES / "thread_history_1-0.169.0.sql").read_text(encoding="utf-8"))
+        offset, starts, ordinal = 0, [], 0
+        with open(str(thread.path), "rb") as handle:
+            for raw in handle:
+                record = json.loads(raw)
+                if record["type"] == "event_msg" and record["payload"].get("type") == "task_started":
+                    starts.append((offset, record.get("ordinal", ordinal)))
+                offset += len(raw)
+                ordinal += 1
+        for n, (start, start_ordinal) in enumerate(starts):
+            end, end_ordinal = (starts[n + 1] if n + 1 < len(starts) else (offset, ordinal))
+            conn.execute("INSERT INTO thread_turns (thread_id, turn_id, rollout_ordinal, status, started_at, "
+                         "rollout_byte_offset, rollout_end_ordinal, rollout_end_byte_offset) "
+                         "VALUES (?, ?, ?, 'completed', 0, ?, ?, ?)",
+                         (thread.id, "turn-%d" % n, start_ordinal, start, end_ordinal - 1, end))
+        conn.execute("INSERT INTO thread_history_projection_state (thread_id, next_rollout_byte_offset, "
+                     "next_rollout_ordinal) VALUES (?, ?, ?)", (thread.id, offset, ordinal))
+        conn.commit()
+    finally:
+        conn.close()
+
+
 def hash_tree(root: Path, ignore_shm: bool = True) -> Dict[str, str]:
-    """SHA-256 of every file under root (SQLite's -shm index may move on a read)."""
+    """SHA-256 of every file under root, except SQLite's -shm index (it may move on a read)
+    and the tool's own recovery-backups/ folder."""
     digests = {}
-    for folder, _dirs, files in os.walk(str(root)):
+    for folder, dirs, files in os.walk(str(root)):
+        dirs[:] = [d for d in dirs if d != "recovery-backups"]
         for name in files:
             if ignore_shm and name.endswith("-shm"):
                 continue
             path = Path(folder) / name
             digests[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
     return digests
+
+
+def db_dump(path: Path) -> List[str]:
+    """The logical content of a DB, for comparing DBs whose files may differ (WAL, page order)."""
+    conn = sqlite3.connect(str(path))
+    try:
+        return list(conn.iterdump())
+    finally:
+        conn.close()
