@@ -871,12 +871,19 @@ class RolloutInfo:
 
 def iter_rollout_files(home: Path) -> Iterator[Path]:
     """Every rollout under sessions/ (any depth: pre-July-2025 files are flat) and
-    archived_sessions/. Symlinks are listed but never followed out of the home."""
+    archived_sessions/. Symlinked folders are read (a synced tree may be linked in); writes
+    through them are refused later, in preflight."""
     for top in ("sessions", "archived_sessions"):
         root = home / top
         if not root.is_dir():
             continue
-        for folder, dirs, files in os.walk(str(root)):
+        seen = set()
+        for folder, dirs, files in os.walk(str(root), followlinks=True):
+            real = os.path.realpath(folder)
+            if real in seen:  # a link loop, or two links to one folder
+                dirs[:] = []
+                continue
+            seen.add(real)
             dirs.sort()
             for name in sorted(files):
                 if name.startswith("rollout-") and (name.endswith(".jsonl") or name.endswith(".jsonl.zst")):
@@ -1816,7 +1823,8 @@ def plan_provider_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
 
 def provider_repair_blocker(view: ThreadView) -> Optional[str]:
     if view.primary is None:
-        return None if view.row is not None else "no rollout and no DB row"
+        # Codex re-derives the provider from the rollout: a DB-only edit would be reverted.
+        return "no rollout file found for this thread; nothing durable to change"
     if view.primary.problems and set(view.primary.problems) & {"id_mismatch", "legacy_format", "compressed",
                                                                 "first_line_not_session_meta", "unreadable"}:
         return "rollout cannot be edited safely: %s" % ", ".join(view.primary.problems)
