@@ -1229,7 +1229,7 @@ class Inventory:
             self.backfill = read_backfill_state(self.live_db)
         elif self.live_db is not None:
             self.db_error = self.live_db.error
-        self.rollouts = [scan_rollout(path, home) for path in iter_rollout_files(home)]
+        self.rollouts = [scan_rollout(path, home) for path in progress(iter_rollout_files(home), "reading rollouts")]
         self.index = read_session_index(home)
         self.global_state = read_global_state(home)
         self.projections = history_projection_files(home)
@@ -1267,6 +1267,31 @@ class Inventory:
             if column in columns:
                 return column
         return None
+
+
+class _Progress:
+    """Progress on stderr, only on a terminal, only without --json, only once a scan has run
+    for a second: anxious users of big homes see it move; pipes and agents see nothing."""
+
+    enabled = False
+
+    def __call__(self, items: Iterable[Any], label: str) -> Iterator[Any]:
+        import time
+        start = last = time.monotonic()
+        count = 0
+        for item in items:
+            count += 1
+            now = time.monotonic()
+            if self.enabled and now - start > 1.0 and now - last > 0.25:
+                sys.stderr.write("\r%s: %d" % (label, count))
+                sys.stderr.flush()
+                last = now
+            yield item
+        if self.enabled and last != start:
+            sys.stderr.write("\r%s: %d, done\n" % (label, count))
+
+
+progress = _Progress()
 
 
 def build_inventory(args: argparse.Namespace, environ: Optional[Dict[str, str]] = None) -> Inventory:
@@ -2267,6 +2292,7 @@ def make_backup(home: Path, command: str, dbs: Dict[Path, Dict[str, List[Dict[st
             source.close()
         fsync_path(target)
         manifest["entries"].append(entry)
+        _fault_point("mid_backup")
     for path in files:
         target = folder / "files" / _backup_name(path, home)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -2396,14 +2422,30 @@ def changed_since_backup(folder: Path, home: Path) -> List[str]:
 # on any failure after the first write, restore from the backup and say whether that worked.
 # ---------------------------------------------------------------------------------------------
 
-# Test hook: names of write points at which to fail, for the restore-on-failure tests.
-_FAULTS: Dict[str, BaseException] = {}
+# Every write point calls _fault_point(name). The crash-injection tests set
+# CODEX_SESSION_RECOVERY_FAULT=NAME[:N][:kill|raise] to kill the process (SIGKILL) or fail at the
+# N-th visit of that point (default 1), proving the home survives a crash at each of them.
+FAULT_ENV = "CODEX_SESSION_RECOVERY_FAULT"
+WRITE_POINTS = ("mid_backup", "after_backup", "before_rollout_replace", "after_rollout_replace",
+                "mid_transaction", "after_commit", "before_file_write", "before_manifest_finish")
+_fault_visits: Dict[str, int] = {}
 
 
 def _fault_point(name: str) -> None:
-    fault = _FAULTS.get(name)
-    if fault is not None:
-        raise fault
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    parts = spec.split(":")
+    if parts[0] != name:
+        return
+    _fault_visits[name] = _fault_visits.get(name, 0) + 1
+    wanted = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 1
+    if _fault_visits[name] != wanted:
+        return
+    if parts[-1] == "kill" and hasattr(os, "kill"):
+        import signal
+        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+    raise OSError("injected fault at %s" % name)
 
 
 def apply_plan(inv: Inventory, plan: Plan, args: argparse.Namespace, argv: Sequence[str]) -> Dict[str, Any]:
@@ -2426,6 +2468,7 @@ def apply_plan(inv: Inventory, plan: Plan, args: argparse.Namespace, argv: Seque
             except Exception as again:  # noqa: BLE001
                 restored = "the automatic restore FAILED (%s); the backup is intact at %s" % (again, folder)
             raise ApplyError("%s; %s" % (short(str(exc) or type(exc).__name__, 200), restored)) from None
+        _fault_point("before_manifest_finish")
         finish_manifest(folder, manifest, inv.home)
     return result
 
@@ -2434,7 +2477,9 @@ def write_rollouts(plan: Plan, result: Dict[str, Any]) -> set:
     skipped = set()
     for edit in plan.rollout_edits:
         _fault_point("before_rollout_replace")
-        if not rewrite_rollout(edit, plan):
+        replaced = rewrite_rollout(edit, plan)
+        _fault_point("after_rollout_replace")
+        if not replaced:
             skipped.add(edit.thread_id)
             result["skipped"].append({"thread_id": edit.thread_id, "reason": "the rollout changed after it was "
                                       "read (a live session?); it was left as it is"})
@@ -2496,6 +2541,7 @@ def write_sql(plan: Plan, skipped_threads: set) -> None:
                     raise ApplyError("%s: expected to update one row of %s for %s" % (
                         db.name, change.table, change.key))
             conn.execute("COMMIT")
+            _fault_point("after_commit")
             verify_sql(conn, changes)
         except BaseException:
             if conn.in_transaction:
@@ -2940,6 +2986,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    progress.enabled = not getattr(args, "json", False) and sys.stderr.isatty()
     if not getattr(args, "handler", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE

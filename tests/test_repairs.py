@@ -245,23 +245,17 @@ def test_live_append_during_apply_is_kept_and_reported(switched, capsys, monkeyp
     conn.close()
 
 
-@pytest.mark.parametrize("point", ["mid_transaction", "before_rollout_replace"])
+@pytest.mark.parametrize("point", ["before_rollout_replace", "after_rollout_replace", "mid_transaction", "after_commit"])
 def test_failure_after_writing_began_restores(switched, capsys, monkeypatch, point):
     home, _ = switched
     files_before, dbs_before = snapshot(home.root)
-    calls = []
-
-    def fail_late(name):
-        calls.append(name)
-        # fail on the second visit, so that something has been written already
-        if name == point and calls.count(point) == 2:
-            raise OSError("simulated disk failure")
-
-    monkeypatch.setattr(csr, "_fault_point", fail_late)
+    # fail on the second visit, so that something has been written already
+    monkeypatch.setenv(csr.FAULT_ENV, "%s:2:raise" % point)
+    monkeypatch.setattr(csr, "_fault_visits", {})
     code = csr.main(["repair-provider", "--codex-home", str(home.root), "--from", "openai", "--apply"])
     err = capsys.readouterr().err
     assert code == csr.EXIT_APPLY_FAILED
-    assert "simulated disk failure" in err and "automatic restore" in err and "succeeded" in err
+    assert "injected fault at %s" % point in err and "automatic restore" in err and "succeeded" in err
     assert snapshot(home.root) == (files_before, dbs_before)
 
 
