@@ -100,6 +100,9 @@ SYNTHETIC_USER_PREFIXES = (
     "<model_switch",
 )
 USER_REQUEST_MARKER = "## My request for Codex:"
+ATTACHMENT_MARKER = "# Files mentioned by the user:"
+# CODEX-COMPAT: Desktop's sidebar loads one recent window of about 50 threads per view.
+RECENT_WINDOW = 50
 
 
 # ---------------------------------------------------------------------------------------------
@@ -626,6 +629,9 @@ class StateDb:
             self.file_version = int(match.group(1))
         self.schema_version: Optional[int] = None
         self.columns: List[str] = []
+        self.column_info: List[Tuple[Any, ...]] = []
+        self.checksum_drift: List[int] = []
+        self.integrity: Optional[str] = None
         self.error: Optional[str] = None
         self.last_write = self._last_write()
 
@@ -774,19 +780,58 @@ def schema_version(conn: sqlite3.Connection) -> Optional[int]:
     return int(value) if value is not None else None
 
 
+# CODEX-COMPAT: the first 12 hex digits of each state DB migration's SHA-384 checksum, as the
+# real releases 0.120.0, 0.130.0 and 0.169.0 recorded them (identical in all three). Builds that
+# embed the migration files with CRLF line endings (Windows) record other checksums, and a build
+# with LF files then refuses the DB ("migration N was previously applied but has been modified").
+MIGRATION_CHECKSUMS = dict(
+    (int(v), c) for v, c in (item.split(":") for item in (
+        "1:627ef19164c9,2:521b72cbc04c,3:e58a2862bdb6,4:8adc251366e4,5:1ac64f85e083,6:a203fc4b597e,"
+        "7:7e35a464df6d,8:aa3f287f7a44,9:8b469360777e,10:8adaf1365f8e,11:31ececbd07f0,12:0012a213ed25,"
+        "13:05526a0900a8,14:4d2fbb2442c5,15:0eece6db59c9,16:4768f743e981,17:4cbdb2edfebf,18:a4363003bc44,"
+        "19:3884c02f080f,20:07673f4859f7,21:ea1aebe4f5a1,22:160fe01b757d,23:e6c748a9a182,24:e92aa526b1f3,"
+        "25:d6fb51d79941,26:6c62a325d3b9,27:d84dca6a039e,28:ef44adaa291e,29:e9ec76f97dbf,30:80c1cdacd452,"
+        "31:943675a9b3dc,32:3c01d615c5e3,33:4904aae354e3,34:d6fea739c76e,35:d7b56acb07c9,36:6381f7bb4c36,"
+        "37:f6a5ab0db36b,38:e7778522cbe5,39:c217b3d14c08,40:a7a99674f90a,41:0dc734dbe4cb,42:cfdc4fd47328,"
+        "43:605128e722bd,44:5d29223bd1ca,45:a7fadc8caea8,46:63addf6115c3,47:1ae117e4ab40,48:9d298333f752,"
+        "49:faf45c392bb8,50:d2802e96f5fc,51:23360a03a7fc,52:071e96313d40,53:e86ef7ccbcc8,54:e62a9977d99c,"
+        "55:6daadc5527b3,56:5de44fac5505,57:729562c57bfa,58:68467af3ce1f,59:4297dffb4fb3,60:d7f0cf0a69fa,"
+        "61:4a8337048bb9,62:dab8b7c8390f").split(",")))
+# CODEX-COMPAT: builds of mid-June 2026 applied the recency migration (39) as version 38.
+MIGRATION_ALIASES = {38: (MIGRATION_CHECKSUMS[39],)}
+
+
 def probe_state_db(db: StateDb) -> None:
     """Fill in schema facts; a DB that cannot be read gets `error` set, never an exception."""
     try:
         conn = open_db_readonly(db.path)
         try:
             db.schema_version = schema_version(conn)
-            db.columns = table_columns(conn, "threads") if table_exists(conn, "threads") else []
+            db.column_info = [tuple(r) for r in conn.execute("PRAGMA table_info(threads)")]
+            db.columns = [c[1] for c in db.column_info]
             if not db.columns:
                 db.error = "no threads table"
+            db.checksum_drift = migration_checksum_drift(conn)
+            check = conn.execute("PRAGMA quick_check(1)").fetchone()
+            db.integrity = check[0] if check else None
         finally:
             conn.close()
     except sqlite3.Error as exc:
         db.error = str(exc)
+
+
+def migration_checksum_drift(conn: sqlite3.Connection) -> List[int]:
+    if not table_exists(conn, "_sqlx_migrations"):
+        return []
+    drift = []
+    for version, checksum in conn.execute("SELECT version, checksum FROM _sqlx_migrations"):
+        known = MIGRATION_CHECKSUMS.get(int(version))
+        if known is None or not isinstance(checksum, bytes):
+            continue
+        prefix = checksum.hex()[:12]
+        if prefix != known and prefix not in MIGRATION_ALIASES.get(int(version), ()):
+            drift.append(int(version))
+    return drift
 
 
 def read_thread_rows(db: StateDb) -> Dict[str, Dict[str, Any]]:
@@ -937,10 +982,14 @@ def user_text_of(record: Dict[str, Any]) -> Optional[Tuple[str, str]]:
     kind = record.get("type")
     ptype = payload.get("type")
     if kind == "event_msg" and ptype == "user_message":
-        text = payload.get("message")
-        text = strip_request_marker(text) if isinstance(text, str) else ""
+        raw_text = payload.get("message") if isinstance(payload.get("message"), str) else ""
+        text = strip_request_marker(raw_text)
         if not text and (payload.get("images") or payload.get("local_images")):
             text = "[Image]"
+        if not text and ATTACHMENT_MARKER in raw_text:
+            # CODEX-COMPAT: a large paste becomes an attachment and the request section is left
+            # empty, so Codex derives an empty preview and the thread drops out of the lists.
+            return ("attachment", short(raw_text.split(ATTACHMENT_MARKER, 1)[1], 200) or "[Attachment]")
         return ("user_message", text) if text else None
     if kind == "event_msg" and ptype == "item_completed":
         item = payload.get("item")
@@ -1157,6 +1206,7 @@ class ThreadView:
         self.primary = self._primary_file(home)
         self.index_name: Optional[str] = None
         self.reasons: List[Dict[str, Any]] = []
+        self.rank: Optional[int] = None
 
     def _primary_file(self, home: Path) -> Optional[RolloutInfo]:
         if not self.files:
@@ -1316,12 +1366,19 @@ REASONS: Dict[str, Tuple[str, str]] = {
     "source_filtered": ("info", "non-interactive source (exec, mcp, subagent…): hidden from default lists by design"),
     "archived": ("info", "archived: shown only in the Archived view"),
     "no_user_content": ("info", "no user message anywhere: Codex lists only threads with one"),
+    "attachment_only_prompt": ("warning", "the first prompt was only an attachment (a large paste): Codex derives an empty preview"),
+    "user_message_beyond_scan": ("info", "the first user message lies past the head lines Codex's file listing reads (10 + 200)"),
+    "beyond_recent_window": ("info", "listed, but past the ~50 most recent threads Desktop's sidebar loads; scroll, search or pin it"),
+    "cwd_unmatchable": ("info", "the stored cwd cannot match a project folder (\\\\?\\ prefix, trailing separator, /mnt/C, removed worktree); use `codex resume --all`"),
 }
 
 HOME_FINDINGS: Dict[str, Tuple[str, str]] = {
     "multiple_state_dbs": ("warning", "more than one state DB exists; only one is live"),
     "state_db_unreadable": ("error", "the live state DB cannot be read"),
     "backfill_incomplete": ("warning", "the state DB backfill is not complete; Codex may ignore the DB"),
+    "state_db_corrupt": ("error", "the live state DB fails SQLite's integrity check"),
+    "schema_newer": ("warning", "the state DB was migrated by a Codex newer than this tool knows; an older Codex on this home fails"),
+    "migration_checksum_drift": ("error", "migration checksums differ from the released ones (Windows CRLF vs LF builds): Codex refuses the DB"),
     "config_unparsable": ("error", "config.toml cannot be parsed; Codex will not start with it"),
     "config_unreadable": ("error", "config.toml cannot be read"),
     "legacy_profile": ("warning", "top-level `profile =` is rejected by recent Codex releases (0.169.0)"),
@@ -1372,6 +1429,13 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
         if blank:
             add_reason(view, "user_event_missing", user_event_gate_hides(inv.release), column=gate,
                        evidence_kind=view.primary.evidence_kind, evidence_line=view.primary.evidence_line)
+    if view.primary is not None and (view.primary.evidence_line or 0) > HEAD_SCAN_LINES:
+        add_reason(view, "user_message_beyond_scan", False, line=view.primary.evidence_line, window=HEAD_SCAN_LINES)
+    if view.primary is not None and view.primary.evidence_kind == "attachment":
+        add_reason(view, "attachment_only_prompt", False)
+    cwd_problem = cwd_spelling_problem(str((row or {}).get("cwd") or (view.primary.meta.get("cwd") if view.primary else "") or ""), inv.home)
+    if cwd_problem:
+        add_reason(view, "cwd_unmatchable", False, problem=cwd_problem)
     if row is not None:
         path = str(row.get("rollout_path") or "")
         exists = bool(path) and os.path.isfile(path)
@@ -1381,6 +1445,32 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
             add_reason(view, "rollout_missing", True, rollout_path=path)
     elif inv.has_db and view.files:
         add_reason(view, "no_db_row", False, file=view.files[0].rel)
+
+
+def cwd_spelling_problem(cwd: str, home: Path) -> Optional[str]:
+    """Why a project view cannot match this cwd to the folder the user opened, if it can't."""
+    if not cwd:
+        return None
+    if cwd.startswith("\\\\?\\"):
+        return "windows_verbatim_prefix"  # \\?\C:\… never equals a saved C:\… root
+    if len(cwd) > 1 and cwd.endswith(("/", "\\")) and not re.match(r"^[A-Za-z]:\\$", cwd):
+        return "trailing_separator"
+    if re.match(r"^/mnt/[A-Z]/", cwd):
+        return "wsl_drive_case"  # WSL stores /mnt/c lower-case
+    worktrees = str(home / "worktrees") + os.sep
+    if cwd.startswith(worktrees) and not os.path.isdir(cwd):
+        return "worktree_gone"
+    return None
+
+
+def rank_threads(inv: Inventory) -> None:
+    """Each listable thread's place in the recent order Desktop loads (newest first)."""
+    listable = [v for v in inv.threads.values() if not v.hidden]
+    listable.sort(key=lambda v: -(v.updated_ms or 0))
+    for rank, view in enumerate(listable, 1):
+        view.rank = rank
+        if rank > RECENT_WINDOW:
+            add_reason(view, "beyond_recent_window", False, rank=rank, window=RECENT_WINDOW)
 
 
 def check_home(inv: Inventory) -> List[Dict[str, Any]]:
@@ -1396,7 +1486,20 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
         add("multiple_state_dbs", live=display_path(inv.live_db.path, inv.home) if inv.live_db else None,
             others=[display_path(d.path, inv.home) for d in inv.dbs if d is not inv.live_db])
     if inv.db_error:
-        add("state_db_unreadable", path=display_path(inv.live_db.path, inv.home), error=short(inv.db_error, 160))
+        add("state_db_unreadable", path=display_path(inv.live_db.path, inv.home), error=short(inv.db_error, 160),
+            manual_step="rebuild-db moves the DB aside (kept in recovery-backups/); Codex rebuilds it from the "
+                        "rollouts at its next start")
+    live = inv.live_db
+    if live is not None and live.error is None:
+        if live.integrity not in (None, "ok"):
+            add("state_db_corrupt", path=display_path(live.path, inv.home), quick_check=short(str(live.integrity), 160))
+        if (live.schema_version or 0) > KNOWN_SCHEMA_MAX:
+            add("schema_newer", schema_version=live.schema_version, known_max=KNOWN_SCHEMA_MAX,
+                manual_step="run the newest Codex everywhere this home is used; writes need --force")
+        if live.checksum_drift:
+            add("migration_checksum_drift", versions=live.checksum_drift[:10], count=len(live.checksum_drift),
+                crlf=1 in live.checksum_drift,
+                manual_step="use one Codex build (all Windows or all WSL/Linux) for this home, or run rebuild-db")
     if inv.backfill and inv.backfill.get("status") not in (None, "complete"):
         add("backfill_incomplete", status=inv.backfill.get("status"),
             last_watermark=inv.backfill.get("last_watermark"))
@@ -1441,6 +1544,7 @@ def run_checks(inv: Inventory) -> List[Dict[str, Any]]:
     for view in inv.threads.values():
         view.reasons = []
         check_thread(view, inv)
+    rank_threads(inv)
     findings = []
     for code, (severity, message) in REASONS.items():
         ids = [v.id for v in inv.threads.values() if any(r["code"] == code for r in v.reasons)]
@@ -1541,6 +1645,10 @@ def suggest_commands(inv: Inventory, findings: List[Dict[str, Any]], args: argpa
         commands.append("%s rebuild-index" % prefix)
     if "sidebar_filtered" in codes:
         commands.append("%s repair-ui-state" % prefix)
+    if codes & {"no_db_row", "rollout_path_stale", "archive_flag_mismatch"}:
+        commands.append("%s reindex" % prefix)
+    if codes & set(REBUILD_REASONS):
+        commands.append("%s rebuild-db" % prefix)
     return commands
 
 
@@ -1557,6 +1665,7 @@ def thread_entry(view: ThreadView, verbose: bool) -> Dict[str, Any]:
         "rollout": view.primary.rel if view.primary else None,
         "updated_at": iso_from_millis(view.updated_ms),
         "user_message_line": view.primary.evidence_line if view.primary else None,
+        "rank": view.rank,
     }
     if view.index_name:
         entry["name"] = view.index_name if verbose else "(named)"
@@ -1600,19 +1709,28 @@ class RolloutEdit:
 
 
 class SqlChange:
-    """One guarded UPDATE of one row: it must hit exactly one row, or the apply fails."""
+    """One guarded change of one row (UPDATE by default; INSERT or DELETE by `op`): it must
+    touch exactly one row, or the apply fails and everything is restored."""
 
     def __init__(self, db: Path, table: str, key: Dict[str, Any], values: Dict[str, Any],
-                 expect: Optional[Dict[str, Any]] = None, thread_id: Optional[str] = None) -> None:
+                 expect: Optional[Dict[str, Any]] = None, thread_id: Optional[str] = None, op: str = "update") -> None:
         self.db, self.table, self.key, self.values = db, table, key, values
         self.expect = expect or {}
         self.thread_id = thread_id
+        self.op = op
 
     def statement(self) -> Tuple[str, List[Any]]:
-        sets = ", ".join("%s = ?" % c for c in self.values)
+        if self.op == "insert":
+            names = list(self.key) + [c for c in self.values if c not in self.key]
+            params = [self.key.get(c, self.values.get(c)) for c in names]
+            return ("INSERT INTO %s (%s) VALUES (%s)" % (self.table, ", ".join(names), ", ".join("?" * len(names))),
+                    params)
         where = dict(self.key)
         where.update(self.expect)
         clauses = " AND ".join("%s IS ?" % c for c in where)
+        if self.op == "delete":
+            return ("DELETE FROM %s WHERE %s" % (self.table, clauses), list(where.values()))
+        sets = ", ".join("%s = ?" % c for c in self.values)
         return ("UPDATE %s SET %s WHERE %s" % (self.table, sets, clauses),
                 list(self.values.values()) + list(where.values()))
 
@@ -1638,23 +1756,25 @@ class Plan:
         self.rollout_edits: List[RolloutEdit] = []
         self.sql: List[SqlChange] = []
         self.file_writes: List[FileWrite] = []
+        self.moves: List[Path] = []  # files moved whole into the backup folder (never deleted)
         self.warnings: List[str] = []
         self.skipped: List[Dict[str, Any]] = []
         self.notes: Dict[str, Any] = {}
 
     @property
     def change_count(self) -> int:
-        return len(self.rollout_edits) + len(self.sql) + len(self.file_writes)
+        return len(self.rollout_edits) + len(self.sql) + len(self.file_writes) + len(self.moves)
 
     def touched_dbs(self) -> List[Path]:
         return sorted({c.db for c in self.sql}, key=str)
 
     def touched_files(self) -> List[Path]:
-        return [e.path for e in self.rollout_edits] + [w.path for w in self.file_writes]
+        return [e.path for e in self.rollout_edits] + [w.path for w in self.file_writes] + list(self.moves)
 
     def actions_json(self, home: Path) -> List[Dict[str, Any]]:
         return ([e.as_json(home) for e in self.rollout_edits] + [c.as_json(home) for c in self.sql]
-                + [w.as_json(home) for w in self.file_writes])
+                + [w.as_json(home) for w in self.file_writes]
+                + [{"kind": "move_to_backup", "path": display_path(p, home)} for p in self.moves])
 
 
 def sha256_file(path: Path) -> str:
@@ -1993,6 +2113,121 @@ def read_index_entries(path: Path) -> List[Dict[str, Any]]:
             if isinstance(entry, dict) and isinstance(entry.get("id"), str):
                 entries.append(entry)
     return entries
+
+
+def plan_reindex(inv: Inventory, args: argparse.Namespace) -> Plan:
+    """Make the state DB agree with the rollouts on disk: rows for rollouts that have none,
+    rollout_path and archived flag where the file says otherwise, and (only with
+    --prune-missing) no rows for conversations whose file is gone."""
+    plan = Plan("reindex")
+    if not inv.has_db:
+        plan.skipped.append({"path": "state DB", "reason": "no readable state DB: Codex lists rollouts directly; "
+                             "see rebuild-db for a damaged one"})
+        return plan
+    db = inv.live_db
+    for view in inv.threads.values():
+        codes = {r["code"] for r in view.reasons}
+        if len(view.files) > 1 and codes & {"no_db_row", "rollout_path_stale"}:
+            plan.skipped.append({"thread_id": view.id, "reason": "carried by %d rollout files (%s); never merged "
+                                 "blindly: keep the one to use" % (len(view.files), ", ".join(f.rel for f in view.files))})
+            continue
+        if "no_db_row" in codes:
+            blocker = set(view.primary.problems) & {"id_mismatch", "legacy_format", "compressed", "unreadable",
+                                                    "first_line_not_session_meta", "empty_file"}
+            if blocker:
+                plan.skipped.append({"thread_id": view.id, "reason": "rollout cannot be indexed: %s" % ", ".join(sorted(blocker))})
+                continue
+            plan.sql.append(SqlChange(db.path, "threads", {"id": view.id}, row_from_rollout(view, inv),
+                                      thread_id=view.id, op="insert"))
+        elif "rollout_path_stale" in codes:
+            found = view.files[0]
+            values = {"rollout_path": str(found.path)}
+            values.update(archive_values(found, view.row, set(db.columns)))
+            plan.sql.append(SqlChange(db.path, "threads", {"id": view.id}, values, thread_id=view.id))
+        elif "archive_flag_mismatch" in codes:
+            values = archive_values(view.primary, view.row, set(db.columns))
+            if values:
+                plan.sql.append(SqlChange(db.path, "threads", {"id": view.id}, values, thread_id=view.id))
+        elif "rollout_missing" in codes:
+            if args.prune_missing:
+                plan.sql.append(SqlChange(db.path, "threads", {"id": view.id}, {}, thread_id=view.id, op="delete"))
+            else:
+                plan.skipped.append({"thread_id": view.id, "reason": "its rollout is gone; the row is kept "
+                                     "(--prune-missing removes it; Codex drops such rows itself when listing)"})
+    plan.notes["threads"] = len(plan.sql)
+    return plan
+
+
+def archive_values(info: RolloutInfo, row: Optional[Dict[str, Any]], columns: set) -> Dict[str, Any]:
+    """The archived flag follows the file's folder, as Codex's own reconcile does."""
+    archived = int(info.archived_location)
+    if row is not None and int(bool(row.get("archived"))) == archived:
+        return {}
+    values: Dict[str, Any] = {"archived": archived}
+    if "archived_at" in columns:
+        values["archived_at"] = int(info.mtime) if archived else None
+    return values
+
+
+def row_from_rollout(view: ThreadView, inv: Inventory) -> Dict[str, Any]:
+    """A threads row built the way Codex's backfill builds one: identity and origin from the
+    session_meta, timestamps from it and from the file's mtime, text from the first user message."""
+    info = view.primary
+    meta = info.meta
+    text = full_first_user_text(info.path) or ""
+    created_ms = iso_to_millis(meta.get("timestamp")) or int(info.mtime * 1000)
+    updated_ms = int(info.mtime * 1000)
+    provider = info.provider or inv.config.provider  # CODEX-COMPAT: an absent provider means the default
+    values: Dict[str, Any] = {
+        "rollout_path": str(info.path), "created_at": created_ms // 1000, "updated_at": updated_ms // 1000,
+        "created_at_ms": created_ms, "updated_at_ms": updated_ms, "recency_at": updated_ms // 1000,
+        "recency_at_ms": updated_ms, "source": info.source or "vscode", "model_provider": provider,
+        "cwd": str(meta.get("cwd") or ""), "title": text, "first_user_message": text, "preview": text,
+        "cli_version": str(meta.get("cli_version") or ""), "thread_source": meta.get("thread_source"),
+        "history_mode": meta.get("history_mode") or "legacy", "originator": meta.get("originator"),
+        "archived": int(info.archived_location), "archived_at": int(info.mtime) if info.archived_location else None,
+        "has_user_event": 1 if text and inv.gate_column() == "has_user_event" else 0,
+    }
+    columns = {c[1]: c for c in inv.live_db.column_info}
+    row = {k: v for k, v in values.items() if k in columns and k != "id"}
+    for name, (_cid, _name, ctype, notnull, default, _pk) in ((c[1], c) for c in inv.live_db.column_info):
+        if name in row or name == "id" or not notnull or default is not None:
+            continue
+        row[name] = 0 if "INT" in str(ctype).upper() else ""  # NOT NULL with no default: a neutral value
+    return row
+
+
+def iso_to_millis(text: Any) -> Optional[int]:
+    if not isinstance(text, str):
+        return None
+    match = re.match(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?Z?$", text.strip())
+    if not match:
+        return None
+    parts = [int(g) for g in match.groups()[:6]]
+    fraction = (match.group(7) or "0")[:3].ljust(3, "0")
+    stamp = _dt.datetime(*parts, tzinfo=_dt.timezone.utc)
+    return int(stamp.timestamp()) * 1000 + int(fraction)
+
+
+REBUILD_REASONS = ("state_db_unreadable", "state_db_corrupt", "migration_checksum_drift", "backfill_incomplete")
+
+
+def plan_rebuild_db(inv: Inventory, args: argparse.Namespace) -> Plan:
+    """For a state DB Codex cannot use: move it (with its -wal and -shm) into the backup folder,
+    so Codex creates a fresh one and rebuilds it from the rollouts, the durable record, at its
+    next start. Thread names that live only in the DB are first added to session_index.jsonl."""
+    plan = Plan("rebuild-db")
+    db = inv.live_db
+    reasons = [f["code"] for f in check_home(inv) if f["code"] in REBUILD_REASONS]
+    if db is None or not reasons:
+        return plan
+    plan.notes.update({"db": display_path(db.path, inv.home), "because": reasons,
+                       "after": "start Codex once: it rebuilds the DB from the rollouts (archive flags follow "
+                                "the folders; pins and DB-only settings are not rebuilt)"})
+    if inv.has_db:
+        plan.file_writes.extend(plan_index_rebuild(inv, args).file_writes)
+    plan.moves = [Path(str(db.path) + suffix) for suffix in ("", "-wal", "-shm") if Path(str(db.path) + suffix).exists()]
+    return plan
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2359,6 +2594,22 @@ def atomic_write(path: Path, data: bytes, mode: Optional[int], mtime_ns: Optiona
             tmp.unlink()
 
 
+def atomic_copy(source: Path, path: Path, mode: Optional[int], mtime_ns: Optional[int]) -> None:
+    tmp = path.parent / (".%s.csr-tmp-%d" % (path.name, os.getpid()))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(str(source), str(tmp))
+        fsync_path(tmp)
+        if mode is not None:
+            os.chmod(str(tmp), mode)
+        if mtime_ns is not None:
+            os.utime(str(tmp), ns=(mtime_ns, mtime_ns))
+        os.replace(str(tmp), str(path))
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def restore_backup(folder: Path, home: Path, only_changed: bool = False) -> List[str]:
     """Put back every file and DB of a backup. Returns the paths restored."""
     manifest = read_manifest(folder)
@@ -2374,7 +2625,7 @@ def restore_backup(folder: Path, home: Path, only_changed: bool = False) -> List
                 dest.close()
                 source.close()
         elif entry.get("existed", True):
-            atomic_write(target, (folder / entry["backup"]).read_bytes(), entry.get("mode"), entry.get("mtime_ns"))
+            atomic_copy(folder / entry["backup"], target, entry.get("mode"), entry.get("mtime_ns"))
         elif target.exists():
             target.unlink()
         restored.append(entry["path"])
@@ -2392,13 +2643,15 @@ def read_manifest(folder: Path) -> Dict[str, Any]:
 
 
 def changed_since_backup(folder: Path, home: Path) -> List[str]:
-    """Files and DB rows that differ from what the backed-up run left behind."""
+    """Files and DB rows that differ from what the backed-up run left behind (for a run that was
+    interrupted, from what it found: its "after" was never recorded)."""
     manifest = read_manifest(folder)
+    state = "after" if manifest.get("complete") else "before"
     changed = []
     for entry in manifest["entries"]:
         target = _resolve_manifest_path(entry["path"], home)
         if entry["kind"] == "sqlite":
-            expected = entry.get("digest_after") or entry.get("digest_before")
+            expected = entry.get("digest_" + state)
             try:
                 conn = open_db_readonly(target)
                 try:
@@ -2410,7 +2663,7 @@ def changed_since_backup(folder: Path, home: Path) -> List[str]:
             if now != expected:
                 changed.append(entry["path"])
         else:
-            expected = entry.get("sha256_after") or entry.get("sha256_before")
+            expected = entry.get("sha256_" + state)
             now = sha256_file(target) if target.exists() else None
             if now != expected:
                 changed.append(entry["path"])
@@ -2461,6 +2714,7 @@ def apply_plan(inv: Inventory, plan: Plan, args: argparse.Namespace, argv: Seque
                 _fault_point("before_file_write")
                 mode = write.path.stat().st_mode & 0o7777 if write.path.exists() else 0o600
                 atomic_write(write.path, write.data, mode)
+            move_into_backup(plan.moves, folder, manifest, inv.home)
         except Exception as exc:  # noqa: BLE001 - any failure after writing began must restore
             try:
                 restore_backup(folder, inv.home)
@@ -2471,6 +2725,17 @@ def apply_plan(inv: Inventory, plan: Plan, args: argparse.Namespace, argv: Seque
         _fault_point("before_manifest_finish")
         finish_manifest(folder, manifest, inv.home)
     return result
+
+
+def move_into_backup(moves: List[Path], folder: Path, manifest: Dict[str, Any], home: Path) -> None:
+    """Move each file over its own byte copy in the backup: the original file lives on there."""
+    entries = {e["path"]: e for e in manifest["entries"]}
+    for path in moves:
+        _fault_point("before_file_write")
+        entry = entries[_manifest_path(path, home)]
+        if sha256_file(path) != entry["sha256_before"]:
+            raise ApplyError("%s changed while it was being backed up" % display_path(path, home))
+        os.replace(str(path), str(folder / entry["backup"]))
 
 
 def write_rollouts(plan: Plan, result: Dict[str, Any]) -> set:
@@ -2554,6 +2819,11 @@ def write_sql(plan: Plan, skipped_threads: set) -> None:
 def verify_sql(conn: sqlite3.Connection, changes: List[SqlChange]) -> None:
     for change in changes:
         clauses = " AND ".join("%s IS ?" % c for c in change.key)
+        if change.op == "delete":
+            gone = conn.execute("SELECT 1 FROM %s WHERE %s" % (change.table, clauses), list(change.key.values()))
+            if gone.fetchone() is not None:
+                raise ApplyError("re-reading %s after commit still shows %s" % (change.table, change.key))
+            continue
         row = conn.execute("SELECT %s FROM %s WHERE %s" % (", ".join(change.values), change.table, clauses),
                            list(change.key.values())).fetchone()
         if row is None or list(row) != list(change.values.values()):
@@ -2677,6 +2947,8 @@ def render_plan_text(doc: Dict[str, Any], verbose: bool) -> str:
                 "line %d %s" % (c["line"], c["field"]) for c in action["changes"])))
         elif action["kind"] == "sql":
             lines.append("  sql      %s: %s %s" % (action["db"], action["sql"], action["params"]))
+        elif action["kind"] == "move_to_backup":
+            lines.append("  move     %s into the backup folder (kept, not deleted)" % action["path"])
         else:
             lines.append("  file     %s: %s" % (action["path"], json.dumps(action["summary"])))
     if len(actions) > len(shown):
@@ -2774,6 +3046,14 @@ def cmd_repair_ui_state(args: argparse.Namespace) -> int:
 
 def cmd_rebuild_index(args: argparse.Namespace) -> int:
     return run_repair(args, plan_index_rebuild)
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    return run_repair(args, plan_reindex)
+
+
+def cmd_rebuild_db(args: argparse.Namespace) -> int:
+    return run_repair(args, plan_rebuild_db)
 
 
 def choose_backup(home: Path, args: argparse.Namespace) -> Path:
@@ -2948,6 +3228,17 @@ def build_parser() -> argparse.ArgumentParser:
          "rewrite session_index.jsonl without stale entries, keeping every thread name",
          "Drop entries whose rollout no longer exists and lines that are not entries, keep the last "
          "non-empty name of each thread, and add names the state DB has that the index lacks."),
+        ("reindex", cmd_reindex,
+         "make the state DB agree with the rollouts: add missing rows, fix paths and archive flags",
+         "Insert a row for each rollout the DB lacks (built from its session_meta and first user "
+         "message), point stale rollout_path values at the file that exists, and set the archived "
+         "flag from the file's folder. A thread id carried by two files is reported, never merged. "
+         "Rows whose rollout is gone are kept unless --prune-missing."),
+        ("rebuild-db", cmd_rebuild_db,
+         "move a damaged state DB aside so Codex rebuilds it from the rollouts",
+         "Only when the DB is unreadable, corrupt, has foreign migration checksums or a stuck "
+         "backfill: save DB-only thread names into session_index.jsonl, then move the DB and its "
+         "-wal/-shm into the backup folder (never deleted). Codex rebuilds the DB at its next start."),
     )
     for name, handler, summary, description in repairs:
         repair = sub.add_parser(name, parents=[shared], help=summary, description=description,
@@ -2958,6 +3249,9 @@ def build_parser() -> argparse.ArgumentParser:
             repair.add_argument("--to", default="auto", metavar="PROVIDER|auto",
                                 help="target provider; `auto` (default) is the one config.toml makes active")
             _scope_options(repair)
+        if name == "reindex":
+            repair.add_argument("--prune-missing", action="store_true",
+                                help="also delete rows whose rollout file no longer exists")
         _write_options(repair)
         repair.set_defaults(handler=handler)
 
