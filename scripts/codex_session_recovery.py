@@ -1439,8 +1439,12 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
     if row is not None:
         path = str(row.get("rollout_path") or "")
         exists = bool(path) and os.path.isfile(path)
-        if not exists and view.files:
-            add_reason(view, "rollout_path_stale", True, rollout_path=path, found=view.files[0].rel)
+        # A copied or moved home keeps rows that point into the old one: the file Codex would
+        # read is not this home's.
+        elsewhere = exists and not is_within(Path(os.path.abspath(path)), inv.home)
+        if (not exists or elsewhere) and view.files:
+            add_reason(view, "rollout_path_stale", not exists, rollout_path=path, found=view.files[0].rel,
+                       outside_home=elsewhere)
         elif not exists:
             add_reason(view, "rollout_missing", True, rollout_path=path)
     elif inv.has_db and view.files:
@@ -1975,9 +1979,8 @@ def provider_repair_blocker(view: ThreadView) -> Optional[str]:
         return "rollout cannot be edited safely: %s" % ", ".join(view.primary.problems)
     if len(view.files) > 1:
         return "thread id carried by %d rollout files; resolve the duplicate first" % len(view.files)
-    if view.row is not None and view.primary is not None and view.row.get("rollout_path") and \
-            not os.path.isfile(str(view.row["rollout_path"])):
-        return "the DB row's rollout_path is stale; run rebuild-index or diagnose first"
+    if any(r["code"] == "rollout_path_stale" for r in view.reasons):
+        return "the DB row's rollout_path does not point at this home's rollout; run reindex first"
     return None
 
 
@@ -2999,13 +3002,275 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         session_index={k: v for k, v in inv.index.items() if k != "names"},
         ui_state=inv.global_state,
         findings=findings,
-        threads=[thread_entry(v, args.verbose) for v in views if v.hidden or args.verbose],
+        threads=[thread_entry(v, args.verbose) for v in views if v.reasons or args.verbose],
         next_commands=suggest_commands(inv, findings, args),
     )
     if args.json:
         emit_json(doc)
     else:
         print(render_diagnose_text(doc, args.verbose))
+    return code
+
+
+# What to do about each reason: a command of this tool, or the manual step where no local
+# repair is right (by-design filters are explained, never "repaired").
+REASON_FIXES: Dict[str, str] = {
+    "provider_mismatch": "repair-provider --from {provider} --to auto",
+    "user_event_missing": "repair-user-events",
+    "attachment_only_prompt": "repair-user-events (fills the preview from the attachment's description)",
+    "rollout_missing": "nothing to recover locally; reindex --prune-missing removes the row",
+    "rollout_path_stale": "reindex",
+    "no_db_row": "reindex",
+    "archive_flag_mismatch": "reindex",
+    "source_filtered": "by design: see it with `codex resume --all --include-non-interactive`, or resume it by id",
+    "archived": "by design: open Codex's Archived view, or unarchive it there",
+    "no_user_content": "nothing to recover: the thread never had a user message",
+    "user_message_beyond_scan": "resume it by id (`codex resume ID`); newer Codex releases read further",
+    "beyond_recent_window": "scroll or search in Codex, or pin the thread",
+    "cwd_unmatchable": "`codex resume --all` lists it regardless of folder",
+}
+
+
+def find_thread(inv: Inventory, wanted: str) -> ThreadView:
+    wanted = wanted.strip().lower()
+    if wanted in inv.threads:
+        return inv.threads[wanted]
+    matches = [v for k, v in inv.threads.items() if k.startswith(wanted)] if len(wanted) >= 6 else []
+    if not matches:
+        named = [inv.threads[k] for k, n in inv.index["names"].items() if n.lower() == wanted and k in inv.threads]
+        matches = named
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise UsageError("no thread %s in the state DB, the rollouts or session_index.jsonl" % wanted)
+    raise UsageError("%s matches %d threads; give more of the id" % (wanted, len(matches)))
+
+
+def scan_rollout_layers(path: Path, thread_id: str) -> Dict[str, Any]:
+    """Every session_meta and provider-setting line of one rollout (a full streaming read)."""
+    metas, settings, lines, encrypted = [], [], 0, False
+    with open(str(path), "rb") as handle:
+        for raw in iter(lambda: handle.readline(MAX_LINE_BYTES), b""):
+            lines += 1
+            encrypted = encrypted or b'"encrypted_content"' in raw
+            if b"session_meta" not in raw and b"thread_settings_applied" not in raw:
+                continue
+            record = parse_rollout_line(raw, lines, [])
+            payload = record.get("payload") if record else None
+            if not isinstance(payload, dict):
+                continue
+            if record.get("type") == "session_meta":
+                metas.append({"line": lines, "id": payload.get("id"), "own": str(payload.get("id", "")).lower() == thread_id,
+                              "model_provider": payload.get("model_provider"), "source": decode_source(payload.get("source")),
+                              "cli_version": payload.get("cli_version")})
+            elif payload.get("type") == "thread_settings_applied" and isinstance(payload.get("thread_settings"), dict):
+                settings.append({"line": lines, "model_provider_id": payload["thread_settings"].get("model_provider_id")})
+    return {"session_meta_lines": metas, "thread_settings_applied": settings, "lines": lines,
+            "encrypted_reasoning": encrypted}
+
+
+def projection_layer(inv: Inventory, view: ThreadView) -> Optional[Dict[str, Any]]:
+    db_path = history_db_path(inv.home)
+    if db_path is None:
+        return None
+    try:
+        conn = open_db_readonly(db_path)
+        try:
+            if not table_exists(conn, "thread_turns"):
+                return None
+            turns = conn.execute("SELECT count(*), min(rollout_byte_offset), max(rollout_end_byte_offset) "
+                                 "FROM thread_turns WHERE thread_id = ?", (view.id,)).fetchone()
+            state = conn.execute("SELECT next_rollout_byte_offset FROM thread_history_projection_state "
+                                 "WHERE thread_id = ?", (view.id,)).fetchone() if table_exists(
+                conn, "thread_history_projection_state") else None
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return {"error": short(str(exc), 120)}
+    size = view.primary.size if view.primary else None
+    next_offset = state[0] if state else None
+    return {"db": display_path(db_path, inv.home), "turns": turns[0], "first_offset": turns[1],
+            "last_end_offset": turns[2], "next_rollout_byte_offset": next_offset, "rollout_size": size,
+            "offsets_within_file": None if size is None or next_offset is None else next_offset <= size}
+
+
+def filter_verdicts(inv: Inventory, view: ThreadView) -> List[Dict[str, Any]]:
+    codes = {r["code"]: r for r in view.reasons}
+    gate = inv.gate_column() or "preview (file listing)"
+    rank = view.rank
+    return [
+        {"filter": "provider", "passes": "provider_mismatch" not in codes,
+         "detail": "active %s; DB %s; rollout %s" % (inv.config.provider, view.db_provider, view.rollout_provider)},
+        {"filter": "source", "passes": "source_filtered" not in codes, "detail": view.source},
+        {"filter": "archived", "passes": "archived" not in codes, "detail": "in archived_sessions/" if view.archived else "in sessions/"},
+        {"filter": "preview", "passes": not ({"no_user_content"} & set(codes)) and not (
+            "user_event_missing" in codes and codes["user_event_missing"]["hides"]),
+         "detail": "gate column %s; first user message %s" % (gate, "found at line %s" % view.primary.evidence_line
+                                                              if view.primary and view.primary.has_evidence else "not found")},
+        {"filter": "cwd", "passes": "cwd_unmatchable" not in codes,
+         "detail": (codes["cwd_unmatchable"]["evidence"]["problem"] if "cwd_unmatchable" in codes else "matchable")},
+        {"filter": "recent window", "passes": rank is not None and rank <= RECENT_WINDOW,
+         "detail": "rank %s of the listable threads (Desktop loads ~%d)" % (rank, RECENT_WINDOW) if rank else "not listable"},
+    ]
+
+
+def trace_thread(inv: Inventory, view: ThreadView, verbose: bool) -> Dict[str, Any]:
+    other_rows = []
+    for db in inv.dbs:
+        if db is inv.live_db or db.error:
+            continue
+        try:
+            conn = open_db_readonly(db.path)
+            try:
+                found = conn.execute("SELECT model_provider, archived, rollout_path FROM threads WHERE id = ?",
+                                     (view.id,)).fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            found = None
+        if found:
+            other_rows.append({"db": display_path(db.path, inv.home), "model_provider": found[0], "archived": found[1]})
+    rollouts = []
+    for info in view.files:
+        layer = {"path": info.rel, "size": info.size, "archived_location": info.archived_location,
+                 "problems": info.problems, "first_user_message_line": info.evidence_line,
+                 "first_user_message_kind": info.evidence_kind}
+        if not info.compressed:
+            try:
+                layer.update(scan_rollout_layers(info.path, view.id))
+            except OSError as exc:
+                layer["error"] = str(exc)
+        rollouts.append(layer)
+    row = dict(view.row) if view.row else None
+    if row is not None and not verbose:
+        row = {k: v for k, v in row.items() if k not in ("name",)}
+    state = read_global_state_hints(inv.home, view.id)
+    fixes = []
+    for reason in view.reasons:
+        fix = REASON_FIXES.get(reason["code"])
+        if fix:
+            fixes.append("%s: %s" % (reason["code"], fix.format(provider=view.rollout_provider or view.db_provider)))
+    return {
+        "id": view.id, "listed_by_default": not view.hidden, "reasons": [r["code"] for r in view.reasons],
+        "evidence": {r["code"]: r["evidence"] for r in view.reasons if r["evidence"]}, "fixes": fixes,
+        "filters": filter_verdicts(inv, view),
+        "db": {"live": display_path(inv.live_db.path, inv.home) if inv.live_db else None, "row": row,
+               "other_dbs": other_rows},
+        "rollouts": rollouts,
+        "index": {"name": (view.index_name if verbose else ("(named)" if view.index_name else None))},
+        "ui_state": state, "projection": projection_layer(inv, view),
+    }
+
+
+def read_global_state_hints(home: Path, thread_id: str) -> Dict[str, Any]:
+    path = home / ".codex-global-state.json"
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {"present": path.exists(), "readable": False}
+    if not isinstance(data, dict):
+        return {"present": True, "readable": False}
+
+    def contains(key: str) -> bool:
+        value = data.get(key)
+        return thread_id in value if isinstance(value, (list, dict)) else False
+
+    return {"present": True, "readable": True, "workspace_root_hint": contains("thread-workspace-root-hints"),
+            "project_assignment": contains("thread-project-assignments"), "pinned": contains("pinned-thread-ids"),
+            "projectless": contains("projectless-thread-ids")}
+
+
+def render_trace_text(doc: Dict[str, Any]) -> str:
+    t = doc["trace"]
+    lines = ["Thread %s: %s" % (t["id"], "listed by default" if t["listed_by_default"] else
+                                 "HIDDEN from default lists (%s)" % ", ".join(c for c in t["reasons"]))]
+    for verdict in t["filters"]:
+        lines.append("  %-14s %-4s %s" % (verdict["filter"], "ok" if verdict["passes"] else "FAIL", verdict["detail"]))
+    row = t["db"]["row"]
+    lines.append("State DB %s: %s" % (t["db"]["live"], "row present" if row else "no row"))
+    if row:
+        lines.append("  provider %s, source %s, archived %s, rollout_path %s" % (
+            row.get("model_provider"), row.get("source"), row.get("archived"), row.get("rollout_path")))
+    for other in t["db"]["other_dbs"]:
+        lines.append("  stale copy in %s: provider %s" % (other["db"], other["model_provider"]))
+    for layer in t["rollouts"]:
+        lines.append("Rollout %s (%d bytes%s)" % (layer["path"], layer["size"], ", problems: " + ", ".join(
+            layer["problems"]) if layer["problems"] else ""))
+        for meta in layer.get("session_meta_lines", []):
+            lines.append("  line %d session_meta%s provider %s source %s" % (
+                meta["line"], "" if meta["own"] else " (another thread's, from a fork)", meta["model_provider"], meta["source"]))
+        for setting in layer.get("thread_settings_applied", []):
+            lines.append("  line %d thread_settings_applied provider %s" % (setting["line"], setting["model_provider_id"]))
+    if not t["rollouts"]:
+        lines.append("Rollout: none found under sessions/ or archived_sessions/")
+    if t["projection"]:
+        p = t["projection"]
+        lines.append("History projection: %s turns, next offset %s of %s bytes" % (
+            p.get("turns"), p.get("next_rollout_byte_offset"), p.get("rollout_size")))
+    lines.append("Index name: %s" % (t["index"]["name"] or "none"))
+    if t["ui_state"].get("present"):
+        lines.append("Desktop state: %s" % ", ".join("%s=%s" % kv for kv in t["ui_state"].items() if kv[0] != "present"))
+    for fix in t["fixes"]:
+        lines.append("Fix: %s" % fix)
+    return "\n".join(lines)
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    inv = build_inventory(args)
+    run_checks(inv)
+    view = find_thread(inv, args.thread_id)
+    trace = trace_thread(inv, view, args.verbose)
+    code = EXIT_OK if trace["listed_by_default"] and not [r for r in view.reasons if REASONS[r["code"]][0] != "info"] else EXIT_FINDINGS
+    doc = envelope("trace", inv, code, safety=SAFETY_LINE_READ, trace=trace)
+    if args.json:
+        emit_json(doc)
+    else:
+        print(render_trace_text(doc))
+    return code
+
+
+def redact(text: Any, home: Path) -> Any:
+    """Paths inside the home become relative; any other absolute path is replaced."""
+    if not isinstance(text, str):
+        return text
+    if text.startswith(str(home)):
+        return "<CODEX_HOME>" + text[len(str(home)):]
+    if text.startswith(("/", "\\\\")) or re.match(r"^[A-Za-z]:[\\/]", text):
+        return "<path outside CODEX_HOME>"
+    return text
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """A bundle to paste into an issue: counts, versions and codes; no message text, no paths
+    outside the home, no names."""
+    inv = build_inventory(args)
+    findings = run_checks(inv)
+    code = exit_code_for(findings)
+    live = inv.live_db
+    doc = envelope(
+        "report", inv, code, codex_home="<CODEX_HOME>", safety=SAFETY_LINE_READ,
+        platform={"system": sys.platform, "python": "%d.%d.%d" % sys.version_info[:3], "sqlite": sqlite3.sqlite_version},
+        codex_release=".".join(map(str, inv.release)) or None,
+        config={"active_provider": inv.config.provider, "provider_source": inv.config.provider_source,
+                "profile": bool(inv.config.profile), "configured_providers": inv.config.configured_providers,
+                "sqlite_home_set": bool(inv.config.sqlite_home)},
+        state_db={"live": None if live is None else {
+            "path": redact(str(live.path), inv.home), "schema_version": live.schema_version,
+            "thread_columns": len(live.columns), "integrity": live.integrity, "error": bool(live.error),
+            "checksum_drift": len(live.checksum_drift)},
+            "count": len(inv.dbs), "backfill_status": (inv.backfill or {}).get("status"),
+            "history_projections": inv.projections},
+        counts=summarise(inv),
+        findings=[{"code": f["code"], "severity": f["severity"], "count": f.get("count")} for f in findings],
+        threads=[{"id": v.id, "reasons": [r["code"] for r in v.reasons], "source": source_kind(v.source),
+                  "provider": {"db": v.db_provider, "rollout": v.rollout_provider}, "archived": v.archived,
+                  "rank": v.rank, "rollout_problems": v.primary.problems if v.primary else None}
+                 for v in inv.threads.values() if v.reasons],
+        session_index={k: v for k, v in inv.index.items() if k != "names"},
+        ui_state={"present": inv.global_state["present"], "readable": not inv.global_state["error"],
+                  "sidebar_keys": sorted(inv.global_state["sidebar"]), "sidebar_reset": inv.global_state.get("sidebar_reset")},
+    )
+    emit_json(doc)
     return code
 
 
@@ -3160,6 +3425,10 @@ examples:
   %(prog)s repair-user-events
   %(prog)s repair-ui-state
   %(prog)s rebuild-index
+  %(prog)s trace 019a2f3c                                     # one thread, every layer
+  %(prog)s report > codex-report.json                          # redacted, for an issue
+  %(prog)s reindex
+  %(prog)s rebuild-db
   %(prog)s restore --list
   %(prog)s restore --latest --apply
 """
@@ -3209,6 +3478,21 @@ def build_parser() -> argparse.ArgumentParser:
                     "command to run. Never writes.")
     _scope_options(diagnose)
     diagnose.set_defaults(handler=cmd_diagnose)
+
+    trace = sub.add_parser(
+        "trace", parents=[shared], help="follow one thread through every layer and every list filter (read-only)",
+        description="Where is my conversation? Show one thread's DB row(s), rollout file(s) and their "
+                    "session_meta lines, index entry, Desktop hints and history projection, and the verdict "
+                    "of each filter a Codex list applies: provider, source, archived, preview, cwd, rank.")
+    trace.add_argument("thread_id", metavar="THREAD_ID", help="a thread id, a unique prefix of one (6+ characters), "
+                       "or a thread name from session_index.jsonl")
+    trace.set_defaults(handler=cmd_trace)
+
+    report = sub.add_parser(
+        "report", parents=[shared], help="print a redacted JSON bundle to paste into an issue (read-only)",
+        description="Counts, versions, reason codes and per-thread codes, as one JSON document. No message "
+                    "text, no thread names, no path outside CODEX_HOME.")
+    report.set_defaults(handler=cmd_report)
 
     repairs = (
         ("repair-provider", cmd_repair_provider,

@@ -160,3 +160,17 @@ def test_migration_checksum_drift_and_newer_schema(tmp_path, capsys):
     assert codes["migration_checksum_drift"]["evidence"]["versions"] == [1]
     assert codes["schema_newer"]["evidence"]["schema_version"] == 63
     assert code == csr.EXIT_FINDINGS
+
+
+def test_copied_home_rows_pointing_into_the_old_home_are_repointed(tmp_path, capsys):
+    old = HomeBuilder(tmp_path / "old")
+    thread = old.thread()
+    new_root = tmp_path / "new"
+    shutil.copytree(old.root, new_root)
+    code, doc = run("diagnose", "--codex-home", str(new_root), capsys=capsys)
+    entry = next(t for t in doc["threads"] if t["id"] == thread.id)
+    assert entry["reasons"] == ["rollout_path_stale"] and entry["evidence"]["rollout_path_stale"]["outside_home"]
+    assert run("reindex", "--codex-home", str(new_root), "--apply", capsys=capsys)[0] == csr.EXIT_OK
+    copied = new_root / thread.path.relative_to(old.root)
+    assert row(new_root / "state_5.sqlite", thread.id)["rollout_path"] == str(copied)
+    assert run("diagnose", "--codex-home", str(new_root), capsys=capsys)[0] == csr.EXIT_OK
