@@ -983,28 +983,39 @@ def user_text_of(record: Dict[str, Any]) -> Optional[Tuple[str, str]]:
     ptype = payload.get("type")
     if kind == "event_msg" and ptype == "user_message":
         raw_text = payload.get("message") if isinstance(payload.get("message"), str) else ""
-        text = strip_request_marker(raw_text)
-        if not text and (payload.get("images") or payload.get("local_images")):
-            text = "[Image]"
-        if not text and ATTACHMENT_MARKER in raw_text:
-            # CODEX-COMPAT: a large paste becomes an attachment and the request section is left
-            # empty, so Codex derives an empty preview and the thread drops out of the lists.
-            return ("attachment", short(raw_text.split(ATTACHMENT_MARKER, 1)[1], 200) or "[Attachment]")
-        return ("user_message", text) if text else None
+        images = bool(payload.get("images") or payload.get("local_images"))
+        return classify_user_text(raw_text, "user_message", images)
     if kind == "event_msg" and ptype == "item_completed":
         item = payload.get("item")
         if isinstance(item, dict) and str(item.get("type", "")).lower() in ("usermessage", "user_message"):
-            text = _content_text(item.get("content"))
-            return ("item_completed", text) if text and not is_synthetic_user_text(text) else None
+            return classify_user_text(_content_text(item.get("content")), "item_completed", False)
         return None
     if kind == "event_msg" and ptype == "thread_goal_updated":
         goal = payload.get("goal")
         objective = goal.get("objective") if isinstance(goal, dict) else None
         return ("goal", objective) if isinstance(objective, str) and objective.strip() else None
     if kind == "response_item" and ptype == "message" and payload.get("role") == "user":
-        text = _content_text(payload.get("content"))
-        if text and not is_synthetic_user_text(text):
-            return ("response_item", strip_request_marker(text) or text)
+        return classify_user_text(_content_text(payload.get("content")), "response_item", False)
+    return None
+
+
+def classify_user_text(raw_text: str, kind: str, images: bool) -> Optional[Tuple[str, str]]:
+    """What Codex makes of a user message for previews: the text after "## My request for
+    Codex:", `[Image]` for an image alone, nothing for synthetic context blocks."""
+    if not raw_text.strip() and not images:
+        return None
+    if is_synthetic_user_text(raw_text):
+        return None
+    text = strip_request_marker(raw_text)
+    if text:
+        return (kind, text)
+    if images or raw_text.strip() == "[Image]":
+        return (kind, "[Image]")
+    if ATTACHMENT_MARKER in raw_text:
+        # CODEX-COMPAT: a large paste becomes an attachment and the request section is left
+        # empty, so Codex derives an empty preview (0.169.0 and 0.120.0 then hide the thread;
+        # 0.130.0 still lists it: measured).
+        return ("attachment", short(raw_text.split(ATTACHMENT_MARKER, 1)[1], 200) or "[Attachment]")
     return None
 
 
@@ -1405,10 +1416,27 @@ def user_event_gate_hides(release: Tuple[int, ...]) -> bool:
     return not release or release < (0, 130, 0)
 
 
+def attachment_prompt_hides(release: Tuple[int, ...], gate_blank: bool) -> bool:
+    # CODEX-COMPAT: measured: a thread whose first prompt is only an attachment wrapper is
+    # hidden by 0.120.0 (until its first_user_message is filled: repair-user-events) and by
+    # 0.169.0 (which re-derives the preview from the rollout, so no DB edit helps); 0.130.0
+    # lists it anyway.
+    if (0, 130, 0) <= release < (0, 131, 0):
+        return False
+    return gate_blank or preview_rederived(release)
+
+
+def preview_rederived(release: Tuple[int, ...]) -> bool:
+    # CODEX-COMPAT: measured: 0.169.0 derives the preview from the rollout when listing.
+    return bool(release) and release >= (0, 131, 0)
+
+
 def check_thread(view: ThreadView, inv: Inventory) -> None:
     active = inv.config.provider
     row = view.row
-    if view.archived or (row and row.get("archived")):
+    # CODEX-COMPAT: the folder decides (measured on 0.120.0-0.169.0): a row archived in the DB
+    # whose file is in sessions/ is listed, and Codex resets the flag.
+    if view.archived:
         add_reason(view, "archived", True, db_archived=bool(row and row.get("archived")),
                    in_archived_sessions=bool(view.primary and view.primary.archived_location))
     if row is not None and view.primary is not None and bool(row.get("archived")) != view.primary.archived_location:
@@ -1424,7 +1452,10 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
     if not view.has_evidence and (view.primary is None or view.primary.scanned_to_end):
         add_reason(view, "no_user_content", True)
     gate = inv.gate_column()
-    if row is not None and gate and view.primary is not None and view.primary.has_evidence:
+    # An attachment-only first prompt on a release that derives previews from the rollout has a
+    # blank preview by right: that is attachment_only_prompt's business, not a stale column.
+    derived_blank = view.primary is not None and view.primary.evidence_kind == "attachment" and preview_rederived(inv.release)
+    if row is not None and gate and view.primary is not None and view.primary.has_evidence and not derived_blank:
         blank = not row.get("has_" + gate) if gate != "has_user_event" else not row.get("has_user_event")
         if blank:
             add_reason(view, "user_event_missing", user_event_gate_hides(inv.release), column=gate,
@@ -1432,7 +1463,9 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
     if view.primary is not None and (view.primary.evidence_line or 0) > HEAD_SCAN_LINES:
         add_reason(view, "user_message_beyond_scan", False, line=view.primary.evidence_line, window=HEAD_SCAN_LINES)
     if view.primary is not None and view.primary.evidence_kind == "attachment":
-        add_reason(view, "attachment_only_prompt", False)
+        gate = inv.gate_column()
+        gate_blank = row is None or not gate or not row.get("has_" + gate, row.get(gate))
+        add_reason(view, "attachment_only_prompt", attachment_prompt_hides(inv.release, gate_blank))
     cwd_problem = cwd_spelling_problem(str((row or {}).get("cwd") or (view.primary.meta.get("cwd") if view.primary else "") or ""), inv.home)
     if cwd_problem:
         add_reason(view, "cwd_unmatchable", False, problem=cwd_problem)
@@ -2003,6 +2036,11 @@ def plan_user_events_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
     for view in inv.threads.values():
         reason = next((r for r in view.reasons if r["code"] == "user_event_missing"), None)
         if reason is None or view.primary is None:
+            continue
+        if view.primary.evidence_kind == "attachment" and preview_rederived(inv.release):
+            plan.skipped.append({"thread_id": view.id, "reason": "its first prompt is only an attachment and this "
+                                 "Codex derives the preview from the rollout, so no DB edit shows it: pin the "
+                                 "thread, or open it by id and send one message"})
             continue
         try:
             text = full_first_user_text(view.primary.path)
@@ -3017,7 +3055,8 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 REASON_FIXES: Dict[str, str] = {
     "provider_mismatch": "repair-provider --from {provider} --to auto",
     "user_event_missing": "repair-user-events",
-    "attachment_only_prompt": "repair-user-events (fills the preview from the attachment's description)",
+    "attachment_only_prompt": "0.120-era Codex: repair-user-events; newer Codex: pin the thread, or open it by id "
+                              "(`codex resume ID`) and send one message",
     "rollout_missing": "nothing to recover locally; reindex --prune-missing removes the row",
     "rollout_path_stale": "reindex",
     "no_db_row": "reindex",
