@@ -1,0 +1,266 @@
+"""The skill's metadata is valid and the documentation cannot drift from the script.
+
+Codex loads SKILL.md and agents/openai.yaml fail-open: a bad field is logged and ignored, so
+nothing else would notice. These checks use the standard library only (no YAML parser):
+the frontmatter and openai.yaml are kept to the simple subset parsed here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import pytest
+
+import codex_session_recovery as csr
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "codex_session_recovery.py"
+SKILL_NAME = "codex-session-recovery"
+ALLOWED_FRONTMATTER_KEYS = {"name", "description", "license", "metadata"}
+NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+
+
+# -- tiny parsers ---------------------------------------------------------------------------
+
+
+def _scalar(raw: str) -> str:
+    """A YAML scalar as this repository writes them: double-quoted (with \\" and \\\\ escapes),
+    single-quoted, or plain."""
+    raw = raw.strip()
+    if len(raw) >= 2 and raw[0] == raw[-1] == '"':
+        return re.sub(r'\\(["\\])', r"\1", raw[1:-1])
+    if len(raw) >= 2 and raw[0] == raw[-1] == "'":
+        return raw[1:-1].replace("''", "'")
+    return raw
+
+
+def parse_simple_yaml(lines: List[str]) -> Dict[str, object]:
+    """Top-level `key: value` pairs, and one level of indented `key: value` under `key:`."""
+    data: Dict[str, object] = {}
+    parent = None
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        match = re.match(r"^( *)([A-Za-z0-9_.-]+):(.*)$", line)
+        assert match, "line %d is not `key: value`: %r" % (number, line)
+        indent, key, value = len(match.group(1)), match.group(2), match.group(3)
+        if indent == 0:
+            if value.strip():
+                data[key] = _scalar(value)
+                parent = None
+            else:
+                data[key] = {}
+                parent = key
+        else:
+            assert parent is not None, "line %d is indented under nothing" % number
+            nested = data[parent]
+            assert isinstance(nested, dict) and value.strip(), "line %d: nesting too deep" % number
+            nested[key] = _scalar(value)
+    return data
+
+
+def read_frontmatter(path: Path) -> Tuple[Dict[str, object], List[str], List[str]]:
+    """(fields, raw frontmatter lines, body lines) of a SKILL.md."""
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith("---\n"), "SKILL.md must start with a --- line"
+    lines = text.split("\n")
+    end = lines.index("---", 1)
+    raw = lines[1:end]
+    return parse_simple_yaml(raw), raw, lines[end + 1:]
+
+
+def skill_fields() -> Dict[str, object]:
+    return read_frontmatter(ROOT / "SKILL.md")[0]
+
+
+def openai_yaml() -> Tuple[Dict[str, object], List[str]]:
+    lines = (ROOT / "agents" / "openai.yaml").read_text(encoding="utf-8").splitlines()
+    return parse_simple_yaml(lines), lines
+
+
+def doc(name: str) -> str:
+    return (ROOT / name).read_text(encoding="utf-8")
+
+
+def subcommands() -> Dict[str, argparse.ArgumentParser]:
+    parser = csr.build_parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    raise AssertionError("build_parser() has no subcommands")
+
+
+def long_options() -> List[str]:
+    parsers = [csr.build_parser()] + list(subcommands().values())
+    found = set()
+    for parser in parsers:
+        for action in parser._actions:
+            found.update(o for o in action.option_strings if o.startswith("--"))
+    return sorted(found)
+
+
+def reason_codes() -> List[str]:
+    return sorted(set(csr.REASONS) | set(csr.HOME_FINDINGS))
+
+
+# -- SKILL.md -------------------------------------------------------------------------------
+
+
+def test_frontmatter_uses_only_allowed_keys():
+    fields, raw, _body = read_frontmatter(ROOT / "SKILL.md")
+    assert set(fields) <= ALLOWED_FRONTMATTER_KEYS
+    assert {"name", "description"} <= set(fields)
+    if "metadata" in fields:
+        assert isinstance(fields["metadata"], dict)
+        assert all(isinstance(v, str) for v in fields["metadata"].values())
+    # The description is quoted: an unquoted `: ` silently drops the skill from the list.
+    line = next(item for item in raw if item.startswith("description:"))
+    assert line.split(":", 1)[1].strip().startswith('"')
+
+
+def test_name_is_the_skill_name():
+    name = skill_fields()["name"]
+    assert name == SKILL_NAME
+    assert NAME_RE.match(name) and len(name) <= 64
+    # The same name the package installs (pyproject's [project] name).
+    project = re.search(r'^name\s*=\s*"([^"]+)"', doc("pyproject.toml"), re.M)
+    assert project and project.group(1) == name
+
+
+def test_description_fits_every_loader():
+    description = skill_fields()["description"]
+    assert isinstance(description, str)
+    assert 1 <= len(" ".join(description.split())) <= 1024
+    assert "<" not in description and ">" not in description
+    # The trigger phrases come first: long skill lists shorten descriptions from the end.
+    head = description[:400].lower()
+    for phrase in ("disappeared", "resume", "sidebar", "provider"):
+        assert phrase in head
+
+
+def test_body_is_short():
+    _fields, _raw, body = read_frontmatter(ROOT / "SKILL.md")
+    assert len(body) < 500
+
+
+# -- agents/openai.yaml ---------------------------------------------------------------------
+
+
+def test_openai_yaml_interface():
+    data, lines = openai_yaml()
+    assert set(data) <= {"interface", "policy", "dependencies"}
+    interface = data["interface"]
+    assert isinstance(interface, dict)
+    assert interface.get("display_name") and len(interface["display_name"]) <= 64
+    assert 25 <= len(interface.get("short_description", "")) <= 64
+    assert "$" + SKILL_NAME in interface.get("default_prompt", "")
+    assert len(interface["default_prompt"]) <= 1024
+    # Every string value is quoted, keys are not.
+    for line in lines:
+        key, _, value = line.partition(":")
+        if value.strip():
+            assert value.strip()[0] in "\"'", line
+            assert not key.strip().startswith(("'", '"')), line
+
+
+# -- links ----------------------------------------------------------------------------------
+
+LINKED_DOCS = ("SKILL.md", "README.md", "README.zh-CN.md", "references/reason-codes.md",
+               "references/data-model.md", "references/restore.md", "CONTRIBUTING.md",
+               "SECURITY.md")
+
+
+@pytest.mark.parametrize("name", LINKED_DOCS)
+def test_relative_links_resolve(name):
+    text = doc(name)
+    base = (ROOT / name).parent
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    for target in targets:
+        if re.match(r"^[a-z]+:", target):
+            continue
+        assert (base / target).exists(), "%s links to missing %s" % (name, target)
+
+
+@pytest.mark.parametrize("name", ["SKILL.md", "README.md", "README.zh-CN.md"])
+def test_every_mentioned_reference_exists(name):
+    mentioned = set(re.findall(r"references/[A-Za-z0-9_.-]+\.md", doc(name)))
+    assert mentioned, "%s points to no reference" % name
+    for path in mentioned:
+        assert (ROOT / path).is_file(), "%s mentions missing %s" % (name, path)
+
+
+def test_long_references_have_a_table_of_contents():
+    for path in sorted((ROOT / "references").glob("*.md")):
+        text = path.read_text(encoding="utf-8")
+        if len(text.splitlines()) > 100:
+            assert "## Contents" in text, path.name
+
+
+# -- docs cannot drift from the script ------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["SKILL.md", "README.md"])
+def test_docs_name_every_subcommand_and_option(name):
+    text = doc(name)
+    missing = [c for c in subcommands() if c not in text]
+    missing += [o for o in long_options() if o not in text]
+    assert not missing, "%s does not mention %s" % (name, ", ".join(missing))
+
+
+def test_translation_names_every_subcommand():
+    text = doc("README.zh-CN.md")
+    missing = [c for c in subcommands() if c not in text]
+    assert not missing, missing
+
+
+@pytest.mark.parametrize("name", ["SKILL.md", "references/reason-codes.md"])
+def test_docs_explain_every_reason_code(name):
+    text = doc(name)
+    missing = [code for code in reason_codes() if "`%s`" % code not in text and "### %s" % code not in text]
+    assert not missing, "%s does not explain %s" % (name, ", ".join(missing))
+
+
+def test_readme_gives_the_test_command():
+    assert "python3 -m pytest" in doc("README.md")
+    assert "python3 -m pytest" in doc("README.zh-CN.md")
+
+
+def test_docs_give_every_exit_code():
+    for name in ("SKILL.md", "README.md"):
+        text = doc(name)
+        for code in (csr.EXIT_OK, csr.EXIT_FINDINGS, csr.EXIT_USAGE, csr.EXIT_REFUSED, csr.EXIT_APPLY_FAILED):
+            assert re.search(r"^\| %d \|" % code, text, re.M), "%s: exit code %d" % (name, code)
+
+
+def test_changelog_has_this_version():
+    assert "## %s - " % csr.__version__ in doc("CHANGELOG.md")
+
+
+# -- the script runs on a bare interpreter, from anywhere -----------------------------------
+
+
+def test_help_runs_from_another_folder_and_names_every_subcommand(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--help"], cwd=str(tmp_path),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = proc.stdout.decode()
+    for name in subcommands():
+        assert name in out
+
+
+@pytest.mark.parametrize("name", sorted(subcommands()))
+def test_every_subcommand_has_help(name, capsys):
+    with pytest.raises(SystemExit) as done:
+        csr.main([name, "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert len(out.strip().splitlines()) > 3
+    parser = subcommands()[name]
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help, "%s %s has no help text" % (name, action.option_strings[0])
