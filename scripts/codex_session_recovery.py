@@ -520,12 +520,16 @@ class Config:
 
     def __init__(self) -> None:
         self.provider = DEFAULT_PROVIDER
-        self.provider_source = "default (no model_provider in config.toml)"
+        self.provider_source = "the default: config.toml names no model_provider"
+        self.provider_is_default = True
         self.profile: Optional[str] = None
         self.configured_providers: List[str] = []
         self.sqlite_home: Optional[str] = None
         self.problems: List[Dict[str, Any]] = []
         self.files_read: List[str] = []
+
+    def set_provider(self, provider: str, origin: str) -> None:
+        self.provider, self.provider_source, self.provider_is_default = provider, origin, False
 
     def knows_provider(self, provider: str) -> bool:
         return provider in BUILTIN_PROVIDERS or provider in self.configured_providers
@@ -577,7 +581,7 @@ def load_config(home: Path, profile: Optional[str]) -> Config:
         config.sqlite_home = sqlite_home
     top = base.get("model_provider")
     if isinstance(top, str) and top:
-        config.provider, config.provider_source = top, "config.toml model_provider"
+        config.set_provider(top, "config.toml model_provider")
     elif top is not None:
         config.problems.append({"code": "config_unparsable", "path": str(home / "config.toml"),
                                 "error": "model_provider is not a string"})
@@ -596,7 +600,7 @@ def load_config(home: Path, profile: Optional[str]) -> Config:
                 config.configured_providers.extend(k for k, v in extra.items() if isinstance(v, dict))
             chosen = layered.get("model_provider")
             if isinstance(chosen, str) and chosen:
-                config.provider, config.provider_source = chosen, "%s.config.toml model_provider" % profile
+                config.set_provider(chosen, "%s.config.toml model_provider" % profile)
             if isinstance(layered.get("sqlite_home"), str):
                 config.sqlite_home = layered["sqlite_home"]
         elif not _apply_legacy_profile(config, profiles, profile, "[profiles.%s] (--profile)" % profile):
@@ -613,7 +617,7 @@ def _apply_legacy_profile(config: Config, profiles: Dict[str, Any], name: str, o
     config.profile = name
     chosen = table.get("model_provider")
     if isinstance(chosen, str) and chosen:
-        config.provider, config.provider_source = chosen, origin
+        config.set_provider(chosen, origin)
     return True
 
 
@@ -759,9 +763,14 @@ def _open_private_copy(path: Path) -> sqlite3.Connection:
         source = Path(str(path) + suffix)
         if source.exists():
             shutil.copyfile(str(source), str(folder / (path.name + suffix)))
-    conn = sqlite3.connect(str(folder / path.name), timeout=5.0)
-    # The copy is read once and thrown away; nothing of it is kept once the connection is closed.
-    shutil.rmtree(str(folder), ignore_errors=True) if os.name != "nt" else None
+    copy = sqlite3.connect(str(folder / path.name), timeout=5.0)
+    conn = sqlite3.connect(":memory:")
+    try:
+        copy.backup(conn)
+    finally:
+        copy.close()
+        # Nothing of the user's DB is left on disk outside the home.
+        shutil.rmtree(str(folder), ignore_errors=True)
     return conn
 
 
@@ -1510,6 +1519,14 @@ def rank_threads(inv: Inventory) -> None:
             add_reason(view, "beyond_recent_window", False, rank=rank, window=RECENT_WINDOW)
 
 
+BACKFILL_LEASE_SECONDS = 900  # CODEX-COMPAT: Codex's backfill lease
+
+
+def backfill_stale(backfill: Dict[str, Any]) -> bool:
+    updated = to_millis(backfill.get("updated_at"))
+    return updated is None or (utc_now().timestamp() * 1000 - updated) > BACKFILL_LEASE_SECONDS * 1000
+
+
 def check_home(inv: Inventory) -> List[Dict[str, Any]]:
     findings: List[Dict[str, Any]] = []
 
@@ -1539,7 +1556,9 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
                 manual_step="use one Codex build (all Windows or all WSL/Linux) for this home, or run rebuild-db")
     if inv.backfill and inv.backfill.get("status") not in (None, "complete"):
         add("backfill_incomplete", status=inv.backfill.get("status"),
-            last_watermark=inv.backfill.get("last_watermark"))
+            last_watermark=inv.backfill.get("last_watermark"), stale=backfill_stale(inv.backfill),
+            manual_step="a backfill still within its 15-minute lease may be running: start Codex once and "
+                        "let it finish; a stale one (stale: true) is what rebuild-db is for")
     used = {}
     for view in inv.threads.values():
         for provider in {view.db_provider, view.rollout_provider}:
@@ -1659,8 +1678,15 @@ def scope_sources(args: argparse.Namespace) -> List[str]:
 
 
 def command_prefix(args: argparse.Namespace) -> str:
-    invoked = os.path.basename(sys.argv[0] or "")
-    prefix = "python3 scripts/codex_session_recovery.py" if invoked.endswith(".py") or not invoked else TOOL_NAME
+    """How to run this tool again, as it was run: the script's real path (a skill runs it from
+    anywhere), or the console-script name when installed."""
+    invoked = sys.argv[0] or ""
+    if invoked.endswith(".py") and os.path.isfile(invoked):
+        prefix = "python3 %s" % _shell_quote(os.path.abspath(invoked))
+    elif program_name() == "codex_session_recovery.py":
+        prefix = "python3 %s" % _shell_quote(os.path.abspath(__file__))
+    else:
+        prefix = TOOL_NAME
     if getattr(args, "codex_home", None):
         prefix += " --codex-home %s" % _shell_quote(args.codex_home)
     return prefix
@@ -1684,7 +1710,9 @@ def suggest_commands(inv: Inventory, findings: List[Dict[str, Any]], args: argpa
         commands.append("%s repair-ui-state" % prefix)
     if codes & {"no_db_row", "rollout_path_stale", "archive_flag_mismatch"}:
         commands.append("%s reindex" % prefix)
-    if codes & set(REBUILD_REASONS):
+    rebuild = [f for f in findings if f["code"] in REBUILD_REASONS
+               and (f["code"] != "backfill_incomplete" or f["evidence"].get("stale"))]
+    if rebuild:
         commands.append("%s rebuild-db" % prefix)
     return commands
 
@@ -1745,6 +1773,9 @@ class RolloutEdit:
                 "changes": self.changes, "bytes_delta": sum(d for _s, _l, d in self.deltas)}
 
 
+TEXT_COLUMNS = ("title", "first_user_message", "preview", "name")
+
+
 class SqlChange:
     """One guarded change of one row (UPDATE by default; INSERT or DELETE by `op`): it must
     touch exactly one row, or the apply fails and everything is restored."""
@@ -1771,10 +1802,14 @@ class SqlChange:
         return ("UPDATE %s SET %s WHERE %s" % (self.table, sets, clauses),
                 list(self.values.values()) + list(where.values()))
 
-    def as_json(self, home: Path) -> Dict[str, Any]:
+    def as_json(self, home: Path, verbose: bool = True) -> Dict[str, Any]:
         sql, params = self.statement()
-        return {"kind": "sql", "db": display_path(self.db, home), "thread_id": self.thread_id,
-                "sql": sql, "params": params}
+        if not verbose:
+            # Columns that hold the user's own words are shown by size only (--verbose shows them).
+            hidden = {self.values.get(c) for c in TEXT_COLUMNS if isinstance(self.values.get(c), str)}
+            params = ["<%d chars>" % len(p) if isinstance(p, str) and p in hidden and p else p for p in params]
+        return {"kind": "sql", "op": self.op, "db": display_path(self.db, home), "table": self.table,
+                "thread_id": self.thread_id, "sql": sql, "params": params}
 
 
 class FileWrite:
@@ -1808,8 +1843,8 @@ class Plan:
     def touched_files(self) -> List[Path]:
         return [e.path for e in self.rollout_edits] + [w.path for w in self.file_writes] + list(self.moves)
 
-    def actions_json(self, home: Path) -> List[Dict[str, Any]]:
-        return ([e.as_json(home) for e in self.rollout_edits] + [c.as_json(home) for c in self.sql]
+    def actions_json(self, home: Path, verbose: bool = True) -> List[Dict[str, Any]]:
+        return ([e.as_json(home) for e in self.rollout_edits] + [c.as_json(home, verbose) for c in self.sql]
                 + [w.as_json(home) for w in self.file_writes]
                 + [{"kind": "move_to_backup", "path": display_path(p, home)} for p in self.moves])
 
@@ -1951,7 +1986,7 @@ def resolve_target_provider(inv: Inventory, requested: str, source_provider: str
     of the latest interactive thread (the one Desktop was last used with), said so."""
     if requested != "auto":
         return requested, "--to"
-    if not inv.config.provider_source.startswith("default"):
+    if not inv.config.provider_is_default:
         return inv.config.provider, inv.config.provider_source
     latest = latest_interactive_thread(inv)
     carried = (latest.rollout_provider or latest.db_provider) if latest else None
@@ -2259,7 +2294,8 @@ def plan_rebuild_db(inv: Inventory, args: argparse.Namespace) -> Plan:
     next start. Thread names that live only in the DB are first added to session_index.jsonl."""
     plan = Plan("rebuild-db")
     db = inv.live_db
-    reasons = [f["code"] for f in check_home(inv) if f["code"] in REBUILD_REASONS]
+    reasons = [f["code"] for f in check_home(inv) if f["code"] in REBUILD_REASONS
+               and (f["code"] != "backfill_incomplete" or f["evidence"].get("stale"))]
     if db is None or not reasons:
         return plan
     plan.notes.update({"db": display_path(db.path, inv.home), "because": reasons,
@@ -2522,14 +2558,11 @@ def make_backup_dir(home: Path, command: str) -> Path:
 
 
 def db_digest(conn: sqlite3.Connection, rows: Dict[str, List[Dict[str, Any]]]) -> str:
-    """A digest of the rows a plan touches: what `restore` compares to see whether the DB
-    changed since the run."""
+    """A digest of the whole DB's content. `restore` puts the whole DB back, so it compares
+    this, not only the rows the run touched: a change Codex made since would be undone too."""
     digest = hashlib.sha256()
-    for table in sorted(rows):
-        for key in sorted(rows[table], key=lambda k: json.dumps(k, sort_keys=True)):
-            clauses = " AND ".join("%s IS ?" % c for c in key)
-            found = conn.execute("SELECT * FROM %s WHERE %s" % (table, clauses), list(key.values())).fetchall()
-            digest.update(json.dumps([list(r) for r in found], default=str).encode())
+    for line in conn.iterdump():
+        digest.update(line.encode("utf-8", "surrogatepass"))
     return digest.hexdigest()
 
 
@@ -2885,7 +2918,8 @@ def finish_manifest(folder: Path, manifest: Dict[str, Any], home: Path) -> None:
     manifest["complete"] = True
     write_manifest(folder, manifest)
     (folder / "README.txt").write_text(
-        "Backup made by %s %s before `%s --apply`.\nTo put everything back: %s restore %s\n" % (
+        "Backup made by %s %s before `%s --apply`.\nTo put everything back: %s restore %s --apply\n"
+        "(without --apply it only shows what it would restore)\n" % (
             TOOL_NAME, __version__, manifest["command"], TOOL_NAME, folder), encoding="utf-8")
 
 
@@ -2930,7 +2964,7 @@ def render_diagnose_text(doc: Dict[str, Any], verbose: bool) -> str:
     lines.append("%s %s diagnose" % (TOOL_NAME, __version__))
     lines.append("Home:      %s (%s)" % (doc["codex_home"], doc["codex_home_origin"]))
     lines.append("Safety:    %s" % doc["safety"])
-    lines.append("Provider:  %s (from %s)%s" % (cfg["active_provider"], cfg["provider_source"],
+    lines.append("Provider:  %s (%s)%s" % (cfg["active_provider"], cfg["provider_source"],
                                                  "; profile %s" % cfg["profile"] if cfg["profile"] else ""))
     if db["live"]:
         live = db["live"]
@@ -2949,7 +2983,8 @@ def render_diagnose_text(doc: Dict[str, Any], verbose: bool) -> str:
     if latest:
         lines.append("Latest interactive thread: %s (provider %s, %s)" % (latest["id"], latest["provider"], latest["updated_at"]))
     idx = doc["session_index"]
-    lines.append("Index:     session_index.jsonl %s, %d entries" % ("present" if idx["present"] else "absent", idx["entries"]))
+    lines.append("Index:     session_index.jsonl %s, %s" % ("present" if idx["present"] else "absent",
+                                                           plural(idx["entries"], "entry").replace("entrys", "entries")))
     if doc["ui_state"]["present"]:
         lines.append("UI state:  .codex-global-state.json sidebar keys: %s" % (
             ", ".join(sorted(doc["ui_state"]["sidebar"])) or "none"))
@@ -2959,12 +2994,12 @@ def render_diagnose_text(doc: Dict[str, Any], verbose: bool) -> str:
     for finding in doc["findings"]:
         count = finding.get("count")
         lines.append("[%s] %s%s: %s" % (finding["severity"], finding["code"],
-                                        " (%d threads)" % count if count else "", finding["message"]))
+                                        " (%s)" % plural(count, "thread") if count else "", finding["message"]))
         ids = finding.get("thread_ids") or []
         shown = ids if verbose else ids[:3]
         if shown:
             lines.append("    e.g. %s%s" % (", ".join(shown), " …" if len(ids) > len(shown) else ""))
-        if finding.get("evidence") and (verbose or finding["code"] not in ("index_stale",)):
+        if finding.get("evidence"):
             lines.append("    %s" % short(json.dumps(finding["evidence"], default=str), 200 if not verbose else 2000))
     if doc["next_commands"]:
         lines.append("")
@@ -2977,17 +3012,24 @@ SAFETY_LINE_WRITE = "wrote only after a backup; credentials (auth.json, tokens) 
 
 
 def render_plan_text(doc: Dict[str, Any], verbose: bool) -> str:
-    lines = ["%s %s %s" % (TOOL_NAME, __version__, doc["command"]), "Home:    %s" % doc["codex_home"]]
+    lines = ["%s %s %s" % (TOOL_NAME, __version__, doc["command"]), "Home:      %s" % doc["codex_home"]]
     for key, value in doc["plan"].items():
-        lines.append("%-8s %s" % (key.replace("_", " ") + ":", value if not isinstance(value, dict) else json.dumps(value)))
+        if isinstance(value, dict):
+            value = ", ".join("%s %s" % (k.replace("_", " "), v) for k, v in value.items())
+        elif isinstance(value, list):
+            value = ", ".join(str(v) for v in value)
+        lines.append("%-10s %s" % (key.replace("_", " ") + ":", value))
     actions = doc["actions"]
+    lines.append("Plan:      %s" % (summarise_actions(actions) or "nothing"))
     shown = actions if verbose else actions[:10]
     for action in shown:
         if action["kind"] == "rollout_edit":
             lines.append("  rollout  %s: %s" % (action["path"], ", ".join(
                 "line %d %s" % (c["line"], c["field"]) for c in action["changes"])))
         elif action["kind"] == "sql":
-            lines.append("  sql      %s: %s %s" % (action["db"], action["sql"], action["params"]))
+            detail = "%s %s" % (action["sql"], action["params"]) if verbose else "%s %s row %s" % (
+                action["op"], action["table"], action["thread_id"] or "")
+            lines.append("  sql      %s: %s" % (action["db"], detail))
         elif action["kind"] == "move_to_backup":
             lines.append("  move     %s into the backup folder (kept, not deleted)" % action["path"])
         else:
@@ -3005,6 +3047,23 @@ def render_plan_text(doc: Dict[str, Any], verbose: bool) -> str:
     else:
         lines.append("Nothing to do.")
     return "\n".join(lines)
+
+
+def summarise_actions(actions: List[Dict[str, Any]]) -> str:
+    counts: Dict[str, int] = {}
+    for action in actions:
+        if action["kind"] == "sql":
+            label = "%s %s row" % (action["op"], "history offsets" if action["table"] != "threads" else "threads")
+        else:
+            label = {"rollout_edit": "rollout rewrite", "file_write": "file rewrite",
+                     "move_to_backup": "file moved into the backup"}[action["kind"]]
+        counts[label] = counts.get(label, 0) + 1
+    return ", ".join("%s%s" % (plural(n, label).split(" ", 1)[0] + " ", label + ("s" if n != 1 else ""))
+                     for label, n in counts.items())
+
+
+def plural(count: int, noun: str) -> str:
+    return "%d %s%s" % (count, noun, "" if count == 1 else "s")
 
 
 def _fmt_counts(counts: Dict[str, int]) -> str:
@@ -3148,8 +3207,9 @@ def filter_verdicts(inv: Inventory, view: ThreadView) -> List[Dict[str, Any]]:
                                                               if view.primary and view.primary.has_evidence else "not found")},
         {"filter": "cwd", "passes": "cwd_unmatchable" not in codes,
          "detail": (codes["cwd_unmatchable"]["evidence"]["problem"] if "cwd_unmatchable" in codes else "matchable")},
-        {"filter": "recent window", "passes": rank is not None and rank <= RECENT_WINDOW,
-         "detail": "rank %s of the listable threads (Desktop loads ~%d)" % (rank, RECENT_WINDOW) if rank else "not listable"},
+        {"filter": "recent window", "passes": None if rank is None else rank <= RECENT_WINDOW,
+         "detail": "rank %s of the listed threads (Desktop loads ~%d)" % (rank, RECENT_WINDOW) if rank
+         else "n/a: hidden by the filters above"},
     ]
 
 
@@ -3224,7 +3284,8 @@ def render_trace_text(doc: Dict[str, Any]) -> str:
     lines = ["Thread %s: %s" % (t["id"], "listed by default" if t["listed_by_default"] else
                                  "HIDDEN from default lists (%s)" % ", ".join(c for c in t["reasons"]))]
     for verdict in t["filters"]:
-        lines.append("  %-14s %-4s %s" % (verdict["filter"], "ok" if verdict["passes"] else "FAIL", verdict["detail"]))
+        mark = "n/a" if verdict["passes"] is None else ("ok" if verdict["passes"] else "FAIL")
+        lines.append("  %-14s %-4s %s" % (verdict["filter"], mark, verdict["detail"]))
     row = t["db"]["row"]
     lines.append("State DB %s: %s" % (t["db"]["live"], "row present" if row else "no row"))
     if row:
@@ -3250,7 +3311,11 @@ def render_trace_text(doc: Dict[str, Any]) -> str:
     if t["ui_state"].get("present"):
         lines.append("Desktop state: %s" % ", ".join("%s=%s" % kv for kv in t["ui_state"].items() if kv[0] != "present"))
     for fix in t["fixes"]:
-        lines.append("Fix: %s" % fix)
+        code, _, step = fix.partition(": ")
+        command = step.split(" (")[0]
+        if re.match(r"^(repair-|reindex|rebuild-)", command):
+            step = "%s %s" % (doc.get("prefix", TOOL_NAME), step)
+        lines.append("Fix (%s): %s" % (code, step))
     return "\n".join(lines)
 
 
@@ -3260,7 +3325,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     view = find_thread(inv, args.thread_id)
     trace = trace_thread(inv, view, args.verbose)
     code = EXIT_OK if trace["listed_by_default"] and not [r for r in view.reasons if REASONS[r["code"]][0] != "info"] else EXIT_FINDINGS
-    doc = envelope("trace", inv, code, safety=SAFETY_LINE_READ, trace=trace)
+    doc = envelope("trace", inv, code, safety=SAFETY_LINE_READ, trace=trace, prefix=command_prefix(args))
     if args.json:
         emit_json(doc)
     else:
@@ -3324,7 +3389,7 @@ def run_repair(args: argparse.Namespace, planner: Any) -> int:
     code = EXIT_OK if applied is not None or plan.change_count == 0 else EXIT_FINDINGS
     doc = envelope(plan.command, inv, code, applied=applied is not None,
                    safety=SAFETY_LINE_READ if applied is None else SAFETY_LINE_WRITE,
-                   plan=plan.notes, changes=plan.change_count, actions=plan.actions_json(inv.home),
+                   plan=plan.notes, changes=plan.change_count, actions=plan.actions_json(inv.home, args.verbose),
                    warnings=plan.warnings, skipped=plan.skipped + (applied or {}).get("skipped", []),
                    backup_dir=(applied or {}).get("backup_dir"))
     if args.json:
@@ -3384,7 +3449,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
         if args.json:
             emit_json(doc)
         else:
-            print("\n".join("%s  %-18s %d file(s)%s" % (b["name"], b["command"], b["files"],
+            width = max([len(b["name"]) for b in backups] + [0])
+            print("\n".join("%-*s  %-18s %3d file(s)%s" % (width, b["name"], b["command"], b["files"],
                                                          "" if b["complete"] else "  (incomplete run)")
                             for b in backups) or "No backups under %s" % (home / BACKUP_DIR_NAME))
         return EXIT_OK
@@ -3397,7 +3463,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     result: Dict[str, Any] = {"backup_dir": str(folder), "files": entries, "changed_since_run": changed}
     if args.apply:
         if changed and not args.force:
-            raise refuse("%d file(s) changed after that run (%s); restoring would discard those changes"
+            raise refuse("%d file(s) changed after that run (%s); restoring puts each back whole and would "
+                         "discard those changes (Codex itself updates the DB when it lists threads)"
                          % (len(changed), ", ".join(changed[:3])), "--force")
         users = codex_users(home, [_resolve_manifest_path(e["path"], home) for e in manifest["entries"]
                                    if e["kind"] == "sqlite"])
@@ -3473,6 +3540,13 @@ examples:
 """
 
 
+def program_name() -> str:
+    """`codex_session_recovery.py` when run as a script, the console-script name when installed."""
+    invoked = os.path.basename(sys.argv[0] or "")
+    return "codex_session_recovery.py" if not invoked or invoked.endswith(".py") or invoked.startswith(
+        ("pytest", "python", "-")) else invoked
+
+
 def _shared_options(defaults: bool) -> argparse.ArgumentParser:
     """Options every command takes. Subcommands get SUPPRESS defaults so a value given before
     the subcommand name is not overwritten by the subcommand's default."""
@@ -3490,8 +3564,8 @@ def _shared_options(defaults: bool) -> argparse.ArgumentParser:
     return parser
 
 
-def _scope_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("scope")
+def _scope_options(parser: argparse.ArgumentParser, title: str = "scope") -> None:
+    group = parser.add_argument_group(title)
     group.add_argument("--source", action="append", metavar="KIND",
                        choices=("cli", "vscode", "exec", "mcp", "subagent", "any"),
                        help="thread sources in scope (repeatable; default: cli and vscode, the ones "
@@ -3503,19 +3577,19 @@ def _scope_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="codex_session_recovery.py", description=HELP_SUMMARY, epilog=HELP_EPILOG,
+        prog=program_name(), description=HELP_SUMMARY, epilog=HELP_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter, parents=[_shared_options(True)])
     parser.add_argument("--version", action="version", version="%s %s" % (TOOL_NAME, __version__))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     shared = _shared_options(False)
 
     diagnose = sub.add_parser(
-        "diagnose", parents=[shared], formatter_class=argparse.RawDescriptionHelpFormatter,
-        help="explain, thread by thread, why conversations are hidden (read-only)",
+        "diagnose", parents=[shared], help="explain, thread by thread, why conversations are hidden (read-only)",
         description="Read the state DB, every rollout head, the session index and Desktop's UI "
                     "state; report each hidden thread with stable reason codes and the next "
                     "command to run. Never writes.")
-    _scope_options(diagnose)
+    _scope_options(diagnose, "scope of the suggested repairs (provider candidates and next commands; "
+                             "findings always cover every thread)")
     diagnose.set_defaults(handler=cmd_diagnose)
 
     trace = sub.add_parser(
@@ -3564,8 +3638,7 @@ def build_parser() -> argparse.ArgumentParser:
          "-wal/-shm into the backup folder (never deleted). Codex rebuilds the DB at its next start."),
     )
     for name, handler, summary, description in repairs:
-        repair = sub.add_parser(name, parents=[shared], help=summary, description=description,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+        repair = sub.add_parser(name, parents=[shared], help=summary, description=description)
         if name == "repair-provider":
             repair.add_argument("--from", dest="from_provider", required=True, metavar="PROVIDER",
                                 help="the provider the hidden threads carry (see diagnose)")
@@ -3586,17 +3659,18 @@ def build_parser() -> argparse.ArgumentParser:
                          help="a folder under CODEX_HOME/%s (its name or path)" % BACKUP_DIR_NAME)
     restore.add_argument("--latest", action="store_true", help="the most recent backup")
     restore.add_argument("--list", action="store_true", help="list the backups and exit")
-    _write_options(restore)
+    _write_options(restore, force_help="restore although the files changed after that run, or Codex is using "
+                   "the home; never implies --apply")
     restore.set_defaults(handler=cmd_restore)
     return parser
 
 
-def _write_options(parser: argparse.ArgumentParser) -> None:
+def _write_options(parser: argparse.ArgumentParser, force_help: Optional[str] = None) -> None:
     group = parser.add_argument_group("writing")
     group.add_argument("--apply", action="store_true", help="write the changes (after a backup); without it "
                        "nothing is written")
-    group.add_argument("--force", action="store_true", help="proceed although Codex is using the home or the "
-                       "schema is newer than known; never implies --apply")
+    group.add_argument("--force", action="store_true", help=force_help or "proceed although Codex is using the "
+                       "home or the schema is newer than known; never implies --apply")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -3612,6 +3686,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ToolError as exc:
         if getattr(args, "json", False):
             emit_json({"tool": TOOL_NAME, "version": __version__, "command": args.command,
+                       "codex_home": getattr(args, "codex_home", None), "applied": False,
                        "exit_code": exc.exit_code, "error": {"kind": exc.label, "message": str(exc)}})
         sys.stderr.write("%s: %s\n" % (exc.label, exc))
         return exc.exit_code

@@ -83,7 +83,7 @@ def write(home, name, text):
 def test_provider_defaults_to_openai(tmp_path):
     config = csr.load_config(tmp_path, None)
     assert config.provider == "openai"
-    assert config.provider_source.startswith("default")
+    assert config.provider_is_default and "names no model_provider" in config.provider_source
     assert config.problems == []
 
 

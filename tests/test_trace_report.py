@@ -17,7 +17,7 @@ def test_trace_explains_a_hidden_thread_layer_by_layer(tmp_path, capsys):
     assert code == csr.EXIT_FINDINGS and trace["id"] == thread.id and not trace["listed_by_default"]
     verdicts = {v["filter"]: v["passes"] for v in trace["filters"]}
     assert verdicts == {"provider": False, "source": True, "archived": True, "preview": True, "cwd": True,
-                        "recent window": False}
+                        "recent window": None}
     layer = trace["rollouts"][0]
     assert [m["model_provider"] for m in layer["session_meta_lines"]] == ["openai"]
     assert [s["model_provider_id"] for s in layer["thread_settings_applied"]] == ["openai", "openai"]
