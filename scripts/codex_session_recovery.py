@@ -1378,7 +1378,9 @@ def build_inventory(args: argparse.Namespace, environ: Optional[Dict[str, str]] 
 # code -> (severity, hides from the default list, one-line meaning)
 REASONS: Dict[str, Tuple[str, str]] = {
     "provider_mismatch": ("warning", "recorded under a provider other than the active one"),
-    "user_event_missing": ("warning", "the DB row's preview/first message is blank although the rollout has a user message"),
+    "user_event_missing": ("warning", "the DB row's preview/first message is blank although the rollout has a user message "
+                                      "(hides it from every list in 0.120-era Codex; newer Codex still leaves it out of "
+                                      "DB-only listings and shows no preview)"),
     "rollout_missing": ("warning", "the DB row points at a rollout file that does not exist"),
     "rollout_path_stale": ("warning", "the DB row's rollout_path is wrong; the file exists elsewhere in the home"),
     "no_db_row": ("warning", "the rollout has no row in the state DB"),
@@ -2364,8 +2366,11 @@ def codex_users(home: Path, dbs: List[Path]) -> List[str]:
         if pid:
             users.append("pid %d has %s open" % (pid, display_path(db, home)))
     users.extend(writer_lock_holders(home))
-    users.extend(processes_with_open_files(home))
-    return sorted(set(users))
+    named = processes_with_open_files(home)
+    # The /proc scan names the process; drop the lock probe's line for a pid it already named.
+    named_pids = {u.split()[1] for u in named if u.startswith("pid ")}
+    users = [u for u in users if not (u.startswith("pid ") and u.split()[1] in named_pids)]
+    return sorted(set(users + named))
 
 
 def shm_lock_holder(shm: Path) -> Optional[int]:
