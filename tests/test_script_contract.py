@@ -1,0 +1,58 @@
+"""The script's own contract: standard library only, Python 3.9 syntax, runnable bare."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import codex_session_recovery as csr
+
+SCRIPT = Path(csr.__file__).resolve()
+
+
+def imported_modules():
+    tree = ast.parse(SCRIPT.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.module.split(".")[0]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 10), reason="sys.stdlib_module_names arrived in 3.10")
+def test_imports_only_the_standard_library():
+    outside = sorted({m for m in imported_modules() if m not in sys.stdlib_module_names and m != "__future__"})
+    assert outside == []
+
+
+def test_parses_as_python_3_9():
+    # feature_version rejects syntax newer than 3.9 (match statements, except*, PEP 695 …)
+    ast.parse(SCRIPT.read_text(encoding="utf-8"), feature_version=(3, 9))
+
+
+def test_tomllib_is_optional():
+    # 3.9 and 3.10 have no tomllib: the script must fall back to its own reader.
+    source = SCRIPT.read_text(encoding="utf-8")
+    assert "import tomllib as _tomllib" in source and "_tomllib = None" in source
+
+
+def test_bare_help_from_another_folder(tmp_path):
+    result = subprocess.run([sys.executable, "-S", "-E", str(SCRIPT), "--help"], cwd=str(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.decode()
+    for command in ("diagnose", "repair-provider", "repair-user-events", "repair-ui-state", "rebuild-index",
+                    "reindex", "rebuild-db", "trace", "report", "restore"):
+        assert command in out
+    assert "exit codes:" in out and "--apply" in out
+
+
+def test_unknown_command_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as caught:
+        csr.main(["repair-everything"])
+    assert caught.value.code == csr.EXIT_USAGE
+    assert "invalid choice" in capsys.readouterr().err
+    assert csr.main([]) == csr.EXIT_USAGE
