@@ -1202,8 +1202,22 @@ def _summarise_value(value: Any) -> Any:
     return short(str(value), 40)
 
 
-def history_projection_files(home: Path) -> List[str]:
-    return sorted(p.name for p in home.glob("thread_history_*.sqlite") if p.is_file())
+def read_projected_ids(path: Path) -> Optional[set]:
+    try:
+        conn = open_db_readonly(path)
+        try:
+            if not table_exists(conn, "thread_history_projection_state"):
+                return None
+            return {str(r[0]).lower() for r in conn.execute("SELECT thread_id FROM thread_history_projection_state")}
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+
+
+def history_projection_files(home: Path, sqlite_folder: Optional[Path] = None) -> List[str]:
+    folders = [home] + ([sqlite_folder] if sqlite_folder and sqlite_folder != home else [])
+    return sorted(display_path(p, home) for f in folders for p in f.glob("thread_history_*.sqlite") if p.is_file())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1302,9 +1316,20 @@ class Inventory:
         self.rollouts = [scan_rollout(path, home) for path in progress(iter_rollout_files(home), "reading rollouts")]
         self.index = read_session_index(home)
         self.global_state = read_global_state(home)
-        self.projections = history_projection_files(home)
+        self.projections = history_projection_files(home, self.live_db.path.parent if self.live_db else None)
         self.threads = self._join()
         self.release = self._newest_release()
+        self.projected_ids, self.other_projected_ids = self._projected_ids()
+
+    def _projected_ids(self) -> Tuple[Optional[set], set]:
+        """Threads that have rows in the history projection Codex uses (beside the live DB),
+        and in any other projection of the home (a sqlite_home that moved)."""
+        live_path = history_db_path(self)
+        other = set()
+        for candidate in sorted(self.home.glob("thread_history_*.sqlite")):
+            if candidate != live_path:
+                other |= read_projected_ids(candidate) or set()
+        return (read_projected_ids(live_path) if live_path else None), other
 
     def _join(self) -> Dict[str, ThreadView]:
         by_id: Dict[str, List[RolloutInfo]] = {}
@@ -1391,6 +1416,8 @@ REASONS: Dict[str, Tuple[str, str]] = {
     "attachment_only_prompt": ("warning", "the first prompt was only an attachment (a large paste): Codex derives an empty preview"),
     "user_message_beyond_scan": ("info", "the first user message lies past the head lines Codex's file listing reads (10 + 200)"),
     "beyond_recent_window": ("info", "listed, but past the ~50 most recent threads Desktop's sidebar loads; scroll, search or pin it"),
+    "history_projection_missing": ("warning", "a paginated thread has no rows in the history projection beside the "
+                                              "live DB: it is listed, but opens with no turns (0.169.0 after sqlite_home moved)"),
     "cwd_unmatchable": ("info", "the stored cwd cannot match a project folder (\\\\?\\ prefix, trailing separator, /mnt/C, removed worktree); use `codex resume --all`"),
 }
 
@@ -1480,6 +1507,10 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
     cwd_problem = cwd_spelling_problem(str((row or {}).get("cwd") or (view.primary.meta.get("cwd") if view.primary else "") or ""), inv.home)
     if cwd_problem:
         add_reason(view, "cwd_unmatchable", False, problem=cwd_problem)
+    paginated = (row or {}).get("history_mode") == "paginated" or (
+        view.primary is not None and view.primary.meta.get("history_mode") == "paginated")
+    if paginated and inv.projected_ids is not None and view.id not in inv.projected_ids and view.files:
+        add_reason(view, "history_projection_missing", False, elsewhere=view.id in inv.other_projected_ids)
     if row is not None:
         path = str(row.get("rollout_path") or "")
         exists = bool(path) and os.path.isfile(path)
@@ -1947,15 +1978,22 @@ def plan_rollout_edit(path: Path, thread_id: str, line_edit: Any) -> RolloutEdit
     return edit
 
 
-def history_db_path(home: Path) -> Optional[Path]:
-    found = sorted(home.glob("thread_history_*.sqlite"))
-    return found[-1] if found else None
+def history_db_path(inv: "Inventory") -> Optional[Path]:
+    """0.169.0's history projection lives beside the state DB: in the home, or in `sqlite_home`
+    when one is set (measured: Codex moves every DB there)."""
+    folders = [inv.live_db.path.parent] if inv.live_db is not None else []
+    folders.append(inv.home)
+    for folder in folders:
+        found = sorted(folder.glob("thread_history_*.sqlite"))
+        if found:
+            return found[-1]
+    return None
 
 
-def plan_projection_shift(home: Path, edit: RolloutEdit) -> List[SqlChange]:
+def plan_projection_shift(inv: "Inventory", edit: RolloutEdit) -> List[SqlChange]:
     """0.169.0's paginated-history projection stores byte offsets into the rollout. When a
     rewrite changes line lengths, every later offset moves by the same amount: keep them true."""
-    db_path = history_db_path(home)
+    db_path = history_db_path(inv)
     if db_path is None or not edit.deltas:
         return []
     changes: List[SqlChange] = []
@@ -2025,7 +2063,7 @@ def plan_provider_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
                 encrypted += int(edit.encrypted_reasoning)
                 if edit.changes:
                     plan.rollout_edits.append(edit)
-                    plan.sql.extend(plan_projection_shift(inv.home, edit))
+                    plan.sql.extend(plan_projection_shift(inv, edit))
         except (OSError, PlanError) as exc:
             plan.skipped.append({"thread_id": view.id, "reason": short(str(exc), 160)})
             continue
@@ -2328,7 +2366,7 @@ def preflight(inv: Inventory, plan: Plan, force: bool) -> None:
     if inv.live_db is not None and (inv.live_db.schema_version or 0) > KNOWN_SCHEMA_MAX and not force:
         raise refuse("the state DB has schema version %s, newer than the newest this tool was checked "
                      "against (%d)" % (inv.live_db.schema_version, KNOWN_SCHEMA_MAX), "--force")
-    users = codex_users(inv.home, [d.path for d in inv.dbs] + [p for p in [history_db_path(inv.home)] if p])
+    users = codex_users(inv.home, [d.path for d in inv.dbs] + [p for p in [history_db_path(inv)] if p])
     if plan.command == "repair-ui-state":
         # Desktop rewrites .codex-global-state.json when it exits, undoing an edit made while it runs.
         users += desktop_processes()
@@ -3131,6 +3169,8 @@ REASON_FIXES: Dict[str, str] = {
     "user_message_beyond_scan": "resume it by id (`codex resume ID`); newer Codex releases read further",
     "beyond_recent_window": "scroll or search in Codex, or pin the thread",
     "cwd_unmatchable": "`codex resume --all` lists it regardless of folder",
+    "history_projection_missing": "point sqlite_home back at the folder that holds thread_history_1.sqlite with this "
+                                  "thread's rows (evidence `elsewhere: true`: the home's own copy has them)",
 }
 
 
@@ -3173,7 +3213,7 @@ def scan_rollout_layers(path: Path, thread_id: str) -> Dict[str, Any]:
 
 
 def projection_layer(inv: Inventory, view: ThreadView) -> Optional[Dict[str, Any]]:
-    db_path = history_db_path(inv.home)
+    db_path = history_db_path(inv)
     if db_path is None:
         return None
     try:
