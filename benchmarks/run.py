@@ -1,0 +1,446 @@
+#!/usr/bin/env python3
+"""Scale benchmark for codex-session-recovery: speed, memory and I/O on a large home.
+
+    python3 benchmarks/run.py --threads 10000 --giant-mb 1024 --runs 5
+
+Generates a home with benchmarks/make_home.py, then, with a warm page cache, times every
+command as a subprocess (`python3 scripts/codex_session_recovery.py ...`), median of --runs:
+
+* the floor: a tiny reference reader (the first line of every rollout, plus one full
+  `SELECT * FROM threads` scan), run the same way, as a subprocess;
+* `diagnose --json`, the dry run of every repair, and every repair's `--apply`, each apply on
+  a fresh copy of the home;
+* the peak RSS of each (each command is started by a tiny wrapper that reports its own
+  child's ru_maxrss);
+* the bytes the evidence scan reads from rollouts (logical, as `scan_rollout` reports them, and
+  physical, counted under Python's buffering) against their total size;
+* with a giant rollout: `repair-provider --apply` moving only that thread, and the rewrite
+  alone (`rewrite_rollout`) against a plain `shutil.copyfile` of the same file, with peak RSS.
+
+Prints a table of medians with the targets next to them. Standard library only.
+
+Copies of the home for the applies hard-link the rollouts (the tool replaces a rollout through
+a temp file and os.replace, never in place) and copy everything else; the copied state DB's
+rollout_path values are rewritten to point into the copy. Every master rollout's inode, size
+and mtime are checked at the end, so an in-place write would be caught, not hidden.
+No apply needs --force: a fresh copy has no -shm, no lock and no process holding it open.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SCRIPT = ROOT / "scripts" / "codex_session_recovery.py"
+
+TARGET_DIAGNOSE_RATIO = 1.5
+TARGET_EVIDENCE_SHARE = 0.05
+TARGET_RSS_MB = 64
+TARGET_REWRITE_SHARE = 0.70
+
+
+# ---------------------------------------------------------------------------------------------
+# Modes run as subprocesses by the benchmark itself.
+# ---------------------------------------------------------------------------------------------
+
+
+def floor_reader(home: Path) -> None:
+    """The least any diagnosis must do: the first line of every rollout, and every thread row."""
+    lines = 0
+    for top in ("sessions", "archived_sessions"):
+        for folder, _dirs, files in os.walk(str(home / top)):
+            for name in files:
+                if name.startswith("rollout-") and name.endswith(".jsonl"):
+                    with open(os.path.join(folder, name), "rb") as handle:
+                        lines += bool(handle.readline())
+    conn = sqlite3.connect((home / "state_5.sqlite").as_uri() + "?mode=ro", uri=True)
+    rows = sum(1 for _ in conn.execute("SELECT * FROM threads"))
+    conn.close()
+    print(json.dumps({"first_lines": lines, "rows": rows}))
+
+
+def load_script() -> Any:
+    sys.path.insert(0, str(SCRIPT.parent))
+    import codex_session_recovery as csr  # noqa: E402
+    return csr
+
+
+def rewrite_only(path: Path, thread_id: str, old: str, new: str) -> None:
+    """Plan and rewrite one rollout with the tool's own functions, timing each step."""
+    csr = load_script()
+    t0 = time.perf_counter()
+    edit = csr.plan_rollout_edit(path, thread_id, lambda raw: csr.provider_line_edit(raw, thread_id, old, new))
+    t1 = time.perf_counter()
+    plan = csr.Plan("repair-provider")
+    plan.notes.update({"from": old, "to": new})
+    ok = csr.rewrite_rollout(edit, plan)
+    t2 = time.perf_counter()
+    print(json.dumps({"plan_s": t1 - t0, "rewrite_s": t2 - t1, "replaced": ok, "changes": len(edit.changes),
+                      "bytes": path.stat().st_size}))
+
+
+def copy_only(src: Path, dst: Path, fsync: bool) -> None:
+    t0 = time.perf_counter()
+    shutil.copyfile(str(src), str(dst))
+    if fsync:
+        with open(str(dst), "rb") as handle:
+            os.fsync(handle.fileno())
+    print(json.dumps({"copy_s": time.perf_counter() - t0}))
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring a child: wall time and that child's own peak RSS.
+# ---------------------------------------------------------------------------------------------
+
+
+def rss_mb(ru_maxrss: int) -> float:
+    return ru_maxrss / (1024 * 1024) if sys.platform == "darwin" else ru_maxrss / 1024
+
+
+# A child's ru_maxrss on Linux starts at the RSS of the process that exec'ed it (exec records
+# the old address space's high-water mark), so each command is started by this tiny wrapper
+# (python3 -I -S, no imports beyond os/sys/time): the figure is the command's own peak, or the
+# wrapper's few MB if that is larger.
+WRAPPER = (
+    "import os, sys, time\n"
+    "t = time.perf_counter()\n"
+    "pid = os.posix_spawn(sys.argv[2], sys.argv[2:], os.environ)\n"
+    "_, status, usage = os.wait4(pid, 0)\n"
+    "elapsed = time.perf_counter() - t\n"
+    "with open(sys.argv[1], 'w') as f:\n"
+    "    f.write('%r %d %d' % (elapsed, usage.ru_maxrss, os.waitstatus_to_exitcode(status)))\n"
+)
+
+
+def measure(argv: List[str], ok_codes: Tuple[int, ...] = (0, 1)) -> Dict[str, Any]:
+    """Run argv under the wrapper; return wall seconds, peak RSS (MB), exit code and stdout."""
+    os.sync()  # start clean: no dirty pages of an earlier run being written back meanwhile
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.NamedTemporaryFile(suffix=".txt") as result:
+        subprocess.run([sys.executable, "-I", "-S", "-c", WRAPPER, result.name, *argv],
+                       stdout=out, stderr=err, cwd=str(ROOT), check=True)
+        elapsed, maxrss, code = Path(result.name).read_text().split()
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode("utf-8", "replace"), err.read().decode("utf-8", "replace")
+    if int(code) not in ok_codes:
+        raise SystemExit("%s exited %s:\n%s\n%s" % (" ".join(argv), code, stdout[-2000:], stderr[-2000:]))
+    return {"s": float(elapsed), "rss": rss_mb(int(maxrss)), "code": int(code), "stdout": stdout}
+
+
+def tool(home: Path, *args: str) -> List[str]:
+    return [sys.executable, str(SCRIPT), "--codex-home", str(home), *args]
+
+
+def me(*args: str) -> List[str]:
+    return [sys.executable, str(Path(__file__).resolve()), *args]
+
+
+# ---------------------------------------------------------------------------------------------
+# Fresh copies of the home for the applies.
+# ---------------------------------------------------------------------------------------------
+
+
+def copy_home(src: Path, dst: Path) -> None:
+    for folder, dirs, files in os.walk(str(src)):
+        rel = os.path.relpath(folder, str(src))
+        target = dst / rel if rel != "." else dst
+        target.mkdir(parents=True, exist_ok=True)
+        dirs[:] = [d for d in dirs if d != "recovery-backups"]
+        for name in files:
+            if name.startswith("rollout-") and name.endswith(".jsonl"):
+                os.link(os.path.join(folder, name), str(target / name))
+            else:
+                shutil.copy2(os.path.join(folder, name), str(target / name))
+    conn = sqlite3.connect(str(dst / "state_5.sqlite"), isolation_level=None)
+    try:
+        prefix = str(src) + os.sep
+        conn.execute("UPDATE threads SET rollout_path = ? || substr(rollout_path, ?) WHERE substr(rollout_path, 1, ?) = ?",
+                     (str(dst) + os.sep, len(prefix) + 1, len(prefix), prefix))
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+
+
+def rollout_stats(home: Path) -> Dict[str, Tuple[int, int, int]]:
+    stats = {}
+    for top in ("sessions", "archived_sessions"):
+        for folder, _dirs, files in os.walk(str(home / top)):
+            for name in files:
+                st = os.stat(os.path.join(folder, name))
+                stats[os.path.join(folder, name)] = (st.st_ino, st.st_size, st.st_mtime_ns)
+    return stats
+
+
+# ---------------------------------------------------------------------------------------------
+# Evidence-scan I/O, in process, with the tool's own scan_rollout.
+# ---------------------------------------------------------------------------------------------
+
+
+class CountingFile(io.FileIO):
+    total = 0
+
+    def readinto(self, buffer: Any) -> Optional[int]:  # type: ignore[override]
+        n = super().readinto(buffer)
+        CountingFile.total += n or 0
+        return n
+
+    def readall(self) -> bytes:
+        data = super().readall()
+        CountingFile.total += len(data)
+        return data
+
+
+def counting_open(file: Any, mode: str = "r", buffering: int = -1, *args: Any, **kwargs: Any) -> Any:
+    if "b" in mode and "r" in mode and "+" not in mode:
+        raw = CountingFile(file, "r")
+        return raw if buffering == 0 else io.BufferedReader(raw)
+    return open(file, mode, buffering, *args, **kwargs)
+
+
+def evidence_io(home: Path, giant: Optional[str]) -> Dict[str, Any]:
+    csr = load_script()
+    csr.open = counting_open  # the module's `open` lookup finds this before the builtin
+    try:
+        logical = size = files = whole = 0
+        physical_giant = logical_giant = size_giant = 0
+        for path in csr.iter_rollout_files(home):
+            before = CountingFile.total
+            info = csr.scan_rollout(path, home)
+            files += 1
+            logical += info.bytes_read
+            size += info.size
+            whole += int(info.bytes_read >= info.size)
+            if giant and str(path) == giant:
+                physical_giant, logical_giant, size_giant = CountingFile.total - before, info.bytes_read, info.size
+        physical = CountingFile.total
+    finally:
+        del csr.open
+    return {"files": files, "size": size, "logical": logical, "physical": physical, "read_whole": whole,
+            "size_wo_giant": size - size_giant, "logical_wo_giant": logical - logical_giant,
+            "physical_wo_giant": physical - physical_giant}
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark.
+# ---------------------------------------------------------------------------------------------
+
+
+def median(samples: List[Dict[str, Any]], key: str) -> float:
+    return statistics.median(s[key] for s in samples)
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    sys.path.insert(0, str(HERE))
+    import make_home  # noqa: E402
+
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="csr-bench-")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    home = work / "home"
+    print("generating %d threads%s in %s ..." % (args.threads, " + a %d MB rollout" % args.giant_mb
+                                                 if args.giant_mb else "", home), flush=True)
+    made = make_home.make_home(home, args.threads, args.seed, args.giant_mb)
+    print("  %d rollout files, %.2f GB, %d rows, in %.1f s" % (made["rollout_files"], made["rollout_bytes"] / 1e9,
+                                                               made["rows"], made["seconds"]), flush=True)
+    master = rollout_stats(home)
+    results: List[Dict[str, Any]] = []
+    runs = args.runs
+
+    def row(name: str, samples: List[Dict[str, Any]], **extra: Any) -> Dict[str, Any]:
+        entry = {"name": name, "s": median(samples, "s"), "rss": max(s["rss"] for s in samples), **extra}
+        results.append(entry)
+        print("  %-44s %8.3f s  %7.1f MB" % (name, entry["s"], entry["rss"]), flush=True)
+        return entry
+
+    # Warm the page cache: one untimed pass of the floor and of diagnose.
+    measure(me("--floor", str(home)))
+    measure(tool(home, "diagnose", "--json"))
+
+    print("read-only (median of %d):" % runs, flush=True)
+    floor = row("floor (first lines + SELECT * FROM threads)", [measure(me("--floor", str(home))) for _ in range(runs)])
+    diag = row("diagnose --json", [measure(tool(home, "diagnose", "--json")) for _ in range(runs)])
+    repairs = [
+        ("repair-provider --from openai", ["repair-provider", "--from", "openai", "--to", "auto"]),
+        ("repair-user-events", ["repair-user-events"]),
+        ("repair-ui-state", ["repair-ui-state"]),
+        ("rebuild-index", ["rebuild-index"]),
+    ]
+    for label, argv in repairs:
+        row("%s (dry run)" % label, [measure(tool(home, *argv, "--json")) for _ in range(runs)])
+
+    print("applies, each on a fresh copy (median of %d):" % runs, flush=True)
+    for label, argv in repairs:
+        samples = []
+        for n in range(runs):
+            copy = work / ("copy-%d" % n)
+            copy_home(home, copy)
+            sample = measure(tool(copy, *argv, "--apply", "--json"), ok_codes=(0,))
+            doc = json.loads(sample["stdout"])
+            if not doc.get("applied"):
+                raise SystemExit("%s --apply did not apply: %s" % (label, sample["stdout"][-1000:]))
+            sample["changes"] = doc["changes"]
+            samples.append(sample)
+            shutil.rmtree(str(copy))
+        row("%s --apply" % label, samples, changes=samples[0]["changes"])
+
+    evidence = evidence_io(home, made["giant"]["path"] if made["giant"] else None)
+
+    giant_rows: Dict[str, Any] = {}
+    if made["giant"]:
+        giant = made["giant"]
+        giant_runs = max(1, min(runs, 3))
+        print("giant rollout, %d MB (median of %d):" % (giant["bytes"] >> 20, giant_runs), flush=True)
+        samples = []
+        for n in range(giant_runs):
+            copy = work / ("giant-%d" % n)
+            copy_home(home, copy)
+            sample = measure(tool(copy, "repair-provider", "--from", giant["provider"], "--to", "auto",
+                                  "--apply", "--json"), ok_codes=(0,))
+            samples.append(sample)
+            shutil.rmtree(str(copy))
+        giant_rows["apply"] = row("repair-provider --from %s --apply (giant)" % giant["provider"], samples)
+        scratch = work / "scratch"
+        scratch.mkdir(exist_ok=True)
+        rewrites, copies, synced = [], [], []
+        for n in range(giant_runs):
+            target = scratch / Path(giant["path"]).name
+            os.link(giant["path"], str(target))
+            sample = measure(me("--rewrite", str(target), giant["thread_id"], giant["provider"], made["active_provider"]),
+                             ok_codes=(0,))
+            sample.update(json.loads(sample["stdout"]))
+            if not sample["replaced"]:
+                raise SystemExit("rewrite_rollout refused the giant rollout")
+            rewrites.append(sample)
+            target.unlink()
+            for bucket, flag in ((copies, "0"), (synced, "1")):
+                dst = scratch / "copy.jsonl"
+                sample = measure(me("--copy", giant["path"], str(dst), flag), ok_codes=(0,))
+                sample.update(json.loads(sample["stdout"]))
+                bucket.append(sample)
+                dst.unlink()
+        giant_rows["rewrite"] = rewrite = {
+            "plan_s": median(rewrites, "plan_s"), "rewrite_s": median(rewrites, "rewrite_s"),
+            "rss": max(s["rss"] for s in rewrites), "changes": rewrites[0]["changes"],
+            "copy_s": median(copies, "copy_s"), "copy_fsync_s": median(synced, "copy_s"), "bytes": giant["bytes"]}
+        mb = giant["bytes"] / 1e6
+        print("  plan %.2f s, rewrite %.2f s (%.0f MB/s), copyfile %.2f s (%.0f MB/s), copyfile+fsync %.2f s, "
+              "peak RSS %.1f MB" % (rewrite["plan_s"], rewrite["rewrite_s"], mb / rewrite["rewrite_s"],
+                                    rewrite["copy_s"], mb / rewrite["copy_s"], rewrite["copy_fsync_s"], rewrite["rss"]),
+              flush=True)
+
+    changed = [p for p, st in rollout_stats(home).items() if master.get(p) != st]
+    if changed:
+        raise SystemExit("master rollouts changed during the benchmark (written in place?): %s" % changed[:3])
+
+    print()
+    print(render_table(args, made, floor, diag, results, evidence, giant_rows))
+    if args.keep:
+        print("\nkept: %s" % work)
+    else:
+        shutil.rmtree(str(work), ignore_errors=True)
+    return 0
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def render_table(args: argparse.Namespace, made: Dict[str, Any], floor: Dict[str, Any], diag: Dict[str, Any],
+                 results: List[Dict[str, Any]], evidence: Dict[str, Any], giant: Dict[str, Any]) -> str:
+    lines = ["%d threads, %d rollout files, %.2f GB of rollouts%s; median of %d runs" % (
+        made["threads"], made["rollout_files"], made["rollout_bytes"] / 1e9,
+        ", incl. one %d MB rollout" % (made["giant"]["bytes"] >> 20) if made["giant"] else "", args.runs), ""]
+    lines.append("| measurement | median s | × floor | peak RSS MB | target | |")
+    lines.append("|---|---:|---:|---:|---|---|")
+    for entry in results:
+        target, ok = "", None
+        if entry is diag:
+            target = "≤ %.1f× floor, ≤ %d MB" % (TARGET_DIAGNOSE_RATIO, TARGET_RSS_MB)
+            ok = entry["s"] <= TARGET_DIAGNOSE_RATIO * floor["s"] and entry["rss"] <= TARGET_RSS_MB
+        elif entry is giant.get("apply"):
+            target = "≤ %d MB" % TARGET_RSS_MB
+            ok = entry["rss"] <= TARGET_RSS_MB
+        name = entry["name"] + (" (%d changes)" % entry["changes"] if "changes" in entry else "")
+        lines.append("| %s | %.3f | %.2f | %.1f | %s | %s |" % (
+            name, entry["s"], entry["s"] / floor["s"], entry["rss"], target, "" if ok is None else verdict(ok)))
+    lines.append("")
+    share = evidence["logical"] / evidence["size"]
+    lines.append("| evidence scan I/O | bytes | share of rollout bytes | target | |")
+    lines.append("|---|---:|---:|---|---|")
+    lines.append("| read by scan_rollout (logical), all %d files | %d | %.2f %% | ≤ 5 %% | %s |" % (
+        evidence["files"], evidence["logical"], 100 * share, verdict(share <= TARGET_EVIDENCE_SHARE)))
+    lines.append("| read from disk under Python's buffering (physical) | %d | %.2f %% | | |" % (
+        evidence["physical"], 100 * evidence["physical"] / evidence["size"]))
+    if made["giant"]:
+        wo = evidence["logical_wo_giant"] / evidence["size_wo_giant"]
+        lines.append("| logical, without the giant rollout | %d | %.2f %% | ≤ 5 %% | %s |" % (
+            evidence["logical_wo_giant"], 100 * wo, verdict(wo <= TARGET_EVIDENCE_SHARE)))
+    lines.append("| files read to their last byte | %d of %d | | | |" % (evidence["read_whole"], evidence["files"]))
+    if giant:
+        rw = giant["rewrite"]
+        mb = rw["bytes"] / 1e6
+        lines.append("")
+        lines.append("| giant rollout (%d MB, %d lines changed) | s | MB/s | share of copyfile | target | |"
+                     % (rw["bytes"] >> 20, rw["changes"]))
+        lines.append("|---|---:|---:|---:|---|---|")
+        share_copy = rw["copy_s"] / rw["rewrite_s"]
+        lines.append("| rewrite_rollout (stream, edit, fsync, replace) | %.2f | %.0f | %.0f %% | ≥ 70 %% | %s |" % (
+            rw["rewrite_s"], mb / rw["rewrite_s"], 100 * share_copy, verdict(share_copy >= TARGET_REWRITE_SHARE)))
+        lines.append("| shutil.copyfile | %.2f | %.0f | 100 %% | | |" % (rw["copy_s"], mb / rw["copy_s"]))
+        lines.append("| shutil.copyfile + fsync | %.2f | %.0f | | | |" % (rw["copy_fsync_s"], mb / rw["copy_fsync_s"]))
+        lines.append("| plan_rollout_edit (stream, hash) | %.2f | %.0f | | | |" % (rw["plan_s"], mb / rw["plan_s"]))
+        lines.append("| peak RSS, plan + rewrite in one process | %.1f MB | | | ≤ %d MB | %s |" % (
+            rw["rss"], TARGET_RSS_MB, verdict(rw["rss"] <= TARGET_RSS_MB)))
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    mem = ""
+    try:
+        with open("/proc/meminfo") as handle:
+            mem = "%.0f GB RAM" % (int(handle.readline().split()[1]) / 1024 / 1024)
+    except OSError:
+        pass
+    return "%s, %d CPUs, %s, Python %s" % (platform.platform(), os.cpu_count() or 0, mem, platform.python_version())
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--floor"]:
+        floor_reader(Path(argv[1]))
+        return 0
+    if argv[:1] == ["--rewrite"]:
+        rewrite_only(Path(argv[1]), argv[2], argv[3], argv[4])
+        return 0
+    if argv[:1] == ["--copy"]:
+        copy_only(Path(argv[1]), Path(argv[2]), argv[3] == "1")
+        return 0
+    parser = argparse.ArgumentParser(description="Scale benchmark for codex-session-recovery.")
+    parser.add_argument("--threads", type=int, default=10000, help="threads in the generated home (default 10000)")
+    parser.add_argument("--giant-mb", type=int, default=1024, help="size of the one giant rollout, 0 for none "
+                        "(default 1024)")
+    parser.add_argument("--runs", type=int, default=5, help="runs per measurement; the median is reported (default 5)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the generated home (default 1)")
+    parser.add_argument("--work-dir", help="where to build the home and its copies (default: a new folder in $TMPDIR)")
+    parser.add_argument("--keep", action="store_true", help="keep the generated home and work folder")
+    args = parser.parse_args(argv)
+    print(machine(), flush=True)
+    return run_benchmark(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
