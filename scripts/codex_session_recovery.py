@@ -878,6 +878,11 @@ def read_backfill_state(db: StateDb) -> Optional[Dict[str, Any]]:
 class RolloutInfo:
     """What the head of one rollout file says."""
 
+    # One of these per rollout stays in memory for the whole run: no per-object dict.
+    __slots__ = ("path", "rel", "name_uuid", "compressed", "archived_location", "meta", "meta_lines",
+                 "evidence_kind", "evidence_line", "evidence_text", "scanned_to_end", "problems",
+                 "bytes_read", "size", "mtime")
+
     def __init__(self, path: Path, home: Path) -> None:
         self.path = path
         self.rel = display_path(path, home)
@@ -1089,10 +1094,13 @@ def scan_rollout(path: Path, home: Path) -> RolloutInfo:
     return info
 
 
+TAIL_BYTES = 4096
+
+
 def check_tail(handle: Any, info: RolloutInfo) -> None:
     """A torn last line (a crash mid-append) or NUL padding (a sync tool pre-allocating)
-    sits at the end, past the head scan; reading the last 64 KB finds it in O(1)."""
-    start = max(info.bytes_read, info.size - 65536)
+    sits at the very end, past the head scan; reading the last 4 KB finds it in O(1)."""
+    start = max(info.bytes_read, info.size - TAIL_BYTES)
     handle.seek(start)
     tail = handle.read()
     info.bytes_read += len(tail)
@@ -1232,6 +1240,8 @@ def parse_version(text: Any) -> Tuple[int, ...]:
 
 class ThreadView:
     """One thread as every layer sees it: its DB row (if any) and its rollout file(s)."""
+
+    __slots__ = ("id", "row", "files", "primary", "index_name", "reasons", "rank")
 
     def __init__(self, thread_id: str, row: Optional[Dict[str, Any]], files: List[RolloutInfo], home: Path) -> None:
         self.id = thread_id
@@ -1793,9 +1803,13 @@ class RolloutEdit:
         self.thread_id = thread_id
         self.fingerprint: Tuple[int, int, str] = (0, 0, "")
         self.changes: List[Dict[str, Any]] = []
-        # (byte offset where the line started, byte length change) for each changed line
-        self.deltas: List[Tuple[int, int, int]] = []
+        # (byte offset of the line, its length, its new bytes) for each changed line
+        self.replacements: List[Tuple[int, int, bytes]] = []
         self.encrypted_reasoning = False
+
+    @property
+    def deltas(self) -> List[Tuple[int, int, int]]:
+        return [(start, length, len(new) - length) for start, length, new in self.replacements if len(new) != length]
 
     def shift(self, offset: int) -> int:
         """Where a byte offset into the old file lands in the new one (offsets are line starts)."""
@@ -1915,6 +1929,9 @@ def split_line_ending(raw: bytes) -> Tuple[bytes, bytes]:
     return raw, b""
 
 
+PROVIDER_LINE_MARKERS = (b'"session_meta"', b'"thread_settings_applied"')
+
+
 def provider_line_edit(raw: bytes, thread_id: str, old: str, new: str) -> Optional[Tuple[bytes, str]]:
     """The rewritten line and the field changed, or None when the line is not about the
     thread's provider. Lines Codex reads the provider from (measured on 0.169.0):
@@ -1954,28 +1971,62 @@ class PlanError(ValueError):
     """A thread whose files do not look as the repair expects: it is skipped and reported."""
 
 
-def plan_rollout_edit(path: Path, thread_id: str, line_edit: Any) -> RolloutEdit:
-    """Read the whole rollout as a stream, apply `line_edit` to each line in memory one line at
-    a time, and record what would change. Nothing is written here."""
+def plan_rollout_edit(path: Path, thread_id: str, line_edit: Any,
+                      needles: Sequence[bytes] = (b'"session_meta"', b'"thread_settings_applied"')) -> RolloutEdit:
+    """Read the whole rollout as a stream and record the edits `line_edit` makes to the lines
+    that contain one of `needles` (only those can change). Nothing is written here."""
     edit = RolloutEdit(path, thread_id)
     digest = hashlib.sha256()
-    offset = 0
     with open(str(path), "rb") as handle:
-        line_no = 0
-        for raw in iter(lambda: handle.readline(MAX_LINE_BYTES), b""):
-            line_no += 1
-            digest.update(raw)
-            if b'"encrypted_content"' in raw:
-                edit.encrypted_reasoning = True
+        for line_no, offset, raw in iter_marked_lines(handle, needles, digest, edit):
             result = line_edit(raw)
             if result is not None:
                 new_raw, field = result
                 edit.changes.append({"line": line_no, "field": field})
-                if len(new_raw) != len(raw):
-                    edit.deltas.append((offset, len(raw), len(new_raw) - len(raw)))
-            offset += len(raw)
+                edit.replacements.append((offset, len(raw), new_raw))
     edit.fingerprint = file_fingerprint(path, digest.hexdigest())
     return edit
+
+
+SCAN_BLOCK = READ_CHUNK
+
+
+def iter_marked_lines(handle: Any, needles: Sequence[bytes], digest: Any,
+                      edit: RolloutEdit) -> Iterator[Tuple[int, int, bytes]]:
+    """(line number, byte offset, raw line) of every line holding one of `needles`, found by
+    searching large blocks rather than reading line by line (a rollout can be gigabytes).
+    Every byte read is hashed; a line longer than MAX_LINE_BYTES is refused."""
+    carry, offset_base, lines_base = b"", 0, 0
+    while True:
+        block = handle.read(SCAN_BLOCK)
+        digest.update(block)
+        buf = carry + block
+        end = buf.rfind(b"\n") + 1 if block else len(buf)
+        if block and end == 0:
+            if len(buf) > MAX_LINE_BYTES:
+                raise PlanError("%s has a line longer than %d MiB" % (edit.path.name, MAX_LINE_BYTES >> 20))
+            carry = buf
+            continue
+        if not edit.encrypted_reasoning and buf.find(b'"encrypted_content"', 0, end) != -1:
+            edit.encrypted_reasoning = True
+        starts = set()
+        for needle in needles:
+            hit = buf.find(needle, 0, end)
+            while hit != -1:
+                starts.add(buf.rfind(b"\n", 0, hit) + 1)
+                stop = buf.find(b"\n", hit, end)
+                hit = -1 if stop == -1 else buf.find(needle, stop + 1, end)
+        previous, counted = 0, lines_base
+        for start in sorted(starts):
+            counted += buf.count(b"\n", previous, start)
+            previous = start
+            stop = buf.find(b"\n", start, end)
+            yield counted + 1, offset_base + start, buf[start:(end if stop == -1 else stop + 1)]
+        lines_base += buf.count(b"\n", 0, end)
+        offset_base += end
+        carry = buf[end:]
+        if not block:
+            return
 
 
 def history_db_path(inv: "Inventory") -> Optional[Path]:
@@ -2059,7 +2110,7 @@ def plan_provider_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
         try:
             if view.primary is not None:
                 edit = plan_rollout_edit(view.primary.path, view.id, lambda raw, v=view: provider_line_edit(
-                    raw, v.id, args.from_provider, target))
+                    raw, v.id, args.from_provider, target), PROVIDER_LINE_MARKERS)
                 encrypted += int(edit.encrypted_reasoning)
                 if edit.changes:
                     plan.rollout_edits.append(edit)
@@ -2586,6 +2637,11 @@ class ToolLock:
 # ---------------------------------------------------------------------------------------------
 
 
+def _time_ns() -> int:
+    import time
+    return time.time_ns()
+
+
 def make_backup_dir(home: Path, command: str) -> Path:
     root = home / BACKUP_DIR_NAME
     root.mkdir(mode=0o700, exist_ok=True)
@@ -2628,6 +2684,8 @@ def make_backup(home: Path, command: str, dbs: Dict[Path, Dict[str, List[Dict[st
     manifest: Dict[str, Any] = {
         "tool": TOOL_NAME, "version": __version__, "command": command, "argv": list(argv),
         "created_at": utc_now().strftime("%Y-%m-%dT%H:%M:%SZ"), "codex_home": str(home),
+        # Folder names have one-second resolution; this orders two runs of the same second.
+        "created_ns": _time_ns(),
         "complete": False, "entries": [], "actions": actions,
     }
     for db, rows in dbs.items():
@@ -2714,7 +2772,8 @@ def atomic_write(path: Path, data: bytes, mode: Optional[int], mtime_ns: Optiona
 def atomic_copy(source: Path, path: Path, mode: Optional[int], mtime_ns: Optional[int]) -> None:
     tmp = path.parent / (".%s.csr-tmp-%d" % (path.name, os.getpid()))
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.is_dir():
+            path.parent.mkdir(parents=True)  # an archived_sessions/ or date folder removed since
         shutil.copyfile(str(source), str(tmp))
         fsync_path(tmp)
         if mode is not None:
@@ -2869,9 +2928,10 @@ def write_rollouts(plan: Plan, result: Dict[str, Any]) -> set:
 
 
 def rewrite_rollout(edit: RolloutEdit, plan: Plan) -> bool:
-    """Stream the rollout to a temp file beside it with the planned edits, then replace it.
-    Returns False (and leaves the file alone) when it changed since it was planned."""
-    editor = _edit_function(edit, plan)
+    """Write the rollout anew beside it: the unchanged byte ranges copied in large chunks, the
+    planned lines substituted; then replace it. Every byte read is hashed and must match the
+    plan's read, and size and mtime must not move: otherwise (a live session appended) the
+    file is left alone and False is returned."""
     size, mtime_ns, expected = edit.fingerprint
     stat = edit.path.stat()
     if (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns):
@@ -2880,10 +2940,15 @@ def rewrite_rollout(edit: RolloutEdit, plan: Plan) -> bool:
     digest = hashlib.sha256()
     try:
         with open(str(edit.path), "rb") as source, open(str(tmp), "wb") as out:
-            for raw in iter(lambda: source.readline(MAX_LINE_BYTES), b""):
-                digest.update(raw)
-                changed = editor(raw)
-                out.write(changed[0] if changed else raw)
+            position = 0
+            for offset, length, new_raw in sorted(edit.replacements):
+                if not copy_span(source, out, digest, offset - position):
+                    return False
+                digest.update(source.read(length))
+                out.write(new_raw)
+                position = offset + length
+            if not copy_span(source, out, digest, size - position) or source.read(1):
+                return False
             out.flush()
             os.fsync(out.fileno())
         now = edit.path.stat()
@@ -2899,11 +2964,15 @@ def rewrite_rollout(edit: RolloutEdit, plan: Plan) -> bool:
             tmp.unlink()
 
 
-def _edit_function(edit: RolloutEdit, plan: Plan) -> Any:
-    if plan.command == "repair-provider":
-        old, new = plan.notes["from"], plan.notes["to"]
-        return lambda raw: provider_line_edit(raw, edit.thread_id, old, new)
-    raise ApplyError("no line editor for %s" % plan.command)  # pragma: no cover
+def copy_span(source: Any, out: Any, digest: Any, count: int) -> bool:
+    while count > 0:
+        chunk = source.read(min(READ_CHUNK, count))
+        if not chunk:
+            return False  # the file shrank since it was planned
+        digest.update(chunk)
+        out.write(chunk)
+        count -= len(chunk)
+    return True
 
 
 def write_sql(plan: Plan, skipped_threads: set) -> None:
@@ -2979,7 +3048,9 @@ def list_backups(home: Path) -> List[Dict[str, Any]]:
                 continue
             found.append({"path": str(folder), "name": folder.name, "command": manifest.get("command"),
                           "created_at": manifest.get("created_at"), "complete": manifest.get("complete"),
-                          "files": len(manifest["entries"])})
+                          "files": len(manifest["entries"]),
+                          "_order": (manifest.get("created_ns") or int(folder.stat().st_mtime * 1e9), folder.name)})
+    found.sort(key=lambda b: b.pop("_order"))
     return found
 
 
@@ -2998,7 +3069,13 @@ def envelope(command: str, inv: Optional[Inventory], exit_code: int, **body: Any
 
 
 def emit_json(doc: Dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n")
+    """One document. Indented for a person at a terminal; compact otherwise (agents and pipes),
+    which also lets Python use its fast encoder on homes with thousands of threads."""
+    if sys.stdout.isatty():
+        text = json.dumps(doc, indent=2, default=str)
+    else:
+        text = json.dumps(doc, separators=(",", ":"), default=str)
+    sys.stdout.write(text + "\n")
 
 
 def render_diagnose_text(doc: Dict[str, Any], verbose: bool) -> str:

@@ -351,3 +351,50 @@ def test_rebuild_index_keeps_entries_it_cannot_prove_stale(tmp_path, capsys):
     thread = home.thread()
     home.index([{"id": thread.id, "thread_name": "kept", "updated_at": "x"}])
     assert run("rebuild-index", "--codex-home", str(home.root), capsys=capsys)[1]["changes"] == 0
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_block_scan_finds_exactly_the_lines_a_line_reader_finds(tmp_path, monkeypatch, seed):
+    """Lines that straddle blocks, markers split across blocks, CRLF and a missing last newline."""
+    import hashlib
+    import random
+    rng = random.Random(seed)
+    pieces = []
+    for _ in range(rng.randint(1, 60)):
+        body = rng.choice([b'{"type":"session_meta","x":"', b'{"type":"event_msg","payload":{"type":"thread_settings_applied"',
+                           b'{"type":"response_item","p":"', b'{"encrypted_content":"', b""])
+        body += b"y" * rng.randint(0, 300)
+        pieces.append(body + rng.choice([b"\n", b"\r\n"]))
+    if rng.random() < 0.5:
+        pieces[-1] = pieces[-1].rstrip(b"\r\n")
+    data = b"".join(pieces)
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(data)
+    needles = (b'"session_meta"', b'"thread_settings_applied"')
+    expected, offset = [], 0
+    for number, line in enumerate(data.splitlines(keepends=True), 1):
+        if any(n in line for n in needles):
+            expected.append((number, offset, line))
+        offset += len(line)
+    monkeypatch.setattr(csr, "SCAN_BLOCK", rng.randint(7, 97))
+    edit = csr.RolloutEdit(path, "t")
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        found = list(csr.iter_marked_lines(handle, needles, digest, edit))
+    assert found == expected
+    assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert edit.encrypted_reasoning == (b'"encrypted_content"' in data)
+
+
+def test_latest_backup_is_the_newest_run_even_within_one_second(tmp_path, capsys, monkeypatch):
+    home = HomeBuilder(tmp_path / "home").provider_config("proxy")
+    home.thread(provider="openai")
+    home.index([{"id": "019a0000-0000-7000-8000-00000000dead", "thread_name": "x", "updated_at": "t"}])
+    frozen = csr.utc_now()
+    monkeypatch.setattr(csr, "utc_now", lambda: frozen)  # both runs get the same folder stamp
+    run("repair-provider", "--codex-home", str(home.root), "--from", "openai", "--apply", capsys=capsys)
+    run("rebuild-index", "--codex-home", str(home.root), "--apply", capsys=capsys)
+    _, doc, _ = run("restore", "--codex-home", str(home.root), "--list", capsys=capsys)
+    assert [b["command"] for b in doc["backups"]] == ["repair-provider", "rebuild-index"]
+    _, doc, _ = run("restore", "--codex-home", str(home.root), "--latest", capsys=capsys)
+    assert doc["files"] == ["session_index.jsonl"]

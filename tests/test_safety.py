@@ -205,7 +205,7 @@ def test_credentials_are_never_opened_and_writes_stay_in_the_home(tmp_path, caps
     assert not [p for p in opened if os.path.basename(p) in SECRET_NAMES]
     temp_root = os.path.realpath(os.environ.get("TMPDIR", "/tmp")) if os.name == "posix" else None
     outside = [p for p in _writes(audited)
-               if not os.path.realpath(p).startswith(os.path.realpath(root) + os.sep)
+               if not (os.path.realpath(p) + os.sep).startswith(os.path.realpath(root) + os.sep)
                and not p.startswith("file:") and not os.path.realpath(p).startswith(
                    os.path.join(temp_root or "", "csr-read-"))]
     assert outside == []

@@ -188,6 +188,9 @@ def _strings(obj, seen):
             yield from _strings(item, seen)
     elif hasattr(obj, "__dict__") and not isinstance(obj, (type, Path)):
         yield from _strings(vars(obj), seen)
+    elif hasattr(type(obj), "__slots__") and not isinstance(obj, (type, Path)):
+        for name in type(obj).__slots__:
+            yield from _strings(getattr(obj, name, None), seen)
 
 
 def test_diagnose_keeps_at_most_200_chars_of_message_text_per_thread(tmp_path, capsys):
