@@ -506,7 +506,7 @@ def resolve_codex_home(flag: Optional[str], environ: Dict[str, str]) -> Tuple[Pa
     elif environ.get("CODEX_HOME"):
         raw, origin = environ["CODEX_HOME"], "CODEX_HOME"
     else:
-        raw, origin = str(Path.home() / ".codex"), "default (~/.codex)"
+        raw, origin = str(Path.home() / ".codex"), "default"
     path = Path(raw).expanduser()
     if not path.exists():
         raise UsageError("Codex home %s (from %s) does not exist" % (path, origin))
@@ -3082,7 +3082,8 @@ def render_diagnose_text(doc: Dict[str, Any], verbose: bool) -> str:
     lines = []
     cfg, counts, db = doc["config"], doc["counts"], doc["state_db"]
     lines.append("%s %s diagnose" % (TOOL_NAME, __version__))
-    lines.append("Home:      %s (%s)" % (doc["codex_home"], doc["codex_home_origin"]))
+    origin = doc["codex_home_origin"]
+    lines.append("Home:      %s (%s)" % (doc["codex_home"], "the default, ~/.codex" if origin == "default" else "from " + origin))
     lines.append("Safety:    %s" % doc["safety"])
     lines.append("Provider:  %s (%s)%s" % (cfg["active_provider"], cfg["provider_source"],
                                                  "; profile %s" % cfg["profile"] if cfg["profile"] else ""))
@@ -3134,7 +3135,11 @@ SAFETY_LINE_WRITE = "wrote only after a backup; credentials (auth.json, tokens) 
 def render_plan_text(doc: Dict[str, Any], verbose: bool) -> str:
     lines = ["%s %s %s" % (TOOL_NAME, __version__, doc["command"]), "Home:      %s" % doc["codex_home"]]
     for key, value in doc["plan"].items():
-        if isinstance(value, dict):
+        if key == "scope":
+            value = "sources %s; %s" % (", ".join(value["sources"]), "; ".join(
+                "%s threads %s" % (kind, "included" if value["include_" + kind] else "left out")
+                for kind in ("archived", "empty")))
+        elif isinstance(value, dict):
             value = ", ".join("%s %s" % (k.replace("_", " "), v) for k, v in value.items())
         elif isinstance(value, list):
             value = ", ".join(str(v) for v in value)
@@ -3159,27 +3164,29 @@ def render_plan_text(doc: Dict[str, Any], verbose: bool) -> str:
     for item in doc["skipped"]:
         lines.append("  skipped  %s: %s" % (item.get("thread_id") or item.get("path"), item["reason"]))
     if doc["applied"]:
-        lines.append("Applied %d change(s). Backup: %s" % (doc["changes"], doc["backup_dir"]))
+        lines.append("Applied %s. Backup: %s" % (plural(doc["changes"], "change"), doc["backup_dir"]))
         lines.append("Restart Codex (or reload the window), then run diagnose again.")
     elif doc["changes"]:
-        lines.append("%d change(s) planned; nothing was written. Re-run with --apply to write them after a "
-                     "backup to CODEX_HOME/%s/." % (doc["changes"], BACKUP_DIR_NAME))
+        lines.append("%s planned; nothing was written. Re-run with --apply to write %s after a "
+                     "backup to CODEX_HOME/%s/." % (plural(doc["changes"], "change"),
+                                                    "it" if doc["changes"] == 1 else "them", BACKUP_DIR_NAME))
     else:
         lines.append("Nothing to do.")
     return "\n".join(lines)
 
 
 def summarise_actions(actions: List[Dict[str, Any]]) -> str:
-    counts: Dict[str, int] = {}
+    """`3 rollouts rewritten; 3 thread rows updated; 6 history-offset rows updated`."""
+    counts: Dict[Tuple[str, str], int] = {}
     for action in actions:
         if action["kind"] == "sql":
-            label = "%s %s row" % (action["op"], "history offsets" if action["table"] != "threads" else "threads")
+            noun = "thread row" if action["table"] == "threads" else "history-offset row"
+            verb = {"update": "updated", "insert": "added", "delete": "removed"}[action["op"]]
         else:
-            label = {"rollout_edit": "rollout rewrite", "file_write": "file rewrite",
-                     "move_to_backup": "file moved into the backup"}[action["kind"]]
-        counts[label] = counts.get(label, 0) + 1
-    return ", ".join("%s%s" % (plural(n, label).split(" ", 1)[0] + " ", label + ("s" if n != 1 else ""))
-                     for label, n in counts.items())
+            noun, verb = {"rollout_edit": ("rollout", "rewritten"), "file_write": ("file", "rewritten"),
+                          "move_to_backup": ("file", "moved into the backup")}[action["kind"]]
+        counts[(noun, verb)] = counts.get((noun, verb), 0) + 1
+    return "; ".join("%s %s" % (plural(n, noun), verb) for (noun, verb), n in counts.items())
 
 
 def plural(count: int, noun: str) -> str:
@@ -3331,7 +3338,7 @@ def filter_verdicts(inv: Inventory, view: ThreadView) -> List[Dict[str, Any]]:
          "detail": (codes["cwd_unmatchable"]["evidence"]["problem"] if "cwd_unmatchable" in codes else "matchable")},
         {"filter": "recent window", "passes": None if rank is None else rank <= RECENT_WINDOW,
          "detail": "rank %s of the listed threads (Desktop loads ~%d)" % (rank, RECENT_WINDOW) if rank
-         else "n/a: hidden by the filters above"},
+         else "hidden by the filters above"},
     ]
 
 
@@ -3427,11 +3434,18 @@ def render_trace_text(doc: Dict[str, Any]) -> str:
         lines.append("Rollout: none found under sessions/ or archived_sessions/")
     if t["projection"]:
         p = t["projection"]
-        lines.append("History projection: %s turns, next offset %s of %s bytes" % (
-            p.get("turns"), p.get("next_rollout_byte_offset"), p.get("rollout_size")))
-    lines.append("Index name: %s" % (t["index"]["name"] or "none"))
+        lines.append("History projection: %s, next offset %s of %s bytes" % (
+            plural(p.get("turns") or 0, "turn"), p.get("next_rollout_byte_offset"), p.get("rollout_size")))
+    name = t["index"]["name"]
+    lines.append("Index name: %s" % ("set (--verbose shows it)" if name == "(named)" else name or "none"))
     if t["ui_state"].get("present"):
-        lines.append("Desktop state: %s" % ", ".join("%s=%s" % kv for kv in t["ui_state"].items() if kv[0] != "present"))
+        hints = t["ui_state"]
+        if not hints.get("readable"):
+            lines.append("Desktop state: .codex-global-state.json is unreadable")
+        else:
+            held = [label for key, label in (("workspace_root_hint", "a workspace hint"), ("project_assignment",
+                    "a project assignment"), ("pinned", "pinned"), ("projectless", "projectless")) if hints.get(key)]
+            lines.append("Desktop state: %s" % (", ".join(held) if held else "no hint, pin or project for this thread"))
     for fix in t["fixes"]:
         code, _, step = fix.partition(": ")
         command = step.split(" (")[0]

@@ -59,7 +59,7 @@ def test_repair_provider_human_dry_run_says_how_to_apply(switched, capsys):
     home, _ = switched
     assert csr.main(["repair-provider", "--codex-home", str(home.root), "--from", "openai"]) == 1
     last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert "change(s) planned; nothing was written. Re-run with --apply" in last
+    assert "changes planned; nothing was written. Re-run with --apply" in last
 
 
 def test_repair_provider_apply_is_surgical_and_a_fixed_point(switched, capsys):
