@@ -850,9 +850,18 @@ def read_thread_rows(db: StateDb) -> Dict[str, Dict[str, Any]]:
     conn = open_db_readonly(db.path)
     try:
         cursor = conn.execute("SELECT %s FROM threads" % ", ".join(select))
-        return {str(row["id"]): dict(row) for row in cursor}
+        rows = {}
+        for row in cursor:
+            values = {k: (_text(v) if isinstance(v, bytes) else v) for k, v in zip(row.keys(), row)}
+            rows[str(values["id"]).lower()] = values
+        return rows
     finally:
         conn.close()
+
+
+def _text(value: bytes) -> str:
+    """A BLOB where Codex keeps text (a damaged or hand-edited row), read as text."""
+    return value.decode("utf-8", "replace")
 
 
 def read_backfill_state(db: StateDb) -> Optional[Dict[str, Any]]:
@@ -1053,6 +1062,9 @@ def scan_rollout(path: Path, home: Path) -> RolloutInfo:
     info = RolloutInfo(path, home)
     if info.compressed:
         info.problems.append("compressed")  # zstd is not in the standard library
+        return info
+    if not path.is_file():
+        info.problems.append("not_a_file")  # a FIFO or device named like a rollout: never opened
         return info
     if info.size == 0:
         info.problems.append("empty_file")
@@ -1442,6 +1454,7 @@ HOME_FINDINGS: Dict[str, Tuple[str, str]] = {
     "config_unreadable": ("error", "config.toml cannot be read"),
     "legacy_profile": ("warning", "top-level `profile =` is rejected by recent Codex releases (0.169.0)"),
     "profile_missing": ("error", "the named profile exists neither as NAME.config.toml nor as [profiles.NAME]"),
+    "active_provider_not_configured": ("error", "the provider config.toml makes active is defined nowhere; Codex lists nothing and cannot start a thread"),
     "provider_not_configured": ("warning", "threads use a provider that config.toml does not define; resuming them fails"),
     "rollout_unreadable": ("warning", "rollout files with unreadable lines or an unknown layout"),
     "index_stale": ("warning", "session_index.jsonl names threads whose rollout no longer exists"),
@@ -1526,7 +1539,8 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
         exists = bool(path) and os.path.isfile(path)
         # A copied or moved home keeps rows that point into the old one: the file Codex would
         # read is not this home's.
-        elsewhere = exists and not is_within(Path(os.path.abspath(path)), inv.home)
+        elsewhere = exists and not is_within(Path(os.path.abspath(path)), inv.home) and not any(
+            os.path.realpath(path) == os.path.realpath(str(f.path)) for f in view.files)
         if (not exists or elsewhere) and view.files:
             add_reason(view, "rollout_path_stale", not exists, rollout_path=path, found=view.files[0].rel,
                        outside_home=elsewhere)
@@ -1602,6 +1616,10 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
             last_watermark=inv.backfill.get("last_watermark"), stale=backfill_stale(inv.backfill),
             manual_step="a backfill still within its 15-minute lease may be running: start Codex once and "
                         "let it finish; a stale one (stale: true) is what rebuild-db is for")
+    if not inv.config.knows_provider(inv.config.provider):
+        add("active_provider_not_configured", provider=inv.config.provider,
+            manual_step="add [model_providers.%s] to config.toml: Codex cannot start a thread without it"
+                        % inv.config.provider)
     used = {}
     for view in inv.threads.values():
         for provider in {view.db_provider, view.rollout_provider}:
@@ -2077,6 +2095,11 @@ def resolve_target_provider(inv: Inventory, requested: str, source_provider: str
     of the latest interactive thread (the one Desktop was last used with), said so."""
     if requested != "auto":
         return requested, "--to"
+    broken = [p["code"] for p in inv.config.problems if p["code"] in ("config_unparsable", "config_unreadable",
+                                                                       "profile_missing")]
+    if broken:
+        raise UsageError("--to auto cannot tell the active provider: %s; name it with --to PROVIDER"
+                         % ", ".join(broken))
     if not inv.config.provider_is_default:
         return inv.config.provider, inv.config.provider_source
     latest = latest_interactive_thread(inv)
@@ -2133,9 +2156,9 @@ def provider_repair_blocker(view: ThreadView) -> Optional[str]:
     if view.primary is None:
         # Codex re-derives the provider from the rollout: a DB-only edit would be reverted.
         return "no rollout file found for this thread; nothing durable to change"
-    if view.primary.problems and set(view.primary.problems) & {"id_mismatch", "legacy_format", "compressed",
-                                                                "first_line_not_session_meta", "unreadable"}:
-        return "rollout cannot be edited safely: %s" % ", ".join(view.primary.problems)
+    if view.primary.problems:
+        # A damaged rollout is never rewritten: its bytes stay exactly as they are.
+        return "rollout has unreadable parts (%s); it is left as it is" % ", ".join(view.primary.problems)
     if len(view.files) > 1:
         return "thread id carried by %d rollout files; resolve the duplicate first" % len(view.files)
     if any(r["code"] == "rollout_path_stale" for r in view.reasons):

@@ -305,7 +305,6 @@ PARTIAL_EDIT = ("repair-provider edits thread_settings_applied lines (and the DB
                 "whose session_meta it could not read")
 
 
-@pytest.mark.xfail(strict=True, reason=WRITES_DAMAGED_ROLLOUT)
 def test_torn_last_line(tmp_path):
     scene = switched(tmp_path)
     bad = victim(scene)
@@ -342,7 +341,6 @@ def test_file_cut_inside_a_utf8_sequence(tmp_path):
     assert bad.id not in [a.get("thread_id") for a in results["apply"].doc["actions"]]
 
 
-@pytest.mark.xfail(strict=True, reason=PARTIAL_EDIT + " (BOM)")
 def test_bom_before_session_meta(tmp_path):
     scene = switched(tmp_path)
     bad = victim(scene)
@@ -350,7 +348,6 @@ def test_bom_before_session_meta(tmp_path):
     exercise(scene, [bad.path], scene.provider_repair(), problem="bom", skipped=bad.id)
 
 
-@pytest.mark.xfail(strict=True, reason=PARTIAL_EDIT + " (invalid UTF-8 in line 1)")
 def test_invalid_utf8_inside_session_meta(tmp_path):
     scene = switched(tmp_path)
     bad = victim(scene)
@@ -501,7 +498,6 @@ def test_huge_line_is_read_in_bounded_memory(tmp_path):
         assert peaks[(120, command)] < (3 * csr.MAX_LINE_BYTES >> 10) + 96 * 1024, peaks
 
 
-@pytest.mark.xfail(strict=True, reason=WRITES_DAMAGED_ROLLOUT + " (NUL padding)")
 def test_nul_padding_at_the_end(tmp_path):
     scene = switched(tmp_path)
     bad = victim(scene)
@@ -510,7 +506,6 @@ def test_nul_padding_at_the_end(tmp_path):
     exercise(scene, [bad.path], scene.provider_repair(), problem="nul_bytes", skipped=bad.id)
 
 
-@pytest.mark.xfail(strict=True, reason=WRITES_DAMAGED_ROLLOUT + " (NUL bytes in the head)")
 def test_nul_bytes_in_a_rollout_without_a_row(tmp_path):
     """NUL bytes inside the head of a rollout the DB does not know: reported, never written."""
     scene = switched(tmp_path)
@@ -539,7 +534,6 @@ def test_session_meta_payload_is_a_list(tmp_path):
     exercise(scene, [bad.path], scene.provider_repair(), problem="first_line_not_session_meta", skipped=bad.id)
 
 
-@pytest.mark.xfail(strict=True, reason=PARTIAL_EDIT + " (model_provider is a number)")
 def test_model_provider_is_a_number(tmp_path):
     scene = switched(tmp_path)
     bad = victim(scene)
@@ -572,8 +566,6 @@ def test_state_db_values_of_the_wrong_type(tmp_path):
     conn.close()
 
 
-@pytest.mark.xfail(strict=True, reason="a BLOB in threads.model_provider crashes check_home "
-                                       "(sorted() over str and bytes keys): traceback")
 def test_state_db_blob_values(tmp_path):
     scene = switched(tmp_path)
     bad = victim(scene, row_overrides={"model_provider": b"\x05", "source": b"\x01"})
@@ -675,8 +667,6 @@ def test_symlinked_rollout_pointing_outside_refuses_without_force(tmp_path):
     assert not list((scene.root / csr.BACKUP_DIR_NAME).glob("*-repair-provider"))
 
 
-@pytest.mark.xfail(strict=True, reason="check_thread compares rollout_path with abspath, not realpath: a row "
-                                       "stored through a symlinked home is 'stale', and repair-provider skips it")
 def test_symlinked_home_with_paths_stored_through_the_link(tmp_path):
     """Codex stores rollout paths as it saw them: through the link. The home resolves once;
     the rows are neither stale nor missing, and the repair writes through the resolved path."""
@@ -733,8 +723,6 @@ def test_symlinked_state_db_outside_the_home_is_not_written(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="repair-provider --to auto guesses a target although config.toml "
-                                       "is unparsable (resolve_target_provider)")
 def test_unparsable_config_and_to_auto(tmp_path):
     home = HomeBuilder(tmp_path / "home", "0.169.0")
     home.config('model_provider = "proxy\n[model_providers.proxy]\nname = "proxy"\n')
@@ -779,8 +767,6 @@ def test_config_names_an_unknown_provider(tmp_path):
     assert meta_provider(healthy.path) == "ghost"
 
 
-@pytest.mark.xfail(strict=True, reason="diagnose has no finding for an active provider that config.toml "
-                                       "does not define (check_home counts only threads' providers)")
 def test_diagnose_names_an_undefined_active_provider(tmp_path):
     home = HomeBuilder(tmp_path / "home", "0.169.0").config('model_provider = "ghost"\n')
     home.thread(provider="openai")
