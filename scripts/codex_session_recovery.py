@@ -937,7 +937,7 @@ class RolloutInfo:
         return self.evidence_kind is not None
 
 
-def iter_rollout_files(home: Path) -> Iterator[Path]:
+def iter_rollout_files(home: Path, temps: Optional[List[Path]] = None) -> Iterator[Path]:
     """Every rollout under sessions/ (any depth: pre-July-2025 files are flat) and
     archived_sessions/. Symlinked folders are read (a synced tree may be linked in); writes
     through them are refused later, in preflight."""
@@ -956,6 +956,8 @@ def iter_rollout_files(home: Path) -> Iterator[Path]:
             for name in sorted(files):
                 if name.startswith("rollout-") and (name.endswith(".jsonl") or name.endswith(".jsonl.zst")):
                     yield Path(folder) / name
+                elif temps is not None and ".csr-tmp-" in name:
+                    temps.append(Path(folder) / name)
 
 
 def read_line_bounded(handle: Any) -> Tuple[bytes, bool]:
@@ -1335,7 +1337,9 @@ class Inventory:
             self.backfill = read_backfill_state(self.live_db)
         elif self.live_db is not None:
             self.db_error = self.live_db.error
-        self.rollouts = [scan_rollout(path, home) for path in progress(iter_rollout_files(home), "reading rollouts")]
+        self.temp_files: List[Path] = [home / n for n in sorted(os.listdir(str(home))) if ".csr-tmp-" in n]
+        self.rollouts = [scan_rollout(path, home) for path in
+                         progress(iter_rollout_files(home, self.temp_files), "reading rollouts")]
         self.index = read_session_index(home)
         self.global_state = read_global_state(home)
         self.projections = history_projection_files(home, self.live_db.path.parent if self.live_db else None)
@@ -1462,6 +1466,7 @@ HOME_FINDINGS: Dict[str, Tuple[str, str]] = {
     "ui_state_unreadable": ("warning", ".codex-global-state.json is not a JSON object"),
     "sidebar_filtered": ("warning", "Desktop's sidebar is narrowed (collapsed groups or sections, a workspace filter, a non-recent sort)"),
     "index_missing_names": ("warning", "threads named in the state DB have no session_index.jsonl entry; `codex exec resume NAME` cannot find them"),
+    "leftover_temp_files": ("info", "copies left by an interrupted run of this tool (the originals are intact)"),
     "duplicate_thread_id": ("warning", "one thread id is carried by more than one rollout file"),
 }
 
@@ -1650,6 +1655,9 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
         add("ui_state_unreadable", error=inv.global_state["error"])
     if inv.global_state.get("sidebar_reset"):
         add("sidebar_filtered", keys=inv.global_state["sidebar_reset"])
+    if inv.temp_files:
+        add("leftover_temp_files", files=[display_path(p, inv.home) for p in inv.temp_files[:10]],
+            count=len(inv.temp_files), manual_step="the next --apply of any repair removes them")
     dupes = sorted(v.id for v in inv.threads.values() if len(v.files) > 1)
     if dupes:
         add("duplicate_thread_id", thread_ids=dupes)
@@ -2635,8 +2643,12 @@ class ToolLock:
         self.handle: Any = None
 
     def __enter__(self) -> "ToolLock":
-        self.path.parent.mkdir(mode=0o700, exist_ok=True)
-        self.handle = open(str(self.path), "a+b")
+        try:
+            self.path.parent.mkdir(mode=0o700, exist_ok=True)
+            self.handle = open(str(self.path), "a+b")
+        except OSError as exc:
+            raise refuse("cannot create %s (%s): the home is not writable" % (
+                self.path.parent, exc.strerror or exc), None) from None
         try:
             if os.name == "nt":  # pragma: no cover
                 import msvcrt
@@ -2704,6 +2716,15 @@ def backup_plan(inv: Inventory, plan: Plan, argv: Sequence[str]) -> Tuple[Path, 
 def make_backup(home: Path, command: str, dbs: Dict[Path, Dict[str, List[Dict[str, Any]]]], files: List[Path],
                 actions: List[Dict[str, Any]], argv: Sequence[str]) -> Tuple[Path, Dict[str, Any]]:
     folder = make_backup_dir(home, command)
+    try:
+        return _fill_backup(folder, home, command, dbs, files, actions, argv)
+    except BaseException:
+        shutil.rmtree(str(folder), ignore_errors=True)
+        raise
+
+
+def _fill_backup(folder: Path, home: Path, command: str, dbs: Dict[Path, Dict[str, List[Dict[str, Any]]]],
+                 files: List[Path], actions: List[Dict[str, Any]], argv: Sequence[str]) -> Tuple[Path, Dict[str, Any]]:
     manifest: Dict[str, Any] = {
         "tool": TOOL_NAME, "version": __version__, "command": command, "argv": list(argv),
         "created_at": utc_now().strftime("%Y-%m-%dT%H:%M:%SZ"), "codex_home": str(home),
@@ -2714,7 +2735,7 @@ def make_backup(home: Path, command: str, dbs: Dict[Path, Dict[str, List[Dict[st
     for db, rows in dbs.items():
         target = folder / "files" / _backup_name(db, home)
         target.parent.mkdir(parents=True, exist_ok=True)
-        source = sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True, timeout=5.0)
+        source = open_db_readonly(db)
         dest = sqlite3.connect(str(target))
         try:
             source.backup(dest)
@@ -2776,7 +2797,7 @@ def fsync_path(path: Path) -> None:
 
 
 def atomic_write(path: Path, data: bytes, mode: Optional[int], mtime_ns: Optional[int] = None) -> None:
-    tmp = path.parent / (".%s.csr-tmp-%d" % (path.name, os.getpid()))
+    tmp = path.parent / (".%s%s%d" % (path.name, TEMP_MARKER, os.getpid()))
     try:
         with open(str(tmp), "wb") as handle:
             handle.write(data)
@@ -2793,7 +2814,7 @@ def atomic_write(path: Path, data: bytes, mode: Optional[int], mtime_ns: Optiona
 
 
 def atomic_copy(source: Path, path: Path, mode: Optional[int], mtime_ns: Optional[int]) -> None:
-    tmp = path.parent / (".%s.csr-tmp-%d" % (path.name, os.getpid()))
+    tmp = path.parent / (".%s%s%d" % (path.name, TEMP_MARKER, os.getpid()))
     try:
         if not path.parent.is_dir():
             path.parent.mkdir(parents=True)  # an archived_sessions/ or date folder removed since
@@ -2812,23 +2833,51 @@ def atomic_copy(source: Path, path: Path, mode: Optional[int], mtime_ns: Optiona
 def restore_backup(folder: Path, home: Path, only_changed: bool = False) -> List[str]:
     """Put back every file and DB of a backup. Returns the paths restored."""
     manifest = read_manifest(folder)
-    restored = []
+    restored, failures = [], []
     for entry in manifest["entries"]:
         target = _resolve_manifest_path(entry["path"], home)
-        if entry["kind"] == "sqlite":
-            source = sqlite3.connect(str(folder / entry["backup"]))
-            dest = sqlite3.connect(str(target), timeout=10.0)
-            try:
-                source.backup(dest)
-            finally:
-                dest.close()
-                source.close()
-        elif entry.get("existed", True):
-            atomic_copy(folder / entry["backup"], target, entry.get("mode"), entry.get("mtime_ns"))
-        elif target.exists():
-            target.unlink()
-        restored.append(entry["path"])
+        try:
+            if entry["kind"] == "sqlite":
+                if not restore_database(folder / entry["backup"], target, entry):
+                    continue
+            elif entry.get("existed", True):
+                if target.exists() and sha256_file(target) == entry.get("sha256_before"):
+                    continue
+                atomic_copy(folder / entry["backup"], target, entry.get("mode"), entry.get("mtime_ns"))
+            elif target.exists():
+                target.unlink()
+            restored.append(entry["path"])
+        except (OSError, sqlite3.Error) as exc:
+            # Keep going: every other file put back is one less file left changed.
+            failures.append("%s: %s" % (entry["path"], short(str(exc), 120)))
+    if failures:
+        raise ApplyError("could not put back %s" % "; ".join(failures))
     return restored
+
+
+def restore_database(backup: Path, target: Path, entry: Dict[str, Any]) -> bool:
+    """Put a DB back through SQLite (WAL-safe). A DB whose content is what it was before the
+    run is left alone; a DB another process holds is reported after a bounded wait."""
+    if target.exists():
+        try:
+            conn = open_db_readonly(target)
+            try:
+                if db_digest(conn, {}) == entry.get("digest_before"):
+                    return False
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            pass
+    dest = sqlite3.connect(str(target), timeout=10.0, isolation_level=None)
+    source = sqlite3.connect(str(backup))
+    try:
+        dest.execute("BEGIN IMMEDIATE")  # fails after the timeout instead of waiting forever
+        dest.execute("ROLLBACK")
+        source.backup(dest)
+    finally:
+        dest.close()
+        source.close()
+    return True
 
 
 def read_manifest(folder: Path) -> Dict[str, Any]:
@@ -2903,27 +2952,108 @@ def _fault_point(name: str) -> None:
 def apply_plan(inv: Inventory, plan: Plan, args: argparse.Namespace, argv: Sequence[str]) -> Dict[str, Any]:
     preflight(inv, plan, args.force)
     with ToolLock(inv.home):
-        folder, manifest = backup_plan(inv, plan, argv)
+        remove_stale_temp_files(inv)
+        folder, manifest = make_backup_or_fail(lambda: backup_plan(inv, plan, argv))
         _fault_point("after_backup")
         result: Dict[str, Any] = {"backup_dir": str(folder), "skipped": []}
+        connections = lock_databases(plan.touched_dbs(), folder)
         try:
-            skipped_threads = write_rollouts(plan, result)
-            write_sql(plan, skipped_threads)
+            busy = open_elsewhere(inv.home)
+            skipped_threads = write_rollouts(plan, result, busy)
+            write_sql(plan, skipped_threads, connections)
             for write in plan.file_writes:
                 _fault_point("before_file_write")
                 mode = write.path.stat().st_mode & 0o7777 if write.path.exists() else 0o600
                 atomic_write(write.path, write.data, mode)
             move_into_backup(plan.moves, folder, manifest, inv.home)
         except Exception as exc:  # noqa: BLE001 - any failure after writing began must restore
+            close_all(connections)
             try:
                 restore_backup(folder, inv.home)
                 restored = "the automatic restore from %s succeeded" % folder
             except Exception as again:  # noqa: BLE001
-                restored = "the automatic restore FAILED (%s); the backup is intact at %s" % (again, folder)
+                restored = "the automatic restore FAILED (%s); the backup is intact at %s" % (
+                    short(str(again), 300), folder)
             raise ApplyError("%s; %s" % (short(str(exc) or type(exc).__name__, 200), restored)) from None
+        close_all(connections)
         _fault_point("before_manifest_finish")
         finish_manifest(folder, manifest, inv.home)
     return result
+
+
+def make_backup_or_fail(make: Any) -> Tuple[Path, Dict[str, Any]]:
+    """A backup that cannot be completed (a full disk, an unreadable DB) stops the run before
+    anything is written; the half-made backup folder is removed."""
+    try:
+        return make()
+    except (OSError, sqlite3.Error) as exc:
+        raise ApplyError("could not make the backup (%s); nothing was written to the home" % short(str(exc), 200)) from None
+
+
+def lock_databases(dbs: List[Path], backup_folder: Path) -> Dict[Path, sqlite3.Connection]:
+    """Take the write lock of every DB the plan changes before the first rollout is rewritten,
+    so a DB that is locked, read-only or unwritable stops the run while nothing has changed."""
+    connections: Dict[Path, sqlite3.Connection] = {}
+    for db in dbs:
+        try:
+            conn = sqlite3.connect(str(db), timeout=5.0, isolation_level=None)
+            connections[db] = conn
+            conn.execute("PRAGMA busy_timeout = 5000")
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            close_all(connections)
+            shutil.rmtree(str(backup_folder), ignore_errors=True)
+            raise refuse("%s cannot be written now (%s); quit whatever holds it, or fix its permissions" % (
+                db.name, short(str(exc), 120)), None) from None
+    return connections
+
+
+def close_all(connections: Dict[Path, sqlite3.Connection]) -> None:
+    for conn in connections.values():
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        conn.close()
+    connections.clear()
+
+
+def open_elsewhere(home: Path) -> Dict[str, List[str]]:
+    """Files of the home that another process has open right now, by real path. A rollout a
+    live writer holds is never replaced (its later lines would land in the replaced file),
+    not even with --force."""
+    found: Dict[str, List[str]] = {}
+    if os.name == "posix" and Path("/proc/self/fd").is_dir():
+        prefix = os.path.realpath(str(home)) + os.sep
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == os.getpid():
+                continue
+            try:
+                fds = os.listdir("/proc/%s/fd" % entry)
+            except OSError:
+                continue
+            for fd in fds:
+                try:
+                    target = os.readlink("/proc/%s/fd/%s" % (entry, fd))
+                except OSError:
+                    continue
+                if target.startswith(prefix):
+                    found.setdefault(target, []).append(entry)
+    return found
+
+
+TEMP_MARKER = ".csr-tmp-"
+
+
+def remove_stale_temp_files(inv: Inventory) -> None:
+    """Temp files of an earlier run that was killed before it could rename them. Under the
+    tool lock no other run is writing, so every one of them is stale: each is a copy."""
+    for path in inv.temp_files:
+        try:
+            path.unlink()
+        except OSError:
+            pass
 
 
 def move_into_backup(moves: List[Path], folder: Path, manifest: Dict[str, Any], home: Path) -> None:
@@ -2937,11 +3067,17 @@ def move_into_backup(moves: List[Path], folder: Path, manifest: Dict[str, Any], 
         os.replace(str(path), str(folder / entry["backup"]))
 
 
-def write_rollouts(plan: Plan, result: Dict[str, Any]) -> set:
+def write_rollouts(plan: Plan, result: Dict[str, Any], busy: Dict[str, List[str]]) -> set:
     skipped = set()
     for edit in plan.rollout_edits:
+        holders = busy.get(os.path.realpath(str(edit.path)))
+        if holders:
+            skipped.add(edit.thread_id)
+            result["skipped"].append({"thread_id": edit.thread_id, "reason": "pid %s has the rollout open (a live "
+                                      "session); it was left as it is" % ", ".join(holders)})
+            continue
         _fault_point("before_rollout_replace")
-        replaced = rewrite_rollout(edit, plan)
+        replaced = rewrite_rollout(edit, plan, result)
         _fault_point("after_rollout_replace")
         if not replaced:
             skipped.add(edit.thread_id)
@@ -2950,41 +3086,56 @@ def write_rollouts(plan: Plan, result: Dict[str, Any]) -> set:
     return skipped
 
 
-def rewrite_rollout(edit: RolloutEdit, plan: Plan) -> bool:
+def rewrite_rollout(edit: RolloutEdit, plan: Plan, result: Optional[Dict[str, Any]] = None) -> bool:
     """Write the rollout anew beside it: the unchanged byte ranges copied in large chunks, the
     planned lines substituted; then replace it. Every byte read is hashed and must match the
     plan's read, and size and mtime must not move: otherwise (a live session appended) the
-    file is left alone and False is returned."""
+    file is left alone and False is returned. A line appended in the instant between the last
+    check and the replace lands in the old file, which is still open here: it is carried over."""
     size, mtime_ns, expected = edit.fingerprint
     stat = edit.path.stat()
     if (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns):
         return False
-    tmp = edit.path.parent / (".%s.csr-tmp-%d" % (edit.path.name, os.getpid()))
+    tmp = edit.path.parent / (".%s%s%d" % (edit.path.name, TEMP_MARKER, os.getpid()))
     digest = hashlib.sha256()
     try:
-        with open(str(edit.path), "rb") as source, open(str(tmp), "wb") as out:
-            position = 0
-            for offset, length, new_raw in sorted(edit.replacements):
-                if not copy_span(source, out, digest, offset - position):
+        with open(str(edit.path), "rb") as source:
+            with open(str(tmp), "wb") as out:
+                position = 0
+                for offset, length, new_raw in sorted(edit.replacements):
+                    if not copy_span(source, out, digest, offset - position):
+                        return False
+                    digest.update(source.read(length))
+                    out.write(new_raw)
+                    position = offset + length
+                if not copy_span(source, out, digest, size - position) or source.read(1):
                     return False
-                digest.update(source.read(length))
-                out.write(new_raw)
-                position = offset + length
-            if not copy_span(source, out, digest, size - position) or source.read(1):
+                out.flush()
+                os.fsync(out.fileno())
+            now = edit.path.stat()
+            if digest.hexdigest() != expected or (now.st_size, now.st_mtime_ns) != (size, mtime_ns):
                 return False
-            out.flush()
-            os.fsync(out.fileno())
-        now = edit.path.stat()
-        if digest.hexdigest() != expected or (now.st_size, now.st_mtime_ns) != (size, mtime_ns):
-            return False
-        os.chmod(str(tmp), stat.st_mode & 0o7777)
-        # Codex orders threads by the rollout's mtime when it re-derives a row: keep it.
-        os.utime(str(tmp), ns=(stat.st_atime_ns, mtime_ns))
-        os.replace(str(tmp), str(edit.path))
+            os.chmod(str(tmp), stat.st_mode & 0o7777)
+            # Codex orders threads by the rollout's mtime when it re-derives a row: keep it.
+            os.utime(str(tmp), ns=(stat.st_atime_ns, mtime_ns))
+            os.replace(str(tmp), str(edit.path))
+            carry_late_tail(source, size, edit, result if result is not None else {})
         return True
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def carry_late_tail(source: Any, size: int, edit: RolloutEdit, result: Dict[str, Any]) -> None:
+    grown = os.fstat(source.fileno()).st_size
+    if grown <= size:
+        return
+    source.seek(size)
+    with open(str(edit.path), "ab") as out:
+        shutil.copyfileobj(source, out, READ_CHUNK)
+        out.flush()
+        os.fsync(out.fileno())
+    result.setdefault("carried_over", []).append({"thread_id": edit.thread_id, "bytes": grown - size})
 
 
 def copy_span(source: Any, out: Any, digest: Any, count: int) -> bool:
@@ -2998,31 +3149,23 @@ def copy_span(source: Any, out: Any, digest: Any, count: int) -> bool:
     return True
 
 
-def write_sql(plan: Plan, skipped_threads: set) -> None:
+def write_sql(plan: Plan, skipped_threads: set, connections: Dict[Path, sqlite3.Connection]) -> None:
+    """One transaction per DB, on the connection that has held its write lock since before the
+    first rollout was rewritten; verified by re-reading after the commit."""
     by_db: Dict[Path, List[SqlChange]] = {}
     for change in plan.sql:
         if change.thread_id not in skipped_threads:
             by_db.setdefault(change.db, []).append(change)
-    for db, changes in by_db.items():
-        conn = sqlite3.connect(str(db), timeout=5.0, isolation_level=None)
-        try:
-            conn.execute("PRAGMA busy_timeout = 5000")
-            conn.execute("BEGIN IMMEDIATE")
-            for change in changes:
-                _fault_point("mid_transaction")
-                sql, params = change.statement()
-                if conn.execute(sql, params).rowcount != 1:
-                    raise ApplyError("%s: expected to update one row of %s for %s" % (
-                        db.name, change.table, change.key))
-            conn.execute("COMMIT")
-            _fault_point("after_commit")
-            verify_sql(conn, changes)
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        finally:
-            conn.close()
+    for db, conn in connections.items():
+        changes = by_db.get(db, [])
+        for change in changes:
+            _fault_point("mid_transaction")
+            sql, params = change.statement()
+            if conn.execute(sql, params).rowcount != 1:
+                raise ApplyError("%s: expected to change one row of %s for %s" % (db.name, change.table, change.key))
+        conn.execute("COMMIT")
+        _fault_point("after_commit")
+        verify_sql(conn, changes)
 
 
 def verify_sql(conn: sqlite3.Connection, changes: List[SqlChange]) -> None:
@@ -3630,11 +3773,16 @@ def cmd_restore(args: argparse.Namespace) -> int:
         if users and not args.force:
             raise refuse("Codex is using this home (%s)" % "; ".join(users[:3]), "--force")
         with ToolLock(home):
+            stale: List[Path] = [home / n for n in os.listdir(str(home)) if TEMP_MARKER in n]
+            for _ in iter_rollout_files(home, stale):
+                pass
+            for path in stale:  # copies left by a killed run; the tool lock says none is running
+                path.unlink()
             dbs = {_resolve_manifest_path(e["path"], home): e.get("rows") or {} for e in manifest["entries"]
                    if e["kind"] == "sqlite"}
             files = [_resolve_manifest_path(e["path"], home) for e in manifest["entries"] if e["kind"] == "file"]
-            undo, undo_manifest = make_backup(home, "restore", dbs, files, [{"kind": "restore", "from": str(folder)}],
-                                              args.argv)
+            undo, undo_manifest = make_backup_or_fail(lambda: make_backup(
+                home, "restore", dbs, files, [{"kind": "restore", "from": str(folder)}], args.argv))
             try:
                 restore_backup(folder, home)
             except Exception as exc:  # noqa: BLE001

@@ -502,9 +502,6 @@ def test_appends_during_repair_survive(tmp_path, mode, force):
                for t in others)
 
 
-@pytest.mark.xfail(strict=True, reason="rewrite_rollout replaces a rollout that another process holds open "
-                                       "for append (even idle); that writer's next lines go to the unlinked "
-                                       "inode and are lost (with --force, or when the open-file probe misses)")
 def test_idle_writer_holding_the_rollout_loses_nothing(tmp_path):
     root = tmp_path / "home"
     home = HomeBuilder(root, "0.169.0").provider_config("proxy")
@@ -521,8 +518,6 @@ def test_idle_writer_holding_the_rollout_loses_nothing(tmp_path):
     assert b'"message":"after"' in target.path.read_bytes()
 
 
-@pytest.mark.xfail(strict=True, reason="rewrite_rollout checks the fingerprint, then os.replace()s: a line "
-                                       "appended between the two is lost (no re-check after the replace)")
 def test_append_between_last_check_and_replace_is_not_lost(tmp_path, monkeypatch):
     root = tmp_path / "home"
     home = HomeBuilder(root, "0.169.0").provider_config("proxy")
@@ -693,9 +688,6 @@ def test_kill_inside_restore(event, tmp_path, tally, references):
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.xfail(strict=True, reason="a kill between atomic_write's temp file and its os.replace leaves "
-                                       "'.NAME.csr-tmp-PID' (a full copy of the file) in the home; no later "
-                                       "run or restore removes it")
 def test_no_temp_file_survives_a_kill_and_a_restore(tmp_path):
     command = next(c for c in COMMANDS if c.name == "restore")
     root = tmp_path / "home"
