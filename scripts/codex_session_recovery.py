@@ -663,11 +663,12 @@ class StateDb:
 
 
 def display_path(path: Path, home: Path) -> str:
-    """Paths inside the home are shown relative to it; others in full."""
-    try:
-        return str(path.relative_to(home))
-    except ValueError:
-        return str(path)
+    """Paths inside the home are shown relative to it; others in full. (String work: this runs
+    once per rollout, and pathlib's relative_to is slow at tens of thousands of files.)"""
+    text, prefix = str(path), str(home)
+    if text.startswith(prefix) and text[len(prefix):len(prefix) + 1] in (os.sep, "/"):
+        return text[len(prefix) + 1:]
+    return text
 
 
 def sqlite_home_dirs(home: Path, config: Config, environ: Dict[str, str]) -> List[Tuple[Path, str]]:
@@ -908,7 +909,7 @@ class RolloutInfo:
         self.problems: List[str] = []
         self.bytes_read = 0
         try:
-            stat = path.stat()
+            stat = os.stat(str(path))
             self.size, self.mtime = stat.st_size, stat.st_mtime
         except OSError:
             self.size, self.mtime = 0, 0.0
