@@ -2577,11 +2577,19 @@ def processes_with_open_files(home: Path) -> List[str]:
 
 
 def _proc_holders(home: Path) -> List[str]:
-    users = []
-    prefix = str(home) + os.sep
-    own = {os.getpid()}
+    users, named = [], set()
+    for pid, target in proc_open_files(home):
+        if pid not in named and BACKUP_DIR_NAME not in target:
+            named.add(pid)
+            users.append("pid %s (%s) has %s open" % (pid, _process_name(pid), display_path(Path(target), home)))
+    return users
+
+
+def proc_open_files(home: Path) -> Iterator[Tuple[str, str]]:
+    """(pid, path) for every file under the home that another process has open (Linux /proc)."""
+    prefixes = {str(home) + os.sep, os.path.realpath(str(home)) + os.sep}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) in own:
+        if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
             fds = os.listdir("/proc/%s/fd" % entry)
@@ -2592,10 +2600,8 @@ def _proc_holders(home: Path) -> List[str]:
                 target = os.readlink("/proc/%s/fd/%s" % (entry, fd))
             except OSError:
                 continue
-            if target.startswith(prefix) and BACKUP_DIR_NAME not in target:
-                users.append("pid %s (%s) has %s open" % (entry, _process_name(entry), display_path(Path(target), home)))
-                break
-    return users
+            if target.startswith(tuple(prefixes)):
+                yield entry, target
 
 
 def _process_name(pid: str) -> str:
@@ -3026,21 +3032,8 @@ def open_elsewhere(home: Path) -> Dict[str, List[str]]:
     not even with --force."""
     found: Dict[str, List[str]] = {}
     if os.name == "posix" and Path("/proc/self/fd").is_dir():
-        prefix = os.path.realpath(str(home)) + os.sep
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit() or int(entry) == os.getpid():
-                continue
-            try:
-                fds = os.listdir("/proc/%s/fd" % entry)
-            except OSError:
-                continue
-            for fd in fds:
-                try:
-                    target = os.readlink("/proc/%s/fd/%s" % (entry, fd))
-                except OSError:
-                    continue
-                if target.startswith(prefix):
-                    found.setdefault(target, []).append(entry)
+        for pid, target in proc_open_files(home):
+            found.setdefault(os.path.realpath(target), []).append(pid)
     return found
 
 
