@@ -488,6 +488,36 @@ def is_within(path: Path, root: Path) -> bool:
         return False
 
 
+WINDOWS_PATH_RE = re.compile(r"^(?:\\\\\?\\(?:UNC\\)?)?(?:[A-Za-z]:[\\/]|\\\\)")
+
+
+def is_windows_path(text: str) -> bool:
+    """`C:\\…`, `\\\\?\\C:\\…`, `\\\\server\\share\\…`: a path Windows Codex wrote."""
+    return bool(WINDOWS_PATH_RE.match(text))
+
+
+def home_relative_tail(stored: str) -> Optional[str]:
+    """The part of a stored rollout path from `sessions/` or `archived_sessions/` on, with `/`
+    separators, whichever system wrote it. Lets a home written by Windows Codex be read from
+    WSL or a copy on another machine: the same file, under another spelling."""
+    text = stored.replace("\\", "/")
+    for marker in ("/archived_sessions/", "/sessions/"):
+        index = text.rfind(marker)
+        if index >= 0:
+            return text[index + 1:]
+    return None
+
+
+def same_rollout(stored: str, info: "RolloutInfo") -> bool:
+    """Whether a row's rollout_path names this file: the same path, or (for a path another
+    system wrote, e.g. `C:\\Users\\ana\\.codex\\sessions\\…`) the same place in the home."""
+    if os.path.normcase(os.path.abspath(stored)) == os.path.normcase(os.path.abspath(str(info.path))):
+        return True
+    if is_windows_path(stored) and os.name != "nt":
+        return home_relative_tail(stored) == info.rel.replace("\\", "/")
+    return False
+
+
 def short(text: str, limit: int = 80) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit - 1] + "…"
@@ -1271,11 +1301,18 @@ class ThreadView:
         if not self.files:
             return None
         if self.row and self.row.get("rollout_path"):
-            wanted = os.path.normcase(os.path.abspath(str(self.row["rollout_path"])))
+            stored = str(self.row["rollout_path"])
             for info in self.files:
-                if os.path.normcase(os.path.abspath(str(info.path))) == wanted:
+                if same_rollout(stored, info):
                     return info
         return self.files[0]
+
+    def row_rollout_exists(self) -> bool:
+        """The row's rollout_path names an existing file (in any spelling Codex may have used)."""
+        stored = str((self.row or {}).get("rollout_path") or "")
+        if not stored:
+            return False
+        return os.path.isfile(stored) or any(same_rollout(stored, f) for f in self.files)
 
     @property
     def db_provider(self) -> Optional[str]:
@@ -1542,11 +1579,11 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
         add_reason(view, "history_projection_missing", False, elsewhere=view.id in inv.other_projected_ids)
     if row is not None:
         path = str(row.get("rollout_path") or "")
-        exists = bool(path) and os.path.isfile(path)
+        exists = view.row_rollout_exists()
         # A copied or moved home keeps rows that point into the old one: the file Codex would
         # read is not this home's.
-        elsewhere = exists and not is_within(Path(os.path.abspath(path)), inv.home) and not any(
-            os.path.realpath(path) == os.path.realpath(str(f.path)) for f in view.files)
+        elsewhere = exists and not is_windows_path(path) and not is_within(Path(os.path.abspath(path)), inv.home) \
+            and not any(os.path.realpath(path) == os.path.realpath(str(f.path)) for f in view.files)
         if (not exists or elsewhere) and view.files:
             add_reason(view, "rollout_path_stale", not exists, rollout_path=path, found=view.files[0].rel,
                        outside_home=elsewhere)
@@ -2266,7 +2303,7 @@ def index_stale_ids(inv: Inventory) -> List[str]:
     stale = []
     for thread_id in inv.index["names"]:
         view = inv.threads.get(thread_id)
-        if view is not None and (view.files or (view.row and os.path.isfile(str(view.row.get("rollout_path") or "")))):
+        if view is not None and (view.files or view.row_rollout_exists()):
             continue
         stale.append(thread_id)
     return sorted(stale)
