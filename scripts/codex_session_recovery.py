@@ -3267,12 +3267,27 @@ def envelope(command: str, inv: Optional[Inventory], exit_code: int, **body: Any
 
 def emit_json(doc: Dict[str, Any]) -> None:
     """One document. Indented for a person at a terminal; compact otherwise (agents and pipes),
-    which also lets Python use its fast encoder on homes with thousands of threads."""
-    if sys.stdout.isatty():
-        text = json.dumps(doc, indent=2, default=str)
-    else:
-        text = json.dumps(doc, separators=(",", ":"), default=str)
-    sys.stdout.write(text + "\n")
+    which also lets Python use its fast encoder on homes with thousands of threads. A value
+    that is an iterator (diagnose's per-thread list) is written item by item, so the whole
+    list is never held in memory at once."""
+    pretty = sys.stdout.isatty()
+
+    def dump(value: Any) -> str:
+        return json.dumps(value, indent=2 if pretty else None, separators=None if pretty else (",", ":"),
+                          default=str)
+
+    write = sys.stdout.write
+    write("{")
+    for n, (key, value) in enumerate(doc.items()):
+        write(("," if n else "") + ("\n  " if pretty else "") + json.dumps(key) + (": " if pretty else ":"))
+        if isinstance(value, Iterator):
+            write("[")
+            for m, item in enumerate(value):
+                write(("," if m else "") + dump(item))
+            write("]")
+        else:
+            write(dump(value))
+    write(("\n" if pretty else "") + "}\n")
 
 
 def render_diagnose_text(doc: Dict[str, Any], verbose: bool) -> str:
@@ -3423,7 +3438,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         session_index={k: v for k, v in inv.index.items() if k != "names"},
         ui_state=inv.global_state,
         findings=findings,
-        threads=[thread_entry(v, args.verbose) for v in views if v.reasons or args.verbose],
+        threads=(thread_entry(v, args.verbose) for v in views if v.reasons or args.verbose),
         next_commands=suggest_commands(inv, findings, args),
     )
     if args.json:
