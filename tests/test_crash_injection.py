@@ -139,7 +139,10 @@ def snapshot(root: Path) -> Dict[str, Any]:
             path = Path(folder) / name
             rel = str(path.relative_to(root))
             if name.endswith(".sqlite"):
-                state[rel] = ("db", dump_db(path, root))
+                try:
+                    state[rel] = ("db", dump_db(path, root))
+                except sqlite3.DatabaseError:  # a damaged DB (rebuild-db's case): its bytes are what counts
+                    state[rel] = ("sha256", hashlib.sha256(path.read_bytes()).hexdigest())
             else:
                 state[rel] = ("sha256", hashlib.sha256(path.read_bytes()).hexdigest())
     return state
@@ -249,6 +252,39 @@ def build_index_home(root: Path) -> None:
         handle.write(b"garbage\n")
 
 
+def build_reindex_home(root: Path) -> None:
+    """Rollouts with no row, a row with a stale path, a row whose archived flag is wrong."""
+    home = HomeBuilder(root, "0.169.0")
+    home.thread()
+    home.thread(row=False)
+    home.thread(row=False, archived=True)
+    home.thread(row_overrides={"archived": 1, "archived_at": 1790000000})
+    moved = home.thread()
+    target = moved.path.parent.parent / moved.path.name
+    os.replace(str(moved.path), str(target))
+    pin_mtimes(root)
+
+
+def pin_mtimes(root: Path) -> None:
+    """Rows reindex builds take updated_at from the file's mtime: pin it, so two homes built
+    apart compare equal."""
+    for folder, _dirs, files in os.walk(str(root)):
+        for name in files:
+            if name.startswith("rollout-"):
+                os.utime(os.path.join(folder, name), (1790000000, 1790000000))
+
+
+def build_rebuild_db_home(root: Path) -> None:
+    """A state DB Codex cannot read, and a thread name only the index will keep."""
+    home = HomeBuilder(root, "0.169.0")
+    home.thread()
+    for suffix in ("-wal", "-shm"):
+        extra = Path(str(home.db_path) + suffix)
+        if extra.exists():
+            extra.unlink()
+    home.db_path.write_bytes(b"not a database " * 300)
+
+
 def build_restore_home(root: Path) -> None:
     """A home right after a full repair-provider --apply: restore has one backup to put back."""
     build_provider_home(root)
@@ -269,6 +305,8 @@ COMMANDS = [
     Command("repair-user-events", build_user_events_home, ["repair-user-events", "--apply"]),
     Command("repair-ui-state", build_ui_state_home, ["repair-ui-state", "--apply"]),
     Command("rebuild-index", build_index_home, ["rebuild-index", "--apply"]),
+    Command("reindex", build_reindex_home, ["reindex", "--apply"]),
+    Command("rebuild-db", build_rebuild_db_home, ["rebuild-db", "--apply"]),
     Command("restore", build_restore_home, ["restore", "--latest", "--apply"]),
 ]
 
