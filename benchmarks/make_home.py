@@ -71,7 +71,7 @@ DRIFT = {
     "named_not_indexed": 0.01,
 }
 SOURCES = (("vscode", 0.55), ("cli", 0.20), ("exec", 0.15), ("subagent", 0.10))
-PROJECTS = ("/work/shop", "/work/api", "/home/dev/site", "/home/dev/infra", "/work/mobile-app", "/work/data")
+PROJECTS = ("/home/ana/shop", "/home/ana/api", "/home/dev/site", "/home/dev/infra", "/home/ana/mobile-app", "/home/ana/data")
 PROMPTS = (
     "fix the failing checkout test", "why does the build break on arm64", "add pagination to the orders endpoint",
     "refactor the config loader", "write a migration for the users table", "explain this stack trace",

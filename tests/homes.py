@@ -76,7 +76,7 @@ class HomeBuilder:
         row_overrides: Optional[Dict[str, Any]] = None,
         turns: int = 1,
         extra_lines: Optional[List[Dict[str, Any]]] = None,
-        cwd: str = "/work/shop",
+        cwd: str = "/home/ana/shop",
         thread_id: Optional[str] = None,
     ) -> Thread:
         self.counter += 1

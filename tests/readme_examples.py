@@ -67,8 +67,8 @@ def build_main_home(home: Path) -> None:
          "updated_at": "2026-08-01T09:00:00Z"},
     ])
     (home / ".codex-global-state.json").write_text(json.dumps({"electron-persisted-atom-state": {
-        "sidebar-collapsed-groups": {"/work/shop": True},
-        "sidebar-workspace-filter-v2": "/work/shop",
+        "sidebar-collapsed-groups": {"/home/ana/shop": True},
+        "sidebar-workspace-filter-v2": "/home/ana/shop",
         "thread-sort-key": "updated_at",
     }}, indent=2) + "\n", encoding="utf-8")
 

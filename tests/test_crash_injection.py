@@ -231,10 +231,10 @@ def build_ui_state_home(root: Path) -> None:
     home = HomeBuilder(root, "0.169.0")
     home.thread()
     (root / ".codex-global-state.json").write_text(json.dumps({
-        "electron-saved-workspace-roots": ["/work/shop"],
+        "electron-saved-workspace-roots": ["/home/ana/shop"],
         "electron-persisted-atom-state": {
-            "sidebar-collapsed-groups": {"/work/shop": True},
-            "sidebar-workspace-filter-v2": "/work/shop",
+            "sidebar-collapsed-groups": {"/home/ana/shop": True},
+            "sidebar-workspace-filter-v2": "/home/ana/shop",
             "thread-sort-key": "created_at",
             "prompt-history": ["kept"],
         }}, indent=2) + "\n")

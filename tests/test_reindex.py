@@ -46,7 +46,7 @@ def test_reindex_adds_rows_for_unindexed_rollouts(tmp_path, capsys, release):
     reference = row(home.db_path, indexed.id)
     assert set(new) == set(reference)
     assert new["rollout_path"] == str(restored.path) and new["model_provider"] == "openai"
-    assert new["source"] == "vscode" and new["cwd"] == "/work/shop" and new["archived"] == 0
+    assert new["source"] == "vscode" and new["cwd"] == "/home/ana/shop" and new["archived"] == 0
     assert new["first_user_message"] == "restored from a sync"
     assert new.get("preview", "restored from a sync") == "restored from a sync"
     assert new["created_at"] == restored.created_ms // 1000

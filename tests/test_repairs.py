@@ -280,11 +280,11 @@ def test_repair_user_events(tmp_path, capsys):
 
 
 GLOBAL_STATE = {
-    "electron-saved-workspace-roots": ["/work/shop"],
+    "electron-saved-workspace-roots": ["/home/ana/shop"],
     "some-future-key": {"kept": [1, 2, 3]},
     "electron-persisted-atom-state": {
-        "sidebar-collapsed-groups": {"/work/shop": True},
-        "sidebar-workspace-filter-v2": "/work/shop",
+        "sidebar-collapsed-groups": {"/home/ana/shop": True},
+        "sidebar-workspace-filter-v2": "/home/ana/shop",
         "thread-sort-key": "created_at",
         "prompt-history": ["kept as is"],
     },

@@ -81,8 +81,8 @@ def write_padded_rollout(folder: Path, pad_bytes: int) -> Path:
     path = folder / ("rollout-%s-%s.jsonl" % (_stamp(BASE_TIME_MS).replace(":", "-")[:19], thread_id))
     ts = _stamp(BASE_TIME_MS + 500)
     head = [
-        session_meta("0.169.0", thread_id, BASE_TIME_MS, "openai", "vscode", "/work/shop"),
-        {"timestamp": ts, "type": "turn_context", "payload": {"cwd": "/work/shop", "model": "gpt-5.5"}},
+        session_meta("0.169.0", thread_id, BASE_TIME_MS, "openai", "vscode", "/home/ana/shop"),
+        {"timestamp": ts, "type": "turn_context", "payload": {"cwd": "/home/ana/shop", "model": "gpt-5.5"}},
         {"timestamp": ts, "type": "response_item", "payload": {"type": "message", "role": "user", "content": [
             {"type": "input_text", "text": "fix the failing checkout test"}]}},
     ]
