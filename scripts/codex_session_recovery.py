@@ -81,8 +81,6 @@ ROLLOUT_NAME_RE = re.compile(
     r"(?P<suffix>\.jsonl(?:\.zst)?)$"
 )
 STATE_DB_RE = re.compile(r"^state(?:_(\d+))?\.sqlite$")
-# Files that hold credentials. The tool never opens them; tests hold it to that.
-SECRET_FILE_NAMES = ("auth.json", "auth.json.lock", "auth.lock", ".credentials.json")
 
 # Text a user never typed: Codex injects these as role=user messages around a turn.
 SYNTHETIC_USER_PREFIXES = (
@@ -2899,7 +2897,7 @@ def atomic_copy(source: Path, path: Path, mode: Optional[int], mtime_ns: Optiona
             tmp.unlink()
 
 
-def restore_backup(folder: Path, home: Path, only_changed: bool = False) -> List[str]:
+def restore_backup(folder: Path, home: Path) -> List[str]:
     """Put back every file and DB of a backup. Returns the paths restored."""
     manifest = read_manifest(folder)
     restored, failures = [], []
