@@ -398,3 +398,20 @@ def test_latest_backup_is_the_newest_run_even_within_one_second(tmp_path, capsys
     assert [b["command"] for b in doc["backups"]] == ["repair-provider", "rebuild-index"]
     _, doc, _ = run("restore", "--codex-home", str(home.root), "--latest", capsys=capsys)
     assert doc["files"] == ["session_index.jsonl"]
+
+
+def test_repair_provider_on_a_rollout_only_home(tmp_path, capsys):
+    """0.100.0 keeps no state DB: the rollouts are the whole record, and the only thing changed."""
+    home = HomeBuilder(tmp_path / "home", "0.130.0", with_db=False).provider_config("proxy")
+    moved = home.thread(provider="openai")
+    kept = home.thread(provider="proxy")
+    before = kept.path.read_bytes()
+    code, doc, _ = run("repair-provider", "--codex-home", str(home.root), "--from", "openai", "--apply", capsys=capsys)
+    assert code == csr.EXIT_OK and [a["kind"] for a in doc["actions"]] == ["rollout_edit"]
+    assert b'"model_provider":"proxy"' in moved.path.read_bytes() and kept.path.read_bytes() == before
+    assert not list(home.root.glob("*.sqlite"))
+    assert run("repair-provider", "--codex-home", str(home.root), "--from", "openai", capsys=capsys)[0] == csr.EXIT_OK
+    code, doc, _ = run("diagnose", "--codex-home", str(home.root), capsys=capsys)
+    assert code == csr.EXIT_OK and doc["counts"]["visible_by_default"] == 2
+    assert run("restore", "--codex-home", str(home.root), "--latest", "--apply", capsys=capsys)[0] == csr.EXIT_OK
+    assert b'"model_provider":"openai"' in moved.path.read_bytes()
