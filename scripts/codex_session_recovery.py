@@ -1977,6 +1977,13 @@ class Plan:
     def touched_files(self) -> List[Path]:
         return [e.path for e in self.rollout_edits] + [w.path for w in self.file_writes] + list(self.moves)
 
+    def plan_id(self, home: Path) -> str:
+        """A digest of exactly what would change: the dry run prints it, and `--apply
+        --expect-plan ID` refuses unless the plan it computes again is that same plan."""
+        canonical = json.dumps({"command": self.command, "notes": self.notes, "actions": self.actions_json(home)},
+                               sort_keys=True, default=str)
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
     def actions_json(self, home: Path, verbose: bool = True) -> List[Dict[str, Any]]:
         return ([e.as_json(home) for e in self.rollout_edits] + [c.as_json(home, verbose) for c in self.sql]
                 + [w.as_json(home) for w in self.file_writes]
@@ -3402,6 +3409,8 @@ def render_plan_text(doc: Dict[str, Any], verbose: bool) -> str:
         lines.append("Applied %s. Backup: %s" % (plural(doc["changes"], "change"), doc["backup_dir"]))
         lines.append("Restart Codex (or reload the window), then run diagnose again.")
     elif doc["changes"]:
+        lines.append("Plan id:   %s (add --expect-plan %s to --apply to write exactly this plan)" % (
+            doc["plan_id"], doc["plan_id"]))
         lines.append("%s planned; nothing was written. Re-run with --apply to write %s after a "
                      "backup to CODEX_HOME/%s/." % (plural(doc["changes"], "change"),
                                                     "it" if doc["changes"] == 1 else "them", BACKUP_DIR_NAME))
@@ -3754,13 +3763,19 @@ def run_repair(args: argparse.Namespace, planner: Any) -> int:
     inv = build_inventory(args)
     run_checks(inv)
     plan = planner(inv, args)
+    plan_id = plan.plan_id(inv.home)
+    expected = getattr(args, "expect_plan", None)
+    if expected and args.apply and expected != plan_id:
+        raise refuse("the plan changed since the dry run that was reviewed (%s, now %s): Codex or something "
+                     "else wrote to the home; run the dry run again and review it" % (expected, plan_id), None)
     applied: Optional[Dict[str, Any]] = None
     if args.apply and plan.change_count:
         applied = apply_plan(inv, plan, args, args.argv)
     code = EXIT_OK if applied is not None or plan.change_count == 0 else EXIT_FINDINGS
     doc = envelope(plan.command, inv, code, applied=applied is not None,
                    safety=SAFETY_LINE_READ if applied is None else SAFETY_LINE_WRITE,
-                   plan=plan.notes, changes=plan.change_count, actions=plan.actions_json(inv.home, args.verbose),
+                   plan=plan.notes, plan_id=plan_id, changes=plan.change_count,
+                   actions=plan.actions_json(inv.home, args.verbose),
                    warnings=plan.warnings, skipped=plan.skipped + (applied or {}).get("skipped", []),
                    backup_dir=(applied or {}).get("backup_dir"))
     if args.json:
@@ -4025,6 +4040,9 @@ def build_parser() -> argparse.ArgumentParser:
             repair.add_argument("--prune-missing", action="store_true",
                                 help="also delete rows whose rollout file no longer exists")
         _write_options(repair)
+        repair.add_argument("--expect-plan", metavar="PLAN_ID",
+                            help="with --apply: refuse unless the plan is the one the dry run printed as "
+                                 "plan_id (nothing changed in between)")
         repair.set_defaults(handler=handler)
 
     restore = sub.add_parser(

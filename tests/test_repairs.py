@@ -415,3 +415,23 @@ def test_repair_provider_on_a_rollout_only_home(tmp_path, capsys):
     assert code == csr.EXIT_OK and doc["counts"]["visible_by_default"] == 2
     assert run("restore", "--codex-home", str(home.root), "--latest", "--apply", capsys=capsys)[0] == csr.EXIT_OK
     assert b'"model_provider":"openai"' in moved.path.read_bytes()
+
+
+def test_expect_plan_applies_exactly_the_reviewed_plan(switched, capsys):
+    home, old = switched
+    _, dry, _ = run("repair-provider", "--codex-home", str(home.root), "--from", "openai", capsys=capsys)
+    plan_id = dry["plan_id"]
+    assert len(plan_id) == 16
+    again = run("repair-provider", "--codex-home", str(home.root), "--from", "openai", capsys=capsys)[1]
+    assert again["plan_id"] == plan_id  # the same home gives the same plan
+    home.thread(provider="openai")  # something changes the home after the review
+    before = hash_tree(home.root)
+    code = csr.main(["repair-provider", "--codex-home", str(home.root), "--from", "openai", "--apply",
+                     "--expect-plan", plan_id])
+    err = capsys.readouterr().err
+    assert code == csr.EXIT_REFUSED and "the plan changed since the dry run" in err
+    assert hash_tree(home.root) == before
+    fresh = run("repair-provider", "--codex-home", str(home.root), "--from", "openai", capsys=capsys)[1]["plan_id"]
+    code, doc, _ = run("repair-provider", "--codex-home", str(home.root), "--from", "openai", "--apply",
+                       "--expect-plan", fresh, capsys=capsys)
+    assert code == csr.EXIT_OK and doc["applied"] is True and doc["plan_id"] == fresh
