@@ -1010,7 +1010,7 @@ def iter_rollout_files(home: Path, temps: Optional[List[Path]] = None) -> Iterat
             for name in sorted(files):
                 if name.startswith("rollout-") and (name.endswith(".jsonl") or name.endswith(".jsonl.zst")):
                     yield Path(folder) / name
-                elif temps is not None and ".csr-tmp-" in name:
+                elif temps is not None and TEMP_MARKER in name:
                     temps.append(Path(folder) / name)
 
 
@@ -1398,7 +1398,7 @@ class Inventory:
             self.backfill = read_backfill_state(self.live_db)
         elif self.live_db is not None:
             self.db_error = self.live_db.error
-        self.temp_files: List[Path] = [home / n for n in sorted(os.listdir(str(home))) if ".csr-tmp-" in n]
+        self.temp_files: List[Path] = [home / n for n in sorted(os.listdir(str(home))) if TEMP_MARKER in n]
         self.rollouts = [scan_rollout(path, home) for path in
                          progress(iter_rollout_files(home, self.temp_files), "reading rollouts")]
         self.index = read_session_index(home)
@@ -1706,8 +1706,7 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
     stale = index_stale_ids(inv)
     if stale:
         add("index_stale", entries=len(stale), thread_ids=stale)
-    unnamed = sorted(v.id for v in inv.threads.values()
-                     if v.row and v.row.get("name") and v.id not in inv.index["names"] and v.files)
+    unnamed = index_missing_name_ids(inv)
     if unnamed:
         add("index_missing_names", thread_ids=unnamed)
     if inv.index["bad_lines"]:
@@ -2339,12 +2338,18 @@ def index_stale_ids(inv: Inventory) -> List[str]:
     return sorted(stale)
 
 
+def index_missing_name_ids(inv: Inventory) -> List[str]:
+    """Threads named in the DB (0.169.0 keeps paginated threads' names there) that the index
+    lacks: `codex exec resume NAME` reads only the index."""
+    return sorted(v.id for v in inv.threads.values()
+                  if v.row and v.row.get("name") and v.id not in inv.index["names"] and v.files)
+
+
 def plan_index_rebuild(inv: Inventory, args: argparse.Namespace) -> Plan:
     plan = Plan("rebuild-index")
     path = inv.home / "session_index.jsonl"
     stale = set(index_stale_ids(inv))
-    missing = sorted(v.id for v in inv.threads.values()
-                     if v.row and v.row.get("name") and v.id not in inv.index["names"] and v.files)
+    missing = index_missing_name_ids(inv)
     if not stale and not missing and not inv.index["bad_lines"]:
         return plan
     entries = read_index_entries(path) if path.is_file() else []
@@ -3026,7 +3031,7 @@ def _fault_point(name: str) -> None:
 def apply_plan(inv: Inventory, plan: Plan, args: argparse.Namespace, argv: Sequence[str]) -> Dict[str, Any]:
     preflight(inv, plan, args.force)
     with ToolLock(inv.home):
-        remove_stale_temp_files(inv)
+        remove_stale_temp_files(inv.temp_files)
         folder, manifest = make_backup_or_fail(lambda: backup_plan(inv, plan, argv))
         _fault_point("after_backup")
         result: Dict[str, Any] = {"backup_dir": str(folder), "skipped": []}
@@ -3107,10 +3112,19 @@ def open_elsewhere(home: Path) -> Dict[str, List[str]]:
 TEMP_MARKER = ".csr-tmp-"
 
 
-def remove_stale_temp_files(inv: Inventory) -> None:
+def find_temp_files(home: Path) -> List[Path]:
+    """Temp copies this tool leaves beside a file it replaces, found in the home's root and
+    among the rollouts (the only places it writes)."""
+    found = [home / n for n in sorted(os.listdir(str(home))) if TEMP_MARKER in n]
+    for _ in iter_rollout_files(home, found):
+        pass
+    return found
+
+
+def remove_stale_temp_files(paths: List[Path]) -> None:
     """Temp files of an earlier run that was killed before it could rename them. Under the
     tool lock no other run is writing, so every one of them is stale: each is a copy."""
-    for path in inv.temp_files:
+    for path in paths:
         try:
             path.unlink()
         except OSError:
@@ -3518,26 +3532,24 @@ def find_thread(inv: Inventory, wanted: str) -> ThreadView:
 
 
 def scan_rollout_layers(path: Path, thread_id: str) -> Dict[str, Any]:
-    """Every session_meta and provider-setting line of one rollout (a full streaming read)."""
-    metas, settings, lines, encrypted = [], [], 0, False
+    """Every session_meta and provider-setting line of one rollout, found by the same block
+    scan the repairs use."""
+    metas, settings = [], []
+    probe = RolloutEdit(path, thread_id)
     with open(str(path), "rb") as handle:
-        for raw in iter(lambda: handle.readline(MAX_LINE_BYTES), b""):
-            lines += 1
-            encrypted = encrypted or b'"encrypted_content"' in raw
-            if b"session_meta" not in raw and b"thread_settings_applied" not in raw:
-                continue
-            record = parse_rollout_line(raw, lines, [])
+        for line_no, _offset, raw in iter_marked_lines(handle, PROVIDER_LINE_MARKERS, hashlib.sha256(), probe):
+            record = parse_rollout_line(raw, line_no, [])
             payload = record.get("payload") if record else None
             if not isinstance(payload, dict):
                 continue
             if record.get("type") == "session_meta":
-                metas.append({"line": lines, "id": payload.get("id"), "own": str(payload.get("id", "")).lower() == thread_id,
+                metas.append({"line": line_no, "id": payload.get("id"), "own": str(payload.get("id", "")).lower() == thread_id,
                               "model_provider": payload.get("model_provider"), "source": decode_source(payload.get("source")),
                               "cli_version": payload.get("cli_version")})
             elif payload.get("type") == "thread_settings_applied" and isinstance(payload.get("thread_settings"), dict):
-                settings.append({"line": lines, "model_provider_id": payload["thread_settings"].get("model_provider_id")})
-    return {"session_meta_lines": metas, "thread_settings_applied": settings, "lines": lines,
-            "encrypted_reasoning": encrypted}
+                settings.append({"line": line_no, "model_provider_id": payload["thread_settings"].get("model_provider_id")})
+    return {"session_meta_lines": metas, "thread_settings_applied": settings,
+            "encrypted_reasoning": probe.encrypted_reasoning}
 
 
 def projection_layer(inv: Inventory, view: ThreadView) -> Optional[Dict[str, Any]]:
@@ -3610,7 +3622,7 @@ def trace_thread(inv: Inventory, view: ThreadView, verbose: bool) -> Dict[str, A
         if not info.compressed:
             try:
                 layer.update(scan_rollout_layers(info.path, view.id))
-            except OSError as exc:
+            except (OSError, PlanError) as exc:
                 layer["error"] = str(exc)
         rollouts.append(layer)
     row = dict(view.row) if view.row else None
@@ -3758,8 +3770,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     return code
 
 
-def run_repair(args: argparse.Namespace, planner: Any) -> int:
-    """The shape of every repair: read, check, plan, then either show the plan or apply it."""
+def run_repair(args: argparse.Namespace) -> int:
+    """The shape of every repair: read, check, plan (with the planner the parser bound to the
+    command), then either show the plan or apply it."""
+    planner = args.planner
     inv = build_inventory(args)
     run_checks(inv)
     plan = planner(inv, args)
@@ -3785,30 +3799,6 @@ def run_repair(args: argparse.Namespace, planner: Any) -> int:
     for warning in plan.warnings:
         sys.stderr.write("warning: %s\n" % warning)
     return code
-
-
-def cmd_repair_provider(args: argparse.Namespace) -> int:
-    return run_repair(args, plan_provider_repair)
-
-
-def cmd_repair_user_events(args: argparse.Namespace) -> int:
-    return run_repair(args, plan_user_events_repair)
-
-
-def cmd_repair_ui_state(args: argparse.Namespace) -> int:
-    return run_repair(args, plan_ui_state_repair)
-
-
-def cmd_rebuild_index(args: argparse.Namespace) -> int:
-    return run_repair(args, plan_index_rebuild)
-
-
-def cmd_reindex(args: argparse.Namespace) -> int:
-    return run_repair(args, plan_reindex)
-
-
-def cmd_rebuild_db(args: argparse.Namespace) -> int:
-    return run_repair(args, plan_rebuild_db)
 
 
 def choose_backup(home: Path, args: argparse.Namespace) -> Path:
@@ -3857,11 +3847,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         if users and not args.force:
             raise refuse("Codex is using this home (%s)" % "; ".join(users[:3]), "--force")
         with ToolLock(home):
-            stale: List[Path] = [home / n for n in os.listdir(str(home)) if TEMP_MARKER in n]
-            for _ in iter_rollout_files(home, stale):
-                pass
-            for path in stale:  # copies left by a killed run; the tool lock says none is running
-                path.unlink()
+            remove_stale_temp_files(find_temp_files(home))
             dbs = {_resolve_manifest_path(e["path"], home): e.get("rows") or {} for e in manifest["entries"]
                    if e["kind"] == "sqlite"}
             files = [_resolve_manifest_path(e["path"], home) for e in manifest["entries"] if e["kind"] == "file"]
@@ -3999,36 +3985,36 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(handler=cmd_report)
 
     repairs = (
-        ("repair-provider", cmd_repair_provider,
+        ("repair-provider", plan_provider_repair,
          "move threads recorded under one provider to another (rollouts and state DB together)",
          "Rewrite model_provider in each matching thread's own session_meta lines and "
          "thread_settings_applied events, and in its state DB row, so Codex lists it under the "
          "active provider. Every other byte of every line stays as it was."),
-        ("repair-user-events", cmd_repair_user_events,
+        ("repair-user-events", plan_user_events_repair,
          "fill a blank preview/first message from the rollout's first user message (state DB only)",
          "For rows whose listing column is blank although the rollout has a real user message, set "
          "has_user_event and fill the blank first_user_message, preview and title. Never rewrites rollouts."),
-        ("repair-ui-state", cmd_repair_ui_state,
+        ("repair-ui-state", plan_ui_state_repair,
          "reset Desktop's sidebar filters (all workspaces, recent order, nothing collapsed)",
          "Reset the sidebar keys of .codex-global-state.json that hide threads; unknown keys stay as "
          "they are. Refuses while Codex Desktop runs: it rewrites the file when it exits."),
-        ("rebuild-index", cmd_rebuild_index,
+        ("rebuild-index", plan_index_rebuild,
          "rewrite session_index.jsonl without stale entries, keeping every thread name",
          "Drop entries whose rollout no longer exists and lines that are not entries, keep the last "
          "non-empty name of each thread, and add names the state DB has that the index lacks."),
-        ("reindex", cmd_reindex,
+        ("reindex", plan_reindex,
          "make the state DB agree with the rollouts: add missing rows, fix paths and archive flags",
          "Insert a row for each rollout the DB lacks (built from its session_meta and first user "
          "message), point stale rollout_path values at the file that exists, and set the archived "
          "flag from the file's folder. A thread id carried by two files is reported, never merged. "
          "Rows whose rollout is gone are kept unless --prune-missing."),
-        ("rebuild-db", cmd_rebuild_db,
+        ("rebuild-db", plan_rebuild_db,
          "move a damaged state DB aside so Codex rebuilds it from the rollouts",
          "Only when the DB is unreadable, corrupt, has foreign migration checksums or a stuck "
          "backfill: save DB-only thread names into session_index.jsonl, then move the DB and its "
          "-wal/-shm into the backup folder (never deleted). Codex rebuilds the DB at its next start."),
     )
-    for name, handler, summary, description in repairs:
+    for name, planner, summary, description in repairs:
         repair = sub.add_parser(name, parents=[shared], help=summary, description=description)
         if name == "repair-provider":
             repair.add_argument("--from", dest="from_provider", required=True, metavar="PROVIDER",
@@ -4043,7 +4029,7 @@ def build_parser() -> argparse.ArgumentParser:
         repair.add_argument("--expect-plan", metavar="PLAN_ID",
                             help="with --apply: refuse unless the plan is the one the dry run printed as "
                                  "plan_id (nothing changed in between)")
-        repair.set_defaults(handler=handler)
+        repair.set_defaults(handler=run_repair, planner=planner)
 
     restore = sub.add_parser(
         "restore", parents=[shared], help="put back exactly what an earlier --apply changed",
