@@ -55,6 +55,20 @@ def codex_binary(version: str) -> Optional[Path]:
     return None
 
 
+def require_release(version: str) -> Path:
+    """The release's launcher for a test: a missing release skips the test locally, but fails
+    it in CI (env CI set), where .ci/install-codex must have run."""
+    import pytest  # only tests call this; the harness itself needs nothing beyond the stdlib
+
+    binary = codex_binary(version)
+    if binary is None:
+        message = "codex %s is not installed under %s; run .ci/install-codex %s" % (version, releases_dir(), version)
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return binary
+
+
 def installed_releases() -> List[str]:
     return [v for v in RELEASES if codex_binary(v) is not None]
 

@@ -45,17 +45,7 @@ ALPHA_TEXTS = ["first question in alpha", "second question in alpha"]
 BETA_TEXTS = ["first question in beta", "second question in beta"]
 
 
-def require_release(version: str) -> Path:
-    """The release's binary; a missing one skips locally but fails in CI,
-    where the install step must have run."""
-    binary = harness.codex_binary(version)
-    if binary is None:
-        message = ("codex %s is not installed under %s; run .ci/install-codex %s"
-                   % (version, harness.releases_dir(), version))
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return binary
+require_release = harness.require_release
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,10 +194,6 @@ class RealHome:
         return rows[0] if rows else None
 
 
-@pytest.fixture(scope="module")
-def standin():
-    with harness.ResponsesStandIn() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -15,23 +15,9 @@ import codex_harness as harness
 pytestmark = pytest.mark.realcodex
 
 
-def require_release(version):
-    """The release's binary; a missing one skips locally but fails in CI,
-    where the install step must have run."""
-    binary = harness.codex_binary(version)
-    if binary is None:
-        message = ("codex %s is not installed under %s; run .ci/install-codex"
-                   % (version, harness.releases_dir()))
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return binary
+require_release = harness.require_release
 
 
-@pytest.fixture(scope="module")
-def standin():
-    with harness.ResponsesStandIn() as server:
-        yield server
 
 
 @pytest.fixture(scope="module", params=harness.RELEASES)

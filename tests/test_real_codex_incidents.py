@@ -23,14 +23,7 @@ PROVIDER = harness.CUSTOM_PROVIDER
 ATTACHMENT_PROMPT = "# Files mentioned by the user:\n\n## notes.txt: {cwd}/notes.txt\n\n## My request for Codex:\n"
 
 
-def require_release(version):
-    binary = harness.codex_binary(version)
-    if binary is None:
-        message = "codex %s is not installed under %s; run .ci/install-codex" % (version, harness.releases_dir())
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return binary
+require_release = harness.require_release
 
 
 def tool(home, *argv):
@@ -46,10 +39,6 @@ def hidden_by_diagnose(home):
     return {t["id"]: t for t in doc["threads"]}, doc
 
 
-@pytest.fixture(scope="module")
-def standin():
-    with harness.ResponsesStandIn() as server:
-        yield server
 
 
 @pytest.fixture(scope="module", params=harness.RELEASES)

@@ -29,18 +29,9 @@ def skip_or_fail(message):
     pytest.skip(message)
 
 
-def require_release(version):
-    binary = harness.codex_binary(version)
-    if binary is None:
-        skip_or_fail("codex %s is not installed under %s; run .ci/install-codex"
-                     % (version, harness.releases_dir()))
-    return binary
+require_release = harness.require_release
 
 
-@pytest.fixture(scope="module")
-def standin():
-    with harness.ResponsesStandIn() as server:
-        yield server
 
 
 @pytest.fixture
