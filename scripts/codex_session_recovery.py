@@ -3152,7 +3152,7 @@ def write_rollouts(plan: Plan, result: Dict[str, Any], busy: Dict[str, List[str]
                                       "session); it was left as it is" % ", ".join(holders)})
             continue
         _fault_point("before_rollout_replace")
-        replaced = rewrite_rollout(edit, plan, result)
+        replaced = rewrite_rollout(edit, result)
         _fault_point("after_rollout_replace")
         if not replaced:
             skipped.add(edit.thread_id)
@@ -3161,7 +3161,7 @@ def write_rollouts(plan: Plan, result: Dict[str, Any], busy: Dict[str, List[str]
     return skipped
 
 
-def rewrite_rollout(edit: RolloutEdit, plan: Plan, result: Optional[Dict[str, Any]] = None) -> bool:
+def rewrite_rollout(edit: RolloutEdit, result: Optional[Dict[str, Any]] = None) -> bool:
     """Write the rollout anew beside it: the unchanged byte ranges copied in large chunks, the
     planned lines substituted; then replace it. Every byte read is hashed and must match the
     plan's read, and size and mtime must not move: otherwise (a live session appended) the
@@ -3496,6 +3496,9 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 # What to do about each reason: a command of this tool, or the manual step where no local
 # repair is right (by-design filters are explained, never "repaired").
+# Which fixes are commands of this tool (the rest are manual steps or explanations).
+FIX_COMMANDS = ("provider_mismatch", "user_event_missing", "rollout_path_stale", "no_db_row", "archive_flag_mismatch")
+
 REASON_FIXES: Dict[str, str] = {
     "provider_mismatch": "repair-provider --from {provider} --to auto",
     "user_event_missing": "repair-user-events",
@@ -3629,14 +3632,18 @@ def trace_thread(inv: Inventory, view: ThreadView, verbose: bool) -> Dict[str, A
     if row is not None and not verbose:
         row = {k: v for k, v in row.items() if k not in ("name",)}
     state = read_global_state_hints(inv.home, view.id)
-    fixes = []
+    fixes, commands = [], {}
     for reason in view.reasons:
         fix = REASON_FIXES.get(reason["code"])
         if fix:
-            fixes.append("%s: %s" % (reason["code"], fix.format(provider=view.rollout_provider or view.db_provider)))
+            step = fix.format(provider=view.rollout_provider or view.db_provider)
+            fixes.append("%s: %s" % (reason["code"], step))
+            if reason["code"] in FIX_COMMANDS:
+                commands[reason["code"]] = step
     return {
         "id": view.id, "listed_by_default": not view.hidden, "reasons": [r["code"] for r in view.reasons],
         "evidence": {r["code"]: r["evidence"] for r in view.reasons if r["evidence"]}, "fixes": fixes,
+        "fix_commands": commands,
         "filters": filter_verdicts(inv, view),
         "db": {"live": display_path(inv.live_db.path, inv.home) if inv.live_db else None, "row": row,
                "other_dbs": other_rows},
@@ -3704,9 +3711,8 @@ def render_trace_text(doc: Dict[str, Any]) -> str:
             lines.append("Desktop state: %s" % (", ".join(held) if held else "no hint, pin or project for this thread"))
     for fix in t["fixes"]:
         code, _, step = fix.partition(": ")
-        command = step.split(" (")[0]
-        if re.match(r"^(repair-|reindex|rebuild-)", command):
-            step = "%s %s" % (doc.get("prefix", TOOL_NAME), step)
+        if code in t["fix_commands"]:
+            step = "%s %s" % (doc.get("prefix", TOOL_NAME), t["fix_commands"][code])
         lines.append("Fix (%s): %s" % (code, step))
     return "\n".join(lines)
 

@@ -166,9 +166,7 @@ def test_direct_plan_and_rewrite_stream(tmp_path, monkeypatch):
     edit = csr.plan_rollout_edit(thread.path, thread.id,
                                  lambda raw: csr.provider_line_edit(raw, thread.id, "openai", "proxy"))
     assert [c["field"] for c in edit.changes] == ["model_provider"] + ["model_provider_id"] * 3
-    plan = csr.Plan("repair-provider")
-    plan.notes.update({"from": "openai", "to": "proxy"})
-    assert csr.rewrite_rollout(edit, plan)
+    assert csr.rewrite_rollout(edit)
     assert b'"model_provider":"openai"' not in thread.path.read_bytes()
 
 
