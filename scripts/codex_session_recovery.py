@@ -36,6 +36,7 @@ import argparse
 import datetime as _dt
 import hashlib
 import json
+import json.scanner
 import os
 import re
 import shutil
@@ -43,6 +44,7 @@ import sqlite3
 import sys
 import tempfile
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 try:  # Python 3.11+
@@ -509,7 +511,7 @@ def home_relative_tail(stored: str) -> Optional[str]:
 def same_rollout(stored: str, info: "RolloutInfo") -> bool:
     """Whether a row's rollout_path names this file: the same path, or (for a path another
     system wrote, e.g. `C:\\Users\\ana\\.codex\\sessions\\…`) the same place in the home."""
-    if os.path.normcase(os.path.abspath(stored)) == os.path.normcase(os.path.abspath(str(info.path))):
+    if os.path.normcase(os.path.abspath(stored)) == os.path.normcase(os.path.abspath(info.file)):
         return True
     if is_windows_path(stored) and os.name != "nt":
         return home_relative_tail(stored) == info.rel.replace("\\", "/")
@@ -941,19 +943,21 @@ def read_backfill_state(db: StateDb) -> Optional[Dict[str, Any]]:
 class RolloutInfo:
     """What the head of one rollout file says."""
 
-    # One of these per rollout stays in memory for the whole run: no per-object dict.
-    __slots__ = ("path", "rel", "name_uuid", "compressed", "archived_location", "meta", "meta_lines",
+    # One of these per rollout stays in memory for the whole run: no per-object dict, the path
+    # as a plain str (a Path object per file costs time and memory at tens of thousands).
+    __slots__ = ("file", "rel", "name_uuid", "compressed", "archived_location", "meta", "meta_lines",
                  "evidence_kind", "evidence_line", "evidence_text", "scanned_to_end", "problems",
                  "bytes_read", "size", "mtime")
 
-    def __init__(self, path: Path, home: Path) -> None:
-        self.path = path
-        self.rel = display_path(path, home)
-        match = ROLLOUT_NAME_RE.match(path.name)
+    def __init__(self, path: Any, home: Path, stat: Optional[os.stat_result] = None) -> None:
+        self.file = str(path)
+        self.rel = display_path(self.file, home)
+        name = os.path.basename(self.file)
+        match = ROLLOUT_NAME_RE.match(name)
         self.name_uuid = match.group("uuid").lower() if match else None
-        self.compressed = path.name.endswith(".zst")
+        self.compressed = name.endswith(".zst")
         self.archived_location = self.rel.replace("\\", "/").startswith("archived_sessions/")
-        self.meta: Dict[str, Any] = {}
+        self.meta: Any = EMPTY_META
         self.meta_lines = 0
         self.evidence_kind: Optional[str] = None
         self.evidence_line: Optional[int] = None
@@ -961,11 +965,15 @@ class RolloutInfo:
         self.scanned_to_end = False
         self.problems: List[str] = []
         self.bytes_read = 0
-        try:
-            stat = os.stat(str(path))
-            self.size, self.mtime = stat.st_size, stat.st_mtime
-        except OSError:
-            self.size, self.mtime = 0, 0.0
+        # stat=False: the caller fills size and mtime in (from the fstat of its descriptor).
+        self.set_stat(_stat_or_none(self.file) if stat is None else stat)
+
+    def set_stat(self, stat: Any) -> None:
+        self.size, self.mtime = (stat.st_size, stat.st_mtime) if stat else (0, 0.0)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.file)
 
     @property
     def thread_id(self) -> Optional[str]:
@@ -993,25 +1001,59 @@ class RolloutInfo:
 
 def iter_rollout_files(home: Path, temps: Optional[List[Path]] = None) -> Iterator[Path]:
     """Every rollout under sessions/ (any depth: pre-July-2025 files are flat) and
-    archived_sessions/. Symlinked folders are read (a synced tree may be linked in); writes
-    through them are refused later, in preflight."""
+    archived_sessions/, as Path objects (see iter_rollout_entries)."""
+    for path, _is_file in iter_rollout_entries(home, temps):
+        yield Path(path)
+
+
+def iter_rollout_entries(home: Path, temps: Optional[List[Path]] = None) -> Iterator[Tuple[str, bool]]:
+    """(path, is a regular file) of every rollout under sessions/ and archived_sessions/, in
+    sorted order. Symlinked folders are read (a synced tree may be linked in); writes through
+    them are refused later, in preflight. One os.scandir per folder: the entry's type comes with
+    the listing, so a FIFO or device named like a rollout is known without opening it."""
     for top in ("sessions", "archived_sessions"):
-        root = home / top
-        if not root.is_dir():
+        root = os.path.join(str(home), top)
+        if not os.path.isdir(root):
             continue
-        seen = set()
-        for folder, dirs, files in os.walk(str(root), followlinks=True):
-            real = os.path.realpath(folder)
-            if real in seen:  # a link loop, or two links to one folder
-                dirs[:] = []
-                continue
-            seen.add(real)
-            dirs.sort()
-            for name in sorted(files):
-                if name.startswith("rollout-") and (name.endswith(".jsonl") or name.endswith(".jsonl.zst")):
-                    yield Path(folder) / name
-                elif temps is not None and TEMP_MARKER in name:
-                    temps.append(Path(folder) / name)
+        seen: set = set()
+        yield from _walk_rollouts(root, seen, temps)
+
+
+def _walk_rollouts(folder: str, seen: set, temps: Optional[List[Path]]) -> Iterator[Tuple[str, bool]]:
+    real = os.path.realpath(folder)
+    if real in seen:  # a link loop, or two links to one folder
+        return
+    seen.add(real)
+    try:
+        with os.scandir(folder) as listing:
+            entries = sorted(listing, key=lambda e: e.name)
+    except OSError:
+        return
+    folders = []
+    for entry in entries:
+        name = entry.name
+        if _entry_is_dir(entry):
+            folders.append(entry.path)
+        elif name.startswith("rollout-") and (name.endswith(".jsonl") or name.endswith(".jsonl.zst")):
+            yield entry.path, _entry_is_file(entry)
+        elif temps is not None and TEMP_MARKER in name:
+            temps.append(Path(entry.path))
+    for sub in folders:  # os.walk's order: a folder's files, then its subfolders, sorted
+        yield from _walk_rollouts(sub, seen, temps)
+
+
+def _entry_is_file(entry: Any) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
+
+
+def _entry_is_dir(entry: Any) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def read_line_bounded(handle: Any) -> Tuple[bytes, bool]:
@@ -1026,7 +1068,7 @@ def read_line_bounded(handle: Any) -> Tuple[bytes, bool]:
             return b"", True
 
 
-def parse_rollout_line(raw: bytes, line_no: int, problems: List[str]) -> Optional[Dict[str, Any]]:
+def parse_rollout_line(raw: bytes, line_no: int, problems: List[str], decode: Any = json.loads) -> Optional[Dict[str, Any]]:
     if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
         problems.append("bom")
         raw = raw[3:]
@@ -1042,7 +1084,7 @@ def parse_rollout_line(raw: bytes, line_no: int, problems: List[str]) -> Optiona
     if not text:
         return None
     try:
-        record = json.loads(text)
+        record = decode(text)
     except ValueError:
         problems.append("torn_line" if not raw.endswith(b"\n") else "bad_json")
         return None
@@ -1113,8 +1155,241 @@ def _content_text(content: Any) -> str:
     return "\n".join(parts).strip()
 
 
-def scan_rollout(path: Path, home: Path) -> RolloutInfo:
-    """Read the head of a rollout: its own session_meta and the first real user message."""
+def scan_rollout(path: Any, home: Path, deep: bool = False, is_file: Optional[bool] = None) -> RolloutInfo:
+    """Read the head of a rollout: its own session_meta and the first real user message, and
+    the last bytes (a torn or NUL-padded tail). The same facts as scan_rollout_deep, found with
+    less work: one os.read of the head (most rollouts' heads, many whole files, fit in it), the
+    tail from the same buffer when it holds the end, and the instructions in session_meta
+    (~20 KB, identical in every rollout of one release) matched instead of decoded again."""
+    if deep:
+        return scan_rollout_deep(Path(path), home)
+    info = RolloutInfo(path, home, stat=False)
+    if info.compressed:
+        info.set_stat(_stat_or_none(info.file))
+        info.problems.append("compressed")  # zstd is not in the standard library
+        return info
+    fd, stat = (None, None) if is_file is False else open_regular_readonly(info.file)
+    if fd is None:
+        _describe_unopened(info, stat)
+        return info
+    try:
+        info.set_stat(stat)
+        if info.size == 0:
+            info.problems.append("empty_file")
+            info.scanned_to_end = True
+            return info
+        _scan_head(info, HeadReader(fd, info.size))
+    finally:
+        os.close(fd)
+    info.problems = sorted(set(info.problems))
+    return info
+
+
+def _stat_or_none(path: str) -> Optional[os.stat_result]:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
+def _describe_unopened(info: RolloutInfo, stat: Optional[os.stat_result]) -> None:
+    """A rollout that was not read: not a regular file (a FIFO or device named like a rollout,
+    a dangling link), or a regular file that cannot be opened."""
+    stat = stat or _stat_or_none(info.file)
+    info.set_stat(stat)
+    if stat is None or not S_ISREG(stat.st_mode):
+        info.problems.append("not_a_file")
+    elif stat.st_size == 0:
+        info.problems.append("empty_file")
+        info.scanned_to_end = True
+    else:
+        info.problems.append("unreadable")
+
+
+def open_regular_readonly(path: str) -> Tuple[Optional[int], Optional[os.stat_result]]:
+    """(descriptor, fstat) of `path` opened read-only if it is a regular file; (None, its fstat)
+    if it opened as something else, (None, None) if it did not open. The open never blocks
+    (O_NONBLOCK: a FIFO put in a file's place between the listing and the open cannot hang it)
+    and the type is checked on the descriptor itself, so nothing but a regular file is read."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) \
+        | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except (OSError, ValueError):
+        return None, None
+    try:
+        stat = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        return None, None
+    if not S_ISREG(stat.st_mode):
+        os.close(fd)
+        return None, stat
+    return fd, stat
+
+
+HEAD_READ = 64 * 1024  # one read: a 0.169.0 head up to the first prompt is ~25-45 KB
+
+
+class HeadReader:
+    """Lines of an open rollout with read_line_bounded's contract (at most MAX_LINE_BYTES per
+    line; an oversized line is skipped and reported), read from the descriptor in bounded
+    chunks: HEAD_READ first, then READ_CHUNK at a time."""
+
+    __slots__ = ("fd", "size", "buf", "pos", "total", "eof")
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd, self.size = fd, size
+        self.buf, self.pos, self.total, self.eof = b"", 0, 0, False
+        self.buf = self._read(HEAD_READ)
+
+    def _read(self, count: int) -> bytes:
+        if self.eof:
+            return b""
+        chunk = os.read(self.fd, count)
+        self.total += len(chunk)
+        # A short read of a regular file is its end; a network file system may return short
+        # reads before it, so the size fstat gave must be reached too.
+        if not chunk or (len(chunk) < count and self.total >= self.size):
+            self.eof = True
+        return chunk
+
+    def tell(self) -> int:
+        return self.total - len(self.buf) + self.pos
+
+    def next_line(self) -> Tuple[bytes, bool]:
+        buf, pos = self.buf, self.pos
+        end = buf.find(b"\n", pos)
+        if end >= 0:
+            self.pos = end + 1
+            return (buf[pos:end + 1], False) if end + 1 - pos <= MAX_LINE_BYTES else (b"", True)
+        pieces, held = [buf[pos:]], len(buf) - pos
+        self.buf, self.pos = b"", 0
+        while held < MAX_LINE_BYTES:
+            if self.eof:
+                return b"".join(pieces), False
+            chunk = self._read(READ_CHUNK)
+            end = chunk.find(b"\n")
+            if end >= 0:
+                self.buf, self.pos = chunk, end + 1
+                if held + end + 1 > MAX_LINE_BYTES:
+                    return b"", True
+                pieces.append(chunk[:end + 1])
+                return b"".join(pieces), False
+            pieces.append(chunk)
+            held += len(chunk)
+        return self._skip_rest_of_line()
+
+    def _skip_rest_of_line(self) -> Tuple[bytes, bool]:
+        while True:
+            chunk = self._read(READ_CHUNK)
+            end = chunk.find(b"\n")
+            if end >= 0 or not chunk:
+                self.buf, self.pos = chunk, end + 1 if end >= 0 else 0
+                return b"", True
+
+    def tail(self, start: int) -> bytes:
+        """The bytes from `start` to the end: from the buffer when it holds them."""
+        buffered = self.total - len(self.buf)
+        if self.eof and start >= buffered:
+            return self.buf[start - buffered:]
+        os.lseek(self.fd, start, os.SEEK_SET)
+        parts = []
+        while True:
+            chunk = os.read(self.fd, READ_CHUNK)
+            if not chunk:
+                return b"".join(parts)
+            parts.append(chunk)
+
+
+def _scan_head(info: RolloutInfo, reader: HeadReader) -> None:
+    """scan_rollout_deep's loop over a HeadReader, with decode_record for json.loads."""
+    line_no = 0
+    problems = info.problems
+    while True:
+        raw, oversized = reader.next_line()
+        if not raw and not oversized:
+            info.scanned_to_end = True
+            break
+        line_no += 1
+        if oversized:
+            problems.append("oversized_line")
+            continue
+        record = parse_rollout_line(raw, line_no, problems, decode_record)
+        if record is None:
+            continue
+        if line_no == 1:
+            _take_first_line(info, record)
+        elif record.get("type") == "session_meta":
+            info.meta_lines += 1
+        found = user_text_of(record)
+        if found:
+            info.evidence_kind, text = found
+            info.evidence_line = line_no
+            info.evidence_text = short(text, 200)
+            break
+    info.bytes_read = reader.tell()
+    if not info.scanned_to_end:
+        start = max(info.bytes_read, info.size - TAIL_BYTES)
+        tail = reader.tail(start)
+        info.bytes_read += len(tail)
+        _tail_problems(tail, info)
+
+
+# session_meta carries the model's instructions (~20 KB in 0.169.0), the same text in every
+# rollout one release writes. Once decoded and found to be one well-formed JSON value, that
+# exact text is recognised by comparison in the next lines and stands in as "" for the decoder:
+# a line is valid JSON with it if and only if it is valid with "" there (the key is an object
+# key, so the value sits where any value may), and the instructions are never read.
+INSTRUCTIONS_KEY = '"base_instructions":'
+_known_instructions: List[str] = []
+_scan_json = json.scanner.make_scanner(json.JSONDecoder())
+
+
+def decode_record(text: str) -> Any:
+    """json.loads(text) for a stripped line (no surrounding whitespace), raising ValueError
+    exactly when json.loads would, with the known instructions matched, not decoded."""
+    at = text.find(INSTRUCTIONS_KEY)
+    if at <= 0 or text[at - 1] not in "{,":
+        return _decode_whole(text)
+    start = at + len(INSTRUCTIONS_KEY)
+    for known in _known_instructions:
+        if text.startswith(known, start):
+            record = _decode_whole(text[:start] + '""' + text[start + len(known):])
+            payload = record.get("payload") if isinstance(record, dict) else None
+            if isinstance(payload, dict) and payload.get("base_instructions") == "":
+                return record
+            break  # the match was not the payload's own key: decode the line as it is
+    record = _decode_whole(text)
+    _learn_instructions(text, start)
+    return record
+
+
+def _decode_whole(text: str) -> Any:
+    try:
+        value, end = _scan_json(text, 0)
+    except StopIteration as exc:
+        raise ValueError("Expecting value") from exc
+    if end != len(text):
+        raise ValueError("Extra data")
+    return value
+
+
+def _learn_instructions(text: str, start: int) -> None:
+    if len(_known_instructions) >= 8 or text[start:start + 1] not in ('{', '"'):
+        return  # only self-delimiting values (an object or a string) can be matched by text
+    try:
+        _value, end = _scan_json(text, start)
+    except (StopIteration, ValueError):
+        return
+    if end - start >= 1024:
+        _known_instructions.append(text[start:end])
+
+
+def scan_rollout_deep(path: Path, home: Path) -> RolloutInfo:
+    """Read the head of a rollout: its own session_meta and the first real user message, with
+    buffered readline and json.loads, every line decoded in full. The reference reader:
+    `--deep` uses it, and the tests hold scan_rollout to it, fact for fact."""
     info = RolloutInfo(path, home)
     if info.compressed:
         info.problems.append("compressed")  # zstd is not in the standard library
@@ -1172,22 +1447,67 @@ def check_tail(handle: Any, info: RolloutInfo) -> None:
     handle.seek(start)
     tail = handle.read()
     info.bytes_read += len(tail)
+    _tail_problems(tail, info)
+
+
+def _tail_problems(tail: bytes, info: RolloutInfo) -> None:
     if b"\x00" in tail:
         info.problems.append("nul_bytes")
     if tail and not tail.endswith(b"\n"):
         info.problems.append("torn_line")
 
 
+META_KEYS = ("id", "timestamp", "cwd", "originator", "cli_version", "source", "thread_source",
+             "model_provider", "history_mode", "forked_from_id")
+# Values shared by thousands of rollouts (a release, a provider, a source) are kept once.
+_SHARED_META = frozenset(("originator", "cli_version", "source", "thread_source", "model_provider", "history_mode"))
+
+
+class Meta:
+    """The session_meta fields the tool reads, as a tuple with one shared key index. Reads like
+    the dict it replaces (one per rollout, kept for the whole run)."""
+
+    __slots__ = ("_values",)
+    _index = {key: n for n, key in enumerate(META_KEYS)}
+
+    def __init__(self, payload: Dict[str, Any]) -> None:
+        values = []
+        for key in META_KEYS:
+            value = payload.get(key)
+            if key == "model_provider" and isinstance(value, (int, float, list, dict)):
+                value = None  # wrong_shape: reported, never used as a provider
+            elif key in _SHARED_META and isinstance(value, str) and len(value) <= 64:
+                value = sys.intern(value)
+            values.append(value)
+        self._values = tuple(values)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        position = self._index.get(key)
+        return default if position is None else self._values[position]
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[self._index[key]]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._index
+
+    def keys(self) -> List[str]:
+        return list(META_KEYS)
+
+    def items(self) -> List[Tuple[str, Any]]:
+        return list(zip(META_KEYS, self._values))
+
+
+EMPTY_META: Dict[str, Any] = {}  # never written to: a rollout without a session_meta
+
+
 def _take_first_line(info: RolloutInfo, record: Dict[str, Any]) -> None:
     payload = record.get("payload")
     if record.get("type") == "session_meta" and isinstance(payload, dict):
-        info.meta = {k: payload.get(k) for k in (
-            "id", "timestamp", "cwd", "originator", "cli_version", "source", "thread_source",
-            "model_provider", "history_mode", "forked_from_id")}
+        info.meta = Meta(payload)
         info.meta_lines = 1
         if isinstance(payload.get("model_provider"), (int, float, list, dict)):
             info.problems.append("wrong_shape")
-            info.meta["model_provider"] = None
         meta_id = payload.get("id")
         if isinstance(meta_id, str) and info.name_uuid and meta_id.lower() != info.name_uuid:
             info.problems.append("id_mismatch")
@@ -1379,7 +1699,8 @@ class ThreadView:
 
 
 class Inventory:
-    def __init__(self, home: Path, home_origin: str, config: Config, environ: Dict[str, str]) -> None:
+    def __init__(self, home: Path, home_origin: str, config: Config, environ: Dict[str, str],
+                 deep: bool = False) -> None:
         self.home = home
         self.home_origin = home_origin
         self.config = config
@@ -1399,8 +1720,8 @@ class Inventory:
         elif self.live_db is not None:
             self.db_error = self.live_db.error
         self.temp_files: List[Path] = [home / n for n in sorted(os.listdir(str(home))) if TEMP_MARKER in n]
-        self.rollouts = [scan_rollout(path, home) for path in
-                         progress(iter_rollout_files(home, self.temp_files), "reading rollouts")]
+        self.rollouts = [scan_rollout(path, home, deep, is_file) for path, is_file in
+                         progress(iter_rollout_entries(home, self.temp_files), "reading rollouts")]
         self.index = read_session_index(home)
         self.global_state = read_global_state(home)
         self.projections = history_projection_files(home, self.live_db.path.parent if self.live_db else None)
@@ -1480,7 +1801,7 @@ def build_inventory(args: argparse.Namespace, environ: Optional[Dict[str, str]] 
     environ = dict(os.environ if environ is None else environ)
     home, origin = resolve_codex_home(getattr(args, "codex_home", None), environ)
     config = load_config(home, getattr(args, "profile", None))
-    return Inventory(home, origin, config, environ)
+    return Inventory(home, origin, config, environ, deep=bool(getattr(args, "deep", False)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1606,7 +1927,7 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
         # A copied or moved home keeps rows that point into the old one: the file Codex would
         # read is not this home's.
         elsewhere = exists and not is_windows_path(path) and not is_within(Path(os.path.abspath(path)), inv.home) \
-            and not any(os.path.realpath(path) == os.path.realpath(str(f.path)) for f in view.files)
+            and not any(os.path.realpath(path) == os.path.realpath(f.file) for f in view.files)
         if (not exists or elsewhere) and view.files:
             add_reason(view, "rollout_path_stale", not exists, rollout_path=path, found=view.files[0].rel,
                        outside_home=elsewhere)
@@ -2412,7 +2733,7 @@ def plan_reindex(inv: Inventory, args: argparse.Namespace) -> Plan:
                                       thread_id=view.id, op="insert"))
         elif "rollout_path_stale" in codes:
             found = view.files[0]
-            values = {"rollout_path": str(found.path)}
+            values = {"rollout_path": found.file}
             values.update(archive_values(found, view.row, set(db.columns)))
             plan.sql.append(SqlChange(db.path, "threads", {"id": view.id}, values, thread_id=view.id))
         elif "archive_flag_mismatch" in codes:
@@ -2450,7 +2771,7 @@ def row_from_rollout(view: ThreadView, inv: Inventory) -> Dict[str, Any]:
     updated_ms = int(info.mtime * 1000)
     provider = info.provider or inv.config.provider  # CODEX-COMPAT: an absent provider means the default
     values: Dict[str, Any] = {
-        "rollout_path": str(info.path), "created_at": created_ms // 1000, "updated_at": updated_ms // 1000,
+        "rollout_path": info.file, "created_at": created_ms // 1000, "updated_at": updated_ms // 1000,
         "created_at_ms": created_ms, "updated_at_ms": updated_ms, "recency_at": updated_ms // 1000,
         "recency_at_ms": updated_ms, "source": info.source or "vscode", "model_provider": provider,
         "cwd": str(meta.get("cwd") or ""), "title": text, "first_user_message": text, "preview": text,
@@ -3944,6 +4265,9 @@ def _shared_options(defaults: bool) -> argparse.ArgumentParser:
                        help="print exactly one JSON document on stdout")
     group.add_argument("--verbose", action="store_true", default=default(False),
                        help="list every thread and example; include message snippets")
+    group.add_argument("--deep", action="store_true", default=default(False),
+                       help="read rollout heads with the reference reader (every line decoded in full); "
+                            "the same verdicts, slower")
     return parser
 
 
