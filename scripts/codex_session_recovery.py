@@ -480,6 +480,15 @@ def strip_request_marker(text: str) -> str:
     return text[index + len(USER_REQUEST_MARKER):].strip() if index >= 0 else text.strip()
 
 
+def inside_home(path: str, home: Path) -> bool:
+    """is_within for an absolute path string; the common case (under the home as spelled) by
+    string prefix, without a Path object."""
+    prefix = str(home)
+    if path.startswith(prefix) and path[len(prefix):len(prefix) + 1] in (os.sep, "/", ""):
+        return True
+    return is_within(Path(path), home)
+
+
 def is_within(path: Path, root: Path) -> bool:
     try:
         path.relative_to(root)
@@ -766,6 +775,7 @@ _ROW_PLAIN_COLUMNS = (
     "has_user_event", "cli_version", "thread_source", "history_mode", "name",
 )
 _ROW_PRESENCE_COLUMNS = ("first_user_message", "preview", "title")
+_ROW_SHARED_COLUMNS = ("source", "model_provider", "cli_version", "history_mode", "thread_source", "cwd")
 
 
 def open_db_readonly(path: Path) -> sqlite3.Connection:
@@ -883,10 +893,20 @@ def read_thread_rows(db: StateDb) -> Dict[str, Dict[str, Any]]:
         conn.row_factory = None
         cursor = conn.execute("SELECT %s FROM threads" % ", ".join(select))
         index = {name[0]: n for n, name in enumerate(cursor.description)}
+        # Values thousands of rows share (a source, a provider, a release, a project folder)
+        # are kept once; the id is one string for the key and the row.
+        shared = [index[c] for c in _ROW_SHARED_COLUMNS if c in index]
+        at_id = index["id"]
         rows = {}
         for raw in cursor:
-            values = tuple(_text(v) if isinstance(v, bytes) else v for v in raw)
-            rows[str(values[index["id"]]).lower()] = Row(index, values)
+            values = [_text(v) if isinstance(v, bytes) else v for v in raw]
+            for n in shared:
+                if type(values[n]) is str:
+                    values[n] = sys.intern(values[n])
+            key = sys.intern(str(values[at_id]).lower())
+            if values[at_id] == key:
+                values[at_id] = key
+            rows[key] = Row(index, tuple(values))
         return rows
     finally:
         conn.close()
@@ -945,18 +965,19 @@ class RolloutInfo:
 
     # One of these per rollout stays in memory for the whole run: no per-object dict, the path
     # as a plain str (a Path object per file costs time and memory at tens of thousands).
-    __slots__ = ("file", "rel", "name_uuid", "compressed", "archived_location", "meta", "meta_lines",
+    __slots__ = ("file", "rel_at", "name_uuid", "compressed", "archived_location", "meta", "meta_lines",
                  "evidence_kind", "evidence_line", "evidence_text", "scanned_to_end", "problems",
                  "bytes_read", "size", "mtime")
 
-    def __init__(self, path: Any, home: Path, stat: Optional[os.stat_result] = None) -> None:
+    def __init__(self, path: Any, home: Path, stat: Any = None) -> None:
         self.file = str(path)
-        self.rel = display_path(self.file, home)
+        rel = display_path(self.file, home)
+        self.rel_at = len(self.file) - len(rel)  # rel is a suffix of file: kept as its offset
         name = os.path.basename(self.file)
         match = ROLLOUT_NAME_RE.match(name)
-        self.name_uuid = match.group("uuid").lower() if match else None
+        self.name_uuid = sys.intern(match.group("uuid").lower()) if match else None
         self.compressed = name.endswith(".zst")
-        self.archived_location = self.rel.replace("\\", "/").startswith("archived_sessions/")
+        self.archived_location = rel.replace("\\", "/").startswith("archived_sessions/")
         self.meta: Any = EMPTY_META
         self.meta_lines = 0
         self.evidence_kind: Optional[str] = None
@@ -967,6 +988,11 @@ class RolloutInfo:
         self.bytes_read = 0
         # stat=False: the caller fills size and mtime in (from the fstat of its descriptor).
         self.set_stat(_stat_or_none(self.file) if stat is None else stat)
+
+    @property
+    def rel(self) -> str:
+        """The path as shown: relative to the home when inside it."""
+        return self.file[self.rel_at:]
 
     def set_stat(self, stat: Any) -> None:
         self.size, self.mtime = (stat.st_size, stat.st_mtime) if stat else (0, 0.0)
@@ -1155,34 +1181,45 @@ def _content_text(content: Any) -> str:
     return "\n".join(parts).strip()
 
 
-def scan_rollout(path: Any, home: Path, deep: bool = False, is_file: Optional[bool] = None) -> RolloutInfo:
+def scan_rollout(path: Any, home: Path, deep: bool = False, is_file: Optional[bool] = None,
+                 keep_text: bool = True) -> RolloutInfo:
     """Read the head of a rollout: its own session_meta and the first real user message, and
     the last bytes (a torn or NUL-padded tail). The same facts as scan_rollout_deep, found with
     less work: one os.read of the head (most rollouts' heads, many whole files, fit in it), the
     tail from the same buffer when it holds the end, and the instructions in session_meta
-    (~20 KB, identical in every rollout of one release) matched instead of decoded again."""
-    if deep:
-        return scan_rollout_deep(Path(path), home)
+    (~20 KB, identical in every rollout of one release) matched instead of decoded again.
+    Without keep_text the snippet of the first message is dropped (only --verbose shows it)."""
+    info = scan_rollout_deep(Path(path), home) if deep else _scan_fast(path, home, is_file)
+    if not keep_text:
+        info.evidence_text = None
+    return info
+
+
+def _finished(info: RolloutInfo) -> RolloutInfo:
+    info.problems = tuple(sorted(set(info.problems)))  # () for most files: shared, no list each
+    return info
+
+
+def _scan_fast(path: Any, home: Path, is_file: Optional[bool]) -> RolloutInfo:
     info = RolloutInfo(path, home, stat=False)
     if info.compressed:
         info.set_stat(_stat_or_none(info.file))
         info.problems.append("compressed")  # zstd is not in the standard library
-        return info
+        return _finished(info)
     fd, stat = (None, None) if is_file is False else open_regular_readonly(info.file)
     if fd is None:
         _describe_unopened(info, stat)
-        return info
+        return _finished(info)
     try:
         info.set_stat(stat)
         if info.size == 0:
             info.problems.append("empty_file")
             info.scanned_to_end = True
-            return info
-        _scan_head(info, HeadReader(fd, info.size))
+        else:
+            _scan_head(info, HeadReader(fd, info.size))
     finally:
         os.close(fd)
-    info.problems = sorted(set(info.problems))
-    return info
+    return _finished(info)
 
 
 def _stat_or_none(path: str) -> Optional[os.stat_result]:
@@ -1206,15 +1243,17 @@ def _describe_unopened(info: RolloutInfo, stat: Optional[os.stat_result]) -> Non
         info.problems.append("unreadable")
 
 
+READ_ONLY_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) \
+    | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+
+
 def open_regular_readonly(path: str) -> Tuple[Optional[int], Optional[os.stat_result]]:
     """(descriptor, fstat) of `path` opened read-only if it is a regular file; (None, its fstat)
     if it opened as something else, (None, None) if it did not open. The open never blocks
     (O_NONBLOCK: a FIFO put in a file's place between the listing and the open cannot hang it)
     and the type is checked on the descriptor itself, so nothing but a regular file is read."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) \
-        | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
     try:
-        fd = os.open(path, flags)
+        fd = os.open(path, READ_ONLY_FLAGS)
     except (OSError, ValueError):
         return None, None
     try:
@@ -1390,7 +1429,11 @@ def scan_rollout_deep(path: Path, home: Path) -> RolloutInfo:
     """Read the head of a rollout: its own session_meta and the first real user message, with
     buffered readline and json.loads, every line decoded in full. The reference reader:
     `--deep` uses it, and the tests hold scan_rollout to it, fact for fact."""
-    info = RolloutInfo(path, home)
+    return _finished(_scan_deep(RolloutInfo(path, home), path))
+
+
+def _scan_deep(info: RolloutInfo, path: Path) -> RolloutInfo:
+    """The reading loop of scan_rollout_deep."""
     if info.compressed:
         info.problems.append("compressed")  # zstd is not in the standard library
         return info
@@ -1433,7 +1476,6 @@ def scan_rollout_deep(path: Path, home: Path) -> RolloutInfo:
         info.bytes_read = handle.tell()
         if not info.scanned_to_end:
             check_tail(handle, info)
-    info.problems = sorted(set(info.problems))
     return info
 
 
@@ -1460,7 +1502,10 @@ def _tail_problems(tail: bytes, info: RolloutInfo) -> None:
 META_KEYS = ("id", "timestamp", "cwd", "originator", "cli_version", "source", "thread_source",
              "model_provider", "history_mode", "forked_from_id")
 # Values shared by thousands of rollouts (a release, a provider, a source) are kept once.
-_SHARED_META = frozenset(("originator", "cli_version", "source", "thread_source", "model_provider", "history_mode"))
+_SHARED_POSITIONS = tuple(META_KEYS.index(k) for k in (
+    "id", "cwd", "originator", "cli_version", "source", "thread_source", "model_provider", "history_mode"))
+_PROVIDER_POSITION = META_KEYS.index("model_provider")
+_SOURCE_POSITION = META_KEYS.index("source")
 
 
 class Meta:
@@ -1471,14 +1516,16 @@ class Meta:
     _index = {key: n for n, key in enumerate(META_KEYS)}
 
     def __init__(self, payload: Dict[str, Any]) -> None:
-        values = []
-        for key in META_KEYS:
-            value = payload.get(key)
-            if key == "model_provider" and isinstance(value, (int, float, list, dict)):
-                value = None  # wrong_shape: reported, never used as a provider
-            elif key in _SHARED_META and isinstance(value, str) and len(value) <= 64:
-                value = sys.intern(value)
-            values.append(value)
+        values = [payload.get(key) for key in META_KEYS]
+        for n in _SHARED_POSITIONS:
+            if type(values[n]) is str:
+                values[n] = sys.intern(values[n])
+        if values[_SOURCE_POSITION] is not None:
+            # Kept in its canonical stored form (what RolloutInfo.source returns), not as the
+            # decoded JSON value: a subagent's source is an object per rollout otherwise.
+            values[_SOURCE_POSITION] = sys.intern(decode_source(values[_SOURCE_POSITION]))
+        if isinstance(values[_PROVIDER_POSITION], (int, float, list, dict)):
+            values[_PROVIDER_POSITION] = None  # wrong_shape: reported, never used as a provider
         self._values = tuple(values)
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -1604,7 +1651,7 @@ def read_projected_ids(path: Path) -> Optional[set]:
         try:
             if not table_exists(conn, "thread_history_projection_state"):
                 return None
-            return {str(r[0]).lower() for r in conn.execute("SELECT thread_id FROM thread_history_projection_state")}
+            return {sys.intern(str(r[0]).lower()) for r in conn.execute("SELECT thread_id FROM thread_history_projection_state")}
         finally:
             conn.close()
     except sqlite3.Error:
@@ -1634,7 +1681,7 @@ class ThreadView:
     def __init__(self, thread_id: str, row: Optional[Dict[str, Any]], files: List[RolloutInfo], home: Path) -> None:
         self.id = thread_id
         self.row = row
-        self.files = files
+        self.files = tuple(files)  # one file for nearly every thread: no list each
         self.primary = self._primary_file(home)
         self.index_name: Optional[str] = None
         self.reasons: List[Dict[str, Any]] = []
@@ -1655,7 +1702,7 @@ class ThreadView:
         stored = str((self.row or {}).get("rollout_path") or "")
         if not stored:
             return False
-        return os.path.isfile(stored) or any(same_rollout(stored, f) for f in self.files)
+        return any(same_rollout(stored, f) for f in self.files) or os.path.isfile(stored)
 
     @property
     def db_provider(self) -> Optional[str]:
@@ -1700,7 +1747,7 @@ class ThreadView:
 
 class Inventory:
     def __init__(self, home: Path, home_origin: str, config: Config, environ: Dict[str, str],
-                 deep: bool = False) -> None:
+                 deep: bool = False, keep_text: bool = True) -> None:
         self.home = home
         self.home_origin = home_origin
         self.config = config
@@ -1720,8 +1767,11 @@ class Inventory:
         elif self.live_db is not None:
             self.db_error = self.live_db.error
         self.temp_files: List[Path] = [home / n for n in sorted(os.listdir(str(home))) if TEMP_MARKER in n]
-        self.rollouts = [scan_rollout(path, home, deep, is_file) for path, is_file in
+        # A rollout's path string is the one its row already holds, when they are spelled alike.
+        paths = {p: p for p in (r.get("rollout_path") for r in self.rows.values()) if isinstance(p, str)}
+        self.rollouts = [scan_rollout(paths.get(path, path), home, deep, is_file, keep_text) for path, is_file in
                          progress(iter_rollout_entries(home, self.temp_files), "reading rollouts")]
+        del paths
         self.index = read_session_index(home)
         self.global_state = read_global_state(home)
         self.projections = history_projection_files(home, self.live_db.path.parent if self.live_db else None)
@@ -1765,7 +1815,7 @@ class Inventory:
         """The column whose emptiness hides a thread from DB listings, by schema."""
         if not self.has_db:
             return None
-        columns = set(self.live_db.columns)
+        columns = self.live_db.columns
         for column in ("preview", "first_user_message", "has_user_event"):
             if column in columns:
                 return column
@@ -1801,7 +1851,8 @@ def build_inventory(args: argparse.Namespace, environ: Optional[Dict[str, str]] 
     environ = dict(os.environ if environ is None else environ)
     home, origin = resolve_codex_home(getattr(args, "codex_home", None), environ)
     config = load_config(home, getattr(args, "profile", None))
-    return Inventory(home, origin, config, environ, deep=bool(getattr(args, "deep", False)))
+    return Inventory(home, origin, config, environ, deep=bool(getattr(args, "deep", False)),
+                     keep_text=bool(getattr(args, "verbose", False)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1853,8 +1904,47 @@ HOME_FINDINGS: Dict[str, Tuple[str, str]] = {
 }
 
 
+class Reason:
+    """Why one thread is hidden or worth a look: a code, whether it hides the thread, and the
+    evidence. Read like the dict it stands for (reason["code"]); one object with three slots
+    instead of a dict, since most threads carry a reason or two and a home has tens of thousands."""
+
+    __slots__ = ("code", "hides", "_keys", "_values")
+    _key_tuples: Dict[Tuple[str, ...], Tuple[str, ...]] = {}  # one per call site, shared
+
+    def __init__(self, code: str, hides: bool, evidence: Dict[str, Any]) -> None:
+        self.code, self.hides = code, hides
+        keys = tuple(evidence)
+        self._keys = self._key_tuples.setdefault(keys, keys)
+        self._values = tuple(evidence.values())
+
+    @property
+    def evidence(self) -> Dict[str, Any]:
+        """A new dict on each read: evidence is a record of the check, not something to edit."""
+        return dict(zip(self._keys, self._values))
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in ("code", "hides", "evidence"):
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key) if key in ("code", "hides", "evidence") else default
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"code": self.code, "hides": self.hides, "evidence": self.evidence}
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Reason):
+            other = other.as_dict()
+        return self.as_dict() == other
+
+    def __repr__(self) -> str:
+        return "Reason(%r, %r, %r)" % (self.code, self.hides, self.evidence)
+
+
 def add_reason(view: ThreadView, code: str, hides: bool, **evidence: Any) -> None:
-    view.reasons.append({"code": code, "hides": hides, "evidence": evidence})
+    view.reasons.append(Reason(code, hides, evidence))
 
 
 def user_event_gate_hides(release: Tuple[int, ...]) -> bool:
@@ -1926,7 +2016,7 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
         exists = view.row_rollout_exists()
         # A copied or moved home keeps rows that point into the old one: the file Codex would
         # read is not this home's.
-        elsewhere = exists and not is_windows_path(path) and not is_within(Path(os.path.abspath(path)), inv.home) \
+        elsewhere = exists and not is_windows_path(path) and not inside_home(os.path.abspath(path), inv.home) \
             and not any(os.path.realpath(path) == os.path.realpath(f.file) for f in view.files)
         if (not exists or elsewhere) and view.files:
             add_reason(view, "rollout_path_stale", not exists, rollout_path=path, found=view.files[0].rel,
@@ -1947,7 +2037,7 @@ def cwd_spelling_problem(cwd: str, home: Path) -> Optional[str]:
         return "trailing_separator"
     if re.match(r"^/mnt/[A-Z]/", cwd):
         return "wsl_drive_case"  # WSL stores /mnt/c lower-case
-    worktrees = str(home / "worktrees") + os.sep
+    worktrees = os.path.join(str(home), "worktrees") + os.sep
     if cwd.startswith(worktrees) and not os.path.isdir(cwd):
         return "worktree_gone"
     return None
@@ -2052,8 +2142,12 @@ def run_checks(inv: Inventory) -> List[Dict[str, Any]]:
         check_thread(view, inv)
     rank_threads(inv)
     findings = []
+    by_code: Dict[str, List[str]] = {code: [] for code in REASONS}
+    for view in inv.threads.values():  # one pass; each thread once per code, in thread order
+        for code in dict.fromkeys(r["code"] for r in view.reasons):
+            by_code[code].append(view.id)
     for code, (severity, message) in REASONS.items():
-        ids = [v.id for v in inv.threads.values() if any(r["code"] == code for r in v.reasons)]
+        ids = by_code[code]
         if ids:
             findings.append({"code": code, "severity": severity, "message": message,
                              "count": len(ids), "thread_ids": ids})

@@ -110,6 +110,6 @@ def test_a_fifo_named_like_a_rollout_is_never_opened(tmp_path):
     fifo = folder / ("rollout-2026-09-21T00-00-00-%s.jsonl" % new_thread_id("fifo"))
     os.mkfifo(str(fifo))
     (info,) = [csr.scan_rollout(path, tmp_path, is_file=is_file) for path, is_file in csr.iter_rollout_entries(tmp_path)]
-    assert info.problems == ["not_a_file"]
+    assert info.problems == ("not_a_file",)
     fd, stat = csr.open_regular_readonly(str(fifo))  # swapped in after the listing: opened, refused
     assert fd is None and stat is not None
