@@ -2304,7 +2304,9 @@ class RolloutEdit:
         self.thread_id = thread_id
         self.fingerprint: Tuple[int, int, str] = (0, 0, "")
         self.changes: List[Dict[str, Any]] = []
-        # (byte offset of the line, its length, its new bytes) for each changed line
+        # (byte offset, length, new bytes) of each changed span: the bytes of a line that differ,
+        # not the whole line (a session_meta line is ~21 KB; its provider is a few bytes), so a
+        # plan of thousands of edits stays small. Offsets are into the file as planned.
         self.replacements: List[Tuple[int, int, bytes]] = []
         self.encrypted_reasoning = False
 
@@ -2491,9 +2493,38 @@ def plan_rollout_edit(path: Path, thread_id: str, line_edit: Any,
             if result is not None:
                 new_raw, field = result
                 edit.changes.append({"line": line_no, "field": field})
-                edit.replacements.append((offset, len(raw), new_raw))
+                edit.replacements.append(changed_span(offset, raw, new_raw))
     edit.fingerprint = file_fingerprint(path, digest.hexdigest())
     return edit
+
+
+def changed_span(offset: int, old: bytes, new: bytes) -> Tuple[int, int, bytes]:
+    """The replacement of line `old` (at file offset `offset`) by `new`, reduced to the bytes
+    that differ: (offset of the first differing byte, how many old bytes go, the new bytes in
+    their place). Prefix and suffix are found by halving with slice comparisons (memcmp), not a
+    loop over bytes."""
+    limit = min(len(old), len(new))
+    low, high = 0, limit  # the common prefix is at least low, at most high
+    while low < high:
+        mid = (low + high + 1) // 2
+        if old[:mid] == new[:mid]:
+            low = mid
+        else:
+            high = mid - 1
+    prefix = low
+    low, high = 0, limit - prefix
+    while low < high:
+        mid = (low + high + 1) // 2
+        if old[len(old) - mid:] == new[len(new) - mid:]:
+            low = mid
+        else:
+            high = mid - 1
+    suffix = low
+    if prefix == 0 and len(old) - suffix == 0 and suffix:
+        # A pure insertion at the line's start: take one old byte into the span, so the line
+        # still starts where it did for shift() (which moves offsets past a span's end).
+        suffix -= 1
+    return offset + prefix, len(old) - prefix - suffix, new[prefix:len(new) - suffix]
 
 
 SCAN_BLOCK = READ_CHUNK
