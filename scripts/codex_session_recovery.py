@@ -2396,14 +2396,29 @@ class Plan:
     def plan_id(self, home: Path) -> str:
         """A digest of exactly what would change: the dry run prints it, and `--apply
         --expect-plan ID` refuses unless the plan it computes again is that same plan."""
-        canonical = json.dumps({"command": self.command, "notes": self.notes, "actions": self.actions_json(home)},
-                               sort_keys=True, default=str)
-        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+        # The digest of json.dumps({"command", "notes", "actions"}, sort_keys=True), taken
+        # action by action: the same bytes, without the whole document in memory at once.
+        def dumps(value: Any) -> bytes:
+            return json.dumps(value, sort_keys=True, default=str).encode("utf-8")
+
+        digest = hashlib.sha256(b'{"actions": [')
+        for n, action in enumerate(self.iter_actions_json(home)):
+            digest.update((b", " if n else b"") + dumps(action))
+        digest.update(b'], "command": ' + dumps(self.command) + b', "notes": ' + dumps(self.notes) + b"}")
+        return digest.hexdigest()[:16]
 
     def actions_json(self, home: Path, verbose: bool = True) -> List[Dict[str, Any]]:
-        return ([e.as_json(home) for e in self.rollout_edits] + [c.as_json(home, verbose) for c in self.sql]
-                + [w.as_json(home) for w in self.file_writes]
-                + [{"kind": "move_to_backup", "path": display_path(p, home)} for p in self.moves])
+        return list(self.iter_actions_json(home, verbose))
+
+    def iter_actions_json(self, home: Path, verbose: bool = True) -> Iterator[Dict[str, Any]]:
+        for edit in self.rollout_edits:
+            yield edit.as_json(home)
+        for change in self.sql:
+            yield change.as_json(home, verbose)
+        for write in self.file_writes:
+            yield write.as_json(home)
+        for path in self.moves:
+            yield {"kind": "move_to_backup", "path": display_path(path, home)}
 
 
 def sha256_file(path: Path) -> str:
@@ -2583,32 +2598,68 @@ def history_db_path(inv: "Inventory") -> Optional[Path]:
 def plan_projection_shift(inv: "Inventory", edit: RolloutEdit) -> List[SqlChange]:
     """0.169.0's paginated-history projection stores byte offsets into the rollout. When a
     rewrite changes line lengths, every later offset moves by the same amount: keep them true."""
-    db_path = history_db_path(inv)
-    if db_path is None or not edit.deltas:
+    if not edit.deltas:
+        return []
+    reader = projection_offsets(inv)
+    if reader is None:
         return []
     changes: List[SqlChange] = []
-    conn = open_db_readonly(db_path)
-    try:
-        offset_columns = {
-            "thread_turns": (("thread_id", "turn_id"), ("rollout_byte_offset", "rollout_end_byte_offset")),
-            "thread_history_projection_state": (("thread_id",), ("next_rollout_byte_offset",)),
-        }
-        for table, (keys, columns) in offset_columns.items():
-            if not table_exists(conn, table):
-                continue
-            present = [c for c in columns if c in table_columns(conn, table)]
-            if not present:
-                continue
-            query = "SELECT %s FROM %s WHERE thread_id = ?" % (", ".join(keys + tuple(present)), table)
-            for row in conn.execute(query, (edit.thread_id,)):
-                old = {c: row[c] for c in present if isinstance(row[c], int)}
-                new = {c: edit.shift(v) for c, v in old.items() if edit.shift(v) != v}
-                if new:
-                    changes.append(SqlChange(db_path, table, {k: row[k] for k in keys}, new,
-                                             expect={c: old[c] for c in new}, thread_id=edit.thread_id))
-    finally:
-        conn.close()
+    for table, keys, present, row in reader.rows(edit.thread_id):
+        old = {c: row[c] for c in present if isinstance(row[c], int)}
+        new = {c: edit.shift(v) for c, v in old.items() if edit.shift(v) != v}
+        if new:
+            changes.append(SqlChange(reader.db_path, table, {k: row[k] for k in keys}, new,
+                                     expect={c: old[c] for c in new}, thread_id=edit.thread_id))
     return changes
+
+
+class ProjectionOffsets:
+    """The byte offsets the history projection stores, read through one connection for a whole
+    plan (a connection, a folder listing and four schema queries per thread cost seconds at a
+    few thousand threads). Read-only; closed by run_repair once the plan is made."""
+
+    OFFSET_COLUMNS = {
+        "thread_turns": (("thread_id", "turn_id"), ("rollout_byte_offset", "rollout_end_byte_offset")),
+        "thread_history_projection_state": (("thread_id",), ("next_rollout_byte_offset",)),
+    }
+
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = db_path
+        self.conn: Optional[sqlite3.Connection] = open_db_readonly(db_path)
+        self.queries: List[Tuple[str, Tuple[str, ...], List[str], str]] = []
+        for table, (keys, columns) in self.OFFSET_COLUMNS.items():
+            if not table_exists(self.conn, table):
+                continue
+            present = [c for c in columns if c in table_columns(self.conn, table)]
+            if present:
+                query = "SELECT %s FROM %s WHERE thread_id = ?" % (", ".join(keys + tuple(present)), table)
+                self.queries.append((table, keys, present, query))
+
+    def rows(self, thread_id: str) -> Iterator[Tuple[str, Tuple[str, ...], List[str], Any]]:
+        if self.conn is None:
+            self.conn = open_db_readonly(self.db_path)
+        for table, keys, present, query in self.queries:
+            for row in self.conn.execute(query, (thread_id,)):
+                yield table, keys, present, row
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+def projection_offsets(inv: "Inventory") -> Optional[ProjectionOffsets]:
+    """The inventory's ProjectionOffsets, opened on first use; None without a projection DB."""
+    if not hasattr(inv, "_projection_offsets"):
+        db_path = history_db_path(inv)
+        inv._projection_offsets = ProjectionOffsets(db_path) if db_path is not None else None
+    return inv._projection_offsets
+
+
+def close_plan_readers(inv: "Inventory") -> None:
+    reader = getattr(inv, "_projection_offsets", None)
+    if reader is not None:
+        reader.close()
 
 
 def resolve_target_provider(inv: Inventory, requested: str, source_provider: str) -> Tuple[str, str]:
@@ -4228,7 +4279,10 @@ def run_repair(args: argparse.Namespace) -> int:
     planner = args.planner
     inv = build_inventory(args)
     run_checks(inv)
-    plan = planner(inv, args)
+    try:
+        plan = planner(inv, args)
+    finally:
+        close_plan_readers(inv)  # nothing of the planner's reading stays open while applying
     plan_id = plan.plan_id(inv.home)
     expected = getattr(args, "expect_plan", None)
     if expected and args.apply and expected != plan_id:
@@ -4241,7 +4295,9 @@ def run_repair(args: argparse.Namespace) -> int:
     doc = envelope(plan.command, inv, code, applied=applied is not None,
                    safety=SAFETY_LINE_READ if applied is None else SAFETY_LINE_WRITE,
                    plan=plan.notes, plan_id=plan_id, changes=plan.change_count,
-                   actions=plan.actions_json(inv.home, args.verbose),
+                   # streamed under --json (thousands of actions are never held as one list)
+                   actions=plan.iter_actions_json(inv.home, args.verbose) if args.json
+                   else plan.actions_json(inv.home, args.verbose),
                    warnings=plan.warnings, skipped=plan.skipped + (applied or {}).get("skipped", []),
                    backup_dir=(applied or {}).get("backup_dir"))
     if args.json:
