@@ -520,6 +520,8 @@ def home_relative_tail(stored: str) -> Optional[str]:
 def same_rollout(stored: str, info: "RolloutInfo") -> bool:
     """Whether a row's rollout_path names this file: the same path, or (for a path another
     system wrote, e.g. `C:\\Users\\ana\\.codex\\sessions\\…`) the same place in the home."""
+    if stored == info.file:
+        return True
     if os.path.normcase(os.path.abspath(stored)) == os.path.normcase(os.path.abspath(info.file)):
         return True
     if is_windows_path(stored) and os.name != "nt":
@@ -1018,7 +1020,8 @@ class RolloutInfo:
     def source(self) -> Optional[str]:
         if not self.meta:
             return None
-        return decode_source(self.meta.get("source"))
+        value = self.meta.get("source")  # Meta keeps it decoded already (decode_source is idempotent)
+        return value if value is not None else decode_source(None)
 
     @property
     def has_evidence(self) -> bool:
