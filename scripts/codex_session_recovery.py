@@ -22,7 +22,7 @@ Exit codes (every command):
   0  clean, nothing to do, or the apply succeeded
   1  findings, or changes pending in a dry run
   2  usage error
-  3  refused by a safety check
+  3  refused by a safety check (the message names the override, if any)
   4  apply failed (the output says whether the automatic restore worked)
 
 The file reads top to bottom: constants and errors; configuration (TOML) and discovery;
@@ -58,6 +58,15 @@ EXIT_FINDINGS = 1
 EXIT_USAGE = 2
 EXIT_REFUSED = 3
 EXIT_APPLY_FAILED = 4
+# The one exit-code table. --help prints it; tests compare the module docstring, README.md,
+# README.zh-CN.md and SKILL.md against it line by line.
+EXIT_CODES = (
+    (EXIT_OK, "clean, nothing to do, or the apply succeeded"),
+    (EXIT_FINDINGS, "findings, or changes pending in a dry run"),
+    (EXIT_USAGE, "usage error"),
+    (EXIT_REFUSED, "refused by a safety check (the message names the override, if any)"),
+    (EXIT_APPLY_FAILED, "apply failed (the output says whether the automatic restore worked)"),
+)
 
 # Sources that a default Codex listing shows (`thread/list` with no `sourceKinds`, the
 # `codex resume` picker, the Desktop sidebar). Everything else is hidden by design.
@@ -3918,14 +3927,7 @@ repairing local metadata. Reads only, unless --apply is given; --apply backs up 
 changes first (CODEX_HOME/recovery-backups/) and refuses while Codex is using the home unless
 --force. Never opens auth.json, API keys, tokens or cookies."""
 
-HELP_EPILOG = """\
-exit codes:
-  0  clean, nothing to do, or the apply succeeded
-  1  findings, or changes pending in a dry run
-  2  usage error
-  3  refused by a safety check (the message names the override, if any)
-  4  apply failed (the output says whether the automatic restore worked)
-
+HELP_EPILOG = "exit codes:\n" + "".join("  %d  %s\n" % row for row in EXIT_CODES) + """
 examples:
   %(prog)s diagnose
   %(prog)s diagnose --codex-home ~/.codex --json

@@ -237,6 +237,45 @@ def test_docs_give_every_exit_code():
             assert re.search(r"^\| %d \|" % code, text, re.M), "%s: exit code %d" % (name, code)
 
 
+def exit_table(text: str) -> List[Tuple[int, str]]:
+    """The rows of a Markdown table whose first column is an exit code."""
+    return [(int(code), meaning) for code, meaning in re.findall(r"^\| (\d) \| (.+?) \|$", text, re.M)]
+
+
+def test_every_exit_code_table_is_the_scripts():
+    """EXIT_CODES is the one table; every copy of it says the same, word for word."""
+    expected = [(code, meaning) for code, meaning in csr.EXIT_CODES]
+    assert [code for code, _ in expected] == [csr.EXIT_OK, csr.EXIT_FINDINGS, csr.EXIT_USAGE,
+                                              csr.EXIT_REFUSED, csr.EXIT_APPLY_FAILED]
+    lines = ["  %d  %s" % row for row in expected]
+    docstring = csr.__doc__.split("\n")
+    start = docstring.index("Exit codes (every command):") + 1
+    assert docstring[start:start + len(lines) + 1] == lines + [""]
+    epilog = csr.HELP_EPILOG.split("\n")
+    start = epilog.index("exit codes:") + 1
+    assert epilog[start:start + len(lines) + 1] == lines + [""]
+    for name in ("README.md", "SKILL.md"):
+        assert exit_table(doc(name)) == expected, name
+    # The translation says the same in Chinese: the same codes, in the same order.
+    assert [code for code, _ in exit_table(doc("README.zh-CN.md"))] == [code for code, _ in expected]
+
+
+def test_skill_commands_are_written_as_they_run():
+    """An agent pastes SKILL.md's commands into a shell: no alias a shell does not know."""
+    text = doc("SKILL.md")
+    assert not re.search(r"`csr\b|^csr\b", text, re.M)
+    invocation = "python3 <skill-dir>/scripts/codex_session_recovery.py "
+    blocks = re.findall(r"^```bash\n(.*?)^```", text, re.M | re.S)
+    assert blocks
+    for block in blocks:
+        for line in block.splitlines():
+            assert line.startswith(invocation), line
+    for span in re.findall(r"`([^`]+)`", text):
+        words = span.split()
+        if words and words[0] in subcommands() and len(words) > 1 and words[1].startswith("-"):
+            raise AssertionError("`%s` is not a command a shell runs" % span)
+
+
 def test_changelog_has_this_version():
     assert "## %s - " % csr.__version__ in doc("CHANGELOG.md")
 
