@@ -2784,7 +2784,7 @@ def make_backup_dir(home: Path, command: str) -> Path:
     raise ApplyError("could not create a backup folder under %s" % root)
 
 
-def db_digest(conn: sqlite3.Connection, rows: Dict[str, List[Dict[str, Any]]]) -> str:
+def db_digest(conn: sqlite3.Connection) -> str:
     """A digest of the whole DB's content. `restore` puts the whole DB back, so it compares
     this, not only the rows the run touched: a change Codex made since would be undone too."""
     digest = hashlib.sha256()
@@ -2833,7 +2833,7 @@ def _fill_backup(folder: Path, home: Path, command: str, dbs: Dict[Path, Dict[st
         try:
             source.backup(dest)
             entry = {"path": _manifest_path(db, home), "kind": "sqlite", "backup": str(target.relative_to(folder)),
-                     "rows": rows, "digest_before": db_digest(source, rows), "digest_after": None}
+                     "rows": rows, "digest_before": db_digest(source), "digest_after": None}
         finally:
             dest.close()
             source.close()
@@ -2955,7 +2955,7 @@ def restore_database(backup: Path, target: Path, entry: Dict[str, Any]) -> bool:
         try:
             conn = open_db_readonly(target)
             try:
-                if db_digest(conn, {}) == entry.get("digest_before"):
+                if db_digest(conn) == entry.get("digest_before"):
                     return False
             finally:
                 conn.close()
@@ -2996,7 +2996,7 @@ def changed_since_backup(folder: Path, home: Path) -> List[str]:
             try:
                 conn = open_db_readonly(target)
                 try:
-                    now = db_digest(conn, entry.get("rows") or {})
+                    now = db_digest(conn)
                 finally:
                     conn.close()
             except sqlite3.Error:
@@ -3277,7 +3277,7 @@ def finish_manifest(folder: Path, manifest: Dict[str, Any], home: Path) -> None:
         if entry["kind"] == "sqlite":
             conn = open_db_readonly(target)
             try:
-                entry["digest_after"] = db_digest(conn, entry.get("rows") or {})
+                entry["digest_after"] = db_digest(conn)
             finally:
                 conn.close()
         else:
@@ -3316,11 +3316,9 @@ def list_backups(home: Path) -> List[Dict[str, Any]]:
 SAFETY_LINE_READ = "read-only: no file was changed; credentials (auth.json, tokens) were not opened"
 
 
-# The keys every --json document starts with, in this order (the documented contract; a
-# change to them is a Migrating note in CHANGELOG.md).
-ENVELOPE_KEYS = ("tool", "version", "command", "codex_home", "exit_code", "applied")
-
-
+# Every --json document starts with these keys, in this order: tool, version, command,
+# codex_home, exit_code, applied (the documented contract; a change to them is a Migrating note
+# in CHANGELOG.md).
 def envelope(command: Optional[str], inv: Any, exit_code: int, applied: bool = False,
              **body: Any) -> Dict[str, Any]:
     """The one shape of every --json document. `inv` is the Inventory, or only the home (a

@@ -299,11 +299,6 @@ def first_line_end(data: bytes) -> int:
 # Rollout files with damaged bytes
 # ---------------------------------------------------------------------------------------------
 
-WRITES_DAMAGED_ROLLOUT = ("repair-provider rewrites a rollout whose read found damage "
-                          "(provider_repair_blocker ignores torn/NUL/oversized lines)")
-PARTIAL_EDIT = ("repair-provider edits thread_settings_applied lines (and the DB row) of a rollout "
-                "whose session_meta it could not read")
-
 
 def test_torn_last_line(tmp_path):
     scene = switched(tmp_path)
@@ -1023,9 +1018,6 @@ def test_sessions_is_a_file(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # A full disk while backing up
 # ---------------------------------------------------------------------------------------------
-
-DISK_FULL_TRACEBACK = ("an OSError/sqlite3.OperationalError raised while making the backup escapes "
-                       "apply_plan (make_backup runs outside its try): traceback, exit 1")
 
 
 def test_disk_full_while_copying_a_file_into_the_backup(tmp_path, monkeypatch):
