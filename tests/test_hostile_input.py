@@ -726,8 +726,8 @@ def test_unparsable_config_and_to_auto(tmp_path):
     scene = Scene(home, None)
     exercise(scene, [home.root / "config.toml", mine.path],
              ["repair-provider", "--codex-home", str(home.root), "--from", "proxy"],
-             finding="config_unparsable", dry_exit=[csr.EXIT_USAGE, csr.EXIT_REFUSED],
-             apply_exit=[csr.EXIT_USAGE, csr.EXIT_REFUSED])
+             finding="config_unparsable", dry_exit=[csr.EXIT_USAGE],  # `--to auto` needs a config
+             apply_exit=[csr.EXIT_USAGE])
 
 
 def test_unparsable_config_with_explicit_target(tmp_path):
@@ -1030,8 +1030,9 @@ def test_disk_full_while_copying_a_file_into_the_backup(tmp_path, monkeypatch):
 
     monkeypatch.setattr(csr.shutil, "copy2", full)
     before = logical_home(scene.root)
+    # The backup cannot be made, so the apply fails before anything is written (never a refusal).
     exercise(scene, [path], ["repair-ui-state", "--codex-home", str(scene.root)], finding="sidebar_filtered",
-             apply_exit=[csr.EXIT_APPLY_FAILED, csr.EXIT_REFUSED])
+             apply_exit=[csr.EXIT_APPLY_FAILED])
     assert logical_home(scene.root) == before
 
 
