@@ -225,6 +225,47 @@ def test_docs_explain_every_reason_code(name):
     assert not missing, "%s does not explain %s" % (name, ", ".join(missing))
 
 
+def readme_structure(text: str) -> List[Tuple[object, ...]]:
+    """What a translation must keep: headings (their level, and their text where it is a
+    command or code), list items (their indent), exit-code table rows, the files linked (not
+    in-page anchors, which are translated), and every code block line with its comment
+    removed (comments are translated too)."""
+    found: List[Tuple[object, ...]] = []
+    in_code = False
+    for line in text.split("\n"):
+        if line.strip().startswith("```"):
+            found.append(("fence", line.strip() if not in_code else "```"))
+            in_code = not in_code
+            continue
+        if in_code:
+            command = re.sub(r"(^|\s)#.*$", "", line).strip()
+            if command:
+                found.append(("code", command))
+            continue
+        heading = re.match(r"^(#+) (.*)$", line)
+        if heading:
+            title = heading.group(2)
+            found.append(("heading", len(heading.group(1)),
+                          title if re.match(r"^[a-z-]+$|.*`", title) or len(heading.group(1)) == 1 else ""))
+        elif re.match(r"^ *- ", line):
+            found.append(("item", len(line) - len(line.lstrip())))
+        elif re.match(r"^\| \d \|", line):
+            found.append(("exit code", line.split("|")[1].strip()))
+        found.extend(("link", target) for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", line)
+                     if target not in ("README.md", "README.zh-CN.md"))  # each links the other
+    return found
+
+
+def test_translation_keeps_the_structure_and_every_command():
+    english, chinese = readme_structure(doc("README.md")), readme_structure(doc("README.zh-CN.md"))
+    assert len(english) > 100
+    if english != chinese:
+        import difflib
+        diff = difflib.unified_diff([repr(x) for x in english], [repr(x) for x in chinese], "README.md",
+                                    "README.zh-CN.md", lineterm="", n=2)
+        raise AssertionError("README.zh-CN.md is out of step with README.md:\n" + "\n".join(diff))
+
+
 def test_readme_gives_the_test_command():
     assert "python3 -m pytest" in doc("README.md")
     assert "python3 -m pytest" in doc("README.zh-CN.md")
