@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Tuple
 import pytest
 
 import codex_session_recovery as csr
-from homes import HomeBuilder
+from homes import HomeBuilder, one_json_document
 
 # Written out here, not read from the script: changing the envelope must change this test too.
 CONTRACT_KEYS = ("tool", "version", "command", "codex_home", "exit_code", "applied")
@@ -27,24 +27,13 @@ def switched_home(root: Path) -> HomeBuilder:
     return home
 
 
-def one_document(out: str) -> Dict[str, Any]:
-    """The only JSON document in `out`; fails on none, on two, or on anything after it."""
-    decoder = json.JSONDecoder()
-    text = out.lstrip()
-    assert text, "nothing on stdout"
-    doc, end = decoder.raw_decode(text)
-    assert text[end:].strip() == "", "more than one document on stdout: %r" % text[end:end + 200]
-    assert isinstance(doc, dict)
-    return doc
-
-
 def run(capsys, *argv: str) -> Tuple[int, Dict[str, Any]]:
+    """Like the `cli` fixture, but with no --json added: each case says where it puts it."""
     try:
         code = csr.main(list(argv))
     except SystemExit as exc:  # argparse's own usage errors
         code = exc.code
-    out = capsys.readouterr().out
-    return code, one_document(out)
+    return code, one_json_document(capsys.readouterr().out)
 
 
 def assert_envelope(doc: Dict[str, Any], code: int, command: Any) -> None:
@@ -148,7 +137,7 @@ def test_a_missing_home_prints_one_envelope_and_one_helpful_line(tmp_path, capsy
     missing = tmp_path / "nowhere"
     code = csr.main(["diagnose", "--codex-home", str(missing), "--json"])
     captured = capsys.readouterr()
-    doc = one_document(captured.out)
+    doc = one_json_document(captured.out)
     assert code == csr.EXIT_USAGE
     assert_envelope(doc, code, "diagnose")
     assert doc["codex_home"] == str(missing)

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import argparse
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 import pytest
 
 import codex_session_recovery as csr
+from homes import run_script
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "scripts" / "codex_session_recovery.py"
 SKILL_NAME = "codex-session-recovery"
 ALLOWED_FRONTMATTER_KEYS = {"name", "description", "license", "metadata"}
 NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
@@ -325,8 +323,7 @@ def test_changelog_has_this_version():
 
 
 def test_help_runs_from_another_folder_and_names_every_subcommand(tmp_path):
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--help"], cwd=str(tmp_path),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    proc = run_script("--help", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr.decode()
     out = proc.stdout.decode()
     for name in subcommands():
