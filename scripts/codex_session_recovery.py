@@ -535,6 +535,11 @@ def short(text: str, limit: int = 80) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+# What a newcomer without ~/.codex needs to hear: where to point the tool, and what to look for.
+HOME_HINT = ("give --codex-home PATH or set CODEX_HOME to the folder Codex keeps its conversations in "
+             "(it holds sessions/, state_5.sqlite and config.toml; the default is ~/.codex)")
+
+
 def resolve_codex_home(flag: Optional[str], environ: Dict[str, str]) -> Tuple[Path, str]:
     """The home and where the answer came from. A symlinked home is allowed (Codex resolves it
     too); the returned path is the resolved one so every stored path compares equal."""
@@ -550,11 +555,6 @@ def resolve_codex_home(flag: Optional[str], environ: Dict[str, str]) -> Tuple[Pa
     if not path.is_dir():
         raise UsageError("Codex home %s (from %s) is not a directory; %s" % (path, origin, HOME_HINT))
     return path.resolve(), origin
-
-
-# What a newcomer without ~/.codex needs to hear: where to point the tool, and what to look for.
-HOME_HINT = ("give --codex-home PATH or set CODEX_HOME to the folder Codex keeps its conversations in "
-             "(it holds sessions/, state_5.sqlite and config.toml; the default is ~/.codex)")
 
 
 class Config:
@@ -3953,6 +3953,8 @@ class ArgumentsRejected(SystemExit):
 
 
 class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors main() can still answer with a JSON document."""
+
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
         sys.stderr.write("%s: error: %s\n" % (self.prog, message))
@@ -4104,7 +4106,7 @@ def home_for_error(args: argparse.Namespace) -> Optional[Path]:
     """The home an error document names: the resolved one, else the path that was tried."""
     try:
         return resolve_codex_home(getattr(args, "codex_home", None), dict(os.environ))[0]
-    except ToolError:
+    except (ToolError, OSError, RuntimeError):  # RuntimeError: a symlink loop, before 3.13
         flag = getattr(args, "codex_home", None)
         return Path(flag).expanduser() if flag else None
 
