@@ -24,9 +24,9 @@ as a person sees it), and replaces the temporary folder by /home/alice.
 How a README block is matched: each `$ command` line of a `console` block takes the output of
 the next run of that command. A line that holds only `…` stands for one or more lines the
 README leaves out; the rewrite keeps those elisions (it re-takes each shown stretch of lines
-from its first to its last line). Backup folder stamps, pids, plan ids and the Python and
-SQLite versions are compared as placeholders. A `json` block is a trimmed document: every key
-it shows must hold the value it shows, `"..."` (or a string starting with "...") stands for
+from its first to its last line). Backup folder stamps, pids, plan ids, the platform and the
+Python and SQLite versions are compared as placeholders. A `json` block is a trimmed
+document: every key it shows must hold the value it shows, `"..."` (or a string starting with "...") stands for
 any value, a list whose last item is such a string may go on, and an object with a `"..."`
 key may have more keys (the document itself always may). The rewrite leaves `json` blocks alone.
 
@@ -228,6 +228,7 @@ PLACEHOLDERS = (
     (re.compile(r"\bpid \d+"), "pid <PID>"),
     (re.compile(r"\b[0-9a-f]{16}\b"), "<PLAN_ID>"),
     (re.compile(r'"(python|sqlite)": "[0-9.]+"'), r'"\1": "<VERSION>"'),
+    (re.compile(r'"system": "[a-z0-9]+"'), '"system": "<PLATFORM>"'),  # report's sys.platform
 )
 
 
