@@ -26,9 +26,10 @@ the next run of that command. A line that holds only `…` stands for one or mor
 README leaves out; the rewrite keeps those elisions (it re-takes each shown stretch of lines
 from its first to its last line). Backup folder stamps, pids, plan ids, the platform and the
 Python and SQLite versions are compared as placeholders. A `json` block is a trimmed
-document: every key it shows must hold the value it shows, `"..."` (or a string starting with "...") stands for
-any value, a list whose last item is such a string may go on, and an object with a `"..."`
-key may have more keys (the document itself always may). The rewrite leaves `json` blocks alone.
+document: every key it shows must hold the value it shows, `"..."` (or a string starting
+with "...") stands for any value, a list whose last item is such a string may go on, and an
+object with a `"..."` key may have more keys (the document itself always may). The rewrite
+leaves `json` blocks alone.
 
 This is a script, not a test: pytest does not collect it. `.ci/run` runs it with --check.
 """
