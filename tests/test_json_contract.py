@@ -133,6 +133,29 @@ def test_usage_errors_print_one_envelope(tmp_path, capsys, argv, command):
     assert_envelope(doc, code, command)
 
 
+def every_command_run():
+    """(command, with --apply?) for every command of the parser, and --apply where it has one."""
+    for name, sub in sorted(csr.build_parser().get_default("command_names").items()):
+        yield name, False
+        if any("--apply" in action.option_strings for action in sub._actions):
+            yield name, True
+
+
+# The arguments a command cannot run without.
+REQUIRED = {"trace": ["019a0000"], "repair-provider": ["--from", "openai"], "restore": ["--latest"]}
+COMMAND_RUNS = list(every_command_run())
+
+
+@pytest.mark.parametrize("command,apply", COMMAND_RUNS,
+                         ids=[name + (" --apply" if apply else "") for name, apply in COMMAND_RUNS])
+def test_every_command_answers_a_missing_home_with_one_envelope(tmp_path, capsys, command, apply):
+    argv = [command, *REQUIRED.get(command, []), "--codex-home", str(tmp_path / "nowhere"), "--json"]
+    code, doc = run(capsys, *argv, *(["--apply"] if apply else []))
+    assert code == csr.EXIT_USAGE
+    assert_envelope(doc, code, command)
+    assert doc["codex_home"] == str(tmp_path / "nowhere")
+
+
 def test_a_missing_home_prints_one_envelope_and_one_helpful_line(tmp_path, capsys):
     missing = tmp_path / "nowhere"
     code = csr.main(["diagnose", "--codex-home", str(missing), "--json"])
