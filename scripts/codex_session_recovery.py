@@ -1284,20 +1284,26 @@ def open_regular_readonly(path: str) -> Tuple[Optional[int], Optional[os.stat_re
     return fd, stat
 
 
-HEAD_READ = 64 * 1024  # one read: a 0.169.0 head up to the first prompt is ~25-45 KB
+HEAD_READ = 32 * 1024  # one read: a 0.169.0 head up to the first prompt is ~25-45 KB
 
 
 class HeadReader:
     """Lines of an open rollout with read_line_bounded's contract (at most MAX_LINE_BYTES per
     line; an oversized line is skipped and reported), read from the descriptor in bounded
-    chunks: HEAD_READ first, then READ_CHUNK at a time."""
+    chunks: HEAD_READ first, then twice as much each time, up to READ_CHUNK (most heads need
+    one read; a long one is not read a megabyte at a time from the start)."""
 
-    __slots__ = ("fd", "size", "buf", "pos", "total", "eof")
+    __slots__ = ("fd", "size", "buf", "pos", "total", "eof", "step")
 
     def __init__(self, fd: int, size: int) -> None:
         self.fd, self.size = fd, size
         self.buf, self.pos, self.total, self.eof = b"", 0, 0, False
+        self.step = HEAD_READ
         self.buf = self._read(HEAD_READ)
+
+    def _next_chunk(self) -> bytes:
+        self.step = min(READ_CHUNK, self.step * 2)
+        return self._read(self.step)
 
     def _read(self, count: int) -> bytes:
         if self.eof:
@@ -1324,7 +1330,7 @@ class HeadReader:
         while held < MAX_LINE_BYTES:
             if self.eof:
                 return b"".join(pieces), False
-            chunk = self._read(READ_CHUNK)
+            chunk = self._next_chunk()
             end = chunk.find(b"\n")
             if end >= 0:
                 self.buf, self.pos = chunk, end + 1
@@ -1338,7 +1344,7 @@ class HeadReader:
 
     def _skip_rest_of_line(self) -> Tuple[bytes, bool]:
         while True:
-            chunk = self._read(READ_CHUNK)
+            chunk = self._next_chunk()
             end = chunk.find(b"\n")
             if end >= 0 or not chunk:
                 self.buf, self.pos = chunk, end + 1 if end >= 0 else 0
