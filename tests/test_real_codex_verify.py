@@ -1,0 +1,278 @@
+"""`--verify` against real Codex releases: the user's own Codex lists a scratch copy of the home.
+
+What `--verify` reports as the real Codex's listing, before and after the plan, is held to what
+the harness's own real `thread/list` shows on the real home before and after `--apply`. The
+real home stays byte-identical under a `--verify` dry run, credentials are never opened nor
+copied, the scratch folder is gone afterwards (also after SIGINT and SIGTERM), the verifying
+app-server reaches no network, and a wrong prediction is caught and exits 1.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+
+import codex_harness as harness
+import codex_session_recovery as csr
+from test_real_codex import (CUSTOM, SCRIPT, RealHome, changed_files, real_home, run_tool,  # noqa: F401
+                             snapshot)
+
+pytestmark = pytest.mark.realcodex
+
+# Every release the tier installs, newest first (0.171.0 whether or not the harness lists it yet).
+VERIFY_RELEASES = tuple(dict.fromkeys(("0.171.0",) + tuple(harness.RELEASES)))
+NEWEST = VERIFY_RELEASES[0]
+
+
+def binary_of(version: str) -> str:
+    return str(harness.require_release(version))
+
+
+def schema_of(home: RealHome) -> int:
+    import sqlite3
+    conn = sqlite3.connect(home.state_db.resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT max(version) FROM _sqlx_migrations").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def write_flags(home: RealHome) -> List[str]:
+    """--force where the home's schema is newer than the tool knows (0.171.0 migrates to 64):
+    the provider repair is measured to work there, the refusal is about the unknown schema."""
+    return ["--force"] if schema_of(home) > csr.KNOWN_SCHEMA_MAX else []
+
+
+def verify(home: RealHome, version: str, *args: str):
+    code, doc, err = run_tool(home.home, *args, "--verify", "--codex-bin", binary_of(version))
+    return code, doc, doc["verification"], err
+
+
+SCENARIOS = [(v, src, dst) for v in VERIFY_RELEASES for src, dst in (("openai", CUSTOM), (CUSTOM, "openai"))]
+
+
+@pytest.mark.parametrize("version,src,dst", SCENARIOS, ids=["%s-%s-to-%s" % s for s in SCENARIOS])
+def test_verify_equals_the_real_listing_before_and_after_apply(real_home, version, src, dst):
+    """Codex 0.171.0, 0.169.0, 0.130.0 and 0.120.0, provider switch both ways: the dry run's
+    --verify lists (before, after the plan) equal the real thread/list on the real home before
+    and after --apply; the real home is byte-identical after the --verify dry run; the tool's
+    prediction agrees; and `--apply --verify` reports the real listing of the repaired home."""
+    home = real_home(version, src)
+    home.switch_provider(dst)
+    before = snapshot(home.home)
+    code, doc, check, err = verify(home, version, "repair-provider", "--from", src)
+    assert changed_files(before, snapshot(home.home)) == []
+    assert code == csr.EXIT_FINDINGS and doc["changes"] > 0
+    assert check["status"] == "verified", check
+    assert check["codex_version"] == version and check["codex_origin"] == "--codex-bin"
+    assert check["disagreements"] == [] and check["agrees"] is True, check
+    assert check["conversations_before"] == check["conversations_after"] == 2
+    assert 0 < check["cost"]["bytes_copied"] < check["cost"]["home_bytes"]
+
+    real_before = home.listed()
+    assert sorted(check["listed_before"]) == sorted(real_before) == []
+    code, doc, _ = run_tool(home.home, "repair-provider", "--from", src, "--apply", *write_flags(home))
+    assert code == csr.EXIT_OK, doc
+    real_after = home.listed()
+    assert sorted(check["listed_after"]) == sorted(real_after) == sorted(home.interactive)
+    assert sorted(check["predicted_after"]) == sorted(real_after)
+
+    # After --apply --verify (a fresh copy of the switched home): the repaired home's copy.
+    home = real_home(version, src)
+    home.switch_provider(dst)
+    code, doc, check, err = verify(home, version, "repair-provider", "--from", src, "--apply",
+                                   *write_flags(home))
+    assert code == csr.EXIT_OK and doc["applied"] is True, (doc, err)
+    assert check["status"] == "verified" and check["agrees"] is True, check
+    assert check["listed_before"] == []
+    assert sorted(check["listed_after"]) == sorted(home.listed()) == sorted(home.interactive)
+
+
+@pytest.mark.parametrize("version", VERIFY_RELEASES)
+def test_diagnose_verify_on_a_clean_home_agrees_and_keeps_exit_0(real_home, version):
+    """diagnose --verify on an untouched home: Codex lists both interactive threads (the exec
+    and the archived ones are hidden by design), as predicted; the exit code is diagnose's
+    own (0; 1 on 0.171.0 for its newer schema), no byte changed."""
+    home = real_home(version, "openai")
+    plain, _doc, _err = run_tool(home.home, "diagnose")
+    assert plain == (csr.EXIT_OK if schema_of(home) <= csr.KNOWN_SCHEMA_MAX else csr.EXIT_FINDINGS)
+    before = snapshot(home.home)
+    code, doc, check, err = verify(home, version, "diagnose")
+    assert changed_files(before, snapshot(home.home)) == []
+    assert code == plain, (check, err)
+    assert check["agrees"] is True and check["listed_after"] is None
+    assert sorted(check["listed_before"]) == sorted(home.listed()) == sorted(home.interactive)
+
+
+def test_verify_never_opens_nor_copies_credentials_and_removes_the_scratch(real_home, monkeypatch):
+    """Codex 0.169.0, openai home (auth.json from `codex login`): under --verify the tool
+    never opens auth.json (audit hook), the scratch copies hold no auth.json nor any file
+    that is not a copy of what listing reads, and the scratch folders are gone afterwards."""
+    home = real_home("0.169.0", "openai")
+    home.switch_provider(CUSTOM)
+    assert (home.home / "auth.json").exists()
+    seen: Dict[str, List[str]] = {}
+    real_enter = csr.CodexLister.__enter__
+
+    def record(self):
+        seen[str(self.scratch.root)] = sorted(
+            str(p.relative_to(self.scratch.root)) for p in self.scratch.root.rglob("*") if p.is_file())
+        return real_enter(self)
+
+    monkeypatch.setattr(csr.CodexLister, "__enter__", record)
+    opened: List[str] = []
+
+    def hook(event, args):
+        if event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
+            opened.append(os.fsdecode(args[0]))
+
+    from test_safety import _HOOKS
+    if not getattr(sys, "_csr_audit_installed", False):
+        sys.addaudithook(lambda e, a: [f(e, a) for f in list(_HOOKS)])
+        sys._csr_audit_installed = True
+    _HOOKS.append(hook)
+    try:
+        code, doc, check, err = verify(home, "0.169.0", "repair-provider", "--from", "openai")
+    finally:
+        _HOOKS.remove(hook)
+    assert check["status"] == "verified" and check["agrees"], check
+    assert not [p for p in opened if os.path.basename(p) in ("auth.json", "auth.json.lock")]
+    assert len(seen) == 2  # before and after the plan
+    for root, files in seen.items():
+        assert not Path(root).exists()
+        assert not [f for f in files if "auth" in os.path.basename(f)], files
+        assert all(f.startswith("codex-home/") for f in files), files
+        names = {os.path.basename(f) for f in files}
+        assert names <= {"config.toml", "state_5.sqlite", "session_index.jsonl"} | {
+            os.path.basename(f) for f in files if os.path.basename(f).startswith("rollout-")}, names
+        assert Path(root).parent == Path(csr.tempfile.gettempdir()).resolve()
+
+
+def test_verify_reaches_no_network(real_home, tmp_path):
+    """Codex 0.169.0: the verifying app-server makes no request to the configured provider
+    (the stand-in counts none), and the same --verify run inside a network namespace with no
+    network at all (`unshare -n`) gives the same answer."""
+    home = real_home("0.169.0", "openai")
+    home.switch_provider(CUSTOM)
+    served = len(home.standin.requests)
+    code, doc, check, _ = verify(home, "0.169.0", "repair-provider", "--from", "openai")
+    assert check["status"] == "verified" and check["agrees"]
+    assert len(home.standin.requests) == served
+    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("unshare -n is not available here")
+    done = subprocess.run(["unshare", "-n", sys.executable, str(SCRIPT), "--codex-home", str(home.home),
+                           "repair-provider", "--from", "openai", "--verify", "--codex-bin", binary_of("0.169.0"),
+                           "--json"], capture_output=True, text=True, timeout=180)
+    import json
+    offline = json.loads(done.stdout)["verification"]
+    assert offline["status"] == "verified", (offline, done.stderr)
+    assert (offline["listed_before"], sorted(offline["listed_after"])) == (
+        check["listed_before"], sorted(check["listed_after"]))
+    assert offline["agrees"] is True
+
+
+def _scratch_dirs(tmp: Path) -> List[Path]:
+    return sorted(tmp.glob("csr-verify-*"))
+
+
+def _processes_under(folder: Path) -> List[str]:
+    """Pids whose environment names the folder (a verifying codex left running)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/environ" % entry, "rb") as handle:
+                if str(folder).encode() in handle.read():
+                    found.append(entry)
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_verify_removes_the_scratch_and_stops_codex(real_home, tmp_path, signum):
+    """Codex 0.169.0: a --verify run interrupted while its app-server lists the scratch copy
+    (SIGINT as Ctrl-C sends it, or SIGTERM) removes the scratch folder, leaves no codex
+    process behind, prints no traceback, and the real home is unchanged."""
+    home = real_home("0.169.0", "openai")
+    home.switch_provider(CUSTOM)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    before = snapshot(home.home)
+    env = dict(os.environ, TMPDIR=str(tmp))
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--codex-home", str(home.home), "repair-provider",
+                             "--from", "openai", "--verify", "--codex-bin", binary_of("0.169.0")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    running = False
+    while time.monotonic() < deadline and proc.poll() is None:
+        # The app-server has opened the scratch DB once its -wal exists.
+        if any((d / "codex-home" / "state_5.sqlite-wal").exists() for d in _scratch_dirs(tmp)):
+            running = True
+            break
+        time.sleep(0.005)
+    assert running, "the verifying app-server never started"
+    scratch = _scratch_dirs(tmp)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert "Traceback" not in err and "interrupted" in err
+    assert _scratch_dirs(tmp) == []
+    time.sleep(0.2)
+    assert [pid for d in scratch for pid in _processes_under(d)] == []
+    assert changed_files(before, snapshot(home.home)) == []
+
+
+def test_a_wrong_prediction_is_caught_and_exits_1(real_home, monkeypatch):
+    """Codex 0.169.0 with a test double of the prediction that says every thread is listed:
+    the real Codex disagrees, the command says so (per-thread verdicts, a warning on stderr)
+    and exits 1 — also for diagnose on a clean home, which exits 0 without --verify."""
+    home = real_home("0.169.0", "openai")
+    code, doc, check, err = verify(home, "0.169.0", "diagnose")
+    assert code == csr.EXIT_OK and check["agrees"]
+
+    monkeypatch.setattr(csr, "predicted_listed", lambda inv: sorted(inv.threads))
+    code, doc, check, err = verify(home, "0.169.0", "diagnose")
+    assert code == csr.EXIT_FINDINGS and doc["exit_code"] == 1
+    assert check["agrees"] is False
+    hidden_by_design = sorted([home.ids["exec"], home.ids["archived"]])
+    assert sorted(d["id"] for d in check["disagreements"]) == hidden_by_design
+    assert all((d["phase"], d["predicted"], d["codex"]) == ("before", "listed", "hidden")
+               for d in check["disagreements"])
+    assert "warning: Codex 0.169.0 disagrees with this tool's prediction for 2 threads" in err
+
+    home.switch_provider(CUSTOM)
+    code, doc, check, err = verify(home, "0.169.0", "repair-provider", "--from", "openai")
+    assert code == csr.EXIT_FINDINGS and check["agrees"] is False
+    phases = {(d["phase"], d["id"]) for d in check["disagreements"]}
+    # Before the plan Codex lists nothing (every thread carries the old provider); after it the
+    # two interactive threads, never the exec and the archived one.
+    assert phases == {("before", t) for t in home.interactive + hidden_by_design} | {
+        ("after", t) for t in hidden_by_design}
+    out = subprocess.run([sys.executable, str(SCRIPT), "--codex-home", str(home.home), "diagnose"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == csr.EXIT_FINDINGS  # the switched home has findings of its own
+
+
+def test_verify_text_output_names_codex_and_counts(real_home):
+    """The human report: which Codex answered, and the before/after counts of the issue's
+    example sentence."""
+    home = real_home(NEWEST, "openai")
+    home.switch_provider(CUSTOM)
+    done = subprocess.run([sys.executable, str(SCRIPT), "--codex-home", str(home.home), "repair-provider",
+                           "--from", "openai", "--verify", "--codex-bin", binary_of(NEWEST)],
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == csr.EXIT_FINDINGS, done.stderr
+    assert ("Codex %s (--codex-bin) lists 0 of your 2 conversations now; after this plan it lists 2 of 2"
+            % NEWEST) in done.stdout
+    assert "Codex agrees with this tool's prediction for every thread." in done.stdout
