@@ -4791,9 +4791,16 @@ def _verify_options(parser: argparse.ArgumentParser) -> None:
                        help="ask your Codex (its app-server, offline, on a private scratch copy of the home with "
                             "no credentials) what it lists now and after this plan, and compare with this tool's "
                             "prediction; a disagreement is a finding (exit 1). No byte of the home is written")
-    group.add_argument("--codex-bin", metavar="PATH",
+    group.add_argument("--codex-bin", metavar="PATH", type=_executable_argument,
                        help="the codex binary --verify runs (default: `codex` on PATH, else the one Codex "
                             "Desktop or the IDE extension ships)")
+
+
+def _executable_argument(text: str) -> str:
+    """--codex-bin is checked before the home is read: a typo is a usage error at once."""
+    if not _is_executable(Path(text).expanduser()):
+        raise argparse.ArgumentTypeError("%s is not an executable file" % text)
+    return text
 
 
 def _write_options(parser: argparse.ArgumentParser, force_help: Optional[str] = None) -> None:
