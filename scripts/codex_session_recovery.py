@@ -1608,7 +1608,11 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
         elsewhere = exists and not is_windows_path(path) and not is_within(Path(os.path.abspath(path)), inv.home) \
             and not any(os.path.realpath(path) == os.path.realpath(str(f.path)) for f in view.files)
         if (not exists or elsewhere) and view.files:
-            add_reason(view, "rollout_path_stale", not exists, rollout_path=path, found=view.files[0].rel,
+            # CODEX-COMPAT: measured with --verify on 0.120.0, 0.130.0, 0.169.0 and 0.171.0: a row
+            # whose rollout_path names no file is still listed by default when the file is in
+            # sessions/ (the listing's file scan finds it and repairs the row); in
+            # archived_sessions/ it is hidden as archived. Stale metadata, not a hiding reason.
+            add_reason(view, "rollout_path_stale", False, rollout_path=path, found=view.files[0].rel,
                        outside_home=elsewhere)
         elif not exists:
             add_reason(view, "rollout_missing", True, rollout_path=path)

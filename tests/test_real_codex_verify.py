@@ -276,3 +276,54 @@ def test_verify_text_output_names_codex_and_counts(real_home):
     assert ("Codex %s (--codex-bin) lists 0 of your 2 conversations now; after this plan it lists 2 of 2"
             % NEWEST) in done.stdout
     assert "Codex agrees with this tool's prediction for every thread." in done.stdout
+
+
+def _blank_first_message(home: RealHome) -> None:
+    from test_real_codex import execute
+    assert execute(home.state_db, "UPDATE threads SET first_user_message = '', has_user_event = 0 WHERE id = ?",
+                   (home.interactive[0],)) == 1
+
+
+def _stale_rollout_path(home: RealHome) -> None:
+    from test_real_codex import execute
+    moved = str(home.home / "sessions" / "2020" / "01" / "01" / home.rollout(home.interactive[0]).name)
+    assert execute(home.state_db, "UPDATE threads SET rollout_path = ? WHERE id = ?",
+                   (moved, home.interactive[0])) == 1
+
+
+def _row_deleted(home: RealHome) -> None:
+    from test_real_codex import execute
+    assert execute(home.state_db, "DELETE FROM threads WHERE id = ?", (home.interactive[0],)) == 1
+
+
+REPAIRS = [
+    ("0.120.0", "repair-user-events", _blank_first_message),
+    ("0.169.0", "reindex", _stale_rollout_path),
+    (NEWEST, "reindex", _stale_rollout_path),
+    ("0.130.0", "reindex", _stale_rollout_path),
+    ("0.120.0", "reindex", _stale_rollout_path),
+    ("0.130.0", "reindex", _row_deleted),
+    ("0.169.0", "reindex", _row_deleted),
+]
+
+
+@pytest.mark.parametrize("version,command,damage", REPAIRS,
+                         ids=["%s-%s-%s" % (v, c, d.__name__.strip("_")) for v, c, d in REPAIRS])
+def test_verify_of_db_repairs_equals_the_real_listing(real_home, version, command, damage):
+    """Repairs whose plan is SQL (filled columns, repointed paths, inserted rows): the scratch
+    copy gets the plan's statements with every path of the home mapped into it, and --verify's
+    lists before and after equal the real thread/list before and after --apply."""
+    home = real_home(version, "openai")
+    damage(home)
+    before = snapshot(home.home)
+    code, doc, check, err = verify(home, version, command)
+    assert changed_files(before, snapshot(home.home)) == []
+    assert check["status"] == "verified", check
+    real_before = home.listed()
+    assert sorted(check["listed_before"]) == sorted(real_before)
+    code, doc, _ = run_tool(home.home, command, "--apply", *write_flags(home))
+    assert code == csr.EXIT_OK, doc
+    assert sorted(check["listed_after"]) == sorted(home.listed())
+    # Measured with this very check: every release lists a row whose rollout_path is stale
+    # while its file is in sessions/; the tool's prediction now says so too.
+    assert check["disagreements"] == [] and check["agrees"] is True, check
