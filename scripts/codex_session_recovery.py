@@ -20,14 +20,16 @@ Safety contract:
 
 Exit codes (every command):
   0  clean, nothing to do, or the apply succeeded
-  1  findings, or changes pending in a dry run
+  1  findings, or changes pending in a dry run (with --verify also: the user's own Codex
+     lists otherwise than this tool predicted)
   2  usage error
   3  refused by a safety check
   4  apply failed (the output says whether the automatic restore worked)
 
 The file reads top to bottom: constants and errors; configuration (TOML) and discovery;
 readers for SQLite and rollouts; the inventory that joins them; pure checks that return
-findings; rendering; commands; the argument parser; main().
+findings; plans, safety, backups and the one writer; verification with the user's own Codex
+on a scratch copy; rendering; commands; the argument parser; main().
 """
 
 from __future__ import annotations
