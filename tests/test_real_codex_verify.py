@@ -327,3 +327,34 @@ def test_verify_of_db_repairs_equals_the_real_listing(real_home, version, comman
     # Measured with this very check: every release lists a row whose rollout_path is stale
     # while its file is in sessions/; the tool's prediction now says so too.
     assert check["disagreements"] == [] and check["agrees"] is True, check
+
+
+def test_profile_plan_is_checked_for_the_app_server_and_the_cli_case_is_noted(real_home):
+    """Codex 0.169.0 with `--profile work` (work.config.toml names the custom provider): the
+    app-server (Desktop, IDE) has no --profile and lists under the top-level openai, so moving
+    the threads to the profile's provider takes them out of its list: --verify shows 2 now,
+    0 after the plan, in agreement with the prediction for that surface, and notes what the
+    CLI with --profile resolves instead."""
+    home = real_home("0.169.0", "openai")
+    (home.home / "work.config.toml").write_text(
+        'model_provider = "%s"\n\n[model_providers.%s]\nname = "%s"\nbase_url = "%s"\nwire_api = "responses"\n'
+        'env_key = "%s"\n' % (CUSTOM, CUSTOM, CUSTOM, home.standin.base_url, harness.FAKE_KEY_ENV))
+    code, doc, check, err = verify(home, "0.169.0", "repair-provider", "--from", "openai", "--profile", "work")
+    assert doc["plan"]["to"] == CUSTOM
+    assert check["status"] == "verified" and check["agrees"] is True, check
+    assert sorted(check["listed_before"]) == sorted(home.interactive)
+    assert check["listed_after"] == []
+    assert "`codex --profile work` (the CLI) lists under %s" % CUSTOM in check["profile_note"]
+
+
+def test_codex_on_path_is_found_and_named(real_home, monkeypatch):
+    """The npm `codex` launcher on PATH (a node script that starts the native binary) is the
+    Codex --verify uses when no --codex-bin is given, and the output says so."""
+    home = real_home("0.169.0", "openai")
+    launcher = Path(binary_of("0.169.0"))
+    monkeypatch.setenv("PATH", os.pathsep.join([str(launcher.parent), os.environ.get("PATH", "")]))
+    code, doc, err = run_tool(home.home, "diagnose", "--verify")
+    check = doc["verification"]
+    assert (check["status"], check["codex_origin"], check["codex_version"]) == ("verified", "PATH", "0.169.0")
+    assert check["codex_bin"] == str(launcher)
+    assert check["agrees"] is True

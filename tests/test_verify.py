@@ -199,3 +199,42 @@ def test_temp_folder_inside_the_home_is_refused(switched, monkeypatch):
     with pytest.raises(csr.VerifyError, match="inside CODEX_HOME"):
         csr.ScratchHome(home.root, "test")
     assert list(inside.iterdir()) == []
+
+
+SILENT_CODEX = """#!%s
+import sys, time
+if "--version" in sys.argv:
+    print("codex-cli 0.999.0")
+    sys.exit(0)
+open(sys.argv[-2], "w").write("started")  # where the test can see it ran
+time.sleep(120)  # an app-server that never answers
+"""
+
+
+def test_a_codex_that_never_answers_times_out_in_one_line(switched, tmp_path, monkeypatch):
+    """A hung app-server: the wait is bounded, the message says what timed out, the exit code
+    is the command's own, the scratch folder and the process are gone."""
+    import sys
+    home, _ = switched
+    fake = tmp_path / "bin" / "codex"
+    fake.parent.mkdir()
+    fake.write_text(SILENT_CODEX % sys.executable)
+    fake.chmod(0o755)
+    marker = tmp_path / "started"
+    monkeypatch.setattr(csr, "VERIFY_TIMEOUT", 1.0)
+    monkeypatch.setattr(csr, "OFFLINE_OVERRIDES", (str(marker),))  # becomes `-c MARKER app-server`
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(csr.tempfile, "gettempdir", lambda: str(tmp))
+    plain = run(["repair-provider", "--codex-home", str(home.root), "--from", "openai"])[0]
+    code, out, err = run(["repair-provider", "--codex-home", str(home.root), "--from", "openai", "--verify",
+                          "--codex-bin", str(fake), "--json"])
+    doc = json.loads(out)
+    assert code == plain == csr.EXIT_FINDINGS
+    assert marker.read_text() == "started"
+    check = doc["verification"]
+    assert check["status"] == "failed" and check["codex_version"] == "0.999.0"
+    assert check["message"] == ("verification did not finish (before): Codex app-server did not answer "
+                                "initialize within 1 s")
+    assert err.strip().splitlines()[-1] == "verify: " + check["message"]
+    assert list(tmp.iterdir()) == []
