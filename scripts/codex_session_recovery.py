@@ -3599,7 +3599,7 @@ def copy_rollout_head(info: RolloutInfo, target: Path, edit: Optional[RolloutEdi
         head_end = source.tell()
         later: Dict[int, bytes] = {}
         try:
-            for _line, offset, raw in iter_marked_lines(source, LISTING_LINE_MARKERS, hashlib.sha256(),
+            for _line, offset, raw in iter_marked_lines(source, LISTING_LINE_MARKERS, _NoDigest(),
                                                         RolloutEdit(info.path, "")):
                 later[head_end + offset] = raw
         except PlanError:
@@ -3616,6 +3616,13 @@ def copy_rollout_head(info: RolloutInfo, target: Path, edit: Optional[RolloutEdi
     os.utime(str(target), ns=(stat.st_atime_ns, stat.st_mtime_ns))
     scratch.bytes_copied += written
     scratch.files_copied += 1
+
+
+class _NoDigest:
+    """The block scan hashes what it reads for the apply engine; a copy needs no digest."""
+
+    def update(self, data: bytes) -> None:
+        pass
 
 
 def build_scratch_home(inv: Inventory, scratch: ScratchHome, plan: Optional[Plan]) -> None:
