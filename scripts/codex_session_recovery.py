@@ -1560,6 +1560,13 @@ def preview_rederived(release: Tuple[int, ...]) -> bool:
     return bool(release) and release >= (0, 131, 0)
 
 
+def beyond_scan_hides(release: Tuple[int, ...]) -> bool:
+    # CODEX-COMPAT: measured with --verify (a real rollout whose first user message was pushed
+    # 230 lines down, its DB row intact): 0.130.0, 0.169.0 and 0.171.0 leave the thread out
+    # of the default thread/list; 0.120.0 lists it.
+    return not release or release >= (0, 130, 0)
+
+
 def check_thread(view: ThreadView, inv: Inventory) -> None:
     active = inv.config.provider
     row = view.row
@@ -1590,7 +1597,8 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
             add_reason(view, "user_event_missing", user_event_gate_hides(inv.release), column=gate,
                        evidence_kind=view.primary.evidence_kind, evidence_line=view.primary.evidence_line)
     if view.primary is not None and (view.primary.evidence_line or 0) > HEAD_SCAN_LINES:
-        add_reason(view, "user_message_beyond_scan", False, line=view.primary.evidence_line, window=HEAD_SCAN_LINES)
+        add_reason(view, "user_message_beyond_scan", beyond_scan_hides(inv.release), line=view.primary.evidence_line,
+                   window=HEAD_SCAN_LINES)
     if view.primary is not None and view.primary.evidence_kind == "attachment":
         gate = inv.gate_column()
         gate_blank = row is None or not gate or not row.get("has_" + gate, row.get(gate))
@@ -3571,9 +3579,21 @@ def point_rows_at_scratch(target: Path, mapper: PathMapper) -> None:
 
 
 def rollout_head_lines(info: RolloutInfo) -> int:
-    """How many lines of a rollout listing reads: through its first real user message, and at
-    least the head records; with no user message, as far as the lister looks for one."""
+    """How many lines of a rollout listing reads at least: through its first real user
+    message, and the head records; with no user message, as far as the lister looks for one."""
     return max(info.evidence_line or HEAD_SCAN_LINES, HEAD_RECORD_LIMIT)
+
+
+# CODEX-COMPAT: the listers look for the event form of the first user message (0.120.0 and
+# 0.130.0: event_msg/user_message; 0.169.0+: item_completed), which follows the prompt's
+# role=user response_item that may have been the tool's evidence.
+USER_EVENT_MARKERS = (b'"user_message"', b'"item_completed"', b'"thread_goal_updated"')
+
+
+def head_complete(count: int, info: RolloutInfo, event_seen: bool) -> bool:
+    if count < rollout_head_lines(info):
+        return False
+    return event_seen or count >= HEAD_SCAN_LINES
 
 
 def copy_rollout_head(info: RolloutInfo, target: Path, edit: Optional[RolloutEdit], scratch: ScratchHome) -> None:
@@ -3581,9 +3601,11 @@ def copy_rollout_head(info: RolloutInfo, target: Path, edit: Optional[RolloutEdi
     edits), with the plan's line edits applied exactly as the apply engine writes them."""
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     replacements = {offset: (length, new) for offset, length, new in (edit.replacements if edit else [])}
-    written = 0
+    written = count = 0
+    event_seen = False
     with open(str(info.path), "rb") as source, open(str(target), "wb") as out:
-        for _ in range(rollout_head_lines(info)):
+        while not head_complete(count, info, event_seen):
+            count += 1
             start = source.tell()
             raw, oversized = read_line_bounded(source)
             if not raw and not oversized:
@@ -3594,6 +3616,8 @@ def copy_rollout_head(info: RolloutInfo, target: Path, edit: Optional[RolloutEdi
             elif oversized:
                 source.seek(start)
                 raw = source.read(end - start)
+            event_seen = event_seen or (count >= (info.evidence_line or 0) and
+                                        any(marker in raw for marker in USER_EVENT_MARKERS))
             out.write(raw)
             written += len(raw)
         head_end = source.tell()
@@ -3952,10 +3976,8 @@ def verify_with_codex(inv: Inventory, args: argparse.Namespace, plan: Optional[P
 
 def verification_lines(verification: Optional[Dict[str, Any]], applied: bool) -> List[str]:
     """The verification, for a person: who answered, the counts, every disagreement."""
-    if verification is None:
-        return []
-    if verification["status"] != "verified":
-        return ["Verify:    %s" % verification["message"]]
+    if verification is None or verification["status"] != "verified":
+        return []  # the one line on stderr says why
     lines = []
     who = "Codex %s (%s)" % (verification["codex_version"], verification["codex_origin"])
     before = "%s lists %d of your %d conversations %s" % (
@@ -4237,7 +4259,8 @@ REASON_FIXES: Dict[str, str] = {
     "source_filtered": "by design: see it with `codex resume --all --include-non-interactive`, or resume it by id",
     "archived": "by design: open Codex's Archived view, or unarchive it there",
     "no_user_content": "nothing to recover: the thread never had a user message",
-    "user_message_beyond_scan": "resume it by id (`codex resume ID`); newer Codex releases read further",
+    "user_message_beyond_scan": "resume it by id (`codex resume ID`): 0.130.0 and newer leave it out of the "
+                                "default list",
     "beyond_recent_window": "scroll or search in Codex, or pin the thread",
     "cwd_unmatchable": "`codex resume --all` lists it regardless of folder",
     "history_projection_missing": "point sqlite_home back at the folder that holds thread_history_1.sqlite with this "
