@@ -3661,14 +3661,19 @@ def build_scratch_home(inv: Inventory, scratch: ScratchHome, plan: Optional[Plan
         if source.is_file():
             copy_file_to_scratch(source, scratch.home / name, scratch)
     db_targets: Dict[Path, Path] = {}
+    explicit = [folder for folder, origin in sqlite_home_dirs(inv.home, inv.config, dict(os.environ))
+                if origin in ("config sqlite_home", "CODEX_SQLITE_HOME")]
+    if explicit:
+        # The copied config.toml names a sqlite_home Codex would open and write: the verifying
+        # Codex is pointed at a folder of the scratch copy instead (with -c sqlite_home).
+        scratch.sqlite_home = scratch.root / "sqlite-home"
+        scratch.sqlite_home.mkdir(mode=0o700)
     for db in inv.dbs:
-        if is_within(Path(os.path.abspath(str(db.path))), inv.home):
-            target = scratch.path_for(db.path, inv.home)
-        else:
-            # A sqlite_home outside the home: its copy lives in the scratch folder, and the
-            # verifying Codex is pointed there.
-            scratch.sqlite_home = scratch.root / "sqlite-home"
+        if db.path.parent in explicit or not is_within(Path(os.path.abspath(str(db.path))), inv.home):
+            scratch.sqlite_home = scratch.sqlite_home or scratch.root / "sqlite-home"
             target = scratch.sqlite_home / db.path.name
+        else:
+            target = scratch.path_for(db.path, inv.home)
         copy_db_to_scratch(db.path, target, scratch)
         point_rows_at_scratch(target, mapper)
         db_targets[db.path] = target
@@ -3735,6 +3740,8 @@ class CodexLister:
         command = [str(self.binary.path)]
         for setting in OFFLINE_OVERRIDES:
             command += ["-c", setting]
+        # Where Codex writes beside the home: into the scratch folder, whatever config.toml says.
+        command += ["-c", "log_dir=%s" % json.dumps(str(self.scratch.root / "log"))]
         if self.scratch.sqlite_home is not None:
             command += ["-c", "sqlite_home=%s" % json.dumps(str(self.scratch.sqlite_home))]
         command.append("app-server")

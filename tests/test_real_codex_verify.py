@@ -392,3 +392,27 @@ def test_rollout_heads_hold_what_each_release_reads(real_home, version, pad):
     # 0.120.0 lists it; the tool's prediction says the same.
     assert (padded in listed) == (pad < csr.HEAD_SCAN_LINES or version == "0.120.0")
     assert check["disagreements"] == [] and check["agrees"] is True, check
+
+
+def test_a_sqlite_home_inside_the_home_is_not_opened_by_the_verifying_codex(real_home):
+    """Codex 0.169.0 with config.toml's sqlite_home naming a folder of the real home (the DBs
+    moved there): the copied config.toml would lead the verifying Codex to the real DBs; it is
+    pointed at the scratch copy instead. The real home stays byte-identical, and --verify
+    lists what the real Codex lists."""
+    import shutil as _shutil
+    home = real_home("0.169.0", "openai")
+    dbs = home.home / "dbs"
+    dbs.mkdir()
+    for path in list(home.home.glob("state_5.sqlite*")) + list(home.home.glob("thread_history_1.sqlite*")):
+        _shutil.move(str(path), str(dbs / path.name))
+    config = home.home / "config.toml"
+    config.write_text('sqlite_home = "%s"\n' % dbs + config.read_text())
+    real = home.listed()
+    assert sorted(real) == sorted(home.interactive)
+    home.switch_provider(CUSTOM)
+    config.write_text('sqlite_home = "%s"\n' % dbs + config.read_text())
+    before = snapshot(home.home)
+    code, doc, check, err = verify(home, "0.169.0", "repair-provider", "--from", "openai")
+    assert changed_files(before, snapshot(home.home)) == []
+    assert check["status"] == "verified" and check["agrees"] is True, check
+    assert check["listed_before"] == [] and sorted(check["listed_after"]) == sorted(home.interactive)
