@@ -215,7 +215,7 @@ import sys, time
 if "--version" in sys.argv:
     print("codex-cli 0.999.0")
     sys.exit(0)
-open(sys.argv[-2], "w").write("started")  # where the test can see it ran
+open(sys.argv[2], "w").write("started")  # the first -c value: where the test can see it ran
 time.sleep(120)  # an app-server that never answers
 """
 
