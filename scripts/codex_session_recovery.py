@@ -3397,6 +3397,7 @@ def find_codex_binary(flag: Optional[str], environ: Dict[str, str]) -> Optional[
         if not _is_executable(path):
             raise UsageError("--codex-bin %s is not an executable file" % flag)
         return CodexBinary(path.absolute(), "--codex-bin")
+    import glob
     on_path = shutil.which("codex", path=environ.get("PATH", ""))
     if on_path:
         return CodexBinary(Path(on_path), "PATH")
@@ -3406,17 +3407,12 @@ def find_codex_binary(flag: Optional[str], environ: Dict[str, str]) -> Optional[
         pattern = pattern.replace("{platform}", bundle_platform()) + suffix
         if pattern.startswith("~"):
             pattern = user_home + pattern[1:]
-        found = [Path(p) for p in _glob(pattern)]
+        found = [Path(p) for p in glob.glob(pattern)]
         found.sort(key=lambda p: parse_version(re.sub(r"^.*openai\.chatgpt-", "", str(p))), reverse=True)
         for path in found:
             if _is_executable(path):
                 return CodexBinary(path, origin)
     return None
-
-
-def _glob(pattern: str) -> List[str]:
-    import glob
-    return glob.glob(pattern)
 
 
 def codex_version(binary: CodexBinary, scratch: "ScratchHome") -> str:
@@ -3479,7 +3475,11 @@ class ScratchHome:
     def __exit__(self, *exc: Any) -> None:
         import signal
         try:
-            shutil.rmtree(str(self.root), onerror=_make_writable_and_retry)
+            shutil.rmtree(str(self.root), ignore_errors=True)
+            if self.root.exists():  # a read-only folder Codex made: make it writable, then again
+                for folder, _dirs, _files in os.walk(str(self.root)):
+                    os.chmod(folder, 0o700)
+                shutil.rmtree(str(self.root), ignore_errors=True)
         finally:
             if self._old_handler is not None:
                 signal.signal(signal.SIGTERM, self._old_handler)
@@ -3491,14 +3491,6 @@ class ScratchHome:
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt()
-
-
-def _make_writable_and_retry(function: Any, path: str, info: Any) -> None:
-    try:
-        os.chmod(path, 0o700)
-        function(path)
-    except OSError:
-        pass
 
 
 def home_bytes(home: Path) -> int:
@@ -3742,6 +3734,7 @@ class CodexLister:
     def __init__(self, binary: CodexBinary, scratch: ScratchHome) -> None:
         self.binary, self.scratch = binary, scratch
         self.proc: Any = None
+        self.pumps: List[Any] = []
         self.lines: Any = None
         self.stderr_tail: List[str] = []
         self.next_id = 0
@@ -3765,8 +3758,10 @@ class CodexLister:
         except OSError as exc:
             raise VerifyError("could not start %s app-server: %s" % (self.binary.path, short(str(exc), 160))) from None
         self.lines = queue.Queue()
-        threading.Thread(target=self._pump_stdout, daemon=True).start()
-        threading.Thread(target=self._pump_stderr, daemon=True).start()
+        self.pumps = [threading.Thread(target=self._pump_stdout, daemon=True),
+                      threading.Thread(target=self._pump_stderr, daemon=True)]
+        for pump in self.pumps:
+            pump.start()
         try:
             self.request("initialize", {"clientInfo": {"name": "codex_session_recovery",
                                                        "title": TOOL_NAME, "version": __version__}})
@@ -3867,6 +3862,10 @@ class CodexLister:
                 os.killpg(proc.pid, 9)  # a child the launcher left behind
             except OSError:
                 pass
+        for pump in self.pumps:
+            pump.join(5)  # they end at EOF, once every process holding the pipes is gone
+        for stream in (proc.stdout, proc.stderr):
+            stream.close()
 
 
 def _stop_group(proc: Any) -> None:
