@@ -3367,7 +3367,12 @@ LISTING_LINE_MARKERS = (b'"session_meta"', b'"thread_settings_applied"')
 
 class VerifyError(Exception):
     """Verification could not run to the end (a time-out, a Codex that exits): reported in one
-    line, and the command carries on as without --verify."""
+    line, and the command carries on as without --verify. `exited`: the app-server stopped by
+    itself, which is Codex's own answer about that copy of the home (it cannot open it)."""
+
+    def __init__(self, message: str, exited: bool = False) -> None:
+        super().__init__(message)
+        self.exited = exited
 
 
 class CodexBinary:
@@ -3806,7 +3811,8 @@ class CodexLister:
             except queue.Empty:
                 raise VerifyError("Codex app-server did not answer %s within %d s" % (method, VERIFY_TIMEOUT)) from None
             if line is None:
-                raise VerifyError("Codex app-server exited before answering %s%s" % (method, self._stderr_hint()))
+                raise VerifyError("Codex app-server exited before answering %s%s" % (method, self._stderr_hint()),
+                                  exited=True)
             try:
                 message = json.loads(line.decode("utf-8", "replace"))
             except ValueError:
@@ -3925,9 +3931,16 @@ def list_scratch(binary: CodexBinary, inv: Inventory, plan: Optional[Plan], labe
         predicted_inv = app_server_inventory(inv) if plan is None else scratch_inventory(scratch)
         predicted = predicted_listed(predicted_inv)
         conversations = conversation_count(predicted_inv)
-        with CodexLister(binary, scratch) as lister:
-            listed = lister.listed_ids()
-        return {"listed": listed, "predicted": predicted, "conversations": conversations,
+        listed: Optional[List[str]] = None
+        error = None
+        try:
+            with CodexLister(binary, scratch) as lister:
+                listed = lister.listed_ids()
+        except VerifyError as exc:
+            if not exc.exited:
+                raise
+            error = str(exc)  # Codex cannot open this copy: a measured answer, not a broken check
+        return {"listed": listed, "error": error, "predicted": predicted, "conversations": conversations,
                 "bytes_copied": scratch.bytes_copied, "files_copied": scratch.files_copied,
                 "scratch_root": str(scratch.root)}
 
@@ -3973,16 +3986,22 @@ def verify_with_codex(inv: Inventory, args: argparse.Namespace, plan: Optional[P
             apply()
         result.update(status="failed", message="verification did not finish (%s): %s" % (phase, exc))
         return result
-    found = disagreements("before", before["listed"], before["predicted"])
-    if after is not None:
-        found += disagreements("after", after["listed"], after["predicted"])
+    found: List[Dict[str, Any]] = []
+    errors: Dict[str, str] = {}
+    for phase, listing in (("before", before), ("after", after)):
+        if listing is not None and listing["error"]:
+            errors[phase] = listing["error"]
+        elif listing is not None:
+            found += disagreements(phase, listing["listed"], listing["predicted"])
     final = after if after is not None else (before if plan is not None else None)
     result.update(
         listed_before=before["listed"], predicted_before=before["predicted"],
         conversations_before=before["conversations"],
         listed_after=final["listed"] if final else None, predicted_after=final["predicted"] if final else None,
         conversations_after=final["conversations"] if final else None,
-        disagreements=found, agrees=not found,
+        # A Codex that cannot open the home now is what some repairs are for (rebuild-db);
+        # one that still cannot after the plan contradicts the plan.
+        codex_errors=errors, disagreements=found, agrees=not found and "after" not in errors,
         cost={"bytes_copied": max(before["bytes_copied"], (after or before)["bytes_copied"]),
               "files_copied": max(before["files_copied"], (after or before)["files_copied"]),
               "home_bytes": home_bytes(inv.home)})
@@ -3999,19 +4018,28 @@ def verification_lines(verification: Optional[Dict[str, Any]], applied: bool) ->
         return []  # the one line on stderr says why
     lines = []
     who = "Codex %s (%s)" % (verification["codex_version"], verification["codex_origin"])
-    before = "%s lists %d of your %d conversations %s" % (
-        who, len(verification["listed_before"]), verification["conversations_before"],
-        "before the apply" if applied else "now")
-    if verification["listed_after"] is not None:
-        before += "; %s it lists %d of %d" % ("after the apply" if applied else "after this plan",
-                                              len(verification["listed_after"]), verification["conversations_after"])
-    lines.append("Verify:    " + before)
+    now = "before the apply" if applied else "now"
+    then = "after the apply" if applied else "after this plan"
+    errors = verification["codex_errors"]
+    if "before" in errors:
+        text = "%s cannot open this home %s (%s)" % (who, now, short(errors["before"], 160))
+    else:
+        text = "%s lists %d of your %d conversations %s" % (
+            who, len(verification["listed_before"]), verification["conversations_before"], now)
+    if "after" in errors:
+        text += "; %s it still cannot (%s)" % (then, short(errors["after"], 160))
+    elif verification["listed_after"] is not None and (verification["listed_after"] != verification["listed_before"]
+                                                      or "before" not in errors):
+        text += "; %s it lists %d of %d" % (then, len(verification["listed_after"]), verification["conversations_after"])
+    lines.append("Verify:    " + text)
     cost = verification["cost"]
     lines.append("           (on a scratch copy: %s copied, %.1f%% of the home's %s; removed)" % (
         _fmt_bytes(cost["bytes_copied"]), 100.0 * cost["bytes_copied"] / max(cost["home_bytes"], 1),
         _fmt_bytes(cost["home_bytes"])))
     if verification["agrees"]:
         lines.append("           Codex agrees with this tool's prediction for every thread.")
+    elif "after" in errors:
+        lines.append("WARNING:   Codex cannot open the home as this plan leaves it; do not apply.")
     else:
         lines.append("WARNING:   Codex disagrees with this tool's prediction for %s; do not apply "
                      "before this is understood:" % plural(len({d["id"] for d in verification["disagreements"]}), "thread"))
@@ -4040,6 +4068,9 @@ def report_verification(verification: Optional[Dict[str, Any]]) -> None:
         return
     if verification["status"] != "verified":
         sys.stderr.write("verify: %s\n" % verification["message"])
+    elif "after" in verification["codex_errors"]:
+        sys.stderr.write("warning: Codex %s cannot open the home as the plan leaves it (%s); do not apply\n" % (
+            verification["codex_version"], short(verification["codex_errors"]["after"], 200)))
     elif not verification["agrees"]:
         ids = sorted({d["id"] for d in verification["disagreements"]})
         sys.stderr.write("warning: Codex %s disagrees with this tool's prediction for %s (%s); do not apply "

@@ -296,7 +296,15 @@ def _row_deleted(home: RealHome) -> None:
     assert execute(home.state_db, "DELETE FROM threads WHERE id = ?", (home.interactive[0],)) == 1
 
 
+def _foreign_checksum(home: RealHome) -> None:
+    """A DB migrated by a build with other migration checksums (Windows CRLF files)."""
+    from test_real_codex import execute
+    assert execute(home.state_db, "UPDATE _sqlx_migrations SET checksum = zeroblob(48) WHERE version = 1") == 1
+
+
 REPAIRS = [
+    ("0.169.0", "rebuild-db", _foreign_checksum),
+    (NEWEST, "rebuild-db", _foreign_checksum),
     ("0.120.0", "repair-user-events", _blank_first_message),
     ("0.169.0", "reindex", _stale_rollout_path),
     (NEWEST, "reindex", _stale_rollout_path),
@@ -310,17 +318,26 @@ REPAIRS = [
 @pytest.mark.parametrize("version,command,damage", REPAIRS,
                          ids=["%s-%s-%s" % (v, c, d.__name__.strip("_")) for v, c, d in REPAIRS])
 def test_verify_of_db_repairs_equals_the_real_listing(real_home, version, command, damage):
-    """Repairs whose plan is SQL (filled columns, repointed paths, inserted rows): the scratch
-    copy gets the plan's statements with every path of the home mapped into it, and --verify's
-    lists before and after equal the real thread/list before and after --apply."""
+    """Repairs whose plan is SQL (filled columns, repointed paths, inserted rows) or moves a DB
+    aside: the scratch copy gets the plan's statements with every path of the home mapped into
+    it (and the moves), and --verify's lists before and after equal the real thread/list before
+    and after --apply. A DB with foreign migration checksums: the real app-server refuses to
+    start on it, and --verify reports exactly that for the home as it is."""
     home = real_home(version, "openai")
     damage(home)
     before = snapshot(home.home)
     code, doc, check, err = verify(home, version, command)
     assert changed_files(before, snapshot(home.home)) == []
     assert check["status"] == "verified", check
-    real_before = home.listed()
-    assert sorted(check["listed_before"]) == sorted(real_before)
+    if damage is _foreign_checksum:
+        with pytest.raises(harness.CodexError):
+            home.listed()
+        assert check["listed_before"] is None and "failed to migrate" in check["codex_errors"]["before"], check
+        changed = snapshot(home.home)
+        assert changed_files(before, changed) == []  # the real refusal wrote nothing either
+    else:
+        real_before = home.listed()
+        assert sorted(check["listed_before"]) == sorted(real_before)
     code, doc, _ = run_tool(home.home, command, "--apply", *write_flags(home))
     assert code == csr.EXIT_OK, doc
     assert sorted(check["listed_after"]) == sorted(home.listed())
