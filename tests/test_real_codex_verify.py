@@ -302,7 +302,15 @@ def _foreign_checksum(home: RealHome) -> None:
     assert execute(home.state_db, "UPDATE _sqlx_migrations SET checksum = zeroblob(48) WHERE version = 1") == 1
 
 
+def _stale_index_entry(home: RealHome) -> None:
+    import json
+    with open(str(home.home / "session_index.jsonl"), "a") as handle:
+        handle.write(json.dumps({"id": "01a20000-0000-7000-8000-000000000000", "thread_name": "gone",
+                                 "updated_at": "2026-01-01T00:00:00Z"}) + "\n")
+
+
 REPAIRS = [
+    ("0.169.0", "rebuild-index", _stale_index_entry),
     ("0.169.0", "rebuild-db", _foreign_checksum),
     (NEWEST, "rebuild-db", _foreign_checksum),
     ("0.120.0", "repair-user-events", _blank_first_message),
