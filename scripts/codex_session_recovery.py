@@ -3726,9 +3726,11 @@ def apply_plan_to_scratch(plan: Plan, mapper: PathMapper, db_targets: Dict[Path,
         target = mapper.path(write.path)
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         atomic_write(target, write.data, 0o600)
+    copies = {Path(str(real) + suffix): Path(str(copy) + suffix) for real, copy in db_targets.items()
+              for suffix in ("", "-wal", "-shm")}
     for moved in plan.moves:
-        target = mapper.path(moved)
-        if target.exists() and is_within(target, mapper.scratch.home):
+        target = copies.get(moved) or mapper.path(moved)
+        if target.exists() and is_within(target, mapper.scratch.root):
             os.replace(str(target), str(mapper.scratch.moved / target.name))
 
 

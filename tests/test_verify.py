@@ -247,3 +247,32 @@ def test_a_codex_that_never_answers_times_out_in_one_line(switched, tmp_path, mo
                                 "initialize within 1 s")
     assert err.strip().splitlines()[-1] == "verify: " + check["message"]
     assert list(tmp.iterdir()) == []
+
+
+def test_rebuild_db_plan_moves_the_copy_of_a_db_in_an_outside_sqlite_home(tmp_path):
+    """A state DB in a sqlite_home outside the home, with foreign migration checksums: in the
+    scratch copy after rebuild-db's plan, the DB's copy (in the scratch folder's sqlite home)
+    is moved aside, as --apply moves the real one into the backup; the real DB is untouched."""
+    home = HomeBuilder(tmp_path / "home", "0.169.0")
+    home.thread()
+    outside = tmp_path / "dbs"
+    outside.mkdir()
+    shutil.move(str(home.db_path), str(outside / "state_5.sqlite"))
+    (home.root / "config.toml").write_text('sqlite_home = "%s"\n' % outside)
+    conn = sqlite3.connect(str(outside / "state_5.sqlite"))
+    with conn:
+        conn.execute("UPDATE _sqlx_migrations SET checksum = zeroblob(48) WHERE version = 1")
+    conn.close()
+    argv = ["rebuild-db", "--codex-home", str(home.root)]
+    args = csr.build_parser().parse_args(argv)
+    inv = csr.build_inventory(args)
+    csr.run_checks(inv)
+    plan = csr.plan_rebuild_db(inv, args)
+    assert outside / "state_5.sqlite" in plan.moves
+    before = hash_tree(outside), hash_tree(home.root)
+    with csr.ScratchHome(inv.home, "test") as scratch:
+        csr.build_scratch_home(inv, scratch, plan)
+        assert scratch.sqlite_home is not None and csr.is_within(scratch.sqlite_home, scratch.root)
+        assert not (scratch.sqlite_home / "state_5.sqlite").exists()
+        assert (scratch.moved / "state_5.sqlite").exists()
+    assert (hash_tree(outside), hash_tree(home.root)) == before
