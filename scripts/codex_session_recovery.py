@@ -3606,7 +3606,29 @@ def head_complete(count: int, info: RolloutInfo, event_seen: bool) -> bool:
     return event_seen or count >= HEAD_SCAN_LINES
 
 
-def copy_rollout_head(info: RolloutInfo, target: Path, edit: Optional[RolloutEdit], scratch: ScratchHome) -> None:
+def later_listing_lines(source: Any, info: RolloutInfo, head_end: int,
+                        cache: Optional[Dict[Any, List[Tuple[int, int]]]]) -> List[Tuple[int, int]]:
+    """(offset, length) of each line past the head that listing reads, found by the repairs'
+    block scan. The scan reads the whole file, so its answer is kept per version of the file
+    (inode, size, mtime): the second scratch copy of one run reads only the lines it needs."""
+    stat = os.fstat(source.fileno())
+    key = (str(info.path), stat.st_ino, stat.st_size, stat.st_mtime_ns, head_end)
+    if cache is not None and key in cache:
+        return cache[key]
+    found = []
+    try:
+        for _line, offset, raw in iter_marked_lines(source, LISTING_LINE_MARKERS, _NoDigest(),
+                                                    RolloutEdit(info.path, "")):
+            found.append((head_end + offset, len(raw)))
+    except PlanError:
+        pass  # a pathological line: listing cannot read past it either
+    if cache is not None:
+        cache[key] = found
+    return found
+
+
+def copy_rollout_head(info: RolloutInfo, target: Path, edit: Optional[RolloutEdit], scratch: ScratchHome,
+                      cache: Optional[Dict[Any, List[Tuple[int, int]]]] = None) -> None:
     """The head of one rollout, plus the later lines listing reads (and any line the plan
     edits), with the plan's line edits applied exactly as the apply engine writes them."""
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -3632,12 +3654,9 @@ def copy_rollout_head(info: RolloutInfo, target: Path, edit: Optional[RolloutEdi
             written += len(raw)
         head_end = source.tell()
         later: Dict[int, bytes] = {}
-        try:
-            for _line, offset, raw in iter_marked_lines(source, LISTING_LINE_MARKERS, _NoDigest(),
-                                                        RolloutEdit(info.path, "")):
-                later[head_end + offset] = raw
-        except PlanError:
-            pass  # a pathological line: listing cannot read past it either
+        for offset, length in later_listing_lines(source, info, head_end, cache):
+            source.seek(offset)
+            later[offset] = source.read(length)
         for offset, (length, _new) in replacements.items():
             if offset not in later and offset >= head_end:
                 source.seek(offset)
@@ -3659,7 +3678,8 @@ class _NoDigest:
         pass
 
 
-def build_scratch_home(inv: Inventory, scratch: ScratchHome, plan: Optional[Plan]) -> None:
+def build_scratch_home(inv: Inventory, scratch: ScratchHome, plan: Optional[Plan],
+                       cache: Optional[Dict[Any, List[Tuple[int, int]]]] = None) -> None:
     """Copy what listing reads into the scratch home, then apply the plan to the copy: rollout
     edits to the heads, the plan's SQL through the apply engine's own writer, whole-file
     writes, and moves (into a folder beside the copy). auth.json and every other credential
@@ -3692,7 +3712,7 @@ def build_scratch_home(inv: Inventory, scratch: ScratchHome, plan: Optional[Plan
         if info.compressed and info.path.is_file():
             copy_file_to_scratch(info.path, scratch.path_for(info.path, inv.home), scratch)
         elif info.path.is_file() and "unreadable" not in info.problems:
-            copy_rollout_head(info, scratch.path_for(info.path, inv.home), edits.get(info.path), scratch)
+            copy_rollout_head(info, scratch.path_for(info.path, inv.home), edits.get(info.path), scratch, cache)
     if plan is not None:
         apply_plan_to_scratch(plan, mapper, db_targets)
 
@@ -3925,11 +3945,12 @@ def scratch_inventory(scratch: ScratchHome) -> Inventory:
     return copy
 
 
-def list_scratch(binary: CodexBinary, inv: Inventory, plan: Optional[Plan], label: str) -> Dict[str, Any]:
+def list_scratch(binary: CodexBinary, inv: Inventory, plan: Optional[Plan], label: str,
+                 cache: Dict[Any, List[Tuple[int, int]]]) -> Dict[str, Any]:
     """One scratch copy (of the home as it is, or as `plan` leaves it), the tool's prediction
     for it, and what the user's Codex lists on it."""
     with ScratchHome(inv.home, label) as scratch:
-        build_scratch_home(inv, scratch, plan)
+        build_scratch_home(inv, scratch, plan, cache)
         predicted_inv = app_server_inventory(inv) if plan is None else scratch_inventory(scratch)
         predicted = predicted_listed(predicted_inv)
         conversations = conversation_count(predicted_inv)
@@ -3974,15 +3995,16 @@ def verify_with_codex(inv: Inventory, args: argparse.Namespace, plan: Optional[P
     try:
         with ScratchHome(inv.home, "version") as scratch:
             result["codex_version"] = binary.version = codex_version(binary, scratch)
-        before = list_scratch(binary, inv, None, "before")
+        cache: Dict[Any, List[Tuple[int, int]]] = {}
+        before = list_scratch(binary, inv, None, "before", cache)
         phase = "after"
         after: Optional[Dict[str, Any]] = None
         if apply is not None:
             repaired = apply()
             apply = None
-            after = list_scratch(binary, repaired, None, "after")
+            after = list_scratch(binary, repaired, None, "after", cache)
         elif plan is not None and plan.change_count:
-            after = list_scratch(binary, inv, plan, "after")
+            after = list_scratch(binary, inv, plan, "after", cache)
     except VerifyError as exc:
         if apply is not None:
             apply()
