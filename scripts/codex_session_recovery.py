@@ -33,6 +33,7 @@ findings; rendering; commands; the argument parser; main().
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -1892,6 +1893,9 @@ class RolloutEdit:
         # (byte offset of the line, its length, its new bytes) for each changed line
         self.replacements: List[Tuple[int, int, bytes]] = []
         self.encrypted_reasoning = False
+        # (st_dev, st_ino) of the file that was read: a file replaced since is not this one.
+        self.identity: Optional[Tuple[int, int]] = None
+        self.skip_reason: Optional[str] = None
 
     @property
     def deltas(self) -> List[Tuple[int, int, int]]:
@@ -2078,6 +2082,8 @@ def plan_rollout_edit(path: Path, thread_id: str, line_edit: Any,
                 edit.changes.append({"line": line_no, "field": field})
                 edit.replacements.append((offset, len(raw), new_raw))
     edit.fingerprint = file_fingerprint(path, digest.hexdigest())
+    stat = path.stat()
+    edit.identity = (stat.st_dev, stat.st_ino)
     return edit
 
 
@@ -3038,7 +3044,7 @@ def apply_plan(inv: Inventory, plan: Plan, args: argparse.Namespace, argv: Seque
         connections = lock_databases(plan.touched_dbs(), folder)
         try:
             busy = open_elsewhere(inv.home)
-            skipped_threads = write_rollouts(plan, result, busy)
+            skipped_threads = write_rollouts(plan, result, busy, inv.home)
             write_sql(plan, skipped_threads, connections)
             for write in plan.file_writes:
                 _fault_point("before_file_write")
@@ -3142,7 +3148,7 @@ def move_into_backup(moves: List[Path], folder: Path, manifest: Dict[str, Any], 
         os.replace(str(path), str(folder / entry["backup"]))
 
 
-def write_rollouts(plan: Plan, result: Dict[str, Any], busy: Dict[str, List[str]]) -> set:
+def write_rollouts(plan: Plan, result: Dict[str, Any], busy: Dict[str, List[str]], home: Path) -> set:
     skipped = set()
     for edit in plan.rollout_edits:
         holders = busy.get(os.path.realpath(str(edit.path)))
@@ -3152,53 +3158,235 @@ def write_rollouts(plan: Plan, result: Dict[str, Any], busy: Dict[str, List[str]
                                       "session); it was left as it is" % ", ".join(holders)})
             continue
         _fault_point("before_rollout_replace")
-        replaced = rewrite_rollout(edit, result)
+        try:
+            with thread_writer_lock(home, edit.thread_id):
+                replaced = rewrite_rollout(edit, result)
+        except WriterLockHeld as held:
+            replaced, edit.skip_reason = False, str(held)
         _fault_point("after_rollout_replace")
         if not replaced:
             skipped.add(edit.thread_id)
-            result["skipped"].append({"thread_id": edit.thread_id, "reason": "the rollout changed after it was "
-                                      "read (a live session?); it was left as it is"})
+            result["skipped"].append({"thread_id": edit.thread_id, "reason": edit.skip_reason or "the rollout "
+                                      "changed after it was read (a live session?); it was left as it is"})
     return skipped
+
+
+# ---------------------------------------------------------------------------------------------
+# Live writers. A session may open a rollout at any moment, also after the run's first check.
+# The guarantee "no appended line is lost" holds for the whole replace window: Codex's own
+# per-thread writer lock is taken where the release has one; on Linux a read lease makes the
+# kernel hold off (and report) any process opening the file for writing; right before the
+# replace the file's identity and its holders are checked again; and right after it, a process
+# found holding the old file gets it back (from a hard link kept for that instant).
+# ---------------------------------------------------------------------------------------------
+
+WRITER_LOCKS_DIR = "thread-writer-locks"
+
+
+class WriterLockHeld(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def thread_writer_lock(home: Path, thread_id: str) -> Iterator[None]:
+    """CODEX-COMPAT 0.169.0 and 0.171.0: a loaded thread is held with an exclusive flock on
+    thread-writer-locks/<thread id>.lock (measured with /proc/locks; the file stays after the
+    thread closes). Taking it makes a resuming Codex wait until the rollout is replaced."""
+    folder = home / WRITER_LOCKS_DIR
+    if os.name != "posix" or folder.is_symlink() or not folder.is_dir():
+        yield
+        return
+    import fcntl
+    try:
+        fd = os.open(str(folder / ("%s.lock" % thread_id)),
+                     os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0), 0o644)
+    except OSError as exc:
+        raise WriterLockHeld("its Codex writer lock cannot be opened (%s); it was left as it is"
+                             % (exc.strerror or exc)) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise WriterLockHeld("a Codex process holds the thread's writer lock (%s/%s.lock): it is loaded "
+                                 "right now; it was left as it is" % (WRITER_LOCKS_DIR, thread_id)) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+F_SETLEASE, F_GETLEASE = 1024, 1025  # Linux fcntl commands (fcntl.F_SETLEASE on 3.9+ builds that have it)
+
+
+def take_read_lease(fd: int) -> Optional[bool]:
+    """A Linux read lease on the open rollout: granted only while no process has the file open
+    for writing (False: one has); while held, a process opening it for writing waits and the
+    break shows in lease_broken(). None where leases are not available (other systems, some
+    file systems, files of another owner): the /proc scan alone then guards the window."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import errno
+    import fcntl
+    import signal
+    try:
+        # The break is read with F_GETLEASE; the signal that announces it must not end the run.
+        signal.signal(signal.SIGIO, signal.SIG_IGN)
+    except (ValueError, AttributeError, OSError):  # not the main thread: no lease, the scan guards
+        return None
+    try:
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETLEASE", F_SETLEASE), fcntl.F_RDLCK)
+        return True
+    except OSError as exc:
+        return False if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EBUSY) else None
+
+
+def lease_broken(fd: int) -> bool:
+    import fcntl
+    try:
+        return fcntl.fcntl(fd, getattr(fcntl, "F_GETLEASE", F_GETLEASE)) != fcntl.F_RDLCK
+    except OSError:
+        return True
+
+
+def drop_lease(fd: int) -> None:
+    import fcntl
+    try:
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETLEASE", F_SETLEASE), fcntl.F_UNLCK)
+    except OSError:
+        pass
+
+
+def holders_of(path: Path, identity: Tuple[int, int]) -> List[str]:
+    """Other processes that have this very file (device, inode) open, found through /proc (an
+    fd of a file renamed over reads "<path> (deleted)", so the folder is what is matched)."""
+    if not Path("/proc/self/fd").is_dir():
+        return []
+    folder = os.path.realpath(str(path.parent)) + os.sep
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            fds = os.listdir("/proc/%s/fd" % entry)
+        except OSError:
+            continue
+        for fd in fds:
+            link = "/proc/%s/fd/%s" % (entry, fd)
+            try:
+                if not os.readlink(link).startswith(folder):
+                    continue
+                stat = os.stat(link)
+            except OSError:
+                continue
+            if (stat.st_dev, stat.st_ino) == identity:
+                found.append(entry)
+                break
+    return found
+
+
+def same_file_as_planned(edit: RolloutEdit, source: Any) -> bool:
+    """The path still names the file that was read, unchanged: same inode, size and mtime."""
+    try:
+        now = edit.path.stat()
+    except OSError:
+        return False
+    opened = os.fstat(source.fileno())
+    size, mtime_ns, _digest = edit.fingerprint
+    same = (now.st_dev, now.st_ino) == (opened.st_dev, opened.st_ino)
+    if edit.identity is not None:
+        same = same and (now.st_dev, now.st_ino) == edit.identity
+    return same and (now.st_size, now.st_mtime_ns) == (size, mtime_ns) == (opened.st_size, opened.st_mtime_ns)
 
 
 def rewrite_rollout(edit: RolloutEdit, result: Optional[Dict[str, Any]] = None) -> bool:
     """Write the rollout anew beside it: the unchanged byte ranges copied in large chunks, the
     planned lines substituted; then replace it. Every byte read is hashed and must match the
-    plan's read, and size and mtime must not move: otherwise (a live session appended) the
-    file is left alone and False is returned. A line appended in the instant between the last
-    check and the replace lands in the old file, which is still open here: it is carried over."""
+    plan's read, and inode, size and mtime must not move, and no other process may have the
+    file open: otherwise (a live session) the file is left alone and False is returned, with
+    the reason in `edit.skip_reason`. Bytes appended to the old file in the instant around the
+    replace are carried over; a process found holding the old file gets it back."""
+    result = result if result is not None else {}
     size, mtime_ns, expected = edit.fingerprint
     stat = edit.path.stat()
     if (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns):
         return False
     tmp = edit.path.parent / (".%s%s%d" % (edit.path.name, TEMP_MARKER, os.getpid()))
+    keep = edit.path.parent / (".%s%sold-%d" % (edit.path.name, TEMP_MARKER, os.getpid()))
     digest = hashlib.sha256()
     try:
         with open(str(edit.path), "rb") as source:
-            with open(str(tmp), "wb") as out:
-                position = 0
-                for offset, length, new_raw in sorted(edit.replacements):
-                    if not copy_span(source, out, digest, offset - position):
-                        return False
-                    digest.update(source.read(length))
-                    out.write(new_raw)
-                    position = offset + length
-                if not copy_span(source, out, digest, size - position) or source.read(1):
+            lease = take_read_lease(source.fileno())
+            try:
+                if lease is False:
+                    edit.skip_reason = "another process has the rollout open for writing (a live session); it was left as it is"
                     return False
-                out.flush()
-                os.fsync(out.fileno())
-            now = edit.path.stat()
-            if digest.hexdigest() != expected or (now.st_size, now.st_mtime_ns) != (size, mtime_ns):
-                return False
-            os.chmod(str(tmp), stat.st_mode & 0o7777)
-            # Codex orders threads by the rollout's mtime when it re-derives a row: keep it.
-            os.utime(str(tmp), ns=(stat.st_atime_ns, mtime_ns))
-            os.replace(str(tmp), str(edit.path))
-            carry_late_tail(source, size, edit, result if result is not None else {})
+                identity = (os.fstat(source.fileno()).st_dev, os.fstat(source.fileno()).st_ino)
+                with open(str(tmp), "wb") as out:
+                    position = 0
+                    for offset, length, new_raw in sorted(edit.replacements):
+                        if not copy_span(source, out, digest, offset - position):
+                            return False
+                        digest.update(source.read(length))
+                        out.write(new_raw)
+                        position = offset + length
+                    if not copy_span(source, out, digest, size - position) or source.read(1):
+                        return False
+                    out.flush()
+                    os.fsync(out.fileno())
+                    written = out.tell()
+                os.chmod(str(tmp), stat.st_mode & 0o7777)
+                # Codex orders threads by the rollout's mtime when it re-derives a row: keep it.
+                os.utime(str(tmp), ns=(stat.st_atime_ns, mtime_ns))
+                if digest.hexdigest() != expected or not same_file_as_planned(edit, source):
+                    return False
+                if (lease and lease_broken(source.fileno())) or holders_of(edit.path, identity):
+                    edit.skip_reason = ("a process opened the rollout while it was being rewritten (a live "
+                                        "session); it was left as it is")
+                    return False
+                kept = link_quietly(edit.path, keep)
+                os.replace(str(tmp), str(edit.path))
+                late = (lease and lease_broken(source.fileno())) or holders_of(edit.path, identity)
+                if late and kept:
+                    give_back_old_file(edit, keep, written, result)
+                    return False
+                carry_late_tail(source, size, edit, result)
+            finally:
+                if lease:
+                    drop_lease(source.fileno())
         return True
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        for leftover in (tmp, keep):
+            if leftover.exists():
+                leftover.unlink()
+
+
+def link_quietly(path: Path, link: Path) -> bool:
+    """A second name for the file about to be replaced, so it can be put back; False where the
+    file system has no hard links (the carry-over of late bytes still applies)."""
+    try:
+        if link.exists():
+            link.unlink()
+        os.link(str(path), str(link))
+        return True
+    except (OSError, NotImplementedError, AttributeError):
+        return False
+
+
+def give_back_old_file(edit: RolloutEdit, keep: Path, written: int, result: Dict[str, Any]) -> None:
+    """A process opened the old file around the replace and writes into it: put it back under
+    its name (every byte it wrote is in it), and carry over anything appended to the new file
+    in the meantime by a writer that opened the path after the replace."""
+    with open(str(edit.path), "rb") as new_file:
+        os.replace(str(keep), str(edit.path))
+        new_file.seek(written)
+        extra = new_file.read()
+    if extra:
+        with open(str(edit.path), "ab") as out:
+            out.write(extra)
+            out.flush()
+            os.fsync(out.fileno())
+    edit.skip_reason = ("a process opened the rollout during the replace (a live session); the original file "
+                        "was put back with every line written to it")
+    result.setdefault("given_back", []).append({"thread_id": edit.thread_id, "bytes_carried": len(extra)})
 
 
 def carry_late_tail(source: Any, size: int, edit: RolloutEdit, result: Dict[str, Any]) -> None:

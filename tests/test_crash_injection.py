@@ -72,6 +72,8 @@ class Tally:
         self.debris = 0
         self.failures: List[str] = []
         self.by_command: Dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+        self.soak: List[str] = []
+        self.random: List[str] = []
 
     def render(self) -> str:
         lines = ["", "crash-injection summary",
@@ -88,6 +90,7 @@ class Tally:
             lines.append("  %-20s %s" % (command, ", ".join("%s %d" % kv for kv in sorted(counts.items()))))
         if self.points_na:
             lines.append("  not applicable: %s" % ", ".join(self.points_na))
+        lines.extend("  " + line for line in self.soak + self.random)
         for failure in self.failures:
             lines.append("  FAILED: %s" % failure)
         return "\n".join(lines)
@@ -97,7 +100,7 @@ class Tally:
 def tally(request):
     figures = Tally()
     yield figures
-    if not figures.cases and not figures.points_na:
+    if not figures.cases and not figures.points_na and not figures.soak and not figures.random:
         return
     text = figures.render()
     capman = request.config.pluginmanager.getplugin("capturemanager")
@@ -735,3 +738,121 @@ def test_no_temp_file_survives_a_kill_and_a_restore(tmp_path):
     undo = [b for b in new_backups(root, known) if (b / "manifest.json").is_file()]
     assert run_script(["restore", "--codex-home", str(root), str(undo[-1]), "--apply", "--force"]).returncode == 0
     assert temp_debris(root) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Soak: writers appending to 10 rollouts, opening before, during and after the backup
+# ---------------------------------------------------------------------------------------------
+
+SOAK_WRITERS = r"""
+import json, os, sys, threading, time
+backups, stop, specs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+counts = {}
+
+def started(trigger, path):
+    if trigger == "before":
+        return True
+    if trigger == "copy-begun":  # the tool is writing this rollout's new copy: the replace is near
+        folder, name = os.path.split(path)
+        return any(n.startswith("." + name + ".csr-tmp-") for n in os.listdir(folder))
+    folders = [os.path.join(backups, n) for n in os.listdir(backups)] if os.path.isdir(backups) else []
+    folders = [f for f in folders if os.path.isdir(f)]
+    if trigger == "backup-begun":
+        return bool(folders)
+    return any(os.path.exists(os.path.join(f, "manifest.json")) for f in folders)  # backup made
+
+def line(n):
+    return (json.dumps({"timestamp": "2026-09-21T00:00:00.000Z", "type": "event_msg",
+                        "payload": {"type": "agent_message", "message": "soak %d" % n}},
+                       separators=(",", ":")) + "\n").encode()
+
+def writer(spec):
+    path, trigger, mode = spec["path"], spec["trigger"], spec["mode"]
+    while not started(trigger, path) and not os.path.exists(stop):
+        time.sleep(0.0002)
+    n, handle = 0, (open(path, "ab") if mode == "held" else None)
+    if handle is not None and trigger == "copy-begun":
+        # A resumed session opens its rollout at once and writes when its turn produces output.
+        time.sleep(0.15)
+    while not os.path.exists(stop):
+        if handle is None:
+            with open(path, "ab") as h:
+                h.write(line(n))
+        else:
+            handle.write(line(n))
+            handle.flush()
+        n += 1
+        time.sleep(0.003)
+    counts[path] = n
+
+threads = [threading.Thread(target=writer, args=(s,)) for s in specs]
+for t in threads:
+    t.start()
+open(stop + ".ready", "w").close()
+for t in threads:
+    t.join()
+print(json.dumps(counts), flush=True)
+"""
+
+
+def _soak_lines(data: bytes) -> List[int]:
+    return [int(json.loads(raw)["payload"]["message"].split()[1]) for raw in data.splitlines() if b'"soak ' in raw]
+
+
+def test_soak_writers_opening_before_during_and_after_the_backup(tmp_path, tally):
+    """Ten rollouts, each with a writer appending a line every 3 ms for the whole run (held
+    open, or reopened per line), started before the run, when its backup folder appears, and
+    once the backup is made; 30 other threads give the run length. Every appended line and
+    every original line is in the rollout afterwards, in order; each written rollout was
+    repaired or reported as skipped."""
+    root = tmp_path / "home"
+    home = HomeBuilder(root, "0.169.0").provider_config("proxy")
+    threads = [home.thread(provider="openai", turns=3) for _ in range(40)]
+    targets = threads[::4][:10]
+    # Big enough (~4 MB) that writing the new copy takes a while: a writer can open in between.
+    bulk = [{"timestamp": "2026-09-21T00:00:00.000Z", "type": "response_item",
+             "payload": {"type": "message", "role": "assistant", "content": [{"type": "output_text",
+                                                                              "text": "y" * 4000}]}}]
+    for thread in targets:
+        with open(str(thread.path), "ab") as handle:
+            handle.write((json.dumps(bulk[0], separators=(",", ":")) + "\n").encode() * 1000)
+    kinds = [("before", "reopened"), ("backup-begun", "held"), ("backup-made", "reopened"), ("copy-begun", "held"),
+             ("copy-begun", "reopened")]
+    specs = [{"path": str(t.path), "trigger": kinds[n % 5][0], "mode": kinds[n % 5][1]} for n, t in enumerate(targets)]
+    originals = rollout_files(root)
+    stop = tmp_path / "stop"
+    writers = subprocess.Popen([sys.executable, "-c", SOAK_WRITERS, str(root / csr.BACKUP_DIR_NAME), str(stop),
+                                json.dumps(specs)], stdout=subprocess.PIPE)
+    try:
+        deadline = time.time() + 30
+        while not Path(str(stop) + ".ready").exists() and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        done = run_script(["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply", "--force",
+                           "--json"], timeout=180)
+        time.sleep(0.1)
+    finally:
+        stop.touch()
+        counts = json.loads(writers.communicate(timeout=60)[0] or b"{}")
+    err = done.stderr.decode()
+    assert "Traceback" not in err and done.returncode == csr.EXIT_OK, err[-2000:]
+    doc = json.loads(done.stdout)
+    skipped = {s["thread_id"] for s in doc["skipped"]}
+    written = lost = 0
+    for thread, spec in zip(targets, specs):
+        got = _soak_lines(thread.path.read_bytes())
+        wanted = counts.get(spec["path"], 0)
+        written += wanted
+        lost += len(set(range(wanted)) - set(got))
+        assert got == list(range(wanted)), "%s writer (%s): %d of %d lines lost or reordered" % (
+            spec["trigger"], spec["mode"], len(set(range(wanted)) - set(got)), wanted)
+        first = json.loads(thread.path.read_bytes().splitlines()[0])["payload"]["model_provider"]
+        assert first == "proxy" or thread.id in skipped
+    lines, size, where = lost_lines(originals, root)
+    tally.soak.append("soak: %d writers, %d lines appended during the run, %d lost; %d of 10 rollouts "
+                      "skipped as live; %d original lines lost" % (len(specs), written, lost,
+                                                                  len(skipped & {t.id for t in targets}), lines))
+    assert (lines, size) == (0, 0), where
+    others = [t for t in threads if t not in targets]
+    assert all(json.loads(t.path.read_bytes().splitlines()[0])["payload"]["model_provider"] == "proxy"
+               for t in others)

@@ -1,0 +1,138 @@
+"""Defects an attack on real 0.169.0 homes found: live writers, interrupted runs, tampered
+backups, odd files and odd values. One test (or family) per defect; each failed before its fix.
+
+Every subprocess runs under a timeout, and every home is hashed where a run must not write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import pytest
+
+import codex_session_recovery as csr
+from homes import HomeBuilder, db_dump, hash_tree, new_thread_id, write_jsonl
+
+SCRIPT = Path(csr.__file__).resolve()
+POSIX = os.name == "posix"
+LINUX = sys.platform.startswith("linux")
+
+
+def run(argv: Sequence[str]) -> Tuple[int, str, str]:
+    """The tool in this process (fast); a traceback fails the test."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = csr.main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+def run_script(argv: Sequence[str], timeout: float = 60, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+    full = dict(os.environ)
+    full.pop(csr.FAULT_ENV, None)
+    full.update(env or {})
+    return subprocess.run([sys.executable, str(SCRIPT), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env=full, timeout=timeout)
+
+
+def provider_home(root: Path, threads: int = 2, turns: int = 2) -> List[Any]:
+    home = HomeBuilder(root, "0.169.0").provider_config("proxy")
+    return [home.thread(provider="openai", turns=turns) for _ in range(threads)]
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. A session that opens the rollout during the replace loses nothing
+# ---------------------------------------------------------------------------------------------
+
+LATE_SESSION = r"""
+import json, sys, time
+path, count = sys.argv[1], int(sys.argv[2])
+with open(path, "ab") as handle:          # opened while the tool is replacing the file
+    for n in range(count):
+        handle.write((json.dumps({"timestamp": "2026-09-21T00:00:00.000Z", "type": "event_msg",
+                                  "payload": {"type": "agent_message", "message": "late %d" % n}},
+                                 separators=(",", ":")) + "\n").encode())
+        handle.flush()
+        time.sleep(0.8 if n == 0 else 0.01)  # most lines land after the replace
+"""
+
+
+def _late_lines(data: bytes) -> List[int]:
+    return [int(json.loads(raw)["payload"]["message"].split()[1]) for raw in data.splitlines() if b'"late ' in raw]
+
+
+@pytest.mark.skipif(not POSIX, reason="a second process holding a file across a rename is a POSIX case")
+@pytest.mark.parametrize("leases", [True, False], ids=["kernel-lease", "proc-scan-only"])
+def test_session_opening_the_rollout_during_the_replace_loses_nothing(tmp_path, monkeypatch, leases):
+    """CODEX-COMPAT 0.169.0: a resumed session opens its rollout for append and keeps it open.
+    One that opens it after the tool's first check and writes while the file is replaced must
+    find every line in the rollout the user is left with (the thread is then left as it was)."""
+    root = tmp_path / "home"
+    threads = provider_home(root, threads=2)
+    target = threads[0]
+    original = target.path.read_bytes()
+    real_replace = os.replace
+    sessions: List[subprocess.Popen] = []
+
+    def replace_while_a_session_opens(src, dst, *args, **kwargs):
+        if os.fspath(dst) == str(target.path) and csr.TEMP_MARKER in os.fspath(src) and not sessions:
+            sessions.append(subprocess.Popen([sys.executable, "-c", LATE_SESSION, str(target.path), "30"]))
+            time.sleep(0.4)  # the session's open() is under way (or done) when the file is replaced
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(csr.os, "replace", replace_while_a_session_opens)
+    if not leases:
+        monkeypatch.setattr(csr, "take_read_lease", lambda fd: None)
+    code, out, err = run(["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply", "--json"])
+    monkeypatch.setattr(csr.os, "replace", real_replace)
+    assert sessions, "the replace of the rollout was never reached"
+    sessions[0].wait(timeout=60)
+    assert code == csr.EXIT_OK, err
+    final = target.path.read_bytes()
+    assert _late_lines(final) == list(range(30)), "lines the session wrote were lost"
+    assert final.startswith(original) or final.splitlines()[0] != original.splitlines()[0]
+    doc = json.loads(out)
+    assert target.id in {s["thread_id"] for s in doc["skipped"]}, doc["skipped"]
+    other = threads[1].path.read_bytes().splitlines()[0]
+    assert json.loads(other)["payload"]["model_provider"] == "proxy"
+
+
+@pytest.mark.skipif(not POSIX, reason="flock")
+def test_codex_thread_writer_lock_is_honoured(tmp_path):
+    """CODEX-COMPAT 0.169.0 and 0.171.0 hold an exclusive flock on
+    thread-writer-locks/<thread id>.lock while a thread is loaded (measured with /proc/locks).
+    A thread whose lock is held is left alone, even with --force; the others are repaired, and
+    the lock is taken (so a resuming Codex waits) while its rollout is replaced."""
+    import fcntl
+    root = tmp_path / "home"
+    threads = provider_home(root, threads=2)
+    locks = root / "thread-writer-locks"
+    locks.mkdir()
+    (locks / ".coordination.lock").touch()
+    held = open(str(locks / ("%s.lock" % threads[0].id)), "a+b")
+    fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    before = threads[0].path.read_bytes()
+    try:
+        code, out, err = run(["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply",
+                              "--force", "--json"])
+    finally:
+        held.close()
+    assert code == csr.EXIT_OK, err
+    assert threads[0].path.read_bytes() == before
+    skipped = {s["thread_id"]: s["reason"] for s in json.loads(out)["skipped"]}
+    assert "writer lock" in skipped[threads[0].id]
+    assert json.loads(threads[1].path.read_bytes().splitlines()[0])["payload"]["model_provider"] == "proxy"
+    # Nothing of the tool's is left holding or littering Codex's lock folder.
+    probe = open(str(locks / ("%s.lock" % threads[1].id)), "a+b")
+    try:
+        fcntl.flock(probe.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        probe.close()
