@@ -517,6 +517,27 @@ def same_rollout(stored: str, info: "RolloutInfo") -> bool:
     return False
 
 
+def open_regular(path: Path) -> Any:
+    """Open a file for reading only if it is a regular file: O_NONBLOCK so a FIFO cannot block
+    the open, and fstat on the opened descriptor (not the name) so nothing can be swapped in."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(str(path), flags)
+    try:
+        import stat as _stat
+        if not _stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFile("%s is not a regular file" % path)
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
+
+
+class NotRegularFile(OSError):
+    pass
+
+
 def short(text: str, limit: int = 80) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit - 1] + "…"
@@ -1408,6 +1429,7 @@ class Inventory:
         self.threads = self._join()
         self.release = self._newest_release()
         self.projected_ids, self.other_projected_ids = self._projected_ids()
+        self.misaligned_offsets = misaligned_projection_offsets(self)
 
     def _projected_ids(self) -> Tuple[Optional[set], set]:
         """Threads that have rows in the history projection Codex uses (beside the live DB),
@@ -1530,6 +1552,8 @@ HOME_FINDINGS: Dict[str, Tuple[str, str]] = {
     "index_missing_names": ("warning", "threads named in the state DB have no session_index.jsonl entry; `codex exec resume NAME` cannot find them"),
     "leftover_temp_files": ("info", "copies left by an interrupted run of this tool (the originals are intact)"),
     "duplicate_thread_id": ("warning", "one thread id is carried by more than one rollout file"),
+    "history_offsets_misaligned": ("error", "history projection offsets (thread_history_1.sqlite) do not fall on line "
+                                            "starts of the rollout: Codex reads those turns from the wrong bytes"),
 }
 
 
@@ -1722,6 +1746,11 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
     dupes = sorted(v.id for v in inv.threads.values() if len(v.files) > 1)
     if dupes:
         add("duplicate_thread_id", thread_ids=dupes)
+    if inv.misaligned_offsets:
+        add("history_offsets_misaligned", thread_ids=sorted(inv.misaligned_offsets),
+            offsets=sum(e["off_line_start"] for e in inv.misaligned_offsets.values()),
+            manual_step="run the repair-provider command again (an interrupted run leaves them): it realigns "
+                        "them from each line's ordinal")
     return findings
 
 
@@ -2171,6 +2200,136 @@ def plan_projection_shift(inv: "Inventory", edit: RolloutEdit) -> List[SqlChange
     return changes
 
 
+PROJECTION_OFFSETS = {
+    # table: (key columns, (ordinal column, offset column, which end of that line))
+    "thread_turns": (("thread_id", "turn_id"), (("rollout_ordinal", "rollout_byte_offset", "start"),
+                                                ("rollout_end_ordinal", "rollout_end_byte_offset", "end"))),
+    "thread_history_projection_state": (("thread_id",), (("next_rollout_ordinal", "next_rollout_byte_offset",
+                                                           "next"),)),
+}
+
+
+def read_projection_rows(db_path: Path, thread_id: Optional[str] = None) -> Dict[str, List[Tuple[str, Dict[str, Any]]]]:
+    """thread id -> [(table, row)] of the offset-bearing rows of the history projection."""
+    found: Dict[str, List[Tuple[str, Dict[str, Any]]]] = {}
+    conn = open_db_readonly(db_path)
+    try:
+        for table, (keys, triples) in PROJECTION_OFFSETS.items():
+            if not table_exists(conn, table):
+                continue
+            columns = set(table_columns(conn, table))
+            present = [c for triple in triples for c in triple[:2] if c in columns]
+            if not any(t[1] in columns for t in triples):
+                continue
+            query = "SELECT %s FROM %s" % (", ".join(keys + tuple(present)), table)
+            rows = conn.execute(query + " WHERE thread_id = ?", (thread_id,)) if thread_id else conn.execute(query)
+            for row in rows:
+                found.setdefault(str(row["thread_id"]).lower(), []).append((table, dict(row)))
+    finally:
+        conn.close()
+    return found
+
+
+def misaligned_projection_offsets(inv: "Inventory") -> Dict[str, Dict[str, Any]]:
+    """Threads whose projection offsets are not line starts of their rollout (a byte before each
+    must be a newline), e.g. after a run was killed between replacing a rollout and updating
+    the projection. One read of a byte per offset: cheap at any rollout size."""
+    db_path = history_db_path(inv)
+    if db_path is None:
+        return {}
+    try:
+        by_thread = read_projection_rows(db_path)
+    except sqlite3.Error:
+        return {}
+    found: Dict[str, Dict[str, Any]] = {}
+    for thread_id, rows in sorted(by_thread.items()):
+        view = inv.threads.get(thread_id)
+        if view is None or view.primary is None or view.primary.compressed or view.primary.problems:
+            continue
+        offsets = sorted({row[c] for table, row in rows for _o, c, _e in PROJECTION_OFFSETS[table][1]
+                          if isinstance(row.get(c), int)})
+        try:
+            bad = offsets_off_line_starts(view.primary.path, offsets)
+        except OSError:
+            continue
+        if bad:
+            found[thread_id] = {"offsets": len(offsets), "off_line_start": len(bad), "first": bad[0]}
+    return found
+
+
+def offsets_off_line_starts(path: Path, offsets: Sequence[int]) -> List[int]:
+    bad = []
+    with open_regular(path) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        for offset in offsets:
+            if offset < 0 or offset > size:
+                bad.append(offset)
+            elif offset > 0:
+                handle.seek(offset - 1)
+                if handle.read(1) != b"\n":
+                    bad.append(offset)
+    return bad
+
+
+def ordinal_line_spans(path: Path) -> Dict[int, Tuple[int, int]]:
+    """ordinal -> (start, end) byte offsets of its line. CODEX-COMPAT 0.169.0 writes `ordinal` on
+    every line (the line's index); a line without one counts by its index."""
+    spans: Dict[int, Tuple[int, int]] = {}
+    offset = 0
+    with open_regular(path) as handle:
+        for index, raw in enumerate(iter(lambda: handle.readline(MAX_LINE_BYTES), b"")):
+            ordinal = index
+            try:
+                record = json.loads(raw.decode("utf-8"))
+                if isinstance(record, dict) and isinstance(record.get("ordinal"), int):
+                    ordinal = record["ordinal"]
+            except (UnicodeDecodeError, ValueError):
+                pass
+            spans.setdefault(ordinal, (offset, offset + len(raw)))
+            offset += len(raw)
+    return spans
+
+
+def plan_offset_realignment(inv: "Inventory", plan: "Plan", busy_ids: set) -> None:
+    """SQL that puts every misaligned projection offset back on the line its ordinal names."""
+    db_path = history_db_path(inv)
+    for thread_id in sorted(inv.misaligned_offsets):
+        if thread_id in busy_ids:
+            continue
+        view = inv.threads[thread_id]
+        try:
+            spans = ordinal_line_spans(view.primary.path)
+            rows = read_projection_rows(db_path, thread_id).get(thread_id, [])
+        except (OSError, sqlite3.Error) as exc:
+            plan.skipped.append({"thread_id": thread_id, "reason": "history offsets not realigned: %s" % short(str(exc), 120)})
+            continue
+        changes, missing = [], []
+        for table, row in rows:
+            keys, triples = PROJECTION_OFFSETS[table]
+            new, old = {}, {}
+            for ordinal_column, offset_column, end in triples:
+                ordinal, offset = row.get(ordinal_column), row.get(offset_column)
+                if not isinstance(ordinal, int) or not isinstance(offset, int):
+                    continue
+                lookup = ordinal - 1 if end == "next" else ordinal
+                if lookup < 0:
+                    want = 0
+                elif lookup in spans:
+                    want = spans[lookup][0 if end == "start" else 1]
+                else:
+                    missing.append(ordinal)
+                    continue
+                if want != offset:
+                    new[offset_column], old[offset_column] = want, offset
+            if new:
+                changes.append(SqlChange(db_path, table, {k: row[k] for k in keys}, new, expect=old, thread_id=thread_id))
+        if missing:
+            plan.skipped.append({"thread_id": thread_id, "reason": "history offsets not realigned: ordinal(s) %s are "
+                                 "not lines of the rollout" % ", ".join(map(str, sorted(set(missing))[:5]))})
+            continue
+        plan.sql.extend(changes)
+
+
 def resolve_target_provider(inv: Inventory, requested: str, source_provider: str) -> Tuple[str, str]:
     """`--to auto`: the provider config.toml makes active; when config names none, the provider
     of the latest interactive thread (the one Desktop was last used with), said so."""
@@ -2225,6 +2384,8 @@ def plan_provider_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
         if view.row is not None and view.db_provider == args.from_provider:
             plan.sql.append(SqlChange(inv.live_db.path, "threads", {"id": view.id}, {"model_provider": target},
                                       expect={"model_provider": args.from_provider}, thread_id=view.id))
+    # A run killed between replacing a rollout and updating the projection left offsets behind.
+    plan_offset_realignment(inv, plan, {e.thread_id for e in plan.rollout_edits})
     if encrypted:
         plan.warnings.append("%d moved thread(s) carry encrypted reasoning (encrypted_content); it may not "
                              "verify under another provider or account, and resuming can fail until the "
@@ -3765,7 +3926,9 @@ def projection_layer(inv: Inventory, view: ThreadView) -> Optional[Dict[str, Any
     next_offset = state[0] if state else None
     return {"db": display_path(db_path, inv.home), "turns": turns[0], "first_offset": turns[1],
             "last_end_offset": turns[2], "next_rollout_byte_offset": next_offset, "rollout_size": size,
-            "offsets_within_file": None if size is None or next_offset is None else next_offset <= size}
+            "offsets_within_file": None if size is None or next_offset is None else next_offset <= size,
+            "offsets_on_line_starts": None if view.primary is None or turns[0] == 0 and next_offset is None
+            else view.id not in inv.misaligned_offsets}
 
 
 def filter_verdicts(inv: Inventory, view: ThreadView) -> List[Dict[str, Any]]:

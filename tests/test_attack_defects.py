@@ -136,3 +136,71 @@ def test_codex_thread_writer_lock_is_honoured(tmp_path):
         fcntl.flock(probe.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     finally:
         probe.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. History offsets after a kill: checked against real line starts, repaired by the rerun
+# ---------------------------------------------------------------------------------------------
+
+
+def line_starts(path: Path) -> set:
+    starts, offset = {0}, 0
+    for raw in path.read_bytes().splitlines(keepends=True):
+        offset += len(raw)
+        starts.add(offset)
+    return starts
+
+
+def projection_offsets(root: Path) -> Dict[str, List[int]]:
+    conn = sqlite3.connect(str(root / "thread_history_1.sqlite"))
+    try:
+        found: Dict[str, List[int]] = {}
+        for tid, start, end in conn.execute("SELECT thread_id, rollout_byte_offset, rollout_end_byte_offset FROM thread_turns"):
+            found.setdefault(tid, []).extend([start, end])
+        for tid, nxt in conn.execute("SELECT thread_id, next_rollout_byte_offset FROM thread_history_projection_state"):
+            found.setdefault(tid, []).append(nxt)
+        return found
+    finally:
+        conn.close()
+
+
+def misaligned(root: Path, threads: List[Any]) -> List[str]:
+    offsets = projection_offsets(root)
+    return sorted(t.id for t in threads if not set(offsets.get(t.id, [])) <= line_starts(t.path))
+
+
+@pytest.mark.parametrize("point", ["after_rollout_replace:1", "after_rollout_replace:2", "after_commit:1"])
+def test_offsets_left_stale_by_a_kill_are_found_and_realigned(tmp_path, point):
+    """CODEX-COMPAT 0.169.0: thread_turns and thread_history_projection_state hold byte offsets
+    of line starts (rollout_byte_offset is the start of the line whose `ordinal` is
+    rollout_ordinal; measured on a real home). A kill after a rollout was replaced leaves them
+    pointing at old positions: diagnose reports it, trace shows it, and the rerun of the same
+    command realigns them, then has nothing left to do."""
+    root = tmp_path / "home"
+    threads = provider_home(root, threads=3, turns=3)
+    argv = ["repair-provider", "--codex-home", str(root), "--from", "openai"]
+    killed = run_script(argv + ["--apply"], env={csr.FAULT_ENV: point + ":kill"})
+    assert killed.returncode < 0, killed.stderr.decode()[-500:]
+    bad = misaligned(root, threads)
+    assert bad, "the kill left every offset right: nothing to prove"
+
+    code, out, _err = run(["diagnose", "--codex-home", str(root), "--json"])
+    finding = next((f for f in json.loads(out)["findings"] if f["code"] == "history_offsets_misaligned"), None)
+    assert finding is not None and sorted(finding["evidence"]["thread_ids"]) == bad
+    code, out, _err = run(["trace", bad[0], "--codex-home", str(root), "--json"])
+    projection = json.loads(out)["trace"]["projection"]
+    assert projection["offsets_on_line_starts"] is False
+
+    code, out, err = run(argv + ["--json"])
+    doc = json.loads(out)
+    assert code == csr.EXIT_FINDINGS, err
+    realign = [a for a in doc["actions"] if a["kind"] == "sql" and a["thread_id"] in bad
+               and a["table"] in ("thread_turns", "thread_history_projection_state")]
+    assert realign, doc["actions"]
+    code, out, err = run(argv + ["--apply", "--json"])
+    assert code == csr.EXIT_OK, err
+    assert misaligned(root, threads) == []
+    code, out, err = run(argv + ["--json"])
+    assert (code, json.loads(out)["changes"]) == (csr.EXIT_OK, 0), out
+    code, out, _err = run(["diagnose", "--codex-home", str(root), "--json"])
+    assert "history_offsets_misaligned" not in {f["code"] for f in json.loads(out)["findings"]}
