@@ -1995,19 +1995,21 @@ class Plan:
         self.sql: List[SqlChange] = []
         self.file_writes: List[FileWrite] = []
         self.moves: List[Path] = []  # files moved whole into the backup folder (never deleted)
+        self.restores: List["RestoreAction"] = []  # entries of a verified backup to put back
         self.warnings: List[str] = []
         self.skipped: List[Dict[str, Any]] = []
         self.notes: Dict[str, Any] = {}
 
     @property
     def change_count(self) -> int:
-        return len(self.rollout_edits) + len(self.sql) + len(self.file_writes) + len(self.moves)
+        return len(self.rollout_edits) + len(self.sql) + len(self.file_writes) + len(self.moves) + len(self.restores)
 
     def touched_dbs(self) -> List[Path]:
-        return sorted({c.db for c in self.sql}, key=str)
+        return sorted({c.db for c in self.sql} | {r.target for r in self.restores if r.kind == "restore_db"}, key=str)
 
     def touched_files(self) -> List[Path]:
-        return [e.path for e in self.rollout_edits] + [w.path for w in self.file_writes] + list(self.moves)
+        return ([e.path for e in self.rollout_edits] + [w.path for w in self.file_writes] + list(self.moves)
+                + [r.target for r in self.restores if r.kind != "restore_db"])
 
     def plan_id(self, home: Path) -> str:
         """A digest of exactly what would change: the dry run prints it, and `--apply
@@ -2019,7 +2021,8 @@ class Plan:
     def actions_json(self, home: Path, verbose: bool = True) -> List[Dict[str, Any]]:
         return ([e.as_json(home) for e in self.rollout_edits] + [c.as_json(home, verbose) for c in self.sql]
                 + [w.as_json(home) for w in self.file_writes]
-                + [{"kind": "move_to_backup", "path": display_path(p, home)} for p in self.moves])
+                + [{"kind": "move_to_backup", "path": display_path(p, home)} for p in self.moves]
+                + [r.as_json(home) for r in self.restores])
 
 
 def sha256_file(path: Path) -> str:
@@ -3076,44 +3079,155 @@ def atomic_copy(source: Path, path: Path, mode: Optional[int], mtime_ns: Optiona
             tmp.unlink()
 
 
+class RestoreAction:
+    """Put one entry of a verified backup back: a file (or its absence) or a whole DB."""
+
+    def __init__(self, entry: Dict[str, Any], target: Path, payload: Optional[Path]) -> None:
+        self.entry, self.target, self.payload = entry, target, payload
+
+    @property
+    def kind(self) -> str:
+        if self.entry["kind"] == "sqlite":
+            return "restore_db"
+        return "restore_file" if self.entry.get("existed", True) else "remove"
+
+    def needed(self) -> bool:
+        """False when the target already is what the backup holds (nothing to put back)."""
+        if self.kind == "restore_db":
+            return current_db_digest(self.target) != self.entry.get("digest_before")
+        if self.kind == "remove":
+            return os.path.lexists(str(self.target))
+        return current_sha256(self.target) != self.entry.get("sha256_before")
+
+    def intent(self) -> Dict[str, Any]:
+        if self.kind == "restore_db":
+            return {"path": self.entry["path"], "digest_after": self.entry.get("digest_before")}
+        return {"path": self.entry["path"], "sha256_after": self.entry.get("sha256_before")}
+
+    def apply(self) -> None:
+        if self.kind == "restore_db":
+            restore_database(self.payload, self.target, self.entry)
+        elif self.kind == "remove":
+            if os.path.lexists(str(self.target)):
+                self.target.unlink()
+        else:
+            atomic_copy(self.payload, self.target, self.entry.get("mode"), self.entry.get("mtime_ns"))
+
+    def verify(self) -> None:
+        if self.needed():
+            raise ApplyError("%s is not what the backup holds after putting it back" % self.entry["path"])
+
+    def as_json(self, home: Path) -> Dict[str, Any]:
+        return {"kind": self.kind, "path": self.entry["path"]}
+
+
+def current_sha256(path: Path) -> Optional[str]:
+    try:
+        return sha256_file(path)
+    except FileNotFoundError:
+        return None
+
+
+def current_db_digest(path: Path) -> Optional[str]:
+    try:
+        conn = open_db_readonly(path)
+        try:
+            return db_digest(conn, {})
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+
+
+def verified_restore_actions(folder: Path, manifest: Dict[str, Any], home: Path,
+                             allowed_db_dirs: Sequence[Path] = ()) -> List[RestoreAction]:
+    """Every entry of a backup, checked before anything is written: a path relative to the home
+    that stays inside it and passes no symlink (a DB may also sit in a configured sqlite_home),
+    a payload inside the backup folder that is a regular file, and a payload whose SHA-256 (for a
+    DB, the digest of its content) is the one the manifest recorded. Any failure refuses the
+    whole restore: a backup that does not verify is not trusted in part."""
+    actions = []
+    for number, entry in enumerate(manifest["entries"]):
+        if not isinstance(entry, dict) or entry.get("kind") not in ("file", "sqlite") or not isinstance(
+                entry.get("path"), str) or not entry["path"]:
+            raise refuse("entry %d of %s/manifest.json is not an entry this tool writes" % (number, folder.name), None)
+        target = restore_target(entry, home, allowed_db_dirs)
+        payload = None
+        if entry["kind"] == "sqlite" or entry.get("existed", True):
+            payload = restore_payload(entry, folder)
+            if entry["kind"] == "sqlite":
+                digest = current_db_digest(payload)
+                if digest is None or digest != entry.get("digest_before"):
+                    raise refuse("the backup copy of %s does not match its manifest (the backup was changed "
+                                 "or damaged)" % entry["path"], None)
+            elif sha256_file(payload) != entry.get("sha256_before"):
+                raise refuse("the backup copy of %s does not match its manifest's SHA-256 (the backup was "
+                             "changed or damaged)" % entry["path"], None)
+        actions.append(RestoreAction(entry, target, payload))
+    return actions
+
+
+def restore_target(entry: Dict[str, Any], home: Path, allowed_db_dirs: Sequence[Path]) -> Path:
+    text = entry["path"]
+    path = Path(text)
+    if path.is_absolute() or is_windows_path(text):
+        if entry["kind"] == "sqlite" and STATE_DB_RE.match(path.name) and path.parent in allowed_db_dirs:
+            return path  # a state DB in the configured sqlite_home, outside the home
+        raise refuse("the backup names %s, an absolute path; a backup of this tool names paths inside the home"
+                     % text, None)
+    if ".." in path.parts or not is_within(Path(os.path.normpath(str(home / path))), home):
+        raise refuse("the backup names %s, which leaves CODEX_HOME" % text, None)
+    check_inside_home(home / path, home)
+    return home / path
+
+
+def restore_payload(entry: Dict[str, Any], folder: Path) -> Path:
+    text = entry.get("backup")
+    files = folder / "files"
+    if not isinstance(text, str) or not text or Path(text).is_absolute() or ".." in Path(text).parts:
+        raise refuse("the backup entry for %s names no copy inside the backup folder" % entry["path"], None)
+    payload = folder / text
+    current = payload
+    while current != folder and is_within(current, folder):
+        if current.is_symlink():
+            raise refuse("the backup copy of %s is reached through a symlink" % entry["path"], None)
+        current = current.parent
+    if not is_within(payload, files) or not payload.is_file():
+        raise refuse("the backup copy of %s is missing or not a regular file" % entry["path"], None)
+    return payload
+
+
 def restore_backup(folder: Path, home: Path) -> List[str]:
-    """Put back every file and DB of a backup. Returns the paths restored."""
+    """The engine's automatic undo: put back every file and DB of the backup it just made, with
+    the same actions `restore` plans. Returns the paths restored."""
     manifest = read_manifest(folder)
     restored, failures = [], []
-    for entry in manifest["entries"]:
-        target = _resolve_manifest_path(entry["path"], home)
+    for action in verified_restore_actions(folder, manifest, home, restore_db_dirs(home, manifest)):
         try:
-            if entry["kind"] == "sqlite":
-                if not restore_database(folder / entry["backup"], target, entry):
-                    continue
-            elif entry.get("existed", True):
-                if target.exists() and sha256_file(target) == entry.get("sha256_before"):
-                    continue
-                atomic_copy(folder / entry["backup"], target, entry.get("mode"), entry.get("mtime_ns"))
-            elif target.exists():
-                target.unlink()
-            restored.append(entry["path"])
+            if not action.needed():
+                continue
+            action.apply()
+            restored.append(action.entry["path"])
         except (OSError, sqlite3.Error) as exc:
             # Keep going: every other file put back is one less file left changed.
-            failures.append("%s: %s" % (entry["path"], short(str(exc), 120)))
+            failures.append("%s: %s" % (action.entry["path"], short(str(exc), 120)))
     if failures:
         raise ApplyError("could not put back %s" % "; ".join(failures))
     return restored
 
 
+def restore_db_dirs(home: Path, manifest: Dict[str, Any]) -> List[Path]:
+    """Folders outside the home a backup may name a DB in: the sqlite_home settings in force."""
+    config = load_config(home, None)
+    return [folder for folder, origin in sqlite_home_dirs(home, config, dict(os.environ))
+            if origin in ("config sqlite_home", "CODEX_SQLITE_HOME")]
+
+
 def restore_database(backup: Path, target: Path, entry: Dict[str, Any]) -> bool:
     """Put a DB back through SQLite (WAL-safe). A DB whose content is what it was before the
     run is left alone; a DB another process holds is reported after a bounded wait."""
-    if target.exists():
-        try:
-            conn = open_db_readonly(target)
-            try:
-                if db_digest(conn, {}) == entry.get("digest_before"):
-                    return False
-            finally:
-                conn.close()
-        except sqlite3.Error:
-            pass
+    if target.exists() and current_db_digest(target) == entry.get("digest_before"):
+        return False
     dest = sqlite3.connect(str(target), timeout=10.0, isolation_level=None)
     source = sqlite3.connect(str(backup))
     try:
@@ -3127,40 +3241,78 @@ def restore_database(backup: Path, target: Path, entry: Dict[str, Any]) -> bool:
 
 
 def read_manifest(folder: Path) -> Dict[str, Any]:
+    path = folder / "manifest.json"
+    if not path.is_file():
+        raise UsageError("%s is not a backup made by this tool (no manifest.json)" % folder)
     try:
-        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        with open_regular(path) as handle:
+            manifest = json.loads(handle.read(MAX_MANIFEST_BYTES).decode("utf-8"))
     except (OSError, ValueError) as exc:
-        raise UsageError("%s is not a backup made by this tool (%s)" % (folder, short(str(exc), 100))) from None
+        raise refuse("%s/manifest.json does not verify (%s)" % (folder.name, short(str(exc), 100)), None) from None
     if not isinstance(manifest, dict) or manifest.get("tool") != TOOL_NAME or not isinstance(manifest.get("entries"), list):
-        raise UsageError("%s is not a backup made by this tool" % folder)
+        raise refuse("%s/manifest.json does not verify: it is not a manifest of this tool" % folder.name, None)
     return manifest
 
 
+MAX_MANIFEST_BYTES = 256 * 1024 * 1024
+JOURNAL_NAME = "journal.jsonl"
+
+
+def read_journal(folder: Path) -> Dict[str, set]:
+    """path -> every state a run said (before writing it) it would leave that path in."""
+    intents: Dict[str, set] = {}
+    try:
+        with open_regular(folder / JOURNAL_NAME) as handle:
+            for raw in iter(lambda: handle.readline(MAX_LINE_BYTES), b""):
+                try:
+                    record = json.loads(raw.decode("utf-8"))
+                except (UnicodeDecodeError, ValueError):
+                    continue  # a torn last line: its write never began
+                if isinstance(record, dict) and isinstance(record.get("path"), str):
+                    state = record.get("sha256_after", record.get("digest_after"))
+                    intents.setdefault(record["path"], set()).add(state)
+    except OSError:
+        pass
+    return intents
+
+
+class Journal:
+    """Before each write the engine appends (and syncs) the state it is about to leave the path
+    in. After a kill, restore tells the dead run's own writes (before, or one of these) from
+    changes something else made, which need --discard-changes."""
+
+    def __init__(self, folder: Path, home: Path) -> None:
+        self.path, self.home = folder / JOURNAL_NAME, home
+
+    def intend(self, path: Path, **state: Any) -> None:
+        record = dict(path=_manifest_path(path, self.home), **state)
+        with open(str(self.path), "ab") as handle:
+            handle.write(json.dumps(record, sort_keys=True).encode("utf-8") + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
 def changed_since_backup(folder: Path, home: Path) -> List[str]:
-    """Files and DB rows that differ from what the backed-up run left behind (for a run that was
-    interrupted, from what it found: its "after" was never recorded)."""
+    """Files and DBs that differ from what the backed-up run left behind. For a run that was
+    interrupted ("after" never recorded) a path is unchanged in its state before the run or in
+    a state the run's journal says it was writing."""
     manifest = read_manifest(folder)
-    state = "after" if manifest.get("complete") else "before"
+    intents = read_journal(folder) if not manifest.get("complete") else {}
     changed = []
+    state = "after" if manifest.get("complete") else "before"
     for entry in manifest["entries"]:
         target = _resolve_manifest_path(entry["path"], home)
         if entry["kind"] == "sqlite":
-            expected = entry.get("digest_" + state)
-            try:
-                conn = open_db_readonly(target)
-                try:
-                    now = db_digest(conn, entry.get("rows") or {})
-                finally:
-                    conn.close()
-            except sqlite3.Error:
-                now = None
-            if now != expected:
-                changed.append(entry["path"])
+            expected = {entry.get("digest_" + state)} | intents.get(entry["path"], set())
+            now = current_db_digest(target)
         else:
-            expected = entry.get("sha256_" + state)
-            now = sha256_file(target) if target.exists() else None
-            if now != expected:
-                changed.append(entry["path"])
+            expected = {entry.get("sha256_" + state)} | intents.get(entry["path"], set())
+            try:
+                now = sha256_file(target) if target.exists() else None
+            except OSError:
+                now = "unreadable"
+        if now not in expected:
+            changed.append(entry["path"])
     return changed
 
 
@@ -3203,15 +3355,18 @@ def apply_plan(inv: Inventory, plan: Plan, args: argparse.Namespace, argv: Seque
         _fault_point("after_backup")
         result: Dict[str, Any] = {"backup_dir": str(folder), "skipped": []}
         connections = lock_databases(plan.touched_dbs(), folder)
+        journal = Journal(folder, inv.home)
         try:
             busy = open_elsewhere(inv.home)
-            skipped_threads = write_rollouts(plan, result, busy, inv.home)
-            write_sql(plan, skipped_threads, connections)
+            skipped_threads = write_rollouts(plan, result, busy, inv.home, journal)
+            write_sql(plan, skipped_threads, connections, journal)
+            write_restores(plan, journal)
             for write in plan.file_writes:
                 _fault_point("before_file_write")
                 mode = write.path.stat().st_mode & 0o7777 if write.path.exists() else 0o600
+                journal.intend(write.path, sha256_after=hashlib.sha256(write.data).hexdigest())
                 atomic_write(write.path, write.data, mode)
-            move_into_backup(plan.moves, folder, manifest, inv.home)
+            move_into_backup(plan.moves, folder, manifest, inv.home, journal)
         except Exception as exc:  # noqa: BLE001 - any failure after writing began must restore
             close_all(connections)
             try:
@@ -3298,7 +3453,17 @@ def remove_stale_temp_files(paths: List[Path]) -> None:
             pass
 
 
-def move_into_backup(moves: List[Path], folder: Path, manifest: Dict[str, Any], home: Path) -> None:
+def write_restores(plan: Plan, journal: "Journal") -> None:
+    """Each entry of a verified backup put back, then read again to prove it."""
+    for action in plan.restores:
+        _fault_point("before_file_write")
+        journal.intend(action.target, **{k: v for k, v in action.intent().items() if k != "path"})
+        action.apply()
+        action.verify()
+
+
+def move_into_backup(moves: List[Path], folder: Path, manifest: Dict[str, Any], home: Path,
+                     journal: Optional["Journal"] = None) -> None:
     """Move each file over its own byte copy in the backup: the original file lives on there."""
     entries = {e["path"]: e for e in manifest["entries"]}
     for path in moves:
@@ -3306,10 +3471,13 @@ def move_into_backup(moves: List[Path], folder: Path, manifest: Dict[str, Any], 
         entry = entries[_manifest_path(path, home)]
         if sha256_file(path) != entry["sha256_before"]:
             raise ApplyError("%s changed while it was being backed up" % display_path(path, home))
+        if journal is not None:
+            journal.intend(path, sha256_after=None)
         os.replace(str(path), str(folder / entry["backup"]))
 
 
-def write_rollouts(plan: Plan, result: Dict[str, Any], busy: Dict[str, List[str]], home: Path) -> set:
+def write_rollouts(plan: Plan, result: Dict[str, Any], busy: Dict[str, List[str]], home: Path,
+                   journal: Optional["Journal"] = None) -> set:
     skipped = set()
     for edit in plan.rollout_edits:
         holders = busy.get(os.path.realpath(str(edit.path)))
@@ -3321,7 +3489,7 @@ def write_rollouts(plan: Plan, result: Dict[str, Any], busy: Dict[str, List[str]
         _fault_point("before_rollout_replace")
         try:
             with thread_writer_lock(home, edit.thread_id):
-                replaced = rewrite_rollout(edit, result)
+                replaced = rewrite_rollout(edit, result, journal)
         except WriterLockHeld as held:
             replaced, edit.skip_reason = False, str(held)
         _fault_point("after_rollout_replace")
@@ -3458,7 +3626,19 @@ def same_file_as_planned(edit: RolloutEdit, source: Any) -> bool:
     return same and (now.st_size, now.st_mtime_ns) == (size, mtime_ns) == (opened.st_size, opened.st_mtime_ns)
 
 
-def rewrite_rollout(edit: RolloutEdit, result: Optional[Dict[str, Any]] = None) -> bool:
+class HashingWriter:
+    """A file being written, with the SHA-256 of every byte written to it."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle, self.digest = handle, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.handle.write(data)
+
+
+def rewrite_rollout(edit: RolloutEdit, result: Optional[Dict[str, Any]] = None,
+                    journal: Optional["Journal"] = None) -> bool:
     """Write the rollout anew beside it: the unchanged byte ranges copied in large chunks, the
     planned lines substituted; then replace it. Every byte read is hashed and must match the
     plan's read, and inode, size and mtime must not move, and no other process may have the
@@ -3481,7 +3661,8 @@ def rewrite_rollout(edit: RolloutEdit, result: Optional[Dict[str, Any]] = None) 
                     edit.skip_reason = "another process has the rollout open for writing (a live session); it was left as it is"
                     return False
                 identity = (os.fstat(source.fileno()).st_dev, os.fstat(source.fileno()).st_ino)
-                with open(str(tmp), "wb") as out:
+                with open(str(tmp), "wb") as handle:
+                    out = HashingWriter(handle)
                     position = 0
                     for offset, length, new_raw in sorted(edit.replacements):
                         if not copy_span(source, out, digest, offset - position):
@@ -3491,9 +3672,9 @@ def rewrite_rollout(edit: RolloutEdit, result: Optional[Dict[str, Any]] = None) 
                         position = offset + length
                     if not copy_span(source, out, digest, size - position) or source.read(1):
                         return False
-                    out.flush()
-                    os.fsync(out.fileno())
-                    written = out.tell()
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                    written = handle.tell()
                 os.chmod(str(tmp), stat.st_mode & 0o7777)
                 # Codex orders threads by the rollout's mtime when it re-derives a row: keep it.
                 os.utime(str(tmp), ns=(stat.st_atime_ns, mtime_ns))
@@ -3504,6 +3685,8 @@ def rewrite_rollout(edit: RolloutEdit, result: Optional[Dict[str, Any]] = None) 
                                         "session); it was left as it is")
                     return False
                 kept = link_quietly(edit.path, keep)
+                if journal is not None:
+                    journal.intend(edit.path, sha256_after=out.digest.hexdigest())
                 os.replace(str(tmp), str(edit.path))
                 late = (lease and lease_broken(source.fileno())) or holders_of(edit.path, identity)
                 if late and kept:
@@ -3573,7 +3756,8 @@ def copy_span(source: Any, out: Any, digest: Any, count: int) -> bool:
     return True
 
 
-def write_sql(plan: Plan, skipped_threads: set, connections: Dict[Path, sqlite3.Connection]) -> None:
+def write_sql(plan: Plan, skipped_threads: set, connections: Dict[Path, sqlite3.Connection],
+              journal: Optional["Journal"] = None) -> None:
     """One transaction per DB, on the connection that has held its write lock since before the
     first rollout was rewritten; verified by re-reading after the commit."""
     by_db: Dict[Path, List[SqlChange]] = {}
@@ -3587,6 +3771,9 @@ def write_sql(plan: Plan, skipped_threads: set, connections: Dict[Path, sqlite3.
             sql, params = change.statement()
             if conn.execute(sql, params).rowcount != 1:
                 raise ApplyError("%s: expected to change one row of %s for %s" % (db.name, change.table, change.key))
+        if journal is not None and changes:
+            # Inside the transaction the connection sees the content the commit will leave.
+            journal.intend(db, digest_after=db_digest(conn, {}))
         conn.execute("COMMIT")
         _fault_point("after_commit")
         verify_sql(conn, changes)
@@ -4173,6 +4360,17 @@ def choose_backup(home: Path, args: argparse.Namespace) -> Path:
     raise UsageError("name a backup folder, or use --latest or --list")
 
 
+def plan_restore(inv: Inventory, folder: Path, manifest: Dict[str, Any]) -> Plan:
+    """A restore is a plan like any repair's: the verified entries that differ from the home,
+    applied by apply_plan (preflight, lock, undo backup, journal, verify)."""
+    plan = Plan("restore")
+    dirs = [f for f, origin in sqlite_home_dirs(inv.home, inv.config, dict(os.environ))
+            if origin in ("config sqlite_home", "CODEX_SQLITE_HOME")]
+    plan.restores = [a for a in verified_restore_actions(folder, manifest, inv.home, dirs) if a.needed()]
+    plan.notes["from"] = str(folder)
+    return plan
+
+
 def cmd_restore(args: argparse.Namespace) -> int:
     home, _origin = resolve_codex_home(args.codex_home, dict(os.environ))
     if args.list:
@@ -4191,36 +4389,21 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if not is_within(folder, (home / BACKUP_DIR_NAME).resolve()):
         raise refuse("%s is not a backup folder of this home" % folder, None)
     manifest = read_manifest(folder)
+    inv = build_inventory(args)
+    plan = plan_restore(inv, folder, manifest)
     changed = changed_since_backup(folder, home)
     entries = [e["path"] for e in manifest["entries"]]
     result: Dict[str, Any] = {"backup_dir": str(folder), "files": entries, "changed_since_run": changed}
     if args.apply:
-        if changed and not args.force:
+        if changed and not args.discard_changes:
             raise refuse("%d file(s) changed after that run (%s); restoring puts each back whole and would "
                          "discard those changes (Codex itself updates the DB when it lists threads)"
-                         % (len(changed), ", ".join(changed[:3])), "--force")
-        users = codex_users(home, [_resolve_manifest_path(e["path"], home) for e in manifest["entries"]
-                                   if e["kind"] == "sqlite"])
-        if users and not args.force:
-            raise refuse("Codex is using this home (%s)" % "; ".join(users[:3]), "--force")
-        with ToolLock(home):
-            remove_stale_temp_files(find_temp_files(home))
-            dbs = {_resolve_manifest_path(e["path"], home): e.get("rows") or {} for e in manifest["entries"]
-                   if e["kind"] == "sqlite"}
-            files = [_resolve_manifest_path(e["path"], home) for e in manifest["entries"] if e["kind"] == "file"]
-            undo, undo_manifest = make_backup_or_fail(lambda: make_backup(
-                home, "restore", dbs, files, [{"kind": "restore", "from": str(folder)}], args.argv))
-            try:
-                restore_backup(folder, home)
-            except Exception as exc:  # noqa: BLE001
-                try:
-                    restore_backup(undo, home)
-                    again = "the state before the restore was put back from %s" % undo
-                except Exception as worse:  # noqa: BLE001
-                    again = "putting back the state before the restore FAILED (%s); see %s" % (worse, undo)
-                raise ApplyError("restore failed: %s; %s" % (short(str(exc), 200), again)) from None
-            finish_manifest(undo, undo_manifest, home)
-            result["undo_backup_dir"] = str(undo)
+                         % (len(changed), ", ".join(changed[:3])), "--discard-changes")
+        if plan.change_count:
+            applied = apply_plan(inv, plan, args, args.argv)
+            result["undo_backup_dir"] = applied["backup_dir"]
+        else:
+            result["undo_backup_dir"] = None
     code = EXIT_OK if args.apply else EXIT_FINDINGS
     doc = {"tool": TOOL_NAME, "version": __version__, "command": "restore", "codex_home": str(home),
            "exit_code": code, "applied": bool(args.apply), **result}
@@ -4231,11 +4414,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
         print("%s %d file(s) from %s" % (verb, len(entries), folder))
         for path in entries:
             print("  %s%s" % (path, "  (changed since that run)" if path in changed else ""))
-        if args.apply:
+        if args.apply and result["undo_backup_dir"]:
             print("The state just before this restore is saved in %s" % result["undo_backup_dir"])
+        elif args.apply:
+            print("Nothing to put back: the home already holds what the backup holds.")
         else:
             print("Nothing was written. Re-run with --apply to restore%s." % (
-                " (--force too: files changed since that run)" if changed else ""))
+                " (--discard-changes too: files changed since that run)" if changed else ""))
     return code
 
 
@@ -4390,14 +4575,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     restore = sub.add_parser(
         "restore", parents=[shared], help="put back exactly what an earlier --apply changed",
-        description="Restore the files and DB of a backup made by --apply. Refuses when they changed "
-                    "after that run, unless --force. The state just before the restore is backed up too.")
+        description="Restore the files and DB of a backup made by --apply, after verifying every copy "
+                    "against the manifest. Refuses when they changed after that run, unless --discard-changes, "
+                    "and while Codex is using the home, unless --force. The state just before the restore is "
+                    "backed up too.")
     restore.add_argument("backup_dir", nargs="?", metavar="BACKUP_DIR",
                          help="a folder under CODEX_HOME/%s (its name or path)" % BACKUP_DIR_NAME)
     restore.add_argument("--latest", action="store_true", help="the most recent backup")
     restore.add_argument("--list", action="store_true", help="list the backups and exit")
-    _write_options(restore, force_help="restore although the files changed after that run, or Codex is using "
-                   "the home; never implies --apply")
+    _write_options(restore, force_help="restore although Codex is using the home; never implies --apply")
+    restore.add_argument("--discard-changes", action="store_true", help="restore although files changed after "
+                         "that run (those later changes are lost; the undo backup keeps them)")
     restore.set_defaults(handler=cmd_restore)
     return parser
 

@@ -204,3 +204,115 @@ def test_offsets_left_stale_by_a_kill_are_found_and_realigned(tmp_path, point):
     assert (code, json.loads(out)["changes"]) == (csr.EXIT_OK, 0), out
     code, out, _err = run(["diagnose", "--codex-home", str(root), "--json"])
     assert "history_offsets_misaligned" not in {f["code"] for f in json.loads(out)["findings"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. restore verifies the backup and writes through the one apply engine
+# ---------------------------------------------------------------------------------------------
+
+
+def applied_home(root: Path) -> Tuple[List[Any], Path]:
+    threads = provider_home(root, threads=2)
+    code, out, err = run(["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply", "--json"])
+    assert code == csr.EXIT_OK, err
+    return threads, Path(json.loads(out)["backup_dir"])
+
+
+def edit_manifest(folder: Path, change) -> None:
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def restore_apply(root: Path, folder: Path, *extra: str) -> Tuple[int, str, str]:
+    return run(["restore", "--codex-home", str(root), str(folder), "--apply", *extra])
+
+
+def test_restore_refuses_a_tampered_payload(tmp_path):
+    root = tmp_path / "home"
+    _threads, folder = applied_home(root)
+    payload = next(p for p in (folder / "files").rglob("rollout-*.jsonl"))
+    payload.write_bytes(payload.read_bytes().replace(b"fix the failing", b"rm -rf the whole"))
+    before = hash_tree(root)
+    code, _out, err = restore_apply(root, folder, "--force")
+    assert code == csr.EXIT_REFUSED, err
+    assert "does not match" in err and len(err.strip().splitlines()) == 1
+    assert hash_tree(root) == before
+
+
+def test_restore_refuses_a_tampered_database_payload(tmp_path):
+    root = tmp_path / "home"
+    _threads, folder = applied_home(root)
+    payload = folder / "files" / "state_5.sqlite"
+    conn = sqlite3.connect(str(payload))
+    conn.execute("UPDATE threads SET cwd = '/evil'")
+    conn.commit()
+    conn.close()
+    before = hash_tree(root)
+    code, _out, err = restore_apply(root, folder, "--force")
+    assert code == csr.EXIT_REFUSED, err
+    assert hash_tree(root) == before
+
+
+@pytest.mark.parametrize("attack", ["dotdot", "absolute-delete", "absolute-write", "through-symlink",
+                                    "payload-outside", "not-json", "unknown-kind"])
+def test_restore_refuses_paths_that_leave_the_home(tmp_path, attack):
+    """A manifest path that is absolute, climbs out with `..`, or goes through a symlink is
+    refused (exit 3) before anything is written; so is a manifest that does not verify."""
+    root = tmp_path / "home"
+    threads, folder = applied_home(root)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep me\n")
+    victim_rel = os.path.relpath(str(outside), str(root))
+
+    def first_file(manifest):
+        return next(e for e in manifest["entries"] if e["kind"] == "file")
+
+    if attack == "dotdot":
+        edit_manifest(folder, lambda m: first_file(m).update(path=victim_rel))
+    elif attack == "absolute-delete":
+        edit_manifest(folder, lambda m: first_file(m).update(path=str(outside), existed=False, backup=None))
+    elif attack == "absolute-write":
+        edit_manifest(folder, lambda m: first_file(m).update(path=str(outside)))
+    elif attack == "through-symlink":
+        link = root / "sessions" / "elsewhere"
+        os.symlink(str(tmp_path), str(link))
+        edit_manifest(folder, lambda m: first_file(m).update(path="sessions/elsewhere/outside.txt"))
+    elif attack == "payload-outside":
+        edit_manifest(folder, lambda m: first_file(m).update(backup="../../../outside.txt"))
+    elif attack == "not-json":
+        (folder / "manifest.json").write_text('{"tool": "codex-session-recovery", "entries": [')
+    elif attack == "unknown-kind":
+        edit_manifest(folder, lambda m: first_file(m).update(kind="script"))
+    before = hash_tree(root)
+    code, _out, err = restore_apply(root, folder, "--force", "--discard-changes")
+    assert code == csr.EXIT_REFUSED, (code, err)
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert outside.read_text() == "keep me\n"
+    assert hash_tree(root) == before
+
+
+def test_restore_writes_through_the_apply_engine(tmp_path, monkeypatch):
+    """One place that writes: restore's writes go through apply_plan (preflight, lock, undo
+    backup, verify); a failure at a write point there is undone from the undo backup."""
+    root = tmp_path / "home"
+    threads, folder = applied_home(root)
+    calls = []
+    real = csr.apply_plan
+
+    def recording(inv, plan, args, argv):
+        calls.append(plan.command)
+        return real(inv, plan, args, argv)
+
+    monkeypatch.setattr(csr, "apply_plan", recording)
+    repaired = hash_tree(root)
+    monkeypatch.setenv(csr.FAULT_ENV, "before_file_write:1:raise")
+    code, _out, err = restore_apply(root, folder)
+    assert code == csr.EXIT_APPLY_FAILED and "succeeded" in err, err
+    assert hash_tree(root) == repaired
+    monkeypatch.delenv(csr.FAULT_ENV)
+    code, _out, err = restore_apply(root, folder)
+    assert code == csr.EXIT_OK, err
+    assert calls == ["restore", "restore"]
+    assert all(b'"model_provider":"openai"' in t.path.read_bytes() for t in threads)

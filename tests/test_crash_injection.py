@@ -7,7 +7,7 @@ After each kill:
 
 * every file of the home (recovery-backups/ and *-shm aside; state DBs compared by iterdump with
   their -wal folded in, other files by SHA-256) is exactly "before" or exactly "after" (a
-  reference home where the same command ran fully), or else `restore --latest --apply --force`
+  reference home where the same command ran fully), or else `restore --latest --apply` (no override)
   (for a killed restore: the undo backup it named) returns it to "before";
 * no conversation line is lost: every line of every original rollout is present, parsed-equal
   modulo the repaired provider fields, in the rollout the user is left with, after the kill and
@@ -424,10 +424,10 @@ def test_kill_at_every_write_point(command, point, references, tally, tmp_path):
             made = new_backups(root, known)
             if command.name == "restore":
                 named = [b for b in made if (b / "manifest.json").is_file()]
-                argv = ["restore", "--codex-home", str(root), str(named[-1]) if named else "--latest", "--apply",
-                        "--force"]
+                argv = ["restore", "--codex-home", str(root), str(named[-1]) if named else "--latest", "--apply"]
             else:
-                argv = ["restore", "--codex-home", str(root), "--latest", "--apply", "--force"]
+                # No override: the journal tells the dead run's own writes from anyone else's.
+                argv = ["restore", "--codex-home", str(root), "--latest", "--apply"]
             fixed = run_script(argv)
             after_restore = snapshot(root)
             more_lines, more_size, more_where = lost_lines(originals, root)
@@ -710,7 +710,7 @@ def test_kill_inside_restore(event, tmp_path, tally, references):
         if outcome == "restored":
             undo = [b for b in new_backups(root, known) if (b / "manifest.json").is_file()]
             fixed = run_script(["restore", "--codex-home", str(root), str(undo[-1]) if undo else "--latest",
-                                "--apply", "--force"])
+                                "--apply"])
             more = lost_lines(originals, root)
             lines, size, where = lines + more[0], size + more[1], where + more[2]
             if fixed.returncode != csr.EXIT_OK or snapshot(root) != before:
@@ -736,7 +736,7 @@ def test_no_temp_file_survives_a_kill_and_a_restore(tmp_path):
     known = {p.name for p in new_backups(root, set())}
     assert _audit_run("os.rename", 2, command.args(root)).returncode == KILLED
     undo = [b for b in new_backups(root, known) if (b / "manifest.json").is_file()]
-    assert run_script(["restore", "--codex-home", str(root), str(undo[-1]), "--apply", "--force"]).returncode == 0
+    assert run_script(["restore", "--codex-home", str(root), str(undo[-1]), "--apply"]).returncode == 0
     assert temp_debris(root) == []
 
 

@@ -448,7 +448,7 @@ def test_repair_provider_end_to_end(real_home, version, src, dst):
     assert home.standin.responses_served == served + 1
 
     # The continued thread's rollout (and the DBs) changed after the run: restore says so,
-    # refuses without --force, and its refusal writes nothing.
+    # refuses without --discard-changes, and its refusal writes nothing.
     code, doc, _ = run_tool(home.home, "restore", "--latest")
     assert code == csr.EXIT_FINDINGS and doc["applied"] is False
     continued = home.rollout(moved[0]).relative_to(home.home).as_posix()
@@ -457,10 +457,10 @@ def test_repair_provider_end_to_end(real_home, version, src, dst):
     before_restore = snapshot(home.home)
     code, doc, err = run_tool(home.home, "restore", "--latest", "--apply")
     assert code == csr.EXIT_REFUSED
-    assert "changed after that run" in err and "--force" in err
+    assert "changed after that run" in err and "--discard-changes" in err
     assert changed_files(before_restore, snapshot(home.home)) == []
 
-    code, doc, _ = run_tool(home.home, "restore", "--latest", "--apply", "--force")
+    code, doc, _ = run_tool(home.home, "restore", "--latest", "--apply", "--discard-changes")
     assert code == csr.EXIT_OK, doc
     assert Path(doc["backup_dir"]) == backup
     for tid in moved:
