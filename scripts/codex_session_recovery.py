@@ -425,7 +425,10 @@ def to_millis(value: Any) -> Optional[int]:
 def iso_from_millis(millis: Optional[int]) -> Optional[str]:
     if millis is None:
         return None
-    stamp = _dt.datetime.fromtimestamp(millis / 1000, _dt.timezone.utc)
+    try:
+        stamp = _dt.datetime.fromtimestamp(millis / 1000, _dt.timezone.utc)
+    except (OverflowError, ValueError, OSError):
+        return None  # a stored value past year 9999: no date to show
     return stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -536,6 +539,12 @@ def open_regular(path: Path) -> Any:
 
 class NotRegularFile(OSError):
     pass
+
+
+def json_text_bytes(text: str) -> bytes:
+    """JSON text as UTF-8. A lone surrogate (JSON allows "\\ud800"; UTF-8 cannot hold it) can
+    only sit inside a string, where its backslash escape is the same JSON value."""
+    return text.encode("utf-8", "backslashreplace")
 
 
 def short(text: str, limit: int = 80) -> str:
@@ -803,7 +812,10 @@ def open_db_readonly(path: Path) -> sqlite3.Connection:
     except sqlite3.OperationalError as exc:
         if "unable to open" not in str(exc) and "readonly" not in str(exc):
             raise
-        conn = _open_private_copy(path)
+        try:
+            conn = _open_private_copy(path)
+        except OSError as again:  # a directory or a FIFO named like a DB
+            raise sqlite3.OperationalError("unable to open %s: %s" % (path.name, again.strerror or again)) from None
     conn.row_factory = sqlite3.Row
     return conn
 
@@ -2179,7 +2191,12 @@ def plan_projection_shift(inv: "Inventory", edit: RolloutEdit) -> List[SqlChange
     if db_path is None or not edit.deltas:
         return []
     changes: List[SqlChange] = []
-    conn = open_db_readonly(db_path)
+    try:
+        conn = open_db_readonly(db_path)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as exc:
+        # Its offsets cannot be kept true: the rollout is not rewritten.
+        raise PlanError("%s cannot be read (%s); the rollout is left as it is" % (db_path.name, short(str(exc), 80)))
     try:
         offset_columns = {
             "thread_turns": (("thread_id", "turn_id"), ("rollout_byte_offset", "rollout_end_byte_offset")),
@@ -2465,6 +2482,22 @@ SIDEBAR_RESET = {
 }
 
 
+class NonFiniteNumber(ValueError):
+    pass
+
+
+def finite_float(text: str) -> float:
+    """json.loads reads 1e999 as inf, and json.dumps would write it as `Infinity` (not JSON)."""
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise NonFiniteNumber(text)
+    return value
+
+
+def no_constant(text: str) -> Any:
+    raise NonFiniteNumber(text)  # NaN, Infinity, -Infinity: not JSON
+
+
 def sidebar_changes(atoms: Dict[str, Any]) -> Dict[str, Tuple[Any, Any]]:
     return {k: (atoms[k], v) for k, v in SIDEBAR_RESET.items() if k in atoms and atoms[k] != v}
 
@@ -2476,7 +2509,11 @@ def plan_ui_state_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
         return plan
     raw = path.read_bytes()
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = json.loads(raw.decode("utf-8"), parse_float=finite_float, parse_constant=no_constant)
+    except NonFiniteNumber as exc:
+        plan.skipped.append({"path": path.name, "reason": "it holds the number %s, which JSON cannot write back "
+                             "unchanged; it is left as it is" % short(str(exc), 40)})
+        return plan
     except (UnicodeDecodeError, ValueError):
         plan.skipped.append({"path": path.name, "reason": "not JSON; Codex Desktop rewrites it on its next exit"})
         return plan
@@ -2490,8 +2527,8 @@ def plan_ui_state_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
         atoms[key] = new
     indent = 2 if b"\n " in raw else None
     separators = (",", ": ") if indent else (",", ":")
-    text = json.dumps(data, indent=indent, separators=separators, ensure_ascii=False)
-    data_out = text.encode("utf-8") + (b"\n" if raw.endswith(b"\n") else b"")
+    text = json.dumps(data, indent=indent, separators=separators, ensure_ascii=False, allow_nan=False)
+    data_out = json_text_bytes(text) + (b"\n" if raw.endswith(b"\n") else b"")
     plan.file_writes.append(FileWrite(path, data_out, {"reset": sorted(changes)}))
     return plan
 
@@ -2536,7 +2573,7 @@ def plan_index_rebuild(inv: Inventory, args: argparse.Namespace) -> Plan:
         latest[thread_id] = {"id": thread_id, "thread_name": view.row["name"],
                              "updated_at": iso_from_millis(view.updated_ms)}
     ordered = sorted(latest.values(), key=lambda e: str(e.get("updated_at") or ""))
-    data = b"".join(json.dumps(e, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n" for e in ordered)
+    data = b"".join(json_text_bytes(json.dumps(e, separators=(",", ":"), ensure_ascii=False)) + b"\n" for e in ordered)
     plan.file_writes.append(FileWrite(path, data, {
         "entries_before": inv.index["entries"], "entries_after": len(ordered), "dropped_stale": len(stale),
         "dropped_bad_lines": inv.index["bad_lines"], "added_from_db_names": len(missing)}))
@@ -2646,7 +2683,10 @@ def iso_to_millis(text: Any) -> Optional[int]:
         return None
     parts = [int(g) for g in match.groups()[:6]]
     fraction = (match.group(7) or "0")[:3].ljust(3, "0")
-    stamp = _dt.datetime(*parts, tzinfo=_dt.timezone.utc)
+    try:
+        stamp = _dt.datetime(*parts, tzinfo=_dt.timezone.utc)
+    except ValueError:
+        return None  # month 13, second 99: not a time; the file's mtime is used instead
     return int(stamp.timestamp()) * 1000 + int(fraction)
 
 

@@ -316,3 +316,89 @@ def test_restore_writes_through_the_apply_engine(tmp_path, monkeypatch):
     assert code == csr.EXIT_OK, err
     assert calls == ["restore", "restore"]
     assert all(b'"model_provider":"openai"' in t.path.read_bytes() for t in threads)
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Values that used to end in a traceback
+# ---------------------------------------------------------------------------------------------
+
+
+def _huge_recency(root: Path) -> List[str]:
+    home = HomeBuilder(root, "0.169.0").provider_config("proxy")
+    home.thread(provider="openai", row_overrides={"recency_at_ms": 9223372036854775807,
+                                                  "updated_at_ms": 9223372036854775807})
+    return ["diagnose", "--json"]
+
+
+def _garbage_history(root: Path) -> List[str]:
+    provider_home(root, threads=1)
+    (root / "thread_history_1.sqlite").write_bytes(b"garbage " * 500)
+    return ["repair-provider", "--from", "openai", "--apply", "--json"]
+
+
+def _directory_history(root: Path) -> List[str]:
+    provider_home(root, threads=1)
+    (root / "thread_history_1.sqlite").unlink()
+    (root / "thread_history_1.sqlite").mkdir()
+    return ["repair-provider", "--from", "openai", "--apply", "--json"]
+
+
+def _impossible_timestamp(root: Path) -> List[str]:
+    home = HomeBuilder(root, "0.169.0")
+    thread = home.thread(row=False)
+    lines = thread.path.read_bytes().splitlines(keepends=True)
+    record = json.loads(lines[0])
+    record["payload"]["timestamp"] = "2026-13-45T99:99:99.000Z"
+    thread.path.write_bytes(json.dumps(record, separators=(",", ":")).encode() + b"\n" + b"".join(lines[1:]))
+    return ["reindex", "--apply", "--json"]
+
+
+def _surrogate_global_state(root: Path) -> List[str]:
+    HomeBuilder(root, "0.169.0").thread()
+    (root / ".codex-global-state.json").write_text(
+        '{"electron-persisted-atom-state": {"thread-sort-key": "created_at", "prompt-history": ["\\ud800 x"]}}')
+    return ["repair-ui-state", "--apply", "--json"]
+
+
+def _surrogate_thread_name(root: Path) -> List[str]:
+    home = HomeBuilder(root, "0.169.0")
+    thread = home.thread()
+    (root / "session_index.jsonl").write_text(
+        '{"id": "%s", "thread_name": "caf\\ud800", "updated_at": "2026-10-01T00:00:00Z"}\n'
+        '{"id": "019a0000-0000-7000-8000-00000000dead", "thread_name": "gone"}\n' % thread.id)
+    return ["rebuild-index", "--apply", "--json"]
+
+
+@pytest.mark.parametrize("build", [_huge_recency, _garbage_history, _directory_history, _impossible_timestamp,
+                                   _surrogate_global_state, _surrogate_thread_name],
+                         ids=lambda f: f.__name__.strip("_"))
+def test_odd_values_give_findings_not_tracebacks(tmp_path, build):
+    root = tmp_path / "home"
+    argv = build(root)
+    done = run_script([argv[0], "--codex-home", str(root), *argv[1:]], timeout=60)
+    err = done.stderr.decode()
+    assert "Traceback" not in err, err[-3000:]
+    assert done.returncode in (csr.EXIT_OK, csr.EXIT_FINDINGS, csr.EXIT_REFUSED), (done.returncode, err)
+    json.loads(done.stdout)  # exactly one JSON document
+    for folder, _dirs, files in os.walk(str(root)):
+        for name in files:
+            if name.endswith(".json") and csr.BACKUP_DIR_NAME not in folder:
+                json.loads(Path(folder, name).read_bytes().decode("utf-8"))  # still valid UTF-8 JSON
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. Numbers JSON cannot write back
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("number", ["1e999", "-1e999", "NaN", "Infinity"])
+def test_ui_state_with_a_number_json_cannot_write_is_left_alone(tmp_path, number):
+    root = tmp_path / "home"
+    HomeBuilder(root, "0.169.0").thread()
+    path = root / ".codex-global-state.json"
+    path.write_text('{"electron-persisted-atom-state": {"thread-sort-key": "created_at", "zoom": %s}}\n' % number)
+    before = path.read_bytes()
+    code, out, err = run(["repair-ui-state", "--codex-home", str(root), "--apply", "--json"])
+    assert code == csr.EXIT_OK, err
+    assert path.read_bytes() == before
+    assert any(number in s["reason"] for s in json.loads(out)["skipped"])
