@@ -586,6 +586,9 @@ class Config:
         self.sqlite_home: Optional[str] = None
         self.problems: List[Dict[str, Any]] = []
         self.files_read: List[str] = []
+        # config.toml exists but does not parse: Codex will not start, and which provider it
+        # would make active cannot be told (not "the default").
+        self.provider_unknown = False
 
     def set_provider(self, provider: str, origin: str) -> None:
         self.provider, self.provider_source, self.provider_is_default = provider, origin, False
@@ -595,7 +598,7 @@ class Config:
 
     def as_json(self) -> Dict[str, Any]:
         return {
-            "active_provider": self.provider,
+            "active_provider": None if self.provider_unknown else self.provider,
             "provider_source": self.provider_source,
             "profile": self.profile,
             "configured_providers": sorted(self.configured_providers),
@@ -632,6 +635,10 @@ def load_config(home: Path, profile: Optional[str]) -> Config:
     """
     config = Config()
     base = _read_toml_file(home / "config.toml", config) or {}
+    if any(p["code"] in ("config_unparsable", "config_unreadable") for p in config.problems):
+        config.provider_unknown = True
+        config.provider_source = "unknown: config.toml cannot be %s, and Codex will not start with it" % (
+            "parsed" if config.problems[0]["code"] == "config_unparsable" else "read")
     providers = base.get("model_providers")
     if isinstance(providers, dict):
         config.configured_providers.extend(k for k, v in providers.items() if isinstance(v, dict))
@@ -1236,6 +1243,9 @@ def _take_first_line(info: RolloutInfo, record: Dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
 def read_session_index(home: Path) -> Dict[str, Any]:
     path = home / "session_index.jsonl"
     result: Dict[str, Any] = {"present": path.is_file(), "entries": 0, "bad_lines": 0, "names": {}}
@@ -1243,10 +1253,14 @@ def read_session_index(home: Path) -> Dict[str, Any]:
         return result
     names: Dict[str, str] = {}
     with open(str(path), "rb") as handle:
+        first = True
         while True:
             raw, oversized = read_line_bounded(handle)
             if not raw and not oversized:
                 break
+            if first and raw.startswith(UTF8_BOM):
+                raw = raw[len(UTF8_BOM):]  # an editor's byte-order mark: the line is still an entry
+            first = False
             if oversized or not raw.strip():
                 result["bad_lines"] += int(oversized)
                 continue
@@ -1610,7 +1624,7 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
         add_reason(view, "source_filtered", True, source=view.source)
     rollout_provider = view.rollout_provider or (DEFAULT_PROVIDER if view.primary and view.primary.meta else None)
     providers = {p for p in (view.db_provider, rollout_provider) if p}
-    if providers and providers != {active}:
+    if providers and providers != {active} and not inv.config.provider_unknown:
         add_reason(view, "provider_mismatch", True, db=view.db_provider,
                    rollout=view.rollout_provider, active=active)
     if not view.has_evidence and (view.primary is None or view.primary.scanned_to_end):
@@ -1719,7 +1733,7 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
             last_watermark=inv.backfill.get("last_watermark"), stale=backfill_stale(inv.backfill),
             manual_step="a backfill still within its 15-minute lease may be running: start Codex once and "
                         "let it finish; a stale one (stale: true) is what rebuild-db is for")
-    if not inv.config.knows_provider(inv.config.provider):
+    if not inv.config.provider_unknown and not inv.config.knows_provider(inv.config.provider):
         add("active_provider_not_configured", provider=inv.config.provider,
             manual_step="add [model_providers.%s] to config.toml: Codex cannot start a thread without it"
                         % inv.config.provider)
@@ -2358,8 +2372,8 @@ def resolve_target_provider(inv: Inventory, requested: str, source_provider: str
     broken = [p["code"] for p in inv.config.problems if p["code"] in ("config_unparsable", "config_unreadable",
                                                                        "profile_missing")]
     if broken:
-        raise UsageError("--to auto cannot tell the active provider: %s; name it with --to PROVIDER"
-                         % ", ".join(broken))
+        raise refuse("--to auto cannot tell the active provider (%s); fix config.toml, or name the provider "
+                     "with --to PROVIDER" % ", ".join(broken), None)
     if not inv.config.provider_is_default:
         return inv.config.provider, inv.config.provider_source
     latest = latest_interactive_thread(inv)
@@ -2583,7 +2597,9 @@ def plan_index_rebuild(inv: Inventory, args: argparse.Namespace) -> Plan:
 def read_index_entries(path: Path) -> List[Dict[str, Any]]:
     entries = []
     with open(str(path), "rb") as handle:
-        for raw in iter(lambda: handle.readline(MAX_LINE_BYTES), b""):
+        for number, raw in enumerate(iter(lambda: handle.readline(MAX_LINE_BYTES), b"")):
+            if number == 0 and raw.startswith(UTF8_BOM):
+                raw = raw[len(UTF8_BOM):]
             try:
                 entry = json.loads(raw.decode("utf-8"))
             except (UnicodeDecodeError, ValueError):
@@ -3917,7 +3933,7 @@ def render_diagnose_text(doc: Dict[str, Any], verbose: bool) -> str:
     origin = doc["codex_home_origin"]
     lines.append("Home:      %s (%s)" % (doc["codex_home"], "the default, ~/.codex" if origin == "default" else "from " + origin))
     lines.append("Safety:    %s" % doc["safety"])
-    lines.append("Provider:  %s (%s)%s" % (cfg["active_provider"], cfg["provider_source"],
+    lines.append("Provider:  %s (%s)%s" % (cfg["active_provider"] or "unknown", cfg["provider_source"],
                                                  "; profile %s" % cfg["profile"] if cfg["profile"] else ""))
     if db["live"]:
         live = db["live"]

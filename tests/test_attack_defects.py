@@ -402,3 +402,38 @@ def test_ui_state_with_a_number_json_cannot_write_is_left_alone(tmp_path, number
     assert code == csr.EXIT_OK, err
     assert path.read_bytes() == before
     assert any(number in s["reason"] for s in json.loads(out)["skipped"])
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. A BOM on session_index.jsonl; 15. an unparsable config.toml
+# ---------------------------------------------------------------------------------------------
+
+
+def test_bom_on_the_first_index_line_keeps_that_name(tmp_path):
+    root = tmp_path / "home"
+    home = HomeBuilder(root, "0.169.0")
+    thread = home.thread()
+    (root / "session_index.jsonl").write_bytes(
+        b"\xef\xbb\xbf" + json.dumps({"id": thread.id, "thread_name": "checkout bug",
+                                      "updated_at": "2026-10-01T00:00:00Z"}).encode() + b"\n")
+    code, out, err = run(["trace", "checkout bug", "--codex-home", str(root), "--json"])
+    assert json.loads(out)["trace"]["id"] == thread.id, err
+    code, out, _err = run(["diagnose", "--codex-home", str(root), "--json"])
+    assert "index_bad_lines" not in {f["code"] for f in json.loads(out)["findings"]}
+
+
+def test_unparsable_config_is_a_refusal_and_an_unknown_provider(tmp_path):
+    root = tmp_path / "home"
+    provider_home(root, threads=1)
+    (root / "config.toml").write_text('model_provider = "proxy\n[[[\n')
+    before = hash_tree(root)
+    code, _out, err = run(["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply"])
+    assert code == csr.EXIT_REFUSED, err
+    assert hash_tree(root) == before
+    code, out, _err = run(["diagnose", "--codex-home", str(root)])
+    provider_line = next(l for l in out.splitlines() if l.startswith("Provider:"))
+    assert "unknown" in provider_line and "default" not in provider_line, provider_line
+    code, out, _err = run(["diagnose", "--codex-home", str(root), "--json"])
+    doc = json.loads(out)
+    assert doc["config"]["active_provider"] is None
+    assert "config_unparsable" in {f["code"] for f in doc["findings"]}
