@@ -541,6 +541,20 @@ class NotRegularFile(OSError):
     pass
 
 
+MAX_CONFIG_BYTES = 16 * 1024 * 1024  # config.toml, NAME.config.toml
+MAX_STATE_BYTES = 256 * 1024 * 1024  # .codex-global-state.json (large with prompt history)
+
+
+def read_small_file(path: Path, limit: int) -> bytes:
+    """A whole file that is meant to be small, read only if it is a regular file and only up to
+    `limit` bytes: a FIFO or /dev/zero in its place is an error, never a hang or a MemoryError."""
+    with open_regular(path) as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise OSError("%s is larger than %d MiB" % (path.name, limit >> 20))
+    return data
+
+
 def json_text_bytes(text: str) -> bytes:
     """JSON text as UTF-8. A lone surrogate (JSON allows "\\ud800"; UTF-8 cannot hold it) can
     only sit inside a string, where its backslash escape is the same JSON value."""
@@ -609,7 +623,7 @@ class Config:
 
 def _read_toml_file(path: Path, config: Config) -> Optional[Dict[str, Any]]:
     try:
-        data = path.read_bytes()
+        data = read_small_file(path, MAX_CONFIG_BYTES)
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -1168,7 +1182,7 @@ def scan_rollout(path: Path, home: Path) -> RolloutInfo:
         info.scanned_to_end = True
         return info
     try:
-        handle = open(str(path), "rb")
+        handle = open_regular(path)
     except OSError:
         info.problems.append("unreadable")
         return info
@@ -1252,7 +1266,7 @@ def read_session_index(home: Path) -> Dict[str, Any]:
     if not result["present"]:
         return result
     names: Dict[str, str] = {}
-    with open(str(path), "rb") as handle:
+    with open_regular(path) as handle:
         first = True
         while True:
             raw, oversized = read_line_bounded(handle)
@@ -1298,7 +1312,7 @@ def read_global_state(home: Path) -> Dict[str, Any]:
     if not result["present"]:
         return result
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        data = json.loads(read_small_file(path, MAX_STATE_BYTES).decode("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         result["error"] = short(str(exc), 120)
         return result
@@ -2053,7 +2067,7 @@ class Plan:
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(str(path), "rb") as handle:
+    with open_regular(path) as handle:
         for chunk in iter(lambda: handle.read(READ_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -2132,7 +2146,7 @@ def plan_rollout_edit(path: Path, thread_id: str, line_edit: Any,
     that contain one of `needles` (only those can change). Nothing is written here."""
     edit = RolloutEdit(path, thread_id)
     digest = hashlib.sha256()
-    with open(str(path), "rb") as handle:
+    with open_regular(path) as handle:
         for line_no, offset, raw in iter_marked_lines(handle, needles, digest, edit):
             result = line_edit(raw)
             if result is not None:
@@ -2444,7 +2458,7 @@ def provider_repair_blocker(view: ThreadView) -> Optional[str]:
 
 def full_first_user_text(path: Path) -> Optional[str]:
     """The complete first user message of a rollout, read as a stream up to that line."""
-    with open(str(path), "rb") as handle:
+    with open_regular(path) as handle:
         line_no = 0
         for raw in iter(lambda: handle.readline(MAX_LINE_BYTES), b""):
             line_no += 1
@@ -2521,7 +2535,11 @@ def plan_ui_state_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
     path = inv.home / ".codex-global-state.json"
     if not path.is_file():
         return plan
-    raw = path.read_bytes()
+    try:
+        raw = read_small_file(path, MAX_STATE_BYTES)
+    except OSError as exc:
+        plan.skipped.append({"path": path.name, "reason": "cannot be read (%s); it is left as it is" % short(str(exc), 100)})
+        return plan
     try:
         data = json.loads(raw.decode("utf-8"), parse_float=finite_float, parse_constant=no_constant)
     except NonFiniteNumber as exc:
@@ -2596,7 +2614,7 @@ def plan_index_rebuild(inv: Inventory, args: argparse.Namespace) -> Plan:
 
 def read_index_entries(path: Path) -> List[Dict[str, Any]]:
     entries = []
-    with open(str(path), "rb") as handle:
+    with open_regular(path) as handle:
         for number, raw in enumerate(iter(lambda: handle.readline(MAX_LINE_BYTES), b"")):
             if number == 0 and raw.startswith(UTF8_BOM):
                 raw = raw[len(UTF8_BOM):]
@@ -2627,7 +2645,7 @@ def plan_reindex(inv: Inventory, args: argparse.Namespace) -> Plan:
             continue
         if "no_db_row" in codes:
             blocker = set(view.primary.problems) & {"id_mismatch", "legacy_format", "compressed", "unreadable",
-                                                    "first_line_not_session_meta", "empty_file"}
+                                                    "first_line_not_session_meta", "empty_file", "not_a_file"}
             if blocker:
                 plan.skipped.append({"thread_id": view.id, "reason": "rollout cannot be indexed: %s" % ", ".join(sorted(blocker))})
                 continue
@@ -3710,7 +3728,7 @@ def rewrite_rollout(edit: RolloutEdit, result: Optional[Dict[str, Any]] = None,
     keep = edit.path.parent / (".%s%sold-%d" % (edit.path.name, TEMP_MARKER, os.getpid()))
     digest = hashlib.sha256()
     try:
-        with open(str(edit.path), "rb") as source:
+        with open_regular(edit.path) as source:
             lease = take_read_lease(source.fileno())
             try:
                 if lease is False:
@@ -4131,7 +4149,7 @@ def scan_rollout_layers(path: Path, thread_id: str) -> Dict[str, Any]:
     scan the repairs use."""
     metas, settings = [], []
     probe = RolloutEdit(path, thread_id)
-    with open(str(path), "rb") as handle:
+    with open_regular(path) as handle:
         for line_no, _offset, raw in iter_marked_lines(handle, PROVIDER_LINE_MARKERS, hashlib.sha256(), probe):
             record = parse_rollout_line(raw, line_no, [])
             payload = record.get("payload") if record else None
@@ -4250,7 +4268,7 @@ def trace_thread(inv: Inventory, view: ThreadView, verbose: bool) -> Dict[str, A
 def read_global_state_hints(home: Path, thread_id: str) -> Dict[str, Any]:
     path = home / ".codex-global-state.json"
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        data = json.loads(read_small_file(path, MAX_STATE_BYTES).decode("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return {"present": path.exists(), "readable": False}
     if not isinstance(data, dict):

@@ -437,3 +437,59 @@ def test_unparsable_config_is_a_refusal_and_an_unknown_provider(tmp_path):
     doc = json.loads(out)
     assert doc["config"]["active_provider"] is None
     assert "config_unparsable" in {f["code"] for f in doc["findings"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Nothing that is not a regular file is opened; every read is bounded
+# ---------------------------------------------------------------------------------------------
+
+needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs")
+
+
+def _fifo_rollout(root: Path) -> List[List[str]]:
+    home = HomeBuilder(root, "0.169.0")
+    home.thread()
+    thread = home.thread(row=False)
+    thread.path.unlink()
+    os.mkfifo(str(thread.path))
+    return [["trace", thread.id], ["reindex", "--apply"], ["diagnose"]]
+
+
+def _fifo_config(root: Path) -> List[List[str]]:
+    thread = HomeBuilder(root, "0.169.0").thread()
+    os.mkfifo(str(root / "config.toml"))
+    return [["diagnose"], ["trace", thread.id], ["report"], ["repair-provider", "--from", "openai", "--to", "proxy"],
+            ["reindex"], ["rebuild-index"], ["repair-ui-state"], ["repair-user-events"], ["rebuild-db"],
+            ["restore", "--list"]]
+
+
+def _zero_config(root: Path) -> List[List[str]]:
+    HomeBuilder(root, "0.169.0").thread()
+    os.symlink("/dev/zero", str(root / "config.toml"))
+    return [["diagnose"], ["report"]]
+
+
+def _fifo_global_state(root: Path) -> List[List[str]]:
+    thread = HomeBuilder(root, "0.169.0").thread()
+    os.mkfifo(str(root / ".codex-global-state.json"))
+    return [["trace", thread.id], ["diagnose"], ["repair-ui-state", "--apply"]]
+
+
+def _fifo_restore_target(root: Path) -> List[List[str]]:
+    threads, folder = applied_home(root)
+    threads[0].path.unlink()
+    os.mkfifo(str(threads[0].path))
+    return [["restore", str(folder)], ["restore", str(folder), "--apply", "--discard-changes"]]
+
+
+@needs_fifo
+@pytest.mark.parametrize("build", [_fifo_rollout, _fifo_config, _zero_config, _fifo_global_state,
+                                   _fifo_restore_target], ids=lambda f: f.__name__.strip("_"))
+def test_non_regular_files_never_hang_a_command(tmp_path, build):
+    root = tmp_path / "home"
+    commands = build(root)
+    for argv in commands:
+        done = run_script([argv[0], "--codex-home", str(root), *argv[1:]], timeout=30)
+        err = done.stderr.decode()
+        assert "Traceback" not in err and "MemoryError" not in err, (argv, err[-2000:])
+        assert done.returncode in (csr.EXIT_OK, csr.EXIT_FINDINGS, csr.EXIT_REFUSED), (argv, done.returncode, err)
