@@ -1046,7 +1046,8 @@ class RolloutInfo:
         return self.evidence_kind is not None
 
 
-def iter_rollout_files(home: Path, temps: Optional[List[Path]] = None) -> Iterator[Path]:
+def iter_rollout_files(home: Path, temps: Optional[List[Path]] = None,
+                       errors: Optional[List[str]] = None) -> Iterator[Path]:
     """Every rollout under sessions/ (any depth: pre-July-2025 files are flat) and
     archived_sessions/. Symlinked folders are read (a synced tree may be linked in); writes
     through them are refused later, in preflight."""
@@ -1055,7 +1056,8 @@ def iter_rollout_files(home: Path, temps: Optional[List[Path]] = None) -> Iterat
         if not root.is_dir():
             continue
         seen = set()
-        for folder, dirs, files in os.walk(str(root), followlinks=True):
+        on_error = (lambda exc: errors.append(exc.filename or str(exc))) if errors is not None else None
+        for folder, dirs, files in os.walk(str(root), followlinks=True, onerror=on_error):
             real = os.path.realpath(folder)
             if real in seen:  # a link loop, or two links to one folder
                 dirs[:] = []
@@ -1393,11 +1395,25 @@ class ThreadView:
         return self.files[0]
 
     def row_rollout_exists(self) -> bool:
-        """The row's rollout_path names an existing file (in any spelling Codex may have used)."""
+        """The row's rollout_path names an existing file (in any spelling Codex may have used),
+        or one that cannot be checked: only "no such file" proves a conversation gone."""
+        return self.row_rollout_state() != "missing"
+
+    def row_rollout_state(self) -> str:
+        """"exists", "missing" (ENOENT: proven gone) or "unreadable" (a permission or I/O error)."""
         stored = str((self.row or {}).get("rollout_path") or "")
         if not stored:
-            return False
-        return os.path.isfile(stored) or any(same_rollout(stored, f) for f in self.files)
+            return "missing"
+        if any(same_rollout(stored, f) for f in self.files):
+            return "exists"
+        try:
+            found = os.stat(stored)
+        except (FileNotFoundError, NotADirectoryError):
+            return "missing"
+        except (OSError, ValueError):
+            return "unreadable" if not is_windows_path(stored) or os.name == "nt" else "missing"
+        import stat as _stat
+        return "exists" if _stat.S_ISREG(found.st_mode) else "missing"
 
     @property
     def db_provider(self) -> Optional[str]:
@@ -1461,8 +1477,9 @@ class Inventory:
         elif self.live_db is not None:
             self.db_error = self.live_db.error
         self.temp_files: List[Path] = [home / n for n in sorted(os.listdir(str(home))) if TEMP_MARKER in n]
+        self.unreadable_folders: List[str] = []
         self.rollouts = [scan_rollout(path, home) for path in
-                         progress(iter_rollout_files(home, self.temp_files), "reading rollouts")]
+                         progress(iter_rollout_files(home, self.temp_files, self.unreadable_folders), "reading rollouts")]
         self.index = read_session_index(home)
         self.global_state = read_global_state(home)
         self.projections = history_projection_files(home, self.live_db.path.parent if self.live_db else None)
@@ -1557,6 +1574,8 @@ REASONS: Dict[str, Tuple[str, str]] = {
                                       "(hides it from every list in 0.120-era Codex; newer Codex still leaves it out of "
                                       "DB-only listings and shows no preview)"),
     "rollout_missing": ("warning", "the DB row points at a rollout file that does not exist"),
+    "rollout_inaccessible": ("warning", "the DB row's rollout cannot be checked (a permission or I/O error): "
+                                        "unreadable is not missing, so the row is never pruned"),
     "rollout_path_stale": ("warning", "the DB row's rollout_path is wrong; the file exists elsewhere in the home"),
     "no_db_row": ("warning", "the rollout has no row in the state DB"),
     "archive_flag_mismatch": ("warning", "the DB archived flag disagrees with where the file lives"),
@@ -1592,6 +1611,8 @@ HOME_FINDINGS: Dict[str, Tuple[str, str]] = {
     "index_missing_names": ("warning", "threads named in the state DB have no session_index.jsonl entry; `codex exec resume NAME` cannot find them"),
     "leftover_temp_files": ("info", "copies left by an interrupted run of this tool (the originals are intact)"),
     "duplicate_thread_id": ("warning", "one thread id is carried by more than one rollout file"),
+    "sessions_folder_unreadable": ("warning", "folders under sessions/ or archived_sessions/ cannot be listed "
+                                              "(permissions, I/O errors): their conversations are not seen"),
     "history_offsets_misaligned": ("error", "history projection offsets (thread_history_1.sqlite) do not fall on line "
                                             "starts of the rollout: Codex reads those turns from the wrong bytes"),
 }
@@ -1667,7 +1688,8 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
         add_reason(view, "history_projection_missing", False, elsewhere=view.id in inv.other_projected_ids)
     if row is not None:
         path = str(row.get("rollout_path") or "")
-        exists = view.row_rollout_exists()
+        state = view.row_rollout_state()
+        exists = state == "exists"
         # A copied or moved home keeps rows that point into the old one: the file Codex would
         # read is not this home's.
         elsewhere = exists and not is_windows_path(path) and not is_within(Path(os.path.abspath(path)), inv.home) \
@@ -1675,6 +1697,8 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
         if (not exists or elsewhere) and view.files:
             add_reason(view, "rollout_path_stale", not exists, rollout_path=path, found=view.files[0].rel,
                        outside_home=elsewhere)
+        elif state == "unreadable":
+            add_reason(view, "rollout_inaccessible", False, rollout_path=path)
         elif not exists:
             add_reason(view, "rollout_missing", True, rollout_path=path)
     elif inv.has_db and view.files:
@@ -1786,6 +1810,10 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
     dupes = sorted(v.id for v in inv.threads.values() if len(v.files) > 1)
     if dupes:
         add("duplicate_thread_id", thread_ids=dupes)
+    if inv.unreadable_folders:
+        add("sessions_folder_unreadable", folders=[display_path(Path(p), inv.home) for p in inv.unreadable_folders[:10]],
+            count=len(inv.unreadable_folders), manual_step="fix the folders' permissions (or the disk); until "
+            "then reindex --prune-missing prunes nothing")
     if inv.misaligned_offsets:
         add("history_offsets_misaligned", thread_ids=sorted(inv.misaligned_offsets),
             offsets=sum(e["off_line_start"] for e in inv.misaligned_offsets.values()),
@@ -2661,7 +2689,10 @@ def plan_reindex(inv: Inventory, args: argparse.Namespace) -> Plan:
             if values:
                 plan.sql.append(SqlChange(db.path, "threads", {"id": view.id}, values, thread_id=view.id))
         elif "rollout_missing" in codes:
-            if args.prune_missing:
+            if args.prune_missing and inv.unreadable_folders:
+                plan.skipped.append({"thread_id": view.id, "reason": "not pruned: %d folder(s) under sessions/ "
+                                     "cannot be read, so no rollout can be proven gone" % len(inv.unreadable_folders)})
+            elif args.prune_missing:
                 plan.sql.append(SqlChange(db.path, "threads", {"id": view.id}, {}, thread_id=view.id, op="delete"))
             else:
                 plan.skipped.append({"thread_id": view.id, "reason": "its rollout is gone; the row is kept "
@@ -4115,6 +4146,7 @@ REASON_FIXES: Dict[str, str] = {
     "attachment_only_prompt": "0.120-era Codex: repair-user-events; newer Codex: pin the thread, or open it by id "
                               "(`codex resume ID`) and send one message",
     "rollout_missing": "nothing to recover locally; reindex --prune-missing removes the row",
+    "rollout_inaccessible": "fix the permissions of the rollout's folder (or the disk); the row is never pruned",
     "rollout_path_stale": "reindex",
     "no_db_row": "reindex",
     "archive_flag_mismatch": "reindex",

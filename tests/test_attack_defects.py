@@ -493,3 +493,88 @@ def test_non_regular_files_never_hang_a_command(tmp_path, build):
         err = done.stderr.decode()
         assert "Traceback" not in err and "MemoryError" not in err, (argv, err[-2000:])
         assert done.returncode in (csr.EXIT_OK, csr.EXIT_FINDINGS, csr.EXIT_REFUSED), (argv, done.returncode, err)
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Unreadable is not missing
+# ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def unreadable_folder(folder: Path, monkeypatch):
+    """A folder the user cannot read (mode 000). Root reads it anyway, so for root the same
+    EACCES is raised by the calls the tool makes under it."""
+    if not (POSIX and os.geteuid() == 0):
+        folder.chmod(0)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    deny = str(folder)
+    real_stat, real_scandir, real_open = os.stat, os.scandir, os.open
+
+    def denied(path) -> bool:
+        text = os.fspath(path) if not isinstance(path, int) else ""
+        return text.startswith(deny + os.sep)
+
+    def stat(path, *args, **kwargs):
+        if denied(path):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_stat(path, *args, **kwargs)
+
+    def scandir(path="."):
+        if os.fspath(path) == deny or denied(path):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    def open_(path, *args, **kwargs):
+        if denied(path):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat)
+    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(os, "open", open_)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(os, "stat", real_stat)
+        monkeypatch.setattr(os, "scandir", real_scandir)
+        monkeypatch.setattr(os, "open", real_open)
+
+
+def test_unreadable_folder_blocks_pruning(tmp_path, monkeypatch):
+    root = tmp_path / "home"
+    home = HomeBuilder(root, "0.169.0")
+    threads = [home.thread() for _ in range(4)]
+    gone = home.thread()
+    gone.path.unlink()
+    conn = sqlite3.connect(str(root / "state_5.sqlite"))
+    conn.execute("UPDATE threads SET rollout_path = ? WHERE id = ?",
+                 (str(root / "sessions" / "2026" / "10" / "01" / gone.path.name), gone.id))
+    conn.commit()
+    conn.close()
+    folder = threads[0].path.parent
+    assert all(t.path.parent == folder for t in threads)
+    rows_before = db_dump(root / "state_5.sqlite")
+    with unreadable_folder(folder, monkeypatch):
+        code, out, err = run(["reindex", "--codex-home", str(root), "--prune-missing", "--apply", "--json"])
+        diag_code, diag, _ = run(["diagnose", "--codex-home", str(root), "--json"])
+    assert code in (csr.EXIT_OK, csr.EXIT_FINDINGS, csr.EXIT_REFUSED), err
+    assert db_dump(root / "state_5.sqlite") == rows_before, "rows of conversations that exist were deleted"
+    doc = json.loads(diag)
+    codes = {f["code"] for f in doc["findings"]}
+    assert "sessions_folder_unreadable" in codes
+    inaccessible = next(f for f in doc["findings"] if f["code"] == "rollout_inaccessible")
+    assert sorted(inaccessible["thread_ids"]) == sorted(t.id for t in threads)
+    missing = next(f for f in doc["findings"] if f["code"] == "rollout_missing")
+    assert missing["thread_ids"] == [gone.id]
+    # Readable again, the proven-missing row is pruned and the others are kept.
+    code, out, err = run(["reindex", "--codex-home", str(root), "--prune-missing", "--apply", "--json"])
+    assert code == csr.EXIT_OK, err
+    conn = sqlite3.connect(str(root / "state_5.sqlite"))
+    ids = {r[0] for r in conn.execute("SELECT id FROM threads")}
+    conn.close()
+    assert ids == {t.id for t in threads}
+    assert run(["reindex", "--codex-home", str(root), "--prune-missing", "--json"])[0] == csr.EXIT_OK
