@@ -826,6 +826,15 @@ def open_db_readonly(path: Path) -> sqlite3.Connection:
     nothing. When the folder cannot take the `-shm` index SQLite needs (a read-only home),
     a private copy is read instead."""
     wal = Path(str(path) + "-wal")
+    if has_hot_journal(path):
+        # immutable=1 would ignore the journal and read half-written pages as "malformed"; a
+        # read-only open cannot roll it back. SQLite rolls it back on a private copy instead.
+        try:
+            conn = _open_private_copy(path)
+        except OSError as exc:
+            raise sqlite3.OperationalError("unable to read %s: %s" % (path.name, exc.strerror or exc)) from None
+        conn.row_factory = sqlite3.Row
+        return conn
     query = "?mode=ro" if wal.exists() else "?mode=ro&immutable=1"
     try:
         conn = sqlite3.connect(path.resolve().as_uri() + query, uri=True, timeout=5.0)
@@ -841,9 +850,22 @@ def open_db_readonly(path: Path) -> sqlite3.Connection:
     return conn
 
 
+JOURNAL_MAGIC = b"\xd9\xd5\x05\xf9\x20\xa1\x63\xd7"
+
+
+def has_hot_journal(path: Path) -> bool:
+    """A rollback journal left by a crash mid-transaction (a non-WAL DB): it exists and its
+    header is not zeroed (a committed PERSIST journal has a zeroed header, TRUNCATE none)."""
+    try:
+        with open_regular(Path(str(path) + "-journal")) as handle:
+            return handle.read(len(JOURNAL_MAGIC)) == JOURNAL_MAGIC
+    except OSError:
+        return False
+
+
 def _open_private_copy(path: Path) -> sqlite3.Connection:
     folder = Path(tempfile.mkdtemp(prefix="csr-read-"))
-    for suffix in ("", "-wal"):
+    for suffix in ("", "-wal", "-journal"):
         source = Path(str(path) + suffix)
         if source.exists():
             shutil.copyfile(str(source), str(folder / (path.name + suffix)))
@@ -2773,7 +2795,9 @@ def plan_rebuild_db(inv: Inventory, args: argparse.Namespace) -> Plan:
                                 "the folders; pins and DB-only settings are not rebuilt)"})
     if inv.has_db:
         plan.file_writes.extend(plan_index_rebuild(inv, args).file_writes)
-    plan.moves = [Path(str(db.path) + suffix) for suffix in ("", "-wal", "-shm") if Path(str(db.path) + suffix).exists()]
+    # A DB never leaves without its -journal: a hot one holds the pages a crash left half-written.
+    plan.moves = [Path(str(db.path) + suffix) for suffix in ("", "-wal", "-shm", "-journal")
+                  if Path(str(db.path) + suffix).exists()]
     return plan
 
 

@@ -578,3 +578,57 @@ def test_unreadable_folder_blocks_pruning(tmp_path, monkeypatch):
     conn.close()
     assert ids == {t.id for t in threads}
     assert run(["reindex", "--codex-home", str(root), "--prune-missing", "--json"])[0] == csr.EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. A hot rollback journal is rolled back on a private copy, never read as corruption
+# ---------------------------------------------------------------------------------------------
+
+CRASH_MID_TRANSACTION = r"""
+import os, sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("PRAGMA cache_size = 1")      # dirty pages spill into the DB file mid-transaction
+conn.execute("BEGIN")
+conn.execute("UPDATE threads SET cwd = '/uncommitted', title = hex(randomblob(3000))")
+conn.execute("CREATE TABLE spill (x)")
+conn.executemany("INSERT INTO spill VALUES (randomblob(4000))", [()] * 400)
+os._exit(0)                                 # a crash: no commit, no rollback
+"""
+
+
+def test_hot_journal_is_rolled_back_on_a_copy_not_read_as_corruption(tmp_path):
+    root = tmp_path / "home"
+    home = HomeBuilder(root, "0.169.0")
+    for _ in range(30):
+        home.thread()
+    db = root / "state_5.sqlite"
+    conn = sqlite3.connect(str(db))
+    conn.execute("PRAGMA journal_mode=DELETE")  # a DB Codex left in rollback-journal mode
+    conn.close()
+    crashed = subprocess.run([sys.executable, "-c", CRASH_MID_TRANSACTION, str(db)], timeout=60)
+    assert crashed.returncode == 0
+    journal = Path(str(db) + "-journal")
+    assert journal.exists() and journal.stat().st_size > 0
+    before = hash_tree(root)
+    code, out, err = run(["diagnose", "--codex-home", str(root), "--json"])
+    doc = json.loads(out)
+    codes = {f["code"] for f in doc["findings"]}
+    assert not codes & {"state_db_corrupt", "state_db_unreadable"}, doc["findings"]
+    assert doc["counts"]["threads"] == 30 if "threads" in doc["counts"] else True
+    code, out, err = run(["rebuild-db", "--codex-home", str(root), "--json"])
+    assert json.loads(out)["changes"] == 0, out
+    assert hash_tree(root) == before, "a read touched the DB or its journal"
+    assert journal.exists()
+
+
+def test_rebuild_db_moves_a_journal_with_its_db(tmp_path):
+    root = tmp_path / "home"
+    HomeBuilder(root, "0.169.0").thread()
+    db = root / "state_5.sqlite"
+    for suffix in ("-wal", "-shm"):
+        Path(str(db) + suffix).unlink(missing_ok=True) if sys.version_info >= (3, 8) else None
+    db.write_bytes(b"not a database " * 300)
+    Path(str(db) + "-journal").write_bytes(b"\xd9\xd5\x05\xf9\x20\xa1\x63\xd7" + b"\x00" * 500)
+    code, out, err = run(["rebuild-db", "--codex-home", str(root), "--json"])
+    moved = [a["path"] for a in json.loads(out)["actions"] if a["kind"] == "move_to_backup"]
+    assert "state_5.sqlite" in moved and "state_5.sqlite-journal" in moved, moved
