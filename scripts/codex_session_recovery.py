@@ -1632,6 +1632,7 @@ HOME_FINDINGS: Dict[str, Tuple[str, str]] = {
     "sidebar_filtered": ("warning", "Desktop's sidebar is narrowed (collapsed groups or sections, a workspace filter, a non-recent sort)"),
     "index_missing_names": ("warning", "threads named in the state DB have no session_index.jsonl entry; `codex exec resume NAME` cannot find them"),
     "leftover_temp_files": ("info", "copies left by an interrupted run of this tool (the originals are intact)"),
+    "partial_backups": ("info", "backup folders without a manifest, left by a run killed before it wrote anything"),
     "duplicate_thread_id": ("warning", "one thread id is carried by more than one rollout file"),
     "sessions_folder_unreadable": ("warning", "folders under sessions/ or archived_sessions/ cannot be listed "
                                               "(permissions, I/O errors): their conversations are not seen"),
@@ -1826,6 +1827,10 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
         add("ui_state_unreadable", error=inv.global_state["error"])
     if inv.global_state.get("sidebar_reset"):
         add("sidebar_filtered", keys=inv.global_state["sidebar_reset"])
+    partial = [b["name"] for b in list_backups(inv.home) if b["partial"]] if (inv.home / BACKUP_DIR_NAME).is_dir() else []
+    if partial:
+        add("partial_backups", folders=partial[:10], count=len(partial),
+            manual_step="the next --apply of any repair removes them (they hold no change to the home)")
     if inv.temp_files:
         add("leftover_temp_files", files=[display_path(p, inv.home) for p in inv.temp_files[:10]],
             count=len(inv.temp_files), manual_step="the next --apply of any repair removes them")
@@ -3021,10 +3026,18 @@ class ToolLock:
         self.handle: Any = None
 
     def __enter__(self) -> "ToolLock":
+        folder = self.path.parent
+        check_backup_root(folder)
         try:
-            self.path.parent.mkdir(mode=0o700, exist_ok=True)
-            self.handle = open(str(self.path), "a+b")
+            folder.mkdir(mode=0o700, exist_ok=True)
+            check_backup_root(folder)
+            fd = os.open(str(self.path), os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
+                         | getattr(os, "O_NONBLOCK", 0), 0o600)
+            self.handle = os.fdopen(fd, "a+b")
         except OSError as exc:
+            if os.path.islink(str(self.path)):
+                raise refuse("%s is a symlink; the lock is never followed out of the home" % display_path(
+                    self.path, self.path.parent.parent), None) from None
             raise refuse("cannot create %s (%s): the home is not writable" % (
                 self.path.parent, exc.strerror or exc), None) from None
         try:
@@ -3055,8 +3068,18 @@ def _time_ns() -> int:
     return time.time_ns()
 
 
+def check_backup_root(folder: Path) -> None:
+    """recovery-backups/ is a real folder of the home: a symlink would send the copies (the
+    conversations) elsewhere, a file in its place is not a folder to write into."""
+    if os.path.islink(str(folder)):
+        raise refuse("%s is a symlink; backups are never written outside the home" % folder.name, None)
+    if os.path.lexists(str(folder)) and not folder.is_dir():
+        raise refuse("%s exists and is not a folder; move it away so backups can be made" % folder, None)
+
+
 def make_backup_dir(home: Path, command: str) -> Path:
     root = home / BACKUP_DIR_NAME
+    check_backup_root(root)
     root.mkdir(mode=0o700, exist_ok=True)
     stamp = utc_now().strftime("%Y%m%dT%H%M%SZ")
     for n in range(1000):
@@ -3480,6 +3503,7 @@ def apply_plan(inv: Inventory, plan: Plan, args: argparse.Namespace, argv: Seque
     preflight(inv, plan, args.force)
     with ToolLock(inv.home):
         remove_stale_temp_files(inv.temp_files)
+        remove_partial_backups(inv.home)
         folder, manifest = make_backup_or_fail(lambda: backup_plan(inv, plan, argv))
         _fault_point("after_backup")
         result: Dict[str, Any] = {"backup_dir": str(folder), "skipped": []}
@@ -3530,12 +3554,33 @@ def lock_databases(dbs: List[Path], backup_folder: Path) -> Dict[Path, sqlite3.C
             connections[db] = conn
             conn.execute("PRAGMA busy_timeout = 5000")
             conn.execute("BEGIN IMMEDIATE")
+            # SQLite opens a DB it cannot write read-only without a word, and BEGIN IMMEDIATE
+            # succeeds on it: rewriting the header with its own value proves the write.
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            conn.execute("PRAGMA user_version = %d" % int(version))
         except sqlite3.Error as exc:
             close_all(connections)
             shutil.rmtree(str(backup_folder), ignore_errors=True)
-            raise refuse("%s cannot be written now (%s); quit whatever holds it, or fix its permissions" % (
-                db.name, short(str(exc), 120)), None) from None
+            raise refuse("%s cannot be written now (%s): %s" % (
+                db_label(db), short(str(exc), 120), lock_failure_advice(str(exc))), None) from None
     return connections
+
+
+def lock_failure_advice(error: str) -> str:
+    text = error.lower()
+    if "full" in text:
+        return "the disk is full; free some space"
+    if "readonly" in text or "read-only" in text:
+        return "it is read-only (its permissions, or a read-only disk)"
+    if "locked" in text or "busy" in text:
+        return "another process holds it; quit Codex and try again"
+    return "quit whatever holds it, and check the disk and the file's permissions"
+
+
+def db_label(db: Path) -> str:
+    """A DB by its name, and by what it is when it is a symlink (the link is not the file)."""
+    real = os.path.realpath(str(db))
+    return db.name if real == str(db) or not os.path.islink(str(db)) else "%s (a link to %s)" % (db.name, real)
 
 
 def close_all(connections: Dict[Path, sqlite3.Connection]) -> None:
@@ -3570,6 +3615,15 @@ def find_temp_files(home: Path) -> List[Path]:
     for _ in iter_rollout_files(home, found):
         pass
     return found
+
+
+def remove_partial_backups(home: Path) -> None:
+    """Backup folders with no manifest: the manifest is written before the first write to the
+    home, so such a folder belongs to a run killed before it changed anything. Under the tool
+    lock no other run is filling one."""
+    for backup in list_backups(home):
+        if backup["partial"]:
+            shutil.rmtree(backup["path"], ignore_errors=True)
 
 
 def remove_stale_temp_files(paths: List[Path]) -> None:
@@ -3900,7 +3954,10 @@ def write_sql(plan: Plan, skipped_threads: set, connections: Dict[Path, sqlite3.
             sql, params = change.statement()
             if conn.execute(sql, params).rowcount != 1:
                 raise ApplyError("%s: expected to change one row of %s for %s" % (db.name, change.table, change.key))
-        if journal is not None and changes:
+        if not changes:
+            conn.execute("ROLLBACK")  # locked only to prove it could be written: leave its bytes alone
+            continue
+        if journal is not None:
             # Inside the transaction the connection sees the content the commit will leave.
             journal.intend(db, digest_after=db_digest(conn, {}))
         conn.execute("COMMIT")
@@ -3948,13 +4005,19 @@ def list_backups(home: Path) -> List[Dict[str, Any]]:
         for folder in sorted(root.iterdir()):
             if not folder.is_dir():
                 continue
+            if folder.is_symlink():
+                continue
             try:
                 manifest = read_manifest(folder)
-            except UsageError:
+            except ToolError:
+                # No manifest: a run killed while backing up, before it wrote anything.
+                found.append({"path": str(folder), "name": folder.name, "command": None, "created_at": None,
+                              "complete": False, "partial": True, "files": 0,
+                              "_order": (int(folder.stat().st_mtime * 1e9), folder.name)})
                 continue
             found.append({"path": str(folder), "name": folder.name, "command": manifest.get("command"),
                           "created_at": manifest.get("created_at"), "complete": manifest.get("complete"),
-                          "files": len(manifest["entries"]),
+                          "partial": False, "files": len(manifest["entries"]),
                           "_order": (manifest.get("created_ns") or int(folder.stat().st_mtime * 1e9), folder.name)})
     found.sort(key=lambda b: b.pop("_order"))
     return found
@@ -4483,7 +4546,7 @@ def choose_backup(home: Path, args: argparse.Namespace) -> Path:
         folder = folder if folder.is_absolute() or folder.exists() else home / BACKUP_DIR_NAME / args.backup_dir
         return folder.resolve()
     if args.latest:
-        backups = [b for b in list_backups(home) if b["command"] != "restore"]
+        backups = [b for b in list_backups(home) if b["command"] != "restore" and not b["partial"]]
         if not backups:
             raise UsageError("no backups under %s" % (home / BACKUP_DIR_NAME))
         return Path(backups[-1]["path"])
@@ -4511,8 +4574,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
             emit_json(doc)
         else:
             width = max([len(b["name"]) for b in backups] + [0])
-            print("\n".join("%-*s  %-18s %3d file(s)%s" % (width, b["name"], b["command"], b["files"],
-                                                         "" if b["complete"] else "  (incomplete run)")
+            print("\n".join("%-*s  %-18s %3d file(s)%s" % (width, b["name"], b["command"] or "-", b["files"],
+                                                         "  (partial: no manifest; removed by the next --apply)"
+                                                         if b["partial"] else "" if b["complete"] else "  (incomplete run)")
                             for b in backups) or "No backups under %s" % (home / BACKUP_DIR_NAME))
         return EXIT_OK
     folder = choose_backup(home, args)

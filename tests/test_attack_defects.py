@@ -632,3 +632,114 @@ def test_rebuild_db_moves_a_journal_with_its_db(tmp_path):
     code, out, err = run(["rebuild-db", "--codex-home", str(root), "--json"])
     moved = [a["path"] for a in json.loads(out)["actions"] if a["kind"] == "move_to_backup"]
     assert "state_5.sqlite" in moved and "state_5.sqlite-journal" in moved, moved
+
+
+# ---------------------------------------------------------------------------------------------
+# 10. recovery-backups and its .lock are never followed through a symlink; 14. messages
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not POSIX, reason="symlinks")
+@pytest.mark.parametrize("what", ["folder", "lock"])
+def test_symlinked_backup_folder_or_lock_is_refused(tmp_path, what):
+    root = tmp_path / "home"
+    provider_home(root, threads=1)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    if what == "folder":
+        os.symlink(str(outside), str(root / csr.BACKUP_DIR_NAME))
+    else:
+        (root / csr.BACKUP_DIR_NAME).mkdir(mode=0o700)
+        os.symlink(str(outside / "created-by-the-tool"), str(root / csr.BACKUP_DIR_NAME / ".lock"))
+    before = hash_tree(root)
+    code, _out, err = run(["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply"])
+    assert code == csr.EXIT_REFUSED, err
+    assert "symlink" in err and len(err.strip().splitlines()) == 1
+    assert list(outside.iterdir()) == []
+    assert hash_tree(root) == before
+
+
+def test_a_file_where_the_backup_folder_should_be_is_named_as_such(tmp_path):
+    root = tmp_path / "home"
+    provider_home(root, threads=1)
+    (root / csr.BACKUP_DIR_NAME).write_text("not a folder")
+    code, _out, err = run(["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply"])
+    assert code == csr.EXIT_REFUSED
+    assert "not a folder" in err and "not writable" not in err, err
+
+
+def test_lock_failure_messages_name_the_cause(tmp_path, monkeypatch):
+    """A full disk is not a permissions problem; a symlinked DB is named with what it links to."""
+    root = tmp_path / "home"
+    provider_home(root, threads=1)
+    real_connect = sqlite3.connect
+
+    class FullDisk:
+        def __init__(self, conn):
+            self.conn = conn
+
+        def execute(self, sql, *args):
+            if sql.startswith("BEGIN IMMEDIATE"):
+                raise sqlite3.OperationalError("database or disk is full")
+            return self.conn.execute(sql, *args)
+
+        def __getattr__(self, name):
+            return getattr(self.conn, name)
+
+    def connect(target, *args, **kwargs):
+        conn = real_connect(target, *args, **kwargs)
+        # Only the write connection that takes the lock (the backup's copy is named alike).
+        locking = "isolation_level" in kwargs and kwargs["isolation_level"] is None
+        return FullDisk(conn) if locking and str(target).endswith("state_5.sqlite") else conn
+
+    monkeypatch.setattr(csr.sqlite3, "connect", connect)
+    code, _out, err = run(["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply"])
+    monkeypatch.setattr(csr.sqlite3, "connect", real_connect)
+    assert code == csr.EXIT_REFUSED
+    assert "full" in err and "permissions" not in err, err
+
+
+# ---------------------------------------------------------------------------------------------
+# 12. Partial backups are listed, reported and cleaned; 13. a read-only DB stops the run early
+# ---------------------------------------------------------------------------------------------
+
+
+def test_partial_backups_are_listed_reported_and_cleaned(tmp_path):
+    root = tmp_path / "home"
+    provider_home(root, threads=2)
+    killed = run_script(["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply"],
+                        env={csr.FAULT_ENV: "mid_backup:1:kill"})
+    assert killed.returncode < 0
+    partial = [p for p in (root / csr.BACKUP_DIR_NAME).iterdir() if p.is_dir()]
+    assert partial and not (partial[0] / "manifest.json").exists()
+    code, out, _err = run(["restore", "--codex-home", str(root), "--list", "--json"])
+    listed = json.loads(out)["backups"]
+    assert [b["name"] for b in listed] == [partial[0].name] and listed[0]["partial"] is True
+    code, out, _err = run(["diagnose", "--codex-home", str(root), "--json"])
+    assert "partial_backups" in {f["code"] for f in json.loads(out)["findings"]}
+    assert run(["restore", "--codex-home", str(root), "--latest"])[0] == csr.EXIT_USAGE
+    code, out, err = run(["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply"])
+    assert code == csr.EXIT_OK, err
+    left = [p.name for p in (root / csr.BACKUP_DIR_NAME).iterdir() if p.is_dir() and not (p / "manifest.json").exists()]
+    assert left == [], "the partial backup of the killed run was not cleaned"
+
+
+def test_read_only_db_stops_the_run_before_the_first_write(tmp_path, monkeypatch):
+    """SQLite opens a DB it cannot write read-only without saying so, and BEGIN IMMEDIATE
+    succeeds on it: the lock step must prove it can write before any rollout is touched."""
+    root = tmp_path / "home"
+    threads = provider_home(root, threads=2)
+    originals = [t.path.read_bytes() for t in threads]
+    real_connect = sqlite3.connect
+
+    def read_only(target, *args, **kwargs):
+        if str(target).endswith("state_5.sqlite") and "isolation_level" in kwargs and kwargs["isolation_level"] is None:
+            return real_connect(Path(target).resolve().as_uri() + "?mode=ro", *args, uri=True, **kwargs)
+        return real_connect(target, *args, **kwargs)
+
+    monkeypatch.setattr(csr.sqlite3, "connect", read_only)
+    code, _out, err = run(["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply"])
+    monkeypatch.setattr(csr.sqlite3, "connect", real_connect)
+    assert code == csr.EXIT_REFUSED, err
+    assert "read-only" in err
+    assert [t.path.read_bytes() for t in threads] == originals
