@@ -743,3 +743,49 @@ def test_read_only_db_stops_the_run_before_the_first_write(tmp_path, monkeypatch
     assert code == csr.EXIT_REFUSED, err
     assert "read-only" in err
     assert [t.path.read_bytes() for t in threads] == originals
+
+
+# ---------------------------------------------------------------------------------------------
+# 11. After a kill, restore needs no override; its two overrides are separate
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("point", ["after_rollout_replace:2", "after_commit:1", "before_manifest_finish:1"])
+def test_restore_after_a_kill_needs_no_override(tmp_path, point):
+    root = tmp_path / "home"
+    provider_home(root, threads=3, turns=2)
+    before = hash_tree(root)
+    dumps = {n: db_dump(root / n) for n in ("state_5.sqlite", "thread_history_1.sqlite")}
+    killed = run_script(["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply"],
+                        env={csr.FAULT_ENV: point + ":kill"})
+    assert killed.returncode < 0
+    code, out, err = run(["restore", "--codex-home", str(root), "--latest", "--json"])
+    assert json.loads(out)["changed_since_run"] == [], out
+    code, _out, err = run(["restore", "--codex-home", str(root), "--latest", "--apply"])
+    assert code == csr.EXIT_OK, err
+    after = hash_tree(root)
+    # DBs compare by content (a kill mid-transaction may leave SQLite's own -journal, which it
+    # rolls back at the next open); every other file by its bytes.
+    db_files = (".sqlite", "-wal", "-journal")
+    assert {k: v for k, v in after.items() if not k.endswith(db_files)} == \
+        {k: v for k, v in before.items() if not k.endswith(db_files)}
+    assert {n: db_dump(root / n) for n in dumps} == dumps
+
+
+@pytest.mark.skipif(not LINUX, reason="the running-Codex probe reads /proc here")
+def test_discard_changes_does_not_drop_the_running_codex_check(tmp_path):
+    root = tmp_path / "home"
+    threads, folder = applied_home(root)
+    with open(str(threads[0].path), "ab") as handle:
+        handle.write(b'{"timestamp":"x","type":"event_msg","payload":{"type":"task_started"}}\n')
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; f = open(sys.argv[1], 'ab'); time.sleep(60)",
+                               str(threads[1].path)])
+    try:
+        time.sleep(0.5)
+        code, _out, err = restore_apply(root, folder, "--discard-changes")
+        assert code == csr.EXIT_REFUSED and "Codex is using this home" in err, err
+        code, _out, err = restore_apply(root, folder, "--force")
+        assert code == csr.EXIT_REFUSED and "changed after that run" in err, err
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
