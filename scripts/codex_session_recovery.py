@@ -543,7 +543,7 @@ def open_regular(path: Path) -> Any:
     except BaseException:
         os.close(fd)
         raise
-    return os.fdopen(fd, "rb")
+    return open(fd, "rb")
 
 
 class NotRegularFile(OSError):
@@ -557,11 +557,15 @@ MAX_STATE_BYTES = 256 * 1024 * 1024  # .codex-global-state.json (large with prom
 def read_small_file(path: Path, limit: int) -> bytes:
     """A whole file that is meant to be small, read only if it is a regular file and only up to
     `limit` bytes: a FIFO or /dev/zero in its place is an error, never a hang or a MemoryError."""
+    parts, size = [], 0
     with open_regular(path) as handle:
-        data = handle.read(limit + 1)
-    if len(data) > limit:
-        raise OSError("%s is larger than %d MiB" % (path.name, limit >> 20))
-    return data
+        # In chunks: read(limit) would set aside `limit` bytes even for a small file.
+        for chunk in iter(lambda: handle.read(READ_CHUNK), b""):
+            size += len(chunk)
+            if size > limit:
+                raise OSError("%s is larger than %d MiB" % (path.name, limit >> 20))
+            parts.append(chunk)
+    return b"".join(parts)
 
 
 def json_text_bytes(text: str) -> bytes:
@@ -3411,8 +3415,7 @@ def read_manifest(folder: Path) -> Dict[str, Any]:
     if not path.is_file():
         raise UsageError("%s is not a backup made by this tool (no manifest.json)" % folder)
     try:
-        with open_regular(path) as handle:
-            manifest = json.loads(handle.read(MAX_MANIFEST_BYTES).decode("utf-8"))
+        manifest = json.loads(read_small_file(path, MAX_MANIFEST_BYTES).decode("utf-8"))
     except (OSError, ValueError) as exc:
         raise refuse("%s/manifest.json does not verify (%s)" % (folder.name, short(str(exc), 100)), None) from None
     if not isinstance(manifest, dict) or manifest.get("tool") != TOOL_NAME or not isinstance(manifest.get("entries"), list):
