@@ -856,3 +856,128 @@ def test_soak_writers_opening_before_during_and_after_the_backup(tmp_path, tally
     others = [t for t in threads if t not in targets]
     assert all(json.loads(t.path.read_bytes().splitlines()[0])["payload"]["model_provider"] == "proxy"
                for t in others)
+
+
+# ---------------------------------------------------------------------------------------------
+# Kills at random moments (not only at named points) on a home with a history DB
+# ---------------------------------------------------------------------------------------------
+
+RANDOM_KILLS = int(os.environ.get("CSR_RANDOM_KILLS", "24"))
+RANDOM_SEED = int(os.environ.get("CSR_RANDOM_SEED", "1169"))
+
+
+def build_history_home(root: Path) -> None:
+    """0.169.0 with thread_history_1.sqlite: 12 threads of 3 turns under openai, big enough
+    that a run lasts long enough to be hit anywhere."""
+    home = HomeBuilder(root, "0.169.0").provider_config("proxy")
+    filler = [{"timestamp": "2026-09-21T00:00:01.000Z", "type": "response_item",
+               "payload": {"type": "function_call_output", "call_id": "c%d" % n, "output": "z" * 20000}}
+              for n in range(20)]
+    for _ in range(12):
+        home.thread(provider="openai", turns=3, extra_lines=filler)
+    home.thread(provider="proxy")
+
+
+def off_line_starts(root: Path) -> int:
+    """Projection offsets that are not line starts of the rollout they index."""
+    paths = {Path(rel).name[-42:-6]: root / rel for rel in rollout_files(root)}  # by the uuid in the name
+    conn = sqlite3.connect(str(root / "thread_history_1.sqlite"))
+    try:
+        rows = list(conn.execute("SELECT thread_id, rollout_byte_offset FROM thread_turns UNION ALL "
+                                 "SELECT thread_id, rollout_end_byte_offset FROM thread_turns UNION ALL "
+                                 "SELECT thread_id, next_rollout_byte_offset FROM thread_history_projection_state"))
+    finally:
+        conn.close()
+    starts: Dict[str, set] = {}
+    bad = 0
+    for thread_id, offset in rows:
+        if thread_id not in starts:
+            data = paths[thread_id].read_bytes()
+            starts[thread_id] = {0} | {i + 1 for i, b in enumerate(data) if b == 0x0A}
+        bad += offset not in starts[thread_id]
+    return bad
+
+
+def test_kills_at_random_moments_with_a_history_db(tmp_path, tally):
+    """SIGKILL at a random moment of `repair-provider --apply` (seeded; the figures are printed).
+    After every kill each rollout is byte for byte its original or its repaired version. Then,
+    alternately: `restore --latest --apply` with no override returns the original bytes (DBs by
+    content); or the rerun of the same command converges (exit 0, then nothing to do) with every
+    history offset on a line start."""
+    import random
+    rng = random.Random(RANDOM_SEED)
+    reference = tmp_path / "ref" / "home"
+    build_history_home(reference)
+    originals = rollout_files(reference)
+    before = snapshot(reference)
+    argv = ["repair-provider", "--from", "openai", "--apply"]
+    # The reference run also times when the backup folder appears: kills are drawn from a
+    # little before that to the end, where the writes are (the start-up reads write nothing).
+    env = dict(os.environ)
+    env.pop(csr.FAULT_ENV, None)
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), argv[0], "--codex-home", str(reference), *argv[1:]],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    writing = None
+    while proc.poll() is None:
+        if writing is None and (reference / csr.BACKUP_DIR_NAME).exists():
+            writing = time.monotonic() - started
+        time.sleep(0.002)
+    duration = time.monotonic() - started
+    assert proc.returncode == csr.EXIT_OK, proc.stderr.read().decode()
+    writing = writing if writing is not None else duration / 2
+    repaired = rollout_files(reference)
+    after = snapshot(reference)
+    outcomes: collections.Counter = collections.Counter()
+    problems, lines_lost = [], 0
+    for n in range(RANDOM_KILLS):
+        root = tmp_path / ("kill-%d" % n) / "home"
+        build_history_home(root)
+        assert snapshot(root) == before
+        delay = rng.uniform(writing * 0.8, duration * 1.05)
+        proc = subprocess.Popen([sys.executable, str(SCRIPT), argv[0], "--codex-home", str(root), *argv[1:]],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        try:
+            proc.wait(timeout=delay)
+            outcomes["finished before the kill"] += 1
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+            outcomes["killed"] += 1
+        label = "kill %d at %.2fs" % (n, delay)
+        for rel, data in rollout_files(root).items():
+            if data not in (originals[rel], repaired[rel]):
+                problems.append("%s: %s is neither its original nor its repaired bytes" % (label, rel))
+        lines, _size, _where = lost_lines(originals, root)
+        lines_lost += lines
+        state = snapshot(root)
+        outcomes["left as before" if state == before else "left as after" if state == after else "left midway"] += 1
+        if n % 2 == 0:
+            fixed = run_script(["restore", "--codex-home", str(root), "--latest", "--apply"], timeout=120)
+            if state == before and fixed.returncode == csr.EXIT_USAGE:
+                outcomes["restore: no backup (killed before it)"] += 1
+                continue
+            if fixed.returncode != csr.EXIT_OK or snapshot(root) != before:
+                problems.append("%s: restore without an override exit %s, differs: %s; %s" % (
+                    label, fixed.returncode, describe_difference(snapshot(root), before)[:4],
+                    fixed.stderr.decode()[-300:]))
+            else:
+                outcomes["restore: original bytes, no override"] += 1
+        else:
+            rerun = run_script([argv[0], "--codex-home", str(root), *argv[1:], "--json"], timeout=120)
+            again = run_script([argv[0], "--codex-home", str(root), "--from", "openai", "--json"], timeout=120)
+            misplaced = off_line_starts(root)
+            pending = json.loads(again.stdout)["changes"] if again.stdout else None
+            if rerun.returncode != csr.EXIT_OK or pending != 0 or misplaced:
+                problems.append("%s: rerun exit %s, then %s change(s) pending, %d offset(s) off a line start; %s"
+                                % (label, rerun.returncode, pending, misplaced, rerun.stderr.decode()[-300:]))
+            elif rollout_files(root) != repaired:
+                problems.append("%s: the rerun left rollouts other than the repaired ones" % label)
+            else:
+                outcomes["rerun: converged, offsets on line starts"] += 1
+    tally.random.append("random kills (seed %d, run %.2fs, writes from %.2fs): %d tried; %s; lines lost %d; "
+                        "failures %d" % (RANDOM_SEED, duration, writing, RANDOM_KILLS, ", ".join("%s %d" % kv for kv in sorted(outcomes.items())),
+        lines_lost, len(problems)))
+    tally.failures.extend(problems)
+    assert lines_lost == 0
+    assert not problems, "\n".join(problems)
