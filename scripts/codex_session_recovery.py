@@ -3720,15 +3720,21 @@ class WriterLockHeld(Exception):
 def thread_writer_lock(home: Path, thread_id: str) -> Iterator[None]:
     """CODEX-COMPAT 0.169.0 and 0.171.0: a loaded thread is held with an exclusive flock on
     thread-writer-locks/<thread id>.lock (measured with /proc/locks; the file stays after the
-    thread closes). Taking it makes a resuming Codex wait until the rollout is replaced."""
+    thread closes). Taking it makes a resuming Codex wait until the rollout is replaced; a
+    thread whose lock is held is loaded right now and is left alone."""
     folder = home / WRITER_LOCKS_DIR
     if os.name != "posix" or folder.is_symlink() or not folder.is_dir():
         yield
         return
     import fcntl
+    path = folder / ("%s.lock" % thread_id)
+    if not os.path.lexists(str(path)):
+        # Never created here (the home stays as it was): a Codex that creates it now and opens
+        # the rollout is seen by the lease and the holder checks instead.
+        yield
+        return
     try:
-        fd = os.open(str(folder / ("%s.lock" % thread_id)),
-                     os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0), 0o644)
+        fd = os.open(str(path), os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise WriterLockHeld("its Codex writer lock cannot be opened (%s); it was left as it is"
                              % (exc.strerror or exc)) from None
@@ -3812,6 +3818,14 @@ def holders_of(path: Path, identity: Tuple[int, int]) -> List[str]:
     return found
 
 
+def opened_for_writing_since(edit: RolloutEdit, source: Any, lease: Optional[bool], identity: Tuple[int, int]) -> bool:
+    """With a lease the kernel reports any open for writing (no /proc scan per file needed);
+    without one, any other process holding the file counts."""
+    if lease:
+        return lease_broken(source.fileno())
+    return bool(holders_of(edit.path, identity))
+
+
 def same_file_as_planned(edit: RolloutEdit, source: Any) -> bool:
     """The path still names the file that was read, unchanged: same inode, size and mtime."""
     try:
@@ -3880,7 +3894,7 @@ def rewrite_rollout(edit: RolloutEdit, result: Optional[Dict[str, Any]] = None,
                 os.utime(str(tmp), ns=(stat.st_atime_ns, mtime_ns))
                 if digest.hexdigest() != expected or not same_file_as_planned(edit, source):
                     return False
-                if (lease and lease_broken(source.fileno())) or holders_of(edit.path, identity):
+                if opened_for_writing_since(edit, source, lease, identity):
                     edit.skip_reason = ("a process opened the rollout while it was being rewritten (a live "
                                         "session); it was left as it is")
                     return False
@@ -3888,7 +3902,7 @@ def rewrite_rollout(edit: RolloutEdit, result: Optional[Dict[str, Any]] = None,
                 if journal is not None:
                     journal.intend(edit.path, sha256_after=out.digest.hexdigest())
                 os.replace(str(tmp), str(edit.path))
-                late = (lease and lease_broken(source.fileno())) or holders_of(edit.path, identity)
+                late = opened_for_writing_since(edit, source, lease, identity)
                 if late and kept:
                     give_back_old_file(edit, keep, written, result)
                     return False

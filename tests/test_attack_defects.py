@@ -117,6 +117,8 @@ def test_codex_thread_writer_lock_is_honoured(tmp_path):
     locks = root / "thread-writer-locks"
     locks.mkdir()
     (locks / ".coordination.lock").touch()
+    for thread in threads:  # Codex leaves one per thread it has loaded
+        (locks / ("%s.lock" % thread.id)).touch()
     held = open(str(locks / ("%s.lock" % threads[0].id)), "a+b")
     fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     before = threads[0].path.read_bytes()
