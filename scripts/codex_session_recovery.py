@@ -4041,14 +4041,16 @@ def list_backups(home: Path) -> List[Dict[str, Any]]:
             try:
                 manifest = read_manifest(folder)
             except ToolError:
-                # No manifest: a run killed while backing up, before it wrote anything.
+                # No manifest: a run killed while backing up, before it wrote anything (removed
+                # by the next apply). A manifest that does not verify is listed, never removed.
+                partial = not os.path.lexists(str(folder / "manifest.json"))
                 found.append({"path": str(folder), "name": folder.name, "command": None, "created_at": None,
-                              "complete": False, "partial": True, "files": 0,
+                              "complete": False, "partial": partial, "unverifiable": not partial, "files": 0,
                               "_order": (int(folder.stat().st_mtime * 1e9), folder.name)})
                 continue
             found.append({"path": str(folder), "name": folder.name, "command": manifest.get("command"),
                           "created_at": manifest.get("created_at"), "complete": manifest.get("complete"),
-                          "partial": False, "files": len(manifest["entries"]),
+                          "partial": False, "unverifiable": False, "files": len(manifest["entries"]),
                           "_order": (manifest.get("created_ns") or int(folder.stat().st_mtime * 1e9), folder.name)})
     found.sort(key=lambda b: b.pop("_order"))
     return found
@@ -4592,7 +4594,7 @@ def choose_backup(home: Path, args: argparse.Namespace) -> Path:
         folder = folder if folder.is_absolute() or folder.exists() else home / BACKUP_DIR_NAME / args.backup_dir
         return folder.resolve()
     if args.latest:
-        backups = [b for b in list_backups(home) if b["command"] != "restore" and not b["partial"]]
+        backups = [b for b in list_backups(home) if b["command"] not in ("restore", None)]
         if not backups:
             raise UsageError("no backups under %s" % (home / BACKUP_DIR_NAME))
         return Path(backups[-1]["path"])
@@ -4621,7 +4623,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
             width = max([len(b["name"]) for b in backups] + [0])
             print("\n".join("%-*s  %-18s %3d file(s)%s" % (width, b["name"], b["command"] or "-", b["files"],
                                                          "  (partial: no manifest; removed by the next --apply)"
-                                                         if b["partial"] else "" if b["complete"] else "  (incomplete run)")
+                                                         if b["partial"] else "  (manifest does not verify)"
+                                                         if b["unverifiable"] else "" if b["complete"]
+                                                         else "  (incomplete run)")
                             for b in backups) or "No backups under %s" % (home / BACKUP_DIR_NAME))
         return EXIT_OK
     folder = choose_backup(home, args)

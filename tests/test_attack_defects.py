@@ -791,3 +791,15 @@ def test_discard_changes_does_not_drop_the_running_codex_check(tmp_path):
     finally:
         holder.kill()
         holder.wait(timeout=10)
+
+
+def test_a_backup_whose_manifest_does_not_verify_is_listed_and_never_removed(tmp_path):
+    root = tmp_path / "home"
+    _threads, folder = applied_home(root)
+    (folder / "manifest.json").write_text("{ damaged")
+    code, out, _err = run(["restore", "--codex-home", str(root), "--list", "--json"])
+    entry = json.loads(out)["backups"][0]
+    assert entry["unverifiable"] is True and entry["partial"] is False
+    code, _out, err = run(["repair-provider", "--codex-home", str(root), "--from", "proxy", "--to", "openai", "--apply"])
+    assert code == csr.EXIT_OK, err
+    assert (folder / "files").is_dir(), "a backup that does not verify was removed"
