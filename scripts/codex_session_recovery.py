@@ -3372,7 +3372,7 @@ def restore_backup(folder: Path, home: Path) -> List[str]:
     the same actions `restore` plans. Returns the paths restored."""
     manifest = read_manifest(folder)
     restored, failures = [], []
-    for action in verified_restore_actions(folder, manifest, home, restore_db_dirs(home, manifest)):
+    for action in verified_restore_actions(folder, manifest, home, restore_db_dirs(home)):
         try:
             if not action.needed():
                 continue
@@ -3386,9 +3386,9 @@ def restore_backup(folder: Path, home: Path) -> List[str]:
     return restored
 
 
-def restore_db_dirs(home: Path, manifest: Dict[str, Any]) -> List[Path]:
+def restore_db_dirs(home: Path, config: Optional[Config] = None) -> List[Path]:
     """Folders outside the home a backup may name a DB in: the sqlite_home settings in force."""
-    config = load_config(home, None)
+    config = config if config is not None else load_config(home, None)
     return [folder for folder, origin in sqlite_home_dirs(home, config, dict(os.environ))
             if origin in ("config sqlite_home", "CODEX_SQLITE_HOME")]
 
@@ -3623,15 +3623,6 @@ def open_elsewhere(home: Path) -> Dict[str, List[str]]:
 
 
 TEMP_MARKER = ".csr-tmp-"
-
-
-def find_temp_files(home: Path) -> List[Path]:
-    """Temp copies this tool leaves beside a file it replaces, found in the home's root and
-    among the rollouts (the only places it writes)."""
-    found = [home / n for n in sorted(os.listdir(str(home))) if TEMP_MARKER in n]
-    for _ in iter_rollout_files(home, found):
-        pass
-    return found
 
 
 def remove_partial_backups(home: Path) -> None:
@@ -4605,9 +4596,8 @@ def plan_restore(inv: Inventory, folder: Path, manifest: Dict[str, Any]) -> Plan
     """A restore is a plan like any repair's: the verified entries that differ from the home,
     applied by apply_plan (preflight, lock, undo backup, journal, verify)."""
     plan = Plan("restore")
-    dirs = [f for f, origin in sqlite_home_dirs(inv.home, inv.config, dict(os.environ))
-            if origin in ("config sqlite_home", "CODEX_SQLITE_HOME")]
-    plan.restores = [a for a in verified_restore_actions(folder, manifest, inv.home, dirs) if a.needed()]
+    actions = verified_restore_actions(folder, manifest, inv.home, restore_db_dirs(inv.home, inv.config))
+    plan.restores = [a for a in actions if a.needed()]
     plan.notes["from"] = str(folder)
     return plan
 
