@@ -1308,7 +1308,13 @@ def read_session_index(home: Path) -> Dict[str, Any]:
     if not result["present"]:
         return result
     names: Dict[str, str] = {}
-    with open_regular(path) as handle:
+    try:
+        handle = open_regular(path)
+    except OSError as exc:
+        # Unreadable is not empty: nothing may be rebuilt from what could not be read.
+        result["error"] = exc.strerror or str(exc)
+        return result
+    with handle:
         first = True
         while True:
             raw, oversized = read_line_bounded(handle)
@@ -1646,6 +1652,7 @@ HOME_FINDINGS: Dict[str, Tuple[str, str]] = {
     "rollout_unreadable": ("warning", "rollout files with unreadable lines or an unknown layout"),
     "index_stale": ("warning", "session_index.jsonl names threads whose rollout no longer exists"),
     "index_bad_lines": ("warning", "session_index.jsonl has lines that are not index entries"),
+    "index_unreadable": ("warning", "session_index.jsonl cannot be read (a permission or I/O error)"),
     "ui_state_unreadable": ("warning", ".codex-global-state.json is not a JSON object"),
     "sidebar_filtered": ("warning", "Desktop's sidebar is narrowed (collapsed groups or sections, a workspace filter, a non-recent sort)"),
     "index_missing_names": ("warning", "threads named in the state DB have no session_index.jsonl entry; `codex exec resume NAME` cannot find them"),
@@ -1841,6 +1848,9 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
         add("index_missing_names", thread_ids=unnamed)
     if inv.index["bad_lines"]:
         add("index_bad_lines", lines=inv.index["bad_lines"])
+    if inv.index.get("error"):
+        add("index_unreadable", error=inv.index["error"],
+            manual_step="fix the file's permissions (or the disk); rebuild-index leaves it alone until then")
     if inv.global_state["error"]:
         add("ui_state_unreadable", error=inv.global_state["error"])
     if inv.global_state.get("sidebar_reset"):
@@ -2660,6 +2670,9 @@ def index_missing_name_ids(inv: Inventory) -> List[str]:
 def plan_index_rebuild(inv: Inventory, args: argparse.Namespace) -> Plan:
     plan = Plan("rebuild-index")
     path = inv.home / "session_index.jsonl"
+    if inv.index.get("error"):
+        plan.skipped.append({"path": path.name, "reason": "cannot be read (%s); it is left as it is" % inv.index["error"]})
+        return plan
     stale = set(index_stale_ids(inv))
     missing = index_missing_name_ids(inv)
     if not stale and not missing and not inv.index["bad_lines"]:

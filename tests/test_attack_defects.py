@@ -803,3 +803,29 @@ def test_a_backup_whose_manifest_does_not_verify_is_listed_and_never_removed(tmp
     code, _out, err = run(["repair-provider", "--codex-home", str(root), "--from", "proxy", "--to", "openai", "--apply"])
     assert code == csr.EXIT_OK, err
     assert (folder / "files").is_dir(), "a backup that does not verify was removed"
+
+
+def test_unreadable_index_is_a_finding_and_is_never_rewritten(tmp_path, monkeypatch):
+    """Permission denied on session_index.jsonl: a finding, and rebuild-index does not replace
+    the names it cannot read with the few the DB holds."""
+    root = tmp_path / "home"
+    home = HomeBuilder(root, "0.169.0")
+    thread = home.thread(row_overrides={"name": "from the db"})
+    home.index([{"id": thread.id, "thread_name": "kept", "updated_at": "2026-10-01T00:00:00Z"}])
+    index = root / "session_index.jsonl"
+    before = index.read_bytes()
+    real_open = os.open
+
+    def denied(path, *args, **kwargs):
+        if os.fspath(path) == str(index):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", denied)
+    code, out, err = run(["diagnose", "--codex-home", str(root), "--json"])
+    assert "index_unreadable" in {f["code"] for f in json.loads(out)["findings"]}, err
+    code, out, err = run(["rebuild-index", "--codex-home", str(root), "--apply", "--json"])
+    monkeypatch.setattr(os, "open", real_open)
+    assert code in (csr.EXIT_OK, csr.EXIT_FINDINGS), err
+    assert json.loads(out)["changes"] == 0
+    assert index.read_bytes() == before
