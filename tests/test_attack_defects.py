@@ -670,10 +670,18 @@ def test_a_file_where_the_backup_folder_should_be_is_named_as_such(tmp_path):
     assert "not a folder" in err and "not writable" not in err, err
 
 
-def test_lock_failure_messages_name_the_cause(tmp_path, monkeypatch):
+@pytest.mark.parametrize("linked", [False, True], ids=["db", "symlinked-db"])
+def test_lock_failure_messages_name_the_cause(tmp_path, monkeypatch, linked):
     """A full disk is not a permissions problem; a symlinked DB is named with what it links to."""
     root = tmp_path / "home"
     provider_home(root, threads=1)
+    if linked:
+        real = root / "data" / "state_5.sqlite"
+        real.parent.mkdir()
+        for suffix in ("", "-wal", "-shm"):
+            if Path(str(root / "state_5.sqlite") + suffix).exists():
+                os.replace(str(root / "state_5.sqlite") + suffix, str(real) + suffix)
+        os.symlink(str(real), str(root / "state_5.sqlite"))
     real_connect = sqlite3.connect
 
     class FullDisk:
@@ -699,6 +707,7 @@ def test_lock_failure_messages_name_the_cause(tmp_path, monkeypatch):
     monkeypatch.setattr(csr.sqlite3, "connect", real_connect)
     assert code == csr.EXIT_REFUSED
     assert "full" in err and "permissions" not in err, err
+    assert ("a link to %s" % (root / "data" / "state_5.sqlite") in err) == linked, err
 
 
 # ---------------------------------------------------------------------------------------------
