@@ -152,13 +152,13 @@ def test_migration_checksum_drift_and_newer_schema(tmp_path, capsys):
     conn = sqlite3.connect(str(home.db_path))
     conn.execute("UPDATE _sqlx_migrations SET checksum = x'54bbd6f4aa' WHERE version = 1")
     conn.execute("INSERT INTO _sqlx_migrations (version, description, installed_on, success, checksum, execution_time) "
-                 "VALUES (63, 'future', '2027-01-01', 1, x'00', 1)")
+                 "VALUES (65, 'future', '2027-01-01', 1, x'00', 1)")
     conn.commit()
     conn.close()
     code, doc = run("diagnose", "--codex-home", str(home.root), capsys=capsys)
     codes = {f["code"]: f for f in doc["findings"]}
     assert codes["migration_checksum_drift"]["evidence"]["versions"] == [1]
-    assert codes["schema_newer"]["evidence"]["schema_version"] == 63
+    assert codes["schema_newer"]["evidence"]["schema_version"] == 65
     assert code == csr.EXIT_FINDINGS
 
 
