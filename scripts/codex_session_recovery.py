@@ -1545,7 +1545,8 @@ REASONS: Dict[str, Tuple[str, str]] = {
     "user_message_beyond_scan": ("info", "the first user message lies past the head lines Codex's file listing reads (10 + 200)"),
     "beyond_recent_window": ("info", "listed, but past the ~50 most recent threads Desktop's sidebar loads; scroll, search or pin it"),
     "history_projection_missing": ("warning", "a paginated thread has no rows in the history projection beside the "
-                                              "live DB: it is listed, but opens with no turns (0.169.0 after sqlite_home moved)"),
+                                              "live DB: it is listed, but opens with no turns until Codex rebuilds them "
+                                              "(0.169.0+: a rollout copied in from another machine, or a sqlite_home that moved)"),
     "cwd_unmatchable": ("info", "the stored cwd cannot match a project folder (\\\\?\\ prefix, trailing separator, /mnt/C, removed worktree); use `codex resume --all`"),
 }
 
@@ -1641,7 +1642,9 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
     paginated = (row or {}).get("history_mode") == "paginated" or (
         view.primary is not None and view.primary.meta.get("history_mode") == "paginated")
     if paginated and inv.projected_ids is not None and view.id not in inv.projected_ids and view.files:
-        add_reason(view, "history_projection_missing", False, elsewhere=view.id in inv.other_projected_ids)
+        elsewhere = view.id in inv.other_projected_ids
+        add_reason(view, "history_projection_missing", False, elsewhere=elsewhere,
+                   manual_step=projection_manual_step(view.id, elsewhere))
     if row is not None:
         path = str(row.get("rollout_path") or "")
         exists = view.row_rollout_exists()
@@ -1656,6 +1659,22 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
             add_reason(view, "rollout_missing", True, rollout_path=path)
     elif inv.has_db and view.files:
         add_reason(view, "no_db_row", False, file=view.files[0].rel)
+
+
+def projection_manual_step(thread_id: str, elsewhere: bool) -> str:
+    """What brings the turns of a paginated thread back, by why the projection lacks them."""
+    if elsewhere:
+        return ("point sqlite_home back at the folder whose thread_history_1.sqlite has this thread's rows "
+                "(the home's own copy has them)")
+    # CODEX-COMPAT: measured on 0.169.0 and 0.171.0: a rollout copied in from another machine
+    # (or made before the history DB) is listed, but thread/read returns no turns until one
+    # thread/resume rebuilds the projection from the rollout; the resume leaves the rollout
+    # byte for byte as it was, and no message needs to be sent. No row this tool could write
+    # does it: Codex builds the row itself when it lists, and a `legacy` history_mode on a
+    # rollout that says `paginated` makes thread/read fail ("list_turns is not supported yet").
+    return ("resume the thread once in Codex 0.169.0 or newer (`codex resume %s`, or open it to continue it): "
+            "Codex rebuilds its turns from the rollout; nothing needs to be sent, and the rollout is not changed"
+            % thread_id)
 
 
 def cwd_spelling_problem(cwd: str, home: Path) -> Optional[str]:
@@ -3722,8 +3741,9 @@ REASON_FIXES: Dict[str, str] = {
     "user_message_beyond_scan": "resume it by id (`codex resume ID`); newer Codex releases read further",
     "beyond_recent_window": "scroll or search in Codex, or pin the thread",
     "cwd_unmatchable": "`codex resume --all` lists it regardless of folder",
-    "history_projection_missing": "point sqlite_home back at the folder that holds thread_history_1.sqlite with this "
-                                  "thread's rows (evidence `elsewhere: true`: the home's own copy has them)",
+    "history_projection_missing": "the thread's evidence `manual_step`: resume it once in Codex (it rebuilds the turns "
+                                  "from the rollout), or, with `elsewhere: true`, point sqlite_home back at the folder "
+                                  "whose thread_history_1.sqlite has its rows",
 }
 
 
