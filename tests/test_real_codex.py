@@ -494,7 +494,7 @@ def test_restore_after_codex_only_listed_and_read_needs_no_force(real_home):
     assert home.listed() == []
 
 
-@pytest.mark.parametrize("version", ["0.169.0", "0.130.0"])
+@pytest.mark.parametrize("version", ["0.171.0", "0.169.0", "0.130.0"])
 def test_resuming_a_hidden_thread_does_not_move_it(real_home, version):
     """Codex 0.169.0 and 0.130.0, switch between two custom providers (the old one still
     defined): a plain thread/resume of a hidden thread continues it under the provider it
@@ -511,7 +511,7 @@ def test_resuming_a_hidden_thread_does_not_move_it(real_home, version):
         assert server.run_turn(thread_id, "a question after the switch")["status"] == "completed"
         assert server.listed_ids() == []
     with home.app_server() as server:
-        if version == "0.169.0":
+        if harness.at_least(version, "0.169.0"):
             with pytest.raises(harness.JsonRpcError) as refused:
                 server.request("thread/resume", {"threadId": thread_id, "modelProvider": OTHER_CUSTOM})
             assert "Cannot change this thread's model provider" in refused.value.error["message"]
@@ -538,7 +538,7 @@ def test_resuming_a_hidden_thread_does_not_move_it(real_home, version):
 # 3. Why the rollout must change too
 
 
-@pytest.mark.parametrize("version", ["0.169.0", "0.130.0"])
+@pytest.mark.parametrize("version", ["0.171.0", "0.169.0", "0.130.0"])
 def test_sqlite_only_provider_edit_is_reverted_by_the_listing(real_home, version):
     """Codex 0.169.0 and 0.130.0: after a switch openai -> custom, setting only
     threads.model_provider to the new provider (rollout untouched) does not bring a thread
@@ -694,7 +694,7 @@ def test_blank_first_user_message_hides_and_repair_user_events_brings_back_0_120
     assert (code, doc["changes"]) == (csr.EXIT_OK, 0)
 
 
-@pytest.mark.parametrize("version", ["0.169.0", "0.130.0"])
+@pytest.mark.parametrize("version", ["0.171.0", "0.169.0", "0.130.0"])
 def test_blank_preview_does_not_hide_from_the_default_listing_in_newer_releases(real_home, version):
     """Codex 0.169.0 and 0.130.0: blanking preview / first_user_message of a DB row
     (has_user_event is 0 on every real row anyway) does NOT hide the thread from the default
@@ -707,7 +707,7 @@ def test_blank_preview_does_not_hide_from_the_default_listing_in_newer_releases(
     listing shows the thread again."""
     home = real_home(version, "openai")
     blanked = home.interactive[0]
-    columns = "preview = '', first_user_message = ''" if version == "0.169.0" else "first_user_message = ''"
+    columns = "preview = '', first_user_message = ''" if harness.at_least(version, "0.169.0") else "first_user_message = ''"
     assert execute(home.state_db, "UPDATE threads SET %s, has_user_event = 0 WHERE id = ?" % columns,
                    (blanked,)) == 1
 
@@ -725,7 +725,7 @@ def test_blank_preview_does_not_hide_from_the_default_listing_in_newer_releases(
         assert sorted(item["id"] for item in listing) == sorted(home.interactive)
         assert next(i for i in listing if i["id"] == blanked)["preview"] == ALPHA_TEXTS[0]
         assert server.listed_ids(useStateDbOnly=True) == [home.interactive[1]]
-        if version == "0.169.0":
+        if harness.at_least(version, "0.169.0"):
             assert server.read_thread(blanked, include_turns=False)["preview"] == ""
     assert home.row(blanked, "first_user_message") == ("",)
 
@@ -741,7 +741,7 @@ def test_blank_preview_does_not_hide_from_the_default_listing_in_newer_releases(
 # 6. rebuild-index
 
 
-@pytest.mark.parametrize("version", ["0.169.0", "0.130.0"])
+@pytest.mark.parametrize("version", ["0.171.0", "0.169.0", "0.130.0"])
 def test_rebuild_index_drops_stale_entries_and_keeps_names(real_home, version):
     """Codex 0.169.0 (and 0.130.0, whose DB has no name column: the index is the only
     store of the name): a thread named with thread/name/set, plus a stale index line for a
