@@ -1672,6 +1672,9 @@ def projection_manual_step(thread_id: str, elsewhere: bool) -> str:
     # byte for byte as it was, and no message needs to be sent. No row this tool could write
     # does it: Codex builds the row itself when it lists, and a `legacy` history_mode on a
     # rollout that says `paginated` makes thread/read fail ("list_turns is not supported yet").
+    # Rewriting the rollout's own history_mode to `legacy` does make 0.169.0 read them, but it
+    # changes how Codex keeps that thread from then on; the resume changes nothing but the
+    # projection, so it is the step named here.
     return ("resume the thread once in Codex 0.169.0 or newer (`codex resume %s`, or open it to continue it): "
             "Codex rebuilds its turns from the rollout; nothing needs to be sent, and the rollout is not changed"
             % thread_id)
@@ -2108,8 +2111,8 @@ PROVIDER_LINE_MARKERS = (b'"session_meta"', b'"thread_settings_applied"')
 # Damage confined to lines a repair does not edit: a torn last line (a crash mid-append), NUL
 # padding, a line that is not JSON or not UTF-8, one too long to parse. A repair carries those
 # bytes over verbatim and refuses only when the line it would edit is one of them.
-# CODEX-COMPAT: 0.169.0 lists, reads and continues a thread whose last line is torn (on resume
-# it ends the fragment with a newline, then appends).
+# CODEX-COMPAT: 0.130.0, 0.169.0 and 0.171.0 list, read and continue a thread whose last line
+# is torn (0.169.0 and 0.171.0, on resume, end the fragment with a newline, then append).
 CARRIED_PROBLEMS = ("torn_line", "nul_bytes", "bad_json", "invalid_utf8", "oversized_line")
 
 
@@ -2741,7 +2744,7 @@ def preflight(inv: Inventory, plan: Plan, force: bool) -> None:
             raise refuse("%s lies outside CODEX_HOME" % db, None)
     compat = schema_compatibility(inv, plan)
     if compat and compat["changed"] and not force:
-        raise refuse("what this plan touches in the state DB (schema version %s) changed shape: %s" % (
+        raise refuse("what this plan touches changed shape (state DB schema version %s): %s" % (
             compat["schema_version"], "; ".join(compat["changed"][:5])), "--force")
     users = codex_users(inv.home, [d.path for d in inv.dbs] + [p for p in [history_db_path(inv)] if p])
     if plan.command == "repair-ui-state":
