@@ -2111,8 +2111,8 @@ PROVIDER_LINE_MARKERS = (b'"session_meta"', b'"thread_settings_applied"')
 # Damage confined to lines a repair does not edit: a torn last line (a crash mid-append), NUL
 # padding, a line that is not JSON or not UTF-8, one too long to parse. A repair carries those
 # bytes over verbatim and refuses only when the line it would edit is one of them.
-# CODEX-COMPAT: 0.130.0, 0.169.0 and 0.171.0 list, read and continue a thread whose last line
-# is torn (0.169.0 and 0.171.0, on resume, end the fragment with a newline, then append).
+# CODEX-COMPAT: 0.120.0, 0.130.0, 0.169.0 and 0.171.0 list, read and continue a thread whose
+# last line is torn (0.169.0 and 0.171.0, on resume, end the fragment with a newline, then append).
 CARRIED_PROBLEMS = ("torn_line", "nul_bytes", "bad_json", "invalid_utf8", "oversized_line")
 
 

@@ -652,7 +652,7 @@ class AppServer:
         whole listing comes back.
 
         CODEX-COMPAT: items have 17 keys in 0.120.0, 19 in 0.130.0
-        (``sessionId``, ``threadSource``) and 33 in 0.169.0 (``model``,
+        (``sessionId``, ``threadSource``) and 33 in 0.169.0 and 0.171.0 (``model``,
         ``historyMode``, ``recencyAt``, ``originator``, ...); ``id``,
         ``path``, ``preview``, ``source``, ``modelProvider``, ``cwd``,
         ``name`` are common to all.

@@ -943,7 +943,7 @@ def test_a_schema_newer_than_the_tool_knows_is_written_when_what_it_touches_is_u
 TORN = b'{"timestamp":"2026-12-01T00:00:00.000Z","type":"response_item","payload":{"type":"message","role":"assi'
 
 
-@pytest.mark.parametrize("version", ["0.171.0", "0.169.0", "0.130.0"])
+@pytest.mark.parametrize("version", ["0.171.0", "0.169.0", "0.130.0", "0.120.0"])
 def test_a_rollout_with_a_torn_last_line_is_repaired_and_continues(real_home, version):
     """A crash cut the last line of a rollout mid-object. diagnose reports it as information;
     repair-provider edits only the provider lines and carries the fragment verbatim; the real
@@ -1010,10 +1010,10 @@ def copied_in_home(real_home, version: str, tmp_path: Path) -> Tuple[RealHome, L
     return home, copied, data
 
 
-@pytest.mark.parametrize("version", ["0.171.0", "0.169.0", "0.130.0"])
+@pytest.mark.parametrize("version", ["0.171.0", "0.169.0", "0.130.0", "0.120.0"])
 def test_copied_in_rollouts_read_every_turn_after_the_step_diagnose_names(real_home, version, tmp_path):
-    """Rollouts copied in from another machine (no rows): 0.130.0 lists and reads them as they
-    are. 0.169.0 and 0.171.0 list them but thread/read returns no turns; no row helps (reindex
+    """Rollouts copied in from another machine (no rows): 0.130.0 and 0.120.0 list and read them
+    as they are. 0.169.0 and 0.171.0 list them but thread/read returns no turns; no row helps (reindex
     builds the rows: still no turns). diagnose says so (history_projection_missing, not the
     sqlite_home advice, which does not apply) and names the step that works: one resume, which
     rebuilds the turns and leaves the rollout byte for byte as it was."""
