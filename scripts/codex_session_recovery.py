@@ -1777,13 +1777,19 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
             for problem in info.problems:
                 counts[problem] = counts.get(problem, 0) + 1
         carried_only = all(set(i.problems) <= set(CARRIED_PROBLEMS) for i in damaged)
+        read_past = all(set(i.problems) <= set(READ_PAST_PROBLEMS) for i in damaged)
+        if read_past:
+            note = ("Codex skips these lines and still lists, reads and continues the thread; repairs edit "
+                    "only the lines they name and copy these bytes as they are")
+        elif carried_only:
+            note = ("repairs copy these bytes as they are, but a line that is not UTF-8 keeps its thread out "
+                    "of Codex's default list (it still opens by id: `codex resume ID`)")
+        else:
+            note = "repairs leave a rollout with these problems as it is"
         add("rollout_unreadable", files=len(damaged), problems=counts,
             examples=[{"path": i.rel, "problems": i.problems} for i in damaged[:5]],
-            kept_verbatim=carried_only,
-            note="Codex skips lines it cannot parse and still lists, reads and continues the thread; "
-                 "repairs edit only the lines they name and copy these bytes as they are"
-            if carried_only else "repairs leave a rollout with these problems as it is")
-        if carried_only:
+            kept_verbatim=carried_only, note=note)
+        if read_past:
             # Damage Codex reads past, and repairs carry: information, nothing to do.
             findings[-1]["severity"] = "info"
     stale = index_stale_ids(inv)
@@ -2114,6 +2120,11 @@ PROVIDER_LINE_MARKERS = (b'"session_meta"', b'"thread_settings_applied"')
 # CODEX-COMPAT: 0.120.0, 0.130.0, 0.169.0 and 0.171.0 list, read and continue a thread whose
 # last line is torn (0.169.0 and 0.171.0, on resume, end the fragment with a newline, then append).
 CARRIED_PROBLEMS = ("torn_line", "nul_bytes", "bad_json", "invalid_utf8", "oversized_line")
+# CODEX-COMPAT: of those, what 0.169.0 and 0.171.0 read past (the thread is listed, reads and
+# continues; measured): a torn last line, NUL padding or a line of NULs, a line that is not
+# JSON. A line that is not UTF-8 still reads and continues, but keeps the thread out of the
+# default listing (measured); an oversized line was not measured.
+READ_PAST_PROBLEMS = ("torn_line", "nul_bytes", "bad_json")
 
 
 def provider_line_edit(raw: bytes, thread_id: str, old: str, new: str) -> Optional[Tuple[bytes, str]]:

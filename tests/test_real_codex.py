@@ -987,6 +987,59 @@ def test_a_rollout_with_a_torn_last_line_is_repaired_and_continues(real_home, ve
         assert after[len(repaired):len(repaired) + 1] == b"\n"
 
 
+def _damage_in_place(spoil: Any) -> Any:
+    """Spoil the first world_state line (in the head diagnose reads) in place, keeping its
+    length, as a bad sector or a partial overwrite would: the history offsets stay true."""
+    def damage(data: bytes) -> bytes:
+        start = data.rfind(b"\n", 0, data.index(b'"world_state"')) + 1
+        end = data.index(b"\n", start)
+        spoilt = spoil(data[start:end])
+        assert len(spoilt) == end - start
+        return data[:start] + spoilt + data[end:]
+    return damage
+
+
+DAMAGE = {
+    "nul_padding": (lambda data: data + b"\x00" * 4096, "nul_bytes", True),
+    "nul_line": (_damage_in_place(lambda line: b"\x00" * len(line)), "nul_bytes", True),
+    "bad_json": (_damage_in_place(lambda line: line[:-1] + b" "), "bad_json", True),
+    "not_utf8": (_damage_in_place(lambda line: line[:20] + b"\xff\xfe" + line[22:]), "invalid_utf8", False),
+}
+
+
+@pytest.mark.parametrize("version", ["0.171.0", "0.169.0"])
+@pytest.mark.parametrize("kind", sorted(DAMAGE))
+def test_other_damage_is_carried_verbatim_and_codex_reads_the_thread(real_home, version, kind):
+    """NUL padding, a line of NULs, a line that is not JSON, a line that is not UTF-8: the
+    provider repair edits only its lines and copies the damage verbatim; the real release reads
+    every turn and continues the thread. It lists it too, except with a line that is not UTF-8
+    (measured on 0.169.0 and 0.171.0), which diagnose therefore keeps a warning."""
+    damage, problem, listed_by_default = DAMAGE[kind]
+    home = real_home(version, "openai")
+    home.switch_provider(CUSTOM)
+    damaged, other = home.interactive
+    path = home.rollout(damaged)
+    path.write_bytes(damage(path.read_bytes()))
+    original = path.read_bytes()
+    doc = diagnose_read_only(home, csr.EXIT_FINDINGS)
+    found = finding(doc, "rollout_unreadable")
+    assert problem in found["evidence"]["problems"] and found["evidence"]["files"] == 1, found
+    assert found["severity"] == ("info" if listed_by_default else "warning")
+    code, doc, _ = run_tool(home.home, "repair-provider", "--from", "openai", "--apply")
+    assert code == csr.EXIT_OK, doc
+    edit = next(a for a in doc["actions"] if a["kind"] == "rollout_edit" and a["thread_id"] == damaged)
+    assert problem in edit["kept_verbatim"]
+    assert path.read_bytes().replace(b'"model_provider":"%s"' % CUSTOM.encode(), b'"model_provider":"openai"').replace(
+        b'"model_provider_id":"%s"' % CUSTOM.encode(), b'"model_provider_id":"openai"') == original
+    history_offsets_on_line_starts(home, damaged)
+    with home.app_server() as server:
+        assert (damaged in server.listed_ids()) is listed_by_default
+        assert [user_texts(t) for t in server.read_thread(damaged)["turns"]] == [[t] for t in ALPHA_TEXTS]
+        server.resume_thread(damaged)
+        assert server.run_turn(damaged, "a question after the repair")["status"] == "completed"
+        assert len(server.read_thread(damaged)["turns"]) == 3
+
+
 # ---------------------------------------------------------------------------------------------
 # 11. Rollouts copied in from another machine
 
