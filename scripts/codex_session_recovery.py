@@ -2137,7 +2137,8 @@ CARRIED_PROBLEMS = ("torn_line", "nul_bytes", "bad_json", "invalid_utf8", "overs
 # CODEX-COMPAT: of those, what 0.169.0 and 0.171.0 read past (the thread is listed, reads and
 # continues; measured): a torn last line, NUL padding or a line of NULs, a line that is not
 # JSON. A line that is not UTF-8 still reads and continues, but keeps the thread out of the
-# default listing (measured); an oversized line was not measured.
+# default listing (measured; 0.130.0 and 0.120.0 cannot read such a thread at all); an
+# oversized line was not measured.
 READ_PAST_PROBLEMS = ("torn_line", "nul_bytes", "bad_json")
 
 
