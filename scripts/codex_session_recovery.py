@@ -1688,7 +1688,8 @@ def projection_manual_step(thread_id: str, elsewhere: bool) -> str:
     # rollout that says `paginated` makes thread/read fail ("list_turns is not supported yet").
     # Rewriting the rollout's own history_mode to `legacy` does make 0.169.0 read them, but it
     # changes how Codex keeps that thread from then on; the resume changes nothing but the
-    # projection, so it is the step named here.
+    # projection, so it is the step named here. (Measured through the app-server, which
+    # Desktop and the IDE run; the CLI's `codex resume` was not driven.)
     return ("resume the thread once in Codex 0.169.0 or newer (`codex resume %s`, or open it to continue it): "
             "Codex rebuilds its turns from the rollout; nothing needs to be sent, and the rollout is not changed"
             % thread_id)
