@@ -2484,8 +2484,9 @@ def misaligned_projection_offsets(inv: "Inventory") -> Dict[str, Dict[str, Any]]
     found: Dict[str, Dict[str, Any]] = {}
     for thread_id, rows in sorted(by_thread.items()):
         view = inv.threads.get(thread_id)
-        # Damaged lines do not move byte positions: only a file that cannot be read is passed over.
-        if view is None or view.primary is None or set(view.primary.problems) & {"compressed", "not_a_file", "unreadable"}:
+        # A torn last line leaves every earlier line where it was; other damage makes the
+        # ordinals of the lines uncertain, and such a rollout is left to the user.
+        if view is None or view.primary is None or set(view.primary.problems) - {"torn_line"}:
             continue
         offsets = sorted({row[c] for table, row in rows for _o, c, _e in PROJECTION_OFFSETS[table][1]
                           if isinstance(row.get(c), int)})
