@@ -35,21 +35,6 @@ def binary_of(version: str) -> str:
     return str(harness.require_release(version))
 
 
-def schema_of(home: RealHome) -> int:
-    import sqlite3
-    conn = sqlite3.connect(home.state_db.resolve().as_uri() + "?mode=ro", uri=True)
-    try:
-        return conn.execute("SELECT max(version) FROM _sqlx_migrations").fetchone()[0]
-    finally:
-        conn.close()
-
-
-def write_flags(home: RealHome) -> List[str]:
-    """--force where the home's schema is newer than the tool knows (0.171.0 migrates to 64):
-    the provider repair is measured to work there, the refusal is about the unknown schema."""
-    return ["--force"] if schema_of(home) > csr.KNOWN_SCHEMA_MAX else []
-
-
 def verify(home: RealHome, version: str, *args: str):
     code, doc, err = run_tool(home.home, *args, "--verify", "--codex-bin", binary_of(version))
     return code, doc, doc["verification"], err
@@ -78,7 +63,7 @@ def test_verify_equals_the_real_listing_before_and_after_apply(real_home, versio
 
     real_before = home.listed()
     assert sorted(check["listed_before"]) == sorted(real_before) == []
-    code, doc, _ = run_tool(home.home, "repair-provider", "--from", src, "--apply", *write_flags(home))
+    code, doc, _ = run_tool(home.home, "repair-provider", "--from", src, "--apply")
     assert code == csr.EXIT_OK, doc
     real_after = home.listed()
     assert sorted(check["listed_after"]) == sorted(real_after) == sorted(home.interactive)
@@ -87,8 +72,7 @@ def test_verify_equals_the_real_listing_before_and_after_apply(real_home, versio
     # After --apply --verify (a fresh copy of the switched home): the repaired home's copy.
     home = real_home(version, src)
     home.switch_provider(dst)
-    code, doc, check, err = verify(home, version, "repair-provider", "--from", src, "--apply",
-                                   *write_flags(home))
+    code, doc, check, err = verify(home, version, "repair-provider", "--from", src, "--apply")
     assert code == csr.EXIT_OK and doc["applied"] is True, (doc, err)
     assert check["status"] == "verified" and check["agrees"] is True, check
     assert check["listed_before"] == []
@@ -99,10 +83,10 @@ def test_verify_equals_the_real_listing_before_and_after_apply(real_home, versio
 def test_diagnose_verify_on_a_clean_home_agrees_and_keeps_exit_0(real_home, version):
     """diagnose --verify on an untouched home: Codex lists both interactive threads (the exec
     and the archived ones are hidden by design), as predicted; the exit code is diagnose's
-    own (0; 1 on 0.171.0 for its newer schema), no byte changed."""
+    own (0), no byte changed."""
     home = real_home(version, "openai")
     plain, _doc, _err = run_tool(home.home, "diagnose")
-    assert plain == (csr.EXIT_OK if schema_of(home) <= csr.KNOWN_SCHEMA_MAX else csr.EXIT_FINDINGS)
+    assert plain == csr.EXIT_OK
     before = snapshot(home.home)
     code, doc, check, err = verify(home, version, "diagnose")
     assert changed_files(before, snapshot(home.home)) == []
@@ -346,7 +330,7 @@ def test_verify_of_db_repairs_equals_the_real_listing(real_home, version, comman
     else:
         real_before = home.listed()
         assert sorted(check["listed_before"]) == sorted(real_before)
-    code, doc, _ = run_tool(home.home, command, "--apply", *write_flags(home))
+    code, doc, _ = run_tool(home.home, command, "--apply")
     assert code == csr.EXIT_OK, doc
     assert sorted(check["listed_after"]) == sorted(home.listed())
     # Measured with this very check: every release lists a row whose rollout_path is stale
