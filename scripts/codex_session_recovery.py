@@ -20,19 +20,21 @@ Safety contract:
 
 Exit codes (every command):
   0  clean, nothing to do, or the apply succeeded
-  1  findings, or changes pending in a dry run
+  1  findings, changes pending in a dry run, or (with --verify) your Codex lists otherwise than predicted
   2  usage error
   3  refused by a safety check (the message names the override, if any)
   4  apply failed (the output says whether the automatic restore worked)
 
 The file reads top to bottom: constants and errors; configuration (TOML) and discovery;
 readers for SQLite and rollouts; the inventory that joins them; pure checks that return
-findings; rendering; commands; the argument parser; main().
+findings; plans, safety, backups and the one writer; verification with the user's own Codex
+on a scratch copy; rendering; commands; the argument parser; main().
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -64,7 +66,7 @@ EXIT_APPLY_FAILED = 4
 # README.zh-CN.md and SKILL.md against it line by line.
 EXIT_CODES = (
     (EXIT_OK, "clean, nothing to do, or the apply succeeded"),
-    (EXIT_FINDINGS, "findings, or changes pending in a dry run"),
+    (EXIT_FINDINGS, "findings, changes pending in a dry run, or (with --verify) your Codex lists otherwise than predicted"),
     (EXIT_USAGE, "usage error"),
     (EXIT_REFUSED, "refused by a safety check (the message names the override, if any)"),
     (EXIT_APPLY_FAILED, "apply failed (the output says whether the automatic restore worked)"),
@@ -435,7 +437,10 @@ def to_millis(value: Any) -> Optional[int]:
 def iso_from_millis(millis: Optional[int]) -> Optional[str]:
     if millis is None:
         return None
-    stamp = _dt.datetime.fromtimestamp(millis / 1000, _dt.timezone.utc)
+    try:
+        stamp = _dt.datetime.fromtimestamp(millis / 1000, _dt.timezone.utc)
+    except (OverflowError, ValueError, OSError):
+        return None  # a stored value past year 9999: no date to show
     return stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -538,6 +543,51 @@ def same_rollout(stored: str, info: "RolloutInfo") -> bool:
     return False
 
 
+def open_regular(path: Path) -> Any:
+    """Open a file for reading only if it is a regular file: O_NONBLOCK so a FIFO cannot block
+    the open, and fstat on the opened descriptor (not the name) so nothing can be swapped in."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(str(path), flags)
+    try:
+        import stat as _stat
+        if not _stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFile("%s is not a regular file" % path)
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return open(fd, "rb")
+
+
+class NotRegularFile(OSError):
+    pass
+
+
+MAX_CONFIG_BYTES = 16 * 1024 * 1024  # config.toml, NAME.config.toml
+MAX_STATE_BYTES = 256 * 1024 * 1024  # .codex-global-state.json (large with prompt history)
+
+
+def read_small_file(path: Path, limit: int) -> bytes:
+    """A whole file that is meant to be small, read only if it is a regular file and only up to
+    `limit` bytes: a FIFO or /dev/zero in its place is an error, never a hang or a MemoryError."""
+    parts, size = [], 0
+    with open_regular(path) as handle:
+        # In chunks: read(limit) would set aside `limit` bytes even for a small file.
+        for chunk in iter(lambda: handle.read(READ_CHUNK), b""):
+            size += len(chunk)
+            if size > limit:
+                raise OSError("%s is larger than %d MiB" % (path.name, limit >> 20))
+            parts.append(chunk)
+    return b"".join(parts)
+
+
+def json_text_bytes(text: str) -> bytes:
+    """JSON text as UTF-8. A lone surrogate (JSON allows "\\ud800"; UTF-8 cannot hold it) can
+    only sit inside a string, where its backslash escape is the same JSON value."""
+    return text.encode("utf-8", "backslashreplace")
+
+
 def short(text: str, limit: int = 80) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit - 1] + "…"
@@ -582,6 +632,9 @@ class Config:
         self.sqlite_home: Optional[str] = None
         self.problems: List[Dict[str, Any]] = []
         self.files_read: List[str] = []
+        # config.toml exists but does not parse: Codex will not start, and which provider it
+        # would make active cannot be told (not "the default").
+        self.provider_unknown = False
 
     def set_provider(self, provider: str, origin: str) -> None:
         self.provider, self.provider_source, self.provider_is_default = provider, origin, False
@@ -591,7 +644,7 @@ class Config:
 
     def as_json(self) -> Dict[str, Any]:
         return {
-            "active_provider": self.provider,
+            "active_provider": None if self.provider_unknown else self.provider,
             "provider_source": self.provider_source,
             "profile": self.profile,
             "configured_providers": sorted(self.configured_providers),
@@ -602,7 +655,7 @@ class Config:
 
 def _read_toml_file(path: Path, config: Config) -> Optional[Dict[str, Any]]:
     try:
-        data = path.read_bytes()
+        data = read_small_file(path, MAX_CONFIG_BYTES)
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -628,6 +681,10 @@ def load_config(home: Path, profile: Optional[str]) -> Config:
     """
     config = Config()
     base = _read_toml_file(home / "config.toml", config) or {}
+    if any(p["code"] in ("config_unparsable", "config_unreadable") for p in config.problems):
+        config.provider_unknown = True
+        config.provider_source = "unknown: config.toml cannot be %s, and Codex will not start with it" % (
+            "parsed" if config.problems[0]["code"] == "config_unparsable" else "read")
     providers = base.get("model_providers")
     if isinstance(providers, dict):
         config.configured_providers.extend(k for k, v in providers.items() if isinstance(v, dict))
@@ -802,6 +859,15 @@ def open_db_readonly(path: Path) -> sqlite3.Connection:
     nothing. When the folder cannot take the `-shm` index SQLite needs (a read-only home),
     a private copy is read instead."""
     wal = Path(str(path) + "-wal")
+    if has_hot_journal(path):
+        # immutable=1 would ignore the journal and read half-written pages as "malformed"; a
+        # read-only open cannot roll it back. SQLite rolls it back on a private copy instead.
+        try:
+            conn = _open_private_copy(path)
+        except OSError as exc:
+            raise sqlite3.OperationalError("unable to read %s: %s" % (path.name, exc.strerror or exc)) from None
+        conn.row_factory = sqlite3.Row
+        return conn
     query = "?mode=ro" if wal.exists() else "?mode=ro&immutable=1"
     try:
         conn = sqlite3.connect(path.resolve().as_uri() + query, uri=True, timeout=5.0)
@@ -809,14 +875,30 @@ def open_db_readonly(path: Path) -> sqlite3.Connection:
     except sqlite3.OperationalError as exc:
         if "unable to open" not in str(exc) and "readonly" not in str(exc):
             raise
-        conn = _open_private_copy(path)
+        try:
+            conn = _open_private_copy(path)
+        except OSError as again:  # a directory or a FIFO named like a DB
+            raise sqlite3.OperationalError("unable to open %s: %s" % (path.name, again.strerror or again)) from None
     conn.row_factory = sqlite3.Row
     return conn
 
 
+JOURNAL_MAGIC = b"\xd9\xd5\x05\xf9\x20\xa1\x63\xd7"
+
+
+def has_hot_journal(path: Path) -> bool:
+    """A rollback journal left by a crash mid-transaction (a non-WAL DB): it exists and its
+    header is not zeroed (a committed PERSIST journal has a zeroed header, TRUNCATE none)."""
+    try:
+        with open_regular(Path(str(path) + "-journal")) as handle:
+            return handle.read(len(JOURNAL_MAGIC)) == JOURNAL_MAGIC
+    except OSError:
+        return False
+
+
 def _open_private_copy(path: Path) -> sqlite3.Connection:
     folder = Path(tempfile.mkdtemp(prefix="csr-read-"))
-    for suffix in ("", "-wal"):
+    for suffix in ("", "-wal", "-journal"):
         source = Path(str(path) + suffix)
         if source.exists():
             shutil.copyfile(str(source), str(folder / (path.name + suffix)))
@@ -847,7 +929,8 @@ def schema_version(conn: sqlite3.Connection) -> Optional[int]:
 
 
 # CODEX-COMPAT: the first 12 hex digits of each state DB migration's SHA-384 checksum, as the
-# real releases 0.120.0, 0.130.0 and 0.169.0 recorded them (identical in all three). Builds that
+# real releases 0.120.0, 0.130.0, 0.169.0 and 0.171.0 recorded them (identical in all four;
+# 63 "session model ids" and 64 "thread listing indexes" are 0.171.0's). Builds that
 # embed the migration files with CRLF line endings (Windows) record other checksums, and a build
 # with LF files then refuses the DB ("migration N was previously applied but has been modified").
 MIGRATION_CHECKSUMS = dict(
@@ -862,9 +945,49 @@ MIGRATION_CHECKSUMS = dict(
         "43:605128e722bd,44:5d29223bd1ca,45:a7fadc8caea8,46:63addf6115c3,47:1ae117e4ab40,48:9d298333f752,"
         "49:faf45c392bb8,50:d2802e96f5fc,51:23360a03a7fc,52:071e96313d40,53:e86ef7ccbcc8,54:e62a9977d99c,"
         "55:6daadc5527b3,56:5de44fac5505,57:729562c57bfa,58:68467af3ce1f,59:4297dffb4fb3,60:d7f0cf0a69fa,"
-        "61:4a8337048bb9,62:dab8b7c8390f").split(",")))
+        "61:4a8337048bb9,62:dab8b7c8390f,63:dffdc4b9759f,64:a6862d0af07f").split(",")))
 # CODEX-COMPAT: builds of mid-June 2026 applied the recency migration (39) as version 38.
 MIGRATION_ALIASES = {38: (MIGRATION_CHECKSUMS[39],)}
+# The newest state DB migration of a release this tool was checked against.
+NEWEST_CHECKED_SCHEMA = max(MIGRATION_CHECKSUMS)
+
+# CODEX-COMPAT: the declared type of every column a repair reads as a key or guard, or writes,
+# in the tables it writes, as the real releases 0.120.0-0.171.0 created them. No column
+# changed type across those releases; columns only came with releases, and planners use only
+# the ones present. With the triggers below, this is what compatibility is judged by: a newer
+# schema on which everything a plan touches still has this shape is written to (and said so);
+# one where it does not is refused. The version number alone decides nothing.
+def _column_types(text: str, integers: str, booleans: str = "") -> Dict[str, str]:
+    """Every column of `text` is TEXT unless listed in `integers` or `booleans`."""
+    kinds = dict.fromkeys(integers.split(), "INTEGER")
+    kinds.update(dict.fromkeys(booleans.split(), "BOOLEAN"))
+    return {c: kinds.get(c, "TEXT") for c in text.split()}
+
+
+KNOWN_COLUMN_TYPES: Dict[str, Dict[str, str]] = {
+    "threads": _column_types(
+        "id rollout_path created_at updated_at source model_provider cwd title sandbox_policy approval_mode "
+        "tokens_used has_user_event archived archived_at git_sha git_branch git_origin_url cli_version "
+        "first_user_message agent_nickname agent_role memory_mode model reasoning_effort agent_path "
+        "created_at_ms updated_at_ms thread_source preview recency_at recency_at_ms history_mode name is_pinned "
+        "thread_section_id section_position section_entered_at_ms project_id originator daybreak_enabled "
+        "creator_user_id creator_account_id attached_thread_parent_id",
+        integers="created_at updated_at tokens_used has_user_event archived archived_at created_at_ms "
+                 "updated_at_ms recency_at recency_at_ms is_pinned section_position section_entered_at_ms",
+        booleans="daybreak_enabled"),
+    "thread_turns": _column_types("thread_id turn_id rollout_byte_offset rollout_end_byte_offset",
+                                  integers="rollout_byte_offset rollout_end_byte_offset"),
+    "thread_history_projection_state": _column_types("thread_id next_rollout_byte_offset",
+                                                     integers="next_rollout_byte_offset"),
+}
+# CODEX-COMPAT: triggers on those tables in 0.130.0-0.171.0 (0.120.0 has none): name and the
+# first 12 hex digits of the SHA-256 of their SQL with whitespace collapsed. A trigger can make
+# a guarded one-row UPDATE change other rows or tables, so a new or changed one is a change of shape.
+KNOWN_TRIGGERS = {
+    "threads_created_at_ms_after_insert": "586126949b44", "threads_updated_at_ms_after_insert": "6f880f1cc919",
+    "threads_created_at_ms_after_update": "5a54826b36da", "threads_updated_at_ms_after_update": "9de2de92b354",
+    "threads_recency_at_after_insert": "44e9dd026465", "thread_realtime_items_projection_cleanup": "8d92986886e4",
+}
 
 
 def probe_state_db(db: StateDb) -> None:
@@ -1042,14 +1165,16 @@ class RolloutInfo:
         return self.evidence_kind is not None
 
 
-def iter_rollout_files(home: Path, temps: Optional[List[Path]] = None) -> Iterator[Path]:
+def iter_rollout_files(home: Path, temps: Optional[List[Path]] = None,
+                       errors: Optional[List[str]] = None) -> Iterator[Path]:
     """Every rollout under sessions/ (any depth: pre-July-2025 files are flat) and
     archived_sessions/, as Path objects (see iter_rollout_entries)."""
-    for path, _is_file in iter_rollout_entries(home, temps):
+    for path, _is_file in iter_rollout_entries(home, temps, errors):
         yield Path(path)
 
 
-def iter_rollout_entries(home: Path, temps: Optional[List[Path]] = None) -> Iterator[Tuple[str, bool]]:
+def iter_rollout_entries(home: Path, temps: Optional[List[Path]] = None,
+                         errors: Optional[List[str]] = None) -> Iterator[Tuple[str, bool]]:
     """(path, is a regular file) of every rollout under sessions/ and archived_sessions/, in
     sorted order. Symlinked folders are read (a synced tree may be linked in); writes through
     them are refused later, in preflight. One os.scandir per folder: the entry's type comes with
@@ -1059,10 +1184,11 @@ def iter_rollout_entries(home: Path, temps: Optional[List[Path]] = None) -> Iter
         if not os.path.isdir(root):
             continue
         seen: set = set()
-        yield from _walk_rollouts(root, seen, temps)
+        yield from _walk_rollouts(root, seen, temps, errors)
 
 
-def _walk_rollouts(folder: str, seen: set, temps: Optional[List[Path]]) -> Iterator[Tuple[str, bool]]:
+def _walk_rollouts(folder: str, seen: set, temps: Optional[List[Path]],
+                   errors: Optional[List[str]]) -> Iterator[Tuple[str, bool]]:
     real = os.path.realpath(folder)
     if real in seen:  # a link loop, or two links to one folder
         return
@@ -1070,7 +1196,9 @@ def _walk_rollouts(folder: str, seen: set, temps: Optional[List[Path]]) -> Itera
     try:
         with os.scandir(folder) as listing:
             entries = sorted(listing, key=lambda e: e.name)
-    except OSError:
+    except OSError as exc:
+        if errors is not None:  # as os.walk's onerror: the folder that could not be listed
+            errors.append(exc.filename or str(exc))
         return
     folders = []
     for entry in entries:
@@ -1082,7 +1210,7 @@ def _walk_rollouts(folder: str, seen: set, temps: Optional[List[Path]]) -> Itera
         elif temps is not None and TEMP_MARKER in name:
             temps.append(Path(entry.path))
     for sub in folders:  # os.walk's order: a folder's files, then its subfolders, sorted
-        yield from _walk_rollouts(sub, seen, temps)
+        yield from _walk_rollouts(sub, seen, temps, errors)
 
 
 def _entry_is_file(entry: Any) -> bool:
@@ -1468,7 +1596,7 @@ def _scan_deep(info: RolloutInfo, path: Path) -> RolloutInfo:
         info.scanned_to_end = True
         return info
     try:
-        handle = open(str(path), "rb")
+        handle = open_regular(path)
     except OSError:
         info.problems.append("unreadable")
         return info
@@ -1592,17 +1720,30 @@ def _take_first_line(info: RolloutInfo, record: Dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
 def read_session_index(home: Path) -> Dict[str, Any]:
     path = home / "session_index.jsonl"
     result: Dict[str, Any] = {"present": path.is_file(), "entries": 0, "bad_lines": 0, "names": {}}
     if not result["present"]:
         return result
     names: Dict[str, str] = {}
-    with open(str(path), "rb") as handle:
+    try:
+        handle = open_regular(path)
+    except OSError as exc:
+        # Unreadable is not empty: nothing may be rebuilt from what could not be read.
+        result["error"] = exc.strerror or str(exc)
+        return result
+    with handle:
+        first = True
         while True:
             raw, oversized = read_line_bounded(handle)
             if not raw and not oversized:
                 break
+            if first and raw.startswith(UTF8_BOM):
+                raw = raw[len(UTF8_BOM):]  # an editor's byte-order mark: the line is still an entry
+            first = False
             if oversized or not raw.strip():
                 result["bad_lines"] += int(oversized)
                 continue
@@ -1640,7 +1781,7 @@ def read_global_state(home: Path) -> Dict[str, Any]:
     if not result["present"]:
         return result
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        data = json.loads(read_small_file(path, MAX_STATE_BYTES).decode("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         result["error"] = short(str(exc), 120)
         return result
@@ -1721,11 +1862,25 @@ class ThreadView:
         return self.files[0]
 
     def row_rollout_exists(self) -> bool:
-        """The row's rollout_path names an existing file (in any spelling Codex may have used)."""
+        """The row's rollout_path names an existing file (in any spelling Codex may have used),
+        or one that cannot be checked: only "no such file" proves a conversation gone."""
+        return self.row_rollout_state() != "missing"
+
+    def row_rollout_state(self) -> str:
+        """"exists", "missing" (ENOENT: proven gone) or "unreadable" (a permission or I/O error)."""
         stored = str((self.row or {}).get("rollout_path") or "")
         if not stored:
-            return False
-        return any(same_rollout(stored, f) for f in self.files) or os.path.isfile(stored)
+            return "missing"
+        if any(same_rollout(stored, f) for f in self.files):
+            return "exists"
+        try:
+            found = os.stat(stored)
+        except (FileNotFoundError, NotADirectoryError):
+            return "missing"
+        except (OSError, ValueError):
+            return "unreadable" if not is_windows_path(stored) or os.name == "nt" else "missing"
+        import stat as _stat
+        return "exists" if _stat.S_ISREG(found.st_mode) else "missing"
 
     @property
     def db_provider(self) -> Optional[str]:
@@ -1790,10 +1945,12 @@ class Inventory:
         elif self.live_db is not None:
             self.db_error = self.live_db.error
         self.temp_files: List[Path] = [home / n for n in sorted(os.listdir(str(home))) if TEMP_MARKER in n]
+        self.unreadable_folders: List[str] = []
         # A rollout's path string is the one its row already holds, when they are spelled alike.
         paths = {p: p for p in (r.get("rollout_path") for r in self.rows.values()) if isinstance(p, str)}
         self.rollouts = [scan_rollout(paths.get(path, path), home, deep, is_file, keep_text) for path, is_file in
-                         progress(iter_rollout_entries(home, self.temp_files), "reading rollouts")]
+                         progress(iter_rollout_entries(home, self.temp_files, self.unreadable_folders),
+                                  "reading rollouts")]
         del paths
         self.index = read_session_index(home)
         self.global_state = read_global_state(home)
@@ -1801,6 +1958,7 @@ class Inventory:
         self.threads = self._join()
         self.release = self._newest_release()
         self.projected_ids, self.other_projected_ids = self._projected_ids()
+        self.misaligned_offsets = misaligned_projection_offsets(self)
 
     def _projected_ids(self) -> Tuple[Optional[set], set]:
         """Threads that have rows in the history projection Codex uses (beside the live DB),
@@ -1889,6 +2047,8 @@ REASONS: Dict[str, Tuple[str, str]] = {
                                       "(hides it from every list in 0.120-era Codex; newer Codex still leaves it out of "
                                       "DB-only listings and shows no preview)"),
     "rollout_missing": ("warning", "the DB row points at a rollout file that does not exist"),
+    "rollout_inaccessible": ("warning", "the DB row's rollout cannot be checked (a permission or I/O error): "
+                                        "unreadable is not missing, so the row is never pruned"),
     "rollout_path_stale": ("warning", "the DB row's rollout_path is wrong; the file exists elsewhere in the home"),
     "no_db_row": ("warning", "the rollout has no row in the state DB"),
     "archive_flag_mismatch": ("warning", "the DB archived flag disagrees with where the file lives"),
@@ -1899,7 +2059,8 @@ REASONS: Dict[str, Tuple[str, str]] = {
     "user_message_beyond_scan": ("info", "the first user message lies past the head lines Codex's file listing reads (10 + 200)"),
     "beyond_recent_window": ("info", "listed, but past the ~50 most recent threads Desktop's sidebar loads; scroll, search or pin it"),
     "history_projection_missing": ("warning", "a paginated thread has no rows in the history projection beside the "
-                                              "live DB: it is listed, but opens with no turns (0.169.0 after sqlite_home moved)"),
+                                              "live DB: it is listed, but opens with no turns until Codex rebuilds them "
+                                              "(0.169.0+: a rollout copied in from another machine, or a sqlite_home that moved)"),
     "cwd_unmatchable": ("info", "the stored cwd cannot match a project folder (\\\\?\\ prefix, trailing separator, /mnt/C, removed worktree); use `codex resume --all`"),
 }
 
@@ -1908,7 +2069,8 @@ HOME_FINDINGS: Dict[str, Tuple[str, str]] = {
     "state_db_unreadable": ("error", "the live state DB cannot be read"),
     "backfill_incomplete": ("warning", "the state DB backfill is not complete; Codex may ignore the DB"),
     "state_db_corrupt": ("error", "the live state DB fails SQLite's integrity check"),
-    "schema_newer": ("warning", "the state DB was migrated by a Codex newer than this tool knows; an older Codex on this home fails"),
+    "schema_newer": ("warning", "the state DB was migrated by a Codex newer than any release this tool was checked against; "
+                                "repairs write where what they touch kept its shape (an older Codex on this home fails)"),
     "migration_checksum_drift": ("error", "migration checksums differ from the released ones (Windows CRLF vs LF builds): Codex refuses the DB"),
     "config_unparsable": ("error", "config.toml cannot be parsed; Codex will not start with it"),
     "config_unreadable": ("error", "config.toml cannot be read"),
@@ -1919,11 +2081,17 @@ HOME_FINDINGS: Dict[str, Tuple[str, str]] = {
     "rollout_unreadable": ("warning", "rollout files with unreadable lines or an unknown layout"),
     "index_stale": ("warning", "session_index.jsonl names threads whose rollout no longer exists"),
     "index_bad_lines": ("warning", "session_index.jsonl has lines that are not index entries"),
+    "index_unreadable": ("warning", "session_index.jsonl cannot be read (a permission or I/O error)"),
     "ui_state_unreadable": ("warning", ".codex-global-state.json is not a JSON object"),
     "sidebar_filtered": ("warning", "Desktop's sidebar is narrowed (collapsed groups or sections, a workspace filter, a non-recent sort)"),
     "index_missing_names": ("warning", "threads named in the state DB have no session_index.jsonl entry; `codex exec resume NAME` cannot find them"),
     "leftover_temp_files": ("info", "copies left by an interrupted run of this tool (the originals are intact)"),
+    "partial_backups": ("info", "backup folders without a manifest, left by a run killed before it wrote anything"),
     "duplicate_thread_id": ("warning", "one thread id is carried by more than one rollout file"),
+    "sessions_folder_unreadable": ("warning", "folders under sessions/ or archived_sessions/ cannot be listed "
+                                              "(permissions, I/O errors): their conversations are not seen"),
+    "history_offsets_misaligned": ("error", "history projection offsets (thread_history_1.sqlite) do not fall on line "
+                                            "starts of the rollout: Codex reads those turns from the wrong bytes"),
 }
 
 
@@ -1992,6 +2160,13 @@ def preview_rederived(release: Tuple[int, ...]) -> bool:
     return bool(release) and release >= (0, 131, 0)
 
 
+def beyond_scan_hides(release: Tuple[int, ...]) -> bool:
+    # CODEX-COMPAT: measured with --verify (a real rollout whose first user message was pushed
+    # 230 lines down, its DB row intact): 0.130.0, 0.169.0 and 0.171.0 leave the thread out
+    # of the default thread/list; 0.120.0 lists it.
+    return not release or release >= (0, 130, 0)
+
+
 def check_thread(view: ThreadView, inv: Inventory) -> None:
     active = inv.config.provider
     row = view.row
@@ -2007,7 +2182,7 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
         add_reason(view, "source_filtered", True, source=view.source)
     rollout_provider = view.rollout_provider or (DEFAULT_PROVIDER if view.primary and view.primary.meta else None)
     providers = {p for p in (view.db_provider, rollout_provider) if p}
-    if providers and providers != {active}:
+    if providers and providers != {active} and not inv.config.provider_unknown:
         add_reason(view, "provider_mismatch", True, db=view.db_provider,
                    rollout=view.rollout_provider, active=active)
     if not view.has_evidence and (view.primary is None or view.primary.scanned_to_end):
@@ -2022,7 +2197,8 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
             add_reason(view, "user_event_missing", user_event_gate_hides(inv.release), column=gate,
                        evidence_kind=view.primary.evidence_kind, evidence_line=view.primary.evidence_line)
     if view.primary is not None and (view.primary.evidence_line or 0) > HEAD_SCAN_LINES:
-        add_reason(view, "user_message_beyond_scan", False, line=view.primary.evidence_line, window=HEAD_SCAN_LINES)
+        add_reason(view, "user_message_beyond_scan", beyond_scan_hides(inv.release), line=view.primary.evidence_line,
+                   window=HEAD_SCAN_LINES)
     if view.primary is not None and view.primary.evidence_kind == "attachment":
         gate = inv.gate_column()
         gate_blank = row is None or not gate or not row.get("has_" + gate, row.get(gate))
@@ -2033,21 +2209,50 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
     paginated = (row or {}).get("history_mode") == "paginated" or (
         view.primary is not None and view.primary.meta.get("history_mode") == "paginated")
     if paginated and inv.projected_ids is not None and view.id not in inv.projected_ids and view.files:
-        add_reason(view, "history_projection_missing", False, elsewhere=view.id in inv.other_projected_ids)
+        elsewhere = view.id in inv.other_projected_ids
+        add_reason(view, "history_projection_missing", False, elsewhere=elsewhere,
+                   manual_step=projection_manual_step(view.id, elsewhere))
     if row is not None:
         path = str(row.get("rollout_path") or "")
-        exists = view.row_rollout_exists()
+        state = view.row_rollout_state()
+        exists = state == "exists"
         # A copied or moved home keeps rows that point into the old one: the file Codex would
         # read is not this home's.
         elsewhere = exists and not is_windows_path(path) and not inside_home(os.path.abspath(path), inv.home) \
             and not any(os.path.realpath(path) == os.path.realpath(f.file) for f in view.files)
         if (not exists or elsewhere) and view.files:
-            add_reason(view, "rollout_path_stale", not exists, rollout_path=path, found=view.files[0].rel,
+            # CODEX-COMPAT: measured with --verify on 0.120.0, 0.130.0, 0.169.0 and 0.171.0: a row
+            # whose rollout_path names no file is still listed by default when the file is in
+            # sessions/ (the listing's file scan finds it and repairs the row); in
+            # archived_sessions/ it is hidden as archived. Stale metadata, not a hiding reason.
+            add_reason(view, "rollout_path_stale", False, rollout_path=path, found=view.files[0].rel,
                        outside_home=elsewhere)
+        elif state == "unreadable":
+            add_reason(view, "rollout_inaccessible", False, rollout_path=path)
         elif not exists:
             add_reason(view, "rollout_missing", True, rollout_path=path)
     elif inv.has_db and view.files:
         add_reason(view, "no_db_row", False, file=view.files[0].rel)
+
+
+def projection_manual_step(thread_id: str, elsewhere: bool) -> str:
+    """What brings the turns of a paginated thread back, by why the projection lacks them."""
+    if elsewhere:
+        return ("point sqlite_home back at the folder whose thread_history_1.sqlite has this thread's rows "
+                "(the home's own copy has them)")
+    # CODEX-COMPAT: measured on 0.169.0 and 0.171.0: a rollout copied in from another machine
+    # (or made before the history DB) is listed, but thread/read returns no turns until one
+    # thread/resume rebuilds the projection from the rollout; the resume leaves the rollout
+    # byte for byte as it was, and no message needs to be sent. No row this tool could write
+    # does it: Codex builds the row itself when it lists, and a `legacy` history_mode on a
+    # rollout that says `paginated` makes thread/read fail ("list_turns is not supported yet").
+    # Rewriting the rollout's own history_mode to `legacy` does make 0.169.0 read them, but it
+    # changes how Codex keeps that thread from then on; the resume changes nothing but the
+    # projection, so it is the step named here. (Measured through the app-server, which
+    # Desktop and the IDE run; the CLI's `codex resume` was not driven.)
+    return ("resume the thread once in Codex 0.169.0 or newer (`codex resume %s`, or open it to continue it): "
+            "Codex rebuilds its turns from the rollout; nothing needs to be sent, and the rollout is not changed"
+            % thread_id)
 
 
 def cwd_spelling_problem(cwd: str, home: Path) -> Optional[str]:
@@ -2104,9 +2309,20 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
     if live is not None and live.error is None:
         if live.integrity not in (None, "ok"):
             add("state_db_corrupt", path=display_path(live.path, inv.home), quick_check=short(str(live.integrity), 160))
-        if (live.schema_version or 0) > KNOWN_SCHEMA_MAX:
-            add("schema_newer", schema_version=live.schema_version, known_max=KNOWN_SCHEMA_MAX,
-                manual_step="run the newest Codex everywhere this home is used; writes need --force")
+        if (live.schema_version or 0) > NEWEST_CHECKED_SCHEMA:
+            compat = schema_compatibility(inv) or {"unchanged": False, "changed": [], "unchecked_migrations": []}
+            if compat["unchanged"]:
+                add("schema_newer", schema_version=live.schema_version, known_max=NEWEST_CHECKED_SCHEMA,
+                    migrations=compat["unchecked_migrations"], unchanged=True,
+                    note="what the repairs read and write has the shape of the releases checked: they write as usual; "
+                         "an older Codex cannot open this home, so run the newest one everywhere it is used")
+                # Nothing to do about it: information, not a warning.
+                findings[-1]["severity"] = "info"
+            else:
+                add("schema_newer", schema_version=live.schema_version, known_max=NEWEST_CHECKED_SCHEMA,
+                    migrations=compat["unchecked_migrations"], unchanged=False, changed=compat["changed"][:10],
+                    manual_step="what the repairs touch changed shape, so their writes are refused unless --force: "
+                                "use a release of this tool checked against this Codex")
         if live.checksum_drift:
             add("migration_checksum_drift", versions=live.checksum_drift[:10], count=len(live.checksum_drift),
                 crlf=1 in live.checksum_drift,
@@ -2116,7 +2332,7 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
             last_watermark=inv.backfill.get("last_watermark"), stale=backfill_stale(inv.backfill),
             manual_step="a backfill still within its 15-minute lease may be running: start Codex once and "
                         "let it finish; a stale one (stale: true) is what rebuild-db is for")
-    if not inv.config.knows_provider(inv.config.provider):
+    if not inv.config.provider_unknown and not inv.config.knows_provider(inv.config.provider):
         add("active_provider_not_configured", provider=inv.config.provider,
             manual_step="add [model_providers.%s] to config.toml: Codex cannot start a thread without it"
                         % inv.config.provider)
@@ -2129,14 +2345,28 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
         add("provider_not_configured", provider=provider, threads=count,
             manual_step="add a [model_providers.%s] table to config.toml, or move the threads "
                         "with repair-provider" % provider)
-    damaged = [i for i in inv.rollouts if set(i.problems) - {"bom"} or "bom" in i.problems]
+    damaged = [i for i in inv.rollouts if i.problems]
     if damaged:
         counts: Dict[str, int] = {}
         for info in damaged:
             for problem in info.problems:
                 counts[problem] = counts.get(problem, 0) + 1
+        carried_only = all(set(i.problems) <= set(CARRIED_PROBLEMS) for i in damaged)
+        read_past = all(set(i.problems) <= set(READ_PAST_PROBLEMS) for i in damaged)
+        if read_past:
+            note = ("Codex skips these lines and still lists, reads and continues the thread; repairs edit "
+                    "only the lines they name and copy these bytes as they are")
+        elif carried_only:
+            note = ("repairs copy these bytes as they are, but a line that is not UTF-8 keeps its thread out "
+                    "of Codex's default list (it still opens by id: `codex resume ID`)")
+        else:
+            note = "repairs leave a rollout with these problems as it is"
         add("rollout_unreadable", files=len(damaged), problems=counts,
-            examples=[i.rel for i in damaged[:5]])
+            examples=[{"path": i.rel, "problems": i.problems} for i in damaged[:5]],
+            kept_verbatim=carried_only, note=note)
+        if read_past:
+            # Damage Codex reads past, and repairs carry: information, nothing to do.
+            findings[-1]["severity"] = "info"
     stale = index_stale_ids(inv)
     if stale:
         add("index_stale", entries=len(stale), thread_ids=stale)
@@ -2145,16 +2375,32 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
         add("index_missing_names", thread_ids=unnamed)
     if inv.index["bad_lines"]:
         add("index_bad_lines", lines=inv.index["bad_lines"])
+    if inv.index.get("error"):
+        add("index_unreadable", error=inv.index["error"],
+            manual_step="fix the file's permissions (or the disk); rebuild-index leaves it alone until then")
     if inv.global_state["error"]:
         add("ui_state_unreadable", error=inv.global_state["error"])
     if inv.global_state.get("sidebar_reset"):
         add("sidebar_filtered", keys=inv.global_state["sidebar_reset"])
+    partial = [b["name"] for b in list_backups(inv.home) if b["partial"]] if (inv.home / BACKUP_DIR_NAME).is_dir() else []
+    if partial:
+        add("partial_backups", folders=partial[:10], count=len(partial),
+            manual_step="the next --apply of any repair removes them (they hold no change to the home)")
     if inv.temp_files:
         add("leftover_temp_files", files=[display_path(p, inv.home) for p in inv.temp_files[:10]],
             count=len(inv.temp_files), manual_step="the next --apply of any repair removes them")
     dupes = sorted(v.id for v in inv.threads.values() if len(v.files) > 1)
     if dupes:
         add("duplicate_thread_id", thread_ids=dupes)
+    if inv.unreadable_folders:
+        add("sessions_folder_unreadable", folders=[display_path(Path(p), inv.home) for p in inv.unreadable_folders[:10]],
+            count=len(inv.unreadable_folders), manual_step="fix the folders' permissions (or the disk); until "
+            "then reindex --prune-missing prunes nothing")
+    if inv.misaligned_offsets:
+        add("history_offsets_misaligned", thread_ids=sorted(inv.misaligned_offsets),
+            offsets=sum(e["off_line_start"] for e in inv.misaligned_offsets.values()),
+            manual_step="run the repair-provider command again (an interrupted run leaves them): it realigns "
+                        "them from each line's ordinal")
     return findings
 
 
@@ -2311,9 +2557,6 @@ def thread_entry(view: ThreadView, verbose: bool) -> Dict[str, Any]:
 # rollout edits, guarded SQL updates and whole-file writes; apply_plan() is the one writer.
 # ---------------------------------------------------------------------------------------------
 
-# CODEX-COMPAT: the newest state DB migration measured (0.169.0). A newer one means a Codex
-# release this tool has not been checked against: writes are refused unless --force.
-KNOWN_SCHEMA_MAX = 62
 BACKUP_DIR_NAME = "recovery-backups"
 
 
@@ -2332,6 +2575,11 @@ class RolloutEdit:
         # plan of thousands of edits stays small. Offsets are into the file as planned.
         self.replacements: List[Tuple[int, int, bytes]] = []
         self.encrypted_reasoning = False
+        # (st_dev, st_ino) of the file that was read: a file replaced since is not this one.
+        self.identity: Optional[Tuple[int, int]] = None
+        self.skip_reason: Optional[str] = None
+        # Damage the read found in lines this edit does not touch; they are copied as they are.
+        self.kept_verbatim: List[str] = []
 
     @property
     def deltas(self) -> List[Tuple[int, int, int]]:
@@ -2342,8 +2590,11 @@ class RolloutEdit:
         return offset + sum(delta for start, length, delta in self.deltas if start + length <= offset)
 
     def as_json(self, home: Path) -> Dict[str, Any]:
-        return {"kind": "rollout_edit", "thread_id": self.thread_id, "path": display_path(self.path, home),
-                "changes": self.changes, "bytes_delta": sum(d for _s, _l, d in self.deltas)}
+        doc = {"kind": "rollout_edit", "thread_id": self.thread_id, "path": display_path(self.path, home),
+               "changes": self.changes, "bytes_delta": sum(d for _s, _l, d in self.deltas)}
+        if self.kept_verbatim:
+            doc["kept_verbatim"] = self.kept_verbatim
+        return doc
 
 
 TEXT_COLUMNS = ("title", "first_user_message", "preview", "name")
@@ -2402,19 +2653,21 @@ class Plan:
         self.sql: List[SqlChange] = []
         self.file_writes: List[FileWrite] = []
         self.moves: List[Path] = []  # files moved whole into the backup folder (never deleted)
+        self.restores: List["RestoreAction"] = []  # entries of a verified backup to put back
         self.warnings: List[str] = []
         self.skipped: List[Dict[str, Any]] = []
         self.notes: Dict[str, Any] = {}
 
     @property
     def change_count(self) -> int:
-        return len(self.rollout_edits) + len(self.sql) + len(self.file_writes) + len(self.moves)
+        return len(self.rollout_edits) + len(self.sql) + len(self.file_writes) + len(self.moves) + len(self.restores)
 
     def touched_dbs(self) -> List[Path]:
-        return sorted({c.db for c in self.sql}, key=str)
+        return sorted({c.db for c in self.sql} | {r.target for r in self.restores if r.kind == "restore_db"}, key=str)
 
     def touched_files(self) -> List[Path]:
-        return [e.path for e in self.rollout_edits] + [w.path for w in self.file_writes] + list(self.moves)
+        return ([e.path for e in self.rollout_edits] + [w.path for w in self.file_writes] + list(self.moves)
+                + [r.target for r in self.restores if r.kind != "restore_db"])
 
     def plan_id(self, home: Path) -> str:
         """A digest of exactly what would change: the dry run prints it, and `--apply
@@ -2442,11 +2695,13 @@ class Plan:
             yield write.as_json(home)
         for path in self.moves:
             yield {"kind": "move_to_backup", "path": display_path(path, home)}
+        for restore in self.restores:
+            yield restore.as_json(home)
 
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(str(path), "rb") as handle:
+    with open_regular(path) as handle:
         for chunk in iter(lambda: handle.read(READ_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -2478,6 +2733,18 @@ def split_line_ending(raw: bytes) -> Tuple[bytes, bytes]:
 
 
 PROVIDER_LINE_MARKERS = (b'"session_meta"', b'"thread_settings_applied"')
+# Damage confined to lines a repair does not edit: a torn last line (a crash mid-append), NUL
+# padding, a line that is not JSON or not UTF-8, one too long to parse. A repair carries those
+# bytes over verbatim and refuses only when the line it would edit is one of them.
+# CODEX-COMPAT: 0.120.0, 0.130.0, 0.169.0 and 0.171.0 list, read and continue a thread whose
+# last line is torn (0.169.0 and 0.171.0, on resume, end the fragment with a newline, then append).
+CARRIED_PROBLEMS = ("torn_line", "nul_bytes", "bad_json", "invalid_utf8", "oversized_line")
+# CODEX-COMPAT: of those, what 0.169.0 and 0.171.0 read past (the thread is listed, reads and
+# continues; measured): a torn last line, NUL padding or a line of NULs, a line that is not
+# JSON. A line that is not UTF-8 still reads and continues, but keeps the thread out of the
+# default listing (measured; 0.130.0 and 0.120.0 cannot read such a thread at all); an
+# oversized line was not measured.
+READ_PAST_PROBLEMS = ("torn_line", "nul_bytes", "bad_json")
 
 
 def provider_line_edit(raw: bytes, thread_id: str, old: str, new: str) -> Optional[Tuple[bytes, str]]:
@@ -2490,6 +2757,11 @@ def provider_line_edit(raw: bytes, thread_id: str, old: str, new: str) -> Option
     try:
         record = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
+        if ending and json.dumps(old).encode() in body:
+            # A damaged line that may be one to edit: refuse rather than leave it stale. A torn
+            # last fragment (no line ending) is no record to Codex: it is carried as it is.
+            raise PlanError("%s: a line naming provider %s cannot be read; the rollout is left as it is"
+                            % (thread_id, old)) from None
         return None
     payload = record.get("payload") if isinstance(record, dict) else None
     if not isinstance(payload, dict):
@@ -2525,7 +2797,7 @@ def plan_rollout_edit(path: Path, thread_id: str, line_edit: Any,
     that contain one of `needles` (only those can change). Nothing is written here."""
     edit = RolloutEdit(path, thread_id)
     digest = hashlib.sha256()
-    with open(str(path), "rb") as handle:
+    with open_regular(path) as handle:
         for line_no, offset, raw in iter_marked_lines(handle, needles, digest, edit):
             result = line_edit(raw)
             if result is not None:
@@ -2533,6 +2805,8 @@ def plan_rollout_edit(path: Path, thread_id: str, line_edit: Any,
                 edit.changes.append({"line": line_no, "field": field})
                 edit.replacements.append(changed_span(offset, raw, new_raw))
     edit.fingerprint = file_fingerprint(path, digest.hexdigest())
+    stat = path.stat()
+    edit.identity = (stat.st_dev, stat.st_ino)
     return edit
 
 
@@ -2672,16 +2946,24 @@ class ProjectionOffsets:
 
 
 def projection_offsets(inv: "Inventory") -> Optional[ProjectionOffsets]:
-    """The inventory's ProjectionOffsets, opened on first use; None without a projection DB."""
+    """The inventory's ProjectionOffsets, opened on first use; None without a projection DB.
+    A projection that cannot be read raises PlanError for every thread that needs it: its
+    offsets cannot be kept true, so the rollout is not rewritten."""
     if not hasattr(inv, "_projection_offsets"):
         db_path = history_db_path(inv)
-        inv._projection_offsets = ProjectionOffsets(db_path) if db_path is not None else None
+        try:
+            inv._projection_offsets = ProjectionOffsets(db_path) if db_path is not None else None
+        except sqlite3.Error as exc:
+            inv._projection_offsets = PlanError("%s cannot be read (%s); the rollout is left as it is"
+                                                % (db_path.name, short(str(exc), 80)))
+    if isinstance(inv._projection_offsets, PlanError):
+        raise PlanError(str(inv._projection_offsets))
     return inv._projection_offsets
 
 
 def close_plan_readers(inv: "Inventory") -> None:
     reader = getattr(inv, "_projection_offsets", None)
-    if reader is not None:
+    if isinstance(reader, ProjectionOffsets):
         reader.close()
 
 
@@ -2693,8 +2975,8 @@ def resolve_target_provider(inv: Inventory, requested: str, source_provider: str
     broken = [p["code"] for p in inv.config.problems if p["code"] in ("config_unparsable", "config_unreadable",
                                                                        "profile_missing")]
     if broken:
-        raise UsageError("--to auto cannot tell the active provider: %s; name it with --to PROVIDER"
-                         % ", ".join(broken))
+        raise refuse("--to auto cannot tell the active provider (%s); fix config.toml, or name the provider "
+                     "with --to PROVIDER" % ", ".join(broken), None)
     if not inv.config.provider_is_default:
         return inv.config.provider, inv.config.provider_source
     latest = latest_interactive_thread(inv)
@@ -2730,6 +3012,7 @@ def plan_provider_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
                 edit = plan_rollout_edit(view.primary.path, view.id, lambda raw, v=view: provider_line_edit(
                     raw, v.id, args.from_provider, target), PROVIDER_LINE_MARKERS)
                 encrypted += int(edit.encrypted_reasoning)
+                edit.kept_verbatim = [p for p in view.primary.problems if p in CARRIED_PROBLEMS]
                 if edit.changes:
                     plan.rollout_edits.append(edit)
                     plan.sql.extend(plan_projection_shift(inv, edit))
@@ -2739,6 +3022,8 @@ def plan_provider_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
         if view.row is not None and view.db_provider == args.from_provider:
             plan.sql.append(SqlChange(inv.live_db.path, "threads", {"id": view.id}, {"model_provider": target},
                                       expect={"model_provider": args.from_provider}, thread_id=view.id))
+    # A run killed between replacing a rollout and updating the projection left offsets behind.
+    plan_offset_realignment(inv, plan, {e.thread_id for e in plan.rollout_edits})
     if encrypted:
         plan.warnings.append("%d moved thread(s) carry encrypted reasoning (encrypted_content); it may not "
                              "verify under another provider or account, and resuming can fail until the "
@@ -2751,9 +3036,12 @@ def provider_repair_blocker(view: ThreadView) -> Optional[str]:
     if view.primary is None:
         # Codex re-derives the provider from the rollout: a DB-only edit would be reverted.
         return "no rollout file found for this thread; nothing durable to change"
-    if view.primary.problems:
-        # A damaged rollout is never rewritten: its bytes stay exactly as they are.
-        return "rollout has unreadable parts (%s); it is left as it is" % ", ".join(view.primary.problems)
+    blocking = [p for p in view.primary.problems if p not in CARRIED_PROBLEMS]
+    if blocking:
+        return "rollout has unreadable parts (%s); it is left as it is" % ", ".join(blocking)
+    if not view.primary.meta:
+        # The line to edit is the unreadable one: a partial edit would leave Codex a mixed record.
+        return "its session_meta line cannot be read; it is left as it is"
     if len(view.files) > 1:
         return "thread id carried by %d rollout files; resolve the duplicate first" % len(view.files)
     if any(r["code"] == "rollout_path_stale" for r in view.reasons):
@@ -2763,7 +3051,7 @@ def provider_repair_blocker(view: ThreadView) -> Optional[str]:
 
 def full_first_user_text(path: Path) -> Optional[str]:
     """The complete first user message of a rollout, read as a stream up to that line."""
-    with open(str(path), "rb") as handle:
+    with open_regular(path) as handle:
         line_no = 0
         for raw in iter(lambda: handle.readline(MAX_LINE_BYTES), b""):
             line_no += 1
@@ -2815,6 +3103,22 @@ SIDEBAR_RESET = {
 }
 
 
+class NonFiniteNumber(ValueError):
+    pass
+
+
+def finite_float(text: str) -> float:
+    """json.loads reads 1e999 as inf, and json.dumps would write it as `Infinity` (not JSON)."""
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise NonFiniteNumber(text)
+    return value
+
+
+def no_constant(text: str) -> Any:
+    raise NonFiniteNumber(text)  # NaN, Infinity, -Infinity: not JSON
+
+
 def sidebar_changes(atoms: Dict[str, Any]) -> Dict[str, Tuple[Any, Any]]:
     return {k: (atoms[k], v) for k, v in SIDEBAR_RESET.items() if k in atoms and atoms[k] != v}
 
@@ -2824,9 +3128,17 @@ def plan_ui_state_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
     path = inv.home / ".codex-global-state.json"
     if not path.is_file():
         return plan
-    raw = path.read_bytes()
     try:
-        data = json.loads(raw.decode("utf-8"))
+        raw = read_small_file(path, MAX_STATE_BYTES)
+    except OSError as exc:
+        plan.skipped.append({"path": path.name, "reason": "cannot be read (%s); it is left as it is" % short(str(exc), 100)})
+        return plan
+    try:
+        data = json.loads(raw.decode("utf-8"), parse_float=finite_float, parse_constant=no_constant)
+    except NonFiniteNumber as exc:
+        plan.skipped.append({"path": path.name, "reason": "it holds the number %s, which JSON cannot write back "
+                             "unchanged; it is left as it is" % short(str(exc), 40)})
+        return plan
     except (UnicodeDecodeError, ValueError):
         plan.skipped.append({"path": path.name, "reason": "not JSON; Codex Desktop rewrites it on its next exit"})
         return plan
@@ -2840,8 +3152,8 @@ def plan_ui_state_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
         atoms[key] = new
     indent = 2 if b"\n " in raw else None
     separators = (",", ": ") if indent else (",", ":")
-    text = json.dumps(data, indent=indent, separators=separators, ensure_ascii=False)
-    data_out = text.encode("utf-8") + (b"\n" if raw.endswith(b"\n") else b"")
+    text = json.dumps(data, indent=indent, separators=separators, ensure_ascii=False, allow_nan=False)
+    data_out = json_text_bytes(text) + (b"\n" if raw.endswith(b"\n") else b"")
     plan.file_writes.append(FileWrite(path, data_out, {"reset": sorted(changes)}))
     return plan
 
@@ -2868,6 +3180,9 @@ def index_missing_name_ids(inv: Inventory) -> List[str]:
 def plan_index_rebuild(inv: Inventory, args: argparse.Namespace) -> Plan:
     plan = Plan("rebuild-index")
     path = inv.home / "session_index.jsonl"
+    if inv.index.get("error"):
+        plan.skipped.append({"path": path.name, "reason": "cannot be read (%s); it is left as it is" % inv.index["error"]})
+        return plan
     stale = set(index_stale_ids(inv))
     missing = index_missing_name_ids(inv)
     if not stale and not missing and not inv.index["bad_lines"]:
@@ -2886,7 +3201,7 @@ def plan_index_rebuild(inv: Inventory, args: argparse.Namespace) -> Plan:
         latest[thread_id] = {"id": thread_id, "thread_name": view.row["name"],
                              "updated_at": iso_from_millis(view.updated_ms)}
     ordered = sorted(latest.values(), key=lambda e: str(e.get("updated_at") or ""))
-    data = b"".join(json.dumps(e, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n" for e in ordered)
+    data = b"".join(json_text_bytes(json.dumps(e, separators=(",", ":"), ensure_ascii=False)) + b"\n" for e in ordered)
     plan.file_writes.append(FileWrite(path, data, {
         "entries_before": inv.index["entries"], "entries_after": len(ordered), "dropped_stale": len(stale),
         "dropped_bad_lines": inv.index["bad_lines"], "added_from_db_names": len(missing)}))
@@ -2895,8 +3210,10 @@ def plan_index_rebuild(inv: Inventory, args: argparse.Namespace) -> Plan:
 
 def read_index_entries(path: Path) -> List[Dict[str, Any]]:
     entries = []
-    with open(str(path), "rb") as handle:
-        for raw in iter(lambda: handle.readline(MAX_LINE_BYTES), b""):
+    with open_regular(path) as handle:
+        for number, raw in enumerate(iter(lambda: handle.readline(MAX_LINE_BYTES), b"")):
+            if number == 0 and raw.startswith(UTF8_BOM):
+                raw = raw[len(UTF8_BOM):]
             try:
                 entry = json.loads(raw.decode("utf-8"))
             except (UnicodeDecodeError, ValueError):
@@ -2924,7 +3241,7 @@ def plan_reindex(inv: Inventory, args: argparse.Namespace) -> Plan:
             continue
         if "no_db_row" in codes:
             blocker = set(view.primary.problems) & {"id_mismatch", "legacy_format", "compressed", "unreadable",
-                                                    "first_line_not_session_meta", "empty_file"}
+                                                    "first_line_not_session_meta", "empty_file", "not_a_file"}
             if blocker:
                 plan.skipped.append({"thread_id": view.id, "reason": "rollout cannot be indexed: %s" % ", ".join(sorted(blocker))})
                 continue
@@ -2940,7 +3257,10 @@ def plan_reindex(inv: Inventory, args: argparse.Namespace) -> Plan:
             if values:
                 plan.sql.append(SqlChange(db.path, "threads", {"id": view.id}, values, thread_id=view.id))
         elif "rollout_missing" in codes:
-            if args.prune_missing:
+            if args.prune_missing and inv.unreadable_folders:
+                plan.skipped.append({"thread_id": view.id, "reason": "not pruned: %d folder(s) under sessions/ "
+                                     "cannot be read, so no rollout can be proven gone" % len(inv.unreadable_folders)})
+            elif args.prune_missing:
                 plan.sql.append(SqlChange(db.path, "threads", {"id": view.id}, {}, thread_id=view.id, op="delete"))
             else:
                 plan.skipped.append({"thread_id": view.id, "reason": "its rollout is gone; the row is kept "
@@ -2996,7 +3316,10 @@ def iso_to_millis(text: Any) -> Optional[int]:
         return None
     parts = [int(g) for g in match.groups()[:6]]
     fraction = (match.group(7) or "0")[:3].ljust(3, "0")
-    stamp = _dt.datetime(*parts, tzinfo=_dt.timezone.utc)
+    try:
+        stamp = _dt.datetime(*parts, tzinfo=_dt.timezone.utc)
+    except ValueError:
+        return None  # month 13, second 99: not a time; the file's mtime is used instead
     return int(stamp.timestamp()) * 1000 + int(fraction)
 
 
@@ -3018,8 +3341,134 @@ def plan_rebuild_db(inv: Inventory, args: argparse.Namespace) -> Plan:
                                 "the folders; pins and DB-only settings are not rebuilt)"})
     if inv.has_db:
         plan.file_writes.extend(plan_index_rebuild(inv, args).file_writes)
-    plan.moves = [Path(str(db.path) + suffix) for suffix in ("", "-wal", "-shm") if Path(str(db.path) + suffix).exists()]
+    # A DB never leaves without its -journal: a hot one holds the pages a crash left half-written.
+    plan.moves = [Path(str(db.path) + suffix) for suffix in ("", "-wal", "-shm", "-journal")
+                  if Path(str(db.path) + suffix).exists()]
     return plan
+
+
+# ---------------------------------------------------------------------------------------------
+# Compatibility, judged by what a plan touches: the tables, columns, types and triggers it
+# reads as keys and guards or writes, and the released migrations' checksums. A schema newer
+# than any release checked is written to when all of that is unchanged, and the output says so.
+# ---------------------------------------------------------------------------------------------
+
+
+def plan_touches(plan: Plan) -> Dict[Path, Dict[str, set]]:
+    """DB -> table -> the columns the plan's SQL names (keys, guards, values)."""
+    touched: Dict[Path, Dict[str, set]] = {}
+    for change in plan.sql:
+        columns = touched.setdefault(change.db, {}).setdefault(change.table, set())
+        columns.update(change.key, change.expect, change.values)
+    return touched
+
+
+def repairs_touch(inv: Inventory) -> Dict[Path, Dict[str, set]]:
+    """What any repair may touch in this home's DBs: the known columns each known table has."""
+    touched: Dict[Path, Dict[str, set]] = {}
+    if inv.live_db is not None:
+        touched[inv.live_db.path] = {"threads": set(inv.live_db.columns) & set(KNOWN_COLUMN_TYPES["threads"])}
+    history = history_db_path(inv)
+    if history is not None:
+        try:
+            conn = open_db_readonly(history)
+            try:
+                touched[history] = {t: set(table_columns(conn, t)) & set(KNOWN_COLUMN_TYPES[t])
+                                    for t in ("thread_turns", "thread_history_projection_state")}
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            touched[history] = {}
+    return touched
+
+
+def trigger_digest(sql: str) -> str:
+    return hashlib.sha256(" ".join(str(sql).split()).encode("utf-8")).hexdigest()[:12]
+
+
+def shape_changes(db: Path, tables: Dict[str, set]) -> List[str]:
+    """How the named tables and columns of `db` differ from the shape the checked releases made."""
+    try:
+        conn = open_db_readonly(db)
+    except sqlite3.Error as exc:
+        return ["%s cannot be read (%s)" % (db.name, short(str(exc), 80))]
+    changes: List[str] = []
+    try:
+        for table, columns in sorted(tables.items()):
+            known = KNOWN_COLUMN_TYPES.get(table, {})
+            live = {row[1]: str(row[2] or "").upper() for row in conn.execute("PRAGMA table_info(%s)" % table)}
+            if not live:
+                changes.append("table %s is missing" % table)
+                continue
+            for column in sorted(columns):
+                if column not in known:
+                    changes.append("%s.%s is not a column of the releases checked" % (table, column))
+                elif column not in live:
+                    changes.append("%s.%s is missing" % (table, column))
+                elif live[column] != known[column]:
+                    changes.append("%s.%s is %s, was %s" % (table, column, live[column] or "untyped", known[column]))
+            for name, sql in conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?",
+                                          (table,)):
+                if KNOWN_TRIGGERS.get(name) != trigger_digest(sql):
+                    changes.append("trigger %s on %s is %s" % (name, table, "changed" if name in KNOWN_TRIGGERS else "new"))
+    except sqlite3.Error as exc:
+        changes.append("%s cannot be read (%s)" % (db.name, short(str(exc), 80)))
+    finally:
+        conn.close()
+    return changes
+
+
+def applied_migrations(db: StateDb) -> Dict[int, str]:
+    """Version -> description of every migration recorded in the state DB."""
+    try:
+        conn = open_db_readonly(db.path)
+        try:
+            if not table_exists(conn, "_sqlx_migrations"):
+                return {}
+            return {int(v): str(d) for v, d in conn.execute("SELECT version, description FROM _sqlx_migrations")}
+        finally:
+            conn.close()
+    except (sqlite3.Error, ValueError, TypeError):
+        return {}
+
+
+def schema_compatibility(inv: Inventory, plan: Optional[Plan] = None) -> Optional[Dict[str, Any]]:
+    """Whether what `plan` touches (without a plan: what any repair may touch) has the shape it
+    has in the releases this tool was checked against. None without a readable state DB."""
+    live = inv.live_db
+    if live is None or live.error is not None:
+        return None
+    touched = plan_touches(plan) if plan is not None else repairs_touch(inv)
+    migrations = applied_migrations(live)
+    newer = (live.schema_version or 0) > NEWEST_CHECKED_SCHEMA
+    changed: List[str] = []
+    for db, tables in sorted(touched.items(), key=lambda kv: str(kv[0])):
+        if newer and NEWEST_CHECKED_SCHEMA in migrations:
+            # Planners leave out columns a schema lacks (older releases had fewer). Past the
+            # newest release checked, a known column that is gone was dropped or renamed, and a
+            # plan built without it (offsets not shifted, say) would be incomplete.
+            tables = {t: set(cs) | set(KNOWN_COLUMN_TYPES.get(t, {})) for t, cs in tables.items()}
+        changed.extend(shape_changes(db, tables))
+    if live.path in touched and live.checksum_drift:
+        changed.append("released migration(s) %s carry other checksums" % ", ".join(map(str, live.checksum_drift[:5])))
+    return {"schema_version": live.schema_version, "newest_checked": NEWEST_CHECKED_SCHEMA, "newer": newer,
+            "unchecked_migrations": ["%d %s" % (v, d) for v, d in sorted(migrations.items()) if v > NEWEST_CHECKED_SCHEMA],
+            "touches": sorted("%s.%s" % (t, c) for tables in touched.values() for t, cs in tables.items() for c in cs)
+            if plan is not None else sorted(t for tables in touched.values() for t in tables),
+            "changed": changed, "unchanged": not changed}
+
+
+def compatibility_line(compat: Optional[Dict[str, Any]]) -> Optional[str]:
+    """The sentence a newer or changed schema earns in the output; None when there is nothing to say."""
+    if not compat or (not compat["newer"] and compat["unchanged"]):
+        return None
+    version = "state DB schema %s" % compat["schema_version"]
+    if compat["newer"]:
+        version += " (newer than %d, the newest checked: %s)" % (
+            compat["newest_checked"], "; ".join(compat["unchecked_migrations"]) or "unknown migrations")
+    if compat["unchanged"]:
+        return "%s; what this touches is unchanged, so writing is safe" % version
+    return "%s; what this touches changed shape: %s" % (version, "; ".join(compat["changed"][:5]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -3038,9 +3487,10 @@ def preflight(inv: Inventory, plan: Plan, force: bool) -> None:
     for db in plan.touched_dbs():
         if not is_within(Path(os.path.realpath(str(db))), inv.home) and not is_configured_sqlite_home(db, inv):
             raise refuse("%s lies outside CODEX_HOME" % db, None)
-    if inv.live_db is not None and (inv.live_db.schema_version or 0) > KNOWN_SCHEMA_MAX and not force:
-        raise refuse("the state DB has schema version %s, newer than the newest this tool was checked "
-                     "against (%d)" % (inv.live_db.schema_version, KNOWN_SCHEMA_MAX), "--force")
+    compat = schema_compatibility(inv, plan)
+    if compat and compat["changed"] and not force:
+        raise refuse("what this plan touches changed shape (state DB schema version %s): %s" % (
+            compat["schema_version"], "; ".join(compat["changed"][:5])), "--force")
     users = codex_users(inv.home, [d.path for d in inv.dbs] + [p for p in [history_db_path(inv)] if p])
     if plan.command == "repair-ui-state":
         # Desktop rewrites .codex-global-state.json when it exits, undoing an edit made while it runs.
@@ -3242,10 +3692,18 @@ class ToolLock:
         self.handle: Any = None
 
     def __enter__(self) -> "ToolLock":
+        folder = self.path.parent
+        check_backup_root(folder)
         try:
-            self.path.parent.mkdir(mode=0o700, exist_ok=True)
-            self.handle = open(str(self.path), "a+b")
+            folder.mkdir(mode=0o700, exist_ok=True)
+            check_backup_root(folder)
+            fd = os.open(str(self.path), os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
+                         | getattr(os, "O_NONBLOCK", 0), 0o600)
+            self.handle = os.fdopen(fd, "a+b")
         except OSError as exc:
+            if os.path.islink(str(self.path)):
+                raise refuse("%s is a symlink; the lock is never followed out of the home" % display_path(
+                    self.path, self.path.parent.parent), None) from None
             raise refuse("cannot create %s (%s): the home is not writable" % (
                 self.path.parent, exc.strerror or exc), None) from None
         try:
@@ -3276,8 +3734,18 @@ def _time_ns() -> int:
     return time.time_ns()
 
 
+def check_backup_root(folder: Path) -> None:
+    """recovery-backups/ is a real folder of the home: a symlink would send the copies (the
+    conversations) elsewhere, a file in its place is not a folder to write into."""
+    if os.path.islink(str(folder)):
+        raise refuse("%s is a symlink; backups are never written outside the home" % folder.name, None)
+    if os.path.lexists(str(folder)) and not folder.is_dir():
+        raise refuse("%s exists and is not a folder; move it away so backups can be made" % folder, None)
+
+
 def make_backup_dir(home: Path, command: str) -> Path:
     root = home / BACKUP_DIR_NAME
+    check_backup_root(root)
     root.mkdir(mode=0o700, exist_ok=True)
     stamp = utc_now().strftime("%Y%m%dT%H%M%SZ")
     for n in range(1000):
@@ -3429,44 +3897,155 @@ def atomic_copy(source: Path, path: Path, mode: Optional[int], mtime_ns: Optiona
             tmp.unlink()
 
 
+class RestoreAction:
+    """Put one entry of a verified backup back: a file (or its absence) or a whole DB."""
+
+    def __init__(self, entry: Dict[str, Any], target: Path, payload: Optional[Path]) -> None:
+        self.entry, self.target, self.payload = entry, target, payload
+
+    @property
+    def kind(self) -> str:
+        if self.entry["kind"] == "sqlite":
+            return "restore_db"
+        return "restore_file" if self.entry.get("existed", True) else "remove"
+
+    def needed(self) -> bool:
+        """False when the target already is what the backup holds (nothing to put back)."""
+        if self.kind == "restore_db":
+            return current_db_digest(self.target) != self.entry.get("digest_before")
+        if self.kind == "remove":
+            return os.path.lexists(str(self.target))
+        return current_sha256(self.target) != self.entry.get("sha256_before")
+
+    def intent(self) -> Dict[str, Any]:
+        if self.kind == "restore_db":
+            return {"path": self.entry["path"], "digest_after": self.entry.get("digest_before")}
+        return {"path": self.entry["path"], "sha256_after": self.entry.get("sha256_before")}
+
+    def apply(self) -> None:
+        if self.kind == "restore_db":
+            restore_database(self.payload, self.target, self.entry)
+        elif self.kind == "remove":
+            if os.path.lexists(str(self.target)):
+                self.target.unlink()
+        else:
+            atomic_copy(self.payload, self.target, self.entry.get("mode"), self.entry.get("mtime_ns"))
+
+    def verify(self) -> None:
+        if self.needed():
+            raise ApplyError("%s is not what the backup holds after putting it back" % self.entry["path"])
+
+    def as_json(self, home: Path) -> Dict[str, Any]:
+        return {"kind": self.kind, "path": self.entry["path"]}
+
+
+def current_sha256(path: Path) -> Optional[str]:
+    try:
+        return sha256_file(path)
+    except FileNotFoundError:
+        return None
+
+
+def current_db_digest(path: Path) -> Optional[str]:
+    try:
+        conn = open_db_readonly(path)
+        try:
+            return db_digest(conn)
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+
+
+def verified_restore_actions(folder: Path, manifest: Dict[str, Any], home: Path,
+                             allowed_db_dirs: Sequence[Path] = ()) -> List[RestoreAction]:
+    """Every entry of a backup, checked before anything is written: a path relative to the home
+    that stays inside it and passes no symlink (a DB may also sit in a configured sqlite_home),
+    a payload inside the backup folder that is a regular file, and a payload whose SHA-256 (for a
+    DB, the digest of its content) is the one the manifest recorded. Any failure refuses the
+    whole restore: a backup that does not verify is not trusted in part."""
+    actions = []
+    for number, entry in enumerate(manifest["entries"]):
+        if not isinstance(entry, dict) or entry.get("kind") not in ("file", "sqlite") or not isinstance(
+                entry.get("path"), str) or not entry["path"]:
+            raise refuse("entry %d of %s/manifest.json is not an entry this tool writes" % (number, folder.name), None)
+        target = restore_target(entry, home, allowed_db_dirs)
+        payload = None
+        if entry["kind"] == "sqlite" or entry.get("existed", True):
+            payload = restore_payload(entry, folder)
+            if entry["kind"] == "sqlite":
+                digest = current_db_digest(payload)
+                if digest is None or digest != entry.get("digest_before"):
+                    raise refuse("the backup copy of %s does not match its manifest (the backup was changed "
+                                 "or damaged)" % entry["path"], None)
+            elif sha256_file(payload) != entry.get("sha256_before"):
+                raise refuse("the backup copy of %s does not match its manifest's SHA-256 (the backup was "
+                             "changed or damaged)" % entry["path"], None)
+        actions.append(RestoreAction(entry, target, payload))
+    return actions
+
+
+def restore_target(entry: Dict[str, Any], home: Path, allowed_db_dirs: Sequence[Path]) -> Path:
+    text = entry["path"]
+    path = Path(text)
+    if path.is_absolute() or is_windows_path(text):
+        if entry["kind"] == "sqlite" and STATE_DB_RE.match(path.name) and path.parent in allowed_db_dirs:
+            return path  # a state DB in the configured sqlite_home, outside the home
+        raise refuse("the backup names %s, an absolute path; a backup of this tool names paths inside the home"
+                     % text, None)
+    if ".." in path.parts or not is_within(Path(os.path.normpath(str(home / path))), home):
+        raise refuse("the backup names %s, which leaves CODEX_HOME" % text, None)
+    check_inside_home(home / path, home)
+    return home / path
+
+
+def restore_payload(entry: Dict[str, Any], folder: Path) -> Path:
+    text = entry.get("backup")
+    files = folder / "files"
+    if not isinstance(text, str) or not text or Path(text).is_absolute() or ".." in Path(text).parts:
+        raise refuse("the backup entry for %s names no copy inside the backup folder" % entry["path"], None)
+    payload = folder / text
+    current = payload
+    while current != folder and is_within(current, folder):
+        if current.is_symlink():
+            raise refuse("the backup copy of %s is reached through a symlink" % entry["path"], None)
+        current = current.parent
+    if not is_within(payload, files) or not payload.is_file():
+        raise refuse("the backup copy of %s is missing or not a regular file" % entry["path"], None)
+    return payload
+
+
 def restore_backup(folder: Path, home: Path) -> List[str]:
-    """Put back every file and DB of a backup. Returns the paths restored."""
+    """The engine's automatic undo: put back every file and DB of the backup it just made, with
+    the same actions `restore` plans. Returns the paths restored."""
     manifest = read_manifest(folder)
     restored, failures = [], []
-    for entry in manifest["entries"]:
-        target = _resolve_manifest_path(entry["path"], home)
+    for action in verified_restore_actions(folder, manifest, home, restore_db_dirs(home)):
         try:
-            if entry["kind"] == "sqlite":
-                if not restore_database(folder / entry["backup"], target, entry):
-                    continue
-            elif entry.get("existed", True):
-                if target.exists() and sha256_file(target) == entry.get("sha256_before"):
-                    continue
-                atomic_copy(folder / entry["backup"], target, entry.get("mode"), entry.get("mtime_ns"))
-            elif target.exists():
-                target.unlink()
-            restored.append(entry["path"])
+            if not action.needed():
+                continue
+            action.apply()
+            restored.append(action.entry["path"])
         except (OSError, sqlite3.Error) as exc:
             # Keep going: every other file put back is one less file left changed.
-            failures.append("%s: %s" % (entry["path"], short(str(exc), 120)))
+            failures.append("%s: %s" % (action.entry["path"], short(str(exc), 120)))
     if failures:
         raise ApplyError("could not put back %s" % "; ".join(failures))
     return restored
 
 
+def restore_db_dirs(home: Path, config: Optional[Config] = None) -> List[Path]:
+    """Folders outside the home a backup may name a DB in: the sqlite_home settings in force."""
+    config = config if config is not None else load_config(home, None)
+    return [folder for folder, origin in sqlite_home_dirs(home, config, dict(os.environ))
+            if origin in ("config sqlite_home", "CODEX_SQLITE_HOME")]
+
+
 def restore_database(backup: Path, target: Path, entry: Dict[str, Any]) -> bool:
     """Put a DB back through SQLite (WAL-safe). A DB whose content is what it was before the
     run is left alone; a DB another process holds is reported after a bounded wait."""
-    if target.exists():
-        try:
-            conn = open_db_readonly(target)
-            try:
-                if db_digest(conn) == entry.get("digest_before"):
-                    return False
-            finally:
-                conn.close()
-        except sqlite3.Error:
-            pass
+    if target.exists() and current_db_digest(target) == entry.get("digest_before"):
+        return False
     dest = sqlite3.connect(str(target), timeout=10.0, isolation_level=None)
     source = sqlite3.connect(str(backup))
     try:
@@ -3480,40 +4059,77 @@ def restore_database(backup: Path, target: Path, entry: Dict[str, Any]) -> bool:
 
 
 def read_manifest(folder: Path) -> Dict[str, Any]:
+    path = folder / "manifest.json"
+    if not path.is_file():
+        raise UsageError("%s is not a backup made by this tool (no manifest.json)" % folder)
     try:
-        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        manifest = json.loads(read_small_file(path, MAX_MANIFEST_BYTES).decode("utf-8"))
     except (OSError, ValueError) as exc:
-        raise UsageError("%s is not a backup made by this tool (%s)" % (folder, short(str(exc), 100))) from None
+        raise refuse("%s/manifest.json does not verify (%s)" % (folder.name, short(str(exc), 100)), None) from None
     if not isinstance(manifest, dict) or manifest.get("tool") != TOOL_NAME or not isinstance(manifest.get("entries"), list):
-        raise UsageError("%s is not a backup made by this tool" % folder)
+        raise refuse("%s/manifest.json does not verify: it is not a manifest of this tool" % folder.name, None)
     return manifest
 
 
+MAX_MANIFEST_BYTES = 256 * 1024 * 1024
+JOURNAL_NAME = "journal.jsonl"
+
+
+def read_journal(folder: Path) -> Dict[str, set]:
+    """path -> every state a run said (before writing it) it would leave that path in."""
+    intents: Dict[str, set] = {}
+    try:
+        with open_regular(folder / JOURNAL_NAME) as handle:
+            for raw in iter(lambda: handle.readline(MAX_LINE_BYTES), b""):
+                try:
+                    record = json.loads(raw.decode("utf-8"))
+                except (UnicodeDecodeError, ValueError):
+                    continue  # a torn last line: its write never began
+                if isinstance(record, dict) and isinstance(record.get("path"), str):
+                    state = record.get("sha256_after", record.get("digest_after"))
+                    intents.setdefault(record["path"], set()).add(state)
+    except OSError:
+        pass
+    return intents
+
+
+class Journal:
+    """Before each write the engine appends (and syncs) the state it is about to leave the path
+    in. After a kill, restore tells the dead run's own writes (before, or one of these) from
+    changes something else made, which need --discard-changes."""
+
+    def __init__(self, folder: Path, home: Path) -> None:
+        self.path, self.home = folder / JOURNAL_NAME, home
+
+    def intend(self, path: Path, **state: Any) -> None:
+        record = dict(path=_manifest_path(path, self.home), **state)
+        with open(str(self.path), "ab") as handle:
+            handle.write(json.dumps(record, sort_keys=True).encode("utf-8") + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
 def changed_since_backup(folder: Path, home: Path) -> List[str]:
-    """Files and DB rows that differ from what the backed-up run left behind (for a run that was
-    interrupted, from what it found: its "after" was never recorded)."""
+    """Files and DBs that differ from what the backed-up run left behind. For a run that was
+    interrupted ("after" never recorded) a path is unchanged in its state before the run or in
+    a state the run's journal says it was writing."""
     manifest = read_manifest(folder)
-    state = "after" if manifest.get("complete") else "before"
+    intents = read_journal(folder) if not manifest.get("complete") else {}
     changed = []
+    state = "after" if manifest.get("complete") else "before"
     for entry in manifest["entries"]:
         target = _resolve_manifest_path(entry["path"], home)
         if entry["kind"] == "sqlite":
-            expected = entry.get("digest_" + state)
-            try:
-                conn = open_db_readonly(target)
-                try:
-                    now = db_digest(conn)
-                finally:
-                    conn.close()
-            except sqlite3.Error:
-                now = None
-            if now != expected:
-                changed.append(entry["path"])
+            expected = {entry.get("digest_" + state)} | intents.get(entry["path"], set())
+            now = current_db_digest(target)
         else:
-            expected = entry.get("sha256_" + state)
-            now = sha256_file(target) if target.exists() else None
-            if now != expected:
-                changed.append(entry["path"])
+            expected = {entry.get("sha256_" + state)} | intents.get(entry["path"], set())
+            try:
+                now = sha256_file(target) if target.exists() else None
+            except OSError:
+                now = "unreadable"
+        if now not in expected:
+            changed.append(entry["path"])
     return changed
 
 
@@ -3552,19 +4168,23 @@ def apply_plan(inv: Inventory, plan: Plan, args: argparse.Namespace, argv: Seque
     preflight(inv, plan, args.force)
     with ToolLock(inv.home):
         remove_stale_temp_files(inv.temp_files)
+        remove_partial_backups(inv.home)
         folder, manifest = make_backup_or_fail(lambda: backup_plan(inv, plan, argv))
         _fault_point("after_backup")
         result: Dict[str, Any] = {"backup_dir": str(folder), "skipped": []}
         connections = lock_databases(plan.touched_dbs(), folder)
+        journal = Journal(folder, inv.home)
         try:
             busy = open_elsewhere(inv.home)
-            skipped_threads = write_rollouts(plan, result, busy)
-            write_sql(plan, skipped_threads, connections)
+            skipped_threads = write_rollouts(plan, result, busy, inv.home, journal)
+            write_sql(plan, skipped_threads, connections, journal)
+            write_restores(plan, journal)
             for write in plan.file_writes:
                 _fault_point("before_file_write")
                 mode = write.path.stat().st_mode & 0o7777 if write.path.exists() else 0o600
+                journal.intend(write.path, sha256_after=hashlib.sha256(write.data).hexdigest())
                 atomic_write(write.path, write.data, mode)
-            move_into_backup(plan.moves, folder, manifest, inv.home)
+            move_into_backup(plan.moves, folder, manifest, inv.home, journal)
         except Exception as exc:  # noqa: BLE001 - any failure after writing began must restore
             close_all(connections)
             try:
@@ -3599,12 +4219,33 @@ def lock_databases(dbs: List[Path], backup_folder: Path) -> Dict[Path, sqlite3.C
             connections[db] = conn
             conn.execute("PRAGMA busy_timeout = 5000")
             conn.execute("BEGIN IMMEDIATE")
+            # SQLite opens a DB it cannot write read-only without a word, and BEGIN IMMEDIATE
+            # succeeds on it: rewriting the header with its own value proves the write.
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            conn.execute("PRAGMA user_version = %d" % int(version))
         except sqlite3.Error as exc:
             close_all(connections)
             shutil.rmtree(str(backup_folder), ignore_errors=True)
-            raise refuse("%s cannot be written now (%s); quit whatever holds it, or fix its permissions" % (
-                db.name, short(str(exc), 120)), None) from None
+            raise refuse("%s cannot be written now (%s): %s" % (
+                db_label(db), short(str(exc), 120), lock_failure_advice(str(exc))), None) from None
     return connections
+
+
+def lock_failure_advice(error: str) -> str:
+    text = error.lower()
+    if "full" in text:
+        return "the disk is full; free some space"
+    if "readonly" in text or "read-only" in text:
+        return "it is read-only (its permissions, or a read-only disk)"
+    if "locked" in text or "busy" in text:
+        return "another process holds it; quit Codex and try again"
+    return "quit whatever holds it, and check the disk and the file's permissions"
+
+
+def db_label(db: Path) -> str:
+    """A DB by its name, and by what it is when it is a symlink (the link is not the file)."""
+    real = os.path.realpath(str(db))
+    return db.name if real == str(db) or not os.path.islink(str(db)) else "%s (a link to %s)" % (db.name, real)
 
 
 def close_all(connections: Dict[Path, sqlite3.Connection]) -> None:
@@ -3632,13 +4273,13 @@ def open_elsewhere(home: Path) -> Dict[str, List[str]]:
 TEMP_MARKER = ".csr-tmp-"
 
 
-def find_temp_files(home: Path) -> List[Path]:
-    """Temp copies this tool leaves beside a file it replaces, found in the home's root and
-    among the rollouts (the only places it writes)."""
-    found = [home / n for n in sorted(os.listdir(str(home))) if TEMP_MARKER in n]
-    for _ in iter_rollout_files(home, found):
-        pass
-    return found
+def remove_partial_backups(home: Path) -> None:
+    """Backup folders with no manifest: the manifest is written before the first write to the
+    home, so such a folder belongs to a run killed before it changed anything. Under the tool
+    lock no other run is filling one."""
+    for backup in list_backups(home):
+        if backup["partial"]:
+            shutil.rmtree(backup["path"], ignore_errors=True)
 
 
 def remove_stale_temp_files(paths: List[Path]) -> None:
@@ -3651,7 +4292,17 @@ def remove_stale_temp_files(paths: List[Path]) -> None:
             pass
 
 
-def move_into_backup(moves: List[Path], folder: Path, manifest: Dict[str, Any], home: Path) -> None:
+def write_restores(plan: Plan, journal: "Journal") -> None:
+    """Each entry of a verified backup put back, then read again to prove it."""
+    for action in plan.restores:
+        _fault_point("before_file_write")
+        journal.intend(action.target, **{k: v for k, v in action.intent().items() if k != "path"})
+        action.apply()
+        action.verify()
+
+
+def move_into_backup(moves: List[Path], folder: Path, manifest: Dict[str, Any], home: Path,
+                     journal: Optional["Journal"] = None) -> None:
     """Move each file over its own byte copy in the backup: the original file lives on there."""
     entries = {e["path"]: e for e in manifest["entries"]}
     for path in moves:
@@ -3659,10 +4310,13 @@ def move_into_backup(moves: List[Path], folder: Path, manifest: Dict[str, Any], 
         entry = entries[_manifest_path(path, home)]
         if sha256_file(path) != entry["sha256_before"]:
             raise ApplyError("%s changed while it was being backed up" % display_path(path, home))
+        if journal is not None:
+            journal.intend(path, sha256_after=None)
         os.replace(str(path), str(folder / entry["backup"]))
 
 
-def write_rollouts(plan: Plan, result: Dict[str, Any], busy: Dict[str, List[str]]) -> set:
+def write_rollouts(plan: Plan, result: Dict[str, Any], busy: Dict[str, List[str]], home: Path,
+                   journal: Optional["Journal"] = None) -> set:
     skipped = set()
     for edit in plan.rollout_edits:
         holders = busy.get(os.path.realpath(str(edit.path)))
@@ -3672,53 +4326,264 @@ def write_rollouts(plan: Plan, result: Dict[str, Any], busy: Dict[str, List[str]
                                       "session); it was left as it is" % ", ".join(holders)})
             continue
         _fault_point("before_rollout_replace")
-        replaced = rewrite_rollout(edit, result)
+        try:
+            with thread_writer_lock(home, edit.thread_id):
+                replaced = rewrite_rollout(edit, result, journal)
+        except WriterLockHeld as held:
+            replaced, edit.skip_reason = False, str(held)
         _fault_point("after_rollout_replace")
         if not replaced:
             skipped.add(edit.thread_id)
-            result["skipped"].append({"thread_id": edit.thread_id, "reason": "the rollout changed after it was "
-                                      "read (a live session?); it was left as it is"})
+            result["skipped"].append({"thread_id": edit.thread_id, "reason": edit.skip_reason or "the rollout "
+                                      "changed after it was read (a live session?); it was left as it is"})
     return skipped
 
 
-def rewrite_rollout(edit: RolloutEdit, result: Optional[Dict[str, Any]] = None) -> bool:
+# ---------------------------------------------------------------------------------------------
+# Live writers. A session may open a rollout at any moment, also after the run's first check.
+# The guarantee "no appended line is lost" holds for the whole replace window: Codex's own
+# per-thread writer lock is taken where the release has one; on Linux a read lease makes the
+# kernel hold off (and report) any process opening the file for writing; right before the
+# replace the file's identity and its holders are checked again; and right after it, a process
+# found holding the old file gets it back (from a hard link kept for that instant).
+# ---------------------------------------------------------------------------------------------
+
+WRITER_LOCKS_DIR = "thread-writer-locks"
+
+
+class WriterLockHeld(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def thread_writer_lock(home: Path, thread_id: str) -> Iterator[None]:
+    """CODEX-COMPAT 0.169.0 and 0.171.0: a loaded thread is held with an exclusive flock on
+    thread-writer-locks/<thread id>.lock (measured with /proc/locks; the file stays after the
+    thread closes). Taking it makes a resuming Codex wait until the rollout is replaced; a
+    thread whose lock is held is loaded right now and is left alone."""
+    folder = home / WRITER_LOCKS_DIR
+    if os.name != "posix" or folder.is_symlink() or not folder.is_dir():
+        yield
+        return
+    import fcntl
+    path = folder / ("%s.lock" % thread_id)
+    if not os.path.lexists(str(path)):
+        # Never created here (the home stays as it was): a Codex that creates it now and opens
+        # the rollout is seen by the lease and the holder checks instead.
+        yield
+        return
+    try:
+        fd = os.open(str(path), os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise WriterLockHeld("its Codex writer lock cannot be opened (%s); it was left as it is"
+                             % (exc.strerror or exc)) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise WriterLockHeld("a Codex process holds the thread's writer lock (%s/%s.lock): it is loaded "
+                                 "right now; it was left as it is" % (WRITER_LOCKS_DIR, thread_id)) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+F_SETLEASE, F_GETLEASE = 1024, 1025  # Linux fcntl commands (fcntl.F_SETLEASE on 3.9+ builds that have it)
+
+
+def take_read_lease(fd: int) -> Optional[bool]:
+    """A Linux read lease on the open rollout: granted only while no process has the file open
+    for writing (False: one has); while held, a process opening it for writing waits and the
+    break shows in lease_broken(). None where leases are not available (other systems, some
+    file systems, files of another owner): the /proc scan alone then guards the window."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import errno
+    import fcntl
+    import signal
+    try:
+        # The break is read with F_GETLEASE; the signal that announces it must not end the run.
+        signal.signal(signal.SIGIO, signal.SIG_IGN)
+    except (ValueError, AttributeError, OSError):  # not the main thread: no lease, the scan guards
+        return None
+    try:
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETLEASE", F_SETLEASE), fcntl.F_RDLCK)
+        return True
+    except OSError as exc:
+        return False if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EBUSY) else None
+
+
+def lease_broken(fd: int) -> bool:
+    import fcntl
+    try:
+        return fcntl.fcntl(fd, getattr(fcntl, "F_GETLEASE", F_GETLEASE)) != fcntl.F_RDLCK
+    except OSError:
+        return True
+
+
+def drop_lease(fd: int) -> None:
+    import fcntl
+    try:
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETLEASE", F_SETLEASE), fcntl.F_UNLCK)
+    except OSError:
+        pass
+
+
+def holders_of(path: Path, identity: Tuple[int, int]) -> List[str]:
+    """Other processes that have this very file (device, inode) open, found through /proc (an
+    fd of a file renamed over reads "<path> (deleted)", so the folder is what is matched)."""
+    if not Path("/proc/self/fd").is_dir():
+        return []
+    folder = os.path.realpath(str(path.parent)) + os.sep
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            fds = os.listdir("/proc/%s/fd" % entry)
+        except OSError:
+            continue
+        for fd in fds:
+            link = "/proc/%s/fd/%s" % (entry, fd)
+            try:
+                if not os.readlink(link).startswith(folder):
+                    continue
+                stat = os.stat(link)
+            except OSError:
+                continue
+            if (stat.st_dev, stat.st_ino) == identity:
+                found.append(entry)
+                break
+    return found
+
+
+def opened_for_writing_since(edit: RolloutEdit, source: Any, lease: Optional[bool], identity: Tuple[int, int]) -> bool:
+    """With a lease the kernel reports any open for writing (no /proc scan per file needed);
+    without one, any other process holding the file counts."""
+    if lease:
+        return lease_broken(source.fileno())
+    return bool(holders_of(edit.path, identity))
+
+
+def same_file_as_planned(edit: RolloutEdit, source: Any) -> bool:
+    """The path still names the file that was read, unchanged: same inode, size and mtime."""
+    try:
+        now = edit.path.stat()
+    except OSError:
+        return False
+    opened = os.fstat(source.fileno())
+    size, mtime_ns, _digest = edit.fingerprint
+    same = (now.st_dev, now.st_ino) == (opened.st_dev, opened.st_ino)
+    if edit.identity is not None:
+        same = same and (now.st_dev, now.st_ino) == edit.identity
+    return same and (now.st_size, now.st_mtime_ns) == (size, mtime_ns) == (opened.st_size, opened.st_mtime_ns)
+
+
+class HashingWriter:
+    """A file being written, with the SHA-256 of every byte written to it."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle, self.digest = handle, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.handle.write(data)
+
+
+def rewrite_rollout(edit: RolloutEdit, result: Optional[Dict[str, Any]] = None,
+                    journal: Optional["Journal"] = None) -> bool:
     """Write the rollout anew beside it: the unchanged byte ranges copied in large chunks, the
     planned lines substituted; then replace it. Every byte read is hashed and must match the
-    plan's read, and size and mtime must not move: otherwise (a live session appended) the
-    file is left alone and False is returned. A line appended in the instant between the last
-    check and the replace lands in the old file, which is still open here: it is carried over."""
+    plan's read, and inode, size and mtime must not move, and no other process may have the
+    file open: otherwise (a live session) the file is left alone and False is returned, with
+    the reason in `edit.skip_reason`. Bytes appended to the old file in the instant around the
+    replace are carried over; a process found holding the old file gets it back."""
+    result = result if result is not None else {}
     size, mtime_ns, expected = edit.fingerprint
     stat = edit.path.stat()
     if (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns):
         return False
     tmp = edit.path.parent / (".%s%s%d" % (edit.path.name, TEMP_MARKER, os.getpid()))
+    keep = edit.path.parent / (".%s%sold-%d" % (edit.path.name, TEMP_MARKER, os.getpid()))
     digest = hashlib.sha256()
     try:
-        with open(str(edit.path), "rb") as source:
-            with open(str(tmp), "wb") as out:
-                position = 0
-                for offset, length, new_raw in sorted(edit.replacements):
-                    if not copy_span(source, out, digest, offset - position):
-                        return False
-                    digest.update(source.read(length))
-                    out.write(new_raw)
-                    position = offset + length
-                if not copy_span(source, out, digest, size - position) or source.read(1):
+        with open_regular(edit.path) as source:
+            lease = take_read_lease(source.fileno())
+            try:
+                if lease is False:
+                    edit.skip_reason = "another process has the rollout open for writing (a live session); it was left as it is"
                     return False
-                out.flush()
-                os.fsync(out.fileno())
-            now = edit.path.stat()
-            if digest.hexdigest() != expected or (now.st_size, now.st_mtime_ns) != (size, mtime_ns):
-                return False
-            os.chmod(str(tmp), stat.st_mode & 0o7777)
-            # Codex orders threads by the rollout's mtime when it re-derives a row: keep it.
-            os.utime(str(tmp), ns=(stat.st_atime_ns, mtime_ns))
-            os.replace(str(tmp), str(edit.path))
-            carry_late_tail(source, size, edit, result if result is not None else {})
+                identity = (os.fstat(source.fileno()).st_dev, os.fstat(source.fileno()).st_ino)
+                with open(str(tmp), "wb") as handle:
+                    out = HashingWriter(handle)
+                    position = 0
+                    for offset, length, new_raw in sorted(edit.replacements):
+                        if not copy_span(source, out, digest, offset - position):
+                            return False
+                        digest.update(source.read(length))
+                        out.write(new_raw)
+                        position = offset + length
+                    if not copy_span(source, out, digest, size - position) or source.read(1):
+                        return False
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                    written = handle.tell()
+                os.chmod(str(tmp), stat.st_mode & 0o7777)
+                # Codex orders threads by the rollout's mtime when it re-derives a row: keep it.
+                os.utime(str(tmp), ns=(stat.st_atime_ns, mtime_ns))
+                if digest.hexdigest() != expected or not same_file_as_planned(edit, source):
+                    return False
+                if opened_for_writing_since(edit, source, lease, identity):
+                    edit.skip_reason = ("a process opened the rollout while it was being rewritten (a live "
+                                        "session); it was left as it is")
+                    return False
+                kept = link_quietly(edit.path, keep)
+                if journal is not None:
+                    journal.intend(edit.path, sha256_after=out.digest.hexdigest())
+                os.replace(str(tmp), str(edit.path))
+                late = opened_for_writing_since(edit, source, lease, identity)
+                if late and kept:
+                    give_back_old_file(edit, keep, written, result)
+                    return False
+                carry_late_tail(source, size, edit, result)
+            finally:
+                if lease:
+                    drop_lease(source.fileno())
         return True
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        for leftover in (tmp, keep):
+            if leftover.exists():
+                leftover.unlink()
+
+
+def link_quietly(path: Path, link: Path) -> bool:
+    """A second name for the file about to be replaced, so it can be put back; False where the
+    file system has no hard links (the carry-over of late bytes still applies)."""
+    try:
+        if link.exists():
+            link.unlink()
+        os.link(str(path), str(link))
+        return True
+    except (OSError, NotImplementedError, AttributeError):
+        return False
+
+
+def give_back_old_file(edit: RolloutEdit, keep: Path, written: int, result: Dict[str, Any]) -> None:
+    """A process opened the old file around the replace and writes into it: put it back under
+    its name (every byte it wrote is in it), and carry over anything appended to the new file
+    in the meantime by a writer that opened the path after the replace."""
+    with open(str(edit.path), "rb") as new_file:
+        os.replace(str(keep), str(edit.path))
+        new_file.seek(written)
+        extra = new_file.read()
+    if extra:
+        with open(str(edit.path), "ab") as out:
+            out.write(extra)
+            out.flush()
+            os.fsync(out.fileno())
+    edit.skip_reason = ("a process opened the rollout during the replace (a live session); the original file "
+                        "was put back with every line written to it")
+    result.setdefault("given_back", []).append({"thread_id": edit.thread_id, "bytes_carried": len(extra)})
 
 
 def carry_late_tail(source: Any, size: int, edit: RolloutEdit, result: Dict[str, Any]) -> None:
@@ -3744,7 +4609,8 @@ def copy_span(source: Any, out: Any, digest: Any, count: int) -> bool:
     return True
 
 
-def write_sql(plan: Plan, skipped_threads: set, connections: Dict[Path, sqlite3.Connection]) -> None:
+def write_sql(plan: Plan, skipped_threads: set, connections: Dict[Path, sqlite3.Connection],
+              journal: Optional["Journal"] = None) -> None:
     """One transaction per DB, on the connection that has held its write lock since before the
     first rollout was rewritten; verified by re-reading after the commit."""
     by_db: Dict[Path, List[SqlChange]] = {}
@@ -3758,6 +4624,12 @@ def write_sql(plan: Plan, skipped_threads: set, connections: Dict[Path, sqlite3.
             sql, params = change.statement()
             if conn.execute(sql, params).rowcount != 1:
                 raise ApplyError("%s: expected to change one row of %s for %s" % (db.name, change.table, change.key))
+        if not changes:
+            conn.execute("ROLLBACK")  # locked only to prove it could be written: leave its bytes alone
+            continue
+        if journal is not None:
+            # Inside the transaction the connection sees the content the commit will leave.
+            journal.intend(db, digest_after=db_digest(conn))
         conn.execute("COMMIT")
         _fault_point("after_commit")
         verify_sql(conn, changes)
@@ -3803,16 +4675,811 @@ def list_backups(home: Path) -> List[Dict[str, Any]]:
         for folder in sorted(root.iterdir()):
             if not folder.is_dir():
                 continue
+            if folder.is_symlink():
+                continue
             try:
                 manifest = read_manifest(folder)
-            except UsageError:
+            except ToolError:
+                # No manifest: a run killed while backing up, before it wrote anything (removed
+                # by the next apply). A manifest that does not verify is listed, never removed.
+                partial = not os.path.lexists(str(folder / "manifest.json"))
+                found.append({"path": str(folder), "name": folder.name, "command": None, "created_at": None,
+                              "complete": False, "partial": partial, "unverifiable": not partial, "files": 0,
+                              "_order": (int(folder.stat().st_mtime * 1e9), folder.name)})
                 continue
             found.append({"path": str(folder), "name": folder.name, "command": manifest.get("command"),
                           "created_at": manifest.get("created_at"), "complete": manifest.get("complete"),
-                          "files": len(manifest["entries"]),
+                          "partial": False, "unverifiable": False, "files": len(manifest["entries"]),
                           "_order": (manifest.get("created_ns") or int(folder.stat().st_mtime * 1e9), folder.name)})
     found.sort(key=lambda b: b.pop("_order"))
     return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Verification with the user's Codex. The tool's verdicts come from rules measured on a few
+# releases; `--verify` asks the Codex the user actually has. It lists a private scratch copy of
+# the home (DB copies, rollout heads, config; never a credential) as it is and as the plan
+# leaves it, offline, and the answer is compared with the tool's own prediction. No byte of the
+# real home is written; the scratch copy is removed afterwards, also on Ctrl-C and SIGTERM.
+# ---------------------------------------------------------------------------------------------
+
+# Where Codex Desktop and the IDE extension ship their own `codex` binary, checked after
+# --codex-bin and `codex` on PATH, in this order. `{platform}` is the extension's folder for
+# this machine (linux-x86_64, macos-aarch64, windows-x86_64, ...). Newest extension first.
+CODEX_BUNDLED_BINARIES = (
+    ("Codex Desktop", "/Applications/Codex.app/Contents/Resources/codex"),
+    ("Codex Desktop", "~/Applications/Codex.app/Contents/Resources/codex"),
+    ("ChatGPT Desktop", "/Applications/ChatGPT.app/Contents/Resources/codex-cli/CodexCLI.app/Contents/MacOS/codex"),
+    ("VS Code extension", "~/.vscode/extensions/openai.chatgpt-*/bin/{platform}/codex"),
+    ("VS Code Insiders extension", "~/.vscode-insiders/extensions/openai.chatgpt-*/bin/{platform}/codex"),
+    ("VS Code remote extension", "~/.vscode-server/extensions/openai.chatgpt-*/bin/{platform}/codex"),
+    ("Cursor extension", "~/.cursor/extensions/openai.chatgpt-*/bin/{platform}/codex"),
+    ("Cursor remote extension", "~/.cursor-server/extensions/openai.chatgpt-*/bin/{platform}/codex"),
+    ("Windsurf extension", "~/.windsurf/extensions/openai.chatgpt-*/bin/{platform}/codex"),
+)
+# Settings given to the verifying app-server with `-c` (they win over config.toml, which is
+# copied unchanged): what reaches the network at start-up is switched off.
+# CODEX-COMPAT: 0.120.0-0.171.0 fetch plugins (github.com, chatgpt.com) at start-up unless
+# plugins are off; update checks, analytics, OpenTelemetry export and MCP servers are the
+# other configured ways out. Each release accepts every one of these keys.
+OFFLINE_OVERRIDES = (
+    "features.plugins=false",
+    "analytics.enabled=false",
+    "check_for_update_on_startup=false",
+    "mcp_servers={}",
+    'otel.exporter="none"',
+)
+VERIFY_TIMEOUT = 60.0  # seconds for the app-server to start, and for each page of its listing
+LIST_PAGE_LIMIT = 1000
+# CODEX-COMPAT: the filesystem lister reads 10 head records before it looks for a user message.
+HEAD_RECORD_LIMIT = 10
+# Lines past a rollout's head that listing still reads: the thread's later session_meta lines
+# and its provider settings (the latest thread_settings_applied names the provider, 0.169.0+).
+LISTING_LINE_MARKERS = (b'"session_meta"', b'"thread_settings_applied"')
+
+
+class VerifyError(Exception):
+    """Verification could not run to the end (a time-out, a Codex that exits): reported in one
+    line, and the command carries on as without --verify. `exited`: the app-server stopped by
+    itself, which is Codex's own answer about that copy of the home (it cannot open it)."""
+
+    def __init__(self, message: str, exited: bool = False) -> None:
+        super().__init__(message)
+        self.exited = exited
+
+
+class CodexBinary:
+    def __init__(self, path: Path, origin: str) -> None:
+        self.path, self.origin = path, origin
+        self.version: Optional[str] = None
+
+
+def bundle_platform() -> str:
+    """The IDE extension's folder name for this machine's binaries."""
+    import platform
+    machine = platform.machine().lower()
+    arch = "aarch64" if machine in ("arm64", "aarch64") else "x86_64"
+    system = {"darwin": "macos", "win32": "windows"}.get(sys.platform, "linux")
+    return "%s-%s" % (system, arch)
+
+
+def _is_executable(path: Path) -> bool:
+    return path.is_file() and os.access(str(path), os.X_OK)
+
+
+def find_codex_binary(flag: Optional[str], environ: Dict[str, str]) -> Optional[CodexBinary]:
+    """--codex-bin, else `codex` on PATH, else a binary Codex Desktop or the IDE extension
+    ships. The npm `codex` on PATH is a node launcher; it works as a command all the same."""
+    if flag:
+        path = Path(flag).expanduser()
+        if not _is_executable(path):
+            raise UsageError("--codex-bin %s is not an executable file" % flag)
+        return CodexBinary(path.absolute(), "--codex-bin")
+    import glob
+    on_path = shutil.which("codex", path=environ.get("PATH", ""))
+    if on_path:
+        return CodexBinary(Path(on_path), "PATH")
+    user_home = environ.get("HOME") or environ.get("USERPROFILE") or str(Path.home())
+    suffix = ".exe" if sys.platform == "win32" else ""
+    for origin, pattern in CODEX_BUNDLED_BINARIES:
+        pattern = pattern.replace("{platform}", bundle_platform()) + suffix
+        if pattern.startswith("~"):
+            pattern = user_home + pattern[1:]
+        found = [Path(p) for p in glob.glob(pattern)]
+        found.sort(key=lambda p: parse_version(re.sub(r"^.*openai\.chatgpt-", "", str(p))), reverse=True)
+        for path in found:
+            if _is_executable(path):
+                return CodexBinary(path, origin)
+    return None
+
+
+def codex_version(binary: CodexBinary, scratch: "ScratchHome") -> str:
+    """`codex --version` says `codex-cli 0.171.0`. Run with the scratch environment too."""
+    import subprocess
+    try:
+        done = subprocess.run([str(binary.path), "--version"], capture_output=True, text=True,
+                              timeout=VERIFY_TIMEOUT, stdin=subprocess.DEVNULL, env=verify_env(scratch),
+                              cwd=str(scratch.home))
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise VerifyError("%s --version failed: %s" % (binary.path, short(str(exc), 160))) from None
+    match = re.search(r"\b(\d+\.\d+\.\d+[\w.+-]*)", done.stdout or "")
+    if done.returncode != 0 or not match:
+        raise VerifyError("%s --version did not name a release: %s" % (
+            binary.path, short((done.stdout + done.stderr).strip(), 160)))
+    return match.group(1)
+
+
+def verify_env(scratch: "ScratchHome") -> Dict[str, str]:
+    """The environment the verifying Codex runs in: only what finding programs and text needs.
+    No API key, token, proxy or Codex setting of the user's reaches it; HOME is inside the
+    scratch folder so nothing under the user's own home is read."""
+    keep = ("PATH", "LANG", "LC_ALL", "SYSTEMROOT", "SystemRoot", "WINDIR", "COMSPEC", "PATHEXT")
+    env = {k: v for k, v in os.environ.items() if k in keep}
+    env.update({"NO_COLOR": "1", "CODEX_HOME": str(scratch.home), "HOME": str(scratch.user_home),
+                "USERPROFILE": str(scratch.user_home), "TMPDIR": str(scratch.tmp),
+                "TEMP": str(scratch.tmp), "TMP": str(scratch.tmp)})
+    return env
+
+
+class ScratchHome:
+    """A private folder (0700) under the system temp dir holding one copied home, removed on
+    exit whatever happens. SIGTERM is turned into KeyboardInterrupt while it exists, so a
+    terminated run cleans up like an interrupted one."""
+
+    def __init__(self, real_home: Path, label: str) -> None:
+        parent = Path(tempfile.gettempdir()).resolve()
+        if is_within(parent, real_home.resolve()):
+            raise VerifyError("the system temp folder %s lies inside CODEX_HOME; set TMPDIR elsewhere" % parent)
+        self.root = Path(tempfile.mkdtemp(prefix="csr-verify-%s-" % label, dir=str(parent)))
+        self.home = self.root / "codex-home"
+        self.user_home = self.root / "user-home"
+        self.tmp = self.root / "tmp"
+        self.moved = self.root / "moved"
+        for folder in (self.home, self.user_home, self.tmp, self.moved):
+            folder.mkdir(mode=0o700)
+        self.sqlite_home: Optional[Path] = None
+        self.bytes_copied = 0
+        self.files_copied = 0
+        self._old_handler: Any = None
+
+    def __enter__(self) -> "ScratchHome":
+        import signal
+        try:
+            self._old_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
+        except (ValueError, AttributeError):  # not the main thread, or no SIGTERM here
+            self._old_handler = None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+        try:
+            shutil.rmtree(str(self.root), ignore_errors=True)
+            if self.root.exists():  # a read-only folder Codex made: make it writable, then again
+                for folder, _dirs, _files in os.walk(str(self.root)):
+                    os.chmod(folder, 0o700)
+                shutil.rmtree(str(self.root), ignore_errors=True)
+        finally:
+            if self._old_handler is not None:
+                signal.signal(signal.SIGTERM, self._old_handler)
+
+    def path_for(self, real: Path, real_home: Path) -> Path:
+        """Where a file of the real home lives in the scratch copy."""
+        return self.home / os.path.relpath(os.path.abspath(str(real)), str(real_home))
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt()
+
+
+def home_bytes(home: Path) -> int:
+    """Size of the home as Codex keeps it (the tool's own backups left out)."""
+    total = 0
+    for folder, dirs, files in os.walk(str(home)):
+        if os.path.abspath(folder) == os.path.abspath(str(home)):
+            dirs[:] = [d for d in dirs if d != BACKUP_DIR_NAME]
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+class PathMapper:
+    """Rewrites a path of the real home (as Codex stored it) into the scratch copy. Paths that
+    do not name the real home stay as they are: Codex must see them exactly as it would."""
+
+    def __init__(self, real_home: Path, scratch: ScratchHome) -> None:
+        self.scratch = scratch
+        self.prefixes = sorted({str(real_home), os.path.abspath(str(real_home)), os.path.realpath(str(real_home))},
+                               key=len, reverse=True)
+
+    def __call__(self, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        for prefix in self.prefixes:
+            if value.startswith(prefix + os.sep):
+                return str(self.scratch.home) + value[len(prefix):]
+        return value
+
+    def path(self, real: Path) -> Path:
+        mapped = self(str(real))
+        return Path(mapped) if mapped != str(real) else self.scratch.moved / real.name
+
+
+def copy_file_to_scratch(source: Path, target: Path, scratch: ScratchHome) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    shutil.copyfile(str(source), str(target))
+    stat = source.stat()
+    os.utime(str(target), ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    scratch.bytes_copied += stat.st_size
+    scratch.files_copied += 1
+
+
+def copy_db_to_scratch(db: Path, target: Path, scratch: ScratchHome) -> None:
+    """SQLite's online backup API from a read-only connection: pages still in the -wal are
+    included, the user's DB is not written. A DB SQLite cannot read is copied byte for byte,
+    so the user's Codex meets the same damage."""
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        source = open_db_readonly(db)
+        try:
+            copy = sqlite3.connect(str(target))
+            try:
+                source.backup(copy)
+            finally:
+                copy.close()
+        finally:
+            source.close()
+        scratch.bytes_copied += target.stat().st_size
+        scratch.files_copied += 1
+    except sqlite3.Error:
+        for suffix in ("", "-wal"):
+            if os.path.isfile(str(db) + suffix):
+                copy_file_to_scratch(Path(str(db) + suffix), Path(str(target) + suffix), scratch)
+
+
+def point_rows_at_scratch(target: Path, mapper: PathMapper) -> None:
+    """Every `rollout_path` that names a file of the real home names its scratch copy."""
+    try:
+        conn = sqlite3.connect(str(target), isolation_level=None)
+    except sqlite3.Error:
+        return
+    try:
+        if "rollout_path" not in table_columns(conn, "threads"):
+            return
+        rows = conn.execute("SELECT id, rollout_path FROM threads").fetchall()
+        conn.execute("BEGIN")
+        for thread_id, stored in rows:
+            mapped = mapper(stored)
+            if mapped != stored:
+                conn.execute("UPDATE threads SET rollout_path = ? WHERE id = ?", (mapped, thread_id))
+        conn.execute("COMMIT")
+    except sqlite3.Error:
+        pass  # a damaged DB stays as damaged as the real one
+    finally:
+        conn.close()
+
+
+def rollout_head_lines(info: RolloutInfo) -> int:
+    """How many lines of a rollout listing reads at least: through its first real user
+    message, and the head records; with no user message, as far as the lister looks for one."""
+    return max(info.evidence_line or HEAD_SCAN_LINES, HEAD_RECORD_LIMIT)
+
+
+# CODEX-COMPAT: the listers look for the event form of the first user message (0.120.0 and
+# 0.130.0: event_msg/user_message; 0.169.0+: item_completed), which follows the prompt's
+# role=user response_item that may have been the tool's evidence.
+USER_EVENT_MARKERS = (b'"user_message"', b'"item_completed"', b'"thread_goal_updated"')
+
+
+def head_complete(count: int, info: RolloutInfo, event_seen: bool) -> bool:
+    if count < rollout_head_lines(info):
+        return False
+    return event_seen or count >= HEAD_SCAN_LINES
+
+
+def later_listing_lines(source: Any, info: RolloutInfo, head_end: int,
+                        cache: Optional[Dict[Any, List[Tuple[int, int]]]]) -> List[Tuple[int, int]]:
+    """(offset, length) of each line past the head that listing reads, found by the repairs'
+    block scan. The scan reads the whole file, so its answer is kept per version of the file
+    (inode, size, mtime): the second scratch copy of one run reads only the lines it needs."""
+    stat = os.fstat(source.fileno())
+    key = (str(info.path), stat.st_ino, stat.st_size, stat.st_mtime_ns, head_end)
+    if cache is not None and key in cache:
+        return cache[key]
+    found = []
+    try:
+        for _line, offset, raw in iter_marked_lines(source, LISTING_LINE_MARKERS, _NoDigest(),
+                                                    RolloutEdit(info.path, "")):
+            found.append((head_end + offset, len(raw)))
+    except PlanError:
+        pass  # a pathological line: listing cannot read past it either
+    if cache is not None:
+        cache[key] = found
+    return found
+
+
+def copy_rollout_head(info: RolloutInfo, target: Path, edit: Optional[RolloutEdit], scratch: ScratchHome,
+                      cache: Optional[Dict[Any, List[Tuple[int, int]]]] = None) -> None:
+    """The head of one rollout, plus the later lines listing reads (and any line the plan
+    edits), with the plan's line edits applied exactly as the apply engine writes them."""
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    replacements = {offset: (length, new) for offset, length, new in (edit.replacements if edit else [])}
+    written = count = 0
+    event_seen = False
+    with open(str(info.path), "rb") as source, open(str(target), "wb") as out:
+        while not head_complete(count, info, event_seen):
+            count += 1
+            start = source.tell()
+            raw, oversized = read_line_bounded(source)
+            if not raw and not oversized:
+                break
+            end = source.tell()
+            if start in replacements:
+                raw = replacements.pop(start)[1]
+            elif oversized:
+                source.seek(start)
+                raw = source.read(end - start)
+            event_seen = event_seen or (count >= (info.evidence_line or 0) and
+                                        any(marker in raw for marker in USER_EVENT_MARKERS))
+            out.write(raw)
+            written += len(raw)
+        head_end = source.tell()
+        later: Dict[int, bytes] = {}
+        for offset, length in later_listing_lines(source, info, head_end, cache):
+            source.seek(offset)
+            later[offset] = source.read(length)
+        for offset, (length, _new) in replacements.items():
+            if offset not in later and offset >= head_end:
+                source.seek(offset)
+                later[offset] = source.read(length)
+        for offset in sorted(later):
+            raw = replacements[offset][1] if offset in replacements else later[offset]
+            out.write(raw)
+            written += len(raw)
+    stat = info.path.stat()
+    os.utime(str(target), ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    scratch.bytes_copied += written
+    scratch.files_copied += 1
+
+
+class _NoDigest:
+    """The block scan hashes what it reads for the apply engine; a copy needs no digest."""
+
+    def update(self, data: bytes) -> None:
+        pass
+
+
+def build_scratch_home(inv: Inventory, scratch: ScratchHome, plan: Optional[Plan],
+                       cache: Optional[Dict[Any, List[Tuple[int, int]]]] = None) -> None:
+    """Copy what listing reads into the scratch home, then apply the plan to the copy: rollout
+    edits to the heads, the plan's SQL through the apply engine's own writer, whole-file
+    writes, and moves (into a folder beside the copy). auth.json and every other credential
+    are never opened: only the files named here are."""
+    mapper = PathMapper(inv.home, scratch)
+    for name in ["config.toml"] + sorted(n for n in os.listdir(str(inv.home)) if n.endswith(".config.toml")) + [
+            "session_index.jsonl", ".codex-global-state.json"]:
+        source = inv.home / name
+        if source.is_file():
+            copy_file_to_scratch(source, scratch.home / name, scratch)
+    db_targets: Dict[Path, Path] = {}
+    explicit = [folder for folder, origin in sqlite_home_dirs(inv.home, inv.config, dict(os.environ))
+                if origin in ("config sqlite_home", "CODEX_SQLITE_HOME")]
+    if explicit:
+        # The copied config.toml names a sqlite_home Codex would open and write: the verifying
+        # Codex is pointed at a folder of the scratch copy instead (with -c sqlite_home).
+        scratch.sqlite_home = scratch.root / "sqlite-home"
+        scratch.sqlite_home.mkdir(mode=0o700)
+    for db in inv.dbs:
+        if db.path.parent in explicit or not is_within(Path(os.path.abspath(str(db.path))), inv.home):
+            scratch.sqlite_home = scratch.sqlite_home or scratch.root / "sqlite-home"
+            target = scratch.sqlite_home / db.path.name
+        else:
+            target = scratch.path_for(db.path, inv.home)
+        copy_db_to_scratch(db.path, target, scratch)
+        point_rows_at_scratch(target, mapper)
+        db_targets[db.path] = target
+    edits = {e.path: e for e in (plan.rollout_edits if plan else [])}
+    for info in progress(inv.rollouts, "verify: copying rollout heads"):
+        if info.compressed and info.path.is_file():
+            copy_file_to_scratch(info.path, scratch.path_for(info.path, inv.home), scratch)
+        elif info.path.is_file() and "unreadable" not in info.problems:
+            copy_rollout_head(info, scratch.path_for(info.path, inv.home), edits.get(info.path), scratch, cache)
+    if plan is not None:
+        apply_plan_to_scratch(plan, mapper, db_targets)
+
+
+def apply_plan_to_scratch(plan: Plan, mapper: PathMapper, db_targets: Dict[Path, Path]) -> None:
+    """The plan's SQL, file writes and moves, on the scratch copy. The SQL runs through the
+    apply engine's write_sql/verify_sql (same statements, same one-row guards) with every path
+    of the real home mapped into the copy. CODEX-COMPAT: changes to the history projection
+    (thread_history_*.sqlite) are left out with that DB: listing reads no projection
+    (measured 0.120.0-0.171.0), and it holds every turn's text."""
+    scratch_plan = Plan(plan.command)
+    for change in plan.sql:
+        if change.db not in db_targets:
+            continue
+        scratch_plan.sql.append(SqlChange(
+            db_targets[change.db], change.table, {k: mapper(v) for k, v in change.key.items()},
+            {k: mapper(v) for k, v in change.values.items()}, {k: mapper(v) for k, v in change.expect.items()},
+            change.thread_id, change.op))
+    connections: Dict[Path, sqlite3.Connection] = {}
+    try:
+        for db in scratch_plan.touched_dbs():
+            conn = sqlite3.connect(str(db), timeout=5.0, isolation_level=None)
+            connections[db] = conn
+            conn.execute("BEGIN IMMEDIATE")
+        write_sql(scratch_plan, set(), connections)
+    except (sqlite3.Error, ApplyError) as exc:
+        raise VerifyError("the plan could not be applied to the scratch copy: %s" % short(str(exc), 200)) from None
+    finally:
+        close_all(connections)
+    for write in plan.file_writes:
+        target = mapper.path(write.path)
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        atomic_write(target, write.data, 0o600)
+    copies = {Path(str(real) + suffix): Path(str(copy) + suffix) for real, copy in db_targets.items()
+              for suffix in ("", "-wal", "-shm")}
+    for moved in plan.moves:
+        target = copies.get(moved) or mapper.path(moved)
+        if target.exists() and is_within(target, mapper.scratch.root):
+            os.replace(str(target), str(mapper.scratch.moved / target.name))
+
+
+class CodexLister:
+    """`codex app-server` on the scratch home over stdio (newline-delimited JSON-RPC 2.0):
+    `initialize`, then the default `thread/list` over every page. Every wait is bounded."""
+
+    def __init__(self, binary: CodexBinary, scratch: ScratchHome) -> None:
+        self.binary, self.scratch = binary, scratch
+        self.proc: Any = None
+        self.pumps: List[Any] = []
+        self.lines: Any = None
+        self.stderr_tail: List[str] = []
+        self.next_id = 0
+
+    def __enter__(self) -> "CodexLister":
+        import queue
+        import subprocess
+        import threading
+        command = [str(self.binary.path)]
+        for setting in OFFLINE_OVERRIDES:
+            command += ["-c", setting]
+        # Where Codex writes beside the home: into the scratch folder, whatever config.toml says.
+        command += ["-c", "log_dir=%s" % json.dumps(str(self.scratch.root / "log"))]
+        if self.scratch.sqlite_home is not None:
+            command += ["-c", "sqlite_home=%s" % json.dumps(str(self.scratch.sqlite_home))]
+        command.append("app-server")
+        try:
+            self.proc = subprocess.Popen(
+                command, cwd=str(self.scratch.home), env=verify_env(self.scratch), stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=os.name == "posix")
+        except OSError as exc:
+            raise VerifyError("could not start %s app-server: %s" % (self.binary.path, short(str(exc), 160))) from None
+        self.lines = queue.Queue()
+        self.pumps = [threading.Thread(target=self._pump_stdout, daemon=True),
+                      threading.Thread(target=self._pump_stderr, daemon=True)]
+        for pump in self.pumps:
+            pump.start()
+        try:
+            self.request("initialize", {"clientInfo": {"name": "codex_session_recovery",
+                                                       "title": TOOL_NAME, "version": __version__}})
+            self._send({"jsonrpc": "2.0", "method": "initialized"})
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _pump_stdout(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def _pump_stderr(self) -> None:
+        for line in self.proc.stderr:
+            self.stderr_tail = (self.stderr_tail + [line.decode("utf-8", "replace").rstrip()])[-5:]
+
+    def _send(self, message: Dict[str, Any]) -> None:
+        try:
+            self.proc.stdin.write((json.dumps(message) + "\n").encode("utf-8"))
+            self.proc.stdin.flush()
+        except OSError as exc:
+            raise VerifyError("Codex app-server stopped (%s)%s" % (exc, self._stderr_hint())) from None
+
+    def _stderr_hint(self) -> str:
+        return ": %s" % short(self.stderr_tail[-1], 200) if self.stderr_tail else ""
+
+    def request(self, method: str, params: Dict[str, Any]) -> Dict[str, Any]:
+        import queue
+        import time
+        self.next_id += 1
+        request_id = self.next_id
+        self._send({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+        deadline = time.monotonic() + VERIFY_TIMEOUT
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise VerifyError("Codex app-server did not answer %s within %d s" % (method, VERIFY_TIMEOUT)) from None
+            if line is None:
+                raise VerifyError("Codex app-server exited before answering %s%s" % (method, self._stderr_hint()),
+                                  exited=True)
+            try:
+                message = json.loads(line.decode("utf-8", "replace"))
+            except ValueError:
+                continue
+            if not isinstance(message, dict):
+                continue
+            if "method" in message and "id" in message:
+                # A request from the server (an approval prompt): nobody is there to answer it.
+                self._send({"jsonrpc": "2.0", "id": message["id"],
+                            "error": {"code": -32601, "message": "not supported"}})
+            elif message.get("id") == request_id:
+                if "error" in message:
+                    raise VerifyError("Codex app-server refused %s: %s" % (method, short(json.dumps(message["error"]), 200)))
+                return message.get("result") or {}
+
+    def listed_ids(self) -> List[str]:
+        """The default `thread/list` (no filters: what a user sees), every page."""
+        ids: List[str] = []
+        cursor = None
+        seen = set()
+        while True:
+            params: Dict[str, Any] = {"limit": LIST_PAGE_LIMIT}
+            if cursor:
+                params["cursor"] = cursor
+            result = self.request("thread/list", params)
+            ids.extend(str(item.get("id")).lower() for item in result.get("data") or [] if isinstance(item, dict))
+            if progress.enabled:
+                sys.stderr.write("\rverify: Codex listed %d" % len(ids))
+            cursor = result.get("nextCursor")
+            if not cursor or cursor in seen:
+                if progress.enabled:
+                    sys.stderr.write("\n")
+                return list(dict.fromkeys(ids))
+            seen.add(cursor)
+
+    def close(self) -> None:
+        """Close stdin (the app-server exits on EOF), then terminate the whole group: the npm
+        launcher keeps the native binary as a child."""
+        import subprocess
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            _stop_group(proc)
+        if os.name == "posix":
+            try:
+                os.killpg(proc.pid, 9)  # a child the launcher left behind
+            except OSError:
+                pass
+        for pump in self.pumps:
+            pump.join(5)  # they end at EOF, once every process holding the pipes is gone
+        for stream in (proc.stdout, proc.stderr):
+            stream.close()
+
+
+def _stop_group(proc: Any) -> None:
+    import signal
+    import subprocess
+    for sig in (signal.SIGTERM, getattr(signal, "SIGKILL", signal.SIGTERM)):
+        try:
+            if os.name == "posix":
+                os.killpg(proc.pid, sig)
+            else:  # pragma: no cover - Windows
+                proc.kill()
+        except OSError:
+            pass
+        try:
+            proc.wait(5)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def predicted_listed(inv: Inventory) -> List[str]:
+    """The tool's own prediction of the default listing: every thread no reason hides."""
+    return sorted(v.id for v in inv.threads.values() if not v.hidden)
+
+
+def conversation_count(inv: Inventory) -> int:
+    """The user's conversations: interactive, not archived, with a user message."""
+    return sum(1 for v in inv.threads.values() if is_interactive(v.source) and not v.archived and v.has_evidence)
+
+
+def app_server_inventory(inv: Inventory) -> Inventory:
+    """The inventory as the app-server sees the home. It has no --profile (0.169.0+ measured;
+    Desktop and the IDE run it): with --profile, the prediction it is held to is the one for the
+    top-level configuration."""
+    if not inv.config.profile:
+        return inv
+    plain = Inventory(inv.home, inv.home_origin, load_config(inv.home, None), dict(os.environ))
+    run_checks(plain)
+    return plain
+
+
+def scratch_inventory(scratch: ScratchHome) -> Inventory:
+    """The tool's own reading of the scratch copy: its prediction of the home after the plan."""
+    config = load_config(scratch.home, None)
+    if scratch.sqlite_home is not None:
+        config.sqlite_home = str(scratch.sqlite_home)
+    copy = Inventory(scratch.home, "scratch", config, {})
+    run_checks(copy)
+    return copy
+
+
+def list_scratch(binary: CodexBinary, inv: Inventory, plan: Optional[Plan], label: str,
+                 cache: Dict[Any, List[Tuple[int, int]]]) -> Dict[str, Any]:
+    """One scratch copy (of the home as it is, or as `plan` leaves it), the tool's prediction
+    for it, and what the user's Codex lists on it."""
+    with ScratchHome(inv.home, label) as scratch:
+        build_scratch_home(inv, scratch, plan, cache)
+        predicted_inv = app_server_inventory(inv) if plan is None else scratch_inventory(scratch)
+        predicted = predicted_listed(predicted_inv)
+        conversations = conversation_count(predicted_inv)
+        listed: Optional[List[str]] = None
+        error = None
+        try:
+            with CodexLister(binary, scratch) as lister:
+                listed = lister.listed_ids()
+        except VerifyError as exc:
+            if not exc.exited:
+                raise
+            error = str(exc)  # Codex cannot open this copy: a measured answer, not a broken check
+        return {"listed": listed, "error": error, "predicted": predicted, "conversations": conversations,
+                "bytes_copied": scratch.bytes_copied, "files_copied": scratch.files_copied,
+                "scratch_root": str(scratch.root)}
+
+
+def disagreements(phase: str, listed: List[str], predicted: List[str]) -> List[Dict[str, Any]]:
+    said, shown = set(predicted), set(listed)
+    return [{"id": tid, "phase": phase, "predicted": "listed" if tid in said else "hidden",
+             "codex": "listed" if tid in shown else "hidden"} for tid in sorted(said ^ shown)]
+
+
+NO_CODEX_MESSAGE = ("no Codex binary found (--codex-bin, `codex` on PATH, Codex Desktop, the IDE extension); "
+                    "carrying on without verification")
+
+
+def verify_with_codex(inv: Inventory, args: argparse.Namespace, plan: Optional[Plan],
+                      apply: Optional[Any] = None) -> Dict[str, Any]:
+    """The `verification` object. The home as it is is listed on one scratch copy; then either
+    `plan` on another (a dry run), or, when `apply` is given, apply() writes the real home and
+    returns its new inventory, which is listed on a scratch copy of the repaired home. Without
+    a Codex, or when verification cannot finish, the command goes on as without --verify."""
+    binary = find_codex_binary(getattr(args, "codex_bin", None), dict(os.environ))
+    if binary is None:
+        if apply is not None:
+            apply()
+        return {"status": "no_codex", "message": NO_CODEX_MESSAGE}
+    result: Dict[str, Any] = {"status": "verified", "codex_bin": str(binary.path), "codex_origin": binary.origin,
+                              "codex_version": None, "surface": "app-server (Desktop, IDE extension)"}
+    phase = "before"
+    try:
+        with ScratchHome(inv.home, "version") as scratch:
+            result["codex_version"] = binary.version = codex_version(binary, scratch)
+        cache: Dict[Any, List[Tuple[int, int]]] = {}
+        before = list_scratch(binary, inv, None, "before", cache)
+        phase = "after"
+        after: Optional[Dict[str, Any]] = None
+        if apply is not None:
+            repaired = apply()
+            apply = None
+            after = list_scratch(binary, repaired, None, "after", cache)
+        elif plan is not None and plan.change_count:
+            after = list_scratch(binary, inv, plan, "after", cache)
+    except VerifyError as exc:
+        if apply is not None:
+            apply()
+        result.update(status="failed", message="verification did not finish (%s): %s" % (phase, exc))
+        return result
+    found: List[Dict[str, Any]] = []
+    errors: Dict[str, str] = {}
+    for phase, listing in (("before", before), ("after", after)):
+        if listing is not None and listing["error"]:
+            errors[phase] = listing["error"]
+        elif listing is not None:
+            found += disagreements(phase, listing["listed"], listing["predicted"])
+    final = after if after is not None else (before if plan is not None else None)
+    result.update(
+        listed_before=before["listed"], predicted_before=before["predicted"],
+        conversations_before=before["conversations"],
+        listed_after=final["listed"] if final else None, predicted_after=final["predicted"] if final else None,
+        conversations_after=final["conversations"] if final else None,
+        # A Codex that cannot open the home now is what some repairs are for (rebuild-db);
+        # one that still cannot after the plan contradicts the plan.
+        codex_errors=errors, disagreements=found, agrees=not found and "after" not in errors,
+        cost={"bytes_copied": max(before["bytes_copied"], (after or before)["bytes_copied"]),
+              "files_copied": max(before["files_copied"], (after or before)["files_copied"]),
+              "home_bytes": home_bytes(inv.home)})
+    if inv.config.profile:
+        result["profile_note"] = ("the app-server (Desktop, IDE extension) has no --profile and lists under the "
+                                  "top-level provider, which is what was checked; `codex --profile %s` (the CLI) "
+                                  "lists under %s" % (inv.config.profile, inv.config.provider))
+    return result
+
+
+def verification_lines(verification: Optional[Dict[str, Any]], applied: bool) -> List[str]:
+    """The verification, for a person: who answered, the counts, every disagreement."""
+    if verification is None or verification["status"] != "verified":
+        return []  # the one line on stderr says why
+    lines = []
+    who = "Codex %s (%s)" % (verification["codex_version"], verification["codex_origin"])
+    now = "before the apply" if applied else "now"
+    then = "after the apply" if applied else "after this plan"
+    errors = verification["codex_errors"]
+    if "before" in errors:
+        text = "%s cannot open this home %s (%s)" % (who, now, short(errors["before"], 160))
+    else:
+        text = "%s lists %d of your %d conversations %s" % (
+            who, len(verification["listed_before"]), verification["conversations_before"], now)
+    if "after" in errors:
+        text += "; %s it still cannot (%s)" % (then, short(errors["after"], 160))
+    elif verification["listed_after"] is not None and (verification["listed_after"] != verification["listed_before"]
+                                                      or "before" not in errors):
+        text += "; %s it lists %d of %d" % (then, len(verification["listed_after"]), verification["conversations_after"])
+    lines.append("Verify:    " + text)
+    cost = verification["cost"]
+    lines.append("           (on a scratch copy: %s copied, %.1f%% of the home's %s; removed)" % (
+        _fmt_bytes(cost["bytes_copied"]), 100.0 * cost["bytes_copied"] / max(cost["home_bytes"], 1),
+        _fmt_bytes(cost["home_bytes"])))
+    if verification["agrees"]:
+        lines.append("           Codex agrees with this tool's prediction for every thread.")
+    elif "after" in errors:
+        lines.append("WARNING:   Codex cannot open the home as this plan leaves it; do not apply.")
+    else:
+        lines.append("WARNING:   Codex disagrees with this tool's prediction for %s; do not apply "
+                     "before this is understood:" % plural(len({d["id"] for d in verification["disagreements"]}), "thread"))
+        for item in verification["disagreements"]:
+            lines.append("  %s %s: predicted %s, Codex %s" % (item["phase"], item["id"], item["predicted"], item["codex"]))
+    if verification.get("profile_note"):
+        lines.append("           Note: %s" % verification["profile_note"])
+    return lines
+
+
+def _fmt_bytes(count: int) -> str:
+    if count < 1024:
+        return "%d bytes" % count
+    size, unit = float(count) / 1024, "KB"
+    for bigger in ("MB", "GB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, bigger
+    return "%.1f %s" % (size, unit)
+
+
+def report_verification(verification: Optional[Dict[str, Any]]) -> None:
+    """On stderr, also under --json: a missing Codex or an unfinished check in one line, and a
+    disagreement as a warning nobody can miss."""
+    if not verification:
+        return
+    if verification["status"] != "verified":
+        sys.stderr.write("verify: %s\n" % verification["message"])
+    elif "after" in verification["codex_errors"]:
+        sys.stderr.write("warning: Codex %s cannot open the home as the plan leaves it (%s); do not apply\n" % (
+            verification["codex_version"], short(verification["codex_errors"]["after"], 200)))
+    elif not verification["agrees"]:
+        ids = sorted({d["id"] for d in verification["disagreements"]})
+        sys.stderr.write("warning: Codex %s disagrees with this tool's prediction for %s (%s); do not apply "
+                         "before this is understood\n" % (verification["codex_version"], plural(len(ids), "thread"),
+                                                          ", ".join(ids[:5])))
+
+
+def verification_exit_code(code: int, verification: Optional[Dict[str, Any]]) -> int:
+    """A disagreement is a finding: exit 1 even where the command would have said 0."""
+    if verification and verification.get("status") == "verified" and not verification["agrees"] and code == EXIT_OK:
+        return EXIT_FINDINGS
+    return code
 
 
 # ---------------------------------------------------------------------------------------------
@@ -3877,7 +5544,7 @@ def render_diagnose_text(doc: Dict[str, Any], verbose: bool) -> str:
     origin = doc["codex_home_origin"]
     lines.append("Home:      %s (%s)" % (doc["codex_home"], "the default, ~/.codex" if origin == "default" else "from " + origin))
     lines.append("Safety:    %s" % doc["safety"])
-    lines.append("Provider:  %s (%s)%s" % (cfg["active_provider"], cfg["provider_source"],
+    lines.append("Provider:  %s (%s)%s" % (cfg["active_provider"] or "unknown", cfg["provider_source"],
                                                  "; profile %s" % cfg["profile"] if cfg["profile"] else ""))
     if db["live"]:
         live = db["live"]
@@ -3918,6 +5585,9 @@ def render_diagnose_text(doc: Dict[str, Any], verbose: bool) -> str:
         lines.append("")
         lines.append("Next (dry runs; nothing is written without --apply):")
         lines.extend("  " + c for c in doc["next_commands"])
+    if doc.get("verification"):
+        lines.append("")
+        lines.extend(verification_lines(doc["verification"], False))
     return "\n".join(lines)
 
 
@@ -3937,12 +5607,17 @@ def render_plan_text(doc: Dict[str, Any], verbose: bool) -> str:
             value = ", ".join(str(v) for v in value)
         lines.append("%-10s %s" % (key.replace("_", " ") + ":", value))
     actions = doc["actions"]
+    compat = compatibility_line(doc.get("compatibility"))
+    if compat:
+        lines.append("Schema:    %s" % compat)
     lines.append("Plan:      %s" % (summarise_actions(actions) or "nothing"))
     shown = actions if verbose else actions[:10]
     for action in shown:
         if action["kind"] == "rollout_edit":
-            lines.append("  rollout  %s: %s" % (action["path"], ", ".join(
-                "line %d %s" % (c["line"], c["field"]) for c in action["changes"])))
+            lines.append("  rollout  %s: %s%s" % (action["path"], ", ".join(
+                "line %d %s" % (c["line"], c["field"]) for c in action["changes"]),
+                "; damaged lines kept verbatim (%s)" % ", ".join(action["kept_verbatim"])
+                if action.get("kept_verbatim") else ""))
         elif action["kind"] == "sql":
             detail = "%s %s" % (action["sql"], action["params"]) if verbose else "%s %s row %s" % (
                 action["op"], action["table"], action["thread_id"] or "")
@@ -3966,6 +5641,7 @@ def render_plan_text(doc: Dict[str, Any], verbose: bool) -> str:
                                                     "it" if doc["changes"] == 1 else "them", BACKUP_DIR_NAME))
     else:
         lines.append("Nothing to do.")
+    lines.extend(verification_lines(doc.get("verification"), doc["applied"]))
     return "\n".join(lines)
 
 
@@ -4022,10 +5698,14 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         threads=(thread_entry(v, args.verbose) for v in views if v.reasons or args.verbose),
         next_commands=suggest_commands(inv, findings, args),
     )
+    if getattr(args, "verify", False):
+        doc["verification"] = verify_with_codex(inv, args, None)
+        doc["exit_code"] = code = verification_exit_code(code, doc["verification"])
     if args.json:
         emit_json(doc)
     else:
         print(render_diagnose_text(doc, args.verbose))
+    report_verification(doc.get("verification"))
     return code
 
 
@@ -4040,17 +5720,20 @@ REASON_FIXES: Dict[str, str] = {
     "attachment_only_prompt": "0.120-era Codex: repair-user-events; newer Codex: pin the thread, or open it by id "
                               "(`codex resume ID`) and send one message",
     "rollout_missing": "nothing to recover locally; reindex --prune-missing removes the row",
+    "rollout_inaccessible": "fix the permissions of the rollout's folder (or the disk); the row is never pruned",
     "rollout_path_stale": "reindex",
     "no_db_row": "reindex",
     "archive_flag_mismatch": "reindex",
     "source_filtered": "by design: see it with `codex resume --all --include-non-interactive`, or resume it by id",
     "archived": "by design: open Codex's Archived view, or unarchive it there",
     "no_user_content": "nothing to recover: the thread never had a user message",
-    "user_message_beyond_scan": "resume it by id (`codex resume ID`); newer Codex releases read further",
+    "user_message_beyond_scan": "resume it by id (`codex resume ID`): 0.130.0 and newer leave it out of the "
+                                "default list",
     "beyond_recent_window": "scroll or search in Codex, or pin the thread",
     "cwd_unmatchable": "`codex resume --all` lists it regardless of folder",
-    "history_projection_missing": "point sqlite_home back at the folder that holds thread_history_1.sqlite with this "
-                                  "thread's rows (evidence `elsewhere: true`: the home's own copy has them)",
+    "history_projection_missing": "the thread's evidence `manual_step`: resume it once in Codex (it rebuilds the turns "
+                                  "from the rollout), or, with `elsewhere: true`, point sqlite_home back at the folder "
+                                  "whose thread_history_1.sqlite has its rows",
 }
 
 
@@ -4074,7 +5757,7 @@ def scan_rollout_layers(path: Path, thread_id: str) -> Dict[str, Any]:
     scan the repairs use."""
     metas, settings = [], []
     probe = RolloutEdit(path, thread_id)
-    with open(str(path), "rb") as handle:
+    with open_regular(path) as handle:
         for line_no, _offset, raw in iter_marked_lines(handle, PROVIDER_LINE_MARKERS, hashlib.sha256(), probe):
             record = parse_rollout_line(raw, line_no, [])
             payload = record.get("payload") if record else None
@@ -4112,7 +5795,9 @@ def projection_layer(inv: Inventory, view: ThreadView) -> Optional[Dict[str, Any
     next_offset = state[0] if state else None
     return {"db": display_path(db_path, inv.home), "turns": turns[0], "first_offset": turns[1],
             "last_end_offset": turns[2], "next_rollout_byte_offset": next_offset, "rollout_size": size,
-            "offsets_within_file": None if size is None or next_offset is None else next_offset <= size}
+            "offsets_within_file": None if size is None or next_offset is None else next_offset <= size,
+            "offsets_on_line_starts": None if view.primary is None or turns[0] == 0 and next_offset is None
+            else view.id not in inv.misaligned_offsets}
 
 
 def filter_verdicts(inv: Inventory, view: ThreadView) -> List[Dict[str, Any]]:
@@ -4191,7 +5876,7 @@ def trace_thread(inv: Inventory, view: ThreadView, verbose: bool) -> Dict[str, A
 def read_global_state_hints(home: Path, thread_id: str) -> Dict[str, Any]:
     path = home / ".codex-global-state.json"
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        data = json.loads(read_small_file(path, MAX_STATE_BYTES).decode("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return {"present": path.exists(), "readable": False}
     if not isinstance(data, dict):
@@ -4326,24 +6011,44 @@ def run_repair(args: argparse.Namespace) -> int:
     if expected and args.apply and expected != plan_id:
         raise refuse("the plan changed since the dry run that was reviewed (%s, now %s): Codex or something "
                      "else wrote to the home; run the dry run again and review it" % (expected, plan_id), None)
+    compat = schema_compatibility(inv, plan) if plan.sql else None
+    if compat and compat["changed"]:
+        plan.warnings.append("%s: --apply refuses unless --force" % compatibility_line(compat))
     applied: Optional[Dict[str, Any]] = None
-    if args.apply and plan.change_count:
+    verification: Optional[Dict[str, Any]] = None
+    writes = bool(args.apply and plan.change_count)
+
+    def apply() -> Inventory:
+        nonlocal applied
         applied = apply_plan(inv, plan, args, args.argv)
+        repaired = build_inventory(args)
+        run_checks(repaired)
+        return repaired
+
+    if getattr(args, "verify", False):
+        verification = verify_with_codex(inv, args, plan, apply if writes else None)
+    elif writes:
+        apply()
     code = EXIT_OK if applied is not None or plan.change_count == 0 else EXIT_FINDINGS
+    code = verification_exit_code(code, verification)
     doc = envelope(plan.command, inv, code, applied=applied is not None,
                    safety=SAFETY_LINE_READ if applied is None else SAFETY_LINE_WRITE,
                    plan=plan.notes, plan_id=plan_id, changes=plan.change_count,
+                   compatibility=compat,
                    # streamed under --json (thousands of actions are never held as one list)
                    actions=plan.iter_actions_json(inv.home, args.verbose) if args.json
                    else plan.actions_json(inv.home, args.verbose),
                    warnings=plan.warnings, skipped=plan.skipped + (applied or {}).get("skipped", []),
                    backup_dir=(applied or {}).get("backup_dir"))
+    if verification is not None:
+        doc["verification"] = verification
     if args.json:
         emit_json(doc)
     else:
         print(render_plan_text(doc, args.verbose))
     for warning in plan.warnings:
         sys.stderr.write("warning: %s\n" % warning)
+    report_verification(verification)
     return code
 
 
@@ -4355,11 +6060,21 @@ def choose_backup(home: Path, args: argparse.Namespace) -> Path:
         folder = folder if folder.is_absolute() or folder.exists() else home / BACKUP_DIR_NAME / args.backup_dir
         return folder.resolve()
     if args.latest:
-        backups = [b for b in list_backups(home) if b["command"] != "restore"]
+        backups = [b for b in list_backups(home) if b["command"] not in ("restore", None)]
         if not backups:
             raise UsageError("no backups under %s" % (home / BACKUP_DIR_NAME))
         return Path(backups[-1]["path"])
     raise UsageError("name a backup folder, or use --latest or --list")
+
+
+def plan_restore(inv: Inventory, folder: Path, manifest: Dict[str, Any]) -> Plan:
+    """A restore is a plan like any repair's: the verified entries that differ from the home,
+    applied by apply_plan (preflight, lock, undo backup, journal, verify)."""
+    plan = Plan("restore")
+    actions = verified_restore_actions(folder, manifest, inv.home, restore_db_dirs(inv.home, inv.config))
+    plan.restores = [a for a in actions if a.needed()]
+    plan.notes["from"] = str(folder)
+    return plan
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
@@ -4371,44 +6086,32 @@ def cmd_restore(args: argparse.Namespace) -> int:
             emit_json(doc)
         else:
             width = max([len(b["name"]) for b in backups] + [0])
-            print("\n".join("%-*s  %-18s %3d file(s)%s" % (width, b["name"], b["command"], b["files"],
-                                                         "" if b["complete"] else "  (incomplete run)")
+            print("\n".join("%-*s  %-18s %3d file(s)%s" % (width, b["name"], b["command"] or "-", b["files"],
+                                                         "  (partial: no manifest; removed by the next --apply)"
+                                                         if b["partial"] else "  (manifest does not verify)"
+                                                         if b["unverifiable"] else "" if b["complete"]
+                                                         else "  (incomplete run)")
                             for b in backups) or "No backups under %s" % (home / BACKUP_DIR_NAME))
         return EXIT_OK
     folder = choose_backup(home, args)
     if not is_within(folder, (home / BACKUP_DIR_NAME).resolve()):
         raise refuse("%s is not a backup folder of this home" % folder, None)
     manifest = read_manifest(folder)
+    inv = build_inventory(args)
+    plan = plan_restore(inv, folder, manifest)
     changed = changed_since_backup(folder, home)
     entries = [e["path"] for e in manifest["entries"]]
     result: Dict[str, Any] = {"backup_dir": str(folder), "files": entries, "changed_since_run": changed}
     if args.apply:
-        if changed and not args.force:
+        if changed and not args.discard_changes:
             raise refuse("%d file(s) changed after that run (%s); restoring puts each back whole and would "
                          "discard those changes (Codex itself updates the DB when it lists threads)"
-                         % (len(changed), ", ".join(changed[:3])), "--force")
-        users = codex_users(home, [_resolve_manifest_path(e["path"], home) for e in manifest["entries"]
-                                   if e["kind"] == "sqlite"])
-        if users and not args.force:
-            raise refuse("Codex is using this home (%s)" % "; ".join(users[:3]), "--force")
-        with ToolLock(home):
-            remove_stale_temp_files(find_temp_files(home))
-            dbs = {_resolve_manifest_path(e["path"], home): e.get("rows") or {} for e in manifest["entries"]
-                   if e["kind"] == "sqlite"}
-            files = [_resolve_manifest_path(e["path"], home) for e in manifest["entries"] if e["kind"] == "file"]
-            undo, undo_manifest = make_backup_or_fail(lambda: make_backup(
-                home, "restore", dbs, files, [{"kind": "restore", "from": str(folder)}], args.argv))
-            try:
-                restore_backup(folder, home)
-            except Exception as exc:  # noqa: BLE001
-                try:
-                    restore_backup(undo, home)
-                    again = "the state before the restore was put back from %s" % undo
-                except Exception as worse:  # noqa: BLE001
-                    again = "putting back the state before the restore FAILED (%s); see %s" % (worse, undo)
-                raise ApplyError("restore failed: %s; %s" % (short(str(exc), 200), again)) from None
-            finish_manifest(undo, undo_manifest, home)
-            result["undo_backup_dir"] = str(undo)
+                         % (len(changed), ", ".join(changed[:3])), "--discard-changes")
+        if plan.change_count:
+            applied = apply_plan(inv, plan, args, args.argv)
+            result["undo_backup_dir"] = applied["backup_dir"]
+        else:
+            result["undo_backup_dir"] = None
     code = EXIT_OK if args.apply else EXIT_FINDINGS
     doc = envelope("restore", home, code, applied=bool(args.apply), **result)
     if args.json:
@@ -4418,11 +6121,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
         print("%s %d file(s) from %s" % (verb, len(entries), folder))
         for path in entries:
             print("  %s%s" % (path, "  (changed since that run)" if path in changed else ""))
-        if args.apply:
+        if args.apply and result["undo_backup_dir"]:
             print("The state just before this restore is saved in %s" % result["undo_backup_dir"])
+        elif args.apply:
+            print("Nothing to put back: the home already holds what the backup holds.")
         else:
             print("Nothing was written. Re-run with --apply to restore%s." % (
-                " (--force too: files changed since that run)" if changed else ""))
+                " (--discard-changes too: files changed since that run)" if changed else ""))
     return code
 
 
@@ -4442,6 +6147,7 @@ examples:
   %(prog)s diagnose --codex-home ~/.codex --json
   %(prog)s repair-provider --from openai --to auto            # dry run: shows the plan
   %(prog)s repair-provider --from openai --to auto --apply    # backs up, then writes
+  %(prog)s repair-provider --from openai --verify             # your Codex checks the plan first
   %(prog)s repair-user-events
   %(prog)s repair-ui-state
   %(prog)s rebuild-index
@@ -4526,6 +6232,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "command to run. Never writes.")
     _scope_options(diagnose, "scope of the suggested repairs (provider candidates and next commands; "
                              "findings always cover every thread)")
+    _verify_options(diagnose)
     diagnose.set_defaults(handler=cmd_diagnose)
 
     trace = sub.add_parser(
@@ -4585,6 +6292,7 @@ def build_parser() -> argparse.ArgumentParser:
             repair.add_argument("--prune-missing", action="store_true",
                                 help="also delete rows whose rollout file no longer exists")
         _write_options(repair)
+        _verify_options(repair)
         repair.add_argument("--expect-plan", metavar="PLAN_ID",
                             help="with --apply: refuse unless the plan is the one the dry run printed as "
                                  "plan_id (nothing changed in between)")
@@ -4592,16 +6300,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     restore = sub.add_parser(
         "restore", parents=[shared], help="put back exactly what an earlier --apply changed",
-        description="Restore the files and DB of a backup made by --apply. Refuses when they changed "
-                    "after that run, unless --force. The state just before the restore is backed up too.")
+        description="Restore the files and DB of a backup made by --apply, after verifying every copy "
+                    "against the manifest. Refuses when they changed after that run, unless --discard-changes, "
+                    "and while Codex is using the home, unless --force. The state just before the restore is "
+                    "backed up too.")
     restore.add_argument("backup_dir", nargs="?", metavar="BACKUP_DIR",
                          help="a folder under CODEX_HOME/%s (its name or path)" % BACKUP_DIR_NAME)
     restore.add_argument("--latest", action="store_true", help="the most recent backup")
     restore.add_argument("--list", action="store_true", help="list the backups and exit")
-    _write_options(restore, force_help="restore although the files changed after that run, or Codex is using "
-                   "the home; never implies --apply")
+    _write_options(restore, force_help="restore although Codex is using the home; never implies --apply")
+    restore.add_argument("--discard-changes", action="store_true", help="restore although files changed after "
+                         "that run (those later changes are lost; the undo backup keeps them)")
     restore.set_defaults(handler=cmd_restore)
     return parser
+
+
+def _verify_options(parser: argparse.ArgumentParser) -> None:
+    """--verify and --codex-bin, for diagnose and every repair."""
+    group = parser.add_argument_group("verification with your own Codex")
+    group.add_argument("--verify", action="store_true",
+                       help="ask your Codex (its app-server, offline, on a private scratch copy of the home with "
+                            "no credentials) what it lists now and after this plan, and compare with this tool's "
+                            "prediction; a disagreement is a finding (exit 1). No byte of the home is written")
+    group.add_argument("--codex-bin", metavar="PATH", type=_executable_argument,
+                       help="the codex binary --verify runs (default: `codex` on PATH, else the one Codex "
+                            "Desktop or the IDE extension ships)")
+
+
+def _executable_argument(text: str) -> str:
+    """--codex-bin is checked before the home is read: a typo is a usage error at once."""
+    if not _is_executable(Path(text).expanduser()):
+        raise argparse.ArgumentTypeError("%s is not an executable file" % text)
+    return text
 
 
 def _write_options(parser: argparse.ArgumentParser, force_help: Optional[str] = None) -> None:
@@ -4644,6 +6374,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_USAGE
     try:
         return args.handler(args)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
     except ToolError as exc:
         if getattr(args, "json", False):
             emit_json(error_document(args.command, home_for_error(args), exc))
