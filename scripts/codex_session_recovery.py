@@ -2574,6 +2574,8 @@ class RolloutEdit:
         # not the whole line (a session_meta line is ~21 KB; its provider is a few bytes), so a
         # plan of thousands of edits stays small. Offsets are into the file as planned.
         self.replacements: List[Tuple[int, int, bytes]] = []
+        # (byte offset, length) of the whole line each replacement lies in, in the same order
+        self.lines: List[Tuple[int, int]] = []
         self.encrypted_reasoning = False
         # (st_dev, st_ino) of the file that was read: a file replaced since is not this one.
         self.identity: Optional[Tuple[int, int]] = None
@@ -2584,6 +2586,23 @@ class RolloutEdit:
     @property
     def deltas(self) -> List[Tuple[int, int, int]]:
         return [(start, length, len(new) - length) for start, length, new in self.replacements if len(new) != length]
+
+    def line_spans(self) -> Dict[int, Tuple[int, List[Tuple[int, int, bytes]]]]:
+        """line offset -> (its old length, the replacements inside it)."""
+        found: Dict[int, Tuple[int, List[Tuple[int, int, bytes]]]] = {}
+        for (start, length), span in zip(self.lines, self.replacements):
+            found.setdefault(start, (length, []))[1].append(span)
+        return found
+
+    def edited_line(self, start: int, raw: bytes) -> bytes:
+        """The line at `start` (its old bytes `raw`) as the rewrite writes it."""
+        out, position = [], start
+        for offset, length, new in sorted(self.line_spans().get(start, (0, []))[1]):
+            out.append(raw[position - start:offset - start])
+            out.append(new)
+            position = offset + length
+        out.append(raw[position - start:])
+        return b"".join(out)
 
     def shift(self, offset: int) -> int:
         """Where a byte offset into the old file lands in the new one (offsets are line starts)."""
@@ -2804,6 +2823,7 @@ def plan_rollout_edit(path: Path, thread_id: str, line_edit: Any,
                 new_raw, field = result
                 edit.changes.append({"line": line_no, "field": field})
                 edit.replacements.append(changed_span(offset, raw, new_raw))
+                edit.lines.append((offset, len(raw)))
     edit.fingerprint = file_fingerprint(path, digest.hexdigest())
     stat = path.stat()
     edit.identity = (stat.st_dev, stat.st_ino)
@@ -2965,6 +2985,138 @@ def close_plan_readers(inv: "Inventory") -> None:
     reader = getattr(inv, "_projection_offsets", None)
     if isinstance(reader, ProjectionOffsets):
         reader.close()
+
+
+PROJECTION_OFFSETS = {
+    # table: (key columns, (ordinal column, offset column, which end of that line))
+    "thread_turns": (("thread_id", "turn_id"), (("rollout_ordinal", "rollout_byte_offset", "start"),
+                                                ("rollout_end_ordinal", "rollout_end_byte_offset", "end"))),
+    "thread_history_projection_state": (("thread_id",), (("next_rollout_ordinal", "next_rollout_byte_offset",
+                                                           "next"),)),
+}
+
+
+def read_projection_rows(db_path: Path, thread_id: Optional[str] = None) -> Dict[str, List[Tuple[str, Dict[str, Any]]]]:
+    """thread id -> [(table, row)] of the offset-bearing rows of the history projection."""
+    found: Dict[str, List[Tuple[str, Dict[str, Any]]]] = {}
+    conn = open_db_readonly(db_path)
+    try:
+        for table, (keys, triples) in PROJECTION_OFFSETS.items():
+            if not table_exists(conn, table):
+                continue
+            columns = set(table_columns(conn, table))
+            present = [c for triple in triples for c in triple[:2] if c in columns]
+            if not any(t[1] in columns for t in triples):
+                continue
+            query = "SELECT %s FROM %s" % (", ".join(keys + tuple(present)), table)
+            rows = conn.execute(query + " WHERE thread_id = ?", (thread_id,)) if thread_id else conn.execute(query)
+            for row in rows:
+                found.setdefault(str(row["thread_id"]).lower(), []).append((table, dict(row)))
+    finally:
+        conn.close()
+    return found
+
+
+def misaligned_projection_offsets(inv: "Inventory") -> Dict[str, Dict[str, Any]]:
+    """Threads whose projection offsets are not line starts of their rollout (a byte before each
+    must be a newline), e.g. after a run was killed between replacing a rollout and updating
+    the projection. One read of a byte per offset: cheap at any rollout size."""
+    db_path = history_db_path(inv)
+    if db_path is None:
+        return {}
+    try:
+        by_thread = read_projection_rows(db_path)
+    except sqlite3.Error:
+        return {}
+    found: Dict[str, Dict[str, Any]] = {}
+    for thread_id, rows in sorted(by_thread.items()):
+        view = inv.threads.get(thread_id)
+        # A torn last line leaves every earlier line where it was; other damage makes the
+        # ordinals of the lines uncertain, and such a rollout is left to the user.
+        if view is None or view.primary is None or set(view.primary.problems) - {"torn_line"}:
+            continue
+        offsets = sorted({row[c] for table, row in rows for _o, c, _e in PROJECTION_OFFSETS[table][1]
+                          if isinstance(row.get(c), int)})
+        try:
+            bad = offsets_off_line_starts(view.primary.path, offsets)
+        except OSError:
+            continue
+        if bad:
+            found[thread_id] = {"offsets": len(offsets), "off_line_start": len(bad), "first": bad[0]}
+    return found
+
+
+def offsets_off_line_starts(path: Path, offsets: Sequence[int]) -> List[int]:
+    bad = []
+    with open_regular(path) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        for offset in offsets:
+            if offset < 0 or offset > size:
+                bad.append(offset)
+            elif offset > 0:
+                handle.seek(offset - 1)
+                if handle.read(1) != b"\n":
+                    bad.append(offset)
+    return bad
+
+
+def ordinal_line_spans(path: Path) -> Dict[int, Tuple[int, int]]:
+    """ordinal -> (start, end) byte offsets of its line. CODEX-COMPAT 0.169.0 writes `ordinal` on
+    every line (the line's index); a line without one counts by its index."""
+    spans: Dict[int, Tuple[int, int]] = {}
+    offset = 0
+    with open_regular(path) as handle:
+        for index, raw in enumerate(iter(lambda: handle.readline(MAX_LINE_BYTES), b"")):
+            ordinal = index
+            try:
+                record = json.loads(raw.decode("utf-8"))
+                if isinstance(record, dict) and isinstance(record.get("ordinal"), int):
+                    ordinal = record["ordinal"]
+            except (UnicodeDecodeError, ValueError):
+                pass
+            spans.setdefault(ordinal, (offset, offset + len(raw)))
+            offset += len(raw)
+    return spans
+
+
+def plan_offset_realignment(inv: "Inventory", plan: "Plan", busy_ids: set) -> None:
+    """SQL that puts every misaligned projection offset back on the line its ordinal names."""
+    db_path = history_db_path(inv)
+    for thread_id in sorted(inv.misaligned_offsets):
+        if thread_id in busy_ids:
+            continue
+        view = inv.threads[thread_id]
+        try:
+            spans = ordinal_line_spans(view.primary.path)
+            rows = read_projection_rows(db_path, thread_id).get(thread_id, [])
+        except (OSError, sqlite3.Error) as exc:
+            plan.skipped.append({"thread_id": thread_id, "reason": "history offsets not realigned: %s" % short(str(exc), 120)})
+            continue
+        changes, missing = [], []
+        for table, row in rows:
+            keys, triples = PROJECTION_OFFSETS[table]
+            new, old = {}, {}
+            for ordinal_column, offset_column, end in triples:
+                ordinal, offset = row.get(ordinal_column), row.get(offset_column)
+                if not isinstance(ordinal, int) or not isinstance(offset, int):
+                    continue
+                lookup = ordinal - 1 if end == "next" else ordinal
+                if lookup < 0:
+                    want = 0
+                elif lookup in spans:
+                    want = spans[lookup][0 if end == "start" else 1]
+                else:
+                    missing.append(ordinal)
+                    continue
+                if want != offset:
+                    new[offset_column], old[offset_column] = want, offset
+            if new:
+                changes.append(SqlChange(db_path, table, {k: row[k] for k in keys}, new, expect=old, thread_id=thread_id))
+        if missing:
+            plan.skipped.append({"thread_id": thread_id, "reason": "history offsets not realigned: ordinal(s) %s are "
+                                 "not lines of the rollout" % ", ".join(map(str, sorted(set(missing))[:5]))})
+            continue
+        plan.sql.extend(changes)
 
 
 def resolve_target_provider(inv: Inventory, requested: str, source_provider: str) -> Tuple[str, str]:
@@ -5005,7 +5157,7 @@ def copy_rollout_head(info: RolloutInfo, target: Path, edit: Optional[RolloutEdi
     """The head of one rollout, plus the later lines listing reads (and any line the plan
     edits), with the plan's line edits applied exactly as the apply engine writes them."""
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    replacements = {offset: (length, new) for offset, length, new in (edit.replacements if edit else [])}
+    lines = edit.line_spans() if edit else {}  # line offset -> (old length, its replacements)
     written = count = 0
     event_seen = False
     with open(str(info.path), "rb") as source, open(str(target), "wb") as out:
@@ -5016,8 +5168,9 @@ def copy_rollout_head(info: RolloutInfo, target: Path, edit: Optional[RolloutEdi
             if not raw and not oversized:
                 break
             end = source.tell()
-            if start in replacements:
-                raw = replacements.pop(start)[1]
+            if start in lines:
+                lines.pop(start)
+                raw = edit.edited_line(start, raw)
             elif oversized:
                 source.seek(start)
                 raw = source.read(end - start)
@@ -5030,12 +5183,12 @@ def copy_rollout_head(info: RolloutInfo, target: Path, edit: Optional[RolloutEdi
         for offset, length in later_listing_lines(source, info, head_end, cache):
             source.seek(offset)
             later[offset] = source.read(length)
-        for offset, (length, _new) in replacements.items():
+        for offset, (length, _spans) in lines.items():
             if offset not in later and offset >= head_end:
                 source.seek(offset)
                 later[offset] = source.read(length)
         for offset in sorted(later):
-            raw = replacements[offset][1] if offset in replacements else later[offset]
+            raw = edit.edited_line(offset, later[offset]) if offset in lines else later[offset]
             out.write(raw)
             written += len(raw)
     stat = info.path.stat()
