@@ -606,6 +606,10 @@ HOME_HINT = ("give --codex-home PATH or set CODEX_HOME to the folder Codex keeps
 def resolve_codex_home(flag: Optional[str], environ: Dict[str, str]) -> Tuple[Path, str]:
     """The home and where the answer came from. A symlinked home is allowed (Codex resolves it
     too); the returned path is the resolved one so every stored path compares equal."""
+    if flag is not None and not flag.strip():
+        # An empty value is a mistake (an unset shell variable), not a request for the default:
+        # falling back would read, and with --apply write, a home the user did not name.
+        raise UsageError("--codex-home: empty path")
     if flag:
         raw, origin = flag, "--codex-home"
     elif environ.get("CODEX_HOME"):
@@ -2479,7 +2483,7 @@ def provider_candidates(inv: Inventory, args: argparse.Namespace) -> Dict[str, L
             continue
         if not in_scope(view, scope_sources(args), args.include_archived, args.include_empty):
             continue
-        carried = view.rollout_provider or view.db_provider or DEFAULT_PROVIDER
+        carried = carried_provider(view)
         if carried != inv.config.provider:
             groups.setdefault(carried, []).append(view.id)
     return groups
@@ -3138,7 +3142,28 @@ def resolve_target_provider(inv: Inventory, requested: str, source_provider: str
     return DEFAULT_PROVIDER, "default (config.toml names no provider)"
 
 
+def check_provider_option(option: str, value: str, allow_empty: bool) -> None:
+    """A provider name is one line of printable text. `--to ""` would write an empty provider
+    into every rollout (a thread Codex then lists under no provider); `--from ""` is allowed:
+    it names the threads that already carry an empty value, so they can be moved back."""
+    if not value and not allow_empty:
+        raise UsageError("%s: empty provider name" % option)
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise UsageError("%s: the provider name contains a control character (%r)" % (option, value[:60]))
+
+
+def carried_provider(view: "ThreadView") -> str:
+    """The provider a thread carries: its rollout's, else its row's, else the default. An empty
+    value is a value (Codex lists such a thread under no provider), not an absent one."""
+    for value in (view.rollout_provider, view.db_provider):
+        if value is not None:
+            return value
+    return DEFAULT_PROVIDER
+
+
 def plan_provider_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
+    check_provider_option("--from", args.from_provider, allow_empty=True)
+    check_provider_option("--to", args.to, allow_empty=False)
     plan = Plan("repair-provider")
     target, target_source = resolve_target_provider(inv, args.to, args.from_provider)
     plan.notes.update({"from": args.from_provider, "to": target, "to_source": target_source,
@@ -3636,7 +3661,9 @@ def refuse(reason: str, override: Optional[str]) -> RefusedError:
 def preflight(inv: Inventory, plan: Plan, force: bool) -> None:
     for path in plan.touched_files():
         check_inside_home(path, inv.home)
+        check_tool_writes(display_path(path, inv.home), "file")
     for db in plan.touched_dbs():
+        check_tool_writes(db.name, "sqlite")
         if not is_within(Path(os.path.realpath(str(db))), inv.home) and not is_configured_sqlite_home(db, inv):
             raise refuse("%s lies outside CODEX_HOME" % db, None)
     compat = schema_compatibility(inv, plan)
@@ -3650,6 +3677,44 @@ def preflight(inv: Inventory, plan: Plan, force: bool) -> None:
     if users and not force:
         raise refuse("Codex is using this home (%s); quit Codex Desktop, the IDE extension and any codex "
                      "process first" % "; ".join(users[:3]), "--force")
+
+
+# What this tool ever writes, and so all a backup of it may name and a restore may put back:
+# rollouts under sessions/ and archived_sessions/, session_index.jsonl, Desktop's
+# .codex-global-state.json, and the state and history DBs (with their -wal/-shm/-journal files,
+# which rebuild-db moves). One predicate for every plan (preflight) and for restore, so a
+# manifest naming anything else (auth.json, config.toml, a lock) is refused before it is opened.
+# CODEX-COMPAT: the names are those of 0.100.0-0.171.0.
+TOOL_WRITTEN_TOP_FILES = ("session_index.jsonl", ".codex-global-state.json")
+ROLLOUT_FOLDERS = ("sessions", "archived_sessions")
+DB_NAME_RE = re.compile(r"^(?:state(?:_\d+)?|thread_history_\d+)\.sqlite$")
+DB_FILE_RE = re.compile(r"^(?:state(?:_\d+)?|thread_history_\d+)\.sqlite(?:-wal|-shm|-journal)?$")
+CREDENTIAL_NAME_RE = re.compile(r"auth|credential|token|cookie|secret|passw|api.?key|\.lock$|\.key$|\.pem$",
+                                re.IGNORECASE)
+
+
+def tool_write_refusal(text: str, kind: str) -> Optional[str]:
+    """Why `text` (a path relative to the home; a DB may be absolute) is not a file this tool
+    writes, or None when it is one. Pure: it looks at the name only, never at the file."""
+    parts = [p for p in re.split(r"[\\/]+", text) if p]
+    if not parts:
+        return "an empty path"
+    if any(CREDENTIAL_NAME_RE.search(part) for part in parts[-1:]) or parts[-1] == "auth.json":
+        return "a credential or lock file, which this tool never opens"
+    name = parts[-1]
+    if kind == "sqlite":
+        return None if DB_NAME_RE.match(name) else "not a state or history DB"
+    if len(parts) == 1 and (name in TOOL_WRITTEN_TOP_FILES or DB_FILE_RE.match(name)):
+        return None
+    if parts[0] in ROLLOUT_FOLDERS and len(parts) > 1 and ROLLOUT_NAME_RE.match(name):
+        return None
+    return "not a file this tool writes (only rollouts, session_index.jsonl, .codex-global-state.json and the DBs)"
+
+
+def check_tool_writes(text: str, kind: str) -> None:
+    reason = tool_write_refusal(text, kind)
+    if reason:
+        raise refuse("%s is %s" % (text, reason), None)
 
 
 def is_configured_sqlite_home(db: Path, inv: Inventory) -> bool:
@@ -4121,6 +4186,9 @@ def verified_restore_actions(folder: Path, manifest: Dict[str, Any], home: Path,
         if not isinstance(entry, dict) or entry.get("kind") not in ("file", "sqlite") or not isinstance(
                 entry.get("path"), str) or not entry["path"]:
             raise refuse("entry %d of %s/manifest.json is not an entry this tool writes" % (number, folder.name), None)
+        reason = tool_write_refusal(entry["path"], entry["kind"])
+        if reason:
+            raise refuse("the backup names %s, %s" % (entry["path"], reason), None)
         target = restore_target(entry, home, allowed_db_dirs)
         payload = None
         if entry["kind"] == "sqlite" or entry.get("existed", True):
@@ -6225,7 +6293,19 @@ def plan_restore(inv: Inventory, folder: Path, manifest: Dict[str, Any]) -> Plan
     applied by apply_plan (preflight, lock, undo backup, journal, verify)."""
     plan = Plan("restore")
     actions = verified_restore_actions(folder, manifest, inv.home, restore_db_dirs(inv.home, inv.config))
-    plan.restores = [a for a in actions if a.needed()]
+    journal = read_journal(folder) if (folder / JOURNAL_NAME).is_file() else None
+    plan.restores = []
+    for action in (a for a in actions if a.needed()):
+        if journal is not None and action.entry["path"] not in journal:
+            # The run wrote every path it changed to its journal first: a path it never named
+            # was never changed by it, so putting it back would only undo someone else's change.
+            if action.kind == "remove":
+                raise refuse("the backup would remove %s, which that run never wrote (its journal does not "
+                             "name it)" % action.entry["path"], None)
+            plan.skipped.append({"path": action.entry["path"], "reason": "that run never wrote it (its journal "
+                                 "does not name it)"})
+            continue
+        plan.restores.append(action)
     plan.notes["from"] = str(folder)
     return plan
 
@@ -6254,7 +6334,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
     plan = plan_restore(inv, folder, manifest)
     changed = changed_since_backup(folder, home)
     entries = [e["path"] for e in manifest["entries"]]
-    result: Dict[str, Any] = {"backup_dir": str(folder), "files": entries, "changed_since_run": changed}
+    removals = [a.entry["path"] for a in plan.restores if a.kind == "remove"]
+    creations = [a.entry["path"] for a in plan.restores if a.kind == "restore_file" and not os.path.lexists(str(a.target))]
+    result: Dict[str, Any] = {"backup_dir": str(folder), "files": entries, "changed_since_run": changed,
+                              "would_remove": removals, "would_create": creations, "skipped": plan.skipped}
     if args.apply:
         if changed and not args.discard_changes:
             raise refuse("%d file(s) changed after that run (%s); restoring puts each back whole and would "
@@ -6274,6 +6357,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
         print("%s %d file(s) from %s" % (verb, len(entries), folder))
         for path in entries:
             print("  %s%s" % (path, "  (changed since that run)" if path in changed else ""))
+        for path in removals:
+            print("%s %s (that run created it)" % ("Removed" if args.apply else "Would remove", path))
+        for path in creations:
+            print("%s %s (it no longer exists)" % ("Created" if args.apply else "Would create", path))
+        for skip in plan.skipped:
+            print("Left alone: %s (%s)" % (skip["path"], skip["reason"]))
         if args.apply and result["undo_backup_dir"]:
             print("The state just before this restore is saved in %s" % result["undo_backup_dir"])
         elif args.apply:
