@@ -2055,6 +2055,8 @@ REASONS: Dict[str, Tuple[str, str]] = {
                                         "unreadable is not missing, so the row is never pruned"),
     "rollout_path_stale": ("warning", "the DB row's rollout_path is wrong; the file exists elsewhere in the home"),
     "no_db_row": ("warning", "the rollout has no row in the state DB"),
+    "rollout_not_indexable": ("warning", "a file named like a rollout that cannot become a DB row: no readable "
+                                         "session_meta (not JSON, a FIFO, a device), or a link leading out of the home"),
     "archive_flag_mismatch": ("warning", "the DB archived flag disagrees with where the file lives"),
     "source_filtered": ("info", "non-interactive source (exec, mcp, subagent…): hidden from default lists by design"),
     "archived": ("info", "archived: shown only in the Archived view"),
@@ -2236,7 +2238,29 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
         elif not exists:
             add_reason(view, "rollout_missing", True, rollout_path=path)
     elif inv.has_db and view.files:
-        add_reason(view, "no_db_row", False, file=view.files[0].rel)
+        blocker = index_blocker(view.files[0], inv.home)
+        if blocker:
+            # Codex lists a file-only thread from its session_meta; without one it lists nothing
+            # (measured with a FIFO on 0.171.0), and reindex must not invent a row for it.
+            add_reason(view, "rollout_not_indexable", blocker != "links_outside_home", file=view.files[0].rel,
+                       why=blocker, manual_step="nothing to repair automatically: move the file out of "
+                       "sessions/ if it is not a conversation, or put the real rollout in its place")
+        else:
+            add_reason(view, "no_db_row", False, file=view.files[0].rel)
+
+
+def index_blocker(info: "RolloutInfo", home: Path) -> Optional[str]:
+    """Why a rollout without a DB row cannot get one: a link that leads out of the home (its
+    content is not this home's to index), or no session_meta read from it (not a regular file,
+    not JSON, no session_meta first). Compressed and legacy rollouts keep their own codes."""
+    if os.path.islink(info.file) and not inside_home(os.path.realpath(info.file), home):
+        return "links_outside_home"
+    if info.meta or set(info.problems) & {"compressed", "legacy_format"}:
+        return None
+    for code in ("not_a_file", "unreadable", "empty_file", "first_line_not_session_meta"):
+        if code in info.problems:
+            return code
+    return "no_session_meta"
 
 
 def projection_manual_step(thread_id: str, elsewhere: bool) -> str:
@@ -3419,6 +3443,7 @@ def plan_reindex(inv: Inventory, args: argparse.Namespace) -> Plan:
         if "no_db_row" in codes:
             blocker = set(view.primary.problems) & {"id_mismatch", "legacy_format", "compressed", "unreadable",
                                                     "first_line_not_session_meta", "empty_file", "not_a_file"}
+            blocker |= {index_blocker(view.primary, inv.home)} - {None}
             if blocker:
                 plan.skipped.append({"thread_id": view.id, "reason": "rollout cannot be indexed: %s" % ", ".join(sorted(blocker))})
                 continue
@@ -5944,6 +5969,7 @@ REASON_FIXES: Dict[str, str] = {
     "rollout_inaccessible": "fix the permissions of the rollout's folder (or the disk); the row is never pruned",
     "rollout_path_stale": "reindex",
     "no_db_row": "reindex",
+    "rollout_not_indexable": "nothing to repair: move the file out of sessions/ if it is not a conversation",
     "archive_flag_mismatch": "reindex",
     "source_filtered": "by design: see it with `codex resume --all --include-non-interactive`, or resume it by id",
     "archived": "by design: open Codex's Archived view, or unarchive it there",

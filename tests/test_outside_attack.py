@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -244,3 +245,82 @@ def test_a_thread_carrying_an_empty_provider_is_named_and_repairable(tmp_path):
     assert b'"model_provider":"proxy"' in thread.path.read_bytes().replace(b" ", b"")
     code, out, err = run(["repair-provider", "--codex-home", str(root), "--from", "", "--json"])
     assert code == csr.EXIT_OK and json.loads(out)["actions"] == [], out
+
+
+# ---------------------------------------------------------------------------------------------
+# 4/5. A file named like a rollout that is not one gets no invented row, is not predicted
+#      visible, and earns no repair command (the guided loop ends)
+# ---------------------------------------------------------------------------------------------
+
+ODD_NAME = "rollout-2026-12-01T10-00-0%d-11111111-2222-4333-8444-55555555555%d.jsonl"
+
+
+def _not_json(folder: Path, outside: Path) -> Path:
+    path = folder / (ODD_NAME % (1, 1))
+    path.write_text("not json at all\n")
+    return path
+
+
+def _link_outside(folder: Path, outside: Path) -> Path:
+    path = folder / (ODD_NAME % (2, 2))
+    os.symlink(str(outside), str(path))
+    return path
+
+
+def _link_to_a_real_rollout_outside(folder: Path, outside: Path) -> Path:
+    donor = HomeBuilder(outside.parent / "donor", "0.169.0").thread(provider="proxy")
+    path = folder / donor.path.name
+    os.symlink(str(donor.path), str(path))
+    return path
+
+
+def _fifo(folder: Path, outside: Path) -> Path:
+    path = folder / (ODD_NAME % (3, 3))
+    os.mkfifo(str(path))
+    return path
+
+
+def hash_regular_files(root: Path) -> Dict[str, str]:
+    """hash_tree without opening what is not a regular file (a FIFO would block the read)."""
+    digests = {}
+    for folder, dirs, files in os.walk(str(root)):
+        dirs[:] = [d for d in dirs if d != "recovery-backups"]
+        for name in files:
+            path = Path(folder) / name
+            if name.endswith("-shm") or not stat.S_ISREG(os.lstat(str(path)).st_mode):
+                continue
+            digests[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digests
+
+
+ODD_FILES = [_not_json, _fifo] + ([_link_outside, _link_to_a_real_rollout_outside] if POSIX else [])
+
+
+@pytest.mark.skipif(not POSIX, reason="FIFOs and symlinks")
+@pytest.mark.parametrize("make", ODD_FILES, ids=lambda f: f.__name__.strip("_"))
+def test_reindex_invents_no_row_for_a_file_that_is_not_a_rollout_of_this_home(tmp_path, make):
+    root = tmp_path / "home"
+    HomeBuilder(root, "0.169.0").provider_config("proxy").thread(provider="proxy")
+    outside = tmp_path / "precious.txt"
+    outside.write_text("precious\n")
+    folder = root / "sessions" / "2026" / "12" / "01"
+    folder.mkdir(parents=True)
+    odd = make(folder, outside)
+    before = hash_regular_files(root)
+    code, out, err = run(["reindex", "--codex-home", str(root), "--json"])
+    doc = json.loads(out)
+    assert not [a for a in doc["actions"] if a.get("kind") == "sql"], doc["actions"]
+    code, out, err = run(["reindex", "--codex-home", str(root), "--apply", "--json"])
+    assert code == csr.EXIT_OK and json.loads(out)["actions"] == [], out
+    assert hash_regular_files(root) == before
+    code, out, err = run(["diagnose", "--codex-home", str(root), "--json"])
+    doc = json.loads(out)
+    thread = next(t for t in doc["threads"] if t["rollout"] == os.path.relpath(str(odd), str(root)))
+    assert "rollout_not_indexable" in thread["reasons"], thread
+    assert "no_db_row" not in thread["reasons"]
+    assert not any(" reindex" in c for c in doc["next_commands"]), doc["next_commands"]
+    if make is not _link_to_a_real_rollout_outside:
+        assert thread["hidden"], thread  # CODEX-COMPAT: 0.171.0 lists no thread without a session_meta
+        code, out, err = run(["trace", "--codex-home", str(root), thread["id"]])
+        assert "HIDDEN" in out and "listed by default" not in out, out
+    assert outside.read_text() == "precious\n"
