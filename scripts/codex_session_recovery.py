@@ -6641,7 +6641,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             emit_json(error_document(None, None, UsageError("name a command")))
         return EXIT_USAGE
     try:
-        return args.handler(args)
+        code = args.handler(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        return closed_pipe_exit()
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
@@ -6650,6 +6654,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             emit_json(error_document(args.command, home_for_error(args), exc))
         sys.stderr.write("%s: %s\n" % (exc.label, exc))
         return exc.exit_code
+
+
+def closed_pipe_exit() -> int:
+    """The reader of stdout went away (`| head`, `| sed -n 1,6p`): what is left is not wanted.
+    stdout is pointed at the null device so the interpreter's last flush cannot fail again, and
+    the run ends quietly with 1, as the output was not all delivered. Any --apply had already
+    finished or been undone by then: the engine prints nothing while it writes."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is both
+        pass  # stdout is not a file descriptor (a test's buffer): nothing will flush to a pipe
+    return EXIT_FINDINGS
 
 
 if __name__ == "__main__":

@@ -324,3 +324,29 @@ def test_reindex_invents_no_row_for_a_file_that_is_not_a_rollout_of_this_home(tm
         code, out, err = run(["trace", "--codex-home", str(root), thread["id"]])
         assert "HIDDEN" in out and "listed by default" not in out, out
     assert outside.read_text() == "precious\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. A closed pipe on stdout ends the run quietly
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not POSIX, reason="a pipe whose reader is gone")
+@pytest.mark.parametrize("argv", [["report"], ["diagnose"], ["diagnose", "--json"], ["restore", "--list", "--json"]])
+def test_a_closed_pipe_is_no_traceback(tmp_path, argv):
+    root = tmp_path / "home"
+    home = HomeBuilder(root, "0.169.0").provider_config("proxy")
+    for _ in range(3):
+        home.thread(provider="openai")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # `| head -c 0`: the reader is gone before the first write
+    env = dict(os.environ)
+    env.pop(csr.FAULT_ENV, None)
+    try:
+        proc = subprocess.run([sys.executable, str(SCRIPT), argv[0], "--codex-home", str(root)] + argv[1:],
+                              stdout=write_end, stderr=subprocess.PIPE, env=env, timeout=60)
+    finally:
+        os.close(write_end)
+    err = proc.stderr.decode("utf-8", "replace")
+    assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err
+    assert proc.returncode in (csr.EXIT_OK, csr.EXIT_FINDINGS, csr.EXIT_USAGE), (proc.returncode, err)
