@@ -3684,13 +3684,7 @@ def refuse(reason: str, override: Optional[str]) -> RefusedError:
 
 
 def preflight(inv: Inventory, plan: Plan, force: bool) -> None:
-    for path in plan.touched_files():
-        check_inside_home(path, inv.home)
-        check_tool_writes(display_path(path, inv.home), "file")
-    for db in plan.touched_dbs():
-        check_tool_writes(db.name, "sqlite")
-        if not is_within(Path(os.path.realpath(str(db))), inv.home) and not is_configured_sqlite_home(db, inv):
-            raise refuse("%s lies outside CODEX_HOME" % db, None)
+    check_plan_paths(inv, plan)
     compat = schema_compatibility(inv, plan)
     if compat and compat["changed"] and not force:
         raise refuse("what this plan touches changed shape (state DB schema version %s): %s" % (
@@ -3740,6 +3734,27 @@ def check_tool_writes(text: str, kind: str) -> None:
     reason = tool_write_refusal(text, kind)
     if reason:
         raise refuse("%s is %s" % (text, reason), None)
+
+
+def check_plan_paths(inv: Inventory, plan: Plan) -> None:
+    """Where a plan writes: inside the home, through no symlink, only files this tool writes.
+    The same rule for --apply (preflight) and for the dry run (plan_path_refusal)."""
+    for path in plan.touched_files():
+        check_inside_home(path, inv.home)
+        check_tool_writes(display_path(path, inv.home), "file")
+    for db in plan.touched_dbs():
+        check_tool_writes(db.name, "sqlite")
+        if not is_within(Path(os.path.realpath(str(db))), inv.home) and not is_configured_sqlite_home(db, inv):
+            raise refuse("%s lies outside CODEX_HOME" % db, None)
+
+
+def plan_path_refusal(inv: Inventory, plan: Plan) -> Optional[str]:
+    """What --apply would refuse about where this plan writes, said by the dry run already."""
+    try:
+        check_plan_paths(inv, plan)
+    except RefusedError as exc:
+        return str(exc)
+    return None
 
 
 def is_configured_sqlite_home(db: Path, inv: Inventory) -> bool:
@@ -6261,6 +6276,9 @@ def run_repair(args: argparse.Namespace) -> int:
     compat = schema_compatibility(inv, plan) if plan.sql else None
     if compat and compat["changed"]:
         plan.warnings.append("%s: --apply refuses unless --force" % compatibility_line(compat))
+    refusal = plan_path_refusal(inv, plan) if plan.change_count and not args.apply else None
+    if refusal:
+        plan.warnings.append("--apply will refuse this plan: %s" % refusal)
     applied: Optional[Dict[str, Any]] = None
     verification: Optional[Dict[str, Any]] = None
     writes = bool(args.apply and plan.change_count)
@@ -6339,6 +6357,7 @@ def plan_restore(inv: Inventory, folder: Path, manifest: Dict[str, Any]) -> Plan
 def cmd_restore(args: argparse.Namespace) -> int:
     home, _origin = resolve_codex_home(args.codex_home, dict(os.environ))
     if args.list:
+        check_backup_root(home / BACKUP_DIR_NAME)  # the rule every --apply's backup follows
         backups = list_backups(home)
         doc = envelope("restore", home, EXIT_OK, backups=backups)
         if args.json:
@@ -6626,6 +6645,11 @@ def home_for_error(args: argparse.Namespace) -> Optional[Path]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     raw = list(sys.argv[1:] if argv is None else argv)
+    if "--version" in raw and "--json" in raw:
+        # --json promises one JSON document; argparse's version action prints text. (-h stays
+        # text: help is read by a person.)
+        emit_json({"tool": TOOL_NAME, "version": __version__})
+        return EXIT_OK
     try:
         args = parser.parse_args(raw)
     except ArgumentsRejected as exc:  # argparse has printed its usage and message to stderr

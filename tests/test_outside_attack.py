@@ -350,3 +350,42 @@ def test_a_closed_pipe_is_no_traceback(tmp_path, argv):
     err = proc.stderr.decode("utf-8", "replace")
     assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err
     assert proc.returncode in (csr.EXIT_OK, csr.EXIT_FINDINGS, csr.EXIT_USAGE), (proc.returncode, err)
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Odd homes and options: the dry run and --list say what --apply would refuse; --version
+#    keeps --json's promise
+# ---------------------------------------------------------------------------------------------
+
+
+def test_restore_list_refuses_a_backups_path_that_is_not_a_folder(tmp_path):
+    root = tmp_path / "home"
+    HomeBuilder(root, "0.169.0").provider_config("proxy").thread(provider="openai")
+    (root / csr.BACKUP_DIR_NAME).write_text("not a folder\n")
+    for extra in ([], ["--json"]):
+        code, out, err = run(["restore", "--codex-home", str(root), "--list"] + extra)
+        assert code == csr.EXIT_REFUSED, (code, out, err)
+        assert "not a folder" in err and "No backups" not in out
+
+
+@pytest.mark.skipif(not POSIX, reason="symlinks")
+def test_ui_state_dry_run_says_apply_will_refuse_a_symlinked_state_file(tmp_path):
+    root = tmp_path / "home"
+    HomeBuilder(root, "0.169.0").provider_config("proxy").thread(provider="proxy")
+    real = tmp_path / "elsewhere.json"
+    real.write_text(json.dumps({"electron-persisted-atom-state": {"sidebar-collapsed-groups": {"a": True},
+                                                                  "thread-sort-key": "title"}}))
+    os.symlink(str(real), str(root / ".codex-global-state.json"))
+    code, out, err = run(["repair-ui-state", "--codex-home", str(root), "--json"])
+    doc = json.loads(out)
+    if not doc["changes"]:
+        pytest.skip("the planner plans nothing for this state file")
+    assert any("--apply will refuse" in w and "symlink" in w for w in doc["warnings"]), doc["warnings"]
+    code, _out, err = run(["repair-ui-state", "--codex-home", str(root), "--apply", "--force"])
+    assert code == csr.EXIT_REFUSED and "symlink" in err
+
+
+def test_version_with_json_prints_one_json_document():
+    code, out, _err = run(["--version", "--json"])
+    assert code == csr.EXIT_OK
+    assert json.loads(out) == {"tool": csr.TOOL_NAME, "version": csr.__version__}
