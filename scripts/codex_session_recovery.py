@@ -40,6 +40,7 @@ import os
 import re
 import shutil
 import sqlite3
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -555,9 +556,52 @@ class Config:
         self.sqlite_home: Optional[str] = None
         self.problems: List[Dict[str, Any]] = []
         self.files_read: List[str] = []
+        # What the files say, before a release decides what counts (see resolve()).
+        self.top_provider: Optional[str] = None
+        self.legacy: Optional[Tuple[str, Optional[str]]] = None  # top-level profile = NAME, its provider
+        self.requested: Optional[Tuple[str, Optional[str], str]] = None  # --profile NAME, provider, origin
+        self.release: Tuple[int, ...] = ()
+        self.surface: Optional[str] = None
+        self.surfaces: Dict[str, Dict[str, Any]] = {}
 
     def set_provider(self, provider: str, origin: str) -> None:
         self.provider, self.provider_source, self.provider_is_default = provider, origin, False
+
+    def resolve(self, release: Tuple[int, ...], surface: Optional[str] = None) -> None:
+        """The active provider as the release that reads the home resolves it, per surface:
+        `cli` is `codex` (with `--profile` when given), `app` is the app-server Desktop and
+        the IDE run, which takes no `--profile`. `surface` picks the one the verdicts use;
+        without it they use the CLI's (the same as the app's unless --profile says otherwise)."""
+        self.release, self.surface = release, surface
+        app = self._base_resolution(release)
+        cli = app
+        if self.requested is not None:
+            name, provider, origin = self.requested
+            cli = (provider, origin) if provider else app
+        self.surfaces = {"cli": {"provider": cli[0] or DEFAULT_PROVIDER, "source": cli[1]},
+                         "app": {"provider": app[0] or DEFAULT_PROVIDER, "source": app[1]}}
+        chosen = app if surface == "app" else cli
+        self.provider = DEFAULT_PROVIDER
+        self.provider_source = "the default: config.toml names no model_provider"
+        self.provider_is_default = True
+        if chosen[0]:
+            self.set_provider(chosen[0], chosen[1])
+        self.profile = (self.requested[0] if self.requested and surface != "app" else
+                        self.legacy[0] if self.legacy and legacy_profile_accepted(release) else None)
+
+    def _base_resolution(self, release: Tuple[int, ...]) -> Tuple[Optional[str], str]:
+        # CODEX-COMPAT: 0.120.0 and 0.130.0 follow a top-level `profile = NAME` in the CLI and
+        # the app-server; 0.169.0 ignores it (listing as under the top-level provider) and
+        # refuses to start a thread while it is there.
+        if self.legacy and self.legacy[1] and legacy_profile_accepted(release):
+            return self.legacy[1], 'config.toml profile = "%s"' % self.legacy[0]
+        if self.top_provider:
+            return self.top_provider, "config.toml model_provider"
+        return None, "the default: config.toml names no model_provider"
+
+    @property
+    def surfaces_disagree(self) -> bool:
+        return self.surfaces["cli"]["provider"] != self.surfaces["app"]["provider"]
 
     def knows_provider(self, provider: str) -> bool:
         return provider in BUILTIN_PROVIDERS or provider in self.configured_providers
@@ -567,6 +611,8 @@ class Config:
             "active_provider": self.provider,
             "provider_source": self.provider_source,
             "profile": self.profile,
+            "surface": self.surface,
+            "surfaces": self.surfaces,
             "configured_providers": sorted(self.configured_providers),
             "sqlite_home": self.sqlite_home,
             "files_read": self.files_read,
@@ -590,13 +636,22 @@ def _read_toml_file(path: Path, config: Config) -> Optional[Dict[str, Any]]:
         return None
 
 
-def load_config(home: Path, profile: Optional[str]) -> Config:
-    """Resolve the active provider the way Codex does, across the releases that differ:
+def legacy_profile_accepted(release: Tuple[int, ...]) -> bool:
+    """CODEX-COMPAT: a top-level `profile = NAME` works in 0.120.0 and 0.130.0 (measured, CLI
+    and app-server) and is rejected by 0.169.0 (measured); releases in between are taken to
+    follow the older behaviour. An unknown release is taken to accept it, as most did."""
+    return not release or release < (0, 169, 0)
 
-    * `--profile NAME` (recent releases): `NAME.config.toml` layered over config.toml; older
+
+def load_config(home: Path, profile: Optional[str], release: Tuple[int, ...] = (),
+                surface: Optional[str] = None) -> Config:
+    """Read what decides the active provider; Config.resolve() then applies the rules of the
+    release that reads the home (the inventory calls it again once it knows that release):
+
+    * `--profile NAME`: `NAME.config.toml` layered over config.toml (0.169.0); older
       releases read `[profiles.NAME]` instead.
-    * CODEX-COMPAT: up to ~0.131 a top-level `profile = "NAME"` selected `[profiles.NAME]`;
-      0.169.0 refuses to start with it. Both are reported.
+    * CODEX-COMPAT: up to 0.130.0 (measured) a top-level `profile = "NAME"` selects
+      `[profiles.NAME]`; 0.169.0 ignores it and refuses to start with it. Both are reported.
     * then top-level `model_provider`, then `openai`.
     """
     config = Config()
@@ -609,7 +664,7 @@ def load_config(home: Path, profile: Optional[str]) -> Config:
         config.sqlite_home = sqlite_home
     top = base.get("model_provider")
     if isinstance(top, str) and top:
-        config.set_provider(top, "config.toml model_provider")
+        config.top_provider = top
     elif top is not None:
         config.problems.append({"code": "config_unparsable", "path": str(home / "config.toml"),
                                 "error": "model_provider is not a string"})
@@ -617,36 +672,33 @@ def load_config(home: Path, profile: Optional[str]) -> Config:
     legacy = base.get("profile")
     if isinstance(legacy, str) and legacy:
         config.problems.append({"code": "legacy_profile", "path": str(home / "config.toml"), "profile": legacy})
-        if not profile:
-            _apply_legacy_profile(config, profiles, legacy, 'config.toml profile = "%s"' % legacy)
+        config.legacy = (legacy, _profile_table_provider(profiles, legacy))
     if profile:
-        config.profile = profile
         layered = _read_toml_file(home / ("%s.config.toml" % profile), config)
         if layered is not None:
             extra = layered.get("model_providers")
             if isinstance(extra, dict):
                 config.configured_providers.extend(k for k, v in extra.items() if isinstance(v, dict))
             chosen = layered.get("model_provider")
-            if isinstance(chosen, str) and chosen:
-                config.set_provider(chosen, "%s.config.toml model_provider" % profile)
+            config.requested = (profile, chosen if isinstance(chosen, str) and chosen else None,
+                                "%s.config.toml model_provider" % profile)
             if isinstance(layered.get("sqlite_home"), str):
                 config.sqlite_home = layered["sqlite_home"]
-        elif not _apply_legacy_profile(config, profiles, profile, "[profiles.%s] (--profile)" % profile):
+        elif isinstance(profiles.get(profile), dict):
+            config.requested = (profile, _profile_table_provider(profiles, profile), "[profiles.%s] (--profile)" % profile)
+        else:
+            config.requested = (profile, None, "")
             config.problems.append({"code": "profile_missing", "profile": profile,
                                     "path": str(home / ("%s.config.toml" % profile))})
     config.configured_providers = sorted(set(config.configured_providers))
+    config.resolve(release, surface)
     return config
 
 
-def _apply_legacy_profile(config: Config, profiles: Dict[str, Any], name: str, origin: str) -> bool:
+def _profile_table_provider(profiles: Dict[str, Any], name: str) -> Optional[str]:
     table = profiles.get(name)
-    if not isinstance(table, dict):
-        return False
-    config.profile = name
-    chosen = table.get("model_provider")
-    if isinstance(chosen, str) and chosen:
-        config.set_provider(chosen, origin)
-    return True
+    chosen = table.get("model_provider") if isinstance(table, dict) else None
+    return chosen if isinstance(chosen, str) and chosen else None
 
 
 class StateDb:
@@ -1406,6 +1458,9 @@ class Inventory:
         self.projections = history_projection_files(home, self.live_db.path.parent if self.live_db else None)
         self.threads = self._join()
         self.release = self._newest_release()
+        self.reader = reader_release(self.release, environ)
+        self.config.resolve(self.reader["version"], self.config.surface)
+        self.scope: Dict[str, Any] = {"sources": ["cli", "vscode"], "include_archived": False, "include_empty": False}
         self.projected_ids, self.other_projected_ids = self._projected_ids()
 
     def _projected_ids(self) -> Tuple[Optional[set], set]:
@@ -1479,8 +1534,40 @@ progress = _Progress()
 def build_inventory(args: argparse.Namespace, environ: Optional[Dict[str, str]] = None) -> Inventory:
     environ = dict(os.environ if environ is None else environ)
     home, origin = resolve_codex_home(getattr(args, "codex_home", None), environ)
-    config = load_config(home, getattr(args, "profile", None))
-    return Inventory(home, origin, config, environ)
+    config = load_config(home, getattr(args, "profile", None), surface=getattr(args, "surface", None))
+    inv = Inventory(home, origin, config, environ)
+    inv.scope = {"sources": scope_sources(args), "include_archived": bool(getattr(args, "include_archived", False)),
+                 "include_empty": bool(getattr(args, "include_empty", False))}
+    return inv
+
+
+def codex_on_path(environ: Dict[str, str]) -> Optional[Tuple[str, Tuple[int, ...]]]:
+    """The `codex` a shell would run, and its release (`codex --version`), if there is one.
+    Running it is read-only: `--version` opens no home."""
+    found = shutil.which("codex", path=environ.get("PATH"))
+    if not found:
+        return None
+    try:
+        proc = subprocess.run([found, "--version"], capture_output=True, text=True, timeout=10,
+                              stdin=subprocess.DEVNULL, env={"PATH": environ.get("PATH", ""), "NO_COLOR": "1"})
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"(\d+\.\d+\.\d+)", proc.stdout or "")
+    return (found, parse_version(match.group(1))) if match else None
+
+
+def reader_release(written: Tuple[int, ...], environ: Dict[str, str]) -> Dict[str, Any]:
+    """Which Codex release reads this home next: the newest that wrote it (rollouts' and rows'
+    cli_version), or the `codex` on PATH when that one is newer (it migrates the home when it
+    starts; a release never goes back to an older schema)."""
+    on_path = codex_on_path(environ)
+    version, basis = written, "the newest release that wrote this home (cli_version)"
+    if on_path and on_path[1] and on_path[1] > written:
+        version, basis = on_path[1], "the codex on PATH (%s)" % on_path[0]
+    if not version:
+        basis = "unknown: nothing in the home names a release and no codex is on PATH"
+    return {"version": version, "basis": basis, "written_by": ".".join(map(str, written)) or None,
+            "on_path": None if not on_path else {"path": on_path[0], "version": ".".join(map(str, on_path[1])) or None}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1493,7 +1580,8 @@ REASONS: Dict[str, Tuple[str, str]] = {
     "user_event_missing": ("warning", "the DB row's preview/first message is blank although the rollout has a user message "
                                       "(hides it from every list in 0.120-era Codex; newer Codex still leaves it out of "
                                       "DB-only listings and shows no preview)"),
-    "rollout_missing": ("warning", "the DB row points at a rollout file that does not exist"),
+    "rollout_missing": ("info", "the DB row points at a rollout file that does not exist: the conversation was "
+                                "deleted, nothing is left to recover (reindex --prune-missing removes the row)"),
     "rollout_path_stale": ("warning", "the DB row's rollout_path is wrong; the file exists elsewhere in the home"),
     "no_db_row": ("warning", "the rollout has no row in the state DB"),
     "archive_flag_mismatch": ("warning", "the DB archived flag disagrees with where the file lives"),
@@ -1518,6 +1606,9 @@ HOME_FINDINGS: Dict[str, Tuple[str, str]] = {
     "config_unparsable": ("error", "config.toml cannot be parsed; Codex will not start with it"),
     "config_unreadable": ("error", "config.toml cannot be read"),
     "legacy_profile": ("warning", "top-level `profile =` is rejected by recent Codex releases (0.169.0)"),
+    "surfaces_disagree": ("warning", "the `codex` command line (with --profile) and Desktop/the IDE (the app-server, "
+                                     "which takes no --profile) list different providers: moving threads to one "
+                                     "hides them from the other"),
     "profile_missing": ("error", "the named profile exists neither as NAME.config.toml nor as [profiles.NAME]"),
     "active_provider_not_configured": ("error", "the provider config.toml makes active is defined nowhere; Codex lists nothing and cannot start a thread"),
     "provider_not_configured": ("warning", "threads use a provider that config.toml does not define; resuming them fails"),
@@ -1659,6 +1750,14 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
 
     for problem in inv.config.problems:
         add(problem["code"], **{k: v for k, v in problem.items() if k != "code"})
+        if problem["code"] == "legacy_profile":
+            legacy_profile_verdict(findings[-1], inv)
+    if inv.config.surfaces_disagree and inv.config.surface is None:
+        add("surfaces_disagree", cli=inv.config.surfaces["cli"], app=inv.config.surfaces["app"],
+            release=".".join(map(str, inv.reader["version"])) or None,
+            manual_step="ask which app the user opens these conversations in, then run diagnose again with "
+                        "--surface cli (the `codex` command line with --profile %s) or --surface app "
+                        "(Codex Desktop or the IDE extension)" % inv.config.requested[0])
     if len(inv.dbs) > 1:
         add("multiple_state_dbs", live=display_path(inv.live_db.path, inv.home) if inv.live_db else None,
             others=[display_path(d.path, inv.home) for d in inv.dbs if d is not inv.live_db])
@@ -1686,15 +1785,19 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
         add("active_provider_not_configured", provider=inv.config.provider,
             manual_step="add [model_providers.%s] to config.toml: Codex cannot start a thread without it"
                         % inv.config.provider)
-    used = {}
+    used: Dict[str, List[bool]] = {}
     for view in inv.threads.values():
+        listed = in_scope(view, inv.scope["sources"], inv.scope["include_archived"], inv.scope["include_empty"])
         for provider in {view.db_provider, view.rollout_provider}:
             if provider and not inv.config.knows_provider(provider):
-                used[provider] = used.get(provider, 0) + 1
-    for provider, count in sorted(used.items()):
-        add("provider_not_configured", provider=provider, threads=count,
+                used.setdefault(provider, []).append(listed)
+    for provider, listed in sorted(used.items()):
+        add("provider_not_configured", provider=provider, threads=len(listed), in_scope=sum(listed),
             manual_step="add a [model_providers.%s] table to config.toml, or move the threads "
                         "with repair-provider" % provider)
+        if not any(listed):
+            # Only threads hidden by design (exec, archived, empty) still carry it: nothing to do.
+            findings[-1]["severity"] = "info"
     damaged = [i for i in inv.rollouts if set(i.problems) - {"bom"} or "bom" in i.problems]
     if damaged:
         counts: Dict[str, int] = {}
@@ -1724,18 +1827,74 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
     return findings
 
 
+def reason_severity(view: ThreadView, reason: Dict[str, Any], inv: Inventory) -> Tuple[str, Optional[str]]:
+    """Severity means action: a reason is a warning only where something can be done about
+    it (a repair that plans a change, or a precise manual step); a thread hidden by design, or
+    one no repair can reach, is info, with why."""
+    code = reason["code"]
+    severity = REASONS[code][0]
+    if severity == "info":
+        return severity, None
+    if code == "provider_mismatch":
+        why = provider_move_blocker(view, inv)
+        return ("warning", None) if why is None else ("info", why)
+    if code == "attachment_only_prompt" and not reason["hides"]:
+        return "info", "this release lists it anyway"
+    return severity, None
+
+
+def provider_move_blocker(view: ThreadView, inv: Inventory) -> Optional[str]:
+    """Why repair-provider, run with diagnose's scope, would not move this thread (None: it would)."""
+    scope = inv.scope
+    if not in_scope(view, scope["sources"], scope["include_archived"], scope["include_empty"]):
+        return "outside the repair scope (by design: %s)" % (
+            "archived" if view.archived else "no user message" if not view.has_evidence else
+            "source %s" % source_kind(view.source))
+    if provider_to_move(view, inv.config.provider) is None:
+        return "nothing to move"
+    blocker = provider_repair_blocker(view)
+    if blocker and "run reindex first" not in blocker:
+        return blocker
+    return None
+
+
+def legacy_profile_verdict(finding: Dict[str, Any], inv: Inventory) -> None:
+    """A top-level `profile =` is a warning only where the release reading the home rejects it."""
+    release = inv.reader["version"]
+    name = finding["evidence"].get("profile")
+    finding["evidence"]["release"] = ".".join(map(str, release)) or None
+    if release and legacy_profile_accepted(release):
+        finding["severity"] = "info"
+        finding["evidence"]["note"] = "this release follows it; 0.169.0 and later reject it"
+        return
+    finding["evidence"]["manual_step"] = (
+        'remove the line `profile = "%s"` from config.toml; to keep using the profile, move its '
+        '[profiles.%s] table into %s.config.toml and start Codex with --profile %s' % (name, name, name, name))
+
+
 def run_checks(inv: Inventory) -> List[Dict[str, Any]]:
-    """Per-thread reasons aggregated into one finding per code, then the home-level findings."""
+    """Per-thread reasons aggregated into findings per code and severity (the ones to act on
+    first), then the home-level findings."""
     for view in inv.threads.values():
         view.reasons = []
         check_thread(view, inv)
     rank_threads(inv)
+    for view in inv.threads.values():
+        for reason in view.reasons:
+            reason["severity"], reason["why"] = reason_severity(view, reason, inv)
     findings = []
-    for code, (severity, message) in REASONS.items():
-        ids = [v.id for v in inv.threads.values() if any(r["code"] == code for r in v.reasons)]
-        if ids:
-            findings.append({"code": code, "severity": severity, "message": message,
-                             "count": len(ids), "thread_ids": ids})
+    for code, (_severity, message) in REASONS.items():
+        for severity in ("error", "warning", "info"):
+            reasons = [(v.id, r) for v in inv.threads.values() for r in v.reasons
+                       if r["code"] == code and r["severity"] == severity]
+            if not reasons:
+                continue
+            finding = {"code": code, "severity": severity, "message": message, "count": len(reasons),
+                       "thread_ids": [thread_id for thread_id, _r in reasons]}
+            whys = sorted({r["why"] for _id, r in reasons if r["why"]})
+            if whys:
+                finding["why_no_action"] = whys
+            findings.append(finding)
     return findings + check_home(inv)
 
 
@@ -1787,18 +1946,27 @@ def in_scope(view: ThreadView, sources: Sequence[str], include_archived: bool, i
     return include_empty or view.has_evidence
 
 
-def provider_candidates(inv: Inventory, args: argparse.Namespace) -> Dict[str, List[str]]:
-    """Threads hidden by provider, in repair scope, grouped by the provider they carry."""
+def provider_candidates(inv: Inventory, args: Optional[argparse.Namespace] = None) -> Dict[str, List[str]]:
+    """Threads hidden by provider that repair-provider would move with diagnose's scope
+    (run_checks decided it: their provider_mismatch is a warning), by the provider they carry."""
     groups: Dict[str, List[str]] = {}
     for view in inv.threads.values():
-        if not any(r["code"] == "provider_mismatch" for r in view.reasons):
+        if not any(r["code"] == "provider_mismatch" and r.get("severity") == "warning" for r in view.reasons):
             continue
-        if not in_scope(view, scope_sources(args), args.include_archived, args.include_empty):
-            continue
-        carried = view.rollout_provider or view.db_provider or DEFAULT_PROVIDER
-        if carried != inv.config.provider:
+        carried = provider_to_move(view, inv.config.provider)
+        if carried is not None:
             groups.setdefault(carried, []).append(view.id)
     return groups
+
+
+def provider_to_move(view: ThreadView, active: str) -> Optional[str]:
+    """The provider repair-provider --from would name for this thread: the rollout's (what
+    Codex re-derives rows from), else the row's, when it is not the active one."""
+    rollout = view.rollout_provider or (DEFAULT_PROVIDER if view.primary and view.primary.meta else None)
+    for provider in (rollout, view.db_provider):
+        if provider and provider != active:
+            return provider
+    return None
 
 
 def scope_sources(args: argparse.Namespace) -> List[str]:
@@ -1806,44 +1974,71 @@ def scope_sources(args: argparse.Namespace) -> List[str]:
     return list(chosen)
 
 
+def command_prefix_argv() -> List[str]:
+    """How to run this tool again: the script's real path (a skill runs it from anywhere), or
+    the console-script name when installed."""
+    if program_name() == "codex_session_recovery.py":
+        return ["python3", os.path.abspath(__file__)]
+    return [TOOL_NAME]
+
+
 def command_prefix(args: argparse.Namespace) -> str:
-    """How to run this tool again, as it was run: the script's real path (a skill runs it from
-    anywhere), or the console-script name when installed."""
-    invoked = sys.argv[0] or ""
-    if invoked.endswith(".py") and os.path.isfile(invoked):
-        prefix = "python3 %s" % _shell_quote(os.path.abspath(invoked))
-    elif program_name() == "codex_session_recovery.py":
-        prefix = "python3 %s" % _shell_quote(os.path.abspath(__file__))
-    else:
-        prefix = TOOL_NAME
-    if getattr(args, "codex_home", None):
-        prefix += " --codex-home %s" % _shell_quote(args.codex_home)
-    return prefix
+    return shell_line(command_prefix_argv())
 
 
 def _shell_quote(text: str) -> str:
     return text if re.match(r"^[\w@%+=:,./-]+$", text) else "'" + text.replace("'", "'\"'\"'") + "'"
 
 
-def suggest_commands(inv: Inventory, findings: List[Dict[str, Any]], args: argparse.Namespace) -> List[str]:
-    prefix = command_prefix(args)
-    codes = {f["code"] for f in findings}
-    commands = []
-    for provider in sorted(provider_candidates(inv, args)):
-        commands.append("%s repair-provider --from %s --to auto" % (prefix, _shell_quote(provider)))
-    if "user_event_missing" in codes:
-        commands.append("%s repair-user-events" % prefix)
-    if codes & {"index_stale", "index_bad_lines", "index_missing_names"}:
-        commands.append("%s rebuild-index" % prefix)
-    if "sidebar_filtered" in codes:
-        commands.append("%s repair-ui-state" % prefix)
-    if codes & {"no_db_row", "rollout_path_stale", "archive_flag_mismatch"}:
-        commands.append("%s reindex" % prefix)
-    rebuild = [f for f in findings if f["code"] in REBUILD_REASONS
-               and (f["code"] != "backfill_incomplete" or f["evidence"].get("stale"))]
-    if rebuild:
-        commands.append("%s rebuild-db" % prefix)
-    return commands
+def shell_line(argv: Sequence[str]) -> str:
+    """One argv as a POSIX shell line that runs exactly it (shlex.split gives it back)."""
+    return " ".join(_shell_quote(str(a)) for a in argv)
+
+
+def verdict_options(inv: Inventory) -> List[str]:
+    """The options that made this run's verdicts, spelled so another command reaches the same
+    ones: the absolute home (a relative one breaks from another folder), the profile and the
+    surface."""
+    argv = ["--codex-home", str(inv.home)]
+    if inv.config.requested is not None:
+        argv += ["--profile", inv.config.requested[0]]
+    if inv.config.surface:
+        argv += ["--surface", inv.config.surface]
+    return argv
+
+
+def scope_options(scope: Dict[str, Any]) -> List[str]:
+    argv: List[str] = []
+    if list(scope["sources"]) != ["cli", "vscode"]:
+        for kind in scope["sources"]:
+            argv += ["--source", kind]
+    if scope["include_archived"]:
+        argv.append("--include-archived")
+    if scope["include_empty"]:
+        argv.append("--include-empty")
+    return argv
+
+
+def actionable_codes(findings: List[Dict[str, Any]]) -> set:
+    return {f["code"] for f in findings if f["severity"] in ("warning", "error")}
+
+
+def repair_lines(inv: Inventory, findings: List[Dict[str, Any]], view: Optional[ThreadView] = None) -> List[Dict[str, Any]]:
+    """The commands to run next, from the table of repairs, in the order their dependencies
+    need (a repair that needs another's result comes after it); each is complete (home,
+    profile, surface, scope, providers) so it runs verbatim. With `view`: only what cures
+    that one thread."""
+    prefix = command_prefix_argv() + verdict_options(inv)
+    lines = []
+    for repair in repairs_in_order():
+        for tail in repair.next_args(inv, findings, view):
+            argv = prefix + [repair.name] + tail
+            lines.append({"repair": repair.name, "argv": argv, "command": shell_line(argv)})
+    return lines
+
+
+def suggest_commands(inv: Inventory, findings: List[Dict[str, Any]], args: Optional[argparse.Namespace] = None) -> List[str]:
+    return [line["command"] for line in repair_lines(inv, findings)]
 
 
 def thread_entry(view: ThreadView, verbose: bool) -> Dict[str, Any]:
@@ -2186,6 +2381,13 @@ def resolve_target_provider(inv: Inventory, requested: str, source_provider: str
 
 def plan_provider_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
     plan = Plan("repair-provider")
+    config = inv.config
+    if config.surfaces_disagree and config.surface is None:
+        raise UsageError("on Codex %s the codex CLI (--profile %s) lists provider %s but Desktop and the IDE "
+                         "(app-server, no --profile) list %s: moving threads to one hides them from the other. "
+                         "Ask which app is used and add --surface cli or --surface app" % (
+                             ".".join(map(str, inv.reader["version"])) or "(unknown release)", config.requested[0],
+                             config.surfaces["cli"]["provider"], config.surfaces["app"]["provider"]))
     target, target_source = resolve_target_provider(inv, args.to, args.from_provider)
     plan.notes.update({"from": args.from_provider, "to": target, "to_source": target_source,
                        "scope": {"sources": scope_sources(args), "include_archived": args.include_archived,
@@ -2503,6 +2705,122 @@ def plan_rebuild_db(inv: Inventory, args: argparse.Namespace) -> Plan:
 
 
 # ---------------------------------------------------------------------------------------------
+# The table of repairs. The parser, diagnose's Next block, trace's fix lines and preflight all
+# read it: adding a repair is adding one entry.
+# ---------------------------------------------------------------------------------------------
+
+
+class Repair:
+    """One repair: its command name, planner, help, extra options, the reason codes it cures,
+    the repairs that must run before it, and how it spells its next command line."""
+
+    def __init__(self, name: str, planner: Any, summary: str, description: str, *,
+                 cures: Sequence[str] = (), after: Sequence[str] = (), options: Any = None,
+                 next_args: Any = None, desktop_must_quit: bool = False) -> None:
+        self.name, self.planner, self.summary, self.description = name, planner, summary, description
+        self.cures, self.after, self.options = tuple(cures), tuple(after), options
+        self.desktop_must_quit = desktop_must_quit
+        self._next_args = next_args
+
+    def next_args(self, inv: Inventory, findings: List[Dict[str, Any]], view: Optional[ThreadView]) -> List[List[str]]:
+        """The argument tails of the lines to run (after the command name), one per line;
+        none when this repair would plan nothing."""
+        if self._next_args is not None:
+            return self._next_args(inv, findings, view)
+        codes = ({r["code"] for r in view.reasons if r["severity"] != "info"} if view is not None
+                 else actionable_codes(findings))
+        return [[]] if codes & set(self.cures) else []
+
+
+def provider_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from", dest="from_provider", required=True, metavar="PROVIDER",
+                        help="the provider the hidden threads carry (see diagnose)")
+    parser.add_argument("--to", default="auto", metavar="PROVIDER|auto",
+                        help="target provider; `auto` (default) is the one config.toml makes active")
+    _scope_options(parser)
+
+
+def provider_next_args(inv: Inventory, findings: List[Dict[str, Any]], view: Optional[ThreadView]) -> List[List[str]]:
+    """`--from P --to ACTIVE` per provider to move, with the scope diagnose judged in; for one
+    thread, the scope that reaches it (its source, archived, empty)."""
+    if view is None:
+        return [["--from", provider, "--to", inv.config.provider] + scope_options(inv.scope)
+                for provider in sorted(provider_candidates(inv))]
+    provider = provider_to_move(view, inv.config.provider)
+    blocker = provider_repair_blocker(view)
+    if provider is None or (blocker and "run reindex first" not in blocker):
+        return []
+    scope = {"sources": ["cli", "vscode"] if source_kind(view.source) in ("cli", "vscode") else [source_kind(view.source)],
+             "include_archived": view.archived, "include_empty": not view.has_evidence}
+    return [["--from", provider, "--to", inv.config.provider] + scope_options(scope)]
+
+
+def reindex_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prune-missing", action="store_true",
+                        help="also delete rows whose rollout file no longer exists")
+
+
+def rebuild_db_next_args(inv: Inventory, findings: List[Dict[str, Any]], view: Optional[ThreadView]) -> List[List[str]]:
+    wanted = [f for f in findings if f["code"] in REBUILD_REASONS
+              and (f["code"] != "backfill_incomplete" or f["evidence"].get("stale"))]
+    return [[]] if wanted and view is None else []
+
+
+REPAIRS: Tuple[Repair, ...] = (
+    Repair("repair-provider", plan_provider_repair,
+           "move threads recorded under one provider to another (rollouts and state DB together)",
+           "Rewrite model_provider in each matching thread's own session_meta lines and "
+           "thread_settings_applied events, and in its state DB row, so Codex lists it under the "
+           "active provider. Every other byte of every line stays as it was.",
+           # A row pointing into another home is skipped until reindex repoints it.
+           cures=("provider_mismatch",), after=("rebuild-db", "reindex"),
+           options=provider_options, next_args=provider_next_args),
+    Repair("repair-user-events", plan_user_events_repair,
+           "fill a blank preview/first message from the rollout's first user message (state DB only)",
+           "For rows whose listing column is blank although the rollout has a real user message, set "
+           "has_user_event and fill the blank first_user_message, preview and title. Never rewrites rollouts.",
+           cures=("user_event_missing",), after=("rebuild-db", "reindex")),
+    Repair("repair-ui-state", plan_ui_state_repair,
+           "reset Desktop's sidebar filters (all workspaces, recent order, nothing collapsed)",
+           "Reset the sidebar keys of .codex-global-state.json that hide threads; unknown keys stay as "
+           "they are. Refuses while Codex Desktop runs: it rewrites the file when it exits.",
+           cures=("sidebar_filtered",), desktop_must_quit=True),
+    Repair("rebuild-index", plan_index_rebuild,
+           "rewrite session_index.jsonl without stale entries, keeping every thread name",
+           "Drop entries whose rollout no longer exists and lines that are not entries, keep the last "
+           "non-empty name of each thread, and add names the state DB has that the index lacks.",
+           cures=("index_stale", "index_bad_lines", "index_missing_names"), after=("rebuild-db", "reindex")),
+    Repair("reindex", plan_reindex,
+           "make the state DB agree with the rollouts: add missing rows, fix paths and archive flags",
+           "Insert a row for each rollout the DB lacks (built from its session_meta and first user "
+           "message), point stale rollout_path values at the file that exists, and set the archived "
+           "flag from the file's folder. A thread id carried by two files is reported, never merged. "
+           "Rows whose rollout is gone are kept unless --prune-missing.",
+           cures=("no_db_row", "rollout_path_stale", "archive_flag_mismatch"), after=("rebuild-db",),
+           options=reindex_options),
+    Repair("rebuild-db", plan_rebuild_db,
+           "move a damaged state DB aside so Codex rebuilds it from the rollouts",
+           "Only when the DB is unreadable, corrupt, has foreign migration checksums or a stuck "
+           "backfill: save DB-only thread names into session_index.jsonl, then move the DB and its "
+           "-wal/-shm into the backup folder (never deleted). Codex rebuilds the DB at its next start.",
+           cures=REBUILD_REASONS, next_args=rebuild_db_next_args),
+)
+REPAIR_BY_NAME = {r.name: r for r in REPAIRS}
+
+
+def repairs_in_order() -> List[Repair]:
+    """REPAIRS ordered so each comes after the ones it names in `after` (table order otherwise)."""
+    done: List[Repair] = []
+    pending = list(REPAIRS)
+    while pending:
+        ready = next(r for r in pending if all(a in {d.name for d in done} or a not in REPAIR_BY_NAME
+                                               for a in r.after))
+        pending.remove(ready)
+        done.append(ready)
+    return done
+
+
+# ---------------------------------------------------------------------------------------------
 # Safety: preflight refusals, all through one helper, each naming its override (if any).
 # ---------------------------------------------------------------------------------------------
 
@@ -2522,7 +2840,7 @@ def preflight(inv: Inventory, plan: Plan, force: bool) -> None:
         raise refuse("the state DB has schema version %s, newer than the newest this tool was checked "
                      "against (%d)" % (inv.live_db.schema_version, KNOWN_SCHEMA_MAX), "--force")
     users = codex_users(inv.home, [d.path for d in inv.dbs] + [p for p in [history_db_path(inv)] if p])
-    if plan.command == "repair-ui-state":
+    if REPAIR_BY_NAME[plan.command].desktop_must_quit:
         # Desktop rewrites .codex-global-state.json when it exits, undoing an edit made while it runs.
         users += desktop_processes()
     if users and not force:
@@ -3349,8 +3667,13 @@ def render_diagnose_text(doc: Dict[str, Any], verbose: bool) -> str:
             live["path"], live["schema_version"], live["thread_columns"], db["reason"]))
     else:
         lines.append("State DB:  none (%s)" % db["reason"])
-    if doc["codex_release"]:
-        lines.append("Release:   newest Codex that wrote here: %s" % doc["codex_release"])
+    reader = doc["reader_release"]
+    lines.append("Release:   %s reads this home (%s)" % (reader["version"] or "an unknown release", reader["basis"]))
+    surfaces = cfg["surfaces"]
+    if surfaces["cli"] != surfaces["app"]:
+        lines.append("Surfaces:  codex CLI%s: %s; Desktop/IDE (app-server): %s — they disagree%s" % (
+            " --profile %s" % cfg["profile"] if cfg["profile"] else "", surfaces["cli"]["provider"],
+            surfaces["app"]["provider"], "; verdicts follow --surface %s" % cfg["surface"] if cfg["surface"] else ""))
     lines.append("Threads:   %d (%d DB rows, %d rollout files); visible by default %d, hidden %d, archived %d" % (
         counts["threads"], counts["db_rows"], counts["rollout_files"], counts["visible_by_default"],
         counts["hidden"], counts["archived"]))
@@ -3378,6 +3701,8 @@ def render_diagnose_text(doc: Dict[str, Any], verbose: bool) -> str:
             lines.append("    e.g. %s%s" % (", ".join(shown), " …" if len(ids) > len(shown) else ""))
         if finding.get("evidence"):
             lines.append("    %s" % short(json.dumps(finding["evidence"], default=str), 200 if not verbose else 2000))
+        if finding.get("why_no_action"):
+            lines.append("    nothing to do: %s" % "; ".join(finding["why_no_action"]))
     if doc["next_commands"]:
         lines.append("")
         lines.append("Next (dry runs; nothing is written without --apply):")
@@ -3466,6 +3791,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     code = exit_code_for(findings)
     latest = latest_interactive_thread(inv)
     views = sorted(inv.threads.values(), key=lambda v: -(v.updated_ms or 0))
+    next_lines = repair_lines(inv, findings)
     doc = envelope(
         "diagnose", inv, code,
         codex_home_origin=inv.home_origin,
@@ -3473,6 +3799,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         safety=SAFETY_LINE_READ,
         config=inv.config.as_json(),
         codex_release=".".join(map(str, inv.release)) or None,
+        reader_release=dict(inv.reader, version=".".join(map(str, inv.reader["version"])) or None),
         state_db={"live": inv.live_db.as_json(inv.home) if inv.live_db else None, "reason": inv.live_reason,
                   "all": [d.as_json(inv.home) for d in inv.dbs],
                   "backfill": inv.backfill, "history_projections": inv.projections},
@@ -3485,7 +3812,8 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         ui_state=inv.global_state,
         findings=findings,
         threads=(thread_entry(v, args.verbose) for v in views if v.reasons or args.verbose),
-        next_commands=suggest_commands(inv, findings, args),
+        next_commands=[line["command"] for line in next_lines],
+        next_argv=[line["argv"] for line in next_lines],
     )
     if args.json:
         emit_json(doc)
@@ -3494,20 +3822,18 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return code
 
 
-# What to do about each reason: a command of this tool, or the manual step where no local
-# repair is right (by-design filters are explained, never "repaired").
-# Which fixes are commands of this tool (the rest are manual steps or explanations).
-FIX_COMMANDS = ("provider_mismatch", "user_event_missing", "rollout_path_stale", "no_db_row", "archive_flag_mismatch")
-
+# What to do about each reason a repair of the table does not cure (or cannot reach for one
+# thread): the manual step, or why nothing is to be done (by-design filters are explained,
+# never "repaired"). Curable reasons get their command line from REPAIRS.
 REASON_FIXES: Dict[str, str] = {
-    "provider_mismatch": "repair-provider --from {provider} --to auto",
-    "user_event_missing": "repair-user-events",
+    "provider_mismatch": "no repair reaches it: {why}",
+    "user_event_missing": "no repair reaches it: {why}",
     "attachment_only_prompt": "0.120-era Codex: repair-user-events; newer Codex: pin the thread, or open it by id "
                               "(`codex resume ID`) and send one message",
     "rollout_missing": "nothing to recover locally; reindex --prune-missing removes the row",
-    "rollout_path_stale": "reindex",
-    "no_db_row": "reindex",
-    "archive_flag_mismatch": "reindex",
+    "rollout_path_stale": "no repair reaches it: {why}",
+    "no_db_row": "no repair reaches it: {why}",
+    "archive_flag_mismatch": "no repair reaches it: {why}",
     "source_filtered": "by design: see it with `codex resume --all --include-non-interactive`, or resume it by id",
     "archived": "by design: open Codex's Archived view, or unarchive it there",
     "no_user_content": "nothing to recover: the thread never had a user message",
@@ -3633,13 +3959,15 @@ def trace_thread(inv: Inventory, view: ThreadView, verbose: bool) -> Dict[str, A
         row = {k: v for k, v in row.items() if k not in ("name",)}
     state = read_global_state_hints(inv.home, view.id)
     fixes, commands = [], {}
+    lines = {line["repair"]: line for line in repair_lines(inv, [], view)}
     for reason in view.reasons:
-        fix = REASON_FIXES.get(reason["code"])
-        if fix:
-            step = fix.format(provider=view.rollout_provider or view.db_provider)
-            fixes.append("%s: %s" % (reason["code"], step))
-            if reason["code"] in FIX_COMMANDS:
-                commands[reason["code"]] = step
+        repair = next((r for r in REPAIRS if reason["code"] in r.cures and r.name in lines), None)
+        if repair is not None:
+            fixes.append("%s: %s" % (reason["code"], lines[repair.name]["command"]))
+            commands[reason["code"]] = lines[repair.name]["argv"]
+        elif reason["code"] in REASON_FIXES:
+            fixes.append("%s: %s" % (reason["code"], REASON_FIXES[reason["code"]].format(
+                why=reason.get("why") or "see the evidence")))
     return {
         "id": view.id, "listed_by_default": not view.hidden, "reasons": [r["code"] for r in view.reasons],
         "evidence": {r["code"]: r["evidence"] for r in view.reasons if r["evidence"]}, "fixes": fixes,
@@ -3711,8 +4039,6 @@ def render_trace_text(doc: Dict[str, Any]) -> str:
             lines.append("Desktop state: %s" % (", ".join(held) if held else "no hint, pin or project for this thread"))
     for fix in t["fixes"]:
         code, _, step = fix.partition(": ")
-        if code in t["fix_commands"]:
-            step = "%s %s" % (doc.get("prefix", TOOL_NAME), t["fix_commands"][code])
         lines.append("Fix (%s): %s" % (code, step))
     return "\n".join(lines)
 
@@ -3722,8 +4048,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
     run_checks(inv)
     view = find_thread(inv, args.thread_id)
     trace = trace_thread(inv, view, args.verbose)
-    code = EXIT_OK if trace["listed_by_default"] and not [r for r in view.reasons if REASONS[r["code"]][0] != "info"] else EXIT_FINDINGS
-    doc = envelope("trace", inv, code, safety=SAFETY_LINE_READ, trace=trace, prefix=command_prefix(args))
+    code = EXIT_OK if trace["listed_by_default"] and not [r for r in view.reasons if r["severity"] != "info"] else EXIT_FINDINGS
+    doc = envelope("trace", inv, code, safety=SAFETY_LINE_READ, trace=trace)
     if args.json:
         emit_json(doc)
     else:
@@ -3940,6 +4266,10 @@ def _shared_options(defaults: bool) -> argparse.ArgumentParser:
                        help="Codex home to inspect (default: $CODEX_HOME, else ~/.codex)")
     group.add_argument("--profile", metavar="NAME", default=default(None),
                        help="resolve the active provider as `codex --profile NAME` would")
+    group.add_argument("--surface", choices=("cli", "app"), default=default(None),
+                       help="which app's listing the verdicts follow when they differ: `cli` (the codex "
+                            "command line, with --profile) or `app` (Codex Desktop and the IDE extension, "
+                            "which take no --profile)")
     group.add_argument("--json", action="store_true", default=default(False),
                        help="print exactly one JSON document on stdout")
     group.add_argument("--verbose", action="store_true", default=default(False),
@@ -3990,52 +4320,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "text, no thread names, no path outside CODEX_HOME.")
     report.set_defaults(handler=cmd_report)
 
-    repairs = (
-        ("repair-provider", plan_provider_repair,
-         "move threads recorded under one provider to another (rollouts and state DB together)",
-         "Rewrite model_provider in each matching thread's own session_meta lines and "
-         "thread_settings_applied events, and in its state DB row, so Codex lists it under the "
-         "active provider. Every other byte of every line stays as it was."),
-        ("repair-user-events", plan_user_events_repair,
-         "fill a blank preview/first message from the rollout's first user message (state DB only)",
-         "For rows whose listing column is blank although the rollout has a real user message, set "
-         "has_user_event and fill the blank first_user_message, preview and title. Never rewrites rollouts."),
-        ("repair-ui-state", plan_ui_state_repair,
-         "reset Desktop's sidebar filters (all workspaces, recent order, nothing collapsed)",
-         "Reset the sidebar keys of .codex-global-state.json that hide threads; unknown keys stay as "
-         "they are. Refuses while Codex Desktop runs: it rewrites the file when it exits."),
-        ("rebuild-index", plan_index_rebuild,
-         "rewrite session_index.jsonl without stale entries, keeping every thread name",
-         "Drop entries whose rollout no longer exists and lines that are not entries, keep the last "
-         "non-empty name of each thread, and add names the state DB has that the index lacks."),
-        ("reindex", plan_reindex,
-         "make the state DB agree with the rollouts: add missing rows, fix paths and archive flags",
-         "Insert a row for each rollout the DB lacks (built from its session_meta and first user "
-         "message), point stale rollout_path values at the file that exists, and set the archived "
-         "flag from the file's folder. A thread id carried by two files is reported, never merged. "
-         "Rows whose rollout is gone are kept unless --prune-missing."),
-        ("rebuild-db", plan_rebuild_db,
-         "move a damaged state DB aside so Codex rebuilds it from the rollouts",
-         "Only when the DB is unreadable, corrupt, has foreign migration checksums or a stuck "
-         "backfill: save DB-only thread names into session_index.jsonl, then move the DB and its "
-         "-wal/-shm into the backup folder (never deleted). Codex rebuilds the DB at its next start."),
-    )
-    for name, planner, summary, description in repairs:
-        repair = sub.add_parser(name, parents=[shared], help=summary, description=description)
-        if name == "repair-provider":
-            repair.add_argument("--from", dest="from_provider", required=True, metavar="PROVIDER",
-                                help="the provider the hidden threads carry (see diagnose)")
-            repair.add_argument("--to", default="auto", metavar="PROVIDER|auto",
-                                help="target provider; `auto` (default) is the one config.toml makes active")
-            _scope_options(repair)
-        if name == "reindex":
-            repair.add_argument("--prune-missing", action="store_true",
-                                help="also delete rows whose rollout file no longer exists")
+    for entry in REPAIRS:
+        repair = sub.add_parser(entry.name, parents=[shared], help=entry.summary, description=entry.description)
+        if entry.options is not None:
+            entry.options(repair)
         _write_options(repair)
         repair.add_argument("--expect-plan", metavar="PLAN_ID",
                             help="with --apply: refuse unless the plan is the one the dry run printed as "
                                  "plan_id (nothing changed in between)")
-        repair.set_defaults(handler=run_repair, planner=planner)
+        repair.set_defaults(handler=run_repair, planner=entry.planner)
 
     restore = sub.add_parser(
         "restore", parents=[shared], help="put back exactly what an earlier --apply changed",
