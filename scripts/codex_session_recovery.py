@@ -1846,6 +1846,8 @@ def reason_severity(view: ThreadView, reason: Dict[str, Any], inv: Inventory) ->
 def provider_move_blocker(view: ThreadView, inv: Inventory) -> Optional[str]:
     """Why repair-provider, run with diagnose's scope, would not move this thread (None: it would)."""
     scope = inv.scope
+    if inv.config.surfaces_disagree and inv.config.surface is None:
+        return "the codex CLI and Desktop/the IDE list different providers: choose one with --surface"
     if not in_scope(view, scope["sources"], scope["include_archived"], scope["include_empty"]):
         return "outside the repair scope (by design: %s)" % (
             "archived" if view.archived else "no user message" if not view.has_evidence else
