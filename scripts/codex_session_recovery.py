@@ -1561,7 +1561,7 @@ def reader_release(written: Tuple[int, ...], environ: Dict[str, str]) -> Dict[st
     cli_version), or the `codex` on PATH when that one is newer (it migrates the home when it
     starts; a release never goes back to an older schema)."""
     on_path = codex_on_path(environ)
-    version, basis = written, "the newest release that wrote this home (cli_version)"
+    version, basis = written, "the newest release that wrote it, by cli_version"
     if on_path and on_path[1] and on_path[1] > written:
         version, basis = on_path[1], "the codex on PATH (%s)" % on_path[0]
     if not version:
@@ -2811,14 +2811,19 @@ REPAIR_BY_NAME = {r.name: r for r in REPAIRS}
 
 
 def repairs_in_order() -> List[Repair]:
-    """REPAIRS ordered so each comes after the ones it names in `after` (table order otherwise)."""
+    """REPAIRS in table order, each preceded by the ones it names in `after` (depth first)."""
     done: List[Repair] = []
-    pending = list(REPAIRS)
-    while pending:
-        ready = next(r for r in pending if all(a in {d.name for d in done} or a not in REPAIR_BY_NAME
-                                               for a in r.after))
-        pending.remove(ready)
-        done.append(ready)
+
+    def place(repair: Repair, path: Tuple[str, ...]) -> None:
+        if repair in done or repair.name in path:
+            return
+        for name in repair.after:
+            if name in REPAIR_BY_NAME:
+                place(REPAIR_BY_NAME[name], path + (repair.name,))
+        done.append(repair)
+
+    for repair in REPAIRS:
+        place(repair, ())
     return done
 
 

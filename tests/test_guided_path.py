@@ -170,7 +170,9 @@ def follow_next(home: Path, extra: List[str], cwd: Path, answer: Optional[str]) 
                 shlex.join(argv), dry.stdout, dry.stderr)
             assert tree_hash(home) == before, "the dry run changed the home"
             plan_id = plan_id_of(dry.stdout)
-            as_json = json.loads(run(argv + ["--json"], cwd).stdout)
+            again = run(argv + ["--json"], cwd)
+            assert again.stdout.strip(), again.stderr
+            as_json = json.loads(again.stdout)
             assert as_json["plan_id"] == plan_id
             edited |= {str(home / a["path"]) for a in as_json["actions"] if a["kind"] == "rollout_edit"}
             applied = run(argv + ["--apply", "--expect-plan", plan_id], cwd)
