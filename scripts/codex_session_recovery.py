@@ -636,6 +636,9 @@ def _read_toml_file(path: Path, config: Config) -> Optional[Dict[str, Any]]:
         return None
 
 
+SURFACE_NAMES = {"cli": "the codex command line (--profile)", "app": "Codex Desktop and the IDE (app-server)"}
+
+
 def legacy_profile_accepted(release: Tuple[int, ...]) -> bool:
     """CODEX-COMPAT: a top-level `profile = NAME` works in 0.120.0 and 0.130.0 (measured, CLI
     and app-server) and is rejected by 0.169.0 (measured); releases in between are taken to
@@ -2399,6 +2402,12 @@ def plan_provider_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
     if not inv.config.knows_provider(target):
         plan.warnings.append("provider %s is not defined in config.toml; Codex cannot resume threads "
                              "moved to it until it is" % target)
+    if config.surfaces_disagree:
+        other = "app" if config.surface == "cli" else "cli"
+        plan.warnings.append("moving threads for %s (which uses %s): %s uses %s, and there the moved threads "
+                             "drop out of provider-filtered lists and cannot be resumed" % (
+            SURFACE_NAMES[config.surface], config.surfaces[config.surface]["provider"], SURFACE_NAMES[other],
+            config.surfaces[other]["provider"]))
     encrypted = 0
     for view in inv.threads.values():
         if args.from_provider not in (view.db_provider, view.rollout_provider):

@@ -228,6 +228,10 @@ def test_the_chosen_surface_decides_the_move(tmp_path, capsys):
     assert argv[argv.index("--codex-home"):] == ["--codex-home", str(home.root.resolve()), "--profile", "work",
                                                  "--surface", "app", "repair-provider", "--from", "proxy",
                                                  "--to", "openai"]
+    code = csr.main(["repair-provider", "--codex-home", str(home.root), "--profile", "work", "--surface", "app",
+                     "--from", "proxy", "--to", "openai", "--json"])
+    warnings = json.loads(capsys.readouterr().out)["warnings"]
+    assert any("the codex command line (--profile) uses proxy, and there the moved threads" in w for w in warnings)
     assert follow(home.root, tmp_path, "--profile", "work", "--surface", "app") == 1
     code, doc = diagnose(home.root, "--profile", "work", "--surface", "cli", capsys=capsys)
     assert finding(doc, "provider_mismatch", "warning")["count"] == 3
