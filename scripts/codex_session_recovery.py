@@ -1460,8 +1460,10 @@ class Inventory:
         self.global_state = read_global_state(home)
         self.projections = history_projection_files(home, self.live_db.path.parent if self.live_db else None)
         self.threads = self._join()
-        self.release = self._newest_release()
-        self.reader = reader_release(self.release, environ)
+        self.written_release = self._newest_release()
+        self.reader = reader_release(self.written_release, environ)
+        # Every release-dependent verdict follows the release that reads the home next.
+        self.release = self.reader["version"]
         self.config.resolve(self.reader["version"], self.config.surface)
         self.scope: Dict[str, Any] = {"sources": ["cli", "vscode"], "include_archived": False, "include_empty": False}
         self.projected_ids, self.other_projected_ids = self._projected_ids()
@@ -3814,7 +3816,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         applied=False,
         safety=SAFETY_LINE_READ,
         config=inv.config.as_json(),
-        codex_release=".".join(map(str, inv.release)) or None,
+        codex_release=".".join(map(str, inv.written_release)) or None,
         reader_release=dict(inv.reader, version=".".join(map(str, inv.reader["version"])) or None),
         state_db={"live": inv.live_db.as_json(inv.home) if inv.live_db else None, "reason": inv.live_reason,
                   "all": [d.as_json(inv.home) for d in inv.dbs],
@@ -4094,7 +4096,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     doc = envelope(
         "report", inv, code, codex_home="<CODEX_HOME>", safety=SAFETY_LINE_READ,
         platform={"system": sys.platform, "python": "%d.%d.%d" % sys.version_info[:3], "sqlite": sqlite3.sqlite_version},
-        codex_release=".".join(map(str, inv.release)) or None,
+        codex_release=".".join(map(str, inv.written_release)) or None,
         config={"active_provider": inv.config.provider, "provider_source": inv.config.provider_source,
                 "profile": bool(inv.config.profile), "configured_providers": inv.config.configured_providers,
                 "sqlite_home_set": bool(inv.config.sqlite_home)},
