@@ -1859,10 +1859,7 @@ def provider_move_blocker(view: ThreadView, inv: Inventory) -> Optional[str]:
             "source %s" % source_kind(view.source))
     if provider_to_move(view, inv.config.provider) is None:
         return "nothing to move"
-    blocker = provider_repair_blocker(view)
-    if blocker and "run reindex first" not in blocker:
-        return blocker
-    return None
+    return provider_repair_lasting_blocker(view)
 
 
 def legacy_profile_verdict(finding: Dict[str, Any], inv: Inventory) -> None:
@@ -2443,6 +2440,14 @@ def plan_provider_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
 
 
 def provider_repair_blocker(view: ThreadView) -> Optional[str]:
+    blocker = provider_repair_lasting_blocker(view)
+    if blocker is None and any(r["code"] == "rollout_path_stale" for r in view.reasons):
+        return "the DB row's rollout_path does not point at this home's rollout; run reindex first"
+    return blocker
+
+
+def provider_repair_lasting_blocker(view: ThreadView) -> Optional[str]:
+    """What keeps repair-provider from a thread even after the repairs it runs after (reindex)."""
     if view.primary is None:
         # Codex re-derives the provider from the rollout: a DB-only edit would be reverted.
         return "no rollout file found for this thread; nothing durable to change"
@@ -2451,8 +2456,6 @@ def provider_repair_blocker(view: ThreadView) -> Optional[str]:
         return "rollout has unreadable parts (%s); it is left as it is" % ", ".join(view.primary.problems)
     if len(view.files) > 1:
         return "thread id carried by %d rollout files; resolve the duplicate first" % len(view.files)
-    if any(r["code"] == "rollout_path_stale" for r in view.reasons):
-        return "the DB row's rollout_path does not point at this home's rollout; run reindex first"
     return None
 
 
@@ -2760,8 +2763,8 @@ def provider_next_args(inv: Inventory, findings: List[Dict[str, Any]], view: Opt
         return [["--from", provider, "--to", inv.config.provider] + scope_options(inv.scope)
                 for provider in sorted(provider_candidates(inv))]
     provider = provider_to_move(view, inv.config.provider)
-    blocker = provider_repair_blocker(view)
-    if provider is None or (blocker and "run reindex first" not in blocker):
+    undecided = inv.config.surfaces_disagree and inv.config.surface is None
+    if provider is None or undecided or provider_repair_lasting_blocker(view):
         return []
     scope = {"sources": ["cli", "vscode"] if source_kind(view.source) in ("cli", "vscode") else [source_kind(view.source)],
              "include_archived": view.archived, "include_empty": not view.has_evidence}
@@ -3977,13 +3980,14 @@ def trace_thread(inv: Inventory, view: ThreadView, verbose: bool) -> Dict[str, A
         row = {k: v for k, v in row.items() if k not in ("name",)}
     state = read_global_state_hints(inv.home, view.id)
     fixes, commands = [], {}
-    lines = {line["repair"]: line for line in repair_lines(inv, [], view)}
+    codes = [r["code"] for r in view.reasons]
+    for line in repair_lines(inv, [], view):  # the commands first, in the order they must run
+        for code in codes:
+            if code in REPAIR_BY_NAME[line["repair"]].cures and code not in commands:
+                fixes.append("%s: %s" % (code, line["command"]))
+                commands[code] = line["argv"]
     for reason in view.reasons:
-        repair = next((r for r in REPAIRS if reason["code"] in r.cures and r.name in lines), None)
-        if repair is not None:
-            fixes.append("%s: %s" % (reason["code"], lines[repair.name]["command"]))
-            commands[reason["code"]] = lines[repair.name]["argv"]
-        elif reason["code"] in REASON_FIXES:
+        if reason["code"] not in commands and reason["code"] in REASON_FIXES:
             fixes.append("%s: %s" % (reason["code"], REASON_FIXES[reason["code"]].format(
                 why=reason.get("why") or "see the evidence")))
     return {

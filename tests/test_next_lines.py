@@ -265,3 +265,26 @@ def test_trace_fix_line_reaches_the_thread_it_traces(tmp_path, capsys):
                                                    "--source", "exec"]
     dry = run_line(argv, tmp_path, "--json")
     assert json.loads(dry.stdout)["changes"] > 0
+
+
+def test_trace_names_no_move_while_the_surfaces_disagree(tmp_path, capsys):
+    home, listed, profiled = profile_home(tmp_path)
+    csr.main(["trace", listed[0].id, "--codex-home", str(home.root), "--profile", "work", "--json"])
+    trace = json.loads(capsys.readouterr().out)["trace"]
+    assert trace["fix_commands"] == {}
+    assert any("--surface" in fix for fix in trace["fixes"])
+
+
+def test_trace_on_a_moved_home_repoints_before_it_moves(tmp_path, capsys):
+    home = HomeBuilder(tmp_path / "home", "0.169.0").provider_config("proxy")
+    thread = home.thread(provider="openai")
+    conn = sqlite3.connect(str(home.db_path))
+    conn.execute("UPDATE threads SET rollout_path = ? WHERE id = ?",
+                 ("/home/olduser/.codex/" + thread.path.relative_to(home.root).as_posix(), thread.id))
+    conn.commit()
+    conn.close()
+    csr.main(["trace", thread.id, "--codex-home", str(home.root), "--json"])
+    trace = json.loads(capsys.readouterr().out)["trace"]
+    order = [fix.split(": ", 1)[0] for fix in trace["fixes"]]
+    assert order.index("rollout_path_stale") < order.index("provider_mismatch")
+    assert trace["fix_commands"]["rollout_path_stale"][-1] == "reindex"
