@@ -39,10 +39,6 @@ CUSTOM = harness.CUSTOM_PROVIDER
 MAX_ROUNDS = 3
 LABELS = ("alpha", "beta", "gamma", "delta")
 TURNS = 2
-TORN_TAIL_MISSING = ("a torn last line is carried through the provider repair (compatibility work on "
-                     "damaged rollouts is not in this tool yet)")
-COPIED_IN_MISSING = ("0.169.0 reads no turns of rollouts copied in from another machine until one resume; "
-                     "the repair that makes them readable is not in this tool yet")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,9 +139,18 @@ def tree_hash(home: Path) -> Dict[str, str]:
             if p.is_file() and not p.name.endswith("-shm") and "recovery-backups" not in p.parts}
 
 
-def follow_next(home: Path, extra: List[str], cwd: Path, answer: Optional[str]) -> Dict[str, Any]:
+def resume_steps(doc: Dict[str, Any]) -> List[str]:
+    """Threads whose finding's manual step is to resume them once in Codex (copied-in rollouts
+    on 0.169.0+, where no local repair is safe)."""
+    return [t["id"] for t in doc["threads"] if "history_projection_missing" in t["reasons"]
+            and "resume" in str(t["evidence"].get("history_projection_missing", {}).get("manual_step", ""))]
+
+
+def follow_next(home: Path, extra: List[str], cwd: Path, answer: Optional[str],
+                binary: Optional[Path] = None) -> Dict[str, Any]:
     """diagnose, then every Next line verbatim (dry run, then --apply --expect-plan), at most
-    MAX_ROUNDS times. `answer` is what the user says when asked which app they use."""
+    MAX_ROUNDS times. `answer` is what the user says when asked which app they use; a manual
+    step the output states precisely (resume a thread once) is done with the real `binary`."""
     edited: set = set()
     rounds = 0
     for rounds in range(1, MAX_ROUNDS + 2):
@@ -161,6 +166,12 @@ def follow_next(home: Path, extra: List[str], cwd: Path, answer: Optional[str]) 
             MAX_ROUNDS, [(f["severity"], f["code"]) for f in doc["findings"]])
         printed = next_block(text)
         assert printed == doc["next_argv"], "the text and --json Next lines differ"
+        manual = resume_steps(doc) if not printed else []
+        if manual and binary is not None:
+            with harness.AppServer(binary, home, cwd=cwd) as server:
+                for thread_id in manual:
+                    server.resume_thread(thread_id)
+            continue
         assert printed, "exit 1 with nothing to run: %s" % [(f["severity"], f["code"]) for f in doc["findings"]
                                                            if f["severity"] != "info"]
         for argv in printed:
@@ -351,7 +362,9 @@ def scenario_torn_tail(bases, version, standin):
 
 
 def scenario_copied_in(bases, version, standin):
-    """Rollouts copied into sessions/ from another machine's home (no rows here)."""
+    """Rollouts copied into sessions/ from another machine's home (no rows here).
+    CODEX-COMPAT: 0.169.0 and 0.171.0 list them but read no turns until one resume; the tool
+    states that manual step, and the guided path does it."""
     other = bases(version, CUSTOM)
     keep = other.live.parent / "other-machine"
     shutil.rmtree(str(keep), ignore_errors=True)
@@ -398,11 +411,7 @@ CASES += [("upgrade-from-0.130.0", v) for v in RELEASES if v >= "0.169.0"]
 
 def case_param(name: str, version: str) -> Any:
     marks = []
-    if name == "torn-tail":
-        marks.append(pytest.mark.xfail(strict=True, reason=TORN_TAIL_MISSING))
-    elif name == "copied-in" and version >= "0.169.0":
-        marks.append(pytest.mark.xfail(strict=True, reason=COPIED_IN_MISSING))
-    elif version == NEWEST and NEWEST not in harness.RELEASES:
+    if version == NEWEST and NEWEST not in harness.RELEASES:
         marks.append(pytest.mark.xfail(strict=True, reason=NEWEST_MISSING))
     return pytest.param(name, version, id="%s-%s" % (name, version), marks=marks)
 
@@ -418,7 +427,7 @@ def test_following_next_verbatim_brings_every_conversation_back(bases, standin, 
     before_rollouts = rollout_hashes(home)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    result = follow_next(home, list(options.get("extra", [])), elsewhere, options.get("answer"))
+    result = follow_next(home, list(options.get("extra", [])), elsewhere, options.get("answer"), binary)
     code, _text, doc = diagnose(home, result["extra"], elsewhere)
     assert code == 0, [(f["severity"], f["code"]) for f in doc["findings"] if f["severity"] != "info"]
     after_rollouts = rollout_hashes(home)
