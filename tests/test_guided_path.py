@@ -395,12 +395,8 @@ SCENARIOS = {
     "copied-in": scenario_copied_in,
 }
 
-# Which releases each scenario is about. The newest release is checked too, before the
-# harness counts it among the measured ones.
-NEWEST = "0.171.0"
-RELEASES = tuple(harness.RELEASES) + (() if NEWEST in harness.RELEASES else (NEWEST,))
-NEWEST_MISSING = ("0.171.0 migrates the state DB to schema 64 and writes there are refused without --force "
-                  "until compatibility is judged by what a plan touches")
+# Which releases each scenario is about.
+RELEASES = tuple(harness.RELEASES)
 CASES = [(name, version) for name in ("switch-to-custom", "switch-to-openai", "moved-home", "deleted-rollouts",
                                       "mix", "torn-tail", "copied-in")
          for version in RELEASES]
@@ -410,10 +406,7 @@ CASES += [("upgrade-from-0.130.0", v) for v in RELEASES if v >= "0.169.0"]
 
 
 def case_param(name: str, version: str) -> Any:
-    marks = []
-    if version == NEWEST and NEWEST not in harness.RELEASES:
-        marks.append(pytest.mark.xfail(strict=True, reason=NEWEST_MISSING))
-    return pytest.param(name, version, id="%s-%s" % (name, version), marks=marks)
+    return pytest.param(name, version, id="%s-%s" % (name, version))
 
 
 @pytest.mark.parametrize("name,version", [case_param(n, v) for n, v in CASES])
