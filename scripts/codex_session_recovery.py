@@ -506,6 +506,50 @@ def home_relative_tail(stored: str) -> Optional[str]:
     return None
 
 
+def folder_key(text: str) -> Optional[Tuple[str, List[str], bool]]:
+    """A project folder as (root, components, windows), whichever system spelled it, so that
+    `C:\\Users\\ana\\p`, `\\\\?\\C:\\Users\\ana\\p`, `c:/Users/ana/p` and `/mnt/c/Users/ana/p`
+    compare equal (component by component; Windows ones case-insensitively). None for a
+    relative or empty path."""
+    text = (text or "").strip()
+    if text.startswith("\\\\?\\UNC\\"):
+        text = "\\\\" + text[8:]
+    elif text.startswith("\\\\?\\"):
+        text = text[4:]
+    drive = re.match(r"^([A-Za-z]):(?:[\\/]|$)", text) or re.match(r"^/mnt/([A-Za-z])(?:/|$)", text)
+    if drive:
+        rest = text[drive.end():]
+        return "drive:" + drive.group(1).lower(), [p for p in re.split(r"[\\/]", rest) if p], True
+    if text.startswith("\\\\"):
+        parts = [p for p in re.split(r"[\\/]", text[2:]) if p]
+        if len(parts) < 2:
+            return None
+        return "unc:%s\\%s" % (parts[0].lower(), parts[1].lower()), parts[2:], True
+    if text.startswith("/"):
+        return "/", [p for p in text.split("/") if p], False
+    return None
+
+
+def remap_folder(stored: str, old: str, new: str) -> Optional[str]:
+    """`stored` moved from under `old` to under `new`, or None when it is not under `old`.
+    Matches whole components (`/a/b` covers `/a/b` and `/a/b/c`, not `/a/bc`); the result is
+    spelled the way `new` is (its separator), the part below `old` kept as stored."""
+    have, frm = folder_key(stored), folder_key(old)
+    if have is None or frm is None or have[0] != frm[0]:
+        return None
+    fold = (lambda parts: [p.casefold() for p in parts]) if frm[2] else (lambda parts: parts)
+    if fold(have[1][:len(frm[1])]) != fold(frm[1]) or len(have[1]) < len(frm[1]):
+        return None
+    rest = have[1][len(frm[1]):]
+    sep = "\\" if folder_key(new) is not None and folder_key(new)[2] and not new.startswith("/") else "/"
+    base = new.rstrip("\\/") or new[:1]
+    if re.match(r"^[A-Za-z]:$", base):
+        base += sep
+    if not rest:
+        return base
+    return base + ("" if base.endswith(sep) else sep) + sep.join(rest)
+
+
 def same_rollout(stored: str, info: "RolloutInfo") -> bool:
     """Whether a row's rollout_path names this file: the same path, or (for a path another
     system wrote, e.g. `C:\\Users\\ana\\.codex\\sessions\\…`) the same place in the home."""
@@ -991,11 +1035,12 @@ class RolloutInfo:
         return self.evidence_kind is not None
 
 
-def iter_rollout_files(home: Path, temps: Optional[List[Path]] = None) -> Iterator[Path]:
+def iter_rollout_files(home: Path, temps: Optional[List[Path]] = None,
+                       tops: Sequence[str] = ("sessions", "archived_sessions")) -> Iterator[Path]:
     """Every rollout under sessions/ (any depth: pre-July-2025 files are flat) and
     archived_sessions/. Symlinked folders are read (a synced tree may be linked in); writes
     through them are refused later, in preflight."""
-    for top in ("sessions", "archived_sessions"):
+    for top in tops:
         root = home / top
         if not root.is_dir():
             continue
@@ -1506,6 +1551,9 @@ REASONS: Dict[str, Tuple[str, str]] = {
     "history_projection_missing": ("warning", "a paginated thread has no rows in the history projection beside the "
                                               "live DB: it is listed, but opens with no turns (0.169.0 after sqlite_home moved)"),
     "cwd_unmatchable": ("info", "the stored cwd cannot match a project folder (\\\\?\\ prefix, trailing separator, /mnt/C, removed worktree); use `codex resume --all`"),
+    "cwd_moved": ("warning", "the thread's project folder does not exist here, but a folder with the same name does: the "
+                             "project moved, and Codex lists the thread only under the old path (`codex resume --last` "
+                             "run in the new folder does not find it)"),
 }
 
 HOME_FINDINGS: Dict[str, Tuple[str, str]] = {
@@ -1596,6 +1644,9 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
     cwd_problem = cwd_spelling_problem(str((row or {}).get("cwd") or (view.primary.meta.get("cwd") if view.primary else "") or ""), inv.home)
     if cwd_problem:
         add_reason(view, "cwd_unmatchable", False, problem=cwd_problem)
+    moved = getattr(inv, "folder_moves", {}).get(thread_cwd(view))
+    if moved:
+        add_reason(view, "cwd_moved", False, **moved)
     paginated = (row or {}).get("history_mode") == "paginated" or (
         view.primary is not None and view.primary.meta.get("history_mode") == "paginated")
     if paginated and inv.projected_ids is not None and view.id not in inv.projected_ids and view.files:
@@ -1630,6 +1681,59 @@ def cwd_spelling_problem(cwd: str, home: Path) -> Optional[str]:
     if cwd.startswith(worktrees) and not os.path.isdir(cwd):
         return "worktree_gone"
     return None
+
+
+def detect_folder_moves(inv: Inventory) -> Dict[str, Dict[str, Any]]:
+    """Thread folders that do not exist on this machine while exactly one folder with the
+    longest same tail does (`/Users/ana/src/shop` gone, `/home/ana/work/shop` here), each with
+    the remap-cwd options that move its threads. Looked for among the folders of this home's
+    other threads and their parents, the user's home and the current folder: no disk-wide search."""
+    cwds = sorted({thread_cwd(v) for v in inv.threads.values()} - {""})
+    worktrees = str(inv.home / "worktrees")
+    existing = [c for c in cwds if folder_key(c) and os.path.isdir(c)]
+    missing = [c for c in cwds if folder_key(c) and c not in existing and not c.startswith(worktrees)]
+    if not missing:
+        return {}
+    bases = set()
+    try:
+        here = [os.getcwd()]
+    except OSError:
+        here = []
+    for folder in existing + [str(Path.home())] + here:
+        path = Path(folder)
+        bases.update(str(p) for p in [path] + list(path.parents) if str(p) != path.anchor)
+    moves: Dict[str, Dict[str, Any]] = {}
+    for cwd in missing:
+        parts = folder_key(cwd)[1]
+        tails: Dict[str, int] = {}
+        candidates = set(existing)
+        for base in bases:
+            candidates.update(os.path.join(base, *parts[-k:]) for k in range(1, min(3, len(parts)) + 1))
+        for candidate in candidates:
+            tail = common_tail(parts, (folder_key(candidate) or ("", [], False))[1])
+            if tail and os.path.isdir(candidate):
+                real = os.path.realpath(candidate)
+                tails[real] = max(tails.get(real, 0), tail)
+        if not tails:
+            continue
+        best = max(tails.values())
+        winners = sorted(c for c, t in tails.items() if t == best)
+        if len(winners) == 1:
+            moves[cwd] = {"cwd": cwd, "found": winners[0],
+                          "remap": "--from %s --to %s" % (_shell_quote(cwd), _shell_quote(winners[0]))}
+        else:
+            moves[cwd] = {"cwd": cwd, "candidates": winners[:5],
+                          "remap": "--from %s --to NEW_FOLDER (one of the candidates)" % _shell_quote(cwd)}
+    return moves
+
+
+def common_tail(left: List[str], right: List[str]) -> int:
+    """How many trailing path components two folders share (case-insensitively: a moved
+    Windows folder may come back with other capitals)."""
+    count = 0
+    while count < min(len(left), len(right)) and left[-1 - count].casefold() == right[-1 - count].casefold():
+        count += 1
+    return count
 
 
 def rank_threads(inv: Inventory) -> None:
@@ -1726,6 +1830,7 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
 
 def run_checks(inv: Inventory) -> List[Dict[str, Any]]:
     """Per-thread reasons aggregated into one finding per code, then the home-level findings."""
+    inv.folder_moves = detect_folder_moves(inv)
     for view in inv.threads.values():
         view.reasons = []
         check_thread(view, inv)
@@ -1817,7 +1922,8 @@ def command_prefix(args: argparse.Namespace) -> str:
     else:
         prefix = TOOL_NAME
     if getattr(args, "codex_home", None):
-        prefix += " --codex-home %s" % _shell_quote(args.codex_home)
+        # Absolute: the line must work from whichever folder it is run in (the project's, say).
+        prefix += " --codex-home %s" % _shell_quote(os.path.abspath(os.path.expanduser(args.codex_home)))
     return prefix
 
 
@@ -1839,11 +1945,22 @@ def suggest_commands(inv: Inventory, findings: List[Dict[str, Any]], args: argpa
         commands.append("%s repair-ui-state" % prefix)
     if codes & {"no_db_row", "rollout_path_stale", "archive_flag_mismatch"}:
         commands.append("%s reindex" % prefix)
+    commands.extend("%s remap-cwd %s" % (prefix, remap) for remap in folder_move_options(inv))
     rebuild = [f for f in findings if f["code"] in REBUILD_REASONS
                and (f["code"] != "backfill_incomplete" or f["evidence"].get("stale"))]
     if rebuild:
         commands.append("%s rebuild-db" % prefix)
     return commands
+
+
+def folder_move_options(inv: Inventory) -> List[str]:
+    """One `--from OLD --to NEW` per moved project folder; a subfolder that the move of its
+    parent already covers gets no line of its own."""
+    moves = [m for m in getattr(inv, "folder_moves", {}).values() if "found" in m]
+    kept = [m for m in moves if not any(o is not m and remap_folder(m["cwd"], o["cwd"], o["found"]) is not None
+                                        and os.path.realpath(remap_folder(m["cwd"], o["cwd"], o["found"])) == m["found"]
+                                        for o in moves)]
+    return [m["remap"] for m in sorted(kept, key=lambda m: m["cwd"])]
 
 
 def thread_entry(view: ThreadView, verbose: bool) -> Dict[str, Any]:
@@ -1882,11 +1999,17 @@ BACKUP_DIR_NAME = "recovery-backups"
 class RolloutEdit:
     """Line edits to one rollout, planned from a full streaming read of it. `fingerprint` is
     (size, mtime_ns, sha256) at planning time: the writer refuses to replace a file that no
-    longer matches, so a line appended by a live session is never lost."""
+    longer matches, so a line appended by a live session is never lost.
 
-    def __init__(self, path: Path, thread_id: str) -> None:
+    `target`, when given, is where the edited copy goes instead of replacing `path` (import
+    copies a rollout of another home, never writing there); `target_fingerprint` is the
+    (size, mtime_ns) the target must still have, or None when it must not exist yet."""
+
+    def __init__(self, path: Path, thread_id: str, target: Optional[Path] = None) -> None:
         self.path = path
         self.thread_id = thread_id
+        self.target = target or path
+        self.target_fingerprint: Optional[Tuple[int, int]] = None
         self.fingerprint: Tuple[int, int, str] = (0, 0, "")
         self.changes: List[Dict[str, Any]] = []
         # (byte offset of the line, its length, its new bytes) for each changed line
@@ -1902,8 +2025,12 @@ class RolloutEdit:
         return offset + sum(delta for start, length, delta in self.deltas if start + length <= offset)
 
     def as_json(self, home: Path) -> Dict[str, Any]:
-        return {"kind": "rollout_edit", "thread_id": self.thread_id, "path": display_path(self.path, home),
-                "changes": self.changes, "bytes_delta": sum(d for _s, _l, d in self.deltas)}
+        doc = {"kind": "rollout_edit", "thread_id": self.thread_id, "path": display_path(self.target, home),
+               "changes": self.changes, "bytes_delta": sum(d for _s, _l, d in self.deltas)}
+        if self.target != self.path:
+            doc.update({"kind": "rollout_copy", "from": str(self.path),
+                        "replaces": self.target_fingerprint is not None})
+        return doc
 
 
 TEXT_COLUMNS = ("title", "first_user_message", "preview", "name")
@@ -1965,6 +2092,8 @@ class Plan:
         self.warnings: List[str] = []
         self.skipped: List[Dict[str, Any]] = []
         self.notes: Dict[str, Any] = {}
+        # What the planner found and will not change (import's conflicts): exit code 1.
+        self.findings: List[Dict[str, Any]] = []
 
     @property
     def change_count(self) -> int:
@@ -1974,7 +2103,7 @@ class Plan:
         return sorted({c.db for c in self.sql}, key=str)
 
     def touched_files(self) -> List[Path]:
-        return [e.path for e in self.rollout_edits] + [w.path for w in self.file_writes] + list(self.moves)
+        return [e.target for e in self.rollout_edits] + [w.path for w in self.file_writes] + list(self.moves)
 
     def plan_id(self, home: Path) -> str:
         """A digest of exactly what would change: the dry run prints it, and `--apply
@@ -2065,10 +2194,11 @@ class PlanError(ValueError):
 
 
 def plan_rollout_edit(path: Path, thread_id: str, line_edit: Any,
-                      needles: Sequence[bytes] = (b'"session_meta"', b'"thread_settings_applied"')) -> RolloutEdit:
+                      needles: Sequence[bytes] = (b'"session_meta"', b'"thread_settings_applied"'),
+                      target: Optional[Path] = None) -> RolloutEdit:
     """Read the whole rollout as a stream and record the edits `line_edit` makes to the lines
     that contain one of `needles` (only those can change). Nothing is written here."""
-    edit = RolloutEdit(path, thread_id)
+    edit = RolloutEdit(path, thread_id, target)
     digest = hashlib.sha256()
     with open(str(path), "rb") as handle:
         for line_no, offset, raw in iter_marked_lines(handle, needles, digest, edit):
@@ -2207,8 +2337,7 @@ def plan_provider_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
             continue
         try:
             if view.primary is not None:
-                edit = plan_rollout_edit(view.primary.path, view.id, lambda raw, v=view: provider_line_edit(
-                    raw, v.id, args.from_provider, target), PROVIDER_LINE_MARKERS)
+                edit = provider_rollout_edit(view.primary.path, view.id, args.from_provider, target)
                 encrypted += int(edit.encrypted_reasoning)
                 if edit.changes:
                     plan.rollout_edits.append(edit)
@@ -2227,6 +2356,16 @@ def plan_provider_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
     return plan
 
 
+def provider_rollout_edit(path: Path, thread_id: str, old: Optional[str], new: Optional[str],
+                          target: Optional[Path] = None) -> RolloutEdit:
+    """The provider move of one rollout (in place, or into `target`); with no `new`, an
+    unchanged copy, still read whole and fingerprinted."""
+    if old is None or new is None or old == new:
+        return plan_rollout_edit(path, thread_id, lambda raw: None, PROVIDER_LINE_MARKERS, target)
+    return plan_rollout_edit(path, thread_id, lambda raw: provider_line_edit(raw, thread_id, old, new),
+                             PROVIDER_LINE_MARKERS, target)
+
+
 def provider_repair_blocker(view: ThreadView) -> Optional[str]:
     if view.primary is None:
         # Codex re-derives the provider from the rollout: a DB-only edit would be reverted.
@@ -2239,6 +2378,193 @@ def provider_repair_blocker(view: ThreadView) -> Optional[str]:
     if any(r["code"] == "rollout_path_stale" for r in view.reasons):
         return "the DB row's rollout_path does not point at this home's rollout; run reindex first"
     return None
+
+
+CWD_LINE_MARKERS = (b'"session_meta"', b'"turn_context"', b'"thread_settings_applied"')
+
+
+def cwd_fields(record: Dict[str, Any], thread_id: str) -> List[Tuple[Any, Any]]:
+    """(container, key) of each place a rollout line records the thread's folder, where Codex
+    reads it (measured on 0.169.0): the thread's own `session_meta` (`cwd`,
+    `runtime_workspace_roots`), every `turn_context` and `thread_settings_applied` event.
+    Text the model saw (<environment_context>) is conversation and is never rewritten."""
+    payload = record.get("payload")
+    if not isinstance(payload, dict):
+        return []
+    kind = record.get("type")
+    if kind == "session_meta":
+        if str(payload.get("id", "")).lower() != thread_id:
+            return []  # a fork's copy of its parent's session_meta: Codex ignores it
+        holder = payload
+    elif kind == "turn_context":
+        holder = payload
+    elif kind == "event_msg" and payload.get("type") == "thread_settings_applied":
+        holder = payload.get("thread_settings")
+        if not isinstance(holder, dict):
+            return []
+    else:
+        return []
+    fields: List[Tuple[Any, Any]] = []
+    if isinstance(holder.get("cwd"), str):
+        fields.append((holder, "cwd"))
+    roots = holder.get("runtime_workspace_roots")
+    if isinstance(roots, list):
+        fields.extend((roots, n) for n, value in enumerate(roots) if isinstance(value, str))
+    return fields
+
+
+def cwd_line_edit(raw: bytes, thread_id: str, old: str, new: str) -> Optional[Tuple[bytes, str]]:
+    """The line with its folder fields moved from under `old` to under `new`, every other byte
+    kept; None when it records no folder under `old`."""
+    if not any(marker in raw for marker in CWD_LINE_MARKERS):
+        return None
+    body, ending = split_line_ending(raw)
+    try:
+        record = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    moves: Dict[str, Tuple[str, int]] = {}
+    for container, key in cwd_fields(record, thread_id):
+        value = container[key]
+        moved = remap_folder(value, old, new)
+        if moved is not None and moved != value:
+            container[key] = moved
+            previous = moves.get(value, (moved, 0))
+            moves[value] = (moved, previous[1] + 1)
+    if not moves:
+        return None
+    edited = body
+    for value, (moved, count) in moves.items():
+        edited = replace_string_tokens(edited, value, moved, count, thread_id)
+    if json.loads(edited.decode("utf-8")) != record:
+        raise PlanError("%s: moving the folder would change more than its folder fields" % thread_id)
+    return edited + ending, "cwd"
+
+
+def replace_string_tokens(body: bytes, old: str, new: str, count: int, thread_id: str) -> bytes:
+    """Replace the JSON string `old` with `new` where it occurs as a whole string value,
+    which must be exactly `count` times, in whichever escaping the writer used."""
+    for ascii_only in (False, True):
+        token = json.dumps(old, ensure_ascii=ascii_only).encode("utf-8")
+        if body.count(token) == count:
+            return body.replace(token, json.dumps(new, ensure_ascii=ascii_only).encode("utf-8"))
+    raise PlanError("%s: the folder %s is not where it is expected" % (thread_id, short(old, 60)))
+
+
+def thread_cwd(view: ThreadView) -> str:
+    """The folder a thread belongs to: the row's (what listings filter on), else its rollout's."""
+    return str((view.row or {}).get("cwd") or (view.primary.meta.get("cwd") if view.primary else "") or "")
+
+
+def canonical_target_folder(new: str) -> str:
+    """CODEX-COMPAT: Codex stores a cwd canonicalised when the folder exists (`/tmp` becomes
+    `/private/tmp` on macOS), and matches listings against that exact text."""
+    key = folder_key(new)
+    if key is not None and not (key[2] and os.name != "nt") and os.path.isdir(new):
+        return os.path.realpath(new)
+    return new.rstrip("\\/") or new
+
+
+# Desktop keys that hold project folders (as values, list items or object keys).
+WORKSPACE_ROOT_KEYS = ("electron-saved-workspace-roots", "active-workspace-roots", "project-order",
+                       "electron-workspace-root-labels", "thread-workspace-root-hints", "local-projects",
+                       "thread-project-assignments")
+
+
+def remap_json_folders(value: Any, old: str, new: str) -> Any:
+    """`value` with every string that is a folder under `old` moved under `new`; a list keeps
+    one copy of each item, an object keeps the entry already at the new folder."""
+    if isinstance(value, str):
+        moved = remap_folder(value, old, new)
+        return value if moved is None else moved
+    if isinstance(value, list):
+        out: List[Any] = []
+        for item in value:
+            moved = remap_json_folders(item, old, new)
+            if not (isinstance(moved, str) and moved in out):
+                out.append(moved)
+        return out
+    if isinstance(value, dict):
+        result: Dict[str, Any] = {}
+        for key, item in value.items():
+            target = remap_json_folders(key, old, new)
+            if target in result and target != key:
+                continue
+            result[target] = remap_json_folders(item, old, new)
+        return result
+    return value
+
+
+def plan_workspace_roots_remap(home: Path, old: str, new: str) -> Optional[FileWrite]:
+    path = home / ".codex-global-state.json"
+    if not path.is_file():
+        return None
+    raw = path.read_bytes()
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    changed = []
+    for key in WORKSPACE_ROOT_KEYS:
+        if key in data:
+            moved = remap_json_folders(data[key], old, new)
+            if moved != data[key]:
+                data[key] = moved
+                changed.append(key)
+    if not changed:
+        return None
+    indent = 2 if b"\n " in raw else None
+    text = json.dumps(data, indent=indent, separators=(",", ": ") if indent else (",", ":"), ensure_ascii=False)
+    return FileWrite(path, text.encode("utf-8") + (b"\n" if raw.endswith(b"\n") else b""), {"remapped": changed})
+
+
+def plan_cwd_remap(inv: Inventory, args: argparse.Namespace) -> Plan:
+    """Move threads from one project folder to another wherever Codex reads the folder: the
+    row's cwd, the rollout's session_meta / turn_context / thread_settings_applied lines
+    (byte-exact value edits, history offsets kept true) and Desktop's workspace roots."""
+    plan = Plan("remap-cwd")
+    old, new = args.from_folder, args.to_folder
+    if folder_key(old) is None or folder_key(new) is None:
+        raise UsageError("--from and --to must be absolute folders (C:\\..., \\\\?\\C:\\..., /mnt/c/... or /...)")
+    new = canonical_target_folder(new)
+    if remap_folder(new, old, new) is not None:
+        # Also a folder inside --from: a second run would move the threads again, and again.
+        raise UsageError("--to (%s) is --from or lies inside it; a remap must move threads out of --from" % new)
+    plan.notes.update({"from": old, "to": new, "folders": {}})
+    for view in inv.threads.values():
+        row_cwd = str((view.row or {}).get("cwd") or "")
+        meta_cwd = str(view.primary.meta.get("cwd") or "") if view.primary else ""
+        targets = {c: remap_folder(c, old, new) for c in (row_cwd, meta_cwd) if c}
+        targets = {c: t for c, t in targets.items() if t is not None and t != c}
+        if not targets:
+            continue
+        reason = provider_repair_blocker(view)
+        if reason:
+            plan.skipped.append({"thread_id": view.id, "reason": reason})
+            continue
+        try:
+            edit = plan_rollout_edit(view.primary.path, view.id, lambda raw, v=view: cwd_line_edit(
+                raw, v.id, old, new), CWD_LINE_MARKERS)
+        except (OSError, PlanError) as exc:
+            plan.skipped.append({"thread_id": view.id, "reason": short(str(exc), 160)})
+            continue
+        if edit.changes:
+            plan.rollout_edits.append(edit)
+            plan.sql.extend(plan_projection_shift(inv, edit))
+        if row_cwd in targets:
+            plan.sql.append(SqlChange(inv.live_db.path, "threads", {"id": view.id}, {"cwd": targets[row_cwd]},
+                                      expect={"cwd": row_cwd}, thread_id=view.id))
+        shown = row_cwd if row_cwd in targets else meta_cwd
+        plan.notes["folders"][view.id] = "%s -> %s" % (shown, targets[shown])
+    roots = plan_workspace_roots_remap(inv.home, old, new)
+    if roots is not None:
+        plan.file_writes.append(roots)
+    plan.notes["threads"] = len(plan.notes["folders"])
+    return plan
 
 
 def full_first_user_text(path: Path) -> Optional[str]:
@@ -2503,6 +2829,330 @@ def plan_rebuild_db(inv: Inventory, args: argparse.Namespace) -> Plan:
 
 
 # ---------------------------------------------------------------------------------------------
+# Import: the conversations of another home (a copy, a backup, an old machine's .codex, or only
+# its sessions/), read without writing a byte there and without opening its credentials or its
+# config.toml (which may hold a bearer token). Identity is the thread id.
+# ---------------------------------------------------------------------------------------------
+
+# Rollouts import cannot take as they are: nothing to build a row from, or no thread id.
+IMPORT_BLOCKERS = ("compressed", "unreadable", "not_a_file", "empty_file", "legacy_format",
+                   "first_line_not_session_meta", "id_mismatch")
+# The 0.169.0 history projection: the rows a paginated thread needs to open with its turns.
+PROJECTION_TABLES = ("thread_turns", "thread_items", "thread_realtime_items", "thread_history_projection_state")
+PROJECTION_OFFSETS = ("rollout_byte_offset", "rollout_end_byte_offset", "next_rollout_byte_offset")
+
+
+def open_db_snapshot(path: Path) -> sqlite3.Connection:
+    """Read a DB of another home creating no file beside it, not even the -shm a read-only
+    open makes: immutable when every page is in the main file, else a private in-memory copy
+    (an immutable open would miss the pages still in the -wal)."""
+    if Path(str(path) + "-wal").exists():
+        conn = _open_private_copy(path)
+    else:
+        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro&immutable=1", uri=True, timeout=5.0)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+class OtherHome:
+    """What import reads from the other home: its rollouts, the thread names of its
+    session_index.jsonl and state DB, and its history projection. Nothing else is opened."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.warnings: List[str] = []
+        self.sessions_only = not any((root / top).is_dir() for top in ("sessions", "archived_sessions"))
+        if self.sessions_only:
+            # A bare sessions/ (or archived_sessions/) folder: its files are placed by their names.
+            self.base = root.parent
+            files = iter_rollout_files(root.parent, tops=(root.name,))
+        else:
+            self.base = root
+            files = iter_rollout_files(root)
+        self.rollouts = [scan_rollout(path, self.base) for path in progress(files, "reading the other home")]
+        index = read_session_index(root) if not self.sessions_only else {"names": {}}
+        self.index_names: Dict[str, str] = {k: v for k, v in index["names"].items() if v}
+        self.db_names = self._db_names()
+        self.history_db = self._newest(["thread_history_*.sqlite"])
+        self._history: Optional[sqlite3.Connection] = None
+
+    def _newest(self, patterns: List[str]) -> Optional[Path]:
+        found = [p for folder in (self.root, self.root / "sqlite") for pattern in patterns
+                 for p in folder.glob(pattern) if p.is_file()]
+        return max(found, key=lambda p: (p.name, p.stat().st_mtime)) if found else None
+
+    def _db_names(self) -> Dict[str, str]:
+        dbs = [p for folder in (self.root, self.root / "sqlite") if folder.is_dir()
+               for p in sorted(folder.iterdir()) if STATE_DB_RE.match(p.name) and p.is_file()]
+        if not dbs:
+            return {}
+        db = max(dbs, key=lambda p: StateDb(p, "import").sort_key())
+        try:
+            conn = open_db_snapshot(db)
+            try:
+                if "name" not in table_columns(conn, "threads"):
+                    return {}
+                return {str(r[0]).lower(): r[1] for r in conn.execute(
+                    "SELECT id, name FROM threads WHERE name IS NOT NULL AND name <> ''")}
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            self.warnings.append("the other home's state DB cannot be read (%s); thread names come from its "
+                                 "session_index.jsonl only" % short(str(exc), 100))
+            return {}
+
+    def name_of(self, thread_id: str) -> Optional[str]:
+        return self.index_names.get(thread_id) or self.db_names.get(thread_id)
+
+    def projection_rows(self, thread_id: str) -> Dict[str, List[Dict[str, Any]]]:
+        if self.history_db is None:
+            return {}
+        if self._history is None:
+            self._history = open_db_snapshot(self.history_db)
+        rows = {}
+        for table in PROJECTION_TABLES:
+            if table_exists(self._history, table):
+                rows[table] = [dict(r) for r in self._history.execute(
+                    "SELECT * FROM %s WHERE thread_id = ?" % table, (thread_id,))]
+        return rows
+
+    def close(self) -> None:
+        if self._history is not None:
+            self._history.close()
+            self._history = None
+
+
+def import_destination(info: RolloutInfo) -> Optional[str]:
+    """Where Codex keeps this rollout (home-relative): archived_sessions/NAME, or
+    sessions/YYYY/MM/DD/NAME from the date in its name (as Codex's unarchive places it)."""
+    match = ROLLOUT_NAME_RE.match(info.path.name)
+    if not match:
+        return None
+    if info.archived_location:
+        return "archived_sessions/" + info.path.name
+    stamp = match.group("stamp")
+    return "sessions/%s/%s/%s/%s" % (stamp[:4], stamp[5:7], stamp[8:10], info.path.name)
+
+
+def strip_rewritable_fields(record: Any) -> Any:
+    """A rollout line without the fields this tool rewrites (provider and folder): two copies of
+    one conversation, one of them moved by repair-provider or remap-cwd, compare equal."""
+    if not isinstance(record, dict) or not isinstance(record.get("payload"), dict):
+        return record
+    payload = record["payload"]
+    holder = payload.get("thread_settings") if payload.get("type") == "thread_settings_applied" else payload
+    if isinstance(holder, dict) and record.get("type") in ("session_meta", "turn_context", "event_msg"):
+        for key in ("model_provider", "model_provider_id", "cwd", "runtime_workspace_roots"):
+            holder.pop(key, None)
+    return record
+
+
+def compare_rollouts(ours: Path, theirs: Path) -> str:
+    """How two copies of one thread relate: `identical`; `ours_longer` / `theirs_longer` (one is
+    a byte prefix of the other: the same conversation, one copy further along); `equivalent` /
+    `ours_further` / `theirs_further` (the same, line for line, apart from the provider and folder
+    fields this tool rewrites); else `conflict`."""
+    ours_size, theirs_size = ours.stat().st_size, theirs.stat().st_size
+    with open(str(ours), "rb") as left, open(str(theirs), "rb") as right:
+        remaining = min(ours_size, theirs_size)
+        while remaining > 0:
+            a, b = left.read(min(READ_CHUNK, remaining)), right.read(min(READ_CHUNK, remaining))
+            if a != b or not a:
+                break
+            remaining -= len(a)
+        if remaining == 0:
+            if ours_size == theirs_size:
+                return "identical"
+            return "ours_longer" if ours_size > theirs_size else "theirs_longer"
+    with open(str(ours), "rb") as left, open(str(theirs), "rb") as right:
+        while True:
+            a, b = left.readline(MAX_LINE_BYTES), right.readline(MAX_LINE_BYTES)
+            if not a or not b:
+                return "equivalent" if a == b else ("ours_further" if a else "theirs_further")
+            if a == b:
+                continue
+            try:
+                same = strip_rewritable_fields(json.loads(a)) == strip_rewritable_fields(json.loads(b))
+            except ValueError:
+                same = False
+            if not same:
+                return "conflict"
+
+
+IMPORT_VERDICTS = {
+    "identical": "already here, byte for byte",
+    "equivalent": "already here (this home's copy differs only in provider or folder fields)",
+    "ours_longer": "already here, and this home's copy is further along: kept",
+    "ours_further": "already here, and this home's copy is further along: kept",
+}
+
+
+def plan_import(inv: Inventory, args: argparse.Namespace) -> Plan:
+    """Bring the conversations of another home that this one lacks: each rollout copied to
+    where Codex keeps it, a row built the way reindex builds one, the thread's history
+    projection and its name. A thread this home has is compared byte by byte, never merged."""
+    plan = Plan("import")
+    other_root = Path(args.from_home).expanduser()
+    if not other_root.is_dir():
+        raise UsageError("--from %s is not a folder" % other_root)
+    other_root = other_root.resolve()
+    if is_within(other_root, inv.home) or is_within(inv.home, other_root):
+        raise UsageError("--from %s is this home or overlaps it; name another home (a copy, a backup, an old "
+                         "machine's .codex or its sessions/ folder)" % other_root)
+    target = resolve_target_provider(inv, args.to, "") if args.to else None
+    other = OtherHome(other_root)
+    plan.warnings.extend(other.warnings)
+    plan.notes.update({"from": str(other_root), "to_provider": target, "counts": {}})
+    if target and not inv.config.knows_provider(target):
+        plan.warnings.append("provider %s is not defined in config.toml; Codex cannot resume threads "
+                             "moved to it until it is" % target)
+    names: Dict[str, str] = {}
+    counts: Dict[str, int] = {}
+    try:
+        for info in sorted(other.rollouts, key=lambda i: i.rel):
+            verdict = import_one(inv, plan, other, info, target)
+            counts[verdict] = counts.get(verdict, 0) + 1
+            name = other.name_of(info.thread_id) if info.thread_id else None
+            if name and verdict not in ("skipped", "conflict") and not inv.index["names"].get(info.thread_id):
+                names[info.thread_id] = name
+    finally:
+        other.close()
+    index = plan_index_names(inv, names, other)
+    if index is not None:
+        plan.file_writes.append(index)
+    plan.notes["counts"] = counts
+    plan.notes["threads"] = len({e.thread_id for e in plan.rollout_edits})
+    return plan
+
+
+def import_one(inv: Inventory, plan: Plan, other: OtherHome, info: RolloutInfo, target: Optional[str]) -> str:
+    """Plan one rollout of the other home; returns what became of it."""
+    thread_id = info.thread_id
+    blocker = set(info.problems) & set(IMPORT_BLOCKERS)
+    destination = import_destination(info)
+    if not thread_id or blocker or destination is None:
+        plan.skipped.append({"thread_id": thread_id, "path": str(info.path), "reason": "not imported: %s" % (
+            ", ".join(sorted(blocker)) if blocker else "not a rollout file name Codex uses")})
+        return "skipped"
+    carried = info.provider or DEFAULT_PROVIDER
+    view = inv.threads.get(thread_id)
+    ours = view.files if view else []
+    try:
+        if len(ours) > 1:
+            return import_conflict(plan, thread_id, info, ours, "this home carries the thread in %d files" % len(ours))
+        if ours:
+            verdict = compare_rollouts(ours[0].path, info.path)
+            if verdict in IMPORT_VERDICTS:
+                return verdict
+            if verdict != "theirs_longer":
+                return import_conflict(plan, thread_id, info, ours, {
+                    "conflict": "the two copies differ (not one a continuation of the other)",
+                    "theirs_further": "the other copy is further along, but this home's copy was moved to another "
+                                      "provider or folder since"}[verdict])
+            # The same conversation, further along there: the longer copy replaces this home's,
+            # which the backup keeps.
+            edit = provider_rollout_edit(info.path, thread_id, carried, target, ours[0].path)
+            stat = ours[0].path.stat()
+            edit.target_fingerprint = (stat.st_size, stat.st_mtime_ns)
+            plan.rollout_edits.append(edit)
+            plan.sql.extend(plan_projection_shift(inv, edit))
+            if view.row is not None and target and view.db_provider != target and edit.changes:
+                plan.sql.append(SqlChange(inv.live_db.path, "threads", {"id": thread_id}, {"model_provider": target},
+                                          expect={"model_provider": view.db_provider}, thread_id=thread_id))
+            return "longer_there"
+        path = inv.home / destination
+        if path.exists():
+            return import_conflict(plan, thread_id, info, [], "%s exists here and is not this thread's rollout"
+                                   % destination)
+        edit = provider_rollout_edit(info.path, thread_id, carried, target, path)
+    except (OSError, PlanError) as exc:
+        plan.skipped.append({"thread_id": thread_id, "reason": short(str(exc), 160)})
+        return "skipped"
+    plan.rollout_edits.append(edit)
+    if inv.has_db:
+        plan.sql.extend(import_rows(inv, other, info, view, edit, target))
+    return "imported"
+
+
+def import_conflict(plan: Plan, thread_id: str, info: RolloutInfo, ours: List[RolloutInfo], why: str) -> str:
+    plan.findings.append({"code": "import_conflict", "thread_id": thread_id, "message": why + "; neither was changed",
+                          "this_home": [i.rel for i in ours], "other_home": str(info.path)})
+    return "conflict"
+
+
+def import_rows(inv: Inventory, other: OtherHome, info: RolloutInfo, view: Optional[ThreadView],
+                edit: RolloutEdit, target: Optional[str]) -> List[SqlChange]:
+    """The state DB row of an imported thread (reindex's builder, pointed at the copy) and,
+    for a paginated thread, its history projection rows (offsets moved with the copy's edits)."""
+    db = inv.live_db
+    if view is not None and view.row is not None:
+        # A row whose rollout was lost here: point it at the copy.
+        values = {"rollout_path": str(edit.target)}
+        values.update(archive_values(info, view.row, set(db.columns)))
+        return [SqlChange(db.path, "threads", {"id": info.thread_id}, values, thread_id=info.thread_id)]
+    row = row_from_rollout(ThreadView(info.thread_id, None, [info], other.base), inv)
+    row["rollout_path"] = str(edit.target)
+    if target and "model_provider" in row:
+        row["model_provider"] = target
+    name = other.name_of(info.thread_id)
+    if name and "name" in set(db.columns):
+        row["name"] = name
+    changes = [SqlChange(db.path, "threads", {"id": info.thread_id}, row, thread_id=info.thread_id, op="insert")]
+    if info.meta.get("history_mode") == "paginated":
+        changes.extend(import_projection(inv, other, info.thread_id, edit))
+    return changes
+
+
+def import_projection(inv: Inventory, other: OtherHome, thread_id: str, edit: RolloutEdit) -> List[SqlChange]:
+    """CODEX-COMPAT: 0.169.0 opens a paginated thread from its history projection; with no
+    rows there it lists the thread but shows no turns (measured), so they come along."""
+    rows = other.projection_rows(thread_id)
+    dest = history_db_path(inv)
+    if not any(rows.values()) or dest is None:
+        return []
+    conn = open_db_readonly(dest)
+    try:
+        changes = []
+        for table in PROJECTION_TABLES:
+            if not rows.get(table) or not table_exists(conn, table):
+                continue
+            info = list(conn.execute("PRAGMA table_info(%s)" % table))
+            columns = [c[1] for c in info]
+            keys = [c[1] for c in sorted(info, key=lambda c: c[5]) if c[5]] or columns
+            if conn.execute("SELECT 1 FROM %s WHERE thread_id = ?" % table, (thread_id,)).fetchone():
+                return []  # this home has projection rows of its own for the thread: Codex keeps them
+            for row in rows[table]:
+                values = {c: row[c] for c in columns if c in row}
+                for column in PROJECTION_OFFSETS:
+                    if isinstance(values.get(column), int):
+                        values[column] = edit.shift(values[column])
+                key = {k: values.pop(k) for k in keys}
+                changes.append(SqlChange(dest, table, key, values, thread_id=thread_id, op="insert"))
+        return changes
+    finally:
+        conn.close()
+
+
+def plan_index_names(inv: Inventory, names: Dict[str, str], other: OtherHome) -> Optional[FileWrite]:
+    """session_index.jsonl with the imported threads' names appended (the lines already there
+    are kept byte for byte): `codex exec resume NAME` reads only the index."""
+    if not names:
+        return None
+    path = inv.home / "session_index.jsonl"
+    existing = path.read_bytes() if path.is_file() else b""
+    if existing and not existing.endswith(b"\n"):
+        existing += b"\n"
+    added = b""
+    mtimes = {i.thread_id: i.mtime for i in other.rollouts if i.thread_id in names}
+    for thread_id in sorted(names):
+        view_time = mtimes.get(thread_id)
+        entry = {"id": thread_id, "thread_name": names[thread_id],
+                 "updated_at": iso_from_millis(int(view_time * 1000)) if view_time else None}
+        added += json.dumps(entry, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
+    return FileWrite(path, existing + added, {"names_added": len(names)})
+
+
+# ---------------------------------------------------------------------------------------------
 # Safety: preflight refusals, all through one helper, each naming its override (if any).
 # ---------------------------------------------------------------------------------------------
 
@@ -2522,7 +3172,7 @@ def preflight(inv: Inventory, plan: Plan, force: bool) -> None:
         raise refuse("the state DB has schema version %s, newer than the newest this tool was checked "
                      "against (%d)" % (inv.live_db.schema_version, KNOWN_SCHEMA_MAX), "--force")
     users = codex_users(inv.home, [d.path for d in inv.dbs] + [p for p in [history_db_path(inv)] if p])
-    if plan.command == "repair-ui-state":
+    if any(w.path.name == ".codex-global-state.json" for w in plan.file_writes):
         # Desktop rewrites .codex-global-state.json when it exits, undoing an edit made while it runs.
         users += desktop_processes()
     if users and not force:
@@ -3145,7 +3795,7 @@ def move_into_backup(moves: List[Path], folder: Path, manifest: Dict[str, Any], 
 def write_rollouts(plan: Plan, result: Dict[str, Any], busy: Dict[str, List[str]]) -> set:
     skipped = set()
     for edit in plan.rollout_edits:
-        holders = busy.get(os.path.realpath(str(edit.path)))
+        holders = busy.get(os.path.realpath(str(edit.target)))
         if holders:
             skipped.add(edit.thread_id)
             result["skipped"].append({"thread_id": edit.thread_id, "reason": "pid %s has the rollout open (a live "
@@ -3171,7 +3821,12 @@ def rewrite_rollout(edit: RolloutEdit, result: Optional[Dict[str, Any]] = None) 
     stat = edit.path.stat()
     if (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns):
         return False
-    tmp = edit.path.parent / (".%s%s%d" % (edit.path.name, TEMP_MARKER, os.getpid()))
+    copying = edit.target != edit.path
+    if copying and not target_as_planned(edit):
+        return False
+    if copying:
+        edit.target.parent.mkdir(parents=True, exist_ok=True)  # a new date folder
+    tmp = edit.target.parent / (".%s%s%d" % (edit.target.name, TEMP_MARKER, os.getpid()))
     digest = hashlib.sha256()
     try:
         with open(str(edit.path), "rb") as source:
@@ -3190,10 +3845,13 @@ def rewrite_rollout(edit: RolloutEdit, result: Optional[Dict[str, Any]] = None) 
             now = edit.path.stat()
             if digest.hexdigest() != expected or (now.st_size, now.st_mtime_ns) != (size, mtime_ns):
                 return False
-            os.chmod(str(tmp), stat.st_mode & 0o7777)
+            if copying and not target_as_planned(edit):
+                return False
+            # A copy from a read-only backup must stay appendable: Codex appends when it resumes.
+            os.chmod(str(tmp), (stat.st_mode & 0o7777) | (0o600 if copying else 0))
             # Codex orders threads by the rollout's mtime when it re-derives a row: keep it.
             os.utime(str(tmp), ns=(stat.st_atime_ns, mtime_ns))
-            os.replace(str(tmp), str(edit.path))
+            os.replace(str(tmp), str(edit.target))
             carry_late_tail(source, size, edit, result if result is not None else {})
         return True
     finally:
@@ -3201,12 +3859,21 @@ def rewrite_rollout(edit: RolloutEdit, result: Optional[Dict[str, Any]] = None) 
             tmp.unlink()
 
 
+def target_as_planned(edit: RolloutEdit) -> bool:
+    """A copy's target is still absent, or still the file that was compared when planning."""
+    try:
+        stat = edit.target.stat()
+    except FileNotFoundError:
+        return edit.target_fingerprint is None
+    return edit.target_fingerprint == (stat.st_size, stat.st_mtime_ns)
+
+
 def carry_late_tail(source: Any, size: int, edit: RolloutEdit, result: Dict[str, Any]) -> None:
     grown = os.fstat(source.fileno()).st_size
     if grown <= size:
         return
     source.seek(size)
-    with open(str(edit.path), "ab") as out:
+    with open(str(edit.target), "ab") as out:
         shutil.copyfileobj(source, out, READ_CHUNK)
         out.flush()
         os.fsync(out.fileno())
@@ -3391,6 +4058,13 @@ SAFETY_LINE_WRITE = "wrote only after a backup; credentials (auth.json, tokens) 
 def render_plan_text(doc: Dict[str, Any], verbose: bool) -> str:
     lines = ["%s %s %s" % (TOOL_NAME, __version__, doc["command"]), "Home:      %s" % doc["codex_home"]]
     for key, value in doc["plan"].items():
+        if key == "folders":
+            lines.append("Folders:   %s" % ("none under --from" if not value else plural(len(value), "thread")))
+            lines.extend("  %s  %s" % (tid, move) for tid, move in (sorted(value.items()) if verbose else
+                                                                   sorted(value.items())[:20]))
+            if len(value) > 20 and not verbose:
+                lines.append("  … %d more (--verbose lists all)" % (len(value) - 20))
+            continue
         if key == "scope":
             value = "sources %s; %s" % (", ".join(value["sources"]), "; ".join(
                 "%s threads %s" % (kind, "included" if value["include_" + kind] else "left out")
@@ -3407,6 +4081,10 @@ def render_plan_text(doc: Dict[str, Any], verbose: bool) -> str:
         if action["kind"] == "rollout_edit":
             lines.append("  rollout  %s: %s" % (action["path"], ", ".join(
                 "line %d %s" % (c["line"], c["field"]) for c in action["changes"])))
+        elif action["kind"] == "rollout_copy":
+            lines.append("  copy     %s %s %s%s" % (action["from"], "over the shorter" if action["replaces"] else "to",
+                                                   action["path"], "; %s" % plural(len(action["changes"]), "line")
+                                                   + " moved to the provider" if action["changes"] else ""))
         elif action["kind"] == "sql":
             detail = "%s %s" % (action["sql"], action["params"]) if verbose else "%s %s row %s" % (
                 action["op"], action["table"], action["thread_id"] or "")
@@ -3419,6 +4097,8 @@ def render_plan_text(doc: Dict[str, Any], verbose: bool) -> str:
         lines.append("  … %d more (--verbose lists all)" % (len(actions) - len(shown)))
     for item in doc["skipped"]:
         lines.append("  skipped  %s: %s" % (item.get("thread_id") or item.get("path"), item["reason"]))
+    for item in doc.get("findings") or []:
+        lines.append("  [%s] %s: %s" % (item["code"], item.get("thread_id"), item["message"]))
     if doc["applied"]:
         lines.append("Applied %s. Backup: %s" % (plural(doc["changes"], "change"), doc["backup_dir"]))
         lines.append("Restart Codex (or reload the window), then run diagnose again.")
@@ -3441,7 +4121,8 @@ def summarise_actions(actions: List[Dict[str, Any]]) -> str:
             noun = "thread row" if action["table"] == "threads" else "history-offset row"
             verb = {"update": "updated", "insert": "added", "delete": "removed"}[action["op"]]
         else:
-            noun, verb = {"rollout_edit": ("rollout", "rewritten"), "file_write": ("file", "rewritten"),
+            noun, verb = {"rollout_edit": ("rollout", "rewritten"), "rollout_copy": ("rollout", "copied in"),
+                          "file_write": ("file", "rewritten"),
                           "move_to_backup": ("file", "moved into the backup")}[action["kind"]]
         counts[(noun, verb)] = counts.get((noun, verb), 0) + 1
     return "; ".join("%s %s" % (plural(n, noun), verb) for (noun, verb), n in counts.items())
@@ -3497,7 +4178,8 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 # What to do about each reason: a command of this tool, or the manual step where no local
 # repair is right (by-design filters are explained, never "repaired").
 # Which fixes are commands of this tool (the rest are manual steps or explanations).
-FIX_COMMANDS = ("provider_mismatch", "user_event_missing", "rollout_path_stale", "no_db_row", "archive_flag_mismatch")
+FIX_COMMANDS = ("provider_mismatch", "user_event_missing", "rollout_path_stale", "no_db_row", "archive_flag_mismatch",
+                "cwd_moved")
 
 REASON_FIXES: Dict[str, str] = {
     "provider_mismatch": "repair-provider --from {provider} --to auto",
@@ -3514,6 +4196,7 @@ REASON_FIXES: Dict[str, str] = {
     "user_message_beyond_scan": "resume it by id (`codex resume ID`); newer Codex releases read further",
     "beyond_recent_window": "scroll or search in Codex, or pin the thread",
     "cwd_unmatchable": "`codex resume --all` lists it regardless of folder",
+    "cwd_moved": "remap-cwd {remap}",
     "history_projection_missing": "point sqlite_home back at the folder that holds thread_history_1.sqlite with this "
                                   "thread's rows (evidence `elsewhere: true`: the home's own copy has them)",
 }
@@ -3593,8 +4276,10 @@ def filter_verdicts(inv: Inventory, view: ThreadView) -> List[Dict[str, Any]]:
             "user_event_missing" in codes and codes["user_event_missing"]["hides"]),
          "detail": "gate column %s; first user message %s" % (gate, "found at line %s" % view.primary.evidence_line
                                                               if view.primary and view.primary.has_evidence else "not found")},
-        {"filter": "cwd", "passes": "cwd_unmatchable" not in codes,
-         "detail": (codes["cwd_unmatchable"]["evidence"]["problem"] if "cwd_unmatchable" in codes else "matchable")},
+        {"filter": "cwd", "passes": "cwd_unmatchable" not in codes and "cwd_moved" not in codes,
+         "detail": (codes["cwd_unmatchable"]["evidence"]["problem"] if "cwd_unmatchable" in codes else
+                    "folder moved to %s" % codes["cwd_moved"]["evidence"].get("found", "one of several folders")
+                    if "cwd_moved" in codes else "matchable")},
         {"filter": "recent window", "passes": None if rank is None else rank <= RECENT_WINDOW,
          "detail": "rank %s of the listed threads (Desktop loads ~%d)" % (rank, RECENT_WINDOW) if rank
          else "hidden by the filters above"},
@@ -3636,7 +4321,8 @@ def trace_thread(inv: Inventory, view: ThreadView, verbose: bool) -> Dict[str, A
     for reason in view.reasons:
         fix = REASON_FIXES.get(reason["code"])
         if fix:
-            step = fix.format(provider=view.rollout_provider or view.db_provider)
+            step = fix.format(provider=view.rollout_provider or view.db_provider,
+                              remap=reason["evidence"].get("remap", ""))
             fixes.append("%s: %s" % (reason["code"], step))
             if reason["code"] in FIX_COMMANDS:
                 commands[reason["code"]] = step
@@ -3791,12 +4477,13 @@ def run_repair(args: argparse.Namespace) -> int:
     applied: Optional[Dict[str, Any]] = None
     if args.apply and plan.change_count:
         applied = apply_plan(inv, plan, args, args.argv)
-    code = EXIT_OK if applied is not None or plan.change_count == 0 else EXIT_FINDINGS
+    code = EXIT_OK if applied is not None or (plan.change_count == 0 and not plan.findings) else EXIT_FINDINGS
     doc = envelope(plan.command, inv, code, applied=applied is not None,
                    safety=SAFETY_LINE_READ if applied is None else SAFETY_LINE_WRITE,
                    plan=plan.notes, plan_id=plan_id, changes=plan.change_count,
                    actions=plan.actions_json(inv.home, args.verbose),
                    warnings=plan.warnings, skipped=plan.skipped + (applied or {}).get("skipped", []),
+                   findings=plan.findings,
                    backup_dir=(applied or {}).get("backup_dir"))
     if args.json:
         emit_json(doc)
@@ -3918,6 +4605,8 @@ examples:
   %(prog)s report > codex-report.json                          # redacted, for an issue
   %(prog)s reindex
   %(prog)s rebuild-db
+  %(prog)s import --from /mnt/old-laptop/.codex --to auto     # another home's conversations
+  %(prog)s remap-cwd --from /Users/ana/src/shop --to /home/ana/work/shop
   %(prog)s restore --list
   %(prog)s restore --latest --apply
 """
@@ -4019,6 +4708,21 @@ def build_parser() -> argparse.ArgumentParser:
          "Only when the DB is unreadable, corrupt, has foreign migration checksums or a stuck "
          "backfill: save DB-only thread names into session_index.jsonl, then move the DB and its "
          "-wal/-shm into the backup folder (never deleted). Codex rebuilds the DB at its next start."),
+        ("import", plan_import,
+         "bring in the conversations of another home (a copy, a backup, an old machine's .codex) this one lacks",
+         "Copy each rollout of OTHER_HOME (a Codex home, or only its sessions/ folder) that this home lacks to "
+         "where Codex keeps it, add its state DB row (built as reindex builds one), its history projection "
+         "and its name. A thread id both homes have is compared: identical copies are skipped; when one copy "
+         "is a byte prefix of the other the longer is kept (the shorter stays in the backup); anything else is "
+         "reported as a conflict and neither is changed. OTHER_HOME is only read: its DBs are opened "
+         "immutable or copied, and its auth.json and config.toml are never opened."),
+        ("remap-cwd", plan_cwd_remap,
+         "move threads to the new path of a project folder that moved (another machine, user or mount)",
+         "For every thread whose folder is OLD_PREFIX or lies under it (whole path components; Windows, "
+         "\\\\?\\ and WSL /mnt/c spellings compare equal), rewrite the folder where Codex reads it: the "
+         "state DB row's cwd, the cwd in session_meta, turn_context and thread_settings_applied lines "
+         "(byte-exact, history offsets kept true), and Desktop's workspace roots in .codex-global-state.json. "
+         "The dry run lists each thread's old and new folder."),
     )
     for name, planner, summary, description in repairs:
         repair = sub.add_parser(name, parents=[shared], help=summary, description=description)
@@ -4031,6 +4735,17 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "reindex":
             repair.add_argument("--prune-missing", action="store_true",
                                 help="also delete rows whose rollout file no longer exists")
+        if name == "import":
+            repair.add_argument("--from", dest="from_home", required=True, metavar="OTHER_HOME",
+                                help="the other home (or its sessions/ folder); it is only read")
+            repair.add_argument("--to", default=None, metavar="PROVIDER|auto",
+                                help="also move the imported threads to this provider (`auto`: the one "
+                                     "config.toml makes active), as repair-provider would")
+        if name == "remap-cwd":
+            repair.add_argument("--from", dest="from_folder", required=True, metavar="OLD_PREFIX",
+                                help="the folder the threads were recorded in (or a parent of it)")
+            repair.add_argument("--to", dest="to_folder", required=True, metavar="NEW_PREFIX",
+                                help="where that folder is now")
         _write_options(repair)
         repair.add_argument("--expect-plan", metavar="PLAN_ID",
                             help="with --apply: refuse unless the plan is the one the dry run printed as "
