@@ -2999,10 +2999,12 @@ def plan_import(inv: Inventory, args: argparse.Namespace) -> Plan:
     if is_within(other_root, inv.home) or is_within(inv.home, other_root):
         raise UsageError("--from %s is this home or overlaps it; name another home (a copy, a backup, an old "
                          "machine's .codex or its sessions/ folder)" % other_root)
-    target = resolve_target_provider(inv, args.to, "") if args.to else None
+    target, target_source = resolve_target_provider(inv, args.to, "") if args.to else (None, None)
     other = OtherHome(other_root)
     plan.warnings.extend(other.warnings)
     plan.notes.update({"from": str(other_root), "to_provider": target, "counts": {}})
+    if target_source:
+        plan.notes["to_source"] = target_source
     if target and not inv.config.knows_provider(target):
         plan.warnings.append("provider %s is not defined in config.toml; Codex cannot resume threads "
                              "moved to it until it is" % target)
