@@ -1667,6 +1667,11 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
         add_reason(view, "no_db_row", False, file=view.files[0].rel)
 
 
+def thread_cwd(view: ThreadView) -> str:
+    """The folder a thread belongs to: the row's (what listings filter on), else its rollout's."""
+    return str((view.row or {}).get("cwd") or (view.primary.meta.get("cwd") if view.primary else "") or "")
+
+
 def cwd_spelling_problem(cwd: str, home: Path) -> Optional[str]:
     """Why a project view cannot match this cwd to the folder the user opened, if it can't."""
     if not cwd:
@@ -1702,13 +1707,25 @@ def detect_folder_moves(inv: Inventory) -> Dict[str, Dict[str, Any]]:
     for folder in existing + [str(Path.home())] + here:
         path = Path(folder)
         bases.update(str(p) for p in [path] + list(path.parents) if str(p) != path.anchor)
+    children: Dict[str, set] = {}
+
+    def has_child(base: str, name: str) -> bool:
+        # One listing per folder, however many threads ask: a set lookup, not a stat each.
+        if base not in children:
+            try:
+                children[base] = set(os.listdir(base))
+            except OSError:
+                children[base] = set()
+        return name in children[base]
+
     moves: Dict[str, Dict[str, Any]] = {}
     for cwd in missing:
         parts = folder_key(cwd)[1]
         tails: Dict[str, int] = {}
         candidates = set(existing)
         for base in bases:
-            candidates.update(os.path.join(base, *parts[-k:]) for k in range(1, min(3, len(parts)) + 1))
+            candidates.update(os.path.join(base, *parts[-k:]) for k in range(1, min(3, len(parts)) + 1)
+                              if has_child(base, parts[-k]))
         for candidate in candidates:
             tail = common_tail(parts, (folder_key(candidate) or ("", [], False))[1])
             if tail and os.path.isdir(candidate):
@@ -2451,11 +2468,6 @@ def replace_string_tokens(body: bytes, old: str, new: str, count: int, thread_id
         if body.count(token) == count:
             return body.replace(token, json.dumps(new, ensure_ascii=ascii_only).encode("utf-8"))
     raise PlanError("%s: the folder %s is not where it is expected" % (thread_id, short(old, 60)))
-
-
-def thread_cwd(view: ThreadView) -> str:
-    """The folder a thread belongs to: the row's (what listings filter on), else its rollout's."""
-    return str((view.row or {}).get("cwd") or (view.primary.meta.get("cwd") if view.primary else "") or "")
 
 
 def canonical_target_folder(new: str) -> str:

@@ -483,3 +483,37 @@ def test_import_other_home_with_wal_is_read_without_side_files(machines, capsys)
     assert code == csr.EXIT_OK, doc
     assert a_state(a.root) == a_before and not os.path.exists(str(a.db_path) + "-shm")
     assert csr.read_session_index(b.root)["names"][threads["exec"].id] == "only in the wal"
+
+
+# ---------------------------------------------------------------------------------------------
+# A home copied to a new machine: rows point into the old home and the old project folder
+
+
+def test_diagnose_on_a_freshly_copied_home_covers_the_folder_move(tmp_path, capsys, monkeypatch):
+    import shutil
+    old_home, new_home = tmp_path / "old" / ".codex", tmp_path / "new" / ".codex"
+    project = tmp_path / "new" / "work" / "shop"
+    project.mkdir(parents=True)
+    built = HomeBuilder(old_home, "0.169.0")
+    threads = [built.thread(cwd=str(tmp_path / "old" / "src" / "shop"), turns=2),
+               built.thread(cwd=str(tmp_path / "old" / "src" / "shop"))]
+    shutil.copytree(str(old_home), str(new_home))
+    shutil.rmtree(str(tmp_path / "old"))
+    monkeypatch.chdir(str(project))  # the user runs it from the project, as Codex is run
+    code, doc, _ = run("diagnose", "--codex-home", str(new_home), capsys=capsys)
+    assert code == csr.EXIT_FINDINGS
+    assert {"rollout_path_stale", "cwd_moved"} <= {f["code"] for f in doc["findings"]}
+    steps = [shlex.split(c) for c in doc["next_commands"]]
+    names = [s[s.index("--codex-home") + 2] for s in steps]
+    assert names.index("reindex") < names.index("remap-cwd"), names
+    for step in steps:
+        argv = step[step.index("--codex-home"):]
+        code, doc, _ = run(*argv, "--apply", capsys=capsys)
+        assert code == csr.EXIT_OK and doc["changes"] > 0, (argv, doc)
+    code, doc, _ = run("diagnose", "--codex-home", str(new_home), capsys=capsys)
+    assert (code, doc["next_commands"]) == (csr.EXIT_OK, []), doc["findings"]
+    for thread in threads:
+        copy = new_home / thread.path.relative_to(old_home)
+        assert rows(new_home / "state_5.sqlite", "SELECT rollout_path, cwd FROM threads WHERE id = ?", (thread.id,)) \
+            == [(str(copy), str(project))]
+        assert offsets_on_line_starts(new_home / "thread_history_1.sqlite", copy, thread.id)

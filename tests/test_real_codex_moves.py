@@ -150,3 +150,50 @@ def test_import_and_remap_cwd_bring_another_machines_history_back(version, stand
     assert exec_resume(binary, home_b, p2, "--last") == newest
     assert exec_resume(binary, home_b, p2, NAMES[0]) == ids["interactive"][0]
     assert snapshot(home_a) == a_before
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_copied_home_and_a_moved_project_come_back_with_the_next_lines(version, standin, tmp_path, monkeypatch):
+    """The old `.codex` copied to a new machine where the project lives at another path (its
+    rows point into the old home and the old folder, neither of which exists there):
+    diagnose's Next, run line by line with --apply, brings every interactive thread back to
+    the real listing, readable, and `codex exec resume --last` in the new folder finds the
+    newest thread of the folder."""
+    binary = harness.require_release(version)
+    old_project = tmp_path / "old-user" / "src" / "shop"
+    old_project.mkdir(parents=True)
+    old_home = harness.build_home(version, tmp_path / "old-user" / ".codex", standin)
+    ids = harness.populate_sample_home(version, old_home, old_project)
+    new_home = tmp_path / "new-user" / ".codex"
+    shutil.copytree(str(old_home), str(new_home), symlinks=True)
+    shutil.rmtree(str(tmp_path / "old-user"))
+    project = tmp_path / "new-user" / "work" / "shop"
+    project.mkdir(parents=True)
+    monkeypatch.chdir(str(project))
+
+    code, doc = run_tool(new_home, "diagnose")
+    assert code == csr.EXIT_FINDINGS
+    assert "cwd_moved" in {f["code"] for f in doc["findings"]}
+    steps = [shlex.split(line) for line in doc["next_commands"]]
+    assert [s[s.index("--codex-home") + 2] for s in steps][-1] == "remap-cwd"
+    for step in steps:
+        argv = step[step.index("--codex-home"):]
+        before = snapshot_home(new_home)
+        code, doc = run_tool(Path(argv[1]), *argv[2:])
+        assert code == csr.EXIT_FINDINGS and snapshot_home(new_home) == before, doc
+        code, doc = run_tool(Path(argv[1]), *argv[2:], "--apply")
+        assert code == csr.EXIT_OK, doc
+    code, doc = run_tool(new_home, "diagnose")
+    assert not {"cwd_moved", "rollout_path_stale"} & {f["code"] for f in doc["findings"]}, doc["findings"]
+
+    with harness.AppServer(binary, new_home, cwd=project) as server:
+        listing = server.list_threads()
+        assert {item["id"] for item in listing} == set(ids["interactive"])
+        assert {item["cwd"] for item in listing} == {str(project)}
+        for n, thread_id in enumerate(ids["interactive"]):
+            label = ("alpha", "beta")[n]
+            assert user_texts(server.read_thread(thread_id)) == \
+                [["first question in %s" % label], ["second question in %s" % label]]
+    # CODEX-COMPAT: `codex exec resume --last` counts `exec` threads too (measured on 0.169.0
+    # and 0.130.0): the newest thread of the folder is the sample home's exec thread.
+    assert exec_resume(binary, new_home, project, "--last") == ids["exec"]
