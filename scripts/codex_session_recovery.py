@@ -3022,8 +3022,20 @@ def plan_import(inv: Inventory, args: argparse.Namespace) -> Plan:
                              "moved to it until it is" % target)
     names: Dict[str, str] = {}
     counts: Dict[str, int] = {}
+    carriers: Dict[str, List[RolloutInfo]] = {}
+    for info in other.rollouts:
+        if info.thread_id:
+            carriers.setdefault(info.thread_id, []).append(info)
     try:
         for info in sorted(other.rollouts, key=lambda i: i.rel):
+            if len(carriers.get(info.thread_id or "", [])) > 1:
+                # Never merged blindly: which of the other home's copies is the thread is the user's call.
+                if info is carriers[info.thread_id][0]:
+                    import_conflict(plan, info.thread_id, info, [], "the other home carries the thread in %d files "
+                                    "(%s)" % (len(carriers[info.thread_id]),
+                                              ", ".join(i.rel for i in carriers[info.thread_id])))
+                counts["conflict"] = counts.get("conflict", 0) + 1
+                continue
             verdict = import_one(inv, plan, other, info, target)
             counts[verdict] = counts.get(verdict, 0) + 1
             name = other.name_of(info.thread_id) if info.thread_id else None
@@ -3031,6 +3043,7 @@ def plan_import(inv: Inventory, args: argparse.Namespace) -> Plan:
                 names[info.thread_id] = name
     finally:
         other.close()
+    plan.warnings.extend(w for w in other.warnings if w not in plan.warnings)
     index = plan_index_names(inv, names, other)
     if index is not None:
         plan.file_writes.append(index)
@@ -3122,7 +3135,11 @@ def import_projection(inv: Inventory, other: OtherHome, thread_id: str, edit: Ro
     rows there it lists the thread but shows no turns (measured), so they come along."""
     rows = other.projection_rows(thread_id)
     dest = history_db_path(inv)
-    if not any(rows.values()) or dest is None:
+    if not any(rows.values()):
+        return []
+    if dest is None:
+        other.warnings.append("this home has no thread_history_*.sqlite: imported paginated threads list, but a "
+                              "0.169-era Codex shows their turns only after one `codex resume ID`")
         return []
     conn = open_db_readonly(dest)
     try:

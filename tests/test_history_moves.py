@@ -517,3 +517,14 @@ def test_diagnose_on_a_freshly_copied_home_covers_the_folder_move(tmp_path, caps
         assert rows(new_home / "state_5.sqlite", "SELECT rollout_path, cwd FROM threads WHERE id = ?", (thread.id,)) \
             == [(str(copy), str(project))]
         assert offsets_on_line_starts(new_home / "thread_history_1.sqlite", copy, thread.id)
+
+
+def test_import_never_picks_between_two_copies_of_the_other_home(machines, capsys):
+    a, threads, b, own = machines
+    stray = a.root / "sessions" / threads["beta"].path.name  # the same thread, also flat in sessions/
+    stray.write_bytes(threads["beta"].path.read_bytes())
+    code, doc, _ = run("import", "--codex-home", str(b.root), "--from", str(a.root), "--apply", capsys=capsys)
+    assert code == csr.EXIT_OK
+    assert [f["thread_id"] for f in doc["findings"]] == [threads["beta"].id]
+    assert doc["plan"]["counts"] == {"imported": 3, "conflict": 2}
+    assert not list(b.root.rglob("*%s*" % threads["beta"].id))
