@@ -528,3 +528,21 @@ def test_import_never_picks_between_two_copies_of_the_other_home(machines, capsy
     assert [f["thread_id"] for f in doc["findings"]] == [threads["beta"].id]
     assert doc["plan"]["counts"] == {"imported": 3, "conflict": 2}
     assert not list(b.root.rglob("*%s*" % threads["beta"].id))
+
+
+def test_import_into_a_home_without_state_db_and_from_a_damaged_db(tmp_path, capsys):
+    a, threads = build_machine_a(tmp_path / "machine-a")
+    for suffix in ("-wal", "-shm"):
+        if os.path.exists(str(a.db_path) + suffix):
+            os.unlink(str(a.db_path) + suffix)
+    a.db_path.write_bytes(b"not a database " * 100)
+    b = HomeBuilder(tmp_path / "machine-b", "0.169.0", with_db=False)
+    code, doc, err = run("import", "--codex-home", str(b.root), "--from", str(a.root), "--apply", capsys=capsys)
+    assert code == csr.EXIT_OK, doc
+    assert any("state DB cannot be read" in w for w in doc["warnings"])
+    assert {x["kind"] for x in doc["actions"]} == {"rollout_copy", "file_write"}
+    for thread in threads.values():
+        assert (b.root / thread.path.relative_to(a.root)).read_bytes() == thread.path.read_bytes()
+    assert csr.read_session_index(b.root)["names"] == {threads["alpha"].id: "checkout bug"}
+    code, doc, _ = run("import", "--codex-home", str(b.root), "--from", str(a.root), capsys=capsys)
+    assert (code, doc["changes"]) == (csr.EXIT_OK, 0)
