@@ -22,7 +22,7 @@ Exit codes (every command):
   0  clean, nothing to do, or the apply succeeded
   1  findings, or changes pending in a dry run
   2  usage error
-  3  refused by a safety check
+  3  refused by a safety check (the message names the override, if any)
   4  apply failed (the output says whether the automatic restore worked)
 
 The file reads top to bottom: constants and errors; configuration (TOML) and discovery;
@@ -58,6 +58,15 @@ EXIT_FINDINGS = 1
 EXIT_USAGE = 2
 EXIT_REFUSED = 3
 EXIT_APPLY_FAILED = 4
+# The one exit-code table. --help prints it; tests compare the module docstring, README.md,
+# README.zh-CN.md and SKILL.md against it line by line.
+EXIT_CODES = (
+    (EXIT_OK, "clean, nothing to do, or the apply succeeded"),
+    (EXIT_FINDINGS, "findings, or changes pending in a dry run"),
+    (EXIT_USAGE, "usage error"),
+    (EXIT_REFUSED, "refused by a safety check (the message names the override, if any)"),
+    (EXIT_APPLY_FAILED, "apply failed (the output says whether the automatic restore worked)"),
+)
 
 # Sources that a default Codex listing shows (`thread/list` with no `sourceKinds`, the
 # `codex resume` picker, the Desktop sidebar). Everything else is hidden by design.
@@ -570,6 +579,11 @@ def short(text: str, limit: int = 80) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+# What a newcomer without ~/.codex needs to hear: where to point the tool, and what to look for.
+HOME_HINT = ("give --codex-home PATH or set CODEX_HOME to the folder Codex keeps its conversations in "
+             "(it holds sessions/, state_5.sqlite and config.toml; the default is ~/.codex)")
+
+
 def resolve_codex_home(flag: Optional[str], environ: Dict[str, str]) -> Tuple[Path, str]:
     """The home and where the answer came from. A symlinked home is allowed (Codex resolves it
     too); the returned path is the resolved one so every stored path compares equal."""
@@ -581,9 +595,9 @@ def resolve_codex_home(flag: Optional[str], environ: Dict[str, str]) -> Tuple[Pa
         raw, origin = str(Path.home() / ".codex"), "default"
     path = Path(raw).expanduser()
     if not path.exists():
-        raise UsageError("Codex home %s (from %s) does not exist" % (path, origin))
+        raise UsageError("Codex home %s (from %s) does not exist; %s" % (path, origin, HOME_HINT))
     if not path.is_dir():
-        raise UsageError("Codex home %s (from %s) is not a directory" % (path, origin))
+        raise UsageError("Codex home %s (from %s) is not a directory; %s" % (path, origin, HOME_HINT))
     return path.resolve(), origin
 
 
@@ -3451,7 +3465,7 @@ def make_backup_dir(home: Path, command: str) -> Path:
     raise ApplyError("could not create a backup folder under %s" % root)
 
 
-def db_digest(conn: sqlite3.Connection, rows: Dict[str, List[Dict[str, Any]]]) -> str:
+def db_digest(conn: sqlite3.Connection) -> str:
     """A digest of the whole DB's content. `restore` puts the whole DB back, so it compares
     this, not only the rows the run touched: a change Codex made since would be undone too."""
     digest = hashlib.sha256()
@@ -3500,7 +3514,7 @@ def _fill_backup(folder: Path, home: Path, command: str, dbs: Dict[Path, Dict[st
         try:
             source.backup(dest)
             entry = {"path": _manifest_path(db, home), "kind": "sqlite", "backup": str(target.relative_to(folder)),
-                     "rows": rows, "digest_before": db_digest(source, rows), "digest_after": None}
+                     "rows": rows, "digest_before": db_digest(source), "digest_after": None}
         finally:
             dest.close()
             source.close()
@@ -3622,7 +3636,7 @@ def restore_database(backup: Path, target: Path, entry: Dict[str, Any]) -> bool:
         try:
             conn = open_db_readonly(target)
             try:
-                if db_digest(conn, {}) == entry.get("digest_before"):
+                if db_digest(conn) == entry.get("digest_before"):
                     return False
             finally:
                 conn.close()
@@ -3663,7 +3677,7 @@ def changed_since_backup(folder: Path, home: Path) -> List[str]:
             try:
                 conn = open_db_readonly(target)
                 try:
-                    now = db_digest(conn, entry.get("rows") or {})
+                    now = db_digest(conn)
                 finally:
                     conn.close()
             except sqlite3.Error:
@@ -3961,7 +3975,7 @@ def finish_manifest(folder: Path, manifest: Dict[str, Any], home: Path) -> None:
         if entry["kind"] == "sqlite":
             conn = open_db_readonly(target)
             try:
-                entry["digest_after"] = db_digest(conn, entry.get("rows") or {})
+                entry["digest_after"] = db_digest(conn)
             finally:
                 conn.close()
         else:
@@ -4000,9 +4014,18 @@ def list_backups(home: Path) -> List[Dict[str, Any]]:
 SAFETY_LINE_READ = "read-only: no file was changed; credentials (auth.json, tokens) were not opened"
 
 
-def envelope(command: str, inv: Optional[Inventory], exit_code: int, **body: Any) -> Dict[str, Any]:
+# Every --json document starts with these keys, in this order: tool, version, command,
+# codex_home, exit_code, applied (the documented contract; a change to them is a Migrating note
+# in CHANGELOG.md).
+def envelope(command: Optional[str], inv: Any, exit_code: int, applied: bool = False,
+             **body: Any) -> Dict[str, Any]:
+    """The one shape of every --json document. `inv` is the Inventory, or only the home (a
+    Path or None) for a command that builds none; `body` adds the command's own keys (and
+    may override `codex_home`, as report does to redact it)."""
+    home = inv.home if isinstance(inv, Inventory) else inv
     doc = {"tool": TOOL_NAME, "version": __version__, "command": command,
-           "codex_home": str(inv.home) if inv else None, "exit_code": exit_code}
+           "codex_home": None if home is None else str(home), "exit_code": exit_code,
+           "applied": applied}
     doc.update(body)
     return doc
 
@@ -4014,22 +4037,29 @@ def emit_json(doc: Dict[str, Any]) -> None:
     list is never held in memory at once."""
     pretty = sys.stdout.isatty()
 
-    def dump(value: Any) -> str:
-        return json.dumps(value, indent=2 if pretty else None, separators=None if pretty else (",", ":"),
-                          default=str)
+    def dump(value: Any, depth: int) -> str:
+        """`value` as it reads `depth` levels down: the same text json.dumps(doc, indent=2) has."""
+        if not pretty:
+            return json.dumps(value, separators=(",", ":"), default=str)
+        return json.dumps(value, indent=2, default=str).replace("\n", "\n" + "  " * depth)
+
+    def newline(depth: int) -> str:
+        return "\n" + "  " * depth if pretty else ""
 
     write = sys.stdout.write
     write("{")
     for n, (key, value) in enumerate(doc.items()):
-        write(("," if n else "") + ("\n  " if pretty else "") + json.dumps(key) + (": " if pretty else ":"))
+        write(("," if n else "") + newline(1) + json.dumps(key) + (": " if pretty else ":"))
         if isinstance(value, Iterator):
             write("[")
-            for m, item in enumerate(value):
-                write(("," if m else "") + dump(item))
-            write("]")
+            items = 0
+            for item in value:
+                write(("," if items else "") + newline(2) + dump(item, 2))
+                items += 1
+            write((newline(1) if items else "") + "]")
         else:
-            write(dump(value))
-    write(("\n" if pretty else "") + "}\n")
+            write(dump(value, 1))
+    write(newline(0) + "}\n")
 
 
 def render_diagnose_text(doc: Dict[str, Any], verbose: bool) -> str:
@@ -4181,7 +4211,6 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     doc = envelope(
         "diagnose", inv, code,
         codex_home_origin=inv.home_origin,
-        applied=False,
         safety=SAFETY_LINE_READ,
         config=inv.config.as_json(),
         codex_release=".".join(map(str, inv.release)) or None,
@@ -4544,8 +4573,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     home, _origin = resolve_codex_home(args.codex_home, dict(os.environ))
     if args.list:
         backups = list_backups(home)
-        doc = {"tool": TOOL_NAME, "version": __version__, "command": "restore", "codex_home": str(home),
-               "exit_code": EXIT_OK, "backups": backups}
+        doc = envelope("restore", home, EXIT_OK, backups=backups)
         if args.json:
             emit_json(doc)
         else:
@@ -4589,8 +4617,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             finish_manifest(undo, undo_manifest, home)
             result["undo_backup_dir"] = str(undo)
     code = EXIT_OK if args.apply else EXIT_FINDINGS
-    doc = {"tool": TOOL_NAME, "version": __version__, "command": "restore", "codex_home": str(home),
-           "exit_code": code, "applied": bool(args.apply), **result}
+    doc = envelope("restore", home, code, applied=bool(args.apply), **result)
     if args.json:
         emit_json(doc)
     else:
@@ -4616,14 +4643,7 @@ repairing local metadata. Reads only, unless --apply is given; --apply backs up 
 changes first (CODEX_HOME/recovery-backups/) and refuses while Codex is using the home unless
 --force. Never opens auth.json, API keys, tokens or cookies."""
 
-HELP_EPILOG = """\
-exit codes:
-  0  clean, nothing to do, or the apply succeeded
-  1  findings, or changes pending in a dry run
-  2  usage error
-  3  refused by a safety check (the message names the override, if any)
-  4  apply failed (the output says whether the automatic restore worked)
-
+HELP_EPILOG = "exit codes:\n" + "".join("  %d  %s\n" % row for row in EXIT_CODES) + """
 examples:
   %(prog)s diagnose
   %(prog)s diagnose --codex-home ~/.codex --json
@@ -4641,6 +4661,24 @@ examples:
   %(prog)s restore --list
   %(prog)s restore --latest --apply
 """
+
+
+class ArgumentsRejected(SystemExit):
+    """argparse's usage error (exit 2), carrying its message so main() can still print the one
+    JSON document --json promises."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(EXIT_USAGE)
+        self.message = message
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors main() can still answer with a JSON document."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        sys.stderr.write("%s: error: %s\n" % (self.prog, message))
+        raise ArgumentsRejected(message)
 
 
 def program_name() -> str:
@@ -4679,11 +4717,12 @@ def _scope_options(parser: argparse.ArgumentParser, title: str = "scope") -> Non
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=program_name(), description=HELP_SUMMARY, epilog=HELP_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter, parents=[_shared_options(True)])
     parser.add_argument("--version", action="version", version="%s %s" % (TOOL_NAME, __version__))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.set_defaults(command_names=sub.choices)  # every command, for main()'s error document
     shared = _shared_options(False)
 
     diagnose = sub.add_parser(
@@ -4805,21 +4844,41 @@ def _write_options(parser: argparse.ArgumentParser, force_help: Optional[str] = 
                        "home or the schema is newer than known; never implies --apply")
 
 
+def error_document(command: Optional[str], home: Any, exc: ToolError) -> Dict[str, Any]:
+    return envelope(command, home, exc.exit_code, error={"kind": exc.label, "message": str(exc)})
+
+
+def home_for_error(args: argparse.Namespace) -> Optional[Path]:
+    """The home an error document names: the resolved one, else the path that was tried."""
+    try:
+        return resolve_codex_home(getattr(args, "codex_home", None), dict(os.environ))[0]
+    except (ToolError, OSError, RuntimeError):  # RuntimeError: a symlink loop, before 3.13
+        flag = getattr(args, "codex_home", None)
+        return Path(flag).expanduser() if flag else None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(raw)
+    except ArgumentsRejected as exc:  # argparse has printed its usage and message to stderr
+        if "--json" in raw:
+            command = next((word for word in raw if word in parser.get_default("command_names")), None)
+            emit_json(error_document(command, None, UsageError(exc.message)))
+        raise
+    args.argv = raw
     progress.enabled = not getattr(args, "json", False) and sys.stderr.isatty()
     if not getattr(args, "handler", None):
         parser.print_help(sys.stderr)
+        if getattr(args, "json", False):
+            emit_json(error_document(None, None, UsageError("name a command")))
         return EXIT_USAGE
     try:
         return args.handler(args)
     except ToolError as exc:
         if getattr(args, "json", False):
-            emit_json({"tool": TOOL_NAME, "version": __version__, "command": args.command,
-                       "codex_home": getattr(args, "codex_home", None), "applied": False,
-                       "exit_code": exc.exit_code, "error": {"kind": exc.label, "message": str(exc)}})
+            emit_json(error_document(args.command, home_for_error(args), exc))
         sys.stderr.write("%s: %s\n" % (exc.label, exc))
         return exc.exit_code
 

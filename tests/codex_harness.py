@@ -69,10 +69,6 @@ def require_release(version: str) -> Path:
     return binary
 
 
-def installed_releases() -> List[str]:
-    return [v for v in RELEASES if codex_binary(v) is not None]
-
-
 # ---------------------------------------------------------------------------
 # Responses-API stand-in
 

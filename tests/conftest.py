@@ -16,3 +16,22 @@ def standin():
 
     with codex_harness.ResponsesStandIn() as server:
         yield server
+
+
+@pytest.fixture
+def cli(capsys):
+    """The tool in-process with --json, as `cli(*argv)`: (exit code, its one JSON document),
+    with the document's exit_code checked against the real one."""
+    import codex_session_recovery as csr
+    from homes import one_json_document
+
+    def run(*argv: str):
+        try:
+            code = csr.main([*argv, "--json"])
+        except SystemExit as exc:  # argparse's own usage errors
+            code = exc.code
+        doc = one_json_document(capsys.readouterr().out)
+        assert doc["exit_code"] == code, (code, doc)
+        return code, doc
+
+    return run

@@ -17,9 +17,10 @@ import hashlib
 import json
 import os
 import sqlite3
-import uuid
+import subprocess
+import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 RELEASES = ("0.169.0", "0.130.0", "0.120.0")
@@ -265,3 +266,25 @@ def db_dump(path: Path) -> List[str]:
         return list(conn.iterdump())
     finally:
         conn.close()
+
+
+# -- running the tool -------------------------------------------------------------------------
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "codex_session_recovery.py"
+
+
+def one_json_document(out: str) -> Dict[str, Any]:
+    """The only JSON document in `out`: fails on none, on two, or on anything after it."""
+    text = out.lstrip()
+    assert text, "nothing on stdout"
+    doc, end = json.JSONDecoder().raw_decode(text)
+    assert text[end:].strip() == "", "more than one document on stdout: %r" % text[end:end + 200]
+    assert isinstance(doc, dict), doc
+    return doc
+
+
+def run_script(*args: str, cwd: Path, python_flags: Sequence[str] = (), timeout: float = 60,
+               env: Optional[Dict[str, str]] = None) -> "subprocess.CompletedProcess[bytes]":
+    """The real script in a subprocess, as a user runs it (stdout and stderr captured)."""
+    return subprocess.run([sys.executable, *python_flags, str(SCRIPT), *args], cwd=str(cwd),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout, env=env)

@@ -1,13 +1,13 @@
 """The script's own contract: standard library only, Python 3.9 syntax, runnable bare."""
 
 import ast
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 import codex_session_recovery as csr
+from homes import run_script
 
 SCRIPT = Path(csr.__file__).resolve()
 
@@ -43,8 +43,7 @@ def test_tomllib_is_optional():
 
 
 def test_bare_help_from_another_folder(tmp_path):
-    result = subprocess.run([sys.executable, "-S", "-E", str(SCRIPT), "--help"], cwd=str(tmp_path),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    result = run_script("--help", cwd=tmp_path, python_flags=("-S", "-E"))
     assert result.returncode == 0, result.stderr
     out = result.stdout.decode()
     for command in ("diagnose", "repair-provider", "repair-user-events", "repair-ui-state", "rebuild-index",

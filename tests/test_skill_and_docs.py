@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import argparse
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 import pytest
 
 import codex_session_recovery as csr
+from homes import run_script
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "scripts" / "codex_session_recovery.py"
 SKILL_NAME = "codex-session-recovery"
 ALLOWED_FRONTMATTER_KEYS = {"name", "description", "license", "metadata"}
 NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
@@ -225,6 +223,47 @@ def test_docs_explain_every_reason_code(name):
     assert not missing, "%s does not explain %s" % (name, ", ".join(missing))
 
 
+def readme_structure(text: str) -> List[Tuple[object, ...]]:
+    """What a translation must keep: headings (their level, and their text where it is a
+    command or code), list items (their indent), exit-code table rows, the files linked (not
+    in-page anchors, which are translated), and every code block line with its comment
+    removed (comments are translated too)."""
+    found: List[Tuple[object, ...]] = []
+    in_code = False
+    for line in text.split("\n"):
+        if line.strip().startswith("```"):
+            found.append(("fence", line.strip() if not in_code else "```"))
+            in_code = not in_code
+            continue
+        if in_code:
+            command = re.sub(r"(^|\s)#.*$", "", line).strip()
+            if command:
+                found.append(("code", command))
+            continue
+        heading = re.match(r"^(#+) (.*)$", line)
+        if heading:
+            title = heading.group(2)
+            found.append(("heading", len(heading.group(1)),
+                          title if re.match(r"^[a-z-]+$|.*`", title) or len(heading.group(1)) == 1 else ""))
+        elif re.match(r"^ *- ", line):
+            found.append(("item", len(line) - len(line.lstrip())))
+        elif re.match(r"^\| \d \|", line):
+            found.append(("exit code", line.split("|")[1].strip()))
+        found.extend(("link", target) for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", line)
+                     if target not in ("README.md", "README.zh-CN.md"))  # each links the other
+    return found
+
+
+def test_translation_keeps_the_structure_and_every_command():
+    english, chinese = readme_structure(doc("README.md")), readme_structure(doc("README.zh-CN.md"))
+    assert len(english) > 100
+    if english != chinese:
+        import difflib
+        diff = difflib.unified_diff([repr(x) for x in english], [repr(x) for x in chinese], "README.md",
+                                    "README.zh-CN.md", lineterm="", n=2)
+        raise AssertionError("README.zh-CN.md is out of step with README.md:\n" + "\n".join(diff))
+
+
 def test_readme_gives_the_test_command():
     assert "python3 -m pytest" in doc("README.md")
     assert "python3 -m pytest" in doc("README.zh-CN.md")
@@ -237,6 +276,45 @@ def test_docs_give_every_exit_code():
             assert re.search(r"^\| %d \|" % code, text, re.M), "%s: exit code %d" % (name, code)
 
 
+def exit_table(text: str) -> List[Tuple[int, str]]:
+    """The rows of a Markdown table whose first column is an exit code."""
+    return [(int(code), meaning) for code, meaning in re.findall(r"^\| (\d) \| (.+?) \|$", text, re.M)]
+
+
+def test_every_exit_code_table_is_the_scripts():
+    """EXIT_CODES is the one table; every copy of it says the same, word for word."""
+    expected = [(code, meaning) for code, meaning in csr.EXIT_CODES]
+    assert [code for code, _ in expected] == [csr.EXIT_OK, csr.EXIT_FINDINGS, csr.EXIT_USAGE,
+                                              csr.EXIT_REFUSED, csr.EXIT_APPLY_FAILED]
+    lines = ["  %d  %s" % row for row in expected]
+    docstring = csr.__doc__.split("\n")
+    start = docstring.index("Exit codes (every command):") + 1
+    assert docstring[start:start + len(lines) + 1] == lines + [""]
+    epilog = csr.HELP_EPILOG.split("\n")
+    start = epilog.index("exit codes:") + 1
+    assert epilog[start:start + len(lines) + 1] == lines + [""]
+    for name in ("README.md", "SKILL.md"):
+        assert exit_table(doc(name)) == expected, name
+    # The translation says the same in Chinese: the same codes, in the same order.
+    assert [code for code, _ in exit_table(doc("README.zh-CN.md"))] == [code for code, _ in expected]
+
+
+def test_skill_commands_are_written_as_they_run():
+    """An agent pastes SKILL.md's commands into a shell: no alias a shell does not know."""
+    text = doc("SKILL.md")
+    assert not re.search(r"`csr\b|^csr\b", text, re.M)
+    invocation = "python3 <skill-dir>/scripts/codex_session_recovery.py "
+    blocks = re.findall(r"^```bash\n(.*?)^```", text, re.M | re.S)
+    assert blocks
+    for block in blocks:
+        for line in block.splitlines():
+            assert line.startswith(invocation), line
+    for span in re.findall(r"`([^`]+)`", text):
+        words = span.split()
+        if words and words[0] in subcommands() and len(words) > 1 and words[1].startswith("-"):
+            raise AssertionError("`%s` is not a command a shell runs" % span)
+
+
 def test_changelog_has_this_version():
     assert "## %s - " % csr.__version__ in doc("CHANGELOG.md")
 
@@ -245,8 +323,7 @@ def test_changelog_has_this_version():
 
 
 def test_help_runs_from_another_folder_and_names_every_subcommand(tmp_path):
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--help"], cwd=str(tmp_path),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    proc = run_script("--help", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr.decode()
     out = proc.stdout.decode()
     for name in subcommands():

@@ -7,13 +7,13 @@ import codex_session_recovery as csr
 from homes import HomeBuilder, hash_tree
 
 
-def test_trace_explains_a_hidden_thread_layer_by_layer(tmp_path, capsys):
+def test_trace_explains_a_hidden_thread_layer_by_layer(tmp_path, capsys, cli):
     home = HomeBuilder(tmp_path / "home", "0.169.0").provider_config("proxy")
     thread = home.thread(provider="openai", turns=2)
     home.index([{"id": thread.id, "thread_name": "checkout", "updated_at": "t"}])
     before = hash_tree(home.root)
-    code = csr.main(["trace", thread.id[:10], "--codex-home", str(home.root), "--json"])
-    trace = json.loads(capsys.readouterr().out)["trace"]
+    code, doc = cli("trace", thread.id[:10], "--codex-home", str(home.root))
+    trace = doc["trace"]
     assert code == csr.EXIT_FINDINGS and trace["id"] == thread.id and not trace["listed_by_default"]
     verdicts = {v["filter"]: v["passes"] for v in trace["filters"]}
     assert verdicts == {"provider": False, "source": True, "archived": True, "preview": True, "cwd": True,
@@ -31,16 +31,17 @@ def test_trace_explains_a_hidden_thread_layer_by_layer(tmp_path, capsys):
     assert "HIDDEN from default lists (provider_mismatch)" in text and "FAIL" in text
 
 
-def test_trace_of_a_listed_thread_and_of_unknown_ids(tmp_path, capsys):
+def test_trace_of_a_listed_thread_and_of_unknown_ids(tmp_path, capsys, cli):
     home = HomeBuilder(tmp_path / "home")
     thread = home.thread()
-    assert csr.main(["trace", thread.id, "--codex-home", str(home.root), "--json"]) == csr.EXIT_OK
-    assert json.loads(capsys.readouterr().out)["trace"]["listed_by_default"] is True
+    code, doc = cli("trace", thread.id, "--codex-home", str(home.root))
+    assert code == csr.EXIT_OK
+    assert doc["trace"]["listed_by_default"] is True
     assert csr.main(["trace", "019a0000", "--codex-home", str(home.root)]) == csr.EXIT_USAGE
     assert "no thread 019a0000" in capsys.readouterr().err
 
 
-def test_trace_finds_a_thread_by_index_name_and_sees_stale_db_copies(tmp_path, capsys):
+def test_trace_finds_a_thread_by_index_name_and_sees_stale_db_copies(tmp_path, cli):
     home = HomeBuilder(tmp_path / "home")
     thread = home.thread()
     home.index([{"id": thread.id, "thread_name": "Release Notes", "updated_at": "t"}])
@@ -51,8 +52,7 @@ def test_trace_finds_a_thread_by_index_name_and_sees_stale_db_copies(tmp_path, c
     conn.execute("INSERT INTO threads VALUES (?, 'legacy', 0, '')", (thread.id,))
     conn.commit()
     conn.close()
-    csr.main(["trace", "release notes", "--codex-home", str(home.root), "--json"])
-    trace = json.loads(capsys.readouterr().out)["trace"]
+    trace = cli("trace", "release notes", "--codex-home", str(home.root))[1]["trace"]
     assert trace["id"] == thread.id
     assert trace["db"]["other_dbs"] == [{"db": "state_4.sqlite", "model_provider": "legacy", "archived": 0}]
 

@@ -3,7 +3,6 @@
 Rows store `rollout_path` as Windows paths (`C:\\Users\\ana\\.codex\\sessions\\…`, sometimes with
 the `\\\\?\\` prefix) and `cwd` likewise. The data is built with PureWindowsPath."""
 
-import json
 import os
 import sqlite3
 from pathlib import PureWindowsPath
@@ -24,13 +23,8 @@ def windows_rollout_path(thread, home_root, verbatim=False):
     return "\\\\?\\" + path if verbatim else path
 
 
-def run(*argv, capsys):
-    code = csr.main([*argv, "--json"])
-    return code, json.loads(capsys.readouterr().out)
-
-
 @pytest.mark.parametrize("verbatim", [False, True])
-def test_windows_rollout_paths_name_the_files_of_this_home(tmp_path, capsys, verbatim):
+def test_windows_rollout_paths_name_the_files_of_this_home(tmp_path, cli, verbatim):
     home = HomeBuilder(tmp_path / "home", "0.169.0").provider_config("proxy")
     moved = home.thread(provider="openai")
     listed = home.thread(provider="proxy")
@@ -41,15 +35,15 @@ def test_windows_rollout_paths_name_the_files_of_this_home(tmp_path, capsys, ver
                      (windows_rollout_path(thread, home.root, verbatim), str(PureWindowsPath(r"D:\Code\shop")), thread.id))
     conn.commit()
     conn.close()
-    code, doc = run("diagnose", "--codex-home", str(home.root), capsys=capsys)
+    code, doc = cli("diagnose", "--codex-home", str(home.root))
     reasons = {t["id"]: t["reasons"] for t in doc["threads"]}
     assert reasons.get(listed.id) is None, reasons
     assert reasons[moved.id] == ["provider_mismatch"]
     assert reasons[archived.id] == ["archived"]
     # reindex must not "repoint" Windows paths that Windows Codex needs
-    code, doc = run("reindex", "--codex-home", str(home.root), capsys=capsys)
+    code, doc = cli("reindex", "--codex-home", str(home.root))
     assert code == csr.EXIT_OK and doc["changes"] == 0
-    code, doc = run("repair-provider", "--codex-home", str(home.root), "--from", "openai", "--apply", capsys=capsys)
+    code, doc = cli("repair-provider", "--codex-home", str(home.root), "--from", "openai", "--apply")
     assert code == csr.EXIT_OK and doc["plan"]["threads"] == 1
     stored = sqlite3.connect(str(home.db_path)).execute("SELECT rollout_path, model_provider FROM threads WHERE id = ?",
                                                       (moved.id,)).fetchone()
@@ -57,10 +51,10 @@ def test_windows_rollout_paths_name_the_files_of_this_home(tmp_path, capsys, ver
     assert b'"model_provider":"proxy"' in moved.path.read_bytes()
 
 
-def test_verbatim_windows_cwd_is_reported(tmp_path, capsys):
+def test_verbatim_windows_cwd_is_reported(tmp_path, cli):
     home = HomeBuilder(tmp_path / "home")
     thread = home.thread(row_overrides={"cwd": "\\\\?\\" + str(PureWindowsPath(r"C:\Code\proj"))})
-    _, doc = run("diagnose", "--codex-home", str(home.root), capsys=capsys)
+    _, doc = cli("diagnose", "--codex-home", str(home.root))
     entry = next(t for t in doc["threads"] if t["id"] == thread.id)
     assert entry["evidence"]["cwd_unmatchable"] == {"problem": "windows_verbatim_prefix"}
 
