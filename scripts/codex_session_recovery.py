@@ -2896,7 +2896,11 @@ class OtherHome:
             self.base = root
             files = iter_rollout_files(root)
         self.rollouts = [scan_rollout(path, self.base) for path in progress(files, "reading the other home")]
-        index = read_session_index(root) if not self.sessions_only else {"names": {}}
+        try:
+            index = read_session_index(root) if not self.sessions_only else {"names": {}}
+        except OSError as exc:
+            self.warnings.append("the other home's session_index.jsonl cannot be read (%s)" % short(str(exc), 100))
+            index = {"names": {}}
         self.index_names: Dict[str, str] = {k: v for k, v in index["names"].items() if v}
         self.db_names = self._db_names()
         self.history_db = self._newest(["thread_history_*.sqlite"])

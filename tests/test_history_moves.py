@@ -546,3 +546,13 @@ def test_import_into_a_home_without_state_db_and_from_a_damaged_db(tmp_path, cap
     assert csr.read_session_index(b.root)["names"] == {threads["alpha"].id: "checkout bug"}
     code, doc, _ = run("import", "--codex-home", str(b.root), "--from", str(a.root), capsys=capsys)
     assert (code, doc["changes"]) == (csr.EXIT_OK, 0)
+
+
+def test_import_from_a_home_whose_index_cannot_be_read(machines, capsys):
+    a, threads, b, own = machines
+    index = a.root / "session_index.jsonl"
+    index.unlink()
+    index.mkdir()  # unreadable as a file, whoever runs the test
+    code, doc, err = run("import", "--codex-home", str(b.root), "--from", str(a.root), "--apply", capsys=capsys)
+    assert code == csr.EXIT_OK and doc["plan"]["counts"] == {"imported": 4}, doc
+    assert csr.read_session_index(b.root)["names"] == {threads["beta"].id: "db only name"}

@@ -74,15 +74,20 @@ def exec_resume(binary: Path, home: Path, cwd: Path, *target: str) -> str:
     return started[0]["thread_id"]
 
 
-@pytest.mark.parametrize("version", VERSIONS)
-def test_import_and_remap_cwd_bring_another_machines_history_back(version, standin, tmp_path):
+# Both machines on one release, and an old machine on 0.130.0 moving to a new one on 0.169.0.
+PAIRS = [(v, v) for v in VERSIONS] + [("0.130.0", "0.169.0")]
+
+
+@pytest.mark.parametrize("version_a,version", PAIRS, ids=["%s-to-%s" % p for p in PAIRS])
+def test_import_and_remap_cwd_bring_another_machines_history_back(version_a, version, standin, tmp_path):
     binary = harness.require_release(version)
+    binary_a = harness.require_release(version_a)
     # Machine A: its project folder P1, its conversations, names set through the app-server.
     p1 = tmp_path / "machine-a" / "src" / "shop"
     p1.mkdir(parents=True)
-    home_a = harness.build_home(version, tmp_path / "machine-a" / "codex", standin)
-    ids = harness.populate_sample_home(version, home_a, p1)
-    with harness.AppServer(binary, home_a, cwd=p1) as server:
+    home_a = harness.build_home(version_a, tmp_path / "machine-a" / "codex", standin)
+    ids = harness.populate_sample_home(version_a, home_a, p1)
+    with harness.AppServer(binary_a, home_a, cwd=p1) as server:
         for thread_id, name in zip(ids["interactive"], NAMES):
             server.set_name(thread_id, name)
     shutil.rmtree(str(p1))  # P1 does not exist on machine B
