@@ -1976,7 +1976,8 @@ def suggest_commands(inv: Inventory, findings: List[Dict[str, Any]], args: argpa
         commands.append("%s repair-ui-state" % prefix)
     if codes & {"no_db_row", "rollout_path_stale", "archive_flag_mismatch"}:
         commands.append("%s reindex" % prefix)
-    commands.extend("%s remap-cwd %s" % (prefix, remap) for remap in folder_move_options(inv))
+    commands.extend("%s remap-cwd %s" % (prefix, " ".join(_shell_quote(a) for a in tail))
+                    for tail in remap_cwd_next_args(inv, findings, None))
     rebuild = [f for f in findings if f["code"] in REBUILD_REASONS
                and (f["code"] != "backfill_incomplete" or f["evidence"].get("stale"))]
     if rebuild:
@@ -1984,14 +1985,18 @@ def suggest_commands(inv: Inventory, findings: List[Dict[str, Any]], args: argpa
     return commands
 
 
-def folder_move_options(inv: Inventory) -> List[str]:
-    """One `--from OLD --to NEW` per moved project folder; a subfolder that the move of its
-    parent already covers gets no line of its own."""
+def remap_cwd_next_args(inv: Inventory, findings: List[Dict[str, Any]], view: Optional[ThreadView]) -> List[List[str]]:
+    """The remap-cwd argument tails to run: for one thread, its own move; for the home, one
+    `--from OLD --to NEW` per moved project folder, where a subfolder that the move of its
+    parent already covers gets no line of its own. None where the new folder is ambiguous."""
+    if view is not None:
+        moved = next((r["evidence"] for r in view.reasons if r["code"] == "cwd_moved"), {})
+        return [["--from", moved["cwd"], "--to", moved["found"]]] if "found" in moved else []
     moves = [m for m in getattr(inv, "folder_moves", {}).values() if "found" in m]
     kept = [m for m in moves if not any(o is not m and remap_folder(m["cwd"], o["cwd"], o["found"]) is not None
                                         and os.path.realpath(remap_folder(m["cwd"], o["cwd"], o["found"])) == m["found"]
                                         for o in moves)]
-    return [m["remap"] for m in sorted(kept, key=lambda m: m["cwd"])]
+    return [["--from", m["cwd"], "--to", m["found"]] for m in sorted(kept, key=lambda m: m["cwd"])]
 
 
 def thread_entry(view: ThreadView, verbose: bool) -> Dict[str, Any]:
@@ -4810,16 +4815,9 @@ def build_parser() -> argparse.ArgumentParser:
             repair.add_argument("--prune-missing", action="store_true",
                                 help="also delete rows whose rollout file no longer exists")
         if name == "import":
-            repair.add_argument("--from", dest="from_home", required=True, metavar="OTHER_HOME",
-                                help="the other home (or its sessions/ folder); it is only read")
-            repair.add_argument("--to", default=None, metavar="PROVIDER|auto",
-                                help="also move the imported threads to this provider (`auto`: the one "
-                                     "config.toml makes active), as repair-provider would")
+            import_options(repair)
         if name == "remap-cwd":
-            repair.add_argument("--from", dest="from_folder", required=True, metavar="OLD_PREFIX",
-                                help="the folder the threads were recorded in (or a parent of it)")
-            repair.add_argument("--to", dest="to_folder", required=True, metavar="NEW_PREFIX",
-                                help="where that folder is now")
+            remap_cwd_options(repair)
         _write_options(repair)
         repair.add_argument("--expect-plan", metavar="PLAN_ID",
                             help="with --apply: refuse unless the plan is the one the dry run printed as "
@@ -4838,6 +4836,21 @@ def build_parser() -> argparse.ArgumentParser:
                    "the home; never implies --apply")
     restore.set_defaults(handler=cmd_restore)
     return parser
+
+
+def import_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from", dest="from_home", required=True, metavar="OTHER_HOME",
+                        help="the other home (or its sessions/ folder); it is only read")
+    parser.add_argument("--to", default=None, metavar="PROVIDER|auto",
+                        help="also move the imported threads to this provider (`auto`: the one "
+                             "config.toml makes active), as repair-provider would")
+
+
+def remap_cwd_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from", dest="from_folder", required=True, metavar="OLD_PREFIX",
+                        help="the folder the threads were recorded in (or a parent of it)")
+    parser.add_argument("--to", dest="to_folder", required=True, metavar="NEW_PREFIX",
+                        help="where that folder is now")
 
 
 def _write_options(parser: argparse.ArgumentParser, force_help: Optional[str] = None) -> None:
