@@ -877,7 +877,8 @@ def schema_version(conn: sqlite3.Connection) -> Optional[int]:
 
 
 # CODEX-COMPAT: the first 12 hex digits of each state DB migration's SHA-384 checksum, as the
-# real releases 0.120.0, 0.130.0 and 0.169.0 recorded them (identical in all three). Builds that
+# real releases 0.120.0, 0.130.0, 0.169.0 and 0.171.0 recorded them (identical in all four;
+# 63 "session model ids" and 64 "thread listing indexes" are 0.171.0's). Builds that
 # embed the migration files with CRLF line endings (Windows) record other checksums, and a build
 # with LF files then refuses the DB ("migration N was previously applied but has been modified").
 MIGRATION_CHECKSUMS = dict(
@@ -892,9 +893,60 @@ MIGRATION_CHECKSUMS = dict(
         "43:605128e722bd,44:5d29223bd1ca,45:a7fadc8caea8,46:63addf6115c3,47:1ae117e4ab40,48:9d298333f752,"
         "49:faf45c392bb8,50:d2802e96f5fc,51:23360a03a7fc,52:071e96313d40,53:e86ef7ccbcc8,54:e62a9977d99c,"
         "55:6daadc5527b3,56:5de44fac5505,57:729562c57bfa,58:68467af3ce1f,59:4297dffb4fb3,60:d7f0cf0a69fa,"
-        "61:4a8337048bb9,62:dab8b7c8390f").split(",")))
+        "61:4a8337048bb9,62:dab8b7c8390f,63:dffdc4b9759f,64:a6862d0af07f").split(",")))
 # CODEX-COMPAT: builds of mid-June 2026 applied the recency migration (39) as version 38.
 MIGRATION_ALIASES = {38: (MIGRATION_CHECKSUMS[39],)}
+# The newest state DB migration of a release this tool was checked against.
+NEWEST_CHECKED_SCHEMA = max(MIGRATION_CHECKSUMS)
+
+# CODEX-COMPAT: the declared type of every column a repair reads as a key or guard, or writes,
+# in the tables it writes, as the real releases 0.120.0-0.171.0 created them. No column
+# changed type across those releases; columns only came with releases, and planners use only
+# the ones present. With the triggers below, this is what compatibility is judged by: a newer
+# schema on which everything a plan touches still has this shape is written to (and said so);
+# one where it does not is refused. The version number alone decides nothing.
+def _column_types(text: str, integers: str, booleans: str = "") -> Dict[str, str]:
+    """Every column of `text` is TEXT unless listed in `integers` or `booleans`."""
+    kinds = dict.fromkeys(integers.split(), "INTEGER")
+    kinds.update(dict.fromkeys(booleans.split(), "BOOLEAN"))
+    return {c: kinds.get(c, "TEXT") for c in text.split()}
+
+
+KNOWN_COLUMN_TYPES: Dict[str, Dict[str, str]] = {
+    "threads": _column_types(
+        "id rollout_path created_at updated_at source model_provider cwd title sandbox_policy approval_mode "
+        "tokens_used has_user_event archived archived_at git_sha git_branch git_origin_url cli_version "
+        "first_user_message agent_nickname agent_role memory_mode model reasoning_effort agent_path "
+        "created_at_ms updated_at_ms thread_source preview recency_at recency_at_ms history_mode name is_pinned "
+        "thread_section_id section_position section_entered_at_ms project_id originator daybreak_enabled "
+        "creator_user_id creator_account_id attached_thread_parent_id",
+        integers="created_at updated_at tokens_used has_user_event archived archived_at created_at_ms "
+                 "updated_at_ms recency_at recency_at_ms is_pinned section_position section_entered_at_ms",
+        booleans="daybreak_enabled"),
+    # The history projection, every column: import copies a thread's rows whole (0.169.0 and
+    # 0.171.0 have the same columns in these tables).
+    "thread_turns": _column_types(
+        "thread_id turn_id rollout_ordinal status error_json started_at completed_at duration_ms first_user_item_id "
+        "final_agent_item_id rollout_byte_offset rollout_end_ordinal rollout_end_byte_offset root_turn_id",
+        integers="rollout_ordinal started_at completed_at duration_ms rollout_byte_offset rollout_end_ordinal "
+                 "rollout_end_byte_offset"),
+    "thread_history_projection_state": _column_types("thread_id next_rollout_byte_offset next_rollout_ordinal",
+                                                     integers="next_rollout_byte_offset next_rollout_ordinal"),
+    "thread_items": _column_types(
+        "thread_id turn_id item_id rollout_ordinal created_at_ms item_json item_type updated_at_ordinal "
+        "started_at_ms completed_at_ms",
+        integers="rollout_ordinal created_at_ms updated_at_ordinal started_at_ms completed_at_ms"),
+    "thread_realtime_items": _column_types("thread_id item_id rollout_ordinal created_at_ms item_type item_json",
+                                           integers="rollout_ordinal created_at_ms"),
+}
+# CODEX-COMPAT: triggers on those tables in 0.130.0-0.171.0 (0.120.0 has none): name and the
+# first 12 hex digits of the SHA-256 of their SQL with whitespace collapsed. A trigger can make
+# a guarded one-row UPDATE change other rows or tables, so a new or changed one is a change of shape.
+KNOWN_TRIGGERS = {
+    "threads_created_at_ms_after_insert": "586126949b44", "threads_updated_at_ms_after_insert": "6f880f1cc919",
+    "threads_created_at_ms_after_update": "5a54826b36da", "threads_updated_at_ms_after_update": "9de2de92b354",
+    "threads_recency_at_after_insert": "44e9dd026465", "thread_realtime_items_projection_cleanup": "8d92986886e4",
+}
 
 
 def probe_state_db(db: StateDb) -> None:
@@ -1563,7 +1615,8 @@ REASONS: Dict[str, Tuple[str, str]] = {
     "user_message_beyond_scan": ("info", "the first user message lies past the head lines Codex's file listing reads (10 + 200)"),
     "beyond_recent_window": ("info", "listed, but past the ~50 most recent threads Desktop's sidebar loads; scroll, search or pin it"),
     "history_projection_missing": ("warning", "a paginated thread has no rows in the history projection beside the "
-                                              "live DB: it is listed, but opens with no turns (0.169.0 after sqlite_home moved)"),
+                                              "live DB: it is listed, but opens with no turns until Codex rebuilds them "
+                                              "(0.169.0+: a rollout copied in from another machine, or a sqlite_home that moved)"),
     "cwd_unmatchable": ("info", "the stored cwd cannot match a project folder (\\\\?\\ prefix, trailing separator, /mnt/C, removed worktree); use `codex resume --all`"),
     "cwd_moved": ("warning", "the thread's project folder does not exist here, but a folder with the same name does: the "
                              "project moved, and Codex lists the thread only under the old path (`codex resume --last` "
@@ -1575,7 +1628,8 @@ HOME_FINDINGS: Dict[str, Tuple[str, str]] = {
     "state_db_unreadable": ("error", "the live state DB cannot be read"),
     "backfill_incomplete": ("warning", "the state DB backfill is not complete; Codex may ignore the DB"),
     "state_db_corrupt": ("error", "the live state DB fails SQLite's integrity check"),
-    "schema_newer": ("warning", "the state DB was migrated by a Codex newer than this tool knows; an older Codex on this home fails"),
+    "schema_newer": ("warning", "the state DB was migrated by a Codex newer than any release this tool was checked against; "
+                                "repairs write where what they touch kept its shape (an older Codex on this home fails)"),
     "migration_checksum_drift": ("error", "migration checksums differ from the released ones (Windows CRLF vs LF builds): Codex refuses the DB"),
     "config_unparsable": ("error", "config.toml cannot be parsed; Codex will not start with it"),
     "config_unreadable": ("error", "config.toml cannot be read"),
@@ -1664,7 +1718,9 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
     paginated = (row or {}).get("history_mode") == "paginated" or (
         view.primary is not None and view.primary.meta.get("history_mode") == "paginated")
     if paginated and inv.projected_ids is not None and view.id not in inv.projected_ids and view.files:
-        add_reason(view, "history_projection_missing", False, elsewhere=view.id in inv.other_projected_ids)
+        elsewhere = view.id in inv.other_projected_ids
+        add_reason(view, "history_projection_missing", False, elsewhere=elsewhere,
+                   manual_step=projection_manual_step(view.id, elsewhere))
     if row is not None:
         path = str(row.get("rollout_path") or "")
         exists = view.row_rollout_exists()
@@ -1684,6 +1740,26 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
 def thread_cwd(view: ThreadView) -> str:
     """The folder a thread belongs to: the row's (what listings filter on), else its rollout's."""
     return str((view.row or {}).get("cwd") or (view.primary.meta.get("cwd") if view.primary else "") or "")
+
+
+def projection_manual_step(thread_id: str, elsewhere: bool) -> str:
+    """What brings the turns of a paginated thread back, by why the projection lacks them."""
+    if elsewhere:
+        return ("point sqlite_home back at the folder whose thread_history_1.sqlite has this thread's rows "
+                "(the home's own copy has them)")
+    # CODEX-COMPAT: measured on 0.169.0 and 0.171.0: a rollout copied in from another machine
+    # (or made before the history DB) is listed, but thread/read returns no turns until one
+    # thread/resume rebuilds the projection from the rollout; the resume leaves the rollout
+    # byte for byte as it was, and no message needs to be sent. No row this tool could write
+    # does it: Codex builds the row itself when it lists, and a `legacy` history_mode on a
+    # rollout that says `paginated` makes thread/read fail ("list_turns is not supported yet").
+    # Rewriting the rollout's own history_mode to `legacy` does make 0.169.0 read them, but it
+    # changes how Codex keeps that thread from then on; the resume changes nothing but the
+    # projection, so it is the step named here. (Measured through the app-server, which
+    # Desktop and the IDE run; the CLI's `codex resume` was not driven.)
+    return ("resume the thread once in Codex 0.169.0 or newer (`codex resume %s`, or open it to continue it): "
+            "Codex rebuilds its turns from the rollout; nothing needs to be sent, and the rollout is not changed"
+            % thread_id)
 
 
 def cwd_spelling_problem(cwd: str, home: Path) -> Optional[str]:
@@ -1805,9 +1881,20 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
     if live is not None and live.error is None:
         if live.integrity not in (None, "ok"):
             add("state_db_corrupt", path=display_path(live.path, inv.home), quick_check=short(str(live.integrity), 160))
-        if (live.schema_version or 0) > KNOWN_SCHEMA_MAX:
-            add("schema_newer", schema_version=live.schema_version, known_max=KNOWN_SCHEMA_MAX,
-                manual_step="run the newest Codex everywhere this home is used; writes need --force")
+        if (live.schema_version or 0) > NEWEST_CHECKED_SCHEMA:
+            compat = schema_compatibility(inv) or {"unchanged": False, "changed": [], "unchecked_migrations": []}
+            if compat["unchanged"]:
+                add("schema_newer", schema_version=live.schema_version, known_max=NEWEST_CHECKED_SCHEMA,
+                    migrations=compat["unchecked_migrations"], unchanged=True,
+                    note="what the repairs read and write has the shape of the releases checked: they write as usual; "
+                         "an older Codex cannot open this home, so run the newest one everywhere it is used")
+                # Nothing to do about it: information, not a warning.
+                findings[-1]["severity"] = "info"
+            else:
+                add("schema_newer", schema_version=live.schema_version, known_max=NEWEST_CHECKED_SCHEMA,
+                    migrations=compat["unchecked_migrations"], unchanged=False, changed=compat["changed"][:10],
+                    manual_step="what the repairs touch changed shape, so their writes are refused unless --force: "
+                                "use a release of this tool checked against this Codex")
         if live.checksum_drift:
             add("migration_checksum_drift", versions=live.checksum_drift[:10], count=len(live.checksum_drift),
                 crlf=1 in live.checksum_drift,
@@ -1830,14 +1917,28 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
         add("provider_not_configured", provider=provider, threads=count,
             manual_step="add a [model_providers.%s] table to config.toml, or move the threads "
                         "with repair-provider" % provider)
-    damaged = [i for i in inv.rollouts if set(i.problems) - {"bom"} or "bom" in i.problems]
+    damaged = [i for i in inv.rollouts if i.problems]
     if damaged:
         counts: Dict[str, int] = {}
         for info in damaged:
             for problem in info.problems:
                 counts[problem] = counts.get(problem, 0) + 1
+        carried_only = all(set(i.problems) <= set(CARRIED_PROBLEMS) for i in damaged)
+        read_past = all(set(i.problems) <= set(READ_PAST_PROBLEMS) for i in damaged)
+        if read_past:
+            note = ("Codex skips these lines and still lists, reads and continues the thread; repairs edit "
+                    "only the lines they name and copy these bytes as they are")
+        elif carried_only:
+            note = ("repairs copy these bytes as they are, but a line that is not UTF-8 keeps its thread out "
+                    "of Codex's default list (it still opens by id: `codex resume ID`)")
+        else:
+            note = "repairs leave a rollout with these problems as it is"
         add("rollout_unreadable", files=len(damaged), problems=counts,
-            examples=[i.rel for i in damaged[:5]])
+            examples=[{"path": i.rel, "problems": i.problems} for i in damaged[:5]],
+            kept_verbatim=carried_only, note=note)
+        if read_past:
+            # Damage Codex reads past, and repairs carry: information, nothing to do.
+            findings[-1]["severity"] = "info"
     stale = index_stale_ids(inv)
     if stale:
         add("index_stale", entries=len(stale), thread_ids=stale)
@@ -2026,9 +2127,6 @@ def thread_entry(view: ThreadView, verbose: bool) -> Dict[str, Any]:
 # rollout edits, guarded SQL updates and whole-file writes; apply_plan() is the one writer.
 # ---------------------------------------------------------------------------------------------
 
-# CODEX-COMPAT: the newest state DB migration measured (0.169.0). A newer one means a Codex
-# release this tool has not been checked against: writes are refused unless --force.
-KNOWN_SCHEMA_MAX = 62
 BACKUP_DIR_NAME = "recovery-backups"
 
 
@@ -2051,6 +2149,8 @@ class RolloutEdit:
         # (byte offset of the line, its length, its new bytes) for each changed line
         self.replacements: List[Tuple[int, int, bytes]] = []
         self.encrypted_reasoning = False
+        # Damage the read found in lines this edit does not touch; they are copied as they are.
+        self.kept_verbatim: List[str] = []
 
     @property
     def deltas(self) -> List[Tuple[int, int, int]]:
@@ -2066,6 +2166,8 @@ class RolloutEdit:
         if self.target != self.path:
             doc.update({"kind": "rollout_copy", "from": str(self.path),
                         "replaces": self.target_fingerprint is not None})
+        if self.kept_verbatim:
+            doc["kept_verbatim"] = self.kept_verbatim
         return doc
 
 
@@ -2188,6 +2290,18 @@ def split_line_ending(raw: bytes) -> Tuple[bytes, bytes]:
 
 
 PROVIDER_LINE_MARKERS = (b'"session_meta"', b'"thread_settings_applied"')
+# Damage confined to lines a repair does not edit: a torn last line (a crash mid-append), NUL
+# padding, a line that is not JSON or not UTF-8, one too long to parse. A repair carries those
+# bytes over verbatim and refuses only when the line it would edit is one of them.
+# CODEX-COMPAT: 0.120.0, 0.130.0, 0.169.0 and 0.171.0 list, read and continue a thread whose
+# last line is torn (0.169.0 and 0.171.0, on resume, end the fragment with a newline, then append).
+CARRIED_PROBLEMS = ("torn_line", "nul_bytes", "bad_json", "invalid_utf8", "oversized_line")
+# CODEX-COMPAT: of those, what 0.169.0 and 0.171.0 read past (the thread is listed, reads and
+# continues; measured): a torn last line, NUL padding or a line of NULs, a line that is not
+# JSON. A line that is not UTF-8 still reads and continues, but keeps the thread out of the
+# default listing (measured; 0.130.0 and 0.120.0 cannot read such a thread at all); an
+# oversized line was not measured.
+READ_PAST_PROBLEMS = ("torn_line", "nul_bytes", "bad_json")
 
 
 def provider_line_edit(raw: bytes, thread_id: str, old: str, new: str) -> Optional[Tuple[bytes, str]]:
@@ -2200,6 +2314,11 @@ def provider_line_edit(raw: bytes, thread_id: str, old: str, new: str) -> Option
     try:
         record = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
+        if ending and json.dumps(old).encode() in body:
+            # A damaged line that may be one to edit: refuse rather than leave it stale. A torn
+            # last fragment (no line ending) is no record to Codex: it is carried as it is.
+            raise PlanError("%s: a line naming provider %s cannot be read; the rollout is left as it is"
+                            % (thread_id, old)) from None
         return None
     payload = record.get("payload") if isinstance(record, dict) else None
     if not isinstance(payload, dict):
@@ -2375,6 +2494,7 @@ def plan_provider_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
             if view.primary is not None:
                 edit = provider_rollout_edit(view.primary.path, view.id, args.from_provider, target)
                 encrypted += int(edit.encrypted_reasoning)
+                edit.kept_verbatim = [p for p in view.primary.problems if p in CARRIED_PROBLEMS]
                 if edit.changes:
                     plan.rollout_edits.append(edit)
                     plan.sql.extend(plan_projection_shift(inv, edit))
@@ -2406,9 +2526,12 @@ def provider_repair_blocker(view: ThreadView) -> Optional[str]:
     if view.primary is None:
         # Codex re-derives the provider from the rollout: a DB-only edit would be reverted.
         return "no rollout file found for this thread; nothing durable to change"
-    if view.primary.problems:
-        # A damaged rollout is never rewritten: its bytes stay exactly as they are.
-        return "rollout has unreadable parts (%s); it is left as it is" % ", ".join(view.primary.problems)
+    blocking = [p for p in view.primary.problems if p not in CARRIED_PROBLEMS]
+    if blocking:
+        return "rollout has unreadable parts (%s); it is left as it is" % ", ".join(blocking)
+    if not view.primary.meta:
+        # The line to edit is the unreadable one: a partial edit would leave Codex a mixed record.
+        return "its session_meta line cannot be read; it is left as it is"
     if len(view.files) > 1:
         return "thread id carried by %d rollout files; resolve the duplicate first" % len(view.files)
     if any(r["code"] == "rollout_path_stale" for r in view.reasons):
@@ -2583,6 +2706,7 @@ def plan_cwd_remap(inv: Inventory, args: argparse.Namespace) -> Plan:
         except (OSError, PlanError) as exc:
             plan.skipped.append({"thread_id": view.id, "reason": short(str(exc), 160)})
             continue
+        edit.kept_verbatim = [p for p in view.primary.problems if p in CARRIED_PROBLEMS]
         if edit.changes:
             plan.rollout_edits.append(edit)
             plan.sql.extend(plan_projection_shift(inv, edit))
@@ -3115,6 +3239,7 @@ def import_one(inv: Inventory, plan: Plan, other: OtherHome, info: RolloutInfo, 
             return import_conflict(plan, thread_id, info, [], "%s exists here and is not this thread's rollout"
                                    % destination)
         edit = provider_rollout_edit(info.path, thread_id, carried, target, path)
+        edit.kept_verbatim = [p for p in info.problems if p in CARRIED_PROBLEMS]
     except (OSError, PlanError) as exc:
         plan.skipped.append({"thread_id": thread_id, "reason": short(str(exc), 160)})
         return "skipped"
@@ -3207,6 +3332,130 @@ def plan_index_names(inv: Inventory, names: Dict[str, str], other: OtherHome) ->
 
 
 # ---------------------------------------------------------------------------------------------
+# Compatibility, judged by what a plan touches: the tables, columns, types and triggers it
+# reads as keys and guards or writes, and the released migrations' checksums. A schema newer
+# than any release checked is written to when all of that is unchanged, and the output says so.
+# ---------------------------------------------------------------------------------------------
+
+
+def plan_touches(plan: Plan) -> Dict[Path, Dict[str, set]]:
+    """DB -> table -> the columns the plan's SQL names (keys, guards, values)."""
+    touched: Dict[Path, Dict[str, set]] = {}
+    for change in plan.sql:
+        columns = touched.setdefault(change.db, {}).setdefault(change.table, set())
+        columns.update(change.key, change.expect, change.values)
+    return touched
+
+
+def repairs_touch(inv: Inventory) -> Dict[Path, Dict[str, set]]:
+    """What any repair may touch in this home's DBs: the known columns each known table has."""
+    touched: Dict[Path, Dict[str, set]] = {}
+    if inv.live_db is not None:
+        touched[inv.live_db.path] = {"threads": set(inv.live_db.columns) & set(KNOWN_COLUMN_TYPES["threads"])}
+    history = history_db_path(inv)
+    if history is not None:
+        try:
+            conn = open_db_readonly(history)
+            try:
+                touched[history] = {t: set(table_columns(conn, t)) & set(KNOWN_COLUMN_TYPES[t])
+                                    for t in ("thread_turns", "thread_history_projection_state")}
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            touched[history] = {}
+    return touched
+
+
+def trigger_digest(sql: str) -> str:
+    return hashlib.sha256(" ".join(str(sql).split()).encode("utf-8")).hexdigest()[:12]
+
+
+def shape_changes(db: Path, tables: Dict[str, set]) -> List[str]:
+    """How the named tables and columns of `db` differ from the shape the checked releases made."""
+    try:
+        conn = open_db_readonly(db)
+    except sqlite3.Error as exc:
+        return ["%s cannot be read (%s)" % (db.name, short(str(exc), 80))]
+    changes: List[str] = []
+    try:
+        for table, columns in sorted(tables.items()):
+            known = KNOWN_COLUMN_TYPES.get(table, {})
+            live = {row[1]: str(row[2] or "").upper() for row in conn.execute("PRAGMA table_info(%s)" % table)}
+            if not live:
+                changes.append("table %s is missing" % table)
+                continue
+            for column in sorted(columns):
+                if column not in known:
+                    changes.append("%s.%s is not a column of the releases checked" % (table, column))
+                elif column not in live:
+                    changes.append("%s.%s is missing" % (table, column))
+                elif live[column] != known[column]:
+                    changes.append("%s.%s is %s, was %s" % (table, column, live[column] or "untyped", known[column]))
+            for name, sql in conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?",
+                                          (table,)):
+                if KNOWN_TRIGGERS.get(name) != trigger_digest(sql):
+                    changes.append("trigger %s on %s is %s" % (name, table, "changed" if name in KNOWN_TRIGGERS else "new"))
+    except sqlite3.Error as exc:
+        changes.append("%s cannot be read (%s)" % (db.name, short(str(exc), 80)))
+    finally:
+        conn.close()
+    return changes
+
+
+def applied_migrations(db: StateDb) -> Dict[int, str]:
+    """Version -> description of every migration recorded in the state DB."""
+    try:
+        conn = open_db_readonly(db.path)
+        try:
+            if not table_exists(conn, "_sqlx_migrations"):
+                return {}
+            return {int(v): str(d) for v, d in conn.execute("SELECT version, description FROM _sqlx_migrations")}
+        finally:
+            conn.close()
+    except (sqlite3.Error, ValueError, TypeError):
+        return {}
+
+
+def schema_compatibility(inv: Inventory, plan: Optional[Plan] = None) -> Optional[Dict[str, Any]]:
+    """Whether what `plan` touches (without a plan: what any repair may touch) has the shape it
+    has in the releases this tool was checked against. None without a readable state DB."""
+    live = inv.live_db
+    if live is None or live.error is not None:
+        return None
+    touched = plan_touches(plan) if plan is not None else repairs_touch(inv)
+    migrations = applied_migrations(live)
+    newer = (live.schema_version or 0) > NEWEST_CHECKED_SCHEMA
+    changed: List[str] = []
+    for db, tables in sorted(touched.items(), key=lambda kv: str(kv[0])):
+        if newer and NEWEST_CHECKED_SCHEMA in migrations:
+            # Planners leave out columns a schema lacks (older releases had fewer). Past the
+            # newest release checked, a known column that is gone was dropped or renamed, and a
+            # plan built without it (offsets not shifted, say) would be incomplete.
+            tables = {t: set(cs) | set(KNOWN_COLUMN_TYPES.get(t, {})) for t, cs in tables.items()}
+        changed.extend(shape_changes(db, tables))
+    if live.path in touched and live.checksum_drift:
+        changed.append("released migration(s) %s carry other checksums" % ", ".join(map(str, live.checksum_drift[:5])))
+    return {"schema_version": live.schema_version, "newest_checked": NEWEST_CHECKED_SCHEMA, "newer": newer,
+            "unchecked_migrations": ["%d %s" % (v, d) for v, d in sorted(migrations.items()) if v > NEWEST_CHECKED_SCHEMA],
+            "touches": sorted("%s.%s" % (t, c) for tables in touched.values() for t, cs in tables.items() for c in cs)
+            if plan is not None else sorted(t for tables in touched.values() for t in tables),
+            "changed": changed, "unchanged": not changed}
+
+
+def compatibility_line(compat: Optional[Dict[str, Any]]) -> Optional[str]:
+    """The sentence a newer or changed schema earns in the output; None when there is nothing to say."""
+    if not compat or (not compat["newer"] and compat["unchanged"]):
+        return None
+    version = "state DB schema %s" % compat["schema_version"]
+    if compat["newer"]:
+        version += " (newer than %d, the newest checked: %s)" % (
+            compat["newest_checked"], "; ".join(compat["unchecked_migrations"]) or "unknown migrations")
+    if compat["unchanged"]:
+        return "%s; what this touches is unchanged, so writing is safe" % version
+    return "%s; what this touches changed shape: %s" % (version, "; ".join(compat["changed"][:5]))
+
+
+# ---------------------------------------------------------------------------------------------
 # Safety: preflight refusals, all through one helper, each naming its override (if any).
 # ---------------------------------------------------------------------------------------------
 
@@ -3222,9 +3471,10 @@ def preflight(inv: Inventory, plan: Plan, force: bool) -> None:
     for db in plan.touched_dbs():
         if not is_within(Path(os.path.realpath(str(db))), inv.home) and not is_configured_sqlite_home(db, inv):
             raise refuse("%s lies outside CODEX_HOME" % db, None)
-    if inv.live_db is not None and (inv.live_db.schema_version or 0) > KNOWN_SCHEMA_MAX and not force:
-        raise refuse("the state DB has schema version %s, newer than the newest this tool was checked "
-                     "against (%d)" % (inv.live_db.schema_version, KNOWN_SCHEMA_MAX), "--force")
+    compat = schema_compatibility(inv, plan)
+    if compat and compat["changed"] and not force:
+        raise refuse("what this plan touches changed shape (state DB schema version %s): %s" % (
+            compat["schema_version"], "; ".join(compat["changed"][:5])), "--force")
     users = codex_users(inv.home, [d.path for d in inv.dbs] + [p for p in [history_db_path(inv)] if p])
     if any(w.path.name == ".codex-global-state.json" for w in plan.file_writes):
         # Desktop rewrites .codex-global-state.json when it exits, undoing an edit made while it runs.
@@ -4145,12 +4395,17 @@ def render_plan_text(doc: Dict[str, Any], verbose: bool) -> str:
             value = ", ".join(str(v) for v in value)
         lines.append("%-10s %s" % (key.replace("_", " ") + ":", value))
     actions = doc["actions"]
+    compat = compatibility_line(doc.get("compatibility"))
+    if compat:
+        lines.append("Schema:    %s" % compat)
     lines.append("Plan:      %s" % (summarise_actions(actions) or "nothing"))
     shown = actions if verbose else actions[:10]
     for action in shown:
         if action["kind"] == "rollout_edit":
-            lines.append("  rollout  %s: %s" % (action["path"], ", ".join(
-                "line %d %s" % (c["line"], c["field"]) for c in action["changes"])))
+            lines.append("  rollout  %s: %s%s" % (action["path"], ", ".join(
+                "line %d %s" % (c["line"], c["field"]) for c in action["changes"]),
+                "; damaged lines kept verbatim (%s)" % ", ".join(action["kept_verbatim"])
+                if action.get("kept_verbatim") else ""))
         elif action["kind"] == "rollout_copy":
             lines.append("  copy     %s %s %s%s" % (action["from"], "over the shorter" if action["replaces"] else "to",
                                                    action["path"], "; %s" % plural(len(action["changes"]), "line")
@@ -4266,8 +4521,9 @@ REASON_FIXES: Dict[str, str] = {
     "beyond_recent_window": "scroll or search in Codex, or pin the thread",
     "cwd_unmatchable": "`codex resume --all` lists it regardless of folder",
     "cwd_moved": "remap-cwd {remap}",
-    "history_projection_missing": "point sqlite_home back at the folder that holds thread_history_1.sqlite with this "
-                                  "thread's rows (evidence `elsewhere: true`: the home's own copy has them)",
+    "history_projection_missing": "the thread's evidence `manual_step`: resume it once in Codex (it rebuilds the turns "
+                                  "from the rollout), or, with `elsewhere: true`, point sqlite_home back at the folder "
+                                  "whose thread_history_1.sqlite has its rows",
 }
 
 
@@ -4543,6 +4799,9 @@ def run_repair(args: argparse.Namespace) -> int:
     if expected and args.apply and expected != plan_id:
         raise refuse("the plan changed since the dry run that was reviewed (%s, now %s): Codex or something "
                      "else wrote to the home; run the dry run again and review it" % (expected, plan_id), None)
+    compat = schema_compatibility(inv, plan) if plan.sql else None
+    if compat and compat["changed"]:
+        plan.warnings.append("%s: --apply refuses unless --force" % compatibility_line(compat))
     applied: Optional[Dict[str, Any]] = None
     if args.apply and plan.change_count:
         applied = apply_plan(inv, plan, args, args.argv)
@@ -4550,6 +4809,7 @@ def run_repair(args: argparse.Namespace) -> int:
     doc = envelope(plan.command, inv, code, applied=applied is not None,
                    safety=SAFETY_LINE_READ if applied is None else SAFETY_LINE_WRITE,
                    plan=plan.notes, plan_id=plan_id, changes=plan.change_count,
+                   compatibility=compat,
                    actions=plan.actions_json(inv.home, args.verbose),
                    warnings=plan.warnings, skipped=plan.skipped + (applied or {}).get("skipped", []),
                    findings=plan.findings,

@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
 
-RELEASES = ("0.169.0", "0.130.0", "0.120.0")
+RELEASES = ("0.171.0", "0.169.0", "0.130.0", "0.120.0")
 
 FAKE_KEY_ENV = "CSR_FAKE_KEY"
 FAKE_KEY = "sk-csr-fake-key-for-local-stand-in"
@@ -33,6 +33,16 @@ STANDIN_MODEL = "gpt-5.5"
 CUSTOM_PROVIDER = "csr-standin"
 
 DEFAULT_TIMEOUT = 30.0
+
+
+def version_tuple(version: str) -> tuple:
+    return tuple(int(part) for part in version.split(".")[:3])
+
+
+def at_least(version: str, floor: str) -> bool:
+    """Whether ``version`` is ``floor`` or a later release (a behaviour measured in ``floor``
+    that later releases kept)."""
+    return version_tuple(version) >= version_tuple(floor)
 
 
 def releases_dir() -> Path:
@@ -638,7 +648,7 @@ class AppServer:
         whole listing comes back.
 
         CODEX-COMPAT: items have 17 keys in 0.120.0, 19 in 0.130.0
-        (``sessionId``, ``threadSource``) and 33 in 0.169.0 (``model``,
+        (``sessionId``, ``threadSource``) and 33 in 0.169.0 and 0.171.0 (``model``,
         ``historyMode``, ``recencyAt``, ``originator``, ...); ``id``,
         ``path``, ``preview``, ``source``, ``modelProvider``, ``cwd``,
         ``name`` are common to all.

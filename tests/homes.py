@@ -9,6 +9,8 @@ rollout lines below follow the line sequences those releases wrote:
   thread_settings_applied, the prompt as a role=user response_item, then
   event_msg/item_completed with a UserMessage item; no event_msg/user_message.
 * 0.130.0 and 0.120.0: the same head without ordinals, and event_msg/user_message.
+* 0.171.0: the lines of 0.169.0; its state DB is at schema 64 (63 "session model ids" adds a
+  table, 64 "thread listing indexes" adds indexes), its history DB gains migration 9.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-RELEASES = ("0.169.0", "0.130.0", "0.120.0")
+RELEASES = ("0.171.0", "0.169.0", "0.130.0", "0.120.0")
 BASE_TIME_MS = 1_790_000_000_000  # 2026-09-21
 
 
@@ -93,7 +95,7 @@ class HomeBuilder:
         write_jsonl(path, lines)
         thread = Thread(thread_id, path, created_ms)
         if self.release >= "0.169.0" and self.db_path is not None:
-            record_projection(self.root / "thread_history_1.sqlite", thread)
+            record_projection(self.root / "thread_history_1.sqlite", thread, self.release)
         if row and self.db_path is not None:
             values = row_values(self.release, thread, provider, source, user_text, archived, cwd)
             values.update(row_overrides or {})
@@ -216,14 +218,50 @@ def insert_row(db_path: Path, values: Dict[str, Any]) -> None:
         conn.close()
 
 
-def record_projection(db_path: Path, thread: Thread) -> None:
+def history_release(release: str) -> str:
+    """The release whose thread_history_1 schema a synthetic home of `release` gets."""
+    return release if (FIXTURES / ("thread_history_1-%s.sql" % release)).exists() else "0.169.0"
+
+
+def add_migration(db_path: Path, version: int, description: str, sql: str = "") -> None:
+    """What a Codex release newer than any fixture does: run `sql` and record the migration."""
+    conn = sqlite3.connect(str(db_path))
+    try:
+        if sql:
+            conn.executescript(sql)
+        conn.execute("INSERT INTO _sqlx_migrations (version, description, installed_on, success, checksum, "
+                     "execution_time) VALUES (?, ?, '2027-01-01 00:00:00', 1, ?, 1)",
+                     (version, description, hashlib.sha384(description.encode()).digest()))
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def retype_column(db_path: Path, table: str, column: str, new_type: str) -> None:
+    """Change the declared type of one column in place (SQLite has no ALTER COLUMN): the
+    shape a future migration could give it, with every row kept."""
+    import re
+    conn = sqlite3.connect(str(db_path))
+    try:
+        (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone()
+        changed, count = re.subn(r"(\b%s\s+)[A-Z]+" % re.escape(column), r"\g<1>" + new_type, sql, count=1)
+        assert count == 1, sql
+        conn.execute("PRAGMA writable_schema = ON")
+        conn.execute("UPDATE sqlite_master SET sql = ? WHERE type='table' AND name=?", (changed, table))
+        conn.execute("PRAGMA writable_schema = OFF")
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def record_projection(db_path: Path, thread: Thread, release: str = "0.169.0") -> None:
     """What 0.169.0's paginated-history projection stores for a rollout: one thread_turns row
     per turn with byte offsets of its first and past-last line, and the next offset to read."""
     fresh = not db_path.exists()
     conn = sqlite3.connect(str(db_path))
     try:
         if fresh:
-            conn.executescript((FIXTURES / "thread_history_1-0.169.0.sql").read_text(encoding="utf-8"))
+            conn.executescript((FIXTURES / ("thread_history_1-%s.sql" % history_release(release))).read_text(encoding="utf-8"))
         offset, starts, ordinal = 0, [], 0
         with open(str(thread.path), "rb") as handle:
             for raw in handle:

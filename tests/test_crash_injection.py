@@ -173,8 +173,12 @@ def rollout_files(root: Path) -> Dict[str, bytes]:
 
 
 def normalise_line(raw: bytes) -> str:
-    """A rollout line with the fields a repair may change (provider, folder) blanked out."""
-    record = json.loads(raw)
+    """A rollout line with the fields a repair may change (provider, folder) blanked out; a line
+    that is not JSON (a torn last line) must come through byte for byte."""
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return "raw:" + raw.rstrip(b"\n").hex()
     payload = record.get("payload") if isinstance(record, dict) else None
     if isinstance(payload, dict):
         if record.get("type") == "session_meta":
@@ -214,10 +218,13 @@ def lost_lines(original: Dict[str, bytes], root: Path) -> Tuple[int, int, List[s
 
 def build_provider_home(root: Path) -> None:
     """0.169.0, three threads under openai (one and several turns: several projection rows) and
-    one under the active provider; the paginated-history projection is present."""
+    one under the active provider; the paginated-history projection is present. One moved
+    rollout ends in a torn last line (a crash mid-append), which the repair carries verbatim."""
     home = HomeBuilder(root, "0.169.0").provider_config("proxy")
     home.thread(provider="openai", turns=2)
-    home.thread(provider="openai", turns=3)
+    torn = home.thread(provider="openai", turns=3)
+    with open(str(torn.path), "ab") as handle:
+        handle.write(b'{"timestamp":"2026-09-21T00:00:09.000Z","type":"response_item","payload":{"type":"mess')
     home.thread(provider="openai")
     home.thread(provider="proxy")
 

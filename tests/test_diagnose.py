@@ -218,10 +218,15 @@ def test_damaged_rollouts_become_findings(tmp_path, capsys, problem):
     damaged.path.write_bytes(BAD_ROLLOUTS[problem](damaged.path.read_bytes()))
     before = hash_tree(home.root)
     code, doc = diagnose(home.root, capsys=capsys)
-    assert code == csr.EXIT_FINDINGS
-    bad = finding(doc, "rollout_unreadable")["evidence"]
+    damage = finding(doc, "rollout_unreadable")
+    bad = damage["evidence"]
     assert problem in bad["problems"], bad
-    assert bad["examples"] == [os.path.relpath(damaged.path, home.root)]
+    assert [e["path"] for e in bad["examples"]] == [os.path.relpath(damaged.path, home.root)]
+    assert problem in bad["examples"][0]["problems"]
+    # Damage Codex reads past (and repairs carry verbatim) is information; the rest asks for a look.
+    assert damage["severity"] == ("info" if problem in csr.READ_PAST_PROBLEMS else "warning")
+    assert bad["kept_verbatim"] is (problem in csr.CARRIED_PROBLEMS)
+    assert code == csr.EXIT_FINDINGS  # the damaged rollout has no DB row: no_db_row
     assert healthy.id not in [t["id"] for t in doc["threads"]]
     assert hash_tree(home.root) == before
 

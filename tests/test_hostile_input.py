@@ -30,12 +30,12 @@ import subprocess
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import pytest
 
 import codex_session_recovery as csr
-from homes import HomeBuilder, Thread, db_dump, hash_tree, new_thread_id, write_jsonl
+from homes import HomeBuilder, Thread, add_migration, db_dump, hash_tree, new_thread_id, retype_column, write_jsonl
 
 SCRIPT = Path(csr.__file__).resolve()
 POSIX = os.name == "posix"
@@ -300,28 +300,78 @@ def first_line_end(data: bytes) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_torn_last_line(tmp_path):
-    scene = switched(tmp_path)
-    bad = victim(scene)
-    with open(str(bad.path), "ab") as handle:
-        handle.write(b'{"timestamp":"2026-09-21T00:00:00.000Z","type":"event_msg","payload":{"type":"agent_mess')
-    exercise(scene, [bad.path], scene.provider_repair(), problem="torn_line", skipped=bad.id)
+def only_provider_values_differ(before: bytes, after: bytes) -> List[int]:
+    """The numbers of the lines whose provider value changed (openai -> the active one), after
+    checking that every other byte is the same: each line is identical, or differs only in
+    that value. A torn last fragment, NUL padding and unparsable lines must come out verbatim."""
+    old_lines, new_lines = before.split(b"\n"), after.split(b"\n")
+    assert len(old_lines) == len(new_lines)
+    edited = []
+    for number, (old, new) in enumerate(zip(old_lines, new_lines), 1):
+        if old == new:
+            continue
+        assert old.replace(b'"model_provider":"openai"', b'"model_provider":"%s"' % ACTIVE.encode()).replace(
+            b'"model_provider_id":"openai"', b'"model_provider_id":"%s"' % ACTIVE.encode()) == new, number
+        edited.append(number)
+    return edited
 
 
-def test_torn_last_line_bytes_survive_the_rewrite(tmp_path):
-    """Whatever the policy on torn files, the torn fragment itself is never lost or altered."""
+TORN_FRAGMENT = b'{"timestamp":"2026-09-21T00:00:00.000Z","type":"event_msg","payload":{"type":"agent_mess'
+
+
+def repaired_around_damage(tmp_path: Path, damage: Any, problem: str,
+                           edited: Sequence[int] = (1, 6)) -> Tuple[Thread, bytes, bytes]:
+    """A hidden thread whose rollout carries `damage` outside the lines a provider repair edits:
+    diagnose reports the damage (as information), the repair moves the thread, and everything
+    but the two provider values comes out byte for byte."""
     scene = switched(tmp_path)
     bad = victim(scene)
-    tail = b'{"timestamp":"2026-09-21T00:00:00.000Z","type":"event_msg","payload":{"type":"agent_mess'
-    with open(str(bad.path), "ab") as handle:
-        handle.write(tail)
+    bad.path.write_bytes(damage(bad.path.read_bytes()))
     before = bad.path.read_bytes()
-    result = tool(*scene.provider_repair("--apply"))
-    assert_clean_exit(result, [csr.EXIT_OK])
+    results = exercise(scene, [], scene.provider_repair(), problem=problem)
+    damaged = findings(results["diagnose"])[READ_PROBLEMS_KEY]
+    assert damaged["severity"] == "info" and damaged["evidence"]["problems"].get(problem) == 1, damaged
+    edit = next(a for a in results["dry"].doc["actions"] if a.get("thread_id") == bad.id and a["kind"] == "rollout_edit")
+    assert problem in edit["kept_verbatim"]
     after = bad.path.read_bytes()
-    assert after.endswith(b"\n" + tail)
-    assert after.replace(b'"model_provider":"proxy"', b'"model_provider":"openai"').replace(
-        b'"model_provider_id":"proxy"', b'"model_provider_id":"openai"') == before
+    assert only_provider_values_differ(before, after) == list(edited)  # session_meta, thread_settings_applied
+    assert meta_provider(bad.path) == ACTIVE and row_provider(scene.home.db_path, bad.id) == ACTIVE
+    again = tool(*scene.provider_repair())
+    assert (again.code, again.doc["changes"]) == (csr.EXIT_OK, 0)
+    return bad, before, after
+
+
+def test_torn_last_line_is_carried_verbatim(tmp_path):
+    """Codex 0.169.0 lists, reads and continues a thread whose last line a crash cut (measured);
+    the repair edits its provider lines and keeps the fragment, without a line ending, as it was."""
+    _bad, _before, after = repaired_around_damage(tmp_path, lambda data: data + TORN_FRAGMENT, "torn_line")
+    assert after.endswith(b"\n" + TORN_FRAGMENT)
+
+
+def test_nul_padding_at_the_end_is_carried_verbatim(tmp_path):
+    _bad, _before, after = repaired_around_damage(tmp_path, lambda data: data + b"\x00" * 4096, "nul_bytes")
+    assert after.endswith(b"}\n" + b"\x00" * 4096)
+
+
+def test_unparsable_middle_line_is_carried_verbatim(tmp_path):
+    def damage(data: bytes) -> bytes:
+        lines = data.split(b"\n")  # before the first prompt, where diagnose's head scan sees it
+        return b"\n".join(lines[:2] + [b'{"timestamp":"2026-09-21T00:00:00.000Z","type":"response_item",'] + lines[2:])
+    repaired_around_damage(tmp_path, damage, "bad_json", edited=[1, 7])
+
+
+def test_a_damaged_line_that_would_be_edited_refuses_the_rollout(tmp_path):
+    """The one case where damage blocks: a complete line that names the provider and cannot be
+    read may be a line Codex takes the provider from; the rollout is left as it is."""
+    scene = switched(tmp_path)
+    bad = victim(scene)
+    lines = bad.path.read_bytes().split(b"\n")
+    broken = (b'{"timestamp":"2026-09-21T00:00:00.000Z","type":"event_msg","payload":{"type":'
+              b'"thread_settings_applied","thread_settings":{"model_provider_id":"openai"}')
+    bad.path.write_bytes(b"\n".join(lines[:2] + [broken] + lines[2:]))
+    results = exercise(scene, [bad.path], scene.provider_repair(), problem="bad_json", skipped=bad.id)
+    reason = next(s["reason"] for s in results["dry"].doc["skipped"] if s.get("thread_id") == bad.id)
+    assert "cannot be read" in reason
 
 
 def test_file_cut_inside_a_utf8_sequence(tmp_path):
@@ -493,21 +543,16 @@ def test_huge_line_is_read_in_bounded_memory(tmp_path):
         assert peaks[(120, command)] < (3 * csr.MAX_LINE_BYTES >> 10) + 96 * 1024, peaks
 
 
-def test_nul_padding_at_the_end(tmp_path):
-    scene = switched(tmp_path)
-    bad = victim(scene)
-    with open(str(bad.path), "ab") as handle:
-        handle.write(b"\x00" * 4096)
-    exercise(scene, [bad.path], scene.provider_repair(), problem="nul_bytes", skipped=bad.id)
-
-
 def test_nul_bytes_in_a_rollout_without_a_row(tmp_path):
-    """NUL bytes inside the head of a rollout the DB does not know: reported, never written."""
+    """NUL bytes inside the head of a rollout the DB does not know: reported, and carried
+    verbatim when the provider lines around them are edited."""
     scene = switched(tmp_path)
     bad = victim(scene, row=False)
     data = bad.path.read_bytes()
     bad.path.write_bytes(data[:first_line_end(data)] + b"\x00" * 64 + b"\n" + data[first_line_end(data):])
-    exercise(scene, [bad.path], scene.provider_repair(), problem="nul_bytes", healthy_repaired=True)
+    before = bad.path.read_bytes()
+    exercise(scene, [], scene.provider_repair(), problem="nul_bytes", healthy_repaired=True)
+    assert only_provider_values_differ(before, bad.path.read_bytes()) == [1, 7]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -909,18 +954,19 @@ def test_home_folder_read_only(tmp_path, readonly):
     assert home_files(scene.root) == before
 
 
-def test_state_db_with_a_newer_unknown_migration(tmp_path):
+def test_state_db_whose_newer_migration_changed_a_column_the_repair_writes(tmp_path):
+    """A newer Codex (migration 999) retyped first_user_message: what repair-user-events writes
+    changed shape, so its writes are refused (exit 3, naming --force) and the DB keeps every byte."""
     home = HomeBuilder(tmp_path / "home", "0.120.0")
     blank = home.thread(user_text="lost prompt", row_overrides={"first_user_message": "", "title": ""})
-    conn = sqlite3.connect(str(home.db_path))
-    conn.execute("INSERT INTO _sqlx_migrations (version, description, installed_on, success, checksum, "
-                 "execution_time) VALUES (999, 'future', '2027-01-01', 1, x'00', 1)")
-    conn.commit()
-    conn.close()
+    add_migration(home.db_path, 999, "future")
+    retype_column(home.db_path, "threads", "first_user_message", "BLOB")
     _drop_sidecars(home.db_path)
     results = exercise(Scene(home, None), [home.db_path], ["repair-user-events", "--codex-home", str(home.root)],
                        finding="schema_newer", apply_exit=[csr.EXIT_REFUSED])
-    assert "schema version 999" in results["apply"].err and "--force" in results["apply"].err
+    assert "threads.first_user_message is BLOB, was TEXT" in results["apply"].err
+    assert "--force" in results["apply"].err
+    assert findings(results["diagnose"])["schema_newer"]["severity"] == "warning"
     assert blank.id in findings(results["diagnose"])["user_event_missing"]["thread_ids"]
 
 

@@ -377,14 +377,14 @@ def test_diagnose_home_whose_state_db_was_removed(real_home):
 # 2. repair-provider end to end
 
 
-MOVES = [(v, src, dst) for v in ("0.169.0", "0.130.0")
+MOVES = [(v, src, dst) for v in ("0.171.0", "0.169.0", "0.130.0")
          for src, dst in (("openai", CUSTOM), (CUSTOM, "openai"))]
 
 
 @pytest.mark.parametrize("version,src,dst", MOVES, ids=["%s-%s-to-%s" % m for m in MOVES])
 def test_repair_provider_end_to_end(real_home, version, src, dst):
-    """Codex 0.169.0 and 0.130.0, both directions (openai -> custom, custom -> openai):
-    hidden before; the dry run changes no byte; --apply backs up and moves; a second dry run
+    """Codex 0.171.0 (schema 64, without --force), 0.169.0 and 0.130.0, both directions
+    (openai -> custom, custom -> openai): hidden before; the dry run changes no byte; --apply backs up and moves; a second dry run
     has nothing left; a fresh real app-server lists, reads (thread/turns/list on 0.169.0) and
     continues every moved thread; restore --latest refuses while the files differ from what
     the run left (exit 3, naming --force) and with --force gives back the exact rollouts."""
@@ -431,7 +431,7 @@ def test_repair_provider_end_to_end(real_home, version, src, dst):
         for tid in moved:
             thread = server.read_thread(tid)
             assert [user_texts(turn) for turn in thread["turns"]] == [[t] for t in texts[tid]]
-            if version == "0.169.0":
+            if harness.at_least(version, "0.169.0"):
                 # thread/turns/list pages newest first.
                 page = server.request("thread/turns/list", {"threadId": tid})
                 assert [turn["id"] for turn in reversed(page["data"])] == \
@@ -494,7 +494,7 @@ def test_restore_after_codex_only_listed_and_read_needs_no_force(real_home):
     assert home.listed() == []
 
 
-@pytest.mark.parametrize("version", ["0.169.0", "0.130.0"])
+@pytest.mark.parametrize("version", ["0.171.0", "0.169.0", "0.130.0"])
 def test_resuming_a_hidden_thread_does_not_move_it(real_home, version):
     """Codex 0.169.0 and 0.130.0, switch between two custom providers (the old one still
     defined): a plain thread/resume of a hidden thread continues it under the provider it
@@ -511,7 +511,7 @@ def test_resuming_a_hidden_thread_does_not_move_it(real_home, version):
         assert server.run_turn(thread_id, "a question after the switch")["status"] == "completed"
         assert server.listed_ids() == []
     with home.app_server() as server:
-        if version == "0.169.0":
+        if harness.at_least(version, "0.169.0"):
             with pytest.raises(harness.JsonRpcError) as refused:
                 server.request("thread/resume", {"threadId": thread_id, "modelProvider": OTHER_CUSTOM})
             assert "Cannot change this thread's model provider" in refused.value.error["message"]
@@ -538,7 +538,7 @@ def test_resuming_a_hidden_thread_does_not_move_it(real_home, version):
 # 3. Why the rollout must change too
 
 
-@pytest.mark.parametrize("version", ["0.169.0", "0.130.0"])
+@pytest.mark.parametrize("version", ["0.171.0", "0.169.0", "0.130.0"])
 def test_sqlite_only_provider_edit_is_reverted_by_the_listing(real_home, version):
     """Codex 0.169.0 and 0.130.0: after a switch openai -> custom, setting only
     threads.model_provider to the new provider (rollout untouched) does not bring a thread
@@ -694,7 +694,7 @@ def test_blank_first_user_message_hides_and_repair_user_events_brings_back_0_120
     assert (code, doc["changes"]) == (csr.EXIT_OK, 0)
 
 
-@pytest.mark.parametrize("version", ["0.169.0", "0.130.0"])
+@pytest.mark.parametrize("version", ["0.171.0", "0.169.0", "0.130.0"])
 def test_blank_preview_does_not_hide_from_the_default_listing_in_newer_releases(real_home, version):
     """Codex 0.169.0 and 0.130.0: blanking preview / first_user_message of a DB row
     (has_user_event is 0 on every real row anyway) does NOT hide the thread from the default
@@ -707,7 +707,7 @@ def test_blank_preview_does_not_hide_from_the_default_listing_in_newer_releases(
     listing shows the thread again."""
     home = real_home(version, "openai")
     blanked = home.interactive[0]
-    columns = "preview = '', first_user_message = ''" if version == "0.169.0" else "first_user_message = ''"
+    columns = "preview = '', first_user_message = ''" if harness.at_least(version, "0.169.0") else "first_user_message = ''"
     assert execute(home.state_db, "UPDATE threads SET %s, has_user_event = 0 WHERE id = ?" % columns,
                    (blanked,)) == 1
 
@@ -725,7 +725,7 @@ def test_blank_preview_does_not_hide_from_the_default_listing_in_newer_releases(
         assert sorted(item["id"] for item in listing) == sorted(home.interactive)
         assert next(i for i in listing if i["id"] == blanked)["preview"] == ALPHA_TEXTS[0]
         assert server.listed_ids(useStateDbOnly=True) == [home.interactive[1]]
-        if version == "0.169.0":
+        if harness.at_least(version, "0.169.0"):
             assert server.read_thread(blanked, include_turns=False)["preview"] == ""
     assert home.row(blanked, "first_user_message") == ("",)
 
@@ -741,7 +741,7 @@ def test_blank_preview_does_not_hide_from_the_default_listing_in_newer_releases(
 # 6. rebuild-index
 
 
-@pytest.mark.parametrize("version", ["0.169.0", "0.130.0"])
+@pytest.mark.parametrize("version", ["0.171.0", "0.169.0", "0.130.0"])
 def test_rebuild_index_drops_stale_entries_and_keeps_names(real_home, version):
     """Codex 0.169.0 (and 0.130.0, whose DB has no name column: the index is the only
     store of the name): a thread named with thread/name/set, plus a stale index line for a
@@ -817,13 +817,14 @@ def at_line_boundary(data: bytes, offset: int) -> bool:
     return offset == 0 or (0 < offset <= len(data) and data[offset - 1:offset] == b"\n")
 
 
-def test_repair_provider_keeps_history_offsets_on_line_boundaries(real_home):
-    """Codex 0.169.0 (paginated history in thread_history_1.sqlite): after repair-provider
+@pytest.mark.parametrize("version", ["0.171.0", "0.169.0"])
+def test_repair_provider_keeps_history_offsets_on_line_boundaries(real_home, version):
+    """Codex 0.169.0 and 0.171.0 (paginated history in thread_history_1.sqlite): after repair-provider
     to a provider id of another length (openai -> csr-standin), every rollout_byte_offset,
     rollout_end_byte_offset and next_rollout_byte_offset of a moved thread sits on a line
     boundary of the new rollout, the line at each offset has the ordinal it had before, and
     the real Codex reads every turn (thread/read and thread/turns/list)."""
-    home = real_home("0.169.0", "openai")
+    home = real_home(version, "openai")
     home.switch_provider(CUSTOM)
     assert len(CUSTOM) != len("openai")
     turn_sql = ("SELECT turn_id, rollout_byte_offset, rollout_end_byte_offset FROM thread_turns "
@@ -868,3 +869,236 @@ def test_repair_provider_keeps_history_offsets_on_line_boundaries(real_home):
             assert [user_texts(turn) for turn in reversed(page["data"])] == [[t] for t in texts]
             assert [turn["id"] for turn in reversed(page["data"])] == \
                 [turn["id"] for turn in thread["turns"]]
+
+
+def history_offsets_on_line_starts(home: RealHome, thread_id: str) -> None:
+    """Every offset 0.169.0+ keeps for the thread points at a line start of its rollout."""
+    data = home.rollout(thread_id).read_bytes()
+    rows = query(home.history_db, "SELECT rollout_byte_offset, rollout_end_byte_offset FROM thread_turns "
+                 "WHERE thread_id = ?", (thread_id,))
+    rows += [(v, v) for (v,) in query(home.history_db, "SELECT next_rollout_byte_offset FROM "
+                                      "thread_history_projection_state WHERE thread_id = ?", (thread_id,))]
+    assert rows, "no projection rows for %s" % thread_id
+    bad = [v for row in rows for v in row if v is not None and not at_line_boundary(data, v)]
+    assert bad == [], bad
+
+
+def listed_read_and_continued(home: RealHome, moved: List[str], texts: Dict[str, List[str]],
+                              continued: str) -> Dict[str, Any]:
+    """A fresh real app-server lists every moved thread by default, reads every turn of each,
+    and continues `continued` (resume + turn/start). Returns the continued thread as read."""
+    with home.app_server() as server:
+        assert sorted(server.listed_ids()) == sorted(moved)
+        for tid in moved:
+            thread = server.read_thread(tid)
+            assert [user_texts(turn) for turn in thread["turns"]] == [[t] for t in texts[tid]]
+        assert server.resume_thread(continued)["modelProvider"] == home.provider
+        assert server.run_turn(continued, "a question after the repair")["status"] == "completed"
+        thread = server.read_thread(continued)
+        assert [user_texts(t) for t in thread["turns"]] == [[t] for t in texts[continued]] + \
+            [["a question after the repair"]]
+        return thread
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. Newer schemas, judged by what a repair touches
+
+
+def test_a_schema_newer_than_the_tool_knows_is_written_when_what_it_touches_is_unchanged(real_home, monkeypatch):
+    """Codex 0.171.0 migrates the state DB to schema 64 (63 "session model ids", 64 "thread
+    listing indexes"). A tool checked only against 0.169.0 (schema 62) must not refuse it by
+    number: every column, type and trigger repair-provider touches is unchanged, so it writes
+    without --force and says so; the real 0.171.0 then lists, reads and continues the threads,
+    and the history offsets stay on line starts."""
+    monkeypatch.setattr(csr, "NEWEST_CHECKED_SCHEMA", 62)
+    monkeypatch.setattr(csr, "MIGRATION_CHECKSUMS", {v: c for v, c in csr.MIGRATION_CHECKSUMS.items() if v <= 62})
+    home = real_home("0.171.0", "openai")
+    home.switch_provider(CUSTOM)
+    moved = home.interactive
+    assert home.listed() == []
+
+    doc = diagnose_read_only(home, csr.EXIT_FINDINGS)
+    newer = finding(doc, "schema_newer")
+    assert newer["severity"] == "info" and newer["evidence"]["unchanged"] is True
+    assert newer["evidence"]["migrations"] == ["63 session model ids", "64 thread listing indexes"]
+
+    before = snapshot(home.home)
+    code, doc, _ = run_tool(home.home, "repair-provider", "--from", "openai")
+    assert code == csr.EXIT_FINDINGS and changed_files(before, snapshot(home.home)) == []
+    compat = doc["compatibility"]
+    assert (compat["schema_version"], compat["newer"], compat["unchanged"]) == (64, True, True), compat
+    code, doc, err = run_tool(home.home, "repair-provider", "--from", "openai", "--apply")
+    assert code == csr.EXIT_OK, (doc, err)
+    code, doc, _ = run_tool(home.home, "repair-provider", "--from", "openai")
+    assert (code, doc["changes"]) == (csr.EXIT_OK, 0)
+    for tid in moved:
+        history_offsets_on_line_starts(home, tid)
+    listed_read_and_continued(home, moved, {moved[0]: ALPHA_TEXTS, moved[1]: BETA_TEXTS}, moved[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# 10. A torn last line
+
+
+TORN = b'{"timestamp":"2026-12-01T00:00:00.000Z","type":"response_item","payload":{"type":"message","role":"assi'
+
+
+@pytest.mark.parametrize("version", ["0.171.0", "0.169.0", "0.130.0", "0.120.0"])
+def test_a_rollout_with_a_torn_last_line_is_repaired_and_continues(real_home, version):
+    """A crash cut the last line of a rollout mid-object. diagnose reports it as information;
+    repair-provider edits only the provider lines and carries the fragment verbatim; the real
+    release then lists the thread, reads every complete turn and continues it (on resume it
+    ends the fragment with a newline before appending: measured on 0.169.0 and 0.171.0)."""
+    home = real_home(version, "openai")
+    home.switch_provider(CUSTOM)
+    torn, other = home.interactive
+    path = home.rollout(torn)
+    with open(str(path), "ab") as handle:
+        handle.write(TORN)
+    original = path.read_bytes()
+
+    doc = diagnose_read_only(home, csr.EXIT_FINDINGS)
+    damage = finding(doc, "rollout_unreadable")
+    assert damage["severity"] == "info" and damage["evidence"]["problems"] == {"torn_line": 1}
+    assert torn in reasons_by_thread(doc) and "provider_mismatch" in reasons_by_thread(doc)[torn]
+
+    before = snapshot(home.home)
+    code, doc, _ = run_tool(home.home, "repair-provider", "--from", "openai")
+    assert code == csr.EXIT_FINDINGS and changed_files(before, snapshot(home.home)) == []
+    edit = next(a for a in doc["actions"] if a["kind"] == "rollout_edit" and a["thread_id"] == torn)
+    assert edit["kept_verbatim"] == ["torn_line"]
+    assert torn not in [s.get("thread_id") for s in doc["skipped"]]
+    code, doc, _ = run_tool(home.home, "repair-provider", "--from", "openai", "--apply")
+    assert code == csr.EXIT_OK, doc
+    repaired = path.read_bytes()
+    assert repaired.endswith(b"\n" + TORN)
+    assert repaired.replace(b'"model_provider":"%s"' % CUSTOM.encode(), b'"model_provider":"openai"').replace(
+        b'"model_provider_id":"%s"' % CUSTOM.encode(), b'"model_provider_id":"openai"') == original
+    code, doc, _ = run_tool(home.home, "repair-provider", "--from", "openai")
+    assert (code, doc["changes"]) == (csr.EXIT_OK, 0)
+    if harness.at_least(version, "0.169.0"):
+        history_offsets_on_line_starts(home, torn)
+
+    listed_read_and_continued(home, [torn, other], {torn: ALPHA_TEXTS, other: BETA_TEXTS}, torn)
+    after = path.read_bytes()
+    assert after.startswith(repaired)
+    if harness.at_least(version, "0.169.0"):
+        # CODEX-COMPAT: 0.169.0 and 0.171.0 end the fragment with a newline, then append.
+        assert after[len(repaired):len(repaired) + 1] == b"\n"
+
+
+def _damage_in_place(spoil: Any) -> Any:
+    """Spoil the first world_state line (in the head diagnose reads) in place, keeping its
+    length, as a bad sector or a partial overwrite would: the history offsets stay true."""
+    def damage(data: bytes) -> bytes:
+        start = data.rfind(b"\n", 0, data.index(b'"world_state"')) + 1
+        end = data.index(b"\n", start)
+        spoilt = spoil(data[start:end])
+        assert len(spoilt) == end - start
+        return data[:start] + spoilt + data[end:]
+    return damage
+
+
+DAMAGE = {
+    "nul_padding": (lambda data: data + b"\x00" * 4096, "nul_bytes", True),
+    "nul_line": (_damage_in_place(lambda line: b"\x00" * len(line)), "nul_bytes", True),
+    "bad_json": (_damage_in_place(lambda line: line[:-1] + b" "), "bad_json", True),
+    "not_utf8": (_damage_in_place(lambda line: line[:20] + b"\xff\xfe" + line[22:]), "invalid_utf8", False),
+}
+
+
+@pytest.mark.parametrize("version", ["0.171.0", "0.169.0"])
+@pytest.mark.parametrize("kind", sorted(DAMAGE))
+def test_other_damage_is_carried_verbatim_and_codex_reads_the_thread(real_home, version, kind):
+    """NUL padding, a line of NULs, a line that is not JSON, a line that is not UTF-8: the
+    provider repair edits only its lines and copies the damage verbatim; the real release reads
+    every turn and continues the thread. It lists it too, except with a line that is not UTF-8
+    (measured on 0.169.0 and 0.171.0), which diagnose therefore keeps a warning."""
+    damage, problem, listed_by_default = DAMAGE[kind]
+    home = real_home(version, "openai")
+    home.switch_provider(CUSTOM)
+    damaged, other = home.interactive
+    path = home.rollout(damaged)
+    path.write_bytes(damage(path.read_bytes()))
+    original = path.read_bytes()
+    doc = diagnose_read_only(home, csr.EXIT_FINDINGS)
+    found = finding(doc, "rollout_unreadable")
+    assert problem in found["evidence"]["problems"] and found["evidence"]["files"] == 1, found
+    assert found["severity"] == ("info" if listed_by_default else "warning")
+    code, doc, _ = run_tool(home.home, "repair-provider", "--from", "openai", "--apply")
+    assert code == csr.EXIT_OK, doc
+    edit = next(a for a in doc["actions"] if a["kind"] == "rollout_edit" and a["thread_id"] == damaged)
+    assert problem in edit["kept_verbatim"]
+    assert path.read_bytes().replace(b'"model_provider":"%s"' % CUSTOM.encode(), b'"model_provider":"openai"').replace(
+        b'"model_provider_id":"%s"' % CUSTOM.encode(), b'"model_provider_id":"openai"') == original
+    history_offsets_on_line_starts(home, damaged)
+    with home.app_server() as server:
+        assert (damaged in server.listed_ids()) is listed_by_default
+        assert [user_texts(t) for t in server.read_thread(damaged)["turns"]] == [[t] for t in ALPHA_TEXTS]
+        server.resume_thread(damaged)
+        assert server.run_turn(damaged, "a question after the repair")["status"] == "completed"
+        assert len(server.read_thread(damaged)["turns"]) == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# 11. Rollouts copied in from another machine
+
+
+def copied_in_home(real_home, version: str, tmp_path: Path) -> Tuple[RealHome, List[str], Dict[str, bytes]]:
+    """A populated home of `version`, plus the two interactive rollouts of another home of the
+    same release (another machine) copied into its sessions/: no DB rows, no projection rows."""
+    source = real_home(version, "openai")
+    donor = tmp_path / "donor"
+    shutil.copytree(str(source.home / "sessions"), str(donor))
+    copied = source.interactive
+    home = real_home(version, CUSTOM)
+    home.switch_provider("openai")  # the copied threads' provider; the home's own are hidden by provider
+    data = {}
+    for tid in copied:
+        found = next(donor.rglob("rollout-*%s.jsonl" % tid))
+        target = home.home / "sessions" / found.relative_to(donor)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(str(found), str(target))
+        data[tid] = target.read_bytes()
+    return home, copied, data
+
+
+@pytest.mark.parametrize("version", ["0.171.0", "0.169.0", "0.130.0", "0.120.0"])
+def test_copied_in_rollouts_read_every_turn_after_the_step_diagnose_names(real_home, version, tmp_path):
+    """Rollouts copied in from another machine (no rows): 0.130.0 and 0.120.0 list and read them
+    as they are. 0.169.0 and 0.171.0 list them but thread/read returns no turns; no row helps (reindex
+    builds the rows: still no turns). diagnose says so (history_projection_missing, not the
+    sqlite_home advice, which does not apply) and names the step that works: one resume, which
+    rebuilds the turns and leaves the rollout byte for byte as it was."""
+    home, copied, data = copied_in_home(real_home, version, tmp_path)
+    texts = {copied[0]: ALPHA_TEXTS, copied[1]: BETA_TEXTS}
+    code, doc, _ = run_tool(home.home, "reindex", "--apply")
+    assert code == csr.EXIT_OK and doc["changes"] >= 2, doc
+    with home.app_server() as server:
+        assert set(copied) <= set(server.listed_ids())
+        turns = {tid: server.read_thread(tid)["turns"] for tid in copied}
+    if not harness.at_least(version, "0.169.0"):
+        assert {tid: [user_texts(t) for t in turns[tid]] for tid in copied} == \
+            {tid: [[t] for t in texts[tid]] for tid in copied}
+        assert finding(diagnose_read_only(home, csr.EXIT_FINDINGS), "history_projection_missing") is None
+        return
+    assert turns == {copied[0]: [], copied[1]: []}
+
+    code, doc, _ = run_tool(home.home, "diagnose", "--verbose")
+    missing = finding(doc, "history_projection_missing")
+    assert missing is not None and sorted(missing["thread_ids"]) == sorted(copied)
+    evidence = thread_entry(doc, copied[0])["evidence"]["history_projection_missing"]
+    assert evidence["elsewhere"] is False
+    assert "sqlite_home" not in evidence["manual_step"]
+    assert "codex resume %s" % copied[0] in evidence["manual_step"]
+
+    with home.app_server() as server:
+        for tid in copied:
+            server.resume_thread(tid)  # the step, and nothing sent
+    for tid in copied:
+        assert home.rollout(tid).read_bytes() == data[tid]
+    with home.app_server() as server:
+        for tid in copied:
+            assert [user_texts(t) for t in server.read_thread(tid)["turns"]] == [[t] for t in texts[tid]]
+    code, doc, _ = run_tool(home.home, "diagnose")
+    assert finding(doc, "history_projection_missing") is None

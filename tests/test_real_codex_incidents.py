@@ -113,7 +113,7 @@ def test_attachment_only_first_prompt(base, home):
         assert code == 0 and doc["changes"] == 1
         assert attachment in listed(base, home)
         assert hidden_by_diagnose(home)[0][attachment]["hidden"] is False
-    elif base["version"] == "0.169.0":
+    elif harness.at_least(base["version"], "0.169.0"):
         assert doc["changes"] == 0 and attachment not in listed(base, home)
         fixes = tool(home, "trace", attachment)[1]["trace"]["fixes"]
         assert any("pin the thread" in fix for fix in fixes)
@@ -216,7 +216,7 @@ def test_sqlite_home_and_a_second_db(base, home, standin, tmp_path):
     assert doc["state_db"]["live"]["origin"] == "config sqlite_home"
     code, doc = tool(home, "repair-provider", "--from", PROVIDER, "--apply")
     assert code == 0 and doc["changes"] > 0
-    if base["version"] == "0.169.0":
+    if harness.at_least(base["version"], "0.169.0"):
         # The projection Codex uses is the one beside the live DB; the home's old one is left alone.
         assert (alternate / "thread_history_1.sqlite").exists()
         touched = {a.get("db") for a in doc["actions"] if a.get("db")}
@@ -226,8 +226,8 @@ def test_sqlite_home_and_a_second_db(base, home, standin, tmp_path):
     with harness.AppServer(base["binary"], home, cwd=base["root"] / "proj") as server:
         for thread_id in base["ids"]:
             turns = server.read_thread(thread_id)["turns"]
-            if base["version"] == "0.169.0":
-                # Measured: 0.169.0 does not rebuild a paginated thread's history projection in
+            if harness.at_least(base["version"], "0.169.0"):
+                # Measured: 0.169.0 and 0.171.0 do not rebuild a paginated thread's history projection in
                 # a new sqlite_home, so thread/read shows no turns for threads made before the
                 # move, with or without this tool (see history_projection_missing).
                 assert turns == []

@@ -22,7 +22,7 @@ def row(db_path, thread_id):
         conn.close()
 
 
-@pytest.mark.parametrize("release", ["0.169.0", "0.130.0", "0.120.0"])
+@pytest.mark.parametrize("release", ["0.171.0", "0.169.0", "0.130.0", "0.120.0"])
 def test_reindex_adds_rows_for_unindexed_rollouts(tmp_path, cli, release):
     home = HomeBuilder(tmp_path / "home", release)
     indexed = home.thread()
@@ -145,13 +145,13 @@ def test_migration_checksum_drift_and_newer_schema(tmp_path, cli):
     conn = sqlite3.connect(str(home.db_path))
     conn.execute("UPDATE _sqlx_migrations SET checksum = x'54bbd6f4aa' WHERE version = 1")
     conn.execute("INSERT INTO _sqlx_migrations (version, description, installed_on, success, checksum, execution_time) "
-                 "VALUES (63, 'future', '2027-01-01', 1, x'00', 1)")
+                 "VALUES (65, 'future', '2027-01-01', 1, x'00', 1)")
     conn.commit()
     conn.close()
     code, doc = cli("diagnose", "--codex-home", str(home.root))
     codes = {f["code"]: f for f in doc["findings"]}
     assert codes["migration_checksum_drift"]["evidence"]["versions"] == [1]
-    assert codes["schema_newer"]["evidence"]["schema_version"] == 63
+    assert codes["schema_newer"]["evidence"]["schema_version"] == 65
     assert code == csr.EXIT_FINDINGS
 
 
@@ -167,3 +167,42 @@ def test_copied_home_rows_pointing_into_the_old_home_are_repointed(tmp_path, cli
     copied = new_root / thread.path.relative_to(old.root)
     assert row(new_root / "state_5.sqlite", thread.id)["rollout_path"] == str(copied)
     assert cli("diagnose", "--codex-home", str(new_root))[0] == csr.EXIT_OK
+
+
+def test_reindex_indexes_a_rollout_with_a_torn_last_line_and_leaves_it_as_it_is(tmp_path, cli):
+    """A rollout cut by a crash, with no row: reindex builds its row from the readable lines and
+    writes no byte of the file."""
+    home = HomeBuilder(tmp_path / "home", "0.171.0")
+    torn = home.thread(row=False, user_text="cut off mid-answer")
+    with open(str(torn.path), "ab") as handle:
+        handle.write(b'{"timestamp":"2026-09-21T00:00:00.000Z","type":"response_item","payload":{"ty')
+    data = torn.path.read_bytes()
+    code, doc = cli("reindex", "--codex-home", str(home.root), "--apply")
+    assert code == csr.EXIT_OK and doc["changes"] == 1
+    assert row(home.db_path, torn.id)["preview"] == "cut off mid-answer"
+    assert torn.path.read_bytes() == data
+    code, doc = cli("diagnose", "--codex-home", str(home.root))
+    damage = next(f for f in doc["findings"] if f["code"] == "rollout_unreadable")
+    assert damage["severity"] == "info" and code == csr.EXIT_OK
+
+
+def test_copied_in_rollouts_get_the_resume_step_not_the_sqlite_home_advice(tmp_path, cli):
+    """0.169.0+: a rollout copied in from another machine has no rows in the home's history
+    projection (and no other projection has them): the finding names the resume that rebuilds
+    them, per thread; a moved sqlite_home (the home's own projection has the rows) keeps the
+    sqlite_home advice."""
+    home = HomeBuilder(tmp_path / "home", "0.171.0")
+    home.thread()
+    copied = home.thread(row=False, user_text="made on the other laptop")
+    conn = sqlite3.connect(str(home.root / "thread_history_1.sqlite"))
+    for table in ("thread_turns", "thread_history_projection_state"):
+        conn.execute("DELETE FROM %s WHERE thread_id = ?" % table, (copied.id,))
+    conn.commit()
+    conn.close()
+    code, doc = cli("diagnose", "--codex-home", str(home.root), "--verbose")
+    assert code == csr.EXIT_FINDINGS
+    entry = next(t for t in doc["threads"] if t["id"] == copied.id)
+    evidence = entry["evidence"]["history_projection_missing"]
+    assert evidence["elsewhere"] is False
+    assert "codex resume %s" % copied.id in evidence["manual_step"] and "sqlite_home" not in evidence["manual_step"]
+    assert csr.projection_manual_step(copied.id, True).startswith("point sqlite_home back")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import codex_session_recovery as csr
-from homes import HomeBuilder, hash_tree
+from homes import HomeBuilder, add_migration, hash_tree, retype_column
 
 
 @pytest.fixture
@@ -74,18 +74,87 @@ def test_shm_probe_sees_nothing_when_nobody_holds_the_db(switched):
     assert csr.codex_users(home.root, [home.db_path]) == []
 
 
-def test_refuses_unknown_schema_unless_forced(switched, capsys):
-    home, _ = switched
+def newer_home(tmp_path, *migrations):
+    """A 0.171.0 home (schema 64) that a newer Codex then migrated further: `migrations` are
+    (version, description, sql). Two threads under openai, config.toml on proxy."""
+    home = HomeBuilder(tmp_path / "home", "0.171.0").provider_config("proxy")
+    threads = [home.thread(provider="openai"), home.thread(provider="openai")]
+    for version, description, sql in migrations:
+        add_migration(home.db_path, version, description, sql)
+    return home, threads
+
+
+# What a future release plausibly does: a table of its own and a nullable column on threads.
+UNRELATED_65 = (65, "thread labels", "CREATE TABLE thread_labels (thread_id TEXT NOT NULL, label TEXT NOT NULL);"
+                                     "ALTER TABLE threads ADD COLUMN label_count INTEGER;")
+
+
+def test_writes_on_a_newer_schema_where_what_the_plan_touches_is_unchanged(tmp_path, capsys):
+    """Compatibility by what a plan touches, not by the version number: schema 65 is newer than
+    any release checked, but every column, type and trigger repair-provider touches is as in
+    0.171.0, so it writes without --force and says why, in text and in --json."""
+    home, threads = newer_home(tmp_path, UNRELATED_65)
+    code = csr.main(["diagnose", "--codex-home", str(home.root), "--json"])
+    newer = next(f for f in json.loads(capsys.readouterr().out)["findings"] if f["code"] == "schema_newer")
+    assert newer["severity"] == "info" and newer["evidence"]["unchanged"] is True
+    assert newer["evidence"]["migrations"] == ["65 thread labels"]
+
+    before = hash_tree(home.root)
+    assert csr.main(["repair-provider", "--codex-home", str(home.root), "--from", "openai"]) == csr.EXIT_FINDINGS
+    text = capsys.readouterr().out
+    assert "Schema:    state DB schema 65 (newer than 64, the newest checked: 65 thread labels); " \
+           "what this touches is unchanged, so writing is safe" in text
+    assert hash_tree(home.root) == before
+
+    assert csr.main(["repair-provider", "--codex-home", str(home.root), "--from", "openai", "--apply", "--json"]) == csr.EXIT_OK
+    doc = json.loads(capsys.readouterr().out)
+    compat = doc["compatibility"]
+    assert (compat["schema_version"], compat["newer"], compat["unchanged"], compat["changed"]) == (65, True, True, [])
+    assert "threads.model_provider" in compat["touches"] and "thread_turns.rollout_byte_offset" in compat["touches"]
     conn = sqlite3.connect(str(home.db_path))
-    conn.execute("INSERT INTO _sqlx_migrations (version, description, installed_on, success, checksum, execution_time) "
-                 "VALUES (999, 'future', '2027-01-01', 1, x'00', 1)")
-    conn.commit()
+    assert {r[0] for r in conn.execute("SELECT model_provider FROM threads")} == {"proxy"}
     conn.close()
+    assert csr.main(["repair-provider", "--codex-home", str(home.root), "--from", "openai", "--json"]) == csr.EXIT_OK
+    assert json.loads(capsys.readouterr().out)["changes"] == 0
+
+
+@pytest.mark.parametrize("change,expected", [
+    ("retype", "threads.model_provider is BLOB, was TEXT"),
+    ("trigger", "trigger threads_provider_audit on threads is new"),
+    ("checksum", "released migration(s) 1 carry other checksums"),
+    ("history", "thread_turns.rollout_end_byte_offset is missing"),
+])
+def test_refuses_when_what_the_plan_touches_changed_shape(tmp_path, capsys, change, expected):
+    """A newer schema that changed something the plan reads or writes: the dry run warns, --apply
+    refuses with exit 3 naming --force and writes nothing; --force writes."""
+    home, threads = newer_home(tmp_path, UNRELATED_65)
+    if change == "retype":
+        retype_column(home.db_path, "threads", "model_provider", "BLOB")
+    elif change == "trigger":
+        add_migration(home.db_path, 66, "provider audit",
+                      "CREATE TABLE provider_audit (id TEXT); CREATE TRIGGER threads_provider_audit AFTER UPDATE OF "
+                      "model_provider ON threads BEGIN INSERT INTO provider_audit VALUES (NEW.id); END;")
+    elif change == "checksum":
+        conn = sqlite3.connect(str(home.db_path))
+        conn.execute("UPDATE _sqlx_migrations SET checksum = x'54bbd6f4aa' WHERE version = 1")
+        conn.commit()
+        conn.close()
+    else:
+        conn = sqlite3.connect(str(home.root / "thread_history_1.sqlite"))
+        conn.execute("ALTER TABLE thread_turns RENAME COLUMN rollout_end_byte_offset TO rollout_end_offset")
+        conn.commit()
+        conn.close()
+    capsys.readouterr()
+    assert csr.main(["repair-provider", "--codex-home", str(home.root), "--from", "openai"]) == csr.EXIT_FINDINGS
+    captured = capsys.readouterr()
+    assert "what this touches changed shape" in captured.out and expected in captured.out
+    assert "--apply refuses unless --force" in captured.err
     before = hash_tree(home.root)
     assert apply_provider(home) == csr.EXIT_REFUSED
     err = capsys.readouterr().err
-    assert "schema version 999" in err and "use --force" in err
+    assert expected in err and "use --force" in err
     assert hash_tree(home.root) == before
+    assert not list((home.root / "recovery-backups").glob("*-repair-provider"))
     assert apply_provider(home, "--force") == csr.EXIT_OK
 
 
