@@ -556,3 +556,18 @@ def test_import_from_a_home_whose_index_cannot_be_read(machines, capsys):
     code, doc, err = run("import", "--codex-home", str(b.root), "--from", str(a.root), "--apply", capsys=capsys)
     assert code == csr.EXIT_OK and doc["plan"]["counts"] == {"imported": 4}, doc
     assert csr.read_session_index(b.root)["names"] == {threads["beta"].id: "db only name"}
+
+
+def test_import_gives_a_row_whose_rollout_was_lost_its_file_back(machines, capsys):
+    a, threads, b, own = machines
+    lost = b.thread(thread_id=threads["beta"].id, cwd="/home/ana/src/shop")
+    lost.path.unlink()
+    code, doc, _ = run("diagnose", "--codex-home", str(b.root), capsys=capsys)
+    assert "rollout_missing" in {f["code"] for f in doc["findings"]}
+    code, doc, _ = run("import", "--codex-home", str(b.root), "--from", str(a.root), "--apply", capsys=capsys)
+    assert code == csr.EXIT_OK, doc
+    copy = b.root / threads["beta"].path.relative_to(a.root)
+    assert copy.read_bytes() == threads["beta"].path.read_bytes()
+    assert rows(b.db_path, "SELECT rollout_path FROM threads WHERE id = ?", (threads["beta"].id,)) == [(str(copy),)]
+    code, doc, _ = run("diagnose", "--codex-home", str(b.root), capsys=capsys)
+    assert "rollout_missing" not in {f["code"] for f in doc["findings"]}
