@@ -33,6 +33,7 @@ findings; rendering; commands; the argument parser; main().
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -433,7 +434,10 @@ def to_millis(value: Any) -> Optional[int]:
 def iso_from_millis(millis: Optional[int]) -> Optional[str]:
     if millis is None:
         return None
-    stamp = _dt.datetime.fromtimestamp(millis / 1000, _dt.timezone.utc)
+    try:
+        stamp = _dt.datetime.fromtimestamp(millis / 1000, _dt.timezone.utc)
+    except (OverflowError, ValueError, OSError):
+        return None  # a stored value past year 9999: no date to show
     return stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -569,6 +573,51 @@ def same_rollout(stored: str, info: "RolloutInfo") -> bool:
     return False
 
 
+def open_regular(path: Path) -> Any:
+    """Open a file for reading only if it is a regular file: O_NONBLOCK so a FIFO cannot block
+    the open, and fstat on the opened descriptor (not the name) so nothing can be swapped in."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(str(path), flags)
+    try:
+        import stat as _stat
+        if not _stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFile("%s is not a regular file" % path)
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return open(fd, "rb")
+
+
+class NotRegularFile(OSError):
+    pass
+
+
+MAX_CONFIG_BYTES = 16 * 1024 * 1024  # config.toml, NAME.config.toml
+MAX_STATE_BYTES = 256 * 1024 * 1024  # .codex-global-state.json (large with prompt history)
+
+
+def read_small_file(path: Path, limit: int) -> bytes:
+    """A whole file that is meant to be small, read only if it is a regular file and only up to
+    `limit` bytes: a FIFO or /dev/zero in its place is an error, never a hang or a MemoryError."""
+    parts, size = [], 0
+    with open_regular(path) as handle:
+        # In chunks: read(limit) would set aside `limit` bytes even for a small file.
+        for chunk in iter(lambda: handle.read(READ_CHUNK), b""):
+            size += len(chunk)
+            if size > limit:
+                raise OSError("%s is larger than %d MiB" % (path.name, limit >> 20))
+            parts.append(chunk)
+    return b"".join(parts)
+
+
+def json_text_bytes(text: str) -> bytes:
+    """JSON text as UTF-8. A lone surrogate (JSON allows "\\ud800"; UTF-8 cannot hold it) can
+    only sit inside a string, where its backslash escape is the same JSON value."""
+    return text.encode("utf-8", "backslashreplace")
+
+
 def short(text: str, limit: int = 80) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit - 1] + "…"
@@ -613,6 +662,9 @@ class Config:
         self.sqlite_home: Optional[str] = None
         self.problems: List[Dict[str, Any]] = []
         self.files_read: List[str] = []
+        # config.toml exists but does not parse: Codex will not start, and which provider it
+        # would make active cannot be told (not "the default").
+        self.provider_unknown = False
 
     def set_provider(self, provider: str, origin: str) -> None:
         self.provider, self.provider_source, self.provider_is_default = provider, origin, False
@@ -622,7 +674,7 @@ class Config:
 
     def as_json(self) -> Dict[str, Any]:
         return {
-            "active_provider": self.provider,
+            "active_provider": None if self.provider_unknown else self.provider,
             "provider_source": self.provider_source,
             "profile": self.profile,
             "configured_providers": sorted(self.configured_providers),
@@ -633,7 +685,7 @@ class Config:
 
 def _read_toml_file(path: Path, config: Config) -> Optional[Dict[str, Any]]:
     try:
-        data = path.read_bytes()
+        data = read_small_file(path, MAX_CONFIG_BYTES)
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -659,6 +711,10 @@ def load_config(home: Path, profile: Optional[str]) -> Config:
     """
     config = Config()
     base = _read_toml_file(home / "config.toml", config) or {}
+    if any(p["code"] in ("config_unparsable", "config_unreadable") for p in config.problems):
+        config.provider_unknown = True
+        config.provider_source = "unknown: config.toml cannot be %s, and Codex will not start with it" % (
+            "parsed" if config.problems[0]["code"] == "config_unparsable" else "read")
     providers = base.get("model_providers")
     if isinstance(providers, dict):
         config.configured_providers.extend(k for k, v in providers.items() if isinstance(v, dict))
@@ -832,6 +888,15 @@ def open_db_readonly(path: Path) -> sqlite3.Connection:
     nothing. When the folder cannot take the `-shm` index SQLite needs (a read-only home),
     a private copy is read instead."""
     wal = Path(str(path) + "-wal")
+    if has_hot_journal(path):
+        # immutable=1 would ignore the journal and read half-written pages as "malformed"; a
+        # read-only open cannot roll it back. SQLite rolls it back on a private copy instead.
+        try:
+            conn = _open_private_copy(path)
+        except OSError as exc:
+            raise sqlite3.OperationalError("unable to read %s: %s" % (path.name, exc.strerror or exc)) from None
+        conn.row_factory = sqlite3.Row
+        return conn
     query = "?mode=ro" if wal.exists() else "?mode=ro&immutable=1"
     try:
         conn = sqlite3.connect(path.resolve().as_uri() + query, uri=True, timeout=5.0)
@@ -839,14 +904,30 @@ def open_db_readonly(path: Path) -> sqlite3.Connection:
     except sqlite3.OperationalError as exc:
         if "unable to open" not in str(exc) and "readonly" not in str(exc):
             raise
-        conn = _open_private_copy(path)
+        try:
+            conn = _open_private_copy(path)
+        except OSError as again:  # a directory or a FIFO named like a DB
+            raise sqlite3.OperationalError("unable to open %s: %s" % (path.name, again.strerror or again)) from None
     conn.row_factory = sqlite3.Row
     return conn
 
 
+JOURNAL_MAGIC = b"\xd9\xd5\x05\xf9\x20\xa1\x63\xd7"
+
+
+def has_hot_journal(path: Path) -> bool:
+    """A rollback journal left by a crash mid-transaction (a non-WAL DB): it exists and its
+    header is not zeroed (a committed PERSIST journal has a zeroed header, TRUNCATE none)."""
+    try:
+        with open_regular(Path(str(path) + "-journal")) as handle:
+            return handle.read(len(JOURNAL_MAGIC)) == JOURNAL_MAGIC
+    except OSError:
+        return False
+
+
 def _open_private_copy(path: Path) -> sqlite3.Connection:
     folder = Path(tempfile.mkdtemp(prefix="csr-read-"))
-    for suffix in ("", "-wal"):
+    for suffix in ("", "-wal", "-journal"):
         source = Path(str(path) + suffix)
         if source.exists():
             shutil.copyfile(str(source), str(folder / (path.name + suffix)))
@@ -1102,6 +1183,7 @@ class RolloutInfo:
 
 
 def iter_rollout_files(home: Path, temps: Optional[List[Path]] = None,
+                       errors: Optional[List[str]] = None,
                        tops: Sequence[str] = ("sessions", "archived_sessions")) -> Iterator[Path]:
     """Every rollout under sessions/ (any depth: pre-July-2025 files are flat) and
     archived_sessions/. Symlinked folders are read (a synced tree may be linked in); writes
@@ -1111,7 +1193,8 @@ def iter_rollout_files(home: Path, temps: Optional[List[Path]] = None,
         if not root.is_dir():
             continue
         seen = set()
-        for folder, dirs, files in os.walk(str(root), followlinks=True):
+        on_error = (lambda exc: errors.append(exc.filename or str(exc))) if errors is not None else None
+        for folder, dirs, files in os.walk(str(root), followlinks=True, onerror=on_error):
             real = os.path.realpath(folder)
             if real in seen:  # a link loop, or two links to one folder
                 dirs[:] = []
@@ -1238,7 +1321,7 @@ def scan_rollout(path: Path, home: Path) -> RolloutInfo:
         info.scanned_to_end = True
         return info
     try:
-        handle = open(str(path), "rb")
+        handle = open_regular(path)
     except OSError:
         info.problems.append("unreadable")
         return info
@@ -1313,17 +1396,30 @@ def _take_first_line(info: RolloutInfo, record: Dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
 def read_session_index(home: Path) -> Dict[str, Any]:
     path = home / "session_index.jsonl"
     result: Dict[str, Any] = {"present": path.is_file(), "entries": 0, "bad_lines": 0, "names": {}}
     if not result["present"]:
         return result
     names: Dict[str, str] = {}
-    with open(str(path), "rb") as handle:
+    try:
+        handle = open_regular(path)
+    except OSError as exc:
+        # Unreadable is not empty: nothing may be rebuilt from what could not be read.
+        result["error"] = exc.strerror or str(exc)
+        return result
+    with handle:
+        first = True
         while True:
             raw, oversized = read_line_bounded(handle)
             if not raw and not oversized:
                 break
+            if first and raw.startswith(UTF8_BOM):
+                raw = raw[len(UTF8_BOM):]  # an editor's byte-order mark: the line is still an entry
+            first = False
             if oversized or not raw.strip():
                 result["bad_lines"] += int(oversized)
                 continue
@@ -1361,7 +1457,7 @@ def read_global_state(home: Path) -> Dict[str, Any]:
     if not result["present"]:
         return result
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        data = json.loads(read_small_file(path, MAX_STATE_BYTES).decode("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         result["error"] = short(str(exc), 120)
         return result
@@ -1442,11 +1538,25 @@ class ThreadView:
         return self.files[0]
 
     def row_rollout_exists(self) -> bool:
-        """The row's rollout_path names an existing file (in any spelling Codex may have used)."""
+        """The row's rollout_path names an existing file (in any spelling Codex may have used),
+        or one that cannot be checked: only "no such file" proves a conversation gone."""
+        return self.row_rollout_state() != "missing"
+
+    def row_rollout_state(self) -> str:
+        """"exists", "missing" (ENOENT: proven gone) or "unreadable" (a permission or I/O error)."""
         stored = str((self.row or {}).get("rollout_path") or "")
         if not stored:
-            return False
-        return os.path.isfile(stored) or any(same_rollout(stored, f) for f in self.files)
+            return "missing"
+        if any(same_rollout(stored, f) for f in self.files):
+            return "exists"
+        try:
+            found = os.stat(stored)
+        except (FileNotFoundError, NotADirectoryError):
+            return "missing"
+        except (OSError, ValueError):
+            return "unreadable" if not is_windows_path(stored) or os.name == "nt" else "missing"
+        import stat as _stat
+        return "exists" if _stat.S_ISREG(found.st_mode) else "missing"
 
     @property
     def db_provider(self) -> Optional[str]:
@@ -1510,14 +1620,16 @@ class Inventory:
         elif self.live_db is not None:
             self.db_error = self.live_db.error
         self.temp_files: List[Path] = [home / n for n in sorted(os.listdir(str(home))) if TEMP_MARKER in n]
+        self.unreadable_folders: List[str] = []
         self.rollouts = [scan_rollout(path, home) for path in
-                         progress(iter_rollout_files(home, self.temp_files), "reading rollouts")]
+                         progress(iter_rollout_files(home, self.temp_files, self.unreadable_folders), "reading rollouts")]
         self.index = read_session_index(home)
         self.global_state = read_global_state(home)
         self.projections = history_projection_files(home, self.live_db.path.parent if self.live_db else None)
         self.threads = self._join()
         self.release = self._newest_release()
         self.projected_ids, self.other_projected_ids = self._projected_ids()
+        self.misaligned_offsets = misaligned_projection_offsets(self)
 
     def _projected_ids(self) -> Tuple[Optional[set], set]:
         """Threads that have rows in the history projection Codex uses (beside the live DB),
@@ -1605,6 +1717,8 @@ REASONS: Dict[str, Tuple[str, str]] = {
                                       "(hides it from every list in 0.120-era Codex; newer Codex still leaves it out of "
                                       "DB-only listings and shows no preview)"),
     "rollout_missing": ("warning", "the DB row points at a rollout file that does not exist"),
+    "rollout_inaccessible": ("warning", "the DB row's rollout cannot be checked (a permission or I/O error): "
+                                        "unreadable is not missing, so the row is never pruned"),
     "rollout_path_stale": ("warning", "the DB row's rollout_path is wrong; the file exists elsewhere in the home"),
     "no_db_row": ("warning", "the rollout has no row in the state DB"),
     "archive_flag_mismatch": ("warning", "the DB archived flag disagrees with where the file lives"),
@@ -1640,11 +1754,17 @@ HOME_FINDINGS: Dict[str, Tuple[str, str]] = {
     "rollout_unreadable": ("warning", "rollout files with unreadable lines or an unknown layout"),
     "index_stale": ("warning", "session_index.jsonl names threads whose rollout no longer exists"),
     "index_bad_lines": ("warning", "session_index.jsonl has lines that are not index entries"),
+    "index_unreadable": ("warning", "session_index.jsonl cannot be read (a permission or I/O error)"),
     "ui_state_unreadable": ("warning", ".codex-global-state.json is not a JSON object"),
     "sidebar_filtered": ("warning", "Desktop's sidebar is narrowed (collapsed groups or sections, a workspace filter, a non-recent sort)"),
     "index_missing_names": ("warning", "threads named in the state DB have no session_index.jsonl entry; `codex exec resume NAME` cannot find them"),
     "leftover_temp_files": ("info", "copies left by an interrupted run of this tool (the originals are intact)"),
+    "partial_backups": ("info", "backup folders without a manifest, left by a run killed before it wrote anything"),
     "duplicate_thread_id": ("warning", "one thread id is carried by more than one rollout file"),
+    "sessions_folder_unreadable": ("warning", "folders under sessions/ or archived_sessions/ cannot be listed "
+                                              "(permissions, I/O errors): their conversations are not seen"),
+    "history_offsets_misaligned": ("error", "history projection offsets (thread_history_1.sqlite) do not fall on line "
+                                            "starts of the rollout: Codex reads those turns from the wrong bytes"),
 }
 
 
@@ -1689,7 +1809,7 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
         add_reason(view, "source_filtered", True, source=view.source)
     rollout_provider = view.rollout_provider or (DEFAULT_PROVIDER if view.primary and view.primary.meta else None)
     providers = {p for p in (view.db_provider, rollout_provider) if p}
-    if providers and providers != {active}:
+    if providers and providers != {active} and not inv.config.provider_unknown:
         add_reason(view, "provider_mismatch", True, db=view.db_provider,
                    rollout=view.rollout_provider, active=active)
     if not view.has_evidence and (view.primary is None or view.primary.scanned_to_end):
@@ -1723,7 +1843,8 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
                    manual_step=projection_manual_step(view.id, elsewhere))
     if row is not None:
         path = str(row.get("rollout_path") or "")
-        exists = view.row_rollout_exists()
+        state = view.row_rollout_state()
+        exists = state == "exists"
         # A copied or moved home keeps rows that point into the old one: the file Codex would
         # read is not this home's.
         elsewhere = exists and not is_windows_path(path) and not is_within(Path(os.path.abspath(path)), inv.home) \
@@ -1731,6 +1852,8 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
         if (not exists or elsewhere) and view.files:
             add_reason(view, "rollout_path_stale", not exists, rollout_path=path, found=view.files[0].rel,
                        outside_home=elsewhere)
+        elif state == "unreadable":
+            add_reason(view, "rollout_inaccessible", False, rollout_path=path)
         elif not exists:
             add_reason(view, "rollout_missing", True, rollout_path=path)
     elif inv.has_db and view.files:
@@ -1904,7 +2027,7 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
             last_watermark=inv.backfill.get("last_watermark"), stale=backfill_stale(inv.backfill),
             manual_step="a backfill still within its 15-minute lease may be running: start Codex once and "
                         "let it finish; a stale one (stale: true) is what rebuild-db is for")
-    if not inv.config.knows_provider(inv.config.provider):
+    if not inv.config.provider_unknown and not inv.config.knows_provider(inv.config.provider):
         add("active_provider_not_configured", provider=inv.config.provider,
             manual_step="add [model_providers.%s] to config.toml: Codex cannot start a thread without it"
                         % inv.config.provider)
@@ -1947,16 +2070,32 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
         add("index_missing_names", thread_ids=unnamed)
     if inv.index["bad_lines"]:
         add("index_bad_lines", lines=inv.index["bad_lines"])
+    if inv.index.get("error"):
+        add("index_unreadable", error=inv.index["error"],
+            manual_step="fix the file's permissions (or the disk); rebuild-index leaves it alone until then")
     if inv.global_state["error"]:
         add("ui_state_unreadable", error=inv.global_state["error"])
     if inv.global_state.get("sidebar_reset"):
         add("sidebar_filtered", keys=inv.global_state["sidebar_reset"])
+    partial = [b["name"] for b in list_backups(inv.home) if b["partial"]] if (inv.home / BACKUP_DIR_NAME).is_dir() else []
+    if partial:
+        add("partial_backups", folders=partial[:10], count=len(partial),
+            manual_step="the next --apply of any repair removes them (they hold no change to the home)")
     if inv.temp_files:
         add("leftover_temp_files", files=[display_path(p, inv.home) for p in inv.temp_files[:10]],
             count=len(inv.temp_files), manual_step="the next --apply of any repair removes them")
     dupes = sorted(v.id for v in inv.threads.values() if len(v.files) > 1)
     if dupes:
         add("duplicate_thread_id", thread_ids=dupes)
+    if inv.unreadable_folders:
+        add("sessions_folder_unreadable", folders=[display_path(Path(p), inv.home) for p in inv.unreadable_folders[:10]],
+            count=len(inv.unreadable_folders), manual_step="fix the folders' permissions (or the disk); until "
+            "then reindex --prune-missing prunes nothing")
+    if inv.misaligned_offsets:
+        add("history_offsets_misaligned", thread_ids=sorted(inv.misaligned_offsets),
+            offsets=sum(e["off_line_start"] for e in inv.misaligned_offsets.values()),
+            manual_step="run the repair-provider command again (an interrupted run leaves them): it realigns "
+                        "them from each line's ordinal")
     return findings
 
 
@@ -2149,6 +2288,9 @@ class RolloutEdit:
         # (byte offset of the line, its length, its new bytes) for each changed line
         self.replacements: List[Tuple[int, int, bytes]] = []
         self.encrypted_reasoning = False
+        # (st_dev, st_ino) of the file that was read: a file replaced since is not this one.
+        self.identity: Optional[Tuple[int, int]] = None
+        self.skip_reason: Optional[str] = None
         # Damage the read found in lines this edit does not touch; they are copied as they are.
         self.kept_verbatim: List[str] = []
 
@@ -2227,6 +2369,7 @@ class Plan:
         self.sql: List[SqlChange] = []
         self.file_writes: List[FileWrite] = []
         self.moves: List[Path] = []  # files moved whole into the backup folder (never deleted)
+        self.restores: List["RestoreAction"] = []  # entries of a verified backup to put back
         self.warnings: List[str] = []
         self.skipped: List[Dict[str, Any]] = []
         self.notes: Dict[str, Any] = {}
@@ -2235,13 +2378,14 @@ class Plan:
 
     @property
     def change_count(self) -> int:
-        return len(self.rollout_edits) + len(self.sql) + len(self.file_writes) + len(self.moves)
+        return len(self.rollout_edits) + len(self.sql) + len(self.file_writes) + len(self.moves) + len(self.restores)
 
     def touched_dbs(self) -> List[Path]:
-        return sorted({c.db for c in self.sql}, key=str)
+        return sorted({c.db for c in self.sql} | {r.target for r in self.restores if r.kind == "restore_db"}, key=str)
 
     def touched_files(self) -> List[Path]:
-        return [e.target for e in self.rollout_edits] + [w.path for w in self.file_writes] + list(self.moves)
+        return ([e.target for e in self.rollout_edits] + [w.path for w in self.file_writes] + list(self.moves)
+                + [r.target for r in self.restores if r.kind != "restore_db"])
 
     def plan_id(self, home: Path) -> str:
         """A digest of exactly what would change: the dry run prints it, and `--apply
@@ -2253,12 +2397,13 @@ class Plan:
     def actions_json(self, home: Path, verbose: bool = True) -> List[Dict[str, Any]]:
         return ([e.as_json(home) for e in self.rollout_edits] + [c.as_json(home, verbose) for c in self.sql]
                 + [w.as_json(home) for w in self.file_writes]
-                + [{"kind": "move_to_backup", "path": display_path(p, home)} for p in self.moves])
+                + [{"kind": "move_to_backup", "path": display_path(p, home)} for p in self.moves]
+                + [r.as_json(home) for r in self.restores])
 
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(str(path), "rb") as handle:
+    with open_regular(path) as handle:
         for chunk in iter(lambda: handle.read(READ_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -2355,7 +2500,7 @@ def plan_rollout_edit(path: Path, thread_id: str, line_edit: Any,
     that contain one of `needles` (only those can change). Nothing is written here."""
     edit = RolloutEdit(path, thread_id, target)
     digest = hashlib.sha256()
-    with open(str(path), "rb") as handle:
+    with open_regular(path) as handle:
         for line_no, offset, raw in iter_marked_lines(handle, needles, digest, edit):
             result = line_edit(raw)
             if result is not None:
@@ -2363,6 +2508,8 @@ def plan_rollout_edit(path: Path, thread_id: str, line_edit: Any,
                 edit.changes.append({"line": line_no, "field": field})
                 edit.replacements.append((offset, len(raw), new_raw))
     edit.fingerprint = file_fingerprint(path, digest.hexdigest())
+    stat = path.stat()
+    edit.identity = (stat.st_dev, stat.st_ino)
     return edit
 
 
@@ -2426,7 +2573,12 @@ def plan_projection_shift(inv: "Inventory", edit: RolloutEdit) -> List[SqlChange
     if db_path is None or not edit.deltas:
         return []
     changes: List[SqlChange] = []
-    conn = open_db_readonly(db_path)
+    try:
+        conn = open_db_readonly(db_path)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as exc:
+        # Its offsets cannot be kept true: the rollout is not rewritten.
+        raise PlanError("%s cannot be read (%s); the rollout is left as it is" % (db_path.name, short(str(exc), 80)))
     try:
         offset_columns = {
             "thread_turns": (("thread_id", "turn_id"), ("rollout_byte_offset", "rollout_end_byte_offset")),
@@ -2450,6 +2602,138 @@ def plan_projection_shift(inv: "Inventory", edit: RolloutEdit) -> List[SqlChange
     return changes
 
 
+PROJECTION_OFFSETS = {
+    # table: (key columns, (ordinal column, offset column, which end of that line))
+    "thread_turns": (("thread_id", "turn_id"), (("rollout_ordinal", "rollout_byte_offset", "start"),
+                                                ("rollout_end_ordinal", "rollout_end_byte_offset", "end"))),
+    "thread_history_projection_state": (("thread_id",), (("next_rollout_ordinal", "next_rollout_byte_offset",
+                                                           "next"),)),
+}
+
+
+def read_projection_rows(db_path: Path, thread_id: Optional[str] = None) -> Dict[str, List[Tuple[str, Dict[str, Any]]]]:
+    """thread id -> [(table, row)] of the offset-bearing rows of the history projection."""
+    found: Dict[str, List[Tuple[str, Dict[str, Any]]]] = {}
+    conn = open_db_readonly(db_path)
+    try:
+        for table, (keys, triples) in PROJECTION_OFFSETS.items():
+            if not table_exists(conn, table):
+                continue
+            columns = set(table_columns(conn, table))
+            present = [c for triple in triples for c in triple[:2] if c in columns]
+            if not any(t[1] in columns for t in triples):
+                continue
+            query = "SELECT %s FROM %s" % (", ".join(keys + tuple(present)), table)
+            rows = conn.execute(query + " WHERE thread_id = ?", (thread_id,)) if thread_id else conn.execute(query)
+            for row in rows:
+                found.setdefault(str(row["thread_id"]).lower(), []).append((table, dict(row)))
+    finally:
+        conn.close()
+    return found
+
+
+def misaligned_projection_offsets(inv: "Inventory") -> Dict[str, Dict[str, Any]]:
+    """Threads whose projection offsets are not line starts of their rollout (a byte before each
+    must be a newline), e.g. after a run was killed between replacing a rollout and updating
+    the projection. One read of a byte per offset: cheap at any rollout size."""
+    db_path = history_db_path(inv)
+    if db_path is None:
+        return {}
+    try:
+        by_thread = read_projection_rows(db_path)
+    except sqlite3.Error:
+        return {}
+    found: Dict[str, Dict[str, Any]] = {}
+    for thread_id, rows in sorted(by_thread.items()):
+        view = inv.threads.get(thread_id)
+        # A torn last line leaves every earlier line where it was; other damage makes the
+        # ordinals of the lines uncertain, and such a rollout is left to the user.
+        if view is None or view.primary is None or set(view.primary.problems) - {"torn_line"}:
+            continue
+        offsets = sorted({row[c] for table, row in rows for _o, c, _e in PROJECTION_OFFSETS[table][1]
+                          if isinstance(row.get(c), int)})
+        try:
+            bad = offsets_off_line_starts(view.primary.path, offsets)
+        except OSError:
+            continue
+        if bad:
+            found[thread_id] = {"offsets": len(offsets), "off_line_start": len(bad), "first": bad[0]}
+    return found
+
+
+def offsets_off_line_starts(path: Path, offsets: Sequence[int]) -> List[int]:
+    bad = []
+    with open_regular(path) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        for offset in offsets:
+            if offset < 0 or offset > size:
+                bad.append(offset)
+            elif offset > 0:
+                handle.seek(offset - 1)
+                if handle.read(1) != b"\n":
+                    bad.append(offset)
+    return bad
+
+
+def ordinal_line_spans(path: Path) -> Dict[int, Tuple[int, int]]:
+    """ordinal -> (start, end) byte offsets of its line. CODEX-COMPAT 0.169.0 writes `ordinal` on
+    every line (the line's index); a line without one counts by its index."""
+    spans: Dict[int, Tuple[int, int]] = {}
+    offset = 0
+    with open_regular(path) as handle:
+        for index, raw in enumerate(iter(lambda: handle.readline(MAX_LINE_BYTES), b"")):
+            ordinal = index
+            try:
+                record = json.loads(raw.decode("utf-8"))
+                if isinstance(record, dict) and isinstance(record.get("ordinal"), int):
+                    ordinal = record["ordinal"]
+            except (UnicodeDecodeError, ValueError):
+                pass
+            spans.setdefault(ordinal, (offset, offset + len(raw)))
+            offset += len(raw)
+    return spans
+
+
+def plan_offset_realignment(inv: "Inventory", plan: "Plan", busy_ids: set) -> None:
+    """SQL that puts every misaligned projection offset back on the line its ordinal names."""
+    db_path = history_db_path(inv)
+    for thread_id in sorted(inv.misaligned_offsets):
+        if thread_id in busy_ids:
+            continue
+        view = inv.threads[thread_id]
+        try:
+            spans = ordinal_line_spans(view.primary.path)
+            rows = read_projection_rows(db_path, thread_id).get(thread_id, [])
+        except (OSError, sqlite3.Error) as exc:
+            plan.skipped.append({"thread_id": thread_id, "reason": "history offsets not realigned: %s" % short(str(exc), 120)})
+            continue
+        changes, missing = [], []
+        for table, row in rows:
+            keys, triples = PROJECTION_OFFSETS[table]
+            new, old = {}, {}
+            for ordinal_column, offset_column, end in triples:
+                ordinal, offset = row.get(ordinal_column), row.get(offset_column)
+                if not isinstance(ordinal, int) or not isinstance(offset, int):
+                    continue
+                lookup = ordinal - 1 if end == "next" else ordinal
+                if lookup < 0:
+                    want = 0
+                elif lookup in spans:
+                    want = spans[lookup][0 if end == "start" else 1]
+                else:
+                    missing.append(ordinal)
+                    continue
+                if want != offset:
+                    new[offset_column], old[offset_column] = want, offset
+            if new:
+                changes.append(SqlChange(db_path, table, {k: row[k] for k in keys}, new, expect=old, thread_id=thread_id))
+        if missing:
+            plan.skipped.append({"thread_id": thread_id, "reason": "history offsets not realigned: ordinal(s) %s are "
+                                 "not lines of the rollout" % ", ".join(map(str, sorted(set(missing))[:5]))})
+            continue
+        plan.sql.extend(changes)
+
+
 def resolve_target_provider(inv: Inventory, requested: str, source_provider: str) -> Tuple[str, str]:
     """`--to auto`: the provider config.toml makes active; when config names none, the provider
     of the latest interactive thread (the one Desktop was last used with), said so."""
@@ -2458,8 +2742,8 @@ def resolve_target_provider(inv: Inventory, requested: str, source_provider: str
     broken = [p["code"] for p in inv.config.problems if p["code"] in ("config_unparsable", "config_unreadable",
                                                                        "profile_missing")]
     if broken:
-        raise UsageError("--to auto cannot tell the active provider: %s; name it with --to PROVIDER"
-                         % ", ".join(broken))
+        raise refuse("--to auto cannot tell the active provider (%s); fix config.toml, or name the provider "
+                     "with --to PROVIDER" % ", ".join(broken), None)
     if not inv.config.provider_is_default:
         return inv.config.provider, inv.config.provider_source
     latest = latest_interactive_thread(inv)
@@ -2504,6 +2788,8 @@ def plan_provider_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
         if view.row is not None and view.db_provider == args.from_provider:
             plan.sql.append(SqlChange(inv.live_db.path, "threads", {"id": view.id}, {"model_provider": target},
                                       expect={"model_provider": args.from_provider}, thread_id=view.id))
+    # A run killed between replacing a rollout and updating the projection left offsets behind.
+    plan_offset_realignment(inv, plan, {e.thread_id for e in plan.rollout_edits})
     if encrypted:
         plan.warnings.append("%d moved thread(s) carry encrypted reasoning (encrypted_content); it may not "
                              "verify under another provider or account, and resuming can fail until the "
@@ -2724,7 +3010,7 @@ def plan_cwd_remap(inv: Inventory, args: argparse.Namespace) -> Plan:
 
 def full_first_user_text(path: Path) -> Optional[str]:
     """The complete first user message of a rollout, read as a stream up to that line."""
-    with open(str(path), "rb") as handle:
+    with open_regular(path) as handle:
         line_no = 0
         for raw in iter(lambda: handle.readline(MAX_LINE_BYTES), b""):
             line_no += 1
@@ -2776,6 +3062,22 @@ SIDEBAR_RESET = {
 }
 
 
+class NonFiniteNumber(ValueError):
+    pass
+
+
+def finite_float(text: str) -> float:
+    """json.loads reads 1e999 as inf, and json.dumps would write it as `Infinity` (not JSON)."""
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise NonFiniteNumber(text)
+    return value
+
+
+def no_constant(text: str) -> Any:
+    raise NonFiniteNumber(text)  # NaN, Infinity, -Infinity: not JSON
+
+
 def sidebar_changes(atoms: Dict[str, Any]) -> Dict[str, Tuple[Any, Any]]:
     return {k: (atoms[k], v) for k, v in SIDEBAR_RESET.items() if k in atoms and atoms[k] != v}
 
@@ -2785,9 +3087,17 @@ def plan_ui_state_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
     path = inv.home / ".codex-global-state.json"
     if not path.is_file():
         return plan
-    raw = path.read_bytes()
     try:
-        data = json.loads(raw.decode("utf-8"))
+        raw = read_small_file(path, MAX_STATE_BYTES)
+    except OSError as exc:
+        plan.skipped.append({"path": path.name, "reason": "cannot be read (%s); it is left as it is" % short(str(exc), 100)})
+        return plan
+    try:
+        data = json.loads(raw.decode("utf-8"), parse_float=finite_float, parse_constant=no_constant)
+    except NonFiniteNumber as exc:
+        plan.skipped.append({"path": path.name, "reason": "it holds the number %s, which JSON cannot write back "
+                             "unchanged; it is left as it is" % short(str(exc), 40)})
+        return plan
     except (UnicodeDecodeError, ValueError):
         plan.skipped.append({"path": path.name, "reason": "not JSON; Codex Desktop rewrites it on its next exit"})
         return plan
@@ -2801,8 +3111,8 @@ def plan_ui_state_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
         atoms[key] = new
     indent = 2 if b"\n " in raw else None
     separators = (",", ": ") if indent else (",", ":")
-    text = json.dumps(data, indent=indent, separators=separators, ensure_ascii=False)
-    data_out = text.encode("utf-8") + (b"\n" if raw.endswith(b"\n") else b"")
+    text = json.dumps(data, indent=indent, separators=separators, ensure_ascii=False, allow_nan=False)
+    data_out = json_text_bytes(text) + (b"\n" if raw.endswith(b"\n") else b"")
     plan.file_writes.append(FileWrite(path, data_out, {"reset": sorted(changes)}))
     return plan
 
@@ -2829,6 +3139,9 @@ def index_missing_name_ids(inv: Inventory) -> List[str]:
 def plan_index_rebuild(inv: Inventory, args: argparse.Namespace) -> Plan:
     plan = Plan("rebuild-index")
     path = inv.home / "session_index.jsonl"
+    if inv.index.get("error"):
+        plan.skipped.append({"path": path.name, "reason": "cannot be read (%s); it is left as it is" % inv.index["error"]})
+        return plan
     stale = set(index_stale_ids(inv))
     missing = index_missing_name_ids(inv)
     if not stale and not missing and not inv.index["bad_lines"]:
@@ -2847,7 +3160,7 @@ def plan_index_rebuild(inv: Inventory, args: argparse.Namespace) -> Plan:
         latest[thread_id] = {"id": thread_id, "thread_name": view.row["name"],
                              "updated_at": iso_from_millis(view.updated_ms)}
     ordered = sorted(latest.values(), key=lambda e: str(e.get("updated_at") or ""))
-    data = b"".join(json.dumps(e, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n" for e in ordered)
+    data = b"".join(json_text_bytes(json.dumps(e, separators=(",", ":"), ensure_ascii=False)) + b"\n" for e in ordered)
     plan.file_writes.append(FileWrite(path, data, {
         "entries_before": inv.index["entries"], "entries_after": len(ordered), "dropped_stale": len(stale),
         "dropped_bad_lines": inv.index["bad_lines"], "added_from_db_names": len(missing)}))
@@ -2856,8 +3169,10 @@ def plan_index_rebuild(inv: Inventory, args: argparse.Namespace) -> Plan:
 
 def read_index_entries(path: Path) -> List[Dict[str, Any]]:
     entries = []
-    with open(str(path), "rb") as handle:
-        for raw in iter(lambda: handle.readline(MAX_LINE_BYTES), b""):
+    with open_regular(path) as handle:
+        for number, raw in enumerate(iter(lambda: handle.readline(MAX_LINE_BYTES), b"")):
+            if number == 0 and raw.startswith(UTF8_BOM):
+                raw = raw[len(UTF8_BOM):]
             try:
                 entry = json.loads(raw.decode("utf-8"))
             except (UnicodeDecodeError, ValueError):
@@ -2885,7 +3200,7 @@ def plan_reindex(inv: Inventory, args: argparse.Namespace) -> Plan:
             continue
         if "no_db_row" in codes:
             blocker = set(view.primary.problems) & {"id_mismatch", "legacy_format", "compressed", "unreadable",
-                                                    "first_line_not_session_meta", "empty_file"}
+                                                    "first_line_not_session_meta", "empty_file", "not_a_file"}
             if blocker:
                 plan.skipped.append({"thread_id": view.id, "reason": "rollout cannot be indexed: %s" % ", ".join(sorted(blocker))})
                 continue
@@ -2901,7 +3216,10 @@ def plan_reindex(inv: Inventory, args: argparse.Namespace) -> Plan:
             if values:
                 plan.sql.append(SqlChange(db.path, "threads", {"id": view.id}, values, thread_id=view.id))
         elif "rollout_missing" in codes:
-            if args.prune_missing:
+            if args.prune_missing and inv.unreadable_folders:
+                plan.skipped.append({"thread_id": view.id, "reason": "not pruned: %d folder(s) under sessions/ "
+                                     "cannot be read, so no rollout can be proven gone" % len(inv.unreadable_folders)})
+            elif args.prune_missing:
                 plan.sql.append(SqlChange(db.path, "threads", {"id": view.id}, {}, thread_id=view.id, op="delete"))
             else:
                 plan.skipped.append({"thread_id": view.id, "reason": "its rollout is gone; the row is kept "
@@ -2957,7 +3275,10 @@ def iso_to_millis(text: Any) -> Optional[int]:
         return None
     parts = [int(g) for g in match.groups()[:6]]
     fraction = (match.group(7) or "0")[:3].ljust(3, "0")
-    stamp = _dt.datetime(*parts, tzinfo=_dt.timezone.utc)
+    try:
+        stamp = _dt.datetime(*parts, tzinfo=_dt.timezone.utc)
+    except ValueError:
+        return None  # month 13, second 99: not a time; the file's mtime is used instead
     return int(stamp.timestamp()) * 1000 + int(fraction)
 
 
@@ -2979,7 +3300,9 @@ def plan_rebuild_db(inv: Inventory, args: argparse.Namespace) -> Plan:
                                 "the folders; pins and DB-only settings are not rebuilt)"})
     if inv.has_db:
         plan.file_writes.extend(plan_index_rebuild(inv, args).file_writes)
-    plan.moves = [Path(str(db.path) + suffix) for suffix in ("", "-wal", "-shm") if Path(str(db.path) + suffix).exists()]
+    # A DB never leaves without its -journal: a hot one holds the pages a crash left half-written.
+    plan.moves = [Path(str(db.path) + suffix) for suffix in ("", "-wal", "-shm", "-journal")
+                  if Path(str(db.path) + suffix).exists()]
     return plan
 
 
@@ -2994,7 +3317,7 @@ IMPORT_BLOCKERS = ("compressed", "unreadable", "not_a_file", "empty_file", "lega
                    "first_line_not_session_meta", "id_mismatch")
 # The 0.169.0 history projection: the rows a paginated thread needs to open with its turns.
 PROJECTION_TABLES = ("thread_turns", "thread_items", "thread_realtime_items", "thread_history_projection_state")
-PROJECTION_OFFSETS = ("rollout_byte_offset", "rollout_end_byte_offset", "next_rollout_byte_offset")
+COPIED_OFFSET_COLUMNS = ("rollout_byte_offset", "rollout_end_byte_offset", "next_rollout_byte_offset")
 
 
 def open_db_snapshot(path: Path) -> sqlite3.Connection:
@@ -3302,7 +3625,7 @@ def import_projection(inv: Inventory, other: OtherHome, thread_id: str, edit: Ro
                 return []  # this home has projection rows of its own for the thread: Codex keeps them
             for row in rows[table]:
                 values = {c: row[c] for c in columns if c in row}
-                for column in PROJECTION_OFFSETS:
+                for column in COPIED_OFFSET_COLUMNS:
                     if isinstance(values.get(column), int):
                         values[column] = edit.shift(values[column])
                 key = {k: values.pop(k) for k in keys}
@@ -3676,10 +3999,18 @@ class ToolLock:
         self.handle: Any = None
 
     def __enter__(self) -> "ToolLock":
+        folder = self.path.parent
+        check_backup_root(folder)
         try:
-            self.path.parent.mkdir(mode=0o700, exist_ok=True)
-            self.handle = open(str(self.path), "a+b")
+            folder.mkdir(mode=0o700, exist_ok=True)
+            check_backup_root(folder)
+            fd = os.open(str(self.path), os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
+                         | getattr(os, "O_NONBLOCK", 0), 0o600)
+            self.handle = os.fdopen(fd, "a+b")
         except OSError as exc:
+            if os.path.islink(str(self.path)):
+                raise refuse("%s is a symlink; the lock is never followed out of the home" % display_path(
+                    self.path, self.path.parent.parent), None) from None
             raise refuse("cannot create %s (%s): the home is not writable" % (
                 self.path.parent, exc.strerror or exc), None) from None
         try:
@@ -3710,8 +4041,18 @@ def _time_ns() -> int:
     return time.time_ns()
 
 
+def check_backup_root(folder: Path) -> None:
+    """recovery-backups/ is a real folder of the home: a symlink would send the copies (the
+    conversations) elsewhere, a file in its place is not a folder to write into."""
+    if os.path.islink(str(folder)):
+        raise refuse("%s is a symlink; backups are never written outside the home" % folder.name, None)
+    if os.path.lexists(str(folder)) and not folder.is_dir():
+        raise refuse("%s exists and is not a folder; move it away so backups can be made" % folder, None)
+
+
 def make_backup_dir(home: Path, command: str) -> Path:
     root = home / BACKUP_DIR_NAME
+    check_backup_root(root)
     root.mkdir(mode=0o700, exist_ok=True)
     stamp = utc_now().strftime("%Y%m%dT%H%M%SZ")
     for n in range(1000):
@@ -3863,44 +4204,155 @@ def atomic_copy(source: Path, path: Path, mode: Optional[int], mtime_ns: Optiona
             tmp.unlink()
 
 
+class RestoreAction:
+    """Put one entry of a verified backup back: a file (or its absence) or a whole DB."""
+
+    def __init__(self, entry: Dict[str, Any], target: Path, payload: Optional[Path]) -> None:
+        self.entry, self.target, self.payload = entry, target, payload
+
+    @property
+    def kind(self) -> str:
+        if self.entry["kind"] == "sqlite":
+            return "restore_db"
+        return "restore_file" if self.entry.get("existed", True) else "remove"
+
+    def needed(self) -> bool:
+        """False when the target already is what the backup holds (nothing to put back)."""
+        if self.kind == "restore_db":
+            return current_db_digest(self.target) != self.entry.get("digest_before")
+        if self.kind == "remove":
+            return os.path.lexists(str(self.target))
+        return current_sha256(self.target) != self.entry.get("sha256_before")
+
+    def intent(self) -> Dict[str, Any]:
+        if self.kind == "restore_db":
+            return {"path": self.entry["path"], "digest_after": self.entry.get("digest_before")}
+        return {"path": self.entry["path"], "sha256_after": self.entry.get("sha256_before")}
+
+    def apply(self) -> None:
+        if self.kind == "restore_db":
+            restore_database(self.payload, self.target, self.entry)
+        elif self.kind == "remove":
+            if os.path.lexists(str(self.target)):
+                self.target.unlink()
+        else:
+            atomic_copy(self.payload, self.target, self.entry.get("mode"), self.entry.get("mtime_ns"))
+
+    def verify(self) -> None:
+        if self.needed():
+            raise ApplyError("%s is not what the backup holds after putting it back" % self.entry["path"])
+
+    def as_json(self, home: Path) -> Dict[str, Any]:
+        return {"kind": self.kind, "path": self.entry["path"]}
+
+
+def current_sha256(path: Path) -> Optional[str]:
+    try:
+        return sha256_file(path)
+    except FileNotFoundError:
+        return None
+
+
+def current_db_digest(path: Path) -> Optional[str]:
+    try:
+        conn = open_db_readonly(path)
+        try:
+            return db_digest(conn)
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+
+
+def verified_restore_actions(folder: Path, manifest: Dict[str, Any], home: Path,
+                             allowed_db_dirs: Sequence[Path] = ()) -> List[RestoreAction]:
+    """Every entry of a backup, checked before anything is written: a path relative to the home
+    that stays inside it and passes no symlink (a DB may also sit in a configured sqlite_home),
+    a payload inside the backup folder that is a regular file, and a payload whose SHA-256 (for a
+    DB, the digest of its content) is the one the manifest recorded. Any failure refuses the
+    whole restore: a backup that does not verify is not trusted in part."""
+    actions = []
+    for number, entry in enumerate(manifest["entries"]):
+        if not isinstance(entry, dict) or entry.get("kind") not in ("file", "sqlite") or not isinstance(
+                entry.get("path"), str) or not entry["path"]:
+            raise refuse("entry %d of %s/manifest.json is not an entry this tool writes" % (number, folder.name), None)
+        target = restore_target(entry, home, allowed_db_dirs)
+        payload = None
+        if entry["kind"] == "sqlite" or entry.get("existed", True):
+            payload = restore_payload(entry, folder)
+            if entry["kind"] == "sqlite":
+                digest = current_db_digest(payload)
+                if digest is None or digest != entry.get("digest_before"):
+                    raise refuse("the backup copy of %s does not match its manifest (the backup was changed "
+                                 "or damaged)" % entry["path"], None)
+            elif sha256_file(payload) != entry.get("sha256_before"):
+                raise refuse("the backup copy of %s does not match its manifest's SHA-256 (the backup was "
+                             "changed or damaged)" % entry["path"], None)
+        actions.append(RestoreAction(entry, target, payload))
+    return actions
+
+
+def restore_target(entry: Dict[str, Any], home: Path, allowed_db_dirs: Sequence[Path]) -> Path:
+    text = entry["path"]
+    path = Path(text)
+    if path.is_absolute() or is_windows_path(text):
+        if entry["kind"] == "sqlite" and STATE_DB_RE.match(path.name) and path.parent in allowed_db_dirs:
+            return path  # a state DB in the configured sqlite_home, outside the home
+        raise refuse("the backup names %s, an absolute path; a backup of this tool names paths inside the home"
+                     % text, None)
+    if ".." in path.parts or not is_within(Path(os.path.normpath(str(home / path))), home):
+        raise refuse("the backup names %s, which leaves CODEX_HOME" % text, None)
+    check_inside_home(home / path, home)
+    return home / path
+
+
+def restore_payload(entry: Dict[str, Any], folder: Path) -> Path:
+    text = entry.get("backup")
+    files = folder / "files"
+    if not isinstance(text, str) or not text or Path(text).is_absolute() or ".." in Path(text).parts:
+        raise refuse("the backup entry for %s names no copy inside the backup folder" % entry["path"], None)
+    payload = folder / text
+    current = payload
+    while current != folder and is_within(current, folder):
+        if current.is_symlink():
+            raise refuse("the backup copy of %s is reached through a symlink" % entry["path"], None)
+        current = current.parent
+    if not is_within(payload, files) or not payload.is_file():
+        raise refuse("the backup copy of %s is missing or not a regular file" % entry["path"], None)
+    return payload
+
+
 def restore_backup(folder: Path, home: Path) -> List[str]:
-    """Put back every file and DB of a backup. Returns the paths restored."""
+    """The engine's automatic undo: put back every file and DB of the backup it just made, with
+    the same actions `restore` plans. Returns the paths restored."""
     manifest = read_manifest(folder)
     restored, failures = [], []
-    for entry in manifest["entries"]:
-        target = _resolve_manifest_path(entry["path"], home)
+    for action in verified_restore_actions(folder, manifest, home, restore_db_dirs(home)):
         try:
-            if entry["kind"] == "sqlite":
-                if not restore_database(folder / entry["backup"], target, entry):
-                    continue
-            elif entry.get("existed", True):
-                if target.exists() and sha256_file(target) == entry.get("sha256_before"):
-                    continue
-                atomic_copy(folder / entry["backup"], target, entry.get("mode"), entry.get("mtime_ns"))
-            elif target.exists():
-                target.unlink()
-            restored.append(entry["path"])
+            if not action.needed():
+                continue
+            action.apply()
+            restored.append(action.entry["path"])
         except (OSError, sqlite3.Error) as exc:
             # Keep going: every other file put back is one less file left changed.
-            failures.append("%s: %s" % (entry["path"], short(str(exc), 120)))
+            failures.append("%s: %s" % (action.entry["path"], short(str(exc), 120)))
     if failures:
         raise ApplyError("could not put back %s" % "; ".join(failures))
     return restored
 
 
+def restore_db_dirs(home: Path, config: Optional[Config] = None) -> List[Path]:
+    """Folders outside the home a backup may name a DB in: the sqlite_home settings in force."""
+    config = config if config is not None else load_config(home, None)
+    return [folder for folder, origin in sqlite_home_dirs(home, config, dict(os.environ))
+            if origin in ("config sqlite_home", "CODEX_SQLITE_HOME")]
+
+
 def restore_database(backup: Path, target: Path, entry: Dict[str, Any]) -> bool:
     """Put a DB back through SQLite (WAL-safe). A DB whose content is what it was before the
     run is left alone; a DB another process holds is reported after a bounded wait."""
-    if target.exists():
-        try:
-            conn = open_db_readonly(target)
-            try:
-                if db_digest(conn) == entry.get("digest_before"):
-                    return False
-            finally:
-                conn.close()
-        except sqlite3.Error:
-            pass
+    if target.exists() and current_db_digest(target) == entry.get("digest_before"):
+        return False
     dest = sqlite3.connect(str(target), timeout=10.0, isolation_level=None)
     source = sqlite3.connect(str(backup))
     try:
@@ -3914,40 +4366,77 @@ def restore_database(backup: Path, target: Path, entry: Dict[str, Any]) -> bool:
 
 
 def read_manifest(folder: Path) -> Dict[str, Any]:
+    path = folder / "manifest.json"
+    if not path.is_file():
+        raise UsageError("%s is not a backup made by this tool (no manifest.json)" % folder)
     try:
-        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        manifest = json.loads(read_small_file(path, MAX_MANIFEST_BYTES).decode("utf-8"))
     except (OSError, ValueError) as exc:
-        raise UsageError("%s is not a backup made by this tool (%s)" % (folder, short(str(exc), 100))) from None
+        raise refuse("%s/manifest.json does not verify (%s)" % (folder.name, short(str(exc), 100)), None) from None
     if not isinstance(manifest, dict) or manifest.get("tool") != TOOL_NAME or not isinstance(manifest.get("entries"), list):
-        raise UsageError("%s is not a backup made by this tool" % folder)
+        raise refuse("%s/manifest.json does not verify: it is not a manifest of this tool" % folder.name, None)
     return manifest
 
 
+MAX_MANIFEST_BYTES = 256 * 1024 * 1024
+JOURNAL_NAME = "journal.jsonl"
+
+
+def read_journal(folder: Path) -> Dict[str, set]:
+    """path -> every state a run said (before writing it) it would leave that path in."""
+    intents: Dict[str, set] = {}
+    try:
+        with open_regular(folder / JOURNAL_NAME) as handle:
+            for raw in iter(lambda: handle.readline(MAX_LINE_BYTES), b""):
+                try:
+                    record = json.loads(raw.decode("utf-8"))
+                except (UnicodeDecodeError, ValueError):
+                    continue  # a torn last line: its write never began
+                if isinstance(record, dict) and isinstance(record.get("path"), str):
+                    state = record.get("sha256_after", record.get("digest_after"))
+                    intents.setdefault(record["path"], set()).add(state)
+    except OSError:
+        pass
+    return intents
+
+
+class Journal:
+    """Before each write the engine appends (and syncs) the state it is about to leave the path
+    in. After a kill, restore tells the dead run's own writes (before, or one of these) from
+    changes something else made, which need --discard-changes."""
+
+    def __init__(self, folder: Path, home: Path) -> None:
+        self.path, self.home = folder / JOURNAL_NAME, home
+
+    def intend(self, path: Path, **state: Any) -> None:
+        record = dict(path=_manifest_path(path, self.home), **state)
+        with open(str(self.path), "ab") as handle:
+            handle.write(json.dumps(record, sort_keys=True).encode("utf-8") + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
 def changed_since_backup(folder: Path, home: Path) -> List[str]:
-    """Files and DB rows that differ from what the backed-up run left behind (for a run that was
-    interrupted, from what it found: its "after" was never recorded)."""
+    """Files and DBs that differ from what the backed-up run left behind. For a run that was
+    interrupted ("after" never recorded) a path is unchanged in its state before the run or in
+    a state the run's journal says it was writing."""
     manifest = read_manifest(folder)
-    state = "after" if manifest.get("complete") else "before"
+    intents = read_journal(folder) if not manifest.get("complete") else {}
     changed = []
+    state = "after" if manifest.get("complete") else "before"
     for entry in manifest["entries"]:
         target = _resolve_manifest_path(entry["path"], home)
         if entry["kind"] == "sqlite":
-            expected = entry.get("digest_" + state)
-            try:
-                conn = open_db_readonly(target)
-                try:
-                    now = db_digest(conn)
-                finally:
-                    conn.close()
-            except sqlite3.Error:
-                now = None
-            if now != expected:
-                changed.append(entry["path"])
+            expected = {entry.get("digest_" + state)} | intents.get(entry["path"], set())
+            now = current_db_digest(target)
         else:
-            expected = entry.get("sha256_" + state)
-            now = sha256_file(target) if target.exists() else None
-            if now != expected:
-                changed.append(entry["path"])
+            expected = {entry.get("sha256_" + state)} | intents.get(entry["path"], set())
+            try:
+                now = sha256_file(target) if target.exists() else None
+            except OSError:
+                now = "unreadable"
+        if now not in expected:
+            changed.append(entry["path"])
     return changed
 
 
@@ -3986,19 +4475,23 @@ def apply_plan(inv: Inventory, plan: Plan, args: argparse.Namespace, argv: Seque
     preflight(inv, plan, args.force)
     with ToolLock(inv.home):
         remove_stale_temp_files(inv.temp_files)
+        remove_partial_backups(inv.home)
         folder, manifest = make_backup_or_fail(lambda: backup_plan(inv, plan, argv))
         _fault_point("after_backup")
         result: Dict[str, Any] = {"backup_dir": str(folder), "skipped": []}
         connections = lock_databases(plan.touched_dbs(), folder)
+        journal = Journal(folder, inv.home)
         try:
             busy = open_elsewhere(inv.home)
-            skipped_threads = write_rollouts(plan, result, busy)
-            write_sql(plan, skipped_threads, connections)
+            skipped_threads = write_rollouts(plan, result, busy, inv.home, journal)
+            write_sql(plan, skipped_threads, connections, journal)
+            write_restores(plan, journal)
             for write in plan.file_writes:
                 _fault_point("before_file_write")
                 mode = write.path.stat().st_mode & 0o7777 if write.path.exists() else 0o600
+                journal.intend(write.path, sha256_after=hashlib.sha256(write.data).hexdigest())
                 atomic_write(write.path, write.data, mode)
-            move_into_backup(plan.moves, folder, manifest, inv.home)
+            move_into_backup(plan.moves, folder, manifest, inv.home, journal)
         except Exception as exc:  # noqa: BLE001 - any failure after writing began must restore
             close_all(connections)
             try:
@@ -4033,12 +4526,33 @@ def lock_databases(dbs: List[Path], backup_folder: Path) -> Dict[Path, sqlite3.C
             connections[db] = conn
             conn.execute("PRAGMA busy_timeout = 5000")
             conn.execute("BEGIN IMMEDIATE")
+            # SQLite opens a DB it cannot write read-only without a word, and BEGIN IMMEDIATE
+            # succeeds on it: rewriting the header with its own value proves the write.
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            conn.execute("PRAGMA user_version = %d" % int(version))
         except sqlite3.Error as exc:
             close_all(connections)
             shutil.rmtree(str(backup_folder), ignore_errors=True)
-            raise refuse("%s cannot be written now (%s); quit whatever holds it, or fix its permissions" % (
-                db.name, short(str(exc), 120)), None) from None
+            raise refuse("%s cannot be written now (%s): %s" % (
+                db_label(db), short(str(exc), 120), lock_failure_advice(str(exc))), None) from None
     return connections
+
+
+def lock_failure_advice(error: str) -> str:
+    text = error.lower()
+    if "full" in text:
+        return "the disk is full; free some space"
+    if "readonly" in text or "read-only" in text:
+        return "it is read-only (its permissions, or a read-only disk)"
+    if "locked" in text or "busy" in text:
+        return "another process holds it; quit Codex and try again"
+    return "quit whatever holds it, and check the disk and the file's permissions"
+
+
+def db_label(db: Path) -> str:
+    """A DB by its name, and by what it is when it is a symlink (the link is not the file)."""
+    real = os.path.realpath(str(db))
+    return db.name if real == str(db) or not os.path.islink(str(db)) else "%s (a link to %s)" % (db.name, real)
 
 
 def close_all(connections: Dict[Path, sqlite3.Connection]) -> None:
@@ -4066,13 +4580,13 @@ def open_elsewhere(home: Path) -> Dict[str, List[str]]:
 TEMP_MARKER = ".csr-tmp-"
 
 
-def find_temp_files(home: Path) -> List[Path]:
-    """Temp copies this tool leaves beside a file it replaces, found in the home's root and
-    among the rollouts (the only places it writes)."""
-    found = [home / n for n in sorted(os.listdir(str(home))) if TEMP_MARKER in n]
-    for _ in iter_rollout_files(home, found):
-        pass
-    return found
+def remove_partial_backups(home: Path) -> None:
+    """Backup folders with no manifest: the manifest is written before the first write to the
+    home, so such a folder belongs to a run killed before it changed anything. Under the tool
+    lock no other run is filling one."""
+    for backup in list_backups(home):
+        if backup["partial"]:
+            shutil.rmtree(backup["path"], ignore_errors=True)
 
 
 def remove_stale_temp_files(paths: List[Path]) -> None:
@@ -4085,7 +4599,17 @@ def remove_stale_temp_files(paths: List[Path]) -> None:
             pass
 
 
-def move_into_backup(moves: List[Path], folder: Path, manifest: Dict[str, Any], home: Path) -> None:
+def write_restores(plan: Plan, journal: "Journal") -> None:
+    """Each entry of a verified backup put back, then read again to prove it."""
+    for action in plan.restores:
+        _fault_point("before_file_write")
+        journal.intend(action.target, **{k: v for k, v in action.intent().items() if k != "path"})
+        action.apply()
+        action.verify()
+
+
+def move_into_backup(moves: List[Path], folder: Path, manifest: Dict[str, Any], home: Path,
+                     journal: Optional["Journal"] = None) -> None:
     """Move each file over its own byte copy in the backup: the original file lives on there."""
     entries = {e["path"]: e for e in manifest["entries"]}
     for path in moves:
@@ -4093,10 +4617,13 @@ def move_into_backup(moves: List[Path], folder: Path, manifest: Dict[str, Any], 
         entry = entries[_manifest_path(path, home)]
         if sha256_file(path) != entry["sha256_before"]:
             raise ApplyError("%s changed while it was being backed up" % display_path(path, home))
+        if journal is not None:
+            journal.intend(path, sha256_after=None)
         os.replace(str(path), str(folder / entry["backup"]))
 
 
-def write_rollouts(plan: Plan, result: Dict[str, Any], busy: Dict[str, List[str]]) -> set:
+def write_rollouts(plan: Plan, result: Dict[str, Any], busy: Dict[str, List[str]], home: Path,
+                   journal: Optional["Journal"] = None) -> set:
     skipped = set()
     for edit in plan.rollout_edits:
         holders = busy.get(os.path.realpath(str(edit.target)))
@@ -4106,61 +4633,266 @@ def write_rollouts(plan: Plan, result: Dict[str, Any], busy: Dict[str, List[str]
                                       "session); it was left as it is" % ", ".join(holders)})
             continue
         _fault_point("before_rollout_replace")
-        replaced = rewrite_rollout(edit, result)
+        try:
+            with thread_writer_lock(home, edit.thread_id):
+                replaced = rewrite_rollout(edit, result, journal)
+        except WriterLockHeld as held:
+            replaced, edit.skip_reason = False, str(held)
         _fault_point("after_rollout_replace")
         if not replaced:
             skipped.add(edit.thread_id)
-            result["skipped"].append({"thread_id": edit.thread_id, "reason": "the rollout changed after it was "
-                                      "read (a live session?); it was left as it is"})
+            result["skipped"].append({"thread_id": edit.thread_id, "reason": edit.skip_reason or "the rollout "
+                                      "changed after it was read (a live session?); it was left as it is"})
     return skipped
 
 
-def rewrite_rollout(edit: RolloutEdit, result: Optional[Dict[str, Any]] = None) -> bool:
+# ---------------------------------------------------------------------------------------------
+# Live writers. A session may open a rollout at any moment, also after the run's first check.
+# The guarantee "no appended line is lost" holds for the whole replace window: Codex's own
+# per-thread writer lock is taken where the release has one; on Linux a read lease makes the
+# kernel hold off (and report) any process opening the file for writing; right before the
+# replace the file's identity and its holders are checked again; and right after it, a process
+# found holding the old file gets it back (from a hard link kept for that instant).
+# ---------------------------------------------------------------------------------------------
+
+WRITER_LOCKS_DIR = "thread-writer-locks"
+
+
+class WriterLockHeld(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def thread_writer_lock(home: Path, thread_id: str) -> Iterator[None]:
+    """CODEX-COMPAT 0.169.0 and 0.171.0: a loaded thread is held with an exclusive flock on
+    thread-writer-locks/<thread id>.lock (measured with /proc/locks; the file stays after the
+    thread closes). Taking it makes a resuming Codex wait until the rollout is replaced; a
+    thread whose lock is held is loaded right now and is left alone."""
+    folder = home / WRITER_LOCKS_DIR
+    if os.name != "posix" or folder.is_symlink() or not folder.is_dir():
+        yield
+        return
+    import fcntl
+    path = folder / ("%s.lock" % thread_id)
+    if not os.path.lexists(str(path)):
+        # Never created here (the home stays as it was): a Codex that creates it now and opens
+        # the rollout is seen by the lease and the holder checks instead.
+        yield
+        return
+    try:
+        fd = os.open(str(path), os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise WriterLockHeld("its Codex writer lock cannot be opened (%s); it was left as it is"
+                             % (exc.strerror or exc)) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise WriterLockHeld("a Codex process holds the thread's writer lock (%s/%s.lock): it is loaded "
+                                 "right now; it was left as it is" % (WRITER_LOCKS_DIR, thread_id)) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+F_SETLEASE, F_GETLEASE = 1024, 1025  # Linux fcntl commands (fcntl.F_SETLEASE on 3.9+ builds that have it)
+
+
+def take_read_lease(fd: int) -> Optional[bool]:
+    """A Linux read lease on the open rollout: granted only while no process has the file open
+    for writing (False: one has); while held, a process opening it for writing waits and the
+    break shows in lease_broken(). None where leases are not available (other systems, some
+    file systems, files of another owner): the /proc scan alone then guards the window."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import errno
+    import fcntl
+    import signal
+    try:
+        # The break is read with F_GETLEASE; the signal that announces it must not end the run.
+        signal.signal(signal.SIGIO, signal.SIG_IGN)
+    except (ValueError, AttributeError, OSError):  # not the main thread: no lease, the scan guards
+        return None
+    try:
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETLEASE", F_SETLEASE), fcntl.F_RDLCK)
+        return True
+    except OSError as exc:
+        return False if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EBUSY) else None
+
+
+def lease_broken(fd: int) -> bool:
+    import fcntl
+    try:
+        return fcntl.fcntl(fd, getattr(fcntl, "F_GETLEASE", F_GETLEASE)) != fcntl.F_RDLCK
+    except OSError:
+        return True
+
+
+def drop_lease(fd: int) -> None:
+    import fcntl
+    try:
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETLEASE", F_SETLEASE), fcntl.F_UNLCK)
+    except OSError:
+        pass
+
+
+def holders_of(path: Path, identity: Tuple[int, int]) -> List[str]:
+    """Other processes that have this very file (device, inode) open, found through /proc (an
+    fd of a file renamed over reads "<path> (deleted)", so the folder is what is matched)."""
+    if not Path("/proc/self/fd").is_dir():
+        return []
+    folder = os.path.realpath(str(path.parent)) + os.sep
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            fds = os.listdir("/proc/%s/fd" % entry)
+        except OSError:
+            continue
+        for fd in fds:
+            link = "/proc/%s/fd/%s" % (entry, fd)
+            try:
+                if not os.readlink(link).startswith(folder):
+                    continue
+                stat = os.stat(link)
+            except OSError:
+                continue
+            if (stat.st_dev, stat.st_ino) == identity:
+                found.append(entry)
+                break
+    return found
+
+
+def opened_for_writing_since(edit: RolloutEdit, source: Any, lease: Optional[bool], identity: Tuple[int, int]) -> bool:
+    """With a lease the kernel reports any open for writing (no /proc scan per file needed);
+    without one, any other process holding the file counts."""
+    if lease:
+        return lease_broken(source.fileno())
+    return bool(holders_of(edit.path, identity))
+
+
+def same_file_as_planned(edit: RolloutEdit, source: Any) -> bool:
+    """The path still names the file that was read, unchanged: same inode, size and mtime."""
+    try:
+        now = edit.path.stat()
+    except OSError:
+        return False
+    opened = os.fstat(source.fileno())
+    size, mtime_ns, _digest = edit.fingerprint
+    same = (now.st_dev, now.st_ino) == (opened.st_dev, opened.st_ino)
+    if edit.identity is not None:
+        same = same and (now.st_dev, now.st_ino) == edit.identity
+    return same and (now.st_size, now.st_mtime_ns) == (size, mtime_ns) == (opened.st_size, opened.st_mtime_ns)
+
+
+class HashingWriter:
+    """A file being written, with the SHA-256 of every byte written to it."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle, self.digest = handle, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.handle.write(data)
+
+
+def rewrite_rollout(edit: RolloutEdit, result: Optional[Dict[str, Any]] = None,
+                    journal: Optional["Journal"] = None) -> bool:
     """Write the rollout anew beside it: the unchanged byte ranges copied in large chunks, the
     planned lines substituted; then replace it. Every byte read is hashed and must match the
-    plan's read, and size and mtime must not move: otherwise (a live session appended) the
-    file is left alone and False is returned. A line appended in the instant between the last
-    check and the replace lands in the old file, which is still open here: it is carried over."""
+    plan's read, and inode, size and mtime must not move, and no other process may have the
+    file open: otherwise (a live session) the file is left alone and False is returned, with
+    the reason in `edit.skip_reason`. Bytes appended to the old file in the instant around the
+    replace are carried over; a process found holding the old file gets it back."""
+    result = result if result is not None else {}
     size, mtime_ns, expected = edit.fingerprint
     stat = edit.path.stat()
     if (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns):
         return False
-    copying = edit.target != edit.path
-    if copying and not target_as_planned(edit):
-        return False
-    if copying:
-        edit.target.parent.mkdir(parents=True, exist_ok=True)  # a new date folder
-    tmp = edit.target.parent / (".%s%s%d" % (edit.target.name, TEMP_MARKER, os.getpid()))
+    if edit.target != edit.path:
+        return copy_rollout(edit, journal)
+    tmp = edit.path.parent / (".%s%s%d" % (edit.path.name, TEMP_MARKER, os.getpid()))
+    keep = edit.path.parent / (".%s%sold-%d" % (edit.path.name, TEMP_MARKER, os.getpid()))
     digest = hashlib.sha256()
     try:
-        with open(str(edit.path), "rb") as source:
-            with open(str(tmp), "wb") as out:
-                position = 0
-                for offset, length, new_raw in sorted(edit.replacements):
-                    if not copy_span(source, out, digest, offset - position):
-                        return False
-                    digest.update(source.read(length))
-                    out.write(new_raw)
-                    position = offset + length
-                if not copy_span(source, out, digest, size - position) or source.read(1):
+        with open_regular(edit.path) as source:
+            lease = take_read_lease(source.fileno())
+            try:
+                if lease is False:
+                    edit.skip_reason = "another process has the rollout open for writing (a live session); it was left as it is"
                     return False
-                out.flush()
-                os.fsync(out.fileno())
-            now = edit.path.stat()
-            if digest.hexdigest() != expected or (now.st_size, now.st_mtime_ns) != (size, mtime_ns):
-                return False
-            if copying and not target_as_planned(edit):
-                return False
-            # A copy from a read-only backup must stay appendable: Codex appends when it resumes.
-            os.chmod(str(tmp), (stat.st_mode & 0o7777) | (0o600 if copying else 0))
-            # Codex orders threads by the rollout's mtime when it re-derives a row: keep it.
-            os.utime(str(tmp), ns=(stat.st_atime_ns, mtime_ns))
-            os.replace(str(tmp), str(edit.target))
-            carry_late_tail(source, size, edit, result if result is not None else {})
+                identity = (os.fstat(source.fileno()).st_dev, os.fstat(source.fileno()).st_ino)
+                with open(str(tmp), "wb") as handle:
+                    out = HashingWriter(handle)
+                    position = 0
+                    for offset, length, new_raw in sorted(edit.replacements):
+                        if not copy_span(source, out, digest, offset - position):
+                            return False
+                        digest.update(source.read(length))
+                        out.write(new_raw)
+                        position = offset + length
+                    if not copy_span(source, out, digest, size - position) or source.read(1):
+                        return False
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                    written = handle.tell()
+                os.chmod(str(tmp), stat.st_mode & 0o7777)
+                # Codex orders threads by the rollout's mtime when it re-derives a row: keep it.
+                os.utime(str(tmp), ns=(stat.st_atime_ns, mtime_ns))
+                if digest.hexdigest() != expected or not same_file_as_planned(edit, source):
+                    return False
+                if opened_for_writing_since(edit, source, lease, identity):
+                    edit.skip_reason = ("a process opened the rollout while it was being rewritten (a live "
+                                        "session); it was left as it is")
+                    return False
+                kept = link_quietly(edit.path, keep)
+                if journal is not None:
+                    journal.intend(edit.path, sha256_after=out.digest.hexdigest())
+                os.replace(str(tmp), str(edit.path))
+                late = opened_for_writing_since(edit, source, lease, identity)
+                if late and kept:
+                    give_back_old_file(edit, keep, written, result)
+                    return False
+                carry_late_tail(source, size, edit, result)
+            finally:
+                if lease:
+                    drop_lease(source.fileno())
         return True
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        for leftover in (tmp, keep):
+            if leftover.exists():
+                leftover.unlink()
+
+
+def link_quietly(path: Path, link: Path) -> bool:
+    """A second name for the file about to be replaced, so it can be put back; False where the
+    file system has no hard links (the carry-over of late bytes still applies)."""
+    try:
+        if link.exists():
+            link.unlink()
+        os.link(str(path), str(link))
+        return True
+    except (OSError, NotImplementedError, AttributeError):
+        return False
+
+
+def give_back_old_file(edit: RolloutEdit, keep: Path, written: int, result: Dict[str, Any]) -> None:
+    """A process opened the old file around the replace and writes into it: put it back under
+    its name (every byte it wrote is in it), and carry over anything appended to the new file
+    in the meantime by a writer that opened the path after the replace."""
+    with open(str(edit.path), "rb") as new_file:
+        os.replace(str(keep), str(edit.path))
+        new_file.seek(written)
+        extra = new_file.read()
+    if extra:
+        with open(str(edit.path), "ab") as out:
+            out.write(extra)
+            out.flush()
+            os.fsync(out.fileno())
+    edit.skip_reason = ("a process opened the rollout during the replace (a live session); the original file "
+                        "was put back with every line written to it")
+    result.setdefault("given_back", []).append({"thread_id": edit.thread_id, "bytes_carried": len(extra)})
 
 
 def target_as_planned(edit: RolloutEdit) -> bool:
@@ -4184,6 +4916,48 @@ def carry_late_tail(source: Any, size: int, edit: RolloutEdit, result: Dict[str,
     result.setdefault("carried_over", []).append({"thread_id": edit.thread_id, "bytes": grown - size})
 
 
+def copy_rollout(edit: RolloutEdit, journal: Optional["Journal"] = None) -> bool:
+    """import: another home's rollout written, with its planned line edits, to its place in this
+    home. The source is only read (no lease, no link, nothing written beside it); the copy must
+    hold exactly the bytes planned, and the target must still be as it was when planned
+    (absent, or this home's shorter copy, unchanged)."""
+    size, mtime_ns, expected = edit.fingerprint
+    stat = edit.path.stat()
+    if (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns) or not target_as_planned(edit):
+        return False
+    edit.target.parent.mkdir(parents=True, exist_ok=True)  # a new date folder
+    tmp = edit.target.parent / (".%s%s%d" % (edit.target.name, TEMP_MARKER, os.getpid()))
+    digest = hashlib.sha256()
+    try:
+        with open_regular(edit.path) as source:
+            with open(str(tmp), "wb") as handle:
+                out = HashingWriter(handle)
+                position = 0
+                for offset, length, new_raw in sorted(edit.replacements):
+                    if not copy_span(source, out, digest, offset - position):
+                        return False
+                    digest.update(source.read(length))
+                    out.write(new_raw)
+                    position = offset + length
+                if not copy_span(source, out, digest, size - position) or source.read(1):
+                    return False
+                handle.flush()
+                os.fsync(handle.fileno())
+        # A copy from a read-only backup must stay appendable: Codex appends when it resumes.
+        os.chmod(str(tmp), (stat.st_mode & 0o7777) | 0o600)
+        # Codex orders threads by the rollout's mtime when it re-derives a row: keep it.
+        os.utime(str(tmp), ns=(stat.st_atime_ns, mtime_ns))
+        if digest.hexdigest() != expected or not target_as_planned(edit):
+            return False
+        if journal is not None:
+            journal.intend(edit.target, sha256_after=out.digest.hexdigest())
+        os.replace(str(tmp), str(edit.target))
+        return True
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def copy_span(source: Any, out: Any, digest: Any, count: int) -> bool:
     while count > 0:
         chunk = source.read(min(READ_CHUNK, count))
@@ -4195,7 +4969,8 @@ def copy_span(source: Any, out: Any, digest: Any, count: int) -> bool:
     return True
 
 
-def write_sql(plan: Plan, skipped_threads: set, connections: Dict[Path, sqlite3.Connection]) -> None:
+def write_sql(plan: Plan, skipped_threads: set, connections: Dict[Path, sqlite3.Connection],
+              journal: Optional["Journal"] = None) -> None:
     """One transaction per DB, on the connection that has held its write lock since before the
     first rollout was rewritten; verified by re-reading after the commit."""
     by_db: Dict[Path, List[SqlChange]] = {}
@@ -4209,6 +4984,12 @@ def write_sql(plan: Plan, skipped_threads: set, connections: Dict[Path, sqlite3.
             sql, params = change.statement()
             if conn.execute(sql, params).rowcount != 1:
                 raise ApplyError("%s: expected to change one row of %s for %s" % (db.name, change.table, change.key))
+        if not changes:
+            conn.execute("ROLLBACK")  # locked only to prove it could be written: leave its bytes alone
+            continue
+        if journal is not None:
+            # Inside the transaction the connection sees the content the commit will leave.
+            journal.intend(db, digest_after=db_digest(conn))
         conn.execute("COMMIT")
         _fault_point("after_commit")
         verify_sql(conn, changes)
@@ -4254,13 +5035,21 @@ def list_backups(home: Path) -> List[Dict[str, Any]]:
         for folder in sorted(root.iterdir()):
             if not folder.is_dir():
                 continue
+            if folder.is_symlink():
+                continue
             try:
                 manifest = read_manifest(folder)
-            except UsageError:
+            except ToolError:
+                # No manifest: a run killed while backing up, before it wrote anything (removed
+                # by the next apply). A manifest that does not verify is listed, never removed.
+                partial = not os.path.lexists(str(folder / "manifest.json"))
+                found.append({"path": str(folder), "name": folder.name, "command": None, "created_at": None,
+                              "complete": False, "partial": partial, "unverifiable": not partial, "files": 0,
+                              "_order": (int(folder.stat().st_mtime * 1e9), folder.name)})
                 continue
             found.append({"path": str(folder), "name": folder.name, "command": manifest.get("command"),
                           "created_at": manifest.get("created_at"), "complete": manifest.get("complete"),
-                          "files": len(manifest["entries"]),
+                          "partial": False, "unverifiable": False, "files": len(manifest["entries"]),
                           "_order": (manifest.get("created_ns") or int(folder.stat().st_mtime * 1e9), folder.name)})
     found.sort(key=lambda b: b.pop("_order"))
     return found
@@ -4328,7 +5117,7 @@ def render_diagnose_text(doc: Dict[str, Any], verbose: bool) -> str:
     origin = doc["codex_home_origin"]
     lines.append("Home:      %s (%s)" % (doc["codex_home"], "the default, ~/.codex" if origin == "default" else "from " + origin))
     lines.append("Safety:    %s" % doc["safety"])
-    lines.append("Provider:  %s (%s)%s" % (cfg["active_provider"], cfg["provider_source"],
+    lines.append("Provider:  %s (%s)%s" % (cfg["active_provider"] or "unknown", cfg["provider_source"],
                                                  "; profile %s" % cfg["profile"] if cfg["profile"] else ""))
     if db["live"]:
         live = db["live"]
@@ -4511,6 +5300,7 @@ REASON_FIXES: Dict[str, str] = {
     "attachment_only_prompt": "0.120-era Codex: repair-user-events; newer Codex: pin the thread, or open it by id "
                               "(`codex resume ID`) and send one message",
     "rollout_missing": "nothing to recover locally; reindex --prune-missing removes the row",
+    "rollout_inaccessible": "fix the permissions of the rollout's folder (or the disk); the row is never pruned",
     "rollout_path_stale": "reindex",
     "no_db_row": "reindex",
     "archive_flag_mismatch": "reindex",
@@ -4547,7 +5337,7 @@ def scan_rollout_layers(path: Path, thread_id: str) -> Dict[str, Any]:
     scan the repairs use."""
     metas, settings = [], []
     probe = RolloutEdit(path, thread_id)
-    with open(str(path), "rb") as handle:
+    with open_regular(path) as handle:
         for line_no, _offset, raw in iter_marked_lines(handle, PROVIDER_LINE_MARKERS, hashlib.sha256(), probe):
             record = parse_rollout_line(raw, line_no, [])
             payload = record.get("payload") if record else None
@@ -4585,7 +5375,9 @@ def projection_layer(inv: Inventory, view: ThreadView) -> Optional[Dict[str, Any
     next_offset = state[0] if state else None
     return {"db": display_path(db_path, inv.home), "turns": turns[0], "first_offset": turns[1],
             "last_end_offset": turns[2], "next_rollout_byte_offset": next_offset, "rollout_size": size,
-            "offsets_within_file": None if size is None or next_offset is None else next_offset <= size}
+            "offsets_within_file": None if size is None or next_offset is None else next_offset <= size,
+            "offsets_on_line_starts": None if view.primary is None or turns[0] == 0 and next_offset is None
+            else view.id not in inv.misaligned_offsets}
 
 
 def filter_verdicts(inv: Inventory, view: ThreadView) -> List[Dict[str, Any]]:
@@ -4667,7 +5459,7 @@ def trace_thread(inv: Inventory, view: ThreadView, verbose: bool) -> Dict[str, A
 def read_global_state_hints(home: Path, thread_id: str) -> Dict[str, Any]:
     path = home / ".codex-global-state.json"
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        data = json.loads(read_small_file(path, MAX_STATE_BYTES).decode("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return {"present": path.exists(), "readable": False}
     if not isinstance(data, dict):
@@ -4831,11 +5623,21 @@ def choose_backup(home: Path, args: argparse.Namespace) -> Path:
         folder = folder if folder.is_absolute() or folder.exists() else home / BACKUP_DIR_NAME / args.backup_dir
         return folder.resolve()
     if args.latest:
-        backups = [b for b in list_backups(home) if b["command"] != "restore"]
+        backups = [b for b in list_backups(home) if b["command"] not in ("restore", None)]
         if not backups:
             raise UsageError("no backups under %s" % (home / BACKUP_DIR_NAME))
         return Path(backups[-1]["path"])
     raise UsageError("name a backup folder, or use --latest or --list")
+
+
+def plan_restore(inv: Inventory, folder: Path, manifest: Dict[str, Any]) -> Plan:
+    """A restore is a plan like any repair's: the verified entries that differ from the home,
+    applied by apply_plan (preflight, lock, undo backup, journal, verify)."""
+    plan = Plan("restore")
+    actions = verified_restore_actions(folder, manifest, inv.home, restore_db_dirs(inv.home, inv.config))
+    plan.restores = [a for a in actions if a.needed()]
+    plan.notes["from"] = str(folder)
+    return plan
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
@@ -4847,44 +5649,32 @@ def cmd_restore(args: argparse.Namespace) -> int:
             emit_json(doc)
         else:
             width = max([len(b["name"]) for b in backups] + [0])
-            print("\n".join("%-*s  %-18s %3d file(s)%s" % (width, b["name"], b["command"], b["files"],
-                                                         "" if b["complete"] else "  (incomplete run)")
+            print("\n".join("%-*s  %-18s %3d file(s)%s" % (width, b["name"], b["command"] or "-", b["files"],
+                                                         "  (partial: no manifest; removed by the next --apply)"
+                                                         if b["partial"] else "  (manifest does not verify)"
+                                                         if b["unverifiable"] else "" if b["complete"]
+                                                         else "  (incomplete run)")
                             for b in backups) or "No backups under %s" % (home / BACKUP_DIR_NAME))
         return EXIT_OK
     folder = choose_backup(home, args)
     if not is_within(folder, (home / BACKUP_DIR_NAME).resolve()):
         raise refuse("%s is not a backup folder of this home" % folder, None)
     manifest = read_manifest(folder)
+    inv = build_inventory(args)
+    plan = plan_restore(inv, folder, manifest)
     changed = changed_since_backup(folder, home)
     entries = [e["path"] for e in manifest["entries"]]
     result: Dict[str, Any] = {"backup_dir": str(folder), "files": entries, "changed_since_run": changed}
     if args.apply:
-        if changed and not args.force:
+        if changed and not args.discard_changes:
             raise refuse("%d file(s) changed after that run (%s); restoring puts each back whole and would "
                          "discard those changes (Codex itself updates the DB when it lists threads)"
-                         % (len(changed), ", ".join(changed[:3])), "--force")
-        users = codex_users(home, [_resolve_manifest_path(e["path"], home) for e in manifest["entries"]
-                                   if e["kind"] == "sqlite"])
-        if users and not args.force:
-            raise refuse("Codex is using this home (%s)" % "; ".join(users[:3]), "--force")
-        with ToolLock(home):
-            remove_stale_temp_files(find_temp_files(home))
-            dbs = {_resolve_manifest_path(e["path"], home): e.get("rows") or {} for e in manifest["entries"]
-                   if e["kind"] == "sqlite"}
-            files = [_resolve_manifest_path(e["path"], home) for e in manifest["entries"] if e["kind"] == "file"]
-            undo, undo_manifest = make_backup_or_fail(lambda: make_backup(
-                home, "restore", dbs, files, [{"kind": "restore", "from": str(folder)}], args.argv))
-            try:
-                restore_backup(folder, home)
-            except Exception as exc:  # noqa: BLE001
-                try:
-                    restore_backup(undo, home)
-                    again = "the state before the restore was put back from %s" % undo
-                except Exception as worse:  # noqa: BLE001
-                    again = "putting back the state before the restore FAILED (%s); see %s" % (worse, undo)
-                raise ApplyError("restore failed: %s; %s" % (short(str(exc), 200), again)) from None
-            finish_manifest(undo, undo_manifest, home)
-            result["undo_backup_dir"] = str(undo)
+                         % (len(changed), ", ".join(changed[:3])), "--discard-changes")
+        if plan.change_count:
+            applied = apply_plan(inv, plan, args, args.argv)
+            result["undo_backup_dir"] = applied["backup_dir"]
+        else:
+            result["undo_backup_dir"] = None
     code = EXIT_OK if args.apply else EXIT_FINDINGS
     doc = envelope("restore", home, code, applied=bool(args.apply), **result)
     if args.json:
@@ -4894,11 +5684,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
         print("%s %d file(s) from %s" % (verb, len(entries), folder))
         for path in entries:
             print("  %s%s" % (path, "  (changed since that run)" if path in changed else ""))
-        if args.apply:
+        if args.apply and result["undo_backup_dir"]:
             print("The state just before this restore is saved in %s" % result["undo_backup_dir"])
+        elif args.apply:
+            print("Nothing to put back: the home already holds what the backup holds.")
         else:
             print("Nothing was written. Re-run with --apply to restore%s." % (
-                " (--force too: files changed since that run)" if changed else ""))
+                " (--discard-changes too: files changed since that run)" if changed else ""))
     return code
 
 
@@ -5086,14 +5878,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     restore = sub.add_parser(
         "restore", parents=[shared], help="put back exactly what an earlier --apply changed",
-        description="Restore the files and DB of a backup made by --apply. Refuses when they changed "
-                    "after that run, unless --force. The state just before the restore is backed up too.")
+        description="Restore the files and DB of a backup made by --apply, after verifying every copy "
+                    "against the manifest. Refuses when they changed after that run, unless --discard-changes, "
+                    "and while Codex is using the home, unless --force. The state just before the restore is "
+                    "backed up too.")
     restore.add_argument("backup_dir", nargs="?", metavar="BACKUP_DIR",
                          help="a folder under CODEX_HOME/%s (its name or path)" % BACKUP_DIR_NAME)
     restore.add_argument("--latest", action="store_true", help="the most recent backup")
     restore.add_argument("--list", action="store_true", help="list the backups and exit")
-    _write_options(restore, force_help="restore although the files changed after that run, or Codex is using "
-                   "the home; never implies --apply")
+    _write_options(restore, force_help="restore although Codex is using the home; never implies --apply")
+    restore.add_argument("--discard-changes", action="store_true", help="restore although files changed after "
+                         "that run (those later changes are lost; the undo backup keeps them)")
     restore.set_defaults(handler=cmd_restore)
     return parser
 

@@ -7,7 +7,7 @@ After each kill:
 
 * every file of the home (recovery-backups/ and *-shm aside; state DBs compared by iterdump with
   their -wal folded in, other files by SHA-256) is exactly "before" or exactly "after" (a
-  reference home where the same command ran fully), or else `restore --latest --apply --force`
+  reference home where the same command ran fully), or else `restore --latest --apply` (no override)
   (for a killed restore: the undo backup it named) returns it to "before";
 * no conversation line is lost: every line of every original rollout is present, parsed-equal
   modulo the repaired provider fields, in the rollout the user is left with, after the kill and
@@ -72,6 +72,8 @@ class Tally:
         self.debris = 0
         self.failures: List[str] = []
         self.by_command: Dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+        self.soak: List[str] = []
+        self.random: List[str] = []
 
     def render(self) -> str:
         lines = ["", "crash-injection summary",
@@ -88,6 +90,7 @@ class Tally:
             lines.append("  %-20s %s" % (command, ", ".join("%s %d" % kv for kv in sorted(counts.items()))))
         if self.points_na:
             lines.append("  not applicable: %s" % ", ".join(self.points_na))
+        lines.extend("  " + line for line in self.soak + self.random)
         for failure in self.failures:
             lines.append("  FAILED: %s" % failure)
         return "\n".join(lines)
@@ -97,7 +100,7 @@ class Tally:
 def tally(request):
     figures = Tally()
     yield figures
-    if not figures.cases and not figures.points_na:
+    if not figures.cases and not figures.points_na and not figures.soak and not figures.random:
         return
     text = figures.render()
     capman = request.config.pluginmanager.getplugin("capturemanager")
@@ -459,10 +462,10 @@ def test_kill_at_every_write_point(command, point, references, tally, tmp_path):
             made = new_backups(root, known)
             if command.name == "restore":
                 named = [b for b in made if (b / "manifest.json").is_file()]
-                argv = ["restore", "--codex-home", str(root), str(named[-1]) if named else "--latest", "--apply",
-                        "--force"]
+                argv = ["restore", "--codex-home", str(root), str(named[-1]) if named else "--latest", "--apply"]
             else:
-                argv = ["restore", "--codex-home", str(root), "--latest", "--apply", "--force"]
+                # No override: the journal tells the dead run's own writes from anyone else's.
+                argv = ["restore", "--codex-home", str(root), "--latest", "--apply"]
             fixed = run_script(argv)
             after_restore = snapshot(root)
             more_lines, more_size, more_where = lost_lines(originals, root)
@@ -745,7 +748,7 @@ def test_kill_inside_restore(event, tmp_path, tally, references):
         if outcome == "restored":
             undo = [b for b in new_backups(root, known) if (b / "manifest.json").is_file()]
             fixed = run_script(["restore", "--codex-home", str(root), str(undo[-1]) if undo else "--latest",
-                                "--apply", "--force"])
+                                "--apply"])
             more = lost_lines(originals, root)
             lines, size, where = lines + more[0], size + more[1], where + more[2]
             if fixed.returncode != csr.EXIT_OK or snapshot(root) != before:
@@ -771,5 +774,248 @@ def test_no_temp_file_survives_a_kill_and_a_restore(tmp_path):
     known = {p.name for p in new_backups(root, set())}
     assert _audit_run("os.rename", 2, command.args(root)).returncode == KILLED
     undo = [b for b in new_backups(root, known) if (b / "manifest.json").is_file()]
-    assert run_script(["restore", "--codex-home", str(root), str(undo[-1]), "--apply", "--force"]).returncode == 0
+    assert run_script(["restore", "--codex-home", str(root), str(undo[-1]), "--apply"]).returncode == 0
     assert temp_debris(root) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Soak: writers appending to 10 rollouts, opening before, during and after the backup
+# ---------------------------------------------------------------------------------------------
+
+SOAK_WRITERS = r"""
+import json, os, sys, threading, time
+backups, stop, specs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+counts = {}
+
+def started(trigger, path):
+    if trigger == "before":
+        return True
+    if trigger == "copy-begun":  # the tool is writing this rollout's new copy: the replace is near
+        folder, name = os.path.split(path)
+        return any(n.startswith("." + name + ".csr-tmp-") for n in os.listdir(folder))
+    folders = [os.path.join(backups, n) for n in os.listdir(backups)] if os.path.isdir(backups) else []
+    folders = [f for f in folders if os.path.isdir(f)]
+    if trigger == "backup-begun":
+        return bool(folders)
+    return any(os.path.exists(os.path.join(f, "manifest.json")) for f in folders)  # backup made
+
+def line(n):
+    return (json.dumps({"timestamp": "2026-09-21T00:00:00.000Z", "type": "event_msg",
+                        "payload": {"type": "agent_message", "message": "soak %d" % n}},
+                       separators=(",", ":")) + "\n").encode()
+
+def writer(spec):
+    path, trigger, mode = spec["path"], spec["trigger"], spec["mode"]
+    while not started(trigger, path) and not os.path.exists(stop):
+        time.sleep(0.0002)
+    n, handle = 0, (open(path, "ab") if mode == "held" else None)
+    if handle is not None and trigger == "copy-begun":
+        # A resumed session opens its rollout at once and writes when its turn produces output.
+        time.sleep(0.15)
+    while not os.path.exists(stop):
+        if handle is None:
+            with open(path, "ab") as h:
+                h.write(line(n))
+        else:
+            handle.write(line(n))
+            handle.flush()
+        n += 1
+        time.sleep(0.003)
+    counts[path] = n
+
+threads = [threading.Thread(target=writer, args=(s,)) for s in specs]
+for t in threads:
+    t.start()
+open(stop + ".ready", "w").close()
+for t in threads:
+    t.join()
+print(json.dumps(counts), flush=True)
+"""
+
+
+def _soak_lines(data: bytes) -> List[int]:
+    return [int(json.loads(raw)["payload"]["message"].split()[1]) for raw in data.splitlines() if b'"soak ' in raw]
+
+
+def test_soak_writers_opening_before_during_and_after_the_backup(tmp_path, tally):
+    """Ten rollouts, each with a writer appending a line every 3 ms for the whole run (held
+    open, or reopened per line), started before the run, when its backup folder appears, and
+    once the backup is made; 30 other threads give the run length. Every appended line and
+    every original line is in the rollout afterwards, in order; each written rollout was
+    repaired or reported as skipped."""
+    root = tmp_path / "home"
+    home = HomeBuilder(root, "0.169.0").provider_config("proxy")
+    threads = [home.thread(provider="openai", turns=3) for _ in range(40)]
+    targets = threads[::4][:10]
+    # Big enough (~4 MB) that writing the new copy takes a while: a writer can open in between.
+    bulk = [{"timestamp": "2026-09-21T00:00:00.000Z", "type": "response_item",
+             "payload": {"type": "message", "role": "assistant", "content": [{"type": "output_text",
+                                                                              "text": "y" * 4000}]}}]
+    for thread in targets:
+        with open(str(thread.path), "ab") as handle:
+            handle.write((json.dumps(bulk[0], separators=(",", ":")) + "\n").encode() * 1000)
+    kinds = [("before", "reopened"), ("backup-begun", "held"), ("backup-made", "reopened"), ("copy-begun", "held"),
+             ("copy-begun", "reopened")]
+    specs = [{"path": str(t.path), "trigger": kinds[n % 5][0], "mode": kinds[n % 5][1]} for n, t in enumerate(targets)]
+    originals = rollout_files(root)
+    stop = tmp_path / "stop"
+    writers = subprocess.Popen([sys.executable, "-c", SOAK_WRITERS, str(root / csr.BACKUP_DIR_NAME), str(stop),
+                                json.dumps(specs)], stdout=subprocess.PIPE)
+    try:
+        deadline = time.time() + 30
+        while not Path(str(stop) + ".ready").exists() and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        done = run_script(["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply", "--force",
+                           "--json"], timeout=180)
+        time.sleep(0.1)
+    finally:
+        stop.touch()
+        counts = json.loads(writers.communicate(timeout=60)[0] or b"{}")
+    err = done.stderr.decode()
+    assert "Traceback" not in err and done.returncode == csr.EXIT_OK, err[-2000:]
+    doc = json.loads(done.stdout)
+    skipped = {s["thread_id"] for s in doc["skipped"]}
+    written = lost = 0
+    for thread, spec in zip(targets, specs):
+        got = _soak_lines(thread.path.read_bytes())
+        wanted = counts.get(spec["path"], 0)
+        written += wanted
+        lost += len(set(range(wanted)) - set(got))
+        assert got == list(range(wanted)), "%s writer (%s): %d of %d lines lost or reordered" % (
+            spec["trigger"], spec["mode"], len(set(range(wanted)) - set(got)), wanted)
+        first = json.loads(thread.path.read_bytes().splitlines()[0])["payload"]["model_provider"]
+        assert first == "proxy" or thread.id in skipped
+    lines, size, where = lost_lines(originals, root)
+    tally.soak.append("soak: %d writers, %d lines appended during the run, %d lost; %d of 10 rollouts "
+                      "skipped as live; %d original lines lost" % (len(specs), written, lost,
+                                                                  len(skipped & {t.id for t in targets}), lines))
+    assert (lines, size) == (0, 0), where
+    others = [t for t in threads if t not in targets]
+    assert all(json.loads(t.path.read_bytes().splitlines()[0])["payload"]["model_provider"] == "proxy"
+               for t in others)
+
+
+# ---------------------------------------------------------------------------------------------
+# Kills at random moments (not only at named points) on a home with a history DB
+# ---------------------------------------------------------------------------------------------
+
+RANDOM_KILLS = int(os.environ.get("CSR_RANDOM_KILLS", "24"))
+RANDOM_SEED = int(os.environ.get("CSR_RANDOM_SEED", "1169"))
+
+
+def build_history_home(root: Path) -> None:
+    """0.169.0 with thread_history_1.sqlite: 12 threads of 3 turns under openai, big enough
+    that a run lasts long enough to be hit anywhere."""
+    home = HomeBuilder(root, "0.169.0").provider_config("proxy")
+    filler = [{"timestamp": "2026-09-21T00:00:01.000Z", "type": "response_item",
+               "payload": {"type": "function_call_output", "call_id": "c%d" % n, "output": "z" * 20000}}
+              for n in range(20)]
+    for _ in range(12):
+        home.thread(provider="openai", turns=3, extra_lines=filler)
+    home.thread(provider="proxy")
+
+
+def off_line_starts(root: Path) -> int:
+    """Projection offsets that are not line starts of the rollout they index."""
+    paths = {Path(rel).name[-42:-6]: root / rel for rel in rollout_files(root)}  # by the uuid in the name
+    conn = sqlite3.connect(str(root / "thread_history_1.sqlite"))
+    try:
+        rows = list(conn.execute("SELECT thread_id, rollout_byte_offset FROM thread_turns UNION ALL "
+                                 "SELECT thread_id, rollout_end_byte_offset FROM thread_turns UNION ALL "
+                                 "SELECT thread_id, next_rollout_byte_offset FROM thread_history_projection_state"))
+    finally:
+        conn.close()
+    starts: Dict[str, set] = {}
+    bad = 0
+    for thread_id, offset in rows:
+        if thread_id not in starts:
+            data = paths[thread_id].read_bytes()
+            starts[thread_id] = {0} | {i + 1 for i, b in enumerate(data) if b == 0x0A}
+        bad += offset not in starts[thread_id]
+    return bad
+
+
+def test_kills_at_random_moments_with_a_history_db(tmp_path, tally):
+    """SIGKILL at a random moment of `repair-provider --apply` (seeded; the figures are printed).
+    After every kill each rollout is byte for byte its original or its repaired version. Then,
+    alternately: `restore --latest --apply` with no override returns the original bytes (DBs by
+    content); or the rerun of the same command converges (exit 0, then nothing to do) with every
+    history offset on a line start."""
+    import random
+    rng = random.Random(RANDOM_SEED)
+    reference = tmp_path / "ref" / "home"
+    build_history_home(reference)
+    originals = rollout_files(reference)
+    before = snapshot(reference)
+    argv = ["repair-provider", "--from", "openai", "--apply"]
+    # The reference run also times when the backup folder appears: kills are drawn from a
+    # little before that to the end, where the writes are (the start-up reads write nothing).
+    env = dict(os.environ)
+    env.pop(csr.FAULT_ENV, None)
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), argv[0], "--codex-home", str(reference), *argv[1:]],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    writing = None
+    while proc.poll() is None:
+        if writing is None and (reference / csr.BACKUP_DIR_NAME).exists():
+            writing = time.monotonic() - started
+        time.sleep(0.002)
+    duration = time.monotonic() - started
+    assert proc.returncode == csr.EXIT_OK, proc.stderr.read().decode()
+    writing = writing if writing is not None else duration / 2
+    repaired = rollout_files(reference)
+    after = snapshot(reference)
+    outcomes: collections.Counter = collections.Counter()
+    problems, lines_lost = [], 0
+    for n in range(RANDOM_KILLS):
+        root = tmp_path / ("kill-%d" % n) / "home"
+        build_history_home(root)
+        assert snapshot(root) == before
+        delay = rng.uniform(writing * 0.8, duration * 1.05)
+        proc = subprocess.Popen([sys.executable, str(SCRIPT), argv[0], "--codex-home", str(root), *argv[1:]],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        try:
+            proc.wait(timeout=delay)
+            outcomes["finished before the kill"] += 1
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+            outcomes["killed"] += 1
+        label = "kill %d at %.2fs" % (n, delay)
+        for rel, data in rollout_files(root).items():
+            if data not in (originals[rel], repaired[rel]):
+                problems.append("%s: %s is neither its original nor its repaired bytes" % (label, rel))
+        lines, _size, _where = lost_lines(originals, root)
+        lines_lost += lines
+        state = snapshot(root)
+        outcomes["left as before" if state == before else "left as after" if state == after else "left midway"] += 1
+        if n % 2 == 0:
+            fixed = run_script(["restore", "--codex-home", str(root), "--latest", "--apply"], timeout=120)
+            if state == before and fixed.returncode == csr.EXIT_USAGE:
+                outcomes["restore: no backup (killed before it)"] += 1
+                continue
+            if fixed.returncode != csr.EXIT_OK or snapshot(root) != before:
+                problems.append("%s: restore without an override exit %s, differs: %s; %s" % (
+                    label, fixed.returncode, describe_difference(snapshot(root), before)[:4],
+                    fixed.stderr.decode()[-300:]))
+            else:
+                outcomes["restore: original bytes, no override"] += 1
+        else:
+            rerun = run_script([argv[0], "--codex-home", str(root), *argv[1:], "--json"], timeout=120)
+            again = run_script([argv[0], "--codex-home", str(root), "--from", "openai", "--json"], timeout=120)
+            misplaced = off_line_starts(root)
+            pending = json.loads(again.stdout)["changes"] if again.stdout else None
+            if rerun.returncode != csr.EXIT_OK or pending != 0 or misplaced:
+                problems.append("%s: rerun exit %s, then %s change(s) pending, %d offset(s) off a line start; %s"
+                                % (label, rerun.returncode, pending, misplaced, rerun.stderr.decode()[-300:]))
+            elif rollout_files(root) != repaired:
+                problems.append("%s: the rerun left rollouts other than the repaired ones" % label)
+            else:
+                outcomes["rerun: converged, offsets on line starts"] += 1
+    tally.random.append("random kills (seed %d, run %.2fs, writes from %.2fs): %d tried; %s; lines lost %d; "
+                        "failures %d" % (RANDOM_SEED, duration, writing, RANDOM_KILLS, ", ".join("%s %d" % kv for kv in sorted(outcomes.items())),
+        lines_lost, len(problems)))
+    tally.failures.extend(problems)
+    assert lines_lost == 0
+    assert not problems, "\n".join(problems)

@@ -771,8 +771,8 @@ def test_unparsable_config_and_to_auto(tmp_path):
     scene = Scene(home, None)
     exercise(scene, [home.root / "config.toml", mine.path],
              ["repair-provider", "--codex-home", str(home.root), "--from", "proxy"],
-             finding="config_unparsable", dry_exit=[csr.EXIT_USAGE],  # `--to auto` needs a config
-             apply_exit=[csr.EXIT_USAGE])
+             # `--to auto` needs a config that parses: the command line is fine, the home refuses.
+             finding="config_unparsable", dry_exit=[csr.EXIT_REFUSED], apply_exit=[csr.EXIT_REFUSED])
 
 
 def test_unparsable_config_with_explicit_target(tmp_path):

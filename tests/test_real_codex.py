@@ -448,7 +448,7 @@ def test_repair_provider_end_to_end(real_home, version, src, dst):
     assert home.standin.responses_served == served + 1
 
     # The continued thread's rollout (and the DBs) changed after the run: restore says so,
-    # refuses without --force, and its refusal writes nothing.
+    # refuses without --discard-changes, and its refusal writes nothing.
     code, doc, _ = run_tool(home.home, "restore", "--latest")
     assert code == csr.EXIT_FINDINGS and doc["applied"] is False
     continued = home.rollout(moved[0]).relative_to(home.home).as_posix()
@@ -457,10 +457,10 @@ def test_repair_provider_end_to_end(real_home, version, src, dst):
     before_restore = snapshot(home.home)
     code, doc, err = run_tool(home.home, "restore", "--latest", "--apply")
     assert code == csr.EXIT_REFUSED
-    assert "changed after that run" in err and "--force" in err
+    assert "changed after that run" in err and "--discard-changes" in err
     assert changed_files(before_restore, snapshot(home.home)) == []
 
-    code, doc, _ = run_tool(home.home, "restore", "--latest", "--apply", "--force")
+    code, doc, _ = run_tool(home.home, "restore", "--latest", "--apply", "--discard-changes")
     assert code == csr.EXIT_OK, doc
     assert Path(doc["backup_dir"]) == backup
     for tid in moved:
@@ -869,6 +869,35 @@ def test_repair_provider_keeps_history_offsets_on_line_boundaries(real_home, ver
             assert [user_texts(turn) for turn in reversed(page["data"])] == [[t] for t in texts]
             assert [turn["id"] for turn in reversed(page["data"])] == \
                 [turn["id"] for turn in thread["turns"]]
+
+
+def test_offsets_left_by_a_killed_run_are_realigned_and_codex_reads_every_turn(real_home):
+    """Codex 0.169.0: a repair-provider killed right after replacing the first rollout leaves
+    that thread's thread_history_1.sqlite offsets at the old byte positions. diagnose names it
+    (history_offsets_misaligned), the rerun of the same command realigns them from each line's
+    ordinal, and the real Codex then reads every turn of every thread."""
+    home = real_home("0.169.0", "openai")
+    home.switch_provider(CUSTOM)
+    env = dict(os.environ, **{csr.FAULT_ENV: "after_rollout_replace:1:kill"})
+    killed = subprocess.run([sys.executable, str(SCRIPT), "--codex-home", str(home.home), "repair-provider",
+                             "--from", "openai", "--apply"], capture_output=True, timeout=120, env=env)
+    assert killed.returncode < 0, killed.stderr
+    code, doc, _ = run_tool(home.home, "diagnose")
+    misaligned = finding(doc, "history_offsets_misaligned")
+    assert misaligned is not None and len(misaligned["evidence"]["thread_ids"]) == 1
+    code, doc, _ = run_tool(home.home, "repair-provider", "--from", "openai", "--apply")
+    assert code == csr.EXIT_OK, doc
+    code, doc, _ = run_tool(home.home, "repair-provider", "--from", "openai")
+    assert (code, doc["changes"]) == (csr.EXIT_OK, 0)
+    for tid in home.interactive:
+        data = home.rollout(tid).read_bytes()
+        values = [v for row in query(home.history_db, "SELECT rollout_byte_offset, rollout_end_byte_offset "
+                                     "FROM thread_turns WHERE thread_id = ?", (tid,)) for v in row]
+        assert values and all(at_line_boundary(data, v) for v in values), (tid, values)
+    with home.app_server() as server:
+        for tid, texts in zip(home.interactive, (ALPHA_TEXTS, BETA_TEXTS)):
+            thread = server.read_thread(tid)
+            assert [user_texts(turn) for turn in thread["turns"]] == [[t] for t in texts]
 
 
 def history_offsets_on_line_starts(home: RealHome, thread_id: str) -> None:

@@ -146,8 +146,10 @@ def test_restore_refuses_when_files_changed_since_the_run(switched, capsys):
     code = csr.main(["restore", "--codex-home", str(home.root), "--latest", "--apply"])
     err = capsys.readouterr().err
     assert code == csr.EXIT_REFUSED
-    assert "changed after that run" in err and "--force" in err
-    assert csr.main(["restore", "--codex-home", str(home.root), "--latest", "--apply", "--force"]) == 0
+    assert "changed after that run" in err and "--discard-changes" in err
+    # --force is only about a running Codex: it does not discard later changes.
+    assert csr.main(["restore", "--codex-home", str(home.root), "--latest", "--apply", "--force"]) == csr.EXIT_REFUSED
+    assert csr.main(["restore", "--codex-home", str(home.root), "--latest", "--apply", "--discard-changes"]) == 0
 
 
 def test_restore_usage_errors(tmp_path, capsys):
