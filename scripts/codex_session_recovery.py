@@ -20,14 +20,15 @@ Safety contract:
 
 Exit codes (every command):
   0  clean, nothing to do, or the apply succeeded
-  1  findings, or changes pending in a dry run
+  1  findings, changes pending in a dry run, or (with --verify) your Codex lists otherwise than predicted
   2  usage error
   3  refused by a safety check (the message names the override, if any)
   4  apply failed (the output says whether the automatic restore worked)
 
 The file reads top to bottom: constants and errors; configuration (TOML) and discovery;
 readers for SQLite and rollouts; the inventory that joins them; pure checks that return
-findings; rendering; commands; the argument parser; main().
+findings; plans, safety, backups and the one writer; verification with the user's own Codex
+on a scratch copy; rendering; commands; the argument parser; main().
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ EXIT_APPLY_FAILED = 4
 # README.zh-CN.md and SKILL.md against it line by line.
 EXIT_CODES = (
     (EXIT_OK, "clean, nothing to do, or the apply succeeded"),
-    (EXIT_FINDINGS, "findings, or changes pending in a dry run"),
+    (EXIT_FINDINGS, "findings, changes pending in a dry run, or (with --verify) your Codex lists otherwise than predicted"),
     (EXIT_USAGE, "usage error"),
     (EXIT_REFUSED, "refused by a safety check (the message names the override, if any)"),
     (EXIT_APPLY_FAILED, "apply failed (the output says whether the automatic restore worked)"),
@@ -1794,6 +1795,13 @@ def preview_rederived(release: Tuple[int, ...]) -> bool:
     return bool(release) and release >= (0, 131, 0)
 
 
+def beyond_scan_hides(release: Tuple[int, ...]) -> bool:
+    # CODEX-COMPAT: measured with --verify (a real rollout whose first user message was pushed
+    # 230 lines down, its DB row intact): 0.130.0, 0.169.0 and 0.171.0 leave the thread out
+    # of the default thread/list; 0.120.0 lists it.
+    return not release or release >= (0, 130, 0)
+
+
 def check_thread(view: ThreadView, inv: Inventory) -> None:
     active = inv.config.provider
     row = view.row
@@ -1824,7 +1832,8 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
             add_reason(view, "user_event_missing", user_event_gate_hides(inv.release), column=gate,
                        evidence_kind=view.primary.evidence_kind, evidence_line=view.primary.evidence_line)
     if view.primary is not None and (view.primary.evidence_line or 0) > HEAD_SCAN_LINES:
-        add_reason(view, "user_message_beyond_scan", False, line=view.primary.evidence_line, window=HEAD_SCAN_LINES)
+        add_reason(view, "user_message_beyond_scan", beyond_scan_hides(inv.release), line=view.primary.evidence_line,
+                   window=HEAD_SCAN_LINES)
     if view.primary is not None and view.primary.evidence_kind == "attachment":
         gate = inv.gate_column()
         gate_blank = row is None or not gate or not row.get("has_" + gate, row.get(gate))
@@ -1850,7 +1859,11 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
         elsewhere = exists and not is_windows_path(path) and not is_within(Path(os.path.abspath(path)), inv.home) \
             and not any(os.path.realpath(path) == os.path.realpath(str(f.path)) for f in view.files)
         if (not exists or elsewhere) and view.files:
-            add_reason(view, "rollout_path_stale", not exists, rollout_path=path, found=view.files[0].rel,
+            # CODEX-COMPAT: measured with --verify on 0.120.0, 0.130.0, 0.169.0 and 0.171.0: a row
+            # whose rollout_path names no file is still listed by default when the file is in
+            # sessions/ (the listing's file scan finds it and repairs the row); in
+            # archived_sessions/ it is hidden as archived. Stale metadata, not a hiding reason.
+            add_reason(view, "rollout_path_stale", False, rollout_path=path, found=view.files[0].rel,
                        outside_home=elsewhere)
         elif state == "unreadable":
             add_reason(view, "rollout_inaccessible", False, rollout_path=path)
@@ -5056,6 +5069,793 @@ def list_backups(home: Path) -> List[Dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Verification with the user's Codex. The tool's verdicts come from rules measured on a few
+# releases; `--verify` asks the Codex the user actually has. It lists a private scratch copy of
+# the home (DB copies, rollout heads, config; never a credential) as it is and as the plan
+# leaves it, offline, and the answer is compared with the tool's own prediction. No byte of the
+# real home is written; the scratch copy is removed afterwards, also on Ctrl-C and SIGTERM.
+# ---------------------------------------------------------------------------------------------
+
+# Where Codex Desktop and the IDE extension ship their own `codex` binary, checked after
+# --codex-bin and `codex` on PATH, in this order. `{platform}` is the extension's folder for
+# this machine (linux-x86_64, macos-aarch64, windows-x86_64, ...). Newest extension first.
+CODEX_BUNDLED_BINARIES = (
+    ("Codex Desktop", "/Applications/Codex.app/Contents/Resources/codex"),
+    ("Codex Desktop", "~/Applications/Codex.app/Contents/Resources/codex"),
+    ("ChatGPT Desktop", "/Applications/ChatGPT.app/Contents/Resources/codex-cli/CodexCLI.app/Contents/MacOS/codex"),
+    ("VS Code extension", "~/.vscode/extensions/openai.chatgpt-*/bin/{platform}/codex"),
+    ("VS Code Insiders extension", "~/.vscode-insiders/extensions/openai.chatgpt-*/bin/{platform}/codex"),
+    ("VS Code remote extension", "~/.vscode-server/extensions/openai.chatgpt-*/bin/{platform}/codex"),
+    ("Cursor extension", "~/.cursor/extensions/openai.chatgpt-*/bin/{platform}/codex"),
+    ("Cursor remote extension", "~/.cursor-server/extensions/openai.chatgpt-*/bin/{platform}/codex"),
+    ("Windsurf extension", "~/.windsurf/extensions/openai.chatgpt-*/bin/{platform}/codex"),
+)
+# Settings given to the verifying app-server with `-c` (they win over config.toml, which is
+# copied unchanged): what reaches the network at start-up is switched off.
+# CODEX-COMPAT: 0.120.0-0.171.0 fetch plugins (github.com, chatgpt.com) at start-up unless
+# plugins are off; update checks, analytics, OpenTelemetry export and MCP servers are the
+# other configured ways out. Each release accepts every one of these keys.
+OFFLINE_OVERRIDES = (
+    "features.plugins=false",
+    "analytics.enabled=false",
+    "check_for_update_on_startup=false",
+    "mcp_servers={}",
+    'otel.exporter="none"',
+)
+VERIFY_TIMEOUT = 60.0  # seconds for the app-server to start, and for each page of its listing
+LIST_PAGE_LIMIT = 1000
+# CODEX-COMPAT: the filesystem lister reads 10 head records before it looks for a user message.
+HEAD_RECORD_LIMIT = 10
+# Lines past a rollout's head that listing still reads: the thread's later session_meta lines
+# and its provider settings (the latest thread_settings_applied names the provider, 0.169.0+).
+LISTING_LINE_MARKERS = (b'"session_meta"', b'"thread_settings_applied"')
+
+
+class VerifyError(Exception):
+    """Verification could not run to the end (a time-out, a Codex that exits): reported in one
+    line, and the command carries on as without --verify. `exited`: the app-server stopped by
+    itself, which is Codex's own answer about that copy of the home (it cannot open it)."""
+
+    def __init__(self, message: str, exited: bool = False) -> None:
+        super().__init__(message)
+        self.exited = exited
+
+
+class CodexBinary:
+    def __init__(self, path: Path, origin: str) -> None:
+        self.path, self.origin = path, origin
+        self.version: Optional[str] = None
+
+
+def bundle_platform() -> str:
+    """The IDE extension's folder name for this machine's binaries."""
+    import platform
+    machine = platform.machine().lower()
+    arch = "aarch64" if machine in ("arm64", "aarch64") else "x86_64"
+    system = {"darwin": "macos", "win32": "windows"}.get(sys.platform, "linux")
+    return "%s-%s" % (system, arch)
+
+
+def _is_executable(path: Path) -> bool:
+    return path.is_file() and os.access(str(path), os.X_OK)
+
+
+def find_codex_binary(flag: Optional[str], environ: Dict[str, str]) -> Optional[CodexBinary]:
+    """--codex-bin, else `codex` on PATH, else a binary Codex Desktop or the IDE extension
+    ships. The npm `codex` on PATH is a node launcher; it works as a command all the same."""
+    if flag:
+        path = Path(flag).expanduser()
+        if not _is_executable(path):
+            raise UsageError("--codex-bin %s is not an executable file" % flag)
+        return CodexBinary(path.absolute(), "--codex-bin")
+    import glob
+    on_path = shutil.which("codex", path=environ.get("PATH", ""))
+    if on_path:
+        return CodexBinary(Path(on_path), "PATH")
+    user_home = environ.get("HOME") or environ.get("USERPROFILE") or str(Path.home())
+    suffix = ".exe" if sys.platform == "win32" else ""
+    for origin, pattern in CODEX_BUNDLED_BINARIES:
+        pattern = pattern.replace("{platform}", bundle_platform()) + suffix
+        if pattern.startswith("~"):
+            pattern = user_home + pattern[1:]
+        found = [Path(p) for p in glob.glob(pattern)]
+        found.sort(key=lambda p: parse_version(re.sub(r"^.*openai\.chatgpt-", "", str(p))), reverse=True)
+        for path in found:
+            if _is_executable(path):
+                return CodexBinary(path, origin)
+    return None
+
+
+def codex_version(binary: CodexBinary, scratch: "ScratchHome") -> str:
+    """`codex --version` says `codex-cli 0.171.0`. Run with the scratch environment too."""
+    import subprocess
+    try:
+        done = subprocess.run([str(binary.path), "--version"], capture_output=True, text=True,
+                              timeout=VERIFY_TIMEOUT, stdin=subprocess.DEVNULL, env=verify_env(scratch),
+                              cwd=str(scratch.home))
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise VerifyError("%s --version failed: %s" % (binary.path, short(str(exc), 160))) from None
+    match = re.search(r"\b(\d+\.\d+\.\d+[\w.+-]*)", done.stdout or "")
+    if done.returncode != 0 or not match:
+        raise VerifyError("%s --version did not name a release: %s" % (
+            binary.path, short((done.stdout + done.stderr).strip(), 160)))
+    return match.group(1)
+
+
+def verify_env(scratch: "ScratchHome") -> Dict[str, str]:
+    """The environment the verifying Codex runs in: only what finding programs and text needs.
+    No API key, token, proxy or Codex setting of the user's reaches it; HOME is inside the
+    scratch folder so nothing under the user's own home is read."""
+    keep = ("PATH", "LANG", "LC_ALL", "SYSTEMROOT", "SystemRoot", "WINDIR", "COMSPEC", "PATHEXT")
+    env = {k: v for k, v in os.environ.items() if k in keep}
+    env.update({"NO_COLOR": "1", "CODEX_HOME": str(scratch.home), "HOME": str(scratch.user_home),
+                "USERPROFILE": str(scratch.user_home), "TMPDIR": str(scratch.tmp),
+                "TEMP": str(scratch.tmp), "TMP": str(scratch.tmp)})
+    return env
+
+
+class ScratchHome:
+    """A private folder (0700) under the system temp dir holding one copied home, removed on
+    exit whatever happens. SIGTERM is turned into KeyboardInterrupt while it exists, so a
+    terminated run cleans up like an interrupted one."""
+
+    def __init__(self, real_home: Path, label: str) -> None:
+        parent = Path(tempfile.gettempdir()).resolve()
+        if is_within(parent, real_home.resolve()):
+            raise VerifyError("the system temp folder %s lies inside CODEX_HOME; set TMPDIR elsewhere" % parent)
+        self.root = Path(tempfile.mkdtemp(prefix="csr-verify-%s-" % label, dir=str(parent)))
+        self.home = self.root / "codex-home"
+        self.user_home = self.root / "user-home"
+        self.tmp = self.root / "tmp"
+        self.moved = self.root / "moved"
+        for folder in (self.home, self.user_home, self.tmp, self.moved):
+            folder.mkdir(mode=0o700)
+        self.sqlite_home: Optional[Path] = None
+        self.bytes_copied = 0
+        self.files_copied = 0
+        self._old_handler: Any = None
+
+    def __enter__(self) -> "ScratchHome":
+        import signal
+        try:
+            self._old_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
+        except (ValueError, AttributeError):  # not the main thread, or no SIGTERM here
+            self._old_handler = None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+        try:
+            shutil.rmtree(str(self.root), ignore_errors=True)
+            if self.root.exists():  # a read-only folder Codex made: make it writable, then again
+                for folder, _dirs, _files in os.walk(str(self.root)):
+                    os.chmod(folder, 0o700)
+                shutil.rmtree(str(self.root), ignore_errors=True)
+        finally:
+            if self._old_handler is not None:
+                signal.signal(signal.SIGTERM, self._old_handler)
+
+    def path_for(self, real: Path, real_home: Path) -> Path:
+        """Where a file of the real home lives in the scratch copy."""
+        return self.home / os.path.relpath(os.path.abspath(str(real)), str(real_home))
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt()
+
+
+def home_bytes(home: Path) -> int:
+    """Size of the home as Codex keeps it (the tool's own backups left out)."""
+    total = 0
+    for folder, dirs, files in os.walk(str(home)):
+        if os.path.abspath(folder) == os.path.abspath(str(home)):
+            dirs[:] = [d for d in dirs if d != BACKUP_DIR_NAME]
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+class PathMapper:
+    """Rewrites a path of the real home (as Codex stored it) into the scratch copy. Paths that
+    do not name the real home stay as they are: Codex must see them exactly as it would."""
+
+    def __init__(self, real_home: Path, scratch: ScratchHome) -> None:
+        self.scratch = scratch
+        self.prefixes = sorted({str(real_home), os.path.abspath(str(real_home)), os.path.realpath(str(real_home))},
+                               key=len, reverse=True)
+
+    def __call__(self, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        for prefix in self.prefixes:
+            if value.startswith(prefix + os.sep):
+                return str(self.scratch.home) + value[len(prefix):]
+        return value
+
+    def path(self, real: Path) -> Path:
+        mapped = self(str(real))
+        return Path(mapped) if mapped != str(real) else self.scratch.moved / real.name
+
+
+def copy_file_to_scratch(source: Path, target: Path, scratch: ScratchHome) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    shutil.copyfile(str(source), str(target))
+    stat = source.stat()
+    os.utime(str(target), ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    scratch.bytes_copied += stat.st_size
+    scratch.files_copied += 1
+
+
+def copy_db_to_scratch(db: Path, target: Path, scratch: ScratchHome) -> None:
+    """SQLite's online backup API from a read-only connection: pages still in the -wal are
+    included, the user's DB is not written. A DB SQLite cannot read is copied byte for byte,
+    so the user's Codex meets the same damage."""
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        source = open_db_readonly(db)
+        try:
+            copy = sqlite3.connect(str(target))
+            try:
+                source.backup(copy)
+            finally:
+                copy.close()
+        finally:
+            source.close()
+        scratch.bytes_copied += target.stat().st_size
+        scratch.files_copied += 1
+    except sqlite3.Error:
+        for suffix in ("", "-wal"):
+            if os.path.isfile(str(db) + suffix):
+                copy_file_to_scratch(Path(str(db) + suffix), Path(str(target) + suffix), scratch)
+
+
+def point_rows_at_scratch(target: Path, mapper: PathMapper) -> None:
+    """Every `rollout_path` that names a file of the real home names its scratch copy."""
+    try:
+        conn = sqlite3.connect(str(target), isolation_level=None)
+    except sqlite3.Error:
+        return
+    try:
+        if "rollout_path" not in table_columns(conn, "threads"):
+            return
+        rows = conn.execute("SELECT id, rollout_path FROM threads").fetchall()
+        conn.execute("BEGIN")
+        for thread_id, stored in rows:
+            mapped = mapper(stored)
+            if mapped != stored:
+                conn.execute("UPDATE threads SET rollout_path = ? WHERE id = ?", (mapped, thread_id))
+        conn.execute("COMMIT")
+    except sqlite3.Error:
+        pass  # a damaged DB stays as damaged as the real one
+    finally:
+        conn.close()
+
+
+def rollout_head_lines(info: RolloutInfo) -> int:
+    """How many lines of a rollout listing reads at least: through its first real user
+    message, and the head records; with no user message, as far as the lister looks for one."""
+    return max(info.evidence_line or HEAD_SCAN_LINES, HEAD_RECORD_LIMIT)
+
+
+# CODEX-COMPAT: the listers look for the event form of the first user message (0.120.0 and
+# 0.130.0: event_msg/user_message; 0.169.0+: item_completed), which follows the prompt's
+# role=user response_item that may have been the tool's evidence.
+USER_EVENT_MARKERS = (b'"user_message"', b'"item_completed"', b'"thread_goal_updated"')
+
+
+def head_complete(count: int, info: RolloutInfo, event_seen: bool) -> bool:
+    if count < rollout_head_lines(info):
+        return False
+    return event_seen or count >= HEAD_SCAN_LINES
+
+
+def later_listing_lines(source: Any, info: RolloutInfo, head_end: int,
+                        cache: Optional[Dict[Any, List[Tuple[int, int]]]]) -> List[Tuple[int, int]]:
+    """(offset, length) of each line past the head that listing reads, found by the repairs'
+    block scan. The scan reads the whole file, so its answer is kept per version of the file
+    (inode, size, mtime): the second scratch copy of one run reads only the lines it needs."""
+    stat = os.fstat(source.fileno())
+    key = (str(info.path), stat.st_ino, stat.st_size, stat.st_mtime_ns, head_end)
+    if cache is not None and key in cache:
+        return cache[key]
+    found = []
+    try:
+        for _line, offset, raw in iter_marked_lines(source, LISTING_LINE_MARKERS, _NoDigest(),
+                                                    RolloutEdit(info.path, "")):
+            found.append((head_end + offset, len(raw)))
+    except PlanError:
+        pass  # a pathological line: listing cannot read past it either
+    if cache is not None:
+        cache[key] = found
+    return found
+
+
+def copy_rollout_head(info: RolloutInfo, target: Path, edit: Optional[RolloutEdit], scratch: ScratchHome,
+                      cache: Optional[Dict[Any, List[Tuple[int, int]]]] = None) -> None:
+    """The head of one rollout, plus the later lines listing reads (and any line the plan
+    edits), with the plan's line edits applied exactly as the apply engine writes them."""
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    replacements = {offset: (length, new) for offset, length, new in (edit.replacements if edit else [])}
+    written = count = 0
+    event_seen = False
+    with open(str(info.path), "rb") as source, open(str(target), "wb") as out:
+        while not head_complete(count, info, event_seen):
+            count += 1
+            start = source.tell()
+            raw, oversized = read_line_bounded(source)
+            if not raw and not oversized:
+                break
+            end = source.tell()
+            if start in replacements:
+                raw = replacements.pop(start)[1]
+            elif oversized:
+                source.seek(start)
+                raw = source.read(end - start)
+            event_seen = event_seen or (count >= (info.evidence_line or 0) and
+                                        any(marker in raw for marker in USER_EVENT_MARKERS))
+            out.write(raw)
+            written += len(raw)
+        head_end = source.tell()
+        later: Dict[int, bytes] = {}
+        for offset, length in later_listing_lines(source, info, head_end, cache):
+            source.seek(offset)
+            later[offset] = source.read(length)
+        for offset, (length, _new) in replacements.items():
+            if offset not in later and offset >= head_end:
+                source.seek(offset)
+                later[offset] = source.read(length)
+        for offset in sorted(later):
+            raw = replacements[offset][1] if offset in replacements else later[offset]
+            out.write(raw)
+            written += len(raw)
+    stat = info.path.stat()
+    os.utime(str(target), ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    scratch.bytes_copied += written
+    scratch.files_copied += 1
+
+
+class _NoDigest:
+    """The block scan hashes what it reads for the apply engine; a copy needs no digest."""
+
+    def update(self, data: bytes) -> None:
+        pass
+
+
+def build_scratch_home(inv: Inventory, scratch: ScratchHome, plan: Optional[Plan],
+                       cache: Optional[Dict[Any, List[Tuple[int, int]]]] = None) -> None:
+    """Copy what listing reads into the scratch home, then apply the plan to the copy: rollout
+    edits to the heads, the plan's SQL through the apply engine's own writer, whole-file
+    writes, and moves (into a folder beside the copy). auth.json and every other credential
+    are never opened: only the files named here are."""
+    mapper = PathMapper(inv.home, scratch)
+    for name in ["config.toml"] + sorted(n for n in os.listdir(str(inv.home)) if n.endswith(".config.toml")) + [
+            "session_index.jsonl", ".codex-global-state.json"]:
+        source = inv.home / name
+        if source.is_file():
+            copy_file_to_scratch(source, scratch.home / name, scratch)
+    db_targets: Dict[Path, Path] = {}
+    explicit = [folder for folder, origin in sqlite_home_dirs(inv.home, inv.config, dict(os.environ))
+                if origin in ("config sqlite_home", "CODEX_SQLITE_HOME")]
+    if explicit:
+        # The copied config.toml names a sqlite_home Codex would open and write: the verifying
+        # Codex is pointed at a folder of the scratch copy instead (with -c sqlite_home).
+        scratch.sqlite_home = scratch.root / "sqlite-home"
+        scratch.sqlite_home.mkdir(mode=0o700)
+    for db in inv.dbs:
+        if db.path.parent in explicit or not is_within(Path(os.path.abspath(str(db.path))), inv.home):
+            scratch.sqlite_home = scratch.sqlite_home or scratch.root / "sqlite-home"
+            target = scratch.sqlite_home / db.path.name
+        else:
+            target = scratch.path_for(db.path, inv.home)
+        copy_db_to_scratch(db.path, target, scratch)
+        point_rows_at_scratch(target, mapper)
+        db_targets[db.path] = target
+    edits = {e.path: e for e in (plan.rollout_edits if plan else [])}
+    for info in progress(inv.rollouts, "verify: copying rollout heads"):
+        if info.compressed and info.path.is_file():
+            copy_file_to_scratch(info.path, scratch.path_for(info.path, inv.home), scratch)
+        elif info.path.is_file() and "unreadable" not in info.problems:
+            copy_rollout_head(info, scratch.path_for(info.path, inv.home), edits.get(info.path), scratch, cache)
+    if plan is not None:
+        apply_plan_to_scratch(plan, mapper, db_targets)
+
+
+def apply_plan_to_scratch(plan: Plan, mapper: PathMapper, db_targets: Dict[Path, Path]) -> None:
+    """The plan's SQL, file writes and moves, on the scratch copy. The SQL runs through the
+    apply engine's write_sql/verify_sql (same statements, same one-row guards) with every path
+    of the real home mapped into the copy. CODEX-COMPAT: changes to the history projection
+    (thread_history_*.sqlite) are left out with that DB: listing reads no projection
+    (measured 0.120.0-0.171.0), and it holds every turn's text."""
+    scratch_plan = Plan(plan.command)
+    for change in plan.sql:
+        if change.db not in db_targets:
+            continue
+        scratch_plan.sql.append(SqlChange(
+            db_targets[change.db], change.table, {k: mapper(v) for k, v in change.key.items()},
+            {k: mapper(v) for k, v in change.values.items()}, {k: mapper(v) for k, v in change.expect.items()},
+            change.thread_id, change.op))
+    connections: Dict[Path, sqlite3.Connection] = {}
+    try:
+        for db in scratch_plan.touched_dbs():
+            conn = sqlite3.connect(str(db), timeout=5.0, isolation_level=None)
+            connections[db] = conn
+            conn.execute("BEGIN IMMEDIATE")
+        write_sql(scratch_plan, set(), connections)
+    except (sqlite3.Error, ApplyError) as exc:
+        raise VerifyError("the plan could not be applied to the scratch copy: %s" % short(str(exc), 200)) from None
+    finally:
+        close_all(connections)
+    for write in plan.file_writes:
+        target = mapper.path(write.path)
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        atomic_write(target, write.data, 0o600)
+    copies = {Path(str(real) + suffix): Path(str(copy) + suffix) for real, copy in db_targets.items()
+              for suffix in ("", "-wal", "-shm")}
+    for moved in plan.moves:
+        target = copies.get(moved) or mapper.path(moved)
+        if target.exists() and is_within(target, mapper.scratch.root):
+            os.replace(str(target), str(mapper.scratch.moved / target.name))
+
+
+class CodexLister:
+    """`codex app-server` on the scratch home over stdio (newline-delimited JSON-RPC 2.0):
+    `initialize`, then the default `thread/list` over every page. Every wait is bounded."""
+
+    def __init__(self, binary: CodexBinary, scratch: ScratchHome) -> None:
+        self.binary, self.scratch = binary, scratch
+        self.proc: Any = None
+        self.pumps: List[Any] = []
+        self.lines: Any = None
+        self.stderr_tail: List[str] = []
+        self.next_id = 0
+
+    def __enter__(self) -> "CodexLister":
+        import queue
+        import subprocess
+        import threading
+        command = [str(self.binary.path)]
+        for setting in OFFLINE_OVERRIDES:
+            command += ["-c", setting]
+        # Where Codex writes beside the home: into the scratch folder, whatever config.toml says.
+        command += ["-c", "log_dir=%s" % json.dumps(str(self.scratch.root / "log"))]
+        if self.scratch.sqlite_home is not None:
+            command += ["-c", "sqlite_home=%s" % json.dumps(str(self.scratch.sqlite_home))]
+        command.append("app-server")
+        try:
+            self.proc = subprocess.Popen(
+                command, cwd=str(self.scratch.home), env=verify_env(self.scratch), stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=os.name == "posix")
+        except OSError as exc:
+            raise VerifyError("could not start %s app-server: %s" % (self.binary.path, short(str(exc), 160))) from None
+        self.lines = queue.Queue()
+        self.pumps = [threading.Thread(target=self._pump_stdout, daemon=True),
+                      threading.Thread(target=self._pump_stderr, daemon=True)]
+        for pump in self.pumps:
+            pump.start()
+        try:
+            self.request("initialize", {"clientInfo": {"name": "codex_session_recovery",
+                                                       "title": TOOL_NAME, "version": __version__}})
+            self._send({"jsonrpc": "2.0", "method": "initialized"})
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _pump_stdout(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def _pump_stderr(self) -> None:
+        for line in self.proc.stderr:
+            self.stderr_tail = (self.stderr_tail + [line.decode("utf-8", "replace").rstrip()])[-5:]
+
+    def _send(self, message: Dict[str, Any]) -> None:
+        try:
+            self.proc.stdin.write((json.dumps(message) + "\n").encode("utf-8"))
+            self.proc.stdin.flush()
+        except OSError as exc:
+            raise VerifyError("Codex app-server stopped (%s)%s" % (exc, self._stderr_hint())) from None
+
+    def _stderr_hint(self) -> str:
+        return ": %s" % short(self.stderr_tail[-1], 200) if self.stderr_tail else ""
+
+    def request(self, method: str, params: Dict[str, Any]) -> Dict[str, Any]:
+        import queue
+        import time
+        self.next_id += 1
+        request_id = self.next_id
+        self._send({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+        deadline = time.monotonic() + VERIFY_TIMEOUT
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise VerifyError("Codex app-server did not answer %s within %d s" % (method, VERIFY_TIMEOUT)) from None
+            if line is None:
+                raise VerifyError("Codex app-server exited before answering %s%s" % (method, self._stderr_hint()),
+                                  exited=True)
+            try:
+                message = json.loads(line.decode("utf-8", "replace"))
+            except ValueError:
+                continue
+            if not isinstance(message, dict):
+                continue
+            if "method" in message and "id" in message:
+                # A request from the server (an approval prompt): nobody is there to answer it.
+                self._send({"jsonrpc": "2.0", "id": message["id"],
+                            "error": {"code": -32601, "message": "not supported"}})
+            elif message.get("id") == request_id:
+                if "error" in message:
+                    raise VerifyError("Codex app-server refused %s: %s" % (method, short(json.dumps(message["error"]), 200)))
+                return message.get("result") or {}
+
+    def listed_ids(self) -> List[str]:
+        """The default `thread/list` (no filters: what a user sees), every page."""
+        ids: List[str] = []
+        cursor = None
+        seen = set()
+        while True:
+            params: Dict[str, Any] = {"limit": LIST_PAGE_LIMIT}
+            if cursor:
+                params["cursor"] = cursor
+            result = self.request("thread/list", params)
+            ids.extend(str(item.get("id")).lower() for item in result.get("data") or [] if isinstance(item, dict))
+            if progress.enabled:
+                sys.stderr.write("\rverify: Codex listed %d" % len(ids))
+            cursor = result.get("nextCursor")
+            if not cursor or cursor in seen:
+                if progress.enabled:
+                    sys.stderr.write("\n")
+                return list(dict.fromkeys(ids))
+            seen.add(cursor)
+
+    def close(self) -> None:
+        """Close stdin (the app-server exits on EOF), then terminate the whole group: the npm
+        launcher keeps the native binary as a child."""
+        import subprocess
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            _stop_group(proc)
+        if os.name == "posix":
+            try:
+                os.killpg(proc.pid, 9)  # a child the launcher left behind
+            except OSError:
+                pass
+        for pump in self.pumps:
+            pump.join(5)  # they end at EOF, once every process holding the pipes is gone
+        for stream in (proc.stdout, proc.stderr):
+            stream.close()
+
+
+def _stop_group(proc: Any) -> None:
+    import signal
+    import subprocess
+    for sig in (signal.SIGTERM, getattr(signal, "SIGKILL", signal.SIGTERM)):
+        try:
+            if os.name == "posix":
+                os.killpg(proc.pid, sig)
+            else:  # pragma: no cover - Windows
+                proc.kill()
+        except OSError:
+            pass
+        try:
+            proc.wait(5)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def predicted_listed(inv: Inventory) -> List[str]:
+    """The tool's own prediction of the default listing: every thread no reason hides."""
+    return sorted(v.id for v in inv.threads.values() if not v.hidden)
+
+
+def conversation_count(inv: Inventory) -> int:
+    """The user's conversations: interactive, not archived, with a user message."""
+    return sum(1 for v in inv.threads.values() if is_interactive(v.source) and not v.archived and v.has_evidence)
+
+
+def app_server_inventory(inv: Inventory) -> Inventory:
+    """The inventory as the app-server sees the home. It has no --profile (0.169.0+ measured;
+    Desktop and the IDE run it): with --profile, the prediction it is held to is the one for the
+    top-level configuration."""
+    if not inv.config.profile:
+        return inv
+    plain = Inventory(inv.home, inv.home_origin, load_config(inv.home, None), dict(os.environ))
+    run_checks(plain)
+    return plain
+
+
+def scratch_inventory(scratch: ScratchHome) -> Inventory:
+    """The tool's own reading of the scratch copy: its prediction of the home after the plan."""
+    config = load_config(scratch.home, None)
+    if scratch.sqlite_home is not None:
+        config.sqlite_home = str(scratch.sqlite_home)
+    copy = Inventory(scratch.home, "scratch", config, {})
+    run_checks(copy)
+    return copy
+
+
+def list_scratch(binary: CodexBinary, inv: Inventory, plan: Optional[Plan], label: str,
+                 cache: Dict[Any, List[Tuple[int, int]]]) -> Dict[str, Any]:
+    """One scratch copy (of the home as it is, or as `plan` leaves it), the tool's prediction
+    for it, and what the user's Codex lists on it."""
+    with ScratchHome(inv.home, label) as scratch:
+        build_scratch_home(inv, scratch, plan, cache)
+        predicted_inv = app_server_inventory(inv) if plan is None else scratch_inventory(scratch)
+        predicted = predicted_listed(predicted_inv)
+        conversations = conversation_count(predicted_inv)
+        listed: Optional[List[str]] = None
+        error = None
+        try:
+            with CodexLister(binary, scratch) as lister:
+                listed = lister.listed_ids()
+        except VerifyError as exc:
+            if not exc.exited:
+                raise
+            error = str(exc)  # Codex cannot open this copy: a measured answer, not a broken check
+        return {"listed": listed, "error": error, "predicted": predicted, "conversations": conversations,
+                "bytes_copied": scratch.bytes_copied, "files_copied": scratch.files_copied,
+                "scratch_root": str(scratch.root)}
+
+
+def disagreements(phase: str, listed: List[str], predicted: List[str]) -> List[Dict[str, Any]]:
+    said, shown = set(predicted), set(listed)
+    return [{"id": tid, "phase": phase, "predicted": "listed" if tid in said else "hidden",
+             "codex": "listed" if tid in shown else "hidden"} for tid in sorted(said ^ shown)]
+
+
+NO_CODEX_MESSAGE = ("no Codex binary found (--codex-bin, `codex` on PATH, Codex Desktop, the IDE extension); "
+                    "carrying on without verification")
+
+
+def verify_with_codex(inv: Inventory, args: argparse.Namespace, plan: Optional[Plan],
+                      apply: Optional[Any] = None) -> Dict[str, Any]:
+    """The `verification` object. The home as it is is listed on one scratch copy; then either
+    `plan` on another (a dry run), or, when `apply` is given, apply() writes the real home and
+    returns its new inventory, which is listed on a scratch copy of the repaired home. Without
+    a Codex, or when verification cannot finish, the command goes on as without --verify."""
+    binary = find_codex_binary(getattr(args, "codex_bin", None), dict(os.environ))
+    if binary is None:
+        if apply is not None:
+            apply()
+        return {"status": "no_codex", "message": NO_CODEX_MESSAGE}
+    result: Dict[str, Any] = {"status": "verified", "codex_bin": str(binary.path), "codex_origin": binary.origin,
+                              "codex_version": None, "surface": "app-server (Desktop, IDE extension)"}
+    phase = "before"
+    try:
+        with ScratchHome(inv.home, "version") as scratch:
+            result["codex_version"] = binary.version = codex_version(binary, scratch)
+        cache: Dict[Any, List[Tuple[int, int]]] = {}
+        before = list_scratch(binary, inv, None, "before", cache)
+        phase = "after"
+        after: Optional[Dict[str, Any]] = None
+        if apply is not None:
+            repaired = apply()
+            apply = None
+            after = list_scratch(binary, repaired, None, "after", cache)
+        elif plan is not None and plan.change_count:
+            after = list_scratch(binary, inv, plan, "after", cache)
+    except VerifyError as exc:
+        if apply is not None:
+            apply()
+        result.update(status="failed", message="verification did not finish (%s): %s" % (phase, exc))
+        return result
+    found: List[Dict[str, Any]] = []
+    errors: Dict[str, str] = {}
+    for phase, listing in (("before", before), ("after", after)):
+        if listing is not None and listing["error"]:
+            errors[phase] = listing["error"]
+        elif listing is not None:
+            found += disagreements(phase, listing["listed"], listing["predicted"])
+    final = after if after is not None else (before if plan is not None else None)
+    result.update(
+        listed_before=before["listed"], predicted_before=before["predicted"],
+        conversations_before=before["conversations"],
+        listed_after=final["listed"] if final else None, predicted_after=final["predicted"] if final else None,
+        conversations_after=final["conversations"] if final else None,
+        # A Codex that cannot open the home now is what some repairs are for (rebuild-db);
+        # one that still cannot after the plan contradicts the plan.
+        codex_errors=errors, disagreements=found, agrees=not found and "after" not in errors,
+        cost={"bytes_copied": max(before["bytes_copied"], (after or before)["bytes_copied"]),
+              "files_copied": max(before["files_copied"], (after or before)["files_copied"]),
+              "home_bytes": home_bytes(inv.home)})
+    if inv.config.profile:
+        result["profile_note"] = ("the app-server (Desktop, IDE extension) has no --profile and lists under the "
+                                  "top-level provider, which is what was checked; `codex --profile %s` (the CLI) "
+                                  "lists under %s" % (inv.config.profile, inv.config.provider))
+    return result
+
+
+def verification_lines(verification: Optional[Dict[str, Any]], applied: bool) -> List[str]:
+    """The verification, for a person: who answered, the counts, every disagreement."""
+    if verification is None or verification["status"] != "verified":
+        return []  # the one line on stderr says why
+    lines = []
+    who = "Codex %s (%s)" % (verification["codex_version"], verification["codex_origin"])
+    now = "before the apply" if applied else "now"
+    then = "after the apply" if applied else "after this plan"
+    errors = verification["codex_errors"]
+    if "before" in errors:
+        text = "%s cannot open this home %s (%s)" % (who, now, short(errors["before"], 160))
+    else:
+        text = "%s lists %d of your %d conversations %s" % (
+            who, len(verification["listed_before"]), verification["conversations_before"], now)
+    if "after" in errors:
+        text += "; %s it still cannot (%s)" % (then, short(errors["after"], 160))
+    elif verification["listed_after"] is not None and (verification["listed_after"] != verification["listed_before"]
+                                                      or "before" not in errors):
+        text += "; %s it lists %d of %d" % (then, len(verification["listed_after"]), verification["conversations_after"])
+    lines.append("Verify:    " + text)
+    cost = verification["cost"]
+    lines.append("           (on a scratch copy: %s copied, %.1f%% of the home's %s; removed)" % (
+        _fmt_bytes(cost["bytes_copied"]), 100.0 * cost["bytes_copied"] / max(cost["home_bytes"], 1),
+        _fmt_bytes(cost["home_bytes"])))
+    if verification["agrees"]:
+        lines.append("           Codex agrees with this tool's prediction for every thread.")
+    elif "after" in errors:
+        lines.append("WARNING:   Codex cannot open the home as this plan leaves it; do not apply.")
+    else:
+        lines.append("WARNING:   Codex disagrees with this tool's prediction for %s; do not apply "
+                     "before this is understood:" % plural(len({d["id"] for d in verification["disagreements"]}), "thread"))
+        for item in verification["disagreements"]:
+            lines.append("  %s %s: predicted %s, Codex %s" % (item["phase"], item["id"], item["predicted"], item["codex"]))
+    if verification.get("profile_note"):
+        lines.append("           Note: %s" % verification["profile_note"])
+    return lines
+
+
+def _fmt_bytes(count: int) -> str:
+    if count < 1024:
+        return "%d bytes" % count
+    size, unit = float(count) / 1024, "KB"
+    for bigger in ("MB", "GB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, bigger
+    return "%.1f %s" % (size, unit)
+
+
+def report_verification(verification: Optional[Dict[str, Any]]) -> None:
+    """On stderr, also under --json: a missing Codex or an unfinished check in one line, and a
+    disagreement as a warning nobody can miss."""
+    if not verification:
+        return
+    if verification["status"] != "verified":
+        sys.stderr.write("verify: %s\n" % verification["message"])
+    elif "after" in verification["codex_errors"]:
+        sys.stderr.write("warning: Codex %s cannot open the home as the plan leaves it (%s); do not apply\n" % (
+            verification["codex_version"], short(verification["codex_errors"]["after"], 200)))
+    elif not verification["agrees"]:
+        ids = sorted({d["id"] for d in verification["disagreements"]})
+        sys.stderr.write("warning: Codex %s disagrees with this tool's prediction for %s (%s); do not apply "
+                         "before this is understood\n" % (verification["codex_version"], plural(len(ids), "thread"),
+                                                          ", ".join(ids[:5])))
+
+
+def verification_exit_code(code: int, verification: Optional[Dict[str, Any]]) -> int:
+    """A disagreement is a finding: exit 1 even where the command would have said 0."""
+    if verification and verification.get("status") == "verified" and not verification["agrees"] and code == EXIT_OK:
+        return EXIT_FINDINGS
+    return code
+
+
+# ---------------------------------------------------------------------------------------------
 # Rendering: one JSON document under --json, short human text otherwise.
 # ---------------------------------------------------------------------------------------------
 
@@ -5158,6 +5958,9 @@ def render_diagnose_text(doc: Dict[str, Any], verbose: bool) -> str:
         lines.append("")
         lines.append("Next (dry runs; nothing is written without --apply):")
         lines.extend("  " + c for c in doc["next_commands"])
+    if doc.get("verification"):
+        lines.append("")
+        lines.extend(verification_lines(doc["verification"], False))
     return "\n".join(lines)
 
 
@@ -5224,6 +6027,7 @@ def render_plan_text(doc: Dict[str, Any], verbose: bool) -> str:
                                                     "it" if doc["changes"] == 1 else "them", BACKUP_DIR_NAME))
     else:
         lines.append("Nothing to do.")
+    lines.extend(verification_lines(doc.get("verification"), doc["applied"]))
     return "\n".join(lines)
 
 
@@ -5281,10 +6085,14 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         threads=(thread_entry(v, args.verbose) for v in views if v.reasons or args.verbose),
         next_commands=suggest_commands(inv, findings, args),
     )
+    if getattr(args, "verify", False):
+        doc["verification"] = verify_with_codex(inv, args, None)
+        doc["exit_code"] = code = verification_exit_code(code, doc["verification"])
     if args.json:
         emit_json(doc)
     else:
         print(render_diagnose_text(doc, args.verbose))
+    report_verification(doc.get("verification"))
     return code
 
 
@@ -5307,7 +6115,8 @@ REASON_FIXES: Dict[str, str] = {
     "source_filtered": "by design: see it with `codex resume --all --include-non-interactive`, or resume it by id",
     "archived": "by design: open Codex's Archived view, or unarchive it there",
     "no_user_content": "nothing to recover: the thread never had a user message",
-    "user_message_beyond_scan": "resume it by id (`codex resume ID`); newer Codex releases read further",
+    "user_message_beyond_scan": "resume it by id (`codex resume ID`): 0.130.0 and newer leave it out of the "
+                                "default list",
     "beyond_recent_window": "scroll or search in Codex, or pin the thread",
     "cwd_unmatchable": "`codex resume --all` lists it regardless of folder",
     "cwd_moved": "remap-cwd {remap}",
@@ -5595,9 +6404,22 @@ def run_repair(args: argparse.Namespace) -> int:
     if compat and compat["changed"]:
         plan.warnings.append("%s: --apply refuses unless --force" % compatibility_line(compat))
     applied: Optional[Dict[str, Any]] = None
-    if args.apply and plan.change_count:
+    verification: Optional[Dict[str, Any]] = None
+    writes = bool(args.apply and plan.change_count)
+
+    def apply() -> Inventory:
+        nonlocal applied
         applied = apply_plan(inv, plan, args, args.argv)
+        repaired = build_inventory(args)
+        run_checks(repaired)
+        return repaired
+
+    if getattr(args, "verify", False):
+        verification = verify_with_codex(inv, args, plan, apply if writes else None)
+    elif writes:
+        apply()
     code = EXIT_OK if applied is not None or (plan.change_count == 0 and not plan.findings) else EXIT_FINDINGS
+    code = verification_exit_code(code, verification)
     doc = envelope(plan.command, inv, code, applied=applied is not None,
                    safety=SAFETY_LINE_READ if applied is None else SAFETY_LINE_WRITE,
                    plan=plan.notes, plan_id=plan_id, changes=plan.change_count,
@@ -5606,12 +6428,15 @@ def run_repair(args: argparse.Namespace) -> int:
                    warnings=plan.warnings, skipped=plan.skipped + (applied or {}).get("skipped", []),
                    findings=plan.findings,
                    backup_dir=(applied or {}).get("backup_dir"))
+    if verification is not None:
+        doc["verification"] = verification
     if args.json:
         emit_json(doc)
     else:
         print(render_plan_text(doc, args.verbose))
     for warning in plan.warnings:
         sys.stderr.write("warning: %s\n" % warning)
+    report_verification(verification)
     return code
 
 
@@ -5710,6 +6535,7 @@ examples:
   %(prog)s diagnose --codex-home ~/.codex --json
   %(prog)s repair-provider --from openai --to auto            # dry run: shows the plan
   %(prog)s repair-provider --from openai --to auto --apply    # backs up, then writes
+  %(prog)s repair-provider --from openai --verify             # your Codex checks the plan first
   %(prog)s repair-user-events
   %(prog)s repair-ui-state
   %(prog)s rebuild-index
@@ -5793,6 +6619,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "command to run. Never writes.")
     _scope_options(diagnose, "scope of the suggested repairs (provider candidates and next commands; "
                              "findings always cover every thread)")
+    _verify_options(diagnose)
     diagnose.set_defaults(handler=cmd_diagnose)
 
     trace = sub.add_parser(
@@ -5871,6 +6698,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "remap-cwd":
             remap_cwd_options(repair)
         _write_options(repair)
+        _verify_options(repair)
         repair.add_argument("--expect-plan", metavar="PLAN_ID",
                             help="with --apply: refuse unless the plan is the one the dry run printed as "
                                  "plan_id (nothing changed in between)")
@@ -5906,6 +6734,25 @@ def remap_cwd_options(parser: argparse.ArgumentParser) -> None:
                         help="the folder the threads were recorded in (or a parent of it)")
     parser.add_argument("--to", dest="to_folder", required=True, metavar="NEW_PREFIX",
                         help="where that folder is now")
+
+
+def _verify_options(parser: argparse.ArgumentParser) -> None:
+    """--verify and --codex-bin, for diagnose and every repair."""
+    group = parser.add_argument_group("verification with your own Codex")
+    group.add_argument("--verify", action="store_true",
+                       help="ask your Codex (its app-server, offline, on a private scratch copy of the home with "
+                            "no credentials) what it lists now and after this plan, and compare with this tool's "
+                            "prediction; a disagreement is a finding (exit 1). No byte of the home is written")
+    group.add_argument("--codex-bin", metavar="PATH", type=_executable_argument,
+                       help="the codex binary --verify runs (default: `codex` on PATH, else the one Codex "
+                            "Desktop or the IDE extension ships)")
+
+
+def _executable_argument(text: str) -> str:
+    """--codex-bin is checked before the home is read: a typo is a usage error at once."""
+    if not _is_executable(Path(text).expanduser()):
+        raise argparse.ArgumentTypeError("%s is not an executable file" % text)
+    return text
 
 
 def _write_options(parser: argparse.ArgumentParser, force_help: Optional[str] = None) -> None:
@@ -5948,6 +6795,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_USAGE
     try:
         return args.handler(args)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
     except ToolError as exc:
         if getattr(args, "json", False):
             emit_json(error_document(args.command, home_for_error(args), exc))

@@ -1131,3 +1131,29 @@ def test_copied_in_rollouts_read_every_turn_after_the_step_diagnose_names(real_h
             assert [user_texts(t) for t in server.read_thread(tid)["turns"]] == [[t] for t in texts[tid]]
     code, doc, _ = run_tool(home.home, "diagnose")
     assert finding(doc, "history_projection_missing") is None
+
+
+@pytest.mark.parametrize("version", ["0.171.0", "0.169.0"])
+def test_forced_apply_leaves_a_thread_codex_has_loaded(real_home, version):
+    """A real app-server with one thread resumed holds that thread's writer lock
+    (thread-writer-locks/<id>.lock) and its rollout open. repair-provider --apply --force
+    leaves that thread byte for byte (reported as skipped) and moves the others; once the
+    app-server is gone the rerun moves it too, and the real Codex lists and reads them all."""
+    home = real_home(version, "openai")
+    home.switch_provider(CUSTOM)
+    loaded, other = home.interactive[0], home.interactive[1]
+    with home.app_server() as server:
+        server.resume_thread(loaded)
+        before = home.rollout(loaded).read_bytes()
+        proc = run_tool_process(home.home, "repair-provider", "--from", "openai", "--apply", "--force", "--json")
+        assert proc.returncode == csr.EXIT_OK, proc.stderr
+        skipped = {s["thread_id"]: s["reason"] for s in json.loads(proc.stdout)["skipped"]}
+        assert loaded in skipped and ("writer lock" in skipped[loaded] or "open" in skipped[loaded]), skipped
+        assert home.rollout(loaded).read_bytes().startswith(before)
+        assert all(v == CUSTOM for _k, v in provider_fields(home.rollout(other)))
+    code, doc, _ = run_tool(home.home, "repair-provider", "--from", "openai", "--apply")
+    assert code == csr.EXIT_OK, doc
+    with home.app_server() as server:
+        assert sorted(server.listed_ids()) == sorted(home.interactive)
+        for tid, texts in zip(home.interactive, (ALPHA_TEXTS, BETA_TEXTS)):
+            assert [user_texts(turn) for turn in server.read_thread(tid)["turns"]] == [[t] for t in texts]
