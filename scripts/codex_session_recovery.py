@@ -5454,11 +5454,18 @@ def build_scratch_home(inv: Inventory, scratch: ScratchHome, plan: Optional[Plan
         point_rows_at_scratch(target, mapper)
         db_targets[db.path] = target
     edits = {e.path: e for e in (plan.rollout_edits if plan else [])}
+    # import's copies come from another home: the copy goes where the plan puts it, over this
+    # home's shorter copy where there is one.
+    copies = {e.target: e for e in (plan.rollout_edits if plan else []) if e.target != e.path}
     for info in progress(inv.rollouts, "verify: copying rollout heads"):
+        if info.path in copies:
+            continue
         if info.compressed and info.path.is_file():
             copy_file_to_scratch(info.path, scratch.path_for(info.path, inv.home), scratch)
         elif info.path.is_file() and "unreadable" not in info.problems:
             copy_rollout_head(info, scratch.path_for(info.path, inv.home), edits.get(info.path), scratch, cache)
+    for target, edit in copies.items():
+        copy_rollout_head(scan_rollout(edit.path, edit.path.parent), scratch.path_for(target, inv.home), edit, scratch)
     if plan is not None:
         apply_plan_to_scratch(plan, mapper, db_targets)
 

@@ -202,3 +202,21 @@ def test_a_copied_home_and_a_moved_project_come_back_with_the_next_lines(version
     # CODEX-COMPAT: `codex exec resume --last` counts `exec` threads too (measured on 0.169.0
     # and 0.130.0): the newest thread of the folder is the sample home's exec thread.
     assert exec_resume(binary, new_home, project, "--last") == ids["exec"]
+
+
+def test_import_verify_lists_the_copies_on_the_scratch_home(tmp_path):
+    """Codex 0.169.0 judges `import --verify`: on the scratch copy the plan leaves, it lists
+    the imported threads, as the tool predicts; the home itself is not written."""
+    from homes import HomeBuilder
+
+    binary = harness.require_release("0.169.0")
+    other = HomeBuilder(tmp_path / "machine-a", "0.169.0")
+    imported = [other.thread(cwd="/home/ana/src/shop").id, other.thread(cwd="/home/ana/src/shop").id]
+    home = HomeBuilder(tmp_path / "machine-b", "0.169.0")
+    own = home.thread(cwd=str(tmp_path)).id
+    before = snapshot_home(home.root)
+    code, doc = run_tool(home.root, "import", "--from", str(other.root), "--verify", "--codex-bin", str(binary))
+    assert code == csr.EXIT_FINDINGS and snapshot_home(home.root) == before
+    verification = doc["verification"]
+    assert verification["status"] == "verified" and verification["agrees"] is True, verification
+    assert set(verification["listed_after"]) == set(imported) | {own}
