@@ -266,7 +266,7 @@ def giant_rollout(path: Path, spec: Dict[str, Any], mb: int, rnd: random.Random,
     return out.projection(spec["id"])
 
 
-def plan_threads(count: int, seed: int, rnd: random.Random) -> List[Dict[str, Any]]:
+def plan_threads(count: int, seed: int, rnd: random.Random, size_median: int = SIZE_MEDIAN) -> List[Dict[str, Any]]:
     specs = []
     step = SPAN_MS // max(1, count)
     for n in range(count):
@@ -286,7 +286,7 @@ def plan_threads(count: int, seed: int, rnd: random.Random) -> List[Dict[str, An
             provider = "ollama"
         else:
             provider = ACTIVE_PROVIDER
-        size = min(SIZE_CAP, int(rnd.lognormvariate(math.log(SIZE_MEDIAN), SIZE_SIGMA)))
+        size = min(SIZE_CAP, int(rnd.lognormvariate(math.log(size_median), SIZE_SIGMA)))
         user_text = None if drift["no_user_message"] else "%s [%d]" % (rnd.choice(PROMPTS), n)
         specs.append({
             "n": n, "id": thread_id_for(seed, n), "created_ms": created_ms, "source": source,
@@ -352,7 +352,8 @@ def create_db(path: Path, schema: str) -> sqlite3.Connection:
     return conn
 
 
-def make_home(out: Path, threads: int = 10000, seed: int = 1, giant_mb: int = 0) -> Dict[str, Any]:
+def make_home(out: Path, threads: int = 10000, seed: int = 1, giant_mb: int = 0,
+              size_median: int = SIZE_MEDIAN) -> Dict[str, Any]:
     """Build the home at `out` (which must not exist or be empty). Returns a summary."""
     started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
@@ -367,7 +368,7 @@ def make_home(out: Path, threads: int = 10000, seed: int = 1, giant_mb: int = 0)
         '[model_providers.%s]\nname = "Azure"\nbase_url = "https://example.openai.azure.com/openai"\n'
         'wire_api = "responses"\nenv_key = "AZURE_OPENAI_API_KEY"\n' % (ACTIVE_PROVIDER, ACTIVE_PROVIDER, GIANT_PROVIDER),
         encoding="utf-8")
-    specs = plan_threads(threads, seed, rnd)
+    specs = plan_threads(threads, seed, rnd, size_median)
     rows: List[Dict[str, Any]] = []
     turn_rows: List[Tuple[Any, ...]] = []
     state_rows: List[Tuple[Any, ...]] = []
@@ -479,9 +480,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--threads", type=int, default=10000, help="threads to generate (default 10000)")
     parser.add_argument("--seed", type=int, default=1, help="random seed; the same seed gives the same home")
     parser.add_argument("--giant-mb", type=int, default=0, metavar="N", help="add one N MB rollout (default none)")
+    parser.add_argument("--size-median-kb", type=int, default=SIZE_MEDIAN // 1024, metavar="KB",
+                        help="median rollout size (default %d); small values give heads-only rollouts of "
+                             "~25 KB, for 100,000 threads on a small disk" % (SIZE_MEDIAN // 1024))
     parser.add_argument("--out", required=True, metavar="DIR", help="folder to create the home in (new or empty)")
     args = parser.parse_args(argv)
-    summary = make_home(Path(args.out), args.threads, args.seed, args.giant_mb)
+    summary = make_home(Path(args.out), args.threads, args.seed, args.giant_mb, args.size_median_kb * 1024)
     json.dump(summary, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0

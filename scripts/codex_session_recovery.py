@@ -38,6 +38,7 @@ import contextlib
 import datetime as _dt
 import hashlib
 import json
+import json.scanner
 import os
 import re
 import shutil
@@ -45,6 +46,7 @@ import sqlite3
 import sys
 import tempfile
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 try:  # Python 3.11+
@@ -492,6 +494,15 @@ def strip_request_marker(text: str) -> str:
     return text[index + len(USER_REQUEST_MARKER):].strip() if index >= 0 else text.strip()
 
 
+def inside_home(path: str, home: Path) -> bool:
+    """is_within for an absolute path string; the common case (under the home as spelled) by
+    string prefix, without a Path object."""
+    prefix = str(home)
+    if path.startswith(prefix) and path[len(prefix):len(prefix) + 1] in (os.sep, "/", ""):
+        return True
+    return is_within(Path(path), home)
+
+
 def is_within(path: Path, root: Path) -> bool:
     try:
         path.relative_to(root)
@@ -567,7 +578,9 @@ def remap_folder(stored: str, old: str, new: str) -> Optional[str]:
 def same_rollout(stored: str, info: "RolloutInfo") -> bool:
     """Whether a row's rollout_path names this file: the same path, or (for a path another
     system wrote, e.g. `C:\\Users\\ana\\.codex\\sessions\\…`) the same place in the home."""
-    if os.path.normcase(os.path.abspath(stored)) == os.path.normcase(os.path.abspath(str(info.path))):
+    if stored == info.file:
+        return True
+    if os.path.normcase(os.path.abspath(stored)) == os.path.normcase(os.path.abspath(info.file)):
         return True
     if is_windows_path(stored) and os.name != "nt":
         return home_relative_tail(stored) == info.rel.replace("\\", "/")
@@ -879,6 +892,7 @@ _ROW_PLAIN_COLUMNS = (
     "has_user_event", "cli_version", "thread_source", "history_mode", "name",
 )
 _ROW_PRESENCE_COLUMNS = ("first_user_message", "preview", "title")
+_ROW_SHARED_COLUMNS = ("source", "model_provider", "cli_version", "history_mode", "thread_source", "cwd")
 
 
 def open_db_readonly(path: Path) -> sqlite3.Connection:
@@ -1073,10 +1087,20 @@ def read_thread_rows(db: StateDb) -> Dict[str, Dict[str, Any]]:
         conn.row_factory = None
         cursor = conn.execute("SELECT %s FROM threads" % ", ".join(select))
         index = {name[0]: n for n, name in enumerate(cursor.description)}
+        # Values thousands of rows share (a source, a provider, a release, a project folder)
+        # are kept once; the id is one string for the key and the row.
+        shared = [index[c] for c in _ROW_SHARED_COLUMNS if c in index]
+        at_id = index["id"]
         rows = {}
         for raw in cursor:
-            values = tuple(_text(v) if isinstance(v, bytes) else v for v in raw)
-            rows[str(values[index["id"]]).lower()] = Row(index, values)
+            values = [_text(v) if isinstance(v, bytes) else v for v in raw]
+            for n in shared:
+                if type(values[n]) is str:
+                    values[n] = sys.intern(values[n])
+            key = sys.intern(str(values[at_id]).lower())
+            if values[at_id] == key:
+                values[at_id] = key
+            rows[key] = Row(index, tuple(values))
         return rows
     finally:
         conn.close()
@@ -1133,19 +1157,22 @@ def read_backfill_state(db: StateDb) -> Optional[Dict[str, Any]]:
 class RolloutInfo:
     """What the head of one rollout file says."""
 
-    # One of these per rollout stays in memory for the whole run: no per-object dict.
-    __slots__ = ("path", "rel", "name_uuid", "compressed", "archived_location", "meta", "meta_lines",
+    # One of these per rollout stays in memory for the whole run: no per-object dict, the path
+    # as a plain str (a Path object per file costs time and memory at tens of thousands).
+    __slots__ = ("file", "rel_at", "name_uuid", "compressed", "archived_location", "meta", "meta_lines",
                  "evidence_kind", "evidence_line", "evidence_text", "scanned_to_end", "problems",
                  "bytes_read", "size", "mtime")
 
-    def __init__(self, path: Path, home: Path) -> None:
-        self.path = path
-        self.rel = display_path(path, home)
-        match = ROLLOUT_NAME_RE.match(path.name)
-        self.name_uuid = match.group("uuid").lower() if match else None
-        self.compressed = path.name.endswith(".zst")
-        self.archived_location = self.rel.replace("\\", "/").startswith("archived_sessions/")
-        self.meta: Dict[str, Any] = {}
+    def __init__(self, path: Any, home: Path, stat: Any = None) -> None:
+        self.file = str(path)
+        rel = display_path(self.file, home)
+        self.rel_at = len(self.file) - len(rel)  # rel is a suffix of file: kept as its offset
+        name = os.path.basename(self.file)
+        match = ROLLOUT_NAME_RE.match(name)
+        self.name_uuid = sys.intern(match.group("uuid").lower()) if match else None
+        self.compressed = name.endswith(".zst")
+        self.archived_location = rel.replace("\\", "/").startswith("archived_sessions/")
+        self.meta: Any = EMPTY_META
         self.meta_lines = 0
         self.evidence_kind: Optional[str] = None
         self.evidence_line: Optional[int] = None
@@ -1153,11 +1180,20 @@ class RolloutInfo:
         self.scanned_to_end = False
         self.problems: List[str] = []
         self.bytes_read = 0
-        try:
-            stat = os.stat(str(path))
-            self.size, self.mtime = stat.st_size, stat.st_mtime
-        except OSError:
-            self.size, self.mtime = 0, 0.0
+        # stat=False: the caller fills size and mtime in (from the fstat of its descriptor).
+        self.set_stat(_stat_or_none(self.file) if stat is None else stat)
+
+    @property
+    def rel(self) -> str:
+        """The path as shown: relative to the home when inside it."""
+        return self.file[self.rel_at:]
+
+    def set_stat(self, stat: Any) -> None:
+        self.size, self.mtime = (stat.st_size, stat.st_mtime) if stat else (0, 0.0)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.file)
 
     @property
     def thread_id(self) -> Optional[str]:
@@ -1176,7 +1212,8 @@ class RolloutInfo:
     def source(self) -> Optional[str]:
         if not self.meta:
             return None
-        return decode_source(self.meta.get("source"))
+        value = self.meta.get("source")  # Meta keeps it decoded already (decode_source is idempotent)
+        return value if value is not None else decode_source(None)
 
     @property
     def has_evidence(self) -> bool:
@@ -1187,26 +1224,64 @@ def iter_rollout_files(home: Path, temps: Optional[List[Path]] = None,
                        errors: Optional[List[str]] = None,
                        tops: Sequence[str] = ("sessions", "archived_sessions")) -> Iterator[Path]:
     """Every rollout under sessions/ (any depth: pre-July-2025 files are flat) and
-    archived_sessions/. Symlinked folders are read (a synced tree may be linked in); writes
-    through them are refused later, in preflight."""
+    archived_sessions/, as Path objects (see iter_rollout_entries)."""
+    for path, _is_file in iter_rollout_entries(home, temps, errors, tops):
+        yield Path(path)
+
+
+def iter_rollout_entries(home: Path, temps: Optional[List[Path]] = None,
+                         errors: Optional[List[str]] = None,
+                         tops: Sequence[str] = ("sessions", "archived_sessions")) -> Iterator[Tuple[str, bool]]:
+    """(path, is a regular file) of every rollout under sessions/ and archived_sessions/, in
+    sorted order. Symlinked folders are read (a synced tree may be linked in); writes through
+    them are refused later, in preflight. One os.scandir per folder: the entry's type comes with
+    the listing, so a FIFO or device named like a rollout is known without opening it."""
     for top in tops:
-        root = home / top
-        if not root.is_dir():
+        root = os.path.join(str(home), top)
+        if not os.path.isdir(root):
             continue
-        seen = set()
-        on_error = (lambda exc: errors.append(exc.filename or str(exc))) if errors is not None else None
-        for folder, dirs, files in os.walk(str(root), followlinks=True, onerror=on_error):
-            real = os.path.realpath(folder)
-            if real in seen:  # a link loop, or two links to one folder
-                dirs[:] = []
-                continue
-            seen.add(real)
-            dirs.sort()
-            for name in sorted(files):
-                if name.startswith("rollout-") and (name.endswith(".jsonl") or name.endswith(".jsonl.zst")):
-                    yield Path(folder) / name
-                elif temps is not None and TEMP_MARKER in name:
-                    temps.append(Path(folder) / name)
+        seen: set = set()
+        yield from _walk_rollouts(root, seen, temps, errors)
+
+
+def _walk_rollouts(folder: str, seen: set, temps: Optional[List[Path]],
+                   errors: Optional[List[str]]) -> Iterator[Tuple[str, bool]]:
+    real = os.path.realpath(folder)
+    if real in seen:  # a link loop, or two links to one folder
+        return
+    seen.add(real)
+    try:
+        with os.scandir(folder) as listing:
+            entries = sorted(listing, key=lambda e: e.name)
+    except OSError as exc:
+        if errors is not None:  # as os.walk's onerror: the folder that could not be listed
+            errors.append(exc.filename or str(exc))
+        return
+    folders = []
+    for entry in entries:
+        name = entry.name
+        if _entry_is_dir(entry):
+            folders.append(entry.path)
+        elif name.startswith("rollout-") and (name.endswith(".jsonl") or name.endswith(".jsonl.zst")):
+            yield entry.path, _entry_is_file(entry)
+        elif temps is not None and TEMP_MARKER in name:
+            temps.append(Path(entry.path))
+    for sub in folders:  # os.walk's order: a folder's files, then its subfolders, sorted
+        yield from _walk_rollouts(sub, seen, temps, errors)
+
+
+def _entry_is_file(entry: Any) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
+
+
+def _entry_is_dir(entry: Any) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def read_line_bounded(handle: Any) -> Tuple[bytes, bool]:
@@ -1221,7 +1296,7 @@ def read_line_bounded(handle: Any) -> Tuple[bytes, bool]:
             return b"", True
 
 
-def parse_rollout_line(raw: bytes, line_no: int, problems: List[str]) -> Optional[Dict[str, Any]]:
+def parse_rollout_line(raw: bytes, line_no: int, problems: List[str], decode: Any = json.loads) -> Optional[Dict[str, Any]]:
     if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
         problems.append("bom")
         raw = raw[3:]
@@ -1237,7 +1312,7 @@ def parse_rollout_line(raw: bytes, line_no: int, problems: List[str]) -> Optiona
     if not text:
         return None
     try:
-        record = json.loads(text)
+        record = decode(text)
     except ValueError:
         problems.append("torn_line" if not raw.endswith(b"\n") else "bad_json")
         return None
@@ -1308,9 +1383,265 @@ def _content_text(content: Any) -> str:
     return "\n".join(parts).strip()
 
 
-def scan_rollout(path: Path, home: Path) -> RolloutInfo:
-    """Read the head of a rollout: its own session_meta and the first real user message."""
-    info = RolloutInfo(path, home)
+def scan_rollout(path: Any, home: Path, deep: bool = False, is_file: Optional[bool] = None,
+                 keep_text: bool = True) -> RolloutInfo:
+    """Read the head of a rollout: its own session_meta and the first real user message, and
+    the last bytes (a torn or NUL-padded tail). The same facts as scan_rollout_deep, found with
+    less work: one os.read of the head (most rollouts' heads, many whole files, fit in it), the
+    tail from the same buffer when it holds the end, and the instructions in session_meta
+    (~20 KB, identical in every rollout of one release) matched instead of decoded again.
+    Without keep_text the snippet of the first message is dropped (only --verbose shows it)."""
+    info = scan_rollout_deep(Path(path), home) if deep else _scan_fast(path, home, is_file)
+    if not keep_text:
+        info.evidence_text = None
+    return info
+
+
+def _finished(info: RolloutInfo) -> RolloutInfo:
+    info.problems = tuple(sorted(set(info.problems)))  # () for most files: shared, no list each
+    return info
+
+
+def _scan_fast(path: Any, home: Path, is_file: Optional[bool]) -> RolloutInfo:
+    info = RolloutInfo(path, home, stat=False)
+    if info.compressed:
+        info.set_stat(_stat_or_none(info.file))
+        info.problems.append("compressed")  # zstd is not in the standard library
+        return _finished(info)
+    fd, stat = (None, None) if is_file is False else open_regular_readonly(info.file)
+    if fd is None:
+        _describe_unopened(info, stat)
+        return _finished(info)
+    try:
+        info.set_stat(stat)
+        if info.size == 0:
+            info.problems.append("empty_file")
+            info.scanned_to_end = True
+        else:
+            _scan_head(info, HeadReader(fd, info.size))
+    finally:
+        os.close(fd)
+    return _finished(info)
+
+
+def _stat_or_none(path: str) -> Optional[os.stat_result]:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
+def _describe_unopened(info: RolloutInfo, stat: Optional[os.stat_result]) -> None:
+    """A rollout that was not read: not a regular file (a FIFO or device named like a rollout,
+    a dangling link), or a regular file that cannot be opened."""
+    stat = stat or _stat_or_none(info.file)
+    info.set_stat(stat)
+    if stat is None or not S_ISREG(stat.st_mode):
+        info.problems.append("not_a_file")
+    elif stat.st_size == 0:
+        info.problems.append("empty_file")
+        info.scanned_to_end = True
+    else:
+        info.problems.append("unreadable")
+
+
+READ_ONLY_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) \
+    | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+
+
+def open_regular_readonly(path: str) -> Tuple[Optional[int], Optional[os.stat_result]]:
+    """(descriptor, fstat) of `path` opened read-only if it is a regular file; (None, its fstat)
+    if it opened as something else, (None, None) if it did not open. The open never blocks
+    (O_NONBLOCK: a FIFO put in a file's place between the listing and the open cannot hang it)
+    and the type is checked on the descriptor itself, so nothing but a regular file is read."""
+    try:
+        fd = os.open(path, READ_ONLY_FLAGS)
+    except (OSError, ValueError):
+        return None, None
+    try:
+        stat = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        return None, None
+    if not S_ISREG(stat.st_mode):
+        os.close(fd)
+        return None, stat
+    return fd, stat
+
+
+HEAD_READ = 32 * 1024  # one read: a 0.169.0 head up to the first prompt is ~25-45 KB
+
+
+class HeadReader:
+    """Lines of an open rollout with read_line_bounded's contract (at most MAX_LINE_BYTES per
+    line; an oversized line is skipped and reported), read from the descriptor in bounded
+    chunks: HEAD_READ first, then twice as much each time, up to READ_CHUNK (most heads need
+    one read; a long one is not read a megabyte at a time from the start)."""
+
+    __slots__ = ("fd", "size", "buf", "pos", "total", "eof", "step")
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd, self.size = fd, size
+        self.buf, self.pos, self.total, self.eof = b"", 0, 0, False
+        self.step = HEAD_READ
+        self.buf = self._read(HEAD_READ)
+
+    def _next_chunk(self) -> bytes:
+        self.step = min(READ_CHUNK, self.step * 2)
+        return self._read(self.step)
+
+    def _read(self, count: int) -> bytes:
+        if self.eof:
+            return b""
+        chunk = os.read(self.fd, count)
+        self.total += len(chunk)
+        # A short read of a regular file is its end; a network file system may return short
+        # reads before it, so the size fstat gave must be reached too.
+        if not chunk or (len(chunk) < count and self.total >= self.size):
+            self.eof = True
+        return chunk
+
+    def tell(self) -> int:
+        return self.total - len(self.buf) + self.pos
+
+    def next_line(self) -> Tuple[bytes, bool]:
+        buf, pos = self.buf, self.pos
+        end = buf.find(b"\n", pos)
+        if end >= 0:
+            self.pos = end + 1
+            return (buf[pos:end + 1], False) if end + 1 - pos <= MAX_LINE_BYTES else (b"", True)
+        pieces, held = [buf[pos:]], len(buf) - pos
+        self.buf, self.pos = b"", 0
+        while held < MAX_LINE_BYTES:
+            if self.eof:
+                return b"".join(pieces), False
+            chunk = self._next_chunk()
+            end = chunk.find(b"\n")
+            if end >= 0:
+                self.buf, self.pos = chunk, end + 1
+                if held + end + 1 > MAX_LINE_BYTES:
+                    return b"", True
+                pieces.append(chunk[:end + 1])
+                return b"".join(pieces), False
+            pieces.append(chunk)
+            held += len(chunk)
+        return self._skip_rest_of_line()
+
+    def _skip_rest_of_line(self) -> Tuple[bytes, bool]:
+        while True:
+            chunk = self._next_chunk()
+            end = chunk.find(b"\n")
+            if end >= 0 or not chunk:
+                self.buf, self.pos = chunk, end + 1 if end >= 0 else 0
+                return b"", True
+
+    def tail(self, start: int) -> bytes:
+        """The bytes from `start` to the end: from the buffer when it holds them."""
+        buffered = self.total - len(self.buf)
+        if self.eof and start >= buffered:
+            return self.buf[start - buffered:]
+        os.lseek(self.fd, start, os.SEEK_SET)
+        parts = []
+        while True:
+            chunk = os.read(self.fd, READ_CHUNK)
+            if not chunk:
+                return b"".join(parts)
+            parts.append(chunk)
+
+
+def _scan_head(info: RolloutInfo, reader: HeadReader) -> None:
+    """scan_rollout_deep's loop over a HeadReader, with decode_record for json.loads."""
+    line_no = 0
+    problems = info.problems
+    while True:
+        raw, oversized = reader.next_line()
+        if not raw and not oversized:
+            info.scanned_to_end = True
+            break
+        line_no += 1
+        if oversized:
+            problems.append("oversized_line")
+            continue
+        record = parse_rollout_line(raw, line_no, problems, decode_record)
+        if record is None:
+            continue
+        if line_no == 1:
+            _take_first_line(info, record)
+        elif record.get("type") == "session_meta":
+            info.meta_lines += 1
+        found = user_text_of(record)
+        if found:
+            info.evidence_kind, text = found
+            info.evidence_line = line_no
+            info.evidence_text = short(text, 200)
+            break
+    info.bytes_read = reader.tell()
+    if not info.scanned_to_end:
+        start = max(info.bytes_read, info.size - TAIL_BYTES)
+        tail = reader.tail(start)
+        info.bytes_read += len(tail)
+        _tail_problems(tail, info)
+
+
+# session_meta carries the model's instructions (~20 KB in 0.169.0), the same text in every
+# rollout one release writes. Once decoded and found to be one well-formed JSON value, that
+# exact text is recognised by comparison in the next lines and stands in as "" for the decoder:
+# a line is valid JSON with it if and only if it is valid with "" there (the key is an object
+# key, so the value sits where any value may), and the instructions are never read.
+INSTRUCTIONS_KEY = '"base_instructions":'
+_known_instructions: List[str] = []
+_scan_json = json.scanner.make_scanner(json.JSONDecoder())
+
+
+def decode_record(text: str) -> Any:
+    """json.loads(text) for a stripped line (no surrounding whitespace), raising ValueError
+    exactly when json.loads would, with the known instructions matched, not decoded."""
+    at = text.find(INSTRUCTIONS_KEY)
+    if at <= 0 or text[at - 1] not in "{,":
+        return _decode_whole(text)
+    start = at + len(INSTRUCTIONS_KEY)
+    for known in _known_instructions:
+        if text.startswith(known, start):
+            record = _decode_whole(text[:start] + '""' + text[start + len(known):])
+            payload = record.get("payload") if isinstance(record, dict) else None
+            if isinstance(payload, dict) and payload.get("base_instructions") == "":
+                return record
+            break  # the match was not the payload's own key: decode the line as it is
+    record = _decode_whole(text)
+    _learn_instructions(text, start)
+    return record
+
+
+def _decode_whole(text: str) -> Any:
+    try:
+        value, end = _scan_json(text, 0)
+    except StopIteration as exc:
+        raise ValueError("Expecting value") from exc
+    if end != len(text):
+        raise ValueError("Extra data")
+    return value
+
+
+def _learn_instructions(text: str, start: int) -> None:
+    if len(_known_instructions) >= 8 or text[start:start + 1] not in ('{', '"'):
+        return  # only self-delimiting values (an object or a string) can be matched by text
+    try:
+        _value, end = _scan_json(text, start)
+    except (StopIteration, ValueError):
+        return
+    if end - start >= 1024:
+        _known_instructions.append(text[start:end])
+
+
+def scan_rollout_deep(path: Path, home: Path) -> RolloutInfo:
+    """Read the head of a rollout: its own session_meta and the first real user message, with
+    buffered readline and json.loads, every line decoded in full. The reference reader:
+    `--deep` uses it, and the tests hold scan_rollout to it, fact for fact."""
+    return _finished(_scan_deep(RolloutInfo(path, home), path))
+
+
+def _scan_deep(info: RolloutInfo, path: Path) -> RolloutInfo:
+    """The reading loop of scan_rollout_deep."""
     if info.compressed:
         info.problems.append("compressed")  # zstd is not in the standard library
         return info
@@ -1353,7 +1684,6 @@ def scan_rollout(path: Path, home: Path) -> RolloutInfo:
         info.bytes_read = handle.tell()
         if not info.scanned_to_end:
             check_tail(handle, info)
-    info.problems = sorted(set(info.problems))
     return info
 
 
@@ -1367,22 +1697,72 @@ def check_tail(handle: Any, info: RolloutInfo) -> None:
     handle.seek(start)
     tail = handle.read()
     info.bytes_read += len(tail)
+    _tail_problems(tail, info)
+
+
+def _tail_problems(tail: bytes, info: RolloutInfo) -> None:
     if b"\x00" in tail:
         info.problems.append("nul_bytes")
     if tail and not tail.endswith(b"\n"):
         info.problems.append("torn_line")
 
 
+META_KEYS = ("id", "timestamp", "cwd", "originator", "cli_version", "source", "thread_source",
+             "model_provider", "history_mode", "forked_from_id")
+# Values shared by thousands of rollouts (a release, a provider, a source) are kept once.
+_SHARED_POSITIONS = tuple(META_KEYS.index(k) for k in (
+    "id", "cwd", "originator", "cli_version", "source", "thread_source", "model_provider", "history_mode"))
+_PROVIDER_POSITION = META_KEYS.index("model_provider")
+_SOURCE_POSITION = META_KEYS.index("source")
+
+
+class Meta:
+    """The session_meta fields the tool reads, as a tuple with one shared key index. Reads like
+    the dict it replaces (one per rollout, kept for the whole run)."""
+
+    __slots__ = ("_values",)
+    _index = {key: n for n, key in enumerate(META_KEYS)}
+
+    def __init__(self, payload: Dict[str, Any]) -> None:
+        values = [payload.get(key) for key in META_KEYS]
+        for n in _SHARED_POSITIONS:
+            if type(values[n]) is str:
+                values[n] = sys.intern(values[n])
+        if values[_SOURCE_POSITION] is not None:
+            # Kept in its canonical stored form (what RolloutInfo.source returns), not as the
+            # decoded JSON value: a subagent's source is an object per rollout otherwise.
+            values[_SOURCE_POSITION] = sys.intern(decode_source(values[_SOURCE_POSITION]))
+        if isinstance(values[_PROVIDER_POSITION], (int, float, list, dict)):
+            values[_PROVIDER_POSITION] = None  # wrong_shape: reported, never used as a provider
+        self._values = tuple(values)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        position = self._index.get(key)
+        return default if position is None else self._values[position]
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[self._index[key]]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._index
+
+    def keys(self) -> List[str]:
+        return list(META_KEYS)
+
+    def items(self) -> List[Tuple[str, Any]]:
+        return list(zip(META_KEYS, self._values))
+
+
+EMPTY_META: Dict[str, Any] = {}  # never written to: a rollout without a session_meta
+
+
 def _take_first_line(info: RolloutInfo, record: Dict[str, Any]) -> None:
     payload = record.get("payload")
     if record.get("type") == "session_meta" and isinstance(payload, dict):
-        info.meta = {k: payload.get(k) for k in (
-            "id", "timestamp", "cwd", "originator", "cli_version", "source", "thread_source",
-            "model_provider", "history_mode", "forked_from_id")}
+        info.meta = Meta(payload)
         info.meta_lines = 1
         if isinstance(payload.get("model_provider"), (int, float, list, dict)):
             info.problems.append("wrong_shape")
-            info.meta["model_provider"] = None
         meta_id = payload.get("id")
         if isinstance(meta_id, str) and info.name_uuid and meta_id.lower() != info.name_uuid:
             info.problems.append("id_mismatch")
@@ -1492,7 +1872,7 @@ def read_projected_ids(path: Path) -> Optional[set]:
         try:
             if not table_exists(conn, "thread_history_projection_state"):
                 return None
-            return {str(r[0]).lower() for r in conn.execute("SELECT thread_id FROM thread_history_projection_state")}
+            return {sys.intern(str(r[0]).lower()) for r in conn.execute("SELECT thread_id FROM thread_history_projection_state")}
         finally:
             conn.close()
     except sqlite3.Error:
@@ -1522,7 +1902,7 @@ class ThreadView:
     def __init__(self, thread_id: str, row: Optional[Dict[str, Any]], files: List[RolloutInfo], home: Path) -> None:
         self.id = thread_id
         self.row = row
-        self.files = files
+        self.files = tuple(files)  # one file for nearly every thread: no list each
         self.primary = self._primary_file(home)
         self.index_name: Optional[str] = None
         self.reasons: List[Dict[str, Any]] = []
@@ -1601,7 +1981,8 @@ class ThreadView:
 
 
 class Inventory:
-    def __init__(self, home: Path, home_origin: str, config: Config, environ: Dict[str, str]) -> None:
+    def __init__(self, home: Path, home_origin: str, config: Config, environ: Dict[str, str],
+                 deep: bool = False, keep_text: bool = True) -> None:
         self.home = home
         self.home_origin = home_origin
         self.config = config
@@ -1622,8 +2003,12 @@ class Inventory:
             self.db_error = self.live_db.error
         self.temp_files: List[Path] = [home / n for n in sorted(os.listdir(str(home))) if TEMP_MARKER in n]
         self.unreadable_folders: List[str] = []
-        self.rollouts = [scan_rollout(path, home) for path in
-                         progress(iter_rollout_files(home, self.temp_files, self.unreadable_folders), "reading rollouts")]
+        # A rollout's path string is the one its row already holds, when they are spelled alike.
+        paths = {p: p for p in (r.get("rollout_path") for r in self.rows.values()) if isinstance(p, str)}
+        self.rollouts = [scan_rollout(paths.get(path, path), home, deep, is_file, keep_text) for path, is_file in
+                         progress(iter_rollout_entries(home, self.temp_files, self.unreadable_folders),
+                                  "reading rollouts")]
+        del paths
         self.index = read_session_index(home)
         self.global_state = read_global_state(home)
         self.projections = history_projection_files(home, self.live_db.path.parent if self.live_db else None)
@@ -1668,7 +2053,7 @@ class Inventory:
         """The column whose emptiness hides a thread from DB listings, by schema."""
         if not self.has_db:
             return None
-        columns = set(self.live_db.columns)
+        columns = self.live_db.columns
         for column in ("preview", "first_user_message", "has_user_event"):
             if column in columns:
                 return column
@@ -1704,7 +2089,8 @@ def build_inventory(args: argparse.Namespace, environ: Optional[Dict[str, str]] 
     environ = dict(os.environ if environ is None else environ)
     home, origin = resolve_codex_home(getattr(args, "codex_home", None), environ)
     config = load_config(home, getattr(args, "profile", None))
-    return Inventory(home, origin, config, environ)
+    return Inventory(home, origin, config, environ, deep=bool(getattr(args, "deep", False)),
+                     keep_text=bool(getattr(args, "verbose", False)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1769,8 +2155,47 @@ HOME_FINDINGS: Dict[str, Tuple[str, str]] = {
 }
 
 
+class Reason:
+    """Why one thread is hidden or worth a look: a code, whether it hides the thread, and the
+    evidence. Read like the dict it stands for (reason["code"]); one object with three slots
+    instead of a dict, since most threads carry a reason or two and a home has tens of thousands."""
+
+    __slots__ = ("code", "hides", "_keys", "_values")
+    _key_tuples: Dict[Tuple[str, ...], Tuple[str, ...]] = {}  # one per call site, shared
+
+    def __init__(self, code: str, hides: bool, evidence: Dict[str, Any]) -> None:
+        self.code, self.hides = code, hides
+        keys = tuple(evidence)
+        self._keys = self._key_tuples.setdefault(keys, keys)
+        self._values = tuple(evidence.values())
+
+    @property
+    def evidence(self) -> Dict[str, Any]:
+        """A new dict on each read: evidence is a record of the check, not something to edit."""
+        return dict(zip(self._keys, self._values))
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in ("code", "hides", "evidence"):
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key) if key in ("code", "hides", "evidence") else default
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"code": self.code, "hides": self.hides, "evidence": self.evidence}
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Reason):
+            other = other.as_dict()
+        return self.as_dict() == other
+
+    def __repr__(self) -> str:
+        return "Reason(%r, %r, %r)" % (self.code, self.hides, self.evidence)
+
+
 def add_reason(view: ThreadView, code: str, hides: bool, **evidence: Any) -> None:
-    view.reasons.append({"code": code, "hides": hides, "evidence": evidence})
+    view.reasons.append(Reason(code, hides, evidence))
 
 
 def user_event_gate_hides(release: Tuple[int, ...]) -> bool:
@@ -1856,8 +2281,8 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
         exists = state == "exists"
         # A copied or moved home keeps rows that point into the old one: the file Codex would
         # read is not this home's.
-        elsewhere = exists and not is_windows_path(path) and not is_within(Path(os.path.abspath(path)), inv.home) \
-            and not any(os.path.realpath(path) == os.path.realpath(str(f.path)) for f in view.files)
+        elsewhere = exists and not is_windows_path(path) and not inside_home(os.path.abspath(path), inv.home) \
+            and not any(os.path.realpath(path) == os.path.realpath(f.file) for f in view.files)
         if (not exists or elsewhere) and view.files:
             # CODEX-COMPAT: measured with --verify on 0.120.0, 0.130.0, 0.169.0 and 0.171.0: a row
             # whose rollout_path names no file is still listed by default when the file is in
@@ -1908,7 +2333,7 @@ def cwd_spelling_problem(cwd: str, home: Path) -> Optional[str]:
         return "trailing_separator"
     if re.match(r"^/mnt/[A-Z]/", cwd):
         return "wsl_drive_case"  # WSL stores /mnt/c lower-case
-    worktrees = str(home / "worktrees") + os.sep
+    worktrees = os.path.join(str(home), "worktrees") + os.sep
     if cwd.startswith(worktrees) and not os.path.isdir(cwd):
         return "worktree_gone"
     return None
@@ -2120,8 +2545,12 @@ def run_checks(inv: Inventory) -> List[Dict[str, Any]]:
         check_thread(view, inv)
     rank_threads(inv)
     findings = []
+    by_code: Dict[str, List[str]] = {code: [] for code in REASONS}
+    for view in inv.threads.values():  # one pass; each thread once per code, in thread order
+        for code in dict.fromkeys(r["code"] for r in view.reasons):
+            by_code[code].append(view.id)
     for code, (severity, message) in REASONS.items():
-        ids = [v.id for v in inv.threads.values() if any(r["code"] == code for r in v.reasons)]
+        ids = by_code[code]
         if ids:
             findings.append({"code": code, "severity": severity, "message": message,
                              "count": len(ids), "thread_ids": ids})
@@ -2298,8 +2727,12 @@ class RolloutEdit:
         self.target_fingerprint: Optional[Tuple[int, int]] = None
         self.fingerprint: Tuple[int, int, str] = (0, 0, "")
         self.changes: List[Dict[str, Any]] = []
-        # (byte offset of the line, its length, its new bytes) for each changed line
+        # (byte offset, length, new bytes) of each changed span: the bytes of a line that differ,
+        # not the whole line (a session_meta line is ~21 KB; its provider is a few bytes), so a
+        # plan of thousands of edits stays small. Offsets are into the file as planned.
         self.replacements: List[Tuple[int, int, bytes]] = []
+        # (byte offset, length) of the whole line each replacement lies in, in the same order
+        self.lines: List[Tuple[int, int]] = []
         self.encrypted_reasoning = False
         # (st_dev, st_ino) of the file that was read: a file replaced since is not this one.
         self.identity: Optional[Tuple[int, int]] = None
@@ -2310,6 +2743,23 @@ class RolloutEdit:
     @property
     def deltas(self) -> List[Tuple[int, int, int]]:
         return [(start, length, len(new) - length) for start, length, new in self.replacements if len(new) != length]
+
+    def line_spans(self) -> Dict[int, Tuple[int, List[Tuple[int, int, bytes]]]]:
+        """line offset -> (its old length, the replacements inside it)."""
+        found: Dict[int, Tuple[int, List[Tuple[int, int, bytes]]]] = {}
+        for (start, length), span in zip(self.lines, self.replacements):
+            found.setdefault(start, (length, []))[1].append(span)
+        return found
+
+    def edited_line(self, start: int, raw: bytes) -> bytes:
+        """The line at `start` (its old bytes `raw`) as the rewrite writes it."""
+        out, position = [], start
+        for offset, length, new in sorted(self.line_spans().get(start, (0, []))[1]):
+            out.append(raw[position - start:offset - start])
+            out.append(new)
+            position = offset + length
+        out.append(raw[position - start:])
+        return b"".join(out)
 
     def shift(self, offset: int) -> int:
         """Where a byte offset into the old file lands in the new one (offsets are line starts)."""
@@ -2403,15 +2853,31 @@ class Plan:
     def plan_id(self, home: Path) -> str:
         """A digest of exactly what would change: the dry run prints it, and `--apply
         --expect-plan ID` refuses unless the plan it computes again is that same plan."""
-        canonical = json.dumps({"command": self.command, "notes": self.notes, "actions": self.actions_json(home)},
-                               sort_keys=True, default=str)
-        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+        # The digest of json.dumps({"command", "notes", "actions"}, sort_keys=True), taken
+        # action by action: the same bytes, without the whole document in memory at once.
+        def dumps(value: Any) -> bytes:
+            return json.dumps(value, sort_keys=True, default=str).encode("utf-8")
+
+        digest = hashlib.sha256(b'{"actions": [')
+        for n, action in enumerate(self.iter_actions_json(home)):
+            digest.update((b", " if n else b"") + dumps(action))
+        digest.update(b'], "command": ' + dumps(self.command) + b', "notes": ' + dumps(self.notes) + b"}")
+        return digest.hexdigest()[:16]
 
     def actions_json(self, home: Path, verbose: bool = True) -> List[Dict[str, Any]]:
-        return ([e.as_json(home) for e in self.rollout_edits] + [c.as_json(home, verbose) for c in self.sql]
-                + [w.as_json(home) for w in self.file_writes]
-                + [{"kind": "move_to_backup", "path": display_path(p, home)} for p in self.moves]
-                + [r.as_json(home) for r in self.restores])
+        return list(self.iter_actions_json(home, verbose))
+
+    def iter_actions_json(self, home: Path, verbose: bool = True) -> Iterator[Dict[str, Any]]:
+        for edit in self.rollout_edits:
+            yield edit.as_json(home)
+        for change in self.sql:
+            yield change.as_json(home, verbose)
+        for write in self.file_writes:
+            yield write.as_json(home)
+        for path in self.moves:
+            yield {"kind": "move_to_backup", "path": display_path(path, home)}
+        for restore in self.restores:
+            yield restore.as_json(home)
 
 
 def sha256_file(path: Path) -> str:
@@ -2519,11 +2985,41 @@ def plan_rollout_edit(path: Path, thread_id: str, line_edit: Any,
             if result is not None:
                 new_raw, field = result
                 edit.changes.append({"line": line_no, "field": field})
-                edit.replacements.append((offset, len(raw), new_raw))
+                edit.replacements.append(changed_span(offset, raw, new_raw))
+                edit.lines.append((offset, len(raw)))
     edit.fingerprint = file_fingerprint(path, digest.hexdigest())
     stat = path.stat()
     edit.identity = (stat.st_dev, stat.st_ino)
     return edit
+
+
+def changed_span(offset: int, old: bytes, new: bytes) -> Tuple[int, int, bytes]:
+    """The replacement of line `old` (at file offset `offset`) by `new`, reduced to the bytes
+    that differ: (offset of the first differing byte, how many old bytes go, the new bytes in
+    their place). Prefix and suffix are found by halving with slice comparisons (memcmp), not a
+    loop over bytes."""
+    limit = min(len(old), len(new))
+    low, high = 0, limit  # the common prefix is at least low, at most high
+    while low < high:
+        mid = (low + high + 1) // 2
+        if old[:mid] == new[:mid]:
+            low = mid
+        else:
+            high = mid - 1
+    prefix = low
+    low, high = 0, limit - prefix
+    while low < high:
+        mid = (low + high + 1) // 2
+        if old[len(old) - mid:] == new[len(new) - mid:]:
+            low = mid
+        else:
+            high = mid - 1
+    suffix = low
+    if prefix == 0 and len(old) - suffix == 0 and suffix:
+        # A pure insertion at the line's start: take one old byte into the span, so the line
+        # still starts where it did for shift() (which moves offsets past a span's end).
+        suffix -= 1
+    return offset + prefix, len(old) - prefix - suffix, new[prefix:len(new) - suffix]
 
 
 SCAN_BLOCK = READ_CHUNK
@@ -2582,37 +3078,76 @@ def history_db_path(inv: "Inventory") -> Optional[Path]:
 def plan_projection_shift(inv: "Inventory", edit: RolloutEdit) -> List[SqlChange]:
     """0.169.0's paginated-history projection stores byte offsets into the rollout. When a
     rewrite changes line lengths, every later offset moves by the same amount: keep them true."""
-    db_path = history_db_path(inv)
-    if db_path is None or not edit.deltas:
+    if not edit.deltas:
+        return []
+    reader = projection_offsets(inv)
+    if reader is None:
         return []
     changes: List[SqlChange] = []
-    try:
-        conn = open_db_readonly(db_path)
-        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-    except sqlite3.Error as exc:
-        # Its offsets cannot be kept true: the rollout is not rewritten.
-        raise PlanError("%s cannot be read (%s); the rollout is left as it is" % (db_path.name, short(str(exc), 80)))
-    try:
-        offset_columns = {
-            "thread_turns": (("thread_id", "turn_id"), ("rollout_byte_offset", "rollout_end_byte_offset")),
-            "thread_history_projection_state": (("thread_id",), ("next_rollout_byte_offset",)),
-        }
-        for table, (keys, columns) in offset_columns.items():
-            if not table_exists(conn, table):
-                continue
-            present = [c for c in columns if c in table_columns(conn, table)]
-            if not present:
-                continue
-            query = "SELECT %s FROM %s WHERE thread_id = ?" % (", ".join(keys + tuple(present)), table)
-            for row in conn.execute(query, (edit.thread_id,)):
-                old = {c: row[c] for c in present if isinstance(row[c], int)}
-                new = {c: edit.shift(v) for c, v in old.items() if edit.shift(v) != v}
-                if new:
-                    changes.append(SqlChange(db_path, table, {k: row[k] for k in keys}, new,
-                                             expect={c: old[c] for c in new}, thread_id=edit.thread_id))
-    finally:
-        conn.close()
+    for table, keys, present, row in reader.rows(edit.thread_id):
+        old = {c: row[c] for c in present if isinstance(row[c], int)}
+        new = {c: edit.shift(v) for c, v in old.items() if edit.shift(v) != v}
+        if new:
+            changes.append(SqlChange(reader.db_path, table, {k: row[k] for k in keys}, new,
+                                     expect={c: old[c] for c in new}, thread_id=edit.thread_id))
     return changes
+
+
+class ProjectionOffsets:
+    """The byte offsets the history projection stores, read through one connection for a whole
+    plan (a connection, a folder listing and four schema queries per thread cost seconds at a
+    few thousand threads). Read-only; closed by run_repair once the plan is made."""
+
+    OFFSET_COLUMNS = {
+        "thread_turns": (("thread_id", "turn_id"), ("rollout_byte_offset", "rollout_end_byte_offset")),
+        "thread_history_projection_state": (("thread_id",), ("next_rollout_byte_offset",)),
+    }
+
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = db_path
+        self.conn: Optional[sqlite3.Connection] = open_db_readonly(db_path)
+        self.queries: List[Tuple[str, Tuple[str, ...], List[str], str]] = []
+        for table, (keys, columns) in self.OFFSET_COLUMNS.items():
+            if not table_exists(self.conn, table):
+                continue
+            present = [c for c in columns if c in table_columns(self.conn, table)]
+            if present:
+                query = "SELECT %s FROM %s WHERE thread_id = ?" % (", ".join(keys + tuple(present)), table)
+                self.queries.append((table, keys, present, query))
+
+    def rows(self, thread_id: str) -> Iterator[Tuple[str, Tuple[str, ...], List[str], Any]]:
+        if self.conn is None:
+            self.conn = open_db_readonly(self.db_path)
+        for table, keys, present, query in self.queries:
+            for row in self.conn.execute(query, (thread_id,)):
+                yield table, keys, present, row
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+def projection_offsets(inv: "Inventory") -> Optional[ProjectionOffsets]:
+    """The inventory's ProjectionOffsets, opened on first use; None without a projection DB.
+    A projection that cannot be read raises PlanError for every thread that needs it: its
+    offsets cannot be kept true, so the rollout is not rewritten."""
+    if not hasattr(inv, "_projection_offsets"):
+        db_path = history_db_path(inv)
+        try:
+            inv._projection_offsets = ProjectionOffsets(db_path) if db_path is not None else None
+        except sqlite3.Error as exc:
+            inv._projection_offsets = PlanError("%s cannot be read (%s); the rollout is left as it is"
+                                                % (db_path.name, short(str(exc), 80)))
+    if isinstance(inv._projection_offsets, PlanError):
+        raise PlanError(str(inv._projection_offsets))
+    return inv._projection_offsets
+
+
+def close_plan_readers(inv: "Inventory") -> None:
+    reader = getattr(inv, "_projection_offsets", None)
+    if isinstance(reader, ProjectionOffsets):
+        reader.close()
 
 
 PROJECTION_OFFSETS = {
@@ -3221,7 +3756,7 @@ def plan_reindex(inv: Inventory, args: argparse.Namespace) -> Plan:
                                       thread_id=view.id, op="insert"))
         elif "rollout_path_stale" in codes:
             found = view.files[0]
-            values = {"rollout_path": str(found.path)}
+            values = {"rollout_path": found.file}
             values.update(archive_values(found, view.row, set(db.columns)))
             plan.sql.append(SqlChange(db.path, "threads", {"id": view.id}, values, thread_id=view.id))
         elif "archive_flag_mismatch" in codes:
@@ -3262,7 +3797,7 @@ def row_from_rollout(view: ThreadView, inv: Inventory) -> Dict[str, Any]:
     updated_ms = int(info.mtime * 1000)
     provider = info.provider or inv.config.provider  # CODEX-COMPAT: an absent provider means the default
     values: Dict[str, Any] = {
-        "rollout_path": str(info.path), "created_at": created_ms // 1000, "updated_at": updated_ms // 1000,
+        "rollout_path": info.file, "created_at": created_ms // 1000, "updated_at": updated_ms // 1000,
         "created_at_ms": created_ms, "updated_at_ms": updated_ms, "recency_at": updated_ms // 1000,
         "recency_at_ms": updated_ms, "source": info.source or "vscode", "model_provider": provider,
         "cwd": str(meta.get("cwd") or ""), "title": text, "first_user_message": text, "preview": text,
@@ -5378,7 +5913,7 @@ def copy_rollout_head(info: RolloutInfo, target: Path, edit: Optional[RolloutEdi
     """The head of one rollout, plus the later lines listing reads (and any line the plan
     edits), with the plan's line edits applied exactly as the apply engine writes them."""
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    replacements = {offset: (length, new) for offset, length, new in (edit.replacements if edit else [])}
+    lines = edit.line_spans() if edit else {}  # line offset -> (old length, its replacements)
     written = count = 0
     event_seen = False
     with open(str(info.path), "rb") as source, open(str(target), "wb") as out:
@@ -5389,8 +5924,9 @@ def copy_rollout_head(info: RolloutInfo, target: Path, edit: Optional[RolloutEdi
             if not raw and not oversized:
                 break
             end = source.tell()
-            if start in replacements:
-                raw = replacements.pop(start)[1]
+            if start in lines:
+                lines.pop(start)
+                raw = edit.edited_line(start, raw)
             elif oversized:
                 source.seek(start)
                 raw = source.read(end - start)
@@ -5403,12 +5939,12 @@ def copy_rollout_head(info: RolloutInfo, target: Path, edit: Optional[RolloutEdi
         for offset, length in later_listing_lines(source, info, head_end, cache):
             source.seek(offset)
             later[offset] = source.read(length)
-        for offset, (length, _new) in replacements.items():
+        for offset, (length, _spans) in lines.items():
             if offset not in later and offset >= head_end:
                 source.seek(offset)
                 later[offset] = source.read(length)
         for offset in sorted(later):
-            raw = replacements[offset][1] if offset in replacements else later[offset]
+            raw = edit.edited_line(offset, later[offset]) if offset in lines else later[offset]
             out.write(raw)
             written += len(raw)
     stat = info.path.stat()
@@ -6401,7 +6937,10 @@ def run_repair(args: argparse.Namespace) -> int:
     planner = args.planner
     inv = build_inventory(args)
     run_checks(inv)
-    plan = planner(inv, args)
+    try:
+        plan = planner(inv, args)
+    finally:
+        close_plan_readers(inv)  # nothing of the planner's reading stays open while applying
     plan_id = plan.plan_id(inv.home)
     expected = getattr(args, "expect_plan", None)
     if expected and args.apply and expected != plan_id:
@@ -6431,7 +6970,9 @@ def run_repair(args: argparse.Namespace) -> int:
                    safety=SAFETY_LINE_READ if applied is None else SAFETY_LINE_WRITE,
                    plan=plan.notes, plan_id=plan_id, changes=plan.change_count,
                    compatibility=compat,
-                   actions=plan.actions_json(inv.home, args.verbose),
+                   # streamed under --json (thousands of actions are never held as one list)
+                   actions=plan.iter_actions_json(inv.home, args.verbose) if args.json
+                   else plan.actions_json(inv.home, args.verbose),
                    warnings=plan.warnings, skipped=plan.skipped + (applied or {}).get("skipped", []),
                    findings=plan.findings,
                    backup_dir=(applied or {}).get("backup_dir"))
@@ -6596,6 +7137,9 @@ def _shared_options(defaults: bool) -> argparse.ArgumentParser:
                        help="print exactly one JSON document on stdout")
     group.add_argument("--verbose", action="store_true", default=default(False),
                        help="list every thread and example; include message snippets")
+    group.add_argument("--deep", action="store_true", default=default(False),
+                       help="read rollout heads with the reference reader (every line decoded in full); "
+                            "the same verdicts, slower")
     return parser
 
 

@@ -7,6 +7,7 @@ reads, and memory by tracemalloc's peak."""
 
 import io
 import json
+import os
 import tracemalloc
 from pathlib import Path
 
@@ -62,15 +63,27 @@ class GuardedReader(io.BufferedReader):
 
 
 def install_open(monkeypatch, counter=None, guarded=False):
+    """Count (and with `guarded`, bound) what rollout readers get from the OS, whether they
+    read through `open` or straight from a descriptor with os.read."""
     real_open = open
+    real_read = os.read
+    counter = counter if counter is not None else {"bytes": 0}
 
     def patched(file, mode="r", buffering=-1, *args, **kwargs):
         if mode in ("rb", "br") and not args and not kwargs:
-            raw = CountingFile(file, "r", counter=counter if counter is not None else {"bytes": 0})
+            raw = CountingFile(file, "r", counter=counter)
             return (GuardedReader if guarded else io.BufferedReader)(raw)
         return real_open(file, mode, buffering, *args, **kwargs)
 
+    def counted_read(fd, count):
+        if guarded:
+            assert count <= LINE_BUDGET, "one os.read of %d bytes" % count
+        data = real_read(fd, count)
+        counter["bytes"] += len(data)
+        return data
+
     monkeypatch.setattr(csr, "open", patched, raising=False)
+    monkeypatch.setattr(csr.os, "read", counted_read)
 
 
 def write_padded_rollout(folder: Path, pad_bytes: int) -> Path:

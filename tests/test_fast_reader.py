@@ -1,0 +1,115 @@
+"""The fast rollout reader finds exactly what the reference reader finds.
+
+conftest.py already compares both readers on every home every test builds; these tests aim at
+the reader's own edges: lines that cross read boundaries, oversized lines, torn and NUL tails
+inside and past the head buffer, a BOM, bad UTF-8 and JSON, instructions that are not the
+payload's own, non-regular files. Buffer sizes are shrunk so that every boundary is crossed."""
+
+import json
+import os
+import random
+
+import pytest
+
+import codex_session_recovery as csr
+from fast_deep import rollout_facts
+from homes import BASE_TIME_MS, _stamp, new_thread_id, session_meta
+
+INSTRUCTIONS = {"text": "You are Codex. " + "rule\\n \"quoted\" " * 200}
+
+
+def meta_line(thread_id, **extra):
+    record = session_meta("0.169.0", thread_id, BASE_TIME_MS, "openai", "vscode", "/home/ana/shop")
+    record["payload"]["base_instructions"] = INSTRUCTIONS
+    record["payload"].update(extra)
+    return json.dumps(record, separators=(",", ":")).encode()
+
+
+def line(kind, payload):
+    return json.dumps({"timestamp": _stamp(BASE_TIME_MS), "type": kind, "payload": payload},
+                      separators=(",", ":")).encode()
+
+
+USER = line("response_item", {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "fix it"}]})
+CONTEXT = line("response_item", {"type": "message", "role": "user", "content": [
+    {"type": "input_text", "text": "<environment_context>\n</environment_context>"}]})
+FILLER = line("event_msg", {"type": "token_count", "info": None})
+
+
+def pieces(rnd, thread_id):
+    """A random rollout made of the shapes real and damaged rollouts have."""
+    head = rnd.choice([meta_line(thread_id), b"\xef\xbb\xbf" + meta_line(thread_id),
+                       meta_line(thread_id, model_provider={"x": 1}), b'{"id":"%s","timestamp":"t"}' % thread_id.encode(),
+                       line("turn_context", {}), meta_line(thread_id)[:-7], b"", b"not json"])
+    body = [head]
+    for _ in range(rnd.randint(0, 12)):
+        body.append(rnd.choice([FILLER, CONTEXT, meta_line(thread_id), b"x" * rnd.randint(50, 400), b"{bad json}",
+                                b"\xff\xfe bad utf8", b'{"a":"\x00"}', b"", b"   ", FILLER + b" " * 300,
+                                line("event_msg", {"type": "user_message", "message": "hi", "images": []}),
+                                line("response_item", {"base_instructions": INSTRUCTIONS, "type": "message",
+                                                       "role": "user", "content": "nested"})]))
+    if rnd.random() < 0.6:
+        body.append(USER)
+    for _ in range(rnd.randint(0, 6)):
+        body.append(rnd.choice([FILLER, b"y" * rnd.randint(100, 3000)]))
+    data = b"\n".join(body)
+    ending = rnd.choice([b"\n", b"", b"\n\x00\x00", b'\n{"torn":', b"\r\n"])
+    return data + ending
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_fast_reader_matches_reference_reader_with_small_buffers(tmp_path, monkeypatch, seed):
+    monkeypatch.setattr(csr, "HEAD_READ", 97)
+    monkeypatch.setattr(csr, "READ_CHUNK", 61)
+    # Odd seeds: lines over 700 bytes (session_meta among them) are oversized; even: none is.
+    monkeypatch.setattr(csr, "MAX_LINE_BYTES", 700 if seed % 2 else 1 << 20)
+    monkeypatch.setattr(csr, "TAIL_BYTES", 150)
+    monkeypatch.setattr(csr, "_known_instructions", [])
+    rnd = random.Random(seed)
+    folder = tmp_path / "sessions"
+    folder.mkdir()
+    for n in range(12):
+        thread_id = new_thread_id("fast/%d/%d" % (seed, n))
+        path = folder / ("rollout-2026-09-21T00-00-00-%s.jsonl" % thread_id)
+        path.write_bytes(pieces(rnd, thread_id))
+        fast = csr.scan_rollout(str(path), tmp_path)
+        deep = csr.scan_rollout_deep(path, tmp_path)
+        assert rollout_facts(fast) == rollout_facts(deep), path.read_bytes()[:300]
+
+
+def test_known_instructions_are_matched_not_decoded(tmp_path):
+    """The second rollout of a release is read with its instructions matched: the decoder is
+    given "" in their place, and the facts stay those of the reference reader."""
+    folder = tmp_path / "sessions"
+    folder.mkdir()
+    paths = []
+    for n in range(2):
+        thread_id = new_thread_id("instructions/%d" % n)
+        path = folder / ("rollout-2026-09-21T00-00-00-%s.jsonl" % thread_id)
+        path.write_bytes(meta_line(thread_id) + b"\n" + USER + b"\n")
+        paths.append(path)
+    seen = []
+    real = csr._decode_whole
+    csr._known_instructions[:] = []
+    try:
+        csr._decode_whole = lambda text: seen.append(len(text)) or real(text)
+        for path in paths:
+            assert rollout_facts(csr.scan_rollout(str(path), tmp_path)) == rollout_facts(
+                csr.scan_rollout_deep(path, tmp_path))
+    finally:
+        csr._decode_whole = real
+    first, second = seen[0], seen[2]
+    assert first - second > 3000, seen  # the second session_meta was decoded without its instructions
+
+
+def test_a_fifo_named_like_a_rollout_is_never_opened(tmp_path):
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs here")
+    folder = tmp_path / "sessions"
+    folder.mkdir()
+    fifo = folder / ("rollout-2026-09-21T00-00-00-%s.jsonl" % new_thread_id("fifo"))
+    os.mkfifo(str(fifo))
+    (info,) = [csr.scan_rollout(path, tmp_path, is_file=is_file) for path, is_file in csr.iter_rollout_entries(tmp_path)]
+    assert info.problems == ("not_a_file",)
+    fd, stat = csr.open_regular_readonly(str(fifo))  # swapped in after the listing: opened, refused
+    assert fd is None and stat is not None
