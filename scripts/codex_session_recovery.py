@@ -532,6 +532,50 @@ def home_relative_tail(stored: str) -> Optional[str]:
     return None
 
 
+def folder_key(text: str) -> Optional[Tuple[str, List[str], bool]]:
+    """A project folder as (root, components, windows), whichever system spelled it, so that
+    `C:\\Users\\ana\\p`, `\\\\?\\C:\\Users\\ana\\p`, `c:/Users/ana/p` and `/mnt/c/Users/ana/p`
+    compare equal (component by component; Windows ones case-insensitively). None for a
+    relative or empty path."""
+    text = (text or "").strip()
+    if text.startswith("\\\\?\\UNC\\"):
+        text = "\\\\" + text[8:]
+    elif text.startswith("\\\\?\\"):
+        text = text[4:]
+    drive = re.match(r"^([A-Za-z]):(?:[\\/]|$)", text) or re.match(r"^/mnt/([A-Za-z])(?:/|$)", text)
+    if drive:
+        rest = text[drive.end():]
+        return "drive:" + drive.group(1).lower(), [p for p in re.split(r"[\\/]", rest) if p], True
+    if text.startswith("\\\\"):
+        parts = [p for p in re.split(r"[\\/]", text[2:]) if p]
+        if len(parts) < 2:
+            return None
+        return "unc:%s\\%s" % (parts[0].lower(), parts[1].lower()), parts[2:], True
+    if text.startswith("/"):
+        return "/", [p for p in text.split("/") if p], False
+    return None
+
+
+def remap_folder(stored: str, old: str, new: str) -> Optional[str]:
+    """`stored` moved from under `old` to under `new`, or None when it is not under `old`.
+    Matches whole components (`/a/b` covers `/a/b` and `/a/b/c`, not `/a/bc`); the result is
+    spelled the way `new` is (its separator), the part below `old` kept as stored."""
+    have, frm = folder_key(stored), folder_key(old)
+    if have is None or frm is None or have[0] != frm[0]:
+        return None
+    fold = (lambda parts: [p.casefold() for p in parts]) if frm[2] else (lambda parts: parts)
+    if fold(have[1][:len(frm[1])]) != fold(frm[1]) or len(have[1]) < len(frm[1]):
+        return None
+    rest = have[1][len(frm[1]):]
+    sep = "\\" if folder_key(new) is not None and folder_key(new)[2] and not new.startswith("/") else "/"
+    base = new.rstrip("\\/") or new[:1]
+    if re.match(r"^[A-Za-z]:$", base):
+        base += sep
+    if not rest:
+        return base
+    return base + ("" if base.endswith(sep) else sep) + sep.join(rest)
+
+
 def same_rollout(stored: str, info: "RolloutInfo") -> bool:
     """Whether a row's rollout_path names this file: the same path, or (for a path another
     system wrote, e.g. `C:\\Users\\ana\\.codex\\sessions\\…`) the same place in the home."""
@@ -1033,10 +1077,21 @@ KNOWN_COLUMN_TYPES: Dict[str, Dict[str, str]] = {
         integers="created_at updated_at tokens_used has_user_event archived archived_at created_at_ms "
                  "updated_at_ms recency_at recency_at_ms is_pinned section_position section_entered_at_ms",
         booleans="daybreak_enabled"),
-    "thread_turns": _column_types("thread_id turn_id rollout_byte_offset rollout_end_byte_offset",
-                                  integers="rollout_byte_offset rollout_end_byte_offset"),
-    "thread_history_projection_state": _column_types("thread_id next_rollout_byte_offset",
-                                                     integers="next_rollout_byte_offset"),
+    # The history projection, every column: import copies a thread's rows whole (0.169.0 and
+    # 0.171.0 have the same columns in these tables).
+    "thread_turns": _column_types(
+        "thread_id turn_id rollout_ordinal status error_json started_at completed_at duration_ms first_user_item_id "
+        "final_agent_item_id rollout_byte_offset rollout_end_ordinal rollout_end_byte_offset root_turn_id",
+        integers="rollout_ordinal started_at completed_at duration_ms rollout_byte_offset rollout_end_ordinal "
+                 "rollout_end_byte_offset"),
+    "thread_history_projection_state": _column_types("thread_id next_rollout_byte_offset next_rollout_ordinal",
+                                                     integers="next_rollout_byte_offset next_rollout_ordinal"),
+    "thread_items": _column_types(
+        "thread_id turn_id item_id rollout_ordinal created_at_ms item_json item_type updated_at_ordinal "
+        "started_at_ms completed_at_ms",
+        integers="rollout_ordinal created_at_ms updated_at_ordinal started_at_ms completed_at_ms"),
+    "thread_realtime_items": _column_types("thread_id item_id rollout_ordinal created_at_ms item_type item_json",
+                                           integers="rollout_ordinal created_at_ms"),
 }
 # CODEX-COMPAT: triggers on those tables in 0.130.0-0.171.0 (0.120.0 has none): name and the
 # first 12 hex digits of the SHA-256 of their SQL with whitespace collapsed. A trigger can make
@@ -1224,20 +1279,22 @@ class RolloutInfo:
 
 
 def iter_rollout_files(home: Path, temps: Optional[List[Path]] = None,
-                       errors: Optional[List[str]] = None) -> Iterator[Path]:
+                       errors: Optional[List[str]] = None,
+                       tops: Sequence[str] = ("sessions", "archived_sessions")) -> Iterator[Path]:
     """Every rollout under sessions/ (any depth: pre-July-2025 files are flat) and
     archived_sessions/, as Path objects (see iter_rollout_entries)."""
-    for path, _is_file in iter_rollout_entries(home, temps, errors):
+    for path, _is_file in iter_rollout_entries(home, temps, errors, tops):
         yield Path(path)
 
 
 def iter_rollout_entries(home: Path, temps: Optional[List[Path]] = None,
-                         errors: Optional[List[str]] = None) -> Iterator[Tuple[str, bool]]:
+                         errors: Optional[List[str]] = None,
+                         tops: Sequence[str] = ("sessions", "archived_sessions")) -> Iterator[Tuple[str, bool]]:
     """(path, is a regular file) of every rollout under sessions/ and archived_sessions/, in
     sorted order. Symlinked folders are read (a synced tree may be linked in); writes through
     them are refused later, in preflight. One os.scandir per folder: the entry's type comes with
     the listing, so a FIFO or device named like a rollout is known without opening it."""
-    for top in ("sessions", "archived_sessions"):
+    for top in tops:
         root = os.path.join(str(home), top)
         if not os.path.isdir(root):
             continue
@@ -2158,6 +2215,9 @@ REASONS: Dict[str, Tuple[str, str]] = {
                                               "live DB: it is listed, but opens with no turns until Codex rebuilds them "
                                               "(0.169.0+: a rollout copied in from another machine, or a sqlite_home that moved)"),
     "cwd_unmatchable": ("info", "the stored cwd cannot match a project folder (\\\\?\\ prefix, trailing separator, /mnt/C, removed worktree); use `codex resume --all`"),
+    "cwd_moved": ("warning", "the thread's project folder does not exist here, but a folder with the same name does: the "
+                             "project moved, and Codex lists the thread only under the old path (`codex resume --last` "
+                             "run in the new folder does not find it)"),
 }
 
 HOME_FINDINGS: Dict[str, Tuple[str, str]] = {
@@ -2309,6 +2369,9 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
     cwd_problem = cwd_spelling_problem(str((row or {}).get("cwd") or (view.primary.meta.get("cwd") if view.primary else "") or ""), inv.home)
     if cwd_problem:
         add_reason(view, "cwd_unmatchable", False, problem=cwd_problem)
+    moved = getattr(inv, "folder_moves", {}).get(thread_cwd(view))
+    if moved:
+        add_reason(view, "cwd_moved", False, **moved)
     paginated = (row or {}).get("history_mode") == "paginated" or (
         view.primary is not None and view.primary.meta.get("history_mode") == "paginated")
     if paginated and inv.projected_ids is not None and view.id not in inv.projected_ids and view.files:
@@ -2336,6 +2399,11 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
             add_reason(view, "rollout_missing", True, rollout_path=path)
     elif inv.has_db and view.files:
         add_reason(view, "no_db_row", False, file=view.files[0].rel)
+
+
+def thread_cwd(view: ThreadView) -> str:
+    """The folder a thread belongs to: the row's (what listings filter on), else its rollout's."""
+    return str((view.row or {}).get("cwd") or (view.primary.meta.get("cwd") if view.primary else "") or "")
 
 
 def projection_manual_step(thread_id: str, elsewhere: bool) -> str:
@@ -2372,6 +2440,71 @@ def cwd_spelling_problem(cwd: str, home: Path) -> Optional[str]:
     if cwd.startswith(worktrees) and not os.path.isdir(cwd):
         return "worktree_gone"
     return None
+
+
+def detect_folder_moves(inv: Inventory) -> Dict[str, Dict[str, Any]]:
+    """Thread folders that do not exist on this machine while exactly one folder with the
+    longest same tail does (`/Users/ana/src/shop` gone, `/home/ana/work/shop` here), each with
+    the remap-cwd options that move its threads. Looked for among the folders of this home's
+    other threads and their parents, the user's home and the current folder: no disk-wide search."""
+    cwds = sorted({thread_cwd(v) for v in inv.threads.values()} - {""})
+    worktrees = str(inv.home / "worktrees")
+    existing = [c for c in cwds if folder_key(c) and os.path.isdir(c)]
+    missing = [c for c in cwds if folder_key(c) and c not in existing and not c.startswith(worktrees)]
+    if not missing:
+        return {}
+    bases = set()
+    try:
+        here = [os.getcwd()]
+    except OSError:
+        here = []
+    for folder in existing + [str(Path.home())] + here:
+        path = Path(folder)
+        bases.update(str(p) for p in [path] + list(path.parents) if str(p) != path.anchor)
+    children: Dict[str, set] = {}
+
+    def has_child(base: str, name: str) -> bool:
+        # One listing per folder, however many threads ask: a set lookup, not a stat each.
+        if base not in children:
+            try:
+                children[base] = set(os.listdir(base))
+            except OSError:
+                children[base] = set()
+        return name in children[base]
+
+    moves: Dict[str, Dict[str, Any]] = {}
+    for cwd in missing:
+        parts = folder_key(cwd)[1]
+        tails: Dict[str, int] = {}
+        candidates = set(existing)
+        for base in bases:
+            candidates.update(os.path.join(base, *parts[-k:]) for k in range(1, min(3, len(parts)) + 1)
+                              if has_child(base, parts[-k]))
+        for candidate in candidates:
+            tail = common_tail(parts, (folder_key(candidate) or ("", [], False))[1])
+            if tail and os.path.isdir(candidate):
+                real = os.path.realpath(candidate)
+                tails[real] = max(tails.get(real, 0), tail)
+        if not tails:
+            continue
+        best = max(tails.values())
+        winners = sorted(c for c, t in tails.items() if t == best)
+        if len(winners) == 1:
+            moves[cwd] = {"cwd": cwd, "found": winners[0],
+                          "remap": "--from %s --to %s" % (_shell_quote(cwd), _shell_quote(winners[0]))}
+        else:
+            moves[cwd] = {"cwd": cwd, "candidates": winners[:5],
+                          "remap": "--from %s --to NEW_FOLDER (one of the candidates)" % _shell_quote(cwd)}
+    return moves
+
+
+def common_tail(left: List[str], right: List[str]) -> int:
+    """How many trailing path components two folders share (case-insensitively: a moved
+    Windows folder may come back with other capitals)."""
+    count = 0
+    while count < min(len(left), len(right)) and left[-1 - count].casefold() == right[-1 - count].casefold():
+        count += 1
+    return count
 
 
 def rank_threads(inv: Inventory) -> None:
@@ -2566,6 +2699,7 @@ def legacy_profile_verdict(finding: Dict[str, Any], inv: Inventory) -> None:
 def run_checks(inv: Inventory) -> List[Dict[str, Any]]:
     """Per-thread reasons aggregated into findings per code and severity (the ones to act on
     first), then the home-level findings."""
+    inv.folder_moves = detect_folder_moves(inv)
     for view in inv.threads.values():
         view.reasons = []
         check_thread(view, inv)
@@ -2737,6 +2871,20 @@ def suggest_commands(inv: Inventory, findings: List[Dict[str, Any]], args: Optio
     return [line["command"] for line in repair_lines(inv, findings)]
 
 
+def remap_cwd_next_args(inv: Inventory, findings: List[Dict[str, Any]], view: Optional[ThreadView]) -> List[List[str]]:
+    """The remap-cwd argument tails to run: for one thread, its own move; for the home, one
+    `--from OLD --to NEW` per moved project folder, where a subfolder that the move of its
+    parent already covers gets no line of its own. None where the new folder is ambiguous."""
+    if view is not None:
+        moved = next((r["evidence"] for r in view.reasons if r["code"] == "cwd_moved"), {})
+        return [["--from", moved["cwd"], "--to", moved["found"]]] if "found" in moved else []
+    moves = [m for m in getattr(inv, "folder_moves", {}).values() if "found" in m]
+    kept = [m for m in moves if not any(o is not m and remap_folder(m["cwd"], o["cwd"], o["found"]) is not None
+                                        and os.path.realpath(remap_folder(m["cwd"], o["cwd"], o["found"])) == m["found"]
+                                        for o in moves)]
+    return [["--from", m["cwd"], "--to", m["found"]] for m in sorted(kept, key=lambda m: m["cwd"])]
+
+
 def thread_entry(view: ThreadView, verbose: bool) -> Dict[str, Any]:
     entry: Dict[str, Any] = {
         "id": view.id,
@@ -2770,11 +2918,17 @@ BACKUP_DIR_NAME = "recovery-backups"
 class RolloutEdit:
     """Line edits to one rollout, planned from a full streaming read of it. `fingerprint` is
     (size, mtime_ns, sha256) at planning time: the writer refuses to replace a file that no
-    longer matches, so a line appended by a live session is never lost."""
+    longer matches, so a line appended by a live session is never lost.
 
-    def __init__(self, path: Path, thread_id: str) -> None:
+    `target`, when given, is where the edited copy goes instead of replacing `path` (import
+    copies a rollout of another home, never writing there); `target_fingerprint` is the
+    (size, mtime_ns) the target must still have, or None when it must not exist yet."""
+
+    def __init__(self, path: Path, thread_id: str, target: Optional[Path] = None) -> None:
         self.path = path
         self.thread_id = thread_id
+        self.target = target or path
+        self.target_fingerprint: Optional[Tuple[int, int]] = None
         self.fingerprint: Tuple[int, int, str] = (0, 0, "")
         self.changes: List[Dict[str, Any]] = []
         # (byte offset, length, new bytes) of each changed span: the bytes of a line that differ,
@@ -2816,8 +2970,11 @@ class RolloutEdit:
         return offset + sum(delta for start, length, delta in self.deltas if start + length <= offset)
 
     def as_json(self, home: Path) -> Dict[str, Any]:
-        doc = {"kind": "rollout_edit", "thread_id": self.thread_id, "path": display_path(self.path, home),
+        doc = {"kind": "rollout_edit", "thread_id": self.thread_id, "path": display_path(self.target, home),
                "changes": self.changes, "bytes_delta": sum(d for _s, _l, d in self.deltas)}
+        if self.target != self.path:
+            doc.update({"kind": "rollout_copy", "from": str(self.path),
+                        "replaces": self.target_fingerprint is not None})
         if self.kept_verbatim:
             doc["kept_verbatim"] = self.kept_verbatim
         return doc
@@ -2883,6 +3040,8 @@ class Plan:
         self.warnings: List[str] = []
         self.skipped: List[Dict[str, Any]] = []
         self.notes: Dict[str, Any] = {}
+        # What the planner found and will not change (import's conflicts): exit code 1.
+        self.findings: List[Dict[str, Any]] = []
 
     @property
     def change_count(self) -> int:
@@ -2892,7 +3051,7 @@ class Plan:
         return sorted({c.db for c in self.sql} | {r.target for r in self.restores if r.kind == "restore_db"}, key=str)
 
     def touched_files(self) -> List[Path]:
-        return ([e.path for e in self.rollout_edits] + [w.path for w in self.file_writes] + list(self.moves)
+        return ([e.target for e in self.rollout_edits] + [w.path for w in self.file_writes] + list(self.moves)
                 + [r.target for r in self.restores if r.kind != "restore_db"])
 
     def plan_id(self, home: Path) -> str:
@@ -3018,10 +3177,11 @@ class PlanError(ValueError):
 
 
 def plan_rollout_edit(path: Path, thread_id: str, line_edit: Any,
-                      needles: Sequence[bytes] = (b'"session_meta"', b'"thread_settings_applied"')) -> RolloutEdit:
+                      needles: Sequence[bytes] = (b'"session_meta"', b'"thread_settings_applied"'),
+                      target: Optional[Path] = None) -> RolloutEdit:
     """Read the whole rollout as a stream and record the edits `line_edit` makes to the lines
     that contain one of `needles` (only those can change). Nothing is written here."""
-    edit = RolloutEdit(path, thread_id)
+    edit = RolloutEdit(path, thread_id, target)
     digest = hashlib.sha256()
     with open_regular(path) as handle:
         for line_no, offset, raw in iter_marked_lines(handle, needles, digest, edit):
@@ -3381,8 +3541,7 @@ def plan_provider_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
             continue
         try:
             if view.primary is not None:
-                edit = plan_rollout_edit(view.primary.path, view.id, lambda raw, v=view: provider_line_edit(
-                    raw, v.id, args.from_provider, target), PROVIDER_LINE_MARKERS)
+                edit = provider_rollout_edit(view.primary.path, view.id, args.from_provider, target)
                 encrypted += int(edit.encrypted_reasoning)
                 edit.kept_verbatim = [p for p in view.primary.problems if p in CARRIED_PROBLEMS]
                 if edit.changes:
@@ -3402,6 +3561,16 @@ def plan_provider_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
                              "original provider is configured again" % encrypted)
     plan.notes["threads"] = len({e.thread_id for e in plan.rollout_edits} | {c.thread_id for c in plan.sql})
     return plan
+
+
+def provider_rollout_edit(path: Path, thread_id: str, old: Optional[str], new: Optional[str],
+                          target: Optional[Path] = None) -> RolloutEdit:
+    """The provider move of one rollout (in place, or into `target`); with no `new`, an
+    unchanged copy, still read whole and fingerprinted."""
+    if old is None or new is None or old == new:
+        return plan_rollout_edit(path, thread_id, lambda raw: None, PROVIDER_LINE_MARKERS, target)
+    return plan_rollout_edit(path, thread_id, lambda raw: provider_line_edit(raw, thread_id, old, new),
+                             PROVIDER_LINE_MARKERS, target)
 
 
 def provider_repair_blocker(view: ThreadView) -> Optional[str]:
@@ -3425,6 +3594,189 @@ def provider_repair_lasting_blocker(view: ThreadView) -> Optional[str]:
     if len(view.files) > 1:
         return "thread id carried by %d rollout files; resolve the duplicate first" % len(view.files)
     return None
+
+
+CWD_LINE_MARKERS = (b'"session_meta"', b'"turn_context"', b'"thread_settings_applied"')
+
+
+def cwd_fields(record: Dict[str, Any], thread_id: str) -> List[Tuple[Any, Any]]:
+    """(container, key) of each place a rollout line records the thread's folder, where Codex
+    reads it (measured on 0.169.0): the thread's own `session_meta` (`cwd`,
+    `runtime_workspace_roots`), every `turn_context` and `thread_settings_applied` event.
+    Text the model saw (<environment_context>) is conversation and is never rewritten."""
+    payload = record.get("payload")
+    if not isinstance(payload, dict):
+        return []
+    kind = record.get("type")
+    if kind == "session_meta":
+        if str(payload.get("id", "")).lower() != thread_id:
+            return []  # a fork's copy of its parent's session_meta: Codex ignores it
+        holder = payload
+    elif kind == "turn_context":
+        holder = payload
+    elif kind == "event_msg" and payload.get("type") == "thread_settings_applied":
+        holder = payload.get("thread_settings")
+        if not isinstance(holder, dict):
+            return []
+    else:
+        return []
+    fields: List[Tuple[Any, Any]] = []
+    if isinstance(holder.get("cwd"), str):
+        fields.append((holder, "cwd"))
+    roots = holder.get("runtime_workspace_roots")
+    if isinstance(roots, list):
+        fields.extend((roots, n) for n, value in enumerate(roots) if isinstance(value, str))
+    return fields
+
+
+def cwd_line_edit(raw: bytes, thread_id: str, old: str, new: str) -> Optional[Tuple[bytes, str]]:
+    """The line with its folder fields moved from under `old` to under `new`, every other byte
+    kept; None when it records no folder under `old`."""
+    if not any(marker in raw for marker in CWD_LINE_MARKERS):
+        return None
+    body, ending = split_line_ending(raw)
+    try:
+        record = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    moves: Dict[str, Tuple[str, int]] = {}
+    for container, key in cwd_fields(record, thread_id):
+        value = container[key]
+        moved = remap_folder(value, old, new)
+        if moved is not None and moved != value:
+            container[key] = moved
+            previous = moves.get(value, (moved, 0))
+            moves[value] = (moved, previous[1] + 1)
+    if not moves:
+        return None
+    edited = body
+    for value, (moved, count) in moves.items():
+        edited = replace_string_tokens(edited, value, moved, count, thread_id)
+    if json.loads(edited.decode("utf-8")) != record:
+        raise PlanError("%s: moving the folder would change more than its folder fields" % thread_id)
+    return edited + ending, "cwd"
+
+
+def replace_string_tokens(body: bytes, old: str, new: str, count: int, thread_id: str) -> bytes:
+    """Replace the JSON string `old` with `new` where it occurs as a whole string value,
+    which must be exactly `count` times, in whichever escaping the writer used."""
+    for ascii_only in (False, True):
+        token = json.dumps(old, ensure_ascii=ascii_only).encode("utf-8")
+        if body.count(token) == count:
+            return body.replace(token, json.dumps(new, ensure_ascii=ascii_only).encode("utf-8"))
+    raise PlanError("%s: the folder %s is not where it is expected" % (thread_id, short(old, 60)))
+
+
+def canonical_target_folder(new: str) -> str:
+    """CODEX-COMPAT: Codex stores a cwd canonicalised when the folder exists (`/tmp` becomes
+    `/private/tmp` on macOS), and matches listings against that exact text."""
+    key = folder_key(new)
+    if key is not None and not (key[2] and os.name != "nt") and os.path.isdir(new):
+        return os.path.realpath(new)
+    return new.rstrip("\\/") or new
+
+
+# Desktop keys that hold project folders (as values, list items or object keys).
+WORKSPACE_ROOT_KEYS = ("electron-saved-workspace-roots", "active-workspace-roots", "project-order",
+                       "electron-workspace-root-labels", "thread-workspace-root-hints", "local-projects",
+                       "thread-project-assignments")
+
+
+def remap_json_folders(value: Any, old: str, new: str) -> Any:
+    """`value` with every string that is a folder under `old` moved under `new`; a list keeps
+    one copy of each item, an object keeps the entry already at the new folder."""
+    if isinstance(value, str):
+        moved = remap_folder(value, old, new)
+        return value if moved is None else moved
+    if isinstance(value, list):
+        out: List[Any] = []
+        for item in value:
+            moved = remap_json_folders(item, old, new)
+            if not (isinstance(moved, str) and moved in out):
+                out.append(moved)
+        return out
+    if isinstance(value, dict):
+        result: Dict[str, Any] = {}
+        for key, item in value.items():
+            target = remap_json_folders(key, old, new)
+            if target in result and target != key:
+                continue
+            result[target] = remap_json_folders(item, old, new)
+        return result
+    return value
+
+
+def plan_workspace_roots_remap(home: Path, old: str, new: str) -> Optional[FileWrite]:
+    path = home / ".codex-global-state.json"
+    if not path.is_file():
+        return None
+    raw = path.read_bytes()
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    changed = []
+    for key in WORKSPACE_ROOT_KEYS:
+        if key in data:
+            moved = remap_json_folders(data[key], old, new)
+            if moved != data[key]:
+                data[key] = moved
+                changed.append(key)
+    if not changed:
+        return None
+    indent = 2 if b"\n " in raw else None
+    text = json.dumps(data, indent=indent, separators=(",", ": ") if indent else (",", ":"), ensure_ascii=False)
+    return FileWrite(path, text.encode("utf-8") + (b"\n" if raw.endswith(b"\n") else b""), {"remapped": changed})
+
+
+def plan_cwd_remap(inv: Inventory, args: argparse.Namespace) -> Plan:
+    """Move threads from one project folder to another wherever Codex reads the folder: the
+    row's cwd, the rollout's session_meta / turn_context / thread_settings_applied lines
+    (byte-exact value edits, history offsets kept true) and Desktop's workspace roots."""
+    plan = Plan("remap-cwd")
+    old, new = args.from_folder, args.to_folder
+    if folder_key(old) is None or folder_key(new) is None:
+        raise UsageError("--from and --to must be absolute folders (C:\\..., \\\\?\\C:\\..., /mnt/c/... or /...)")
+    new = canonical_target_folder(new)
+    if remap_folder(new, old, new) is not None:
+        # Also a folder inside --from: a second run would move the threads again, and again.
+        raise UsageError("--to (%s) is --from or lies inside it; a remap must move threads out of --from" % new)
+    plan.notes.update({"from": old, "to": new, "folders": {}})
+    for view in inv.threads.values():
+        row_cwd = str((view.row or {}).get("cwd") or "")
+        meta_cwd = str(view.primary.meta.get("cwd") or "") if view.primary else ""
+        targets = {c: remap_folder(c, old, new) for c in (row_cwd, meta_cwd) if c}
+        targets = {c: t for c, t in targets.items() if t is not None and t != c}
+        if not targets:
+            continue
+        reason = provider_repair_blocker(view)
+        if reason:
+            plan.skipped.append({"thread_id": view.id, "reason": reason})
+            continue
+        try:
+            edit = plan_rollout_edit(view.primary.path, view.id, lambda raw, v=view: cwd_line_edit(
+                raw, v.id, old, new), CWD_LINE_MARKERS)
+        except (OSError, PlanError) as exc:
+            plan.skipped.append({"thread_id": view.id, "reason": short(str(exc), 160)})
+            continue
+        edit.kept_verbatim = [p for p in view.primary.problems if p in CARRIED_PROBLEMS]
+        if edit.changes:
+            plan.rollout_edits.append(edit)
+            plan.sql.extend(plan_projection_shift(inv, edit))
+        if row_cwd in targets:
+            plan.sql.append(SqlChange(inv.live_db.path, "threads", {"id": view.id}, {"cwd": targets[row_cwd]},
+                                      expect={"cwd": row_cwd}, thread_id=view.id))
+        shown = row_cwd if row_cwd in targets else meta_cwd
+        plan.notes["folders"][view.id] = "%s -> %s" % (shown, targets[shown])
+    roots = plan_workspace_roots_remap(inv.home, old, new)
+    if roots is not None:
+        plan.file_writes.append(roots)
+    plan.notes["threads"] = len(plan.notes["folders"])
+    return plan
 
 
 def full_first_user_text(path: Path) -> Optional[str]:
@@ -3726,6 +4078,354 @@ def plan_rebuild_db(inv: Inventory, args: argparse.Namespace) -> Plan:
 
 
 # ---------------------------------------------------------------------------------------------
+# Import: the conversations of another home (a copy, a backup, an old machine's .codex, or only
+# its sessions/), read without writing a byte there and without opening its credentials or its
+# config.toml (which may hold a bearer token). Identity is the thread id.
+# ---------------------------------------------------------------------------------------------
+
+# Rollouts import cannot take as they are: nothing to build a row from, or no thread id.
+IMPORT_BLOCKERS = ("compressed", "unreadable", "not_a_file", "empty_file", "legacy_format",
+                   "first_line_not_session_meta", "id_mismatch")
+# The 0.169.0 history projection: the rows a paginated thread needs to open with its turns.
+PROJECTION_TABLES = ("thread_turns", "thread_items", "thread_realtime_items", "thread_history_projection_state")
+COPIED_OFFSET_COLUMNS = ("rollout_byte_offset", "rollout_end_byte_offset", "next_rollout_byte_offset")
+
+
+def open_db_snapshot(path: Path) -> sqlite3.Connection:
+    """Read a DB of another home creating no file beside it, not even the -shm a read-only
+    open makes: immutable when every page is in the main file, else a private in-memory copy
+    (an immutable open would miss the pages still in the -wal)."""
+    if Path(str(path) + "-wal").exists():
+        conn = _open_private_copy(path)
+    else:
+        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro&immutable=1", uri=True, timeout=5.0)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+class OtherHome:
+    """What import reads from the other home: its rollouts, the thread names of its
+    session_index.jsonl and state DB, and its history projection. Nothing else is opened."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.warnings: List[str] = []
+        self.sessions_only = not any((root / top).is_dir() for top in ("sessions", "archived_sessions"))
+        if self.sessions_only:
+            # A bare sessions/ (or archived_sessions/) folder: its files are placed by their names.
+            self.base = root.parent
+            files = iter_rollout_files(root.parent, tops=(root.name,))
+        else:
+            self.base = root
+            files = iter_rollout_files(root)
+        self.rollouts = [scan_rollout(path, self.base) for path in progress(files, "reading the other home")]
+        try:
+            index = read_session_index(root) if not self.sessions_only else {"names": {}}
+        except OSError as exc:
+            self.warnings.append("the other home's session_index.jsonl cannot be read (%s)" % short(str(exc), 100))
+            index = {"names": {}}
+        self.index_names: Dict[str, str] = {k: v for k, v in index["names"].items() if v}
+        self.db_names = self._db_names()
+        self.history_db = self._newest(["thread_history_*.sqlite"])
+        self._history: Optional[sqlite3.Connection] = None
+
+    def _newest(self, patterns: List[str]) -> Optional[Path]:
+        found = [p for folder in (self.root, self.root / "sqlite") for pattern in patterns
+                 for p in folder.glob(pattern) if p.is_file()]
+        return max(found, key=lambda p: (p.name, p.stat().st_mtime)) if found else None
+
+    def _db_names(self) -> Dict[str, str]:
+        dbs = [p for folder in (self.root, self.root / "sqlite") if folder.is_dir()
+               for p in sorted(folder.iterdir()) if STATE_DB_RE.match(p.name) and p.is_file()]
+        if not dbs:
+            return {}
+        db = max(dbs, key=lambda p: StateDb(p, "import").sort_key())
+        try:
+            conn = open_db_snapshot(db)
+            try:
+                if "name" not in table_columns(conn, "threads"):
+                    return {}
+                return {str(r[0]).lower(): r[1] for r in conn.execute(
+                    "SELECT id, name FROM threads WHERE name IS NOT NULL AND name <> ''")}
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            self.warnings.append("the other home's state DB cannot be read (%s); thread names come from its "
+                                 "session_index.jsonl only" % short(str(exc), 100))
+            return {}
+
+    def name_of(self, thread_id: str) -> Optional[str]:
+        return self.index_names.get(thread_id) or self.db_names.get(thread_id)
+
+    def projection_rows(self, thread_id: str) -> Dict[str, List[Dict[str, Any]]]:
+        if self.history_db is None:
+            return {}
+        if self._history is None:
+            self._history = open_db_snapshot(self.history_db)
+        rows = {}
+        for table in PROJECTION_TABLES:
+            if table_exists(self._history, table):
+                rows[table] = [dict(r) for r in self._history.execute(
+                    "SELECT * FROM %s WHERE thread_id = ?" % table, (thread_id,))]
+        return rows
+
+    def close(self) -> None:
+        if self._history is not None:
+            self._history.close()
+            self._history = None
+
+
+def import_destination(info: RolloutInfo) -> Optional[str]:
+    """Where Codex keeps this rollout (home-relative): archived_sessions/NAME, or
+    sessions/YYYY/MM/DD/NAME from the date in its name (as Codex's unarchive places it)."""
+    match = ROLLOUT_NAME_RE.match(info.path.name)
+    if not match:
+        return None
+    if info.archived_location:
+        return "archived_sessions/" + info.path.name
+    stamp = match.group("stamp")
+    return "sessions/%s/%s/%s/%s" % (stamp[:4], stamp[5:7], stamp[8:10], info.path.name)
+
+
+def strip_rewritable_fields(record: Any) -> Any:
+    """A rollout line without the fields this tool rewrites (provider and folder): two copies of
+    one conversation, one of them moved by repair-provider or remap-cwd, compare equal."""
+    if not isinstance(record, dict) or not isinstance(record.get("payload"), dict):
+        return record
+    payload = record["payload"]
+    holder = payload.get("thread_settings") if payload.get("type") == "thread_settings_applied" else payload
+    if isinstance(holder, dict) and record.get("type") in ("session_meta", "turn_context", "event_msg"):
+        for key in ("model_provider", "model_provider_id", "cwd", "runtime_workspace_roots"):
+            holder.pop(key, None)
+    return record
+
+
+def compare_rollouts(ours: Path, theirs: Path) -> str:
+    """How two copies of one thread relate: `identical`; `ours_longer` / `theirs_longer` (one is
+    a byte prefix of the other: the same conversation, one copy further along); `equivalent` /
+    `ours_further` / `theirs_further` (the same, line for line, apart from the provider and folder
+    fields this tool rewrites); else `conflict`."""
+    ours_size, theirs_size = ours.stat().st_size, theirs.stat().st_size
+    with open(str(ours), "rb") as left, open(str(theirs), "rb") as right:
+        remaining = min(ours_size, theirs_size)
+        while remaining > 0:
+            a, b = left.read(min(READ_CHUNK, remaining)), right.read(min(READ_CHUNK, remaining))
+            if a != b or not a:
+                break
+            remaining -= len(a)
+        if remaining == 0:
+            if ours_size == theirs_size:
+                return "identical"
+            return "ours_longer" if ours_size > theirs_size else "theirs_longer"
+    with open(str(ours), "rb") as left, open(str(theirs), "rb") as right:
+        while True:
+            a, b = left.readline(MAX_LINE_BYTES), right.readline(MAX_LINE_BYTES)
+            if not a or not b:
+                return "equivalent" if a == b else ("ours_further" if a else "theirs_further")
+            if a == b:
+                continue
+            try:
+                same = strip_rewritable_fields(json.loads(a)) == strip_rewritable_fields(json.loads(b))
+            except ValueError:
+                same = False
+            if not same:
+                return "conflict"
+
+
+IMPORT_VERDICTS = {
+    "identical": "already here, byte for byte",
+    "equivalent": "already here (this home's copy differs only in provider or folder fields)",
+    "ours_longer": "already here, and this home's copy is further along: kept",
+    "ours_further": "already here, and this home's copy is further along: kept",
+}
+
+
+def plan_import(inv: Inventory, args: argparse.Namespace) -> Plan:
+    """Bring the conversations of another home that this one lacks: each rollout copied to
+    where Codex keeps it, a row built the way reindex builds one, the thread's history
+    projection and its name. A thread this home has is compared byte by byte, never merged."""
+    plan = Plan("import")
+    other_root = Path(args.from_home).expanduser()
+    if not other_root.is_dir():
+        raise UsageError("--from %s is not a folder" % other_root)
+    other_root = other_root.resolve()
+    if is_within(other_root, inv.home) or is_within(inv.home, other_root):
+        raise UsageError("--from %s is this home or overlaps it; name another home (a copy, a backup, an old "
+                         "machine's .codex or its sessions/ folder)" % other_root)
+    target, target_source = resolve_target_provider(inv, args.to, "") if args.to else (None, None)
+    other = OtherHome(other_root)
+    plan.warnings.extend(other.warnings)
+    plan.notes.update({"from": str(other_root), "to_provider": target, "counts": {}})
+    if target_source:
+        plan.notes["to_source"] = target_source
+    if target and not inv.config.knows_provider(target):
+        plan.warnings.append("provider %s is not defined in config.toml; Codex cannot resume threads "
+                             "moved to it until it is" % target)
+    names: Dict[str, str] = {}
+    counts: Dict[str, int] = {}
+    carriers: Dict[str, List[RolloutInfo]] = {}
+    for info in other.rollouts:
+        if info.thread_id:
+            carriers.setdefault(info.thread_id, []).append(info)
+    try:
+        for info in sorted(other.rollouts, key=lambda i: i.rel):
+            if len(carriers.get(info.thread_id or "", [])) > 1:
+                # Never merged blindly: which of the other home's copies is the thread is the user's call.
+                if info is carriers[info.thread_id][0]:
+                    import_conflict(plan, info.thread_id, info, [], "the other home carries the thread in %d files "
+                                    "(%s)" % (len(carriers[info.thread_id]),
+                                              ", ".join(i.rel for i in carriers[info.thread_id])))
+                counts["conflict"] = counts.get("conflict", 0) + 1
+                continue
+            verdict = import_one(inv, plan, other, info, target)
+            counts[verdict] = counts.get(verdict, 0) + 1
+            name = other.name_of(info.thread_id) if info.thread_id else None
+            if name and verdict not in ("skipped", "conflict") and not inv.index["names"].get(info.thread_id):
+                names[info.thread_id] = name
+    finally:
+        other.close()
+    plan.warnings.extend(w for w in other.warnings if w not in plan.warnings)
+    index = plan_index_names(inv, names, other)
+    if index is not None:
+        plan.file_writes.append(index)
+    plan.notes["counts"] = counts
+    plan.notes["threads"] = len({e.thread_id for e in plan.rollout_edits})
+    return plan
+
+
+def import_one(inv: Inventory, plan: Plan, other: OtherHome, info: RolloutInfo, target: Optional[str]) -> str:
+    """Plan one rollout of the other home; returns what became of it."""
+    thread_id = info.thread_id
+    blocker = set(info.problems) & set(IMPORT_BLOCKERS)
+    destination = import_destination(info)
+    if not thread_id or blocker or destination is None:
+        plan.skipped.append({"thread_id": thread_id, "path": str(info.path), "reason": "not imported: %s" % (
+            ", ".join(sorted(blocker)) if blocker else "not a rollout file name Codex uses")})
+        return "skipped"
+    carried = info.provider or DEFAULT_PROVIDER
+    view = inv.threads.get(thread_id)
+    ours = view.files if view else []
+    try:
+        if len(ours) > 1:
+            return import_conflict(plan, thread_id, info, ours, "this home carries the thread in %d files" % len(ours))
+        if ours:
+            verdict = compare_rollouts(ours[0].path, info.path)
+            if verdict in IMPORT_VERDICTS:
+                return verdict
+            if verdict != "theirs_longer":
+                return import_conflict(plan, thread_id, info, ours, {
+                    "conflict": "the two copies differ (not one a continuation of the other)",
+                    "theirs_further": "the other copy is further along, but this home's copy was moved to another "
+                                      "provider or folder since"}[verdict])
+            # The same conversation, further along there: the longer copy replaces this home's,
+            # which the backup keeps.
+            edit = provider_rollout_edit(info.path, thread_id, carried, target, ours[0].path)
+            stat = ours[0].path.stat()
+            edit.target_fingerprint = (stat.st_size, stat.st_mtime_ns)
+            plan.rollout_edits.append(edit)
+            plan.sql.extend(plan_projection_shift(inv, edit))
+            if view.row is not None and target and view.db_provider != target and edit.changes:
+                plan.sql.append(SqlChange(inv.live_db.path, "threads", {"id": thread_id}, {"model_provider": target},
+                                          expect={"model_provider": view.db_provider}, thread_id=thread_id))
+            return "longer_there"
+        path = inv.home / destination
+        if path.exists():
+            return import_conflict(plan, thread_id, info, [], "%s exists here and is not this thread's rollout"
+                                   % destination)
+        edit = provider_rollout_edit(info.path, thread_id, carried, target, path)
+        edit.kept_verbatim = [p for p in info.problems if p in CARRIED_PROBLEMS]
+    except (OSError, PlanError) as exc:
+        plan.skipped.append({"thread_id": thread_id, "reason": short(str(exc), 160)})
+        return "skipped"
+    plan.rollout_edits.append(edit)
+    if inv.has_db:
+        plan.sql.extend(import_rows(inv, other, info, view, edit, target))
+    return "imported"
+
+
+def import_conflict(plan: Plan, thread_id: str, info: RolloutInfo, ours: List[RolloutInfo], why: str) -> str:
+    plan.findings.append({"code": "import_conflict", "thread_id": thread_id, "message": why + "; neither was changed",
+                          "this_home": [i.rel for i in ours], "other_home": str(info.path)})
+    return "conflict"
+
+
+def import_rows(inv: Inventory, other: OtherHome, info: RolloutInfo, view: Optional[ThreadView],
+                edit: RolloutEdit, target: Optional[str]) -> List[SqlChange]:
+    """The state DB row of an imported thread (reindex's builder, pointed at the copy) and,
+    for a paginated thread, its history projection rows (offsets moved with the copy's edits)."""
+    db = inv.live_db
+    if view is not None and view.row is not None:
+        # A row whose rollout was lost here: point it at the copy.
+        values = {"rollout_path": str(edit.target)}
+        values.update(archive_values(info, view.row, set(db.columns)))
+        return [SqlChange(db.path, "threads", {"id": info.thread_id}, values, thread_id=info.thread_id)]
+    row = row_from_rollout(ThreadView(info.thread_id, None, [info], other.base), inv)
+    row["rollout_path"] = str(edit.target)
+    if target and "model_provider" in row:
+        row["model_provider"] = target
+    name = other.name_of(info.thread_id)
+    if name and "name" in set(db.columns):
+        row["name"] = name
+    changes = [SqlChange(db.path, "threads", {"id": info.thread_id}, row, thread_id=info.thread_id, op="insert")]
+    if info.meta.get("history_mode") == "paginated":
+        changes.extend(import_projection(inv, other, info.thread_id, edit))
+    return changes
+
+
+def import_projection(inv: Inventory, other: OtherHome, thread_id: str, edit: RolloutEdit) -> List[SqlChange]:
+    """CODEX-COMPAT: 0.169.0 opens a paginated thread from its history projection; with no
+    rows there it lists the thread but shows no turns (measured), so they come along."""
+    rows = other.projection_rows(thread_id)
+    dest = history_db_path(inv)
+    if not any(rows.values()):
+        return []
+    if dest is None:
+        other.warnings.append("this home has no thread_history_*.sqlite: imported paginated threads list, but a "
+                              "0.169-era Codex shows their turns only after one `codex resume ID`")
+        return []
+    conn = open_db_readonly(dest)
+    try:
+        changes = []
+        for table in PROJECTION_TABLES:
+            if not rows.get(table) or not table_exists(conn, table):
+                continue
+            info = list(conn.execute("PRAGMA table_info(%s)" % table))
+            columns = [c[1] for c in info]
+            keys = [c[1] for c in sorted(info, key=lambda c: c[5]) if c[5]] or columns
+            if conn.execute("SELECT 1 FROM %s WHERE thread_id = ?" % table, (thread_id,)).fetchone():
+                return []  # this home has projection rows of its own for the thread: Codex keeps them
+            for row in rows[table]:
+                values = {c: row[c] for c in columns if c in row}
+                for column in COPIED_OFFSET_COLUMNS:
+                    if isinstance(values.get(column), int):
+                        values[column] = edit.shift(values[column])
+                key = {k: values.pop(k) for k in keys}
+                changes.append(SqlChange(dest, table, key, values, thread_id=thread_id, op="insert"))
+        return changes
+    finally:
+        conn.close()
+
+
+def plan_index_names(inv: Inventory, names: Dict[str, str], other: OtherHome) -> Optional[FileWrite]:
+    """session_index.jsonl with the imported threads' names appended (the lines already there
+    are kept byte for byte): `codex exec resume NAME` reads only the index."""
+    if not names:
+        return None
+    path = inv.home / "session_index.jsonl"
+    existing = path.read_bytes() if path.is_file() else b""
+    if existing and not existing.endswith(b"\n"):
+        existing += b"\n"
+    added = b""
+    mtimes = {i.thread_id: i.mtime for i in other.rollouts if i.thread_id in names}
+    for thread_id in sorted(names):
+        view_time = mtimes.get(thread_id)
+        entry = {"id": thread_id, "thread_name": names[thread_id],
+                 "updated_at": iso_from_millis(int(view_time * 1000)) if view_time else None}
+        added += json.dumps(entry, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
+    return FileWrite(path, existing + added, {"names_added": len(names)})
+
+
+# ---------------------------------------------------------------------------------------------
 # The table of repairs. The parser, diagnose's Next block, trace's fix lines and preflight all
 # read it: adding a repair is adding one entry.
 # ---------------------------------------------------------------------------------------------
@@ -3774,6 +4474,21 @@ def provider_next_args(inv: Inventory, findings: List[Dict[str, Any]], view: Opt
     scope = {"sources": ["cli", "vscode"] if source_kind(view.source) in ("cli", "vscode") else [source_kind(view.source)],
              "include_archived": view.archived, "include_empty": not view.has_evidence}
     return [["--from", provider, "--to", inv.config.provider] + scope_options(scope)]
+
+
+def import_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from", dest="from_home", required=True, metavar="OTHER_HOME",
+                        help="the other home (or its sessions/ folder); it is only read")
+    parser.add_argument("--to", default=None, metavar="PROVIDER|auto",
+                        help="also move the imported threads to this provider (`auto`: the one "
+                             "config.toml makes active), as repair-provider would")
+
+
+def remap_cwd_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from", dest="from_folder", required=True, metavar="OLD_PREFIX",
+                        help="the folder the threads were recorded in (or a parent of it)")
+    parser.add_argument("--to", dest="to_folder", required=True, metavar="NEW_PREFIX",
+                        help="where that folder is now")
 
 
 def reindex_options(parser: argparse.ArgumentParser) -> None:
@@ -3825,6 +4540,25 @@ REPAIRS: Tuple[Repair, ...] = (
            "backfill: save DB-only thread names into session_index.jsonl, then move the DB and its "
            "-wal/-shm into the backup folder (never deleted). Codex rebuilds the DB at its next start.",
            cures=REBUILD_REASONS, next_args=rebuild_db_next_args),
+    # Next never names import: only the user knows where another home is.
+    Repair("import", plan_import,
+           "bring in the conversations of another home (a copy, a backup, an old machine's .codex) this one lacks",
+           "Copy each rollout of OTHER_HOME (a Codex home, or only its sessions/ folder) that this home lacks to "
+           "where Codex keeps it, add its state DB row (built as reindex builds one), its history projection "
+           "and its name. A thread id both homes have is compared: identical copies are skipped; when one copy "
+           "is a byte prefix of the other the longer is kept (the shorter stays in the backup); anything else is "
+           "reported as a conflict and neither is changed. OTHER_HOME is only read: its DBs are opened "
+           "immutable or copied, and its auth.json and config.toml are never opened.",
+           after=("rebuild-db",), options=import_options, next_args=lambda inv, findings, view: []),
+    Repair("remap-cwd", plan_cwd_remap,
+           "move threads to the new path of a project folder that moved (another machine, user or mount)",
+           "For every thread whose folder is OLD_PREFIX or lies under it (whole path components; Windows, "
+           "\\\\?\\ and WSL /mnt/c spellings compare equal), rewrite the folder where Codex reads it: the "
+           "state DB row's cwd, the cwd in session_meta, turn_context and thread_settings_applied lines "
+           "(byte-exact, history offsets kept true), and Desktop's workspace roots in .codex-global-state.json. "
+           "The dry run lists each thread's old and new folder.",
+           cures=("cwd_moved",), after=("rebuild-db", "reindex"), options=remap_cwd_options,
+           next_args=remap_cwd_next_args),
 )
 REPAIR_BY_NAME = {r.name: r for r in REPAIRS}
 
@@ -3992,7 +4726,8 @@ def preflight(inv: Inventory, plan: Plan, force: bool) -> None:
             compat["schema_version"], "; ".join(compat["changed"][:5])), "--force")
     users = codex_users(inv.home, [d.path for d in inv.dbs] + [p for p in [history_db_path(inv)] if p])
     repair = REPAIR_BY_NAME.get(plan.command)  # restore writes through here too; it is no repair
-    if repair is not None and repair.desktop_must_quit:
+    if (repair is not None and repair.desktop_must_quit) or any(
+            w.path.name == ".codex-global-state.json" for w in plan.file_writes):
         # Desktop rewrites .codex-global-state.json when it exits, undoing an edit made while it runs.
         users += desktop_processes()
     if users and not force:
@@ -4819,7 +5554,7 @@ def write_rollouts(plan: Plan, result: Dict[str, Any], busy: Dict[str, List[str]
                    journal: Optional["Journal"] = None) -> set:
     skipped = set()
     for edit in plan.rollout_edits:
-        holders = busy.get(os.path.realpath(str(edit.path)))
+        holders = busy.get(os.path.realpath(str(edit.target)))
         if holders:
             skipped.add(edit.thread_id)
             result["skipped"].append({"thread_id": edit.thread_id, "reason": "pid %s has the rollout open (a live "
@@ -5003,6 +5738,8 @@ def rewrite_rollout(edit: RolloutEdit, result: Optional[Dict[str, Any]] = None,
     stat = edit.path.stat()
     if (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns):
         return False
+    if edit.target != edit.path:
+        return copy_rollout(edit, journal)
     tmp = edit.path.parent / (".%s%s%d" % (edit.path.name, TEMP_MARKER, os.getpid()))
     keep = edit.path.parent / (".%s%sold-%d" % (edit.path.name, TEMP_MARKER, os.getpid()))
     digest = hashlib.sha256()
@@ -5086,16 +5823,67 @@ def give_back_old_file(edit: RolloutEdit, keep: Path, written: int, result: Dict
     result.setdefault("given_back", []).append({"thread_id": edit.thread_id, "bytes_carried": len(extra)})
 
 
+def target_as_planned(edit: RolloutEdit) -> bool:
+    """A copy's target is still absent, or still the file that was compared when planning."""
+    try:
+        stat = edit.target.stat()
+    except FileNotFoundError:
+        return edit.target_fingerprint is None
+    return edit.target_fingerprint == (stat.st_size, stat.st_mtime_ns)
+
+
 def carry_late_tail(source: Any, size: int, edit: RolloutEdit, result: Dict[str, Any]) -> None:
     grown = os.fstat(source.fileno()).st_size
     if grown <= size:
         return
     source.seek(size)
-    with open(str(edit.path), "ab") as out:
+    with open(str(edit.target), "ab") as out:
         shutil.copyfileobj(source, out, READ_CHUNK)
         out.flush()
         os.fsync(out.fileno())
     result.setdefault("carried_over", []).append({"thread_id": edit.thread_id, "bytes": grown - size})
+
+
+def copy_rollout(edit: RolloutEdit, journal: Optional["Journal"] = None) -> bool:
+    """import: another home's rollout written, with its planned line edits, to its place in this
+    home. The source is only read (no lease, no link, nothing written beside it); the copy must
+    hold exactly the bytes planned, and the target must still be as it was when planned
+    (absent, or this home's shorter copy, unchanged)."""
+    size, mtime_ns, expected = edit.fingerprint
+    stat = edit.path.stat()
+    if (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns) or not target_as_planned(edit):
+        return False
+    edit.target.parent.mkdir(parents=True, exist_ok=True)  # a new date folder
+    tmp = edit.target.parent / (".%s%s%d" % (edit.target.name, TEMP_MARKER, os.getpid()))
+    digest = hashlib.sha256()
+    try:
+        with open_regular(edit.path) as source:
+            with open(str(tmp), "wb") as handle:
+                out = HashingWriter(handle)
+                position = 0
+                for offset, length, new_raw in sorted(edit.replacements):
+                    if not copy_span(source, out, digest, offset - position):
+                        return False
+                    digest.update(source.read(length))
+                    out.write(new_raw)
+                    position = offset + length
+                if not copy_span(source, out, digest, size - position) or source.read(1):
+                    return False
+                handle.flush()
+                os.fsync(handle.fileno())
+        # A copy from a read-only backup must stay appendable: Codex appends when it resumes.
+        os.chmod(str(tmp), (stat.st_mode & 0o7777) | 0o600)
+        # Codex orders threads by the rollout's mtime when it re-derives a row: keep it.
+        os.utime(str(tmp), ns=(stat.st_atime_ns, mtime_ns))
+        if digest.hexdigest() != expected or not target_as_planned(edit):
+            return False
+        if journal is not None:
+            journal.intend(edit.target, sha256_after=out.digest.hexdigest())
+        os.replace(str(tmp), str(edit.target))
+        return True
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def copy_span(source: Any, out: Any, digest: Any, count: int) -> bool:
@@ -5582,11 +6370,18 @@ def build_scratch_home(inv: Inventory, scratch: ScratchHome, plan: Optional[Plan
         point_rows_at_scratch(target, mapper)
         db_targets[db.path] = target
     edits = {e.path: e for e in (plan.rollout_edits if plan else [])}
+    # import's copies come from another home: the copy goes where the plan puts it, over this
+    # home's shorter copy where there is one.
+    copies = {e.target: e for e in (plan.rollout_edits if plan else []) if e.target != e.path}
     for info in progress(inv.rollouts, "verify: copying rollout heads"):
+        if info.path in copies:
+            continue
         if info.compressed and info.path.is_file():
             copy_file_to_scratch(info.path, scratch.path_for(info.path, inv.home), scratch)
         elif info.path.is_file() and "unreadable" not in info.problems:
             copy_rollout_head(info, scratch.path_for(info.path, inv.home), edits.get(info.path), scratch, cache)
+    for target, edit in copies.items():
+        copy_rollout_head(scan_rollout(edit.path, edit.path.parent), scratch.path_for(target, inv.home), edit, scratch)
     if plan is not None:
         apply_plan_to_scratch(plan, mapper, db_targets)
 
@@ -6105,6 +6900,13 @@ SAFETY_LINE_WRITE = "wrote only after a backup; credentials (auth.json, tokens) 
 def render_plan_text(doc: Dict[str, Any], verbose: bool) -> str:
     lines = ["%s %s %s" % (TOOL_NAME, __version__, doc["command"]), "Home:      %s" % doc["codex_home"]]
     for key, value in doc["plan"].items():
+        if key == "folders":
+            lines.append("Folders:   %s" % ("none under --from" if not value else plural(len(value), "thread")))
+            lines.extend("  %s  %s" % (tid, move) for tid, move in (sorted(value.items()) if verbose else
+                                                                   sorted(value.items())[:20]))
+            if len(value) > 20 and not verbose:
+                lines.append("  … %d more (--verbose lists all)" % (len(value) - 20))
+            continue
         if key == "scope":
             value = "sources %s; %s" % (", ".join(value["sources"]), "; ".join(
                 "%s threads %s" % (kind, "included" if value["include_" + kind] else "left out")
@@ -6126,6 +6928,10 @@ def render_plan_text(doc: Dict[str, Any], verbose: bool) -> str:
                 "line %d %s" % (c["line"], c["field"]) for c in action["changes"]),
                 "; damaged lines kept verbatim (%s)" % ", ".join(action["kept_verbatim"])
                 if action.get("kept_verbatim") else ""))
+        elif action["kind"] == "rollout_copy":
+            lines.append("  copy     %s %s %s%s" % (action["from"], "over the shorter" if action["replaces"] else "to",
+                                                   action["path"], "; %s" % plural(len(action["changes"]), "line")
+                                                   + " moved to the provider" if action["changes"] else ""))
         elif action["kind"] == "sql":
             detail = "%s %s" % (action["sql"], action["params"]) if verbose else "%s %s row %s" % (
                 action["op"], action["table"], action["thread_id"] or "")
@@ -6138,6 +6944,8 @@ def render_plan_text(doc: Dict[str, Any], verbose: bool) -> str:
         lines.append("  … %d more (--verbose lists all)" % (len(actions) - len(shown)))
     for item in doc["skipped"]:
         lines.append("  skipped  %s: %s" % (item.get("thread_id") or item.get("path"), item["reason"]))
+    for item in doc.get("findings") or []:
+        lines.append("  [%s] %s: %s" % (item["code"], item.get("thread_id"), item["message"]))
     if doc["applied"]:
         lines.append("Applied %s. Backup: %s" % (plural(doc["changes"], "change"), doc["backup_dir"]))
         lines.append("Restart Codex (or reload the window), then run diagnose again.")
@@ -6161,7 +6969,8 @@ def summarise_actions(actions: List[Dict[str, Any]]) -> str:
             noun = "thread row" if action["table"] == "threads" else "history-offset row"
             verb = {"update": "updated", "insert": "added", "delete": "removed"}[action["op"]]
         else:
-            noun, verb = {"rollout_edit": ("rollout", "rewritten"), "file_write": ("file", "rewritten"),
+            noun, verb = {"rollout_edit": ("rollout", "rewritten"), "rollout_copy": ("rollout", "copied in"),
+                          "file_write": ("file", "rewritten"),
                           "move_to_backup": ("file", "moved into the backup")}[action["kind"]]
         counts[(noun, verb)] = counts.get((noun, verb), 0) + 1
     return "; ".join("%s %s" % (plural(n, noun), verb) for (noun, verb), n in counts.items())
@@ -6322,8 +7131,10 @@ def filter_verdicts(inv: Inventory, view: ThreadView) -> List[Dict[str, Any]]:
             "user_event_missing" in codes and codes["user_event_missing"]["hides"]),
          "detail": "gate column %s; first user message %s" % (gate, "found at line %s" % view.primary.evidence_line
                                                               if view.primary and view.primary.has_evidence else "not found")},
-        {"filter": "cwd", "passes": "cwd_unmatchable" not in codes,
-         "detail": (codes["cwd_unmatchable"]["evidence"]["problem"] if "cwd_unmatchable" in codes else "matchable")},
+        {"filter": "cwd", "passes": "cwd_unmatchable" not in codes and "cwd_moved" not in codes,
+         "detail": (codes["cwd_unmatchable"]["evidence"]["problem"] if "cwd_unmatchable" in codes else
+                    "folder moved to %s" % codes["cwd_moved"]["evidence"].get("found", "one of several folders")
+                    if "cwd_moved" in codes else "matchable")},
         {"filter": "recent window", "passes": None if rank is None else rank <= RECENT_WINDOW,
          "detail": "rank %s of the listed threads (Desktop loads ~%d)" % (rank, RECENT_WINDOW) if rank
          else "hidden by the filters above"},
@@ -6539,7 +7350,7 @@ def run_repair(args: argparse.Namespace) -> int:
         verification = verify_with_codex(inv, args, plan, apply if writes else None)
     elif writes:
         apply()
-    code = EXIT_OK if applied is not None or plan.change_count == 0 else EXIT_FINDINGS
+    code = EXIT_OK if applied is not None or (plan.change_count == 0 and not plan.findings) else EXIT_FINDINGS
     code = verification_exit_code(code, verification)
     doc = envelope(plan.command, inv, code, applied=applied is not None,
                    safety=SAFETY_LINE_READ if applied is None else SAFETY_LINE_WRITE,
@@ -6549,6 +7360,7 @@ def run_repair(args: argparse.Namespace) -> int:
                    actions=plan.iter_actions_json(inv.home, args.verbose) if args.json
                    else plan.actions_json(inv.home, args.verbose),
                    warnings=plan.warnings, skipped=plan.skipped + (applied or {}).get("skipped", []),
+                   findings=plan.findings,
                    backup_dir=(applied or {}).get("backup_dir"))
     if verification is not None:
         doc["verification"] = verification
@@ -6665,6 +7477,8 @@ examples:
   %(prog)s report > codex-report.json                          # redacted, for an issue
   %(prog)s reindex
   %(prog)s rebuild-db
+  %(prog)s import --from /mnt/old-laptop/.codex --to auto     # another home's conversations
+  %(prog)s remap-cwd --from /Users/ana/src/shop --to /home/ana/work/shop
   %(prog)s restore --list
   %(prog)s restore --latest --apply
 """
