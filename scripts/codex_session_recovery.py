@@ -3405,7 +3405,7 @@ def misaligned_projection_offsets(inv: "Inventory") -> Dict[str, Dict[str, Any]]
         offsets = sorted({row[c] for table, row in rows for _o, c, _e in PROJECTION_OFFSETS[table][1]
                           if isinstance(row.get(c), int)})
         try:
-            bad = offsets_off_line_starts(view.primary.path, offsets)
+            bad = offsets_off_line_starts(view.primary.path, offsets, "torn_line" in view.primary.problems)
         except OSError:
             continue
         if bad:
@@ -3413,11 +3413,17 @@ def misaligned_projection_offsets(inv: "Inventory") -> Dict[str, Dict[str, Any]]
     return found
 
 
-def offsets_off_line_starts(path: Path, offsets: Sequence[int]) -> List[int]:
+def offsets_off_line_starts(path: Path, offsets: Sequence[int], torn: bool = False) -> List[int]:
+    """The offsets that are not line starts. With a torn last line, offsets past the start of
+    the fragment describe the bytes the crash cut: no line is there to point at, Codex reads
+    every complete turn regardless (measured 0.169.0, 0.171.0), and no repair can put them right."""
     bad = []
     with open_regular(path) as handle:
         size = os.fstat(handle.fileno()).st_size
+        limit = fragment_start(handle, size) if torn else size
         for offset in offsets:
+            if torn and offset > limit:
+                continue
             if offset < 0 or offset > size:
                 bad.append(offset)
             elif offset > 0:
@@ -3425,6 +3431,19 @@ def offsets_off_line_starts(path: Path, offsets: Sequence[int]) -> List[int]:
                 if handle.read(1) != b"\n":
                     bad.append(offset)
     return bad
+
+
+def fragment_start(handle: Any, size: int) -> int:
+    """Where the unterminated last line begins: just after the last newline (0 if none)."""
+    end = size
+    while end > 0:
+        start = max(0, end - READ_CHUNK)
+        handle.seek(start)
+        found = handle.read(end - start).rfind(b"\n")
+        if found >= 0:
+            return start + found + 1
+        end = start
+    return 0
 
 
 def ordinal_line_spans(path: Path) -> Dict[int, Tuple[int, int]]:
@@ -3996,6 +4015,9 @@ def plan_reindex(inv: Inventory, args: argparse.Namespace) -> Plan:
                 plan.skipped.append({"thread_id": view.id, "reason": "its rollout is gone; the row is kept "
                                      "(--prune-missing removes it; Codex drops such rows itself when listing)"})
     plan.notes["threads"] = len(plan.sql)
+    # A run killed between replacing a rollout and updating the history projection left offsets
+    # that no longer agree with the rollout: the projection is an index of the rollouts too.
+    plan_offset_realignment(inv, plan, set())
     return plan
 
 
@@ -4532,7 +4554,8 @@ REPAIRS: Tuple[Repair, ...] = (
            "message), point stale rollout_path values at the file that exists, and set the archived "
            "flag from the file's folder. A thread id carried by two files is reported, never merged. "
            "Rows whose rollout is gone are kept unless --prune-missing.",
-           cures=("no_db_row", "rollout_path_stale", "archive_flag_mismatch"), after=("rebuild-db",),
+           cures=("no_db_row", "rollout_path_stale", "archive_flag_mismatch", "history_offsets_misaligned"),
+           after=("rebuild-db",),
            options=reindex_options),
     Repair("rebuild-db", plan_rebuild_db,
            "move a damaged state DB aside so Codex rebuilds it from the rollouts",

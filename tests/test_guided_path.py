@@ -405,18 +405,8 @@ CASES += [("profile-file", v) for v in RELEASES if v >= "0.169.0"]
 CASES += [("upgrade-from-0.130.0", v) for v in RELEASES if v >= "0.169.0"]
 
 
-# CODEX-COMPAT: 0.169.0+ keep a history projection whose offsets diagnose checks.
-TORN_OFFSETS = ("right after a complete repair-provider of a rollout with a torn last line, diagnose reports "
-                "history_offsets_misaligned (an error with no Next line), while the real Codex read every turn "
-                "of the same repair before that check covered torn rollouts: the check and the carried torn "
-                "tail disagree")
-
-
 def case_param(name: str, version: str) -> Any:
-    marks = []
-    if name == "torn-tail" and version >= "0.169.0":
-        marks.append(pytest.mark.xfail(strict=True, reason=TORN_OFFSETS))
-    return pytest.param(name, version, id="%s-%s" % (name, version), marks=marks)
+    return pytest.param(name, version, id="%s-%s" % (name, version))
 
 
 @pytest.mark.parametrize("name,version", [case_param(n, v) for n, v in CASES])
