@@ -43,6 +43,7 @@ import os
 import re
 import shutil
 import sqlite3
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -531,6 +532,50 @@ def home_relative_tail(stored: str) -> Optional[str]:
     return None
 
 
+def folder_key(text: str) -> Optional[Tuple[str, List[str], bool]]:
+    """A project folder as (root, components, windows), whichever system spelled it, so that
+    `C:\\Users\\ana\\p`, `\\\\?\\C:\\Users\\ana\\p`, `c:/Users/ana/p` and `/mnt/c/Users/ana/p`
+    compare equal (component by component; Windows ones case-insensitively). None for a
+    relative or empty path."""
+    text = (text or "").strip()
+    if text.startswith("\\\\?\\UNC\\"):
+        text = "\\\\" + text[8:]
+    elif text.startswith("\\\\?\\"):
+        text = text[4:]
+    drive = re.match(r"^([A-Za-z]):(?:[\\/]|$)", text) or re.match(r"^/mnt/([A-Za-z])(?:/|$)", text)
+    if drive:
+        rest = text[drive.end():]
+        return "drive:" + drive.group(1).lower(), [p for p in re.split(r"[\\/]", rest) if p], True
+    if text.startswith("\\\\"):
+        parts = [p for p in re.split(r"[\\/]", text[2:]) if p]
+        if len(parts) < 2:
+            return None
+        return "unc:%s\\%s" % (parts[0].lower(), parts[1].lower()), parts[2:], True
+    if text.startswith("/"):
+        return "/", [p for p in text.split("/") if p], False
+    return None
+
+
+def remap_folder(stored: str, old: str, new: str) -> Optional[str]:
+    """`stored` moved from under `old` to under `new`, or None when it is not under `old`.
+    Matches whole components (`/a/b` covers `/a/b` and `/a/b/c`, not `/a/bc`); the result is
+    spelled the way `new` is (its separator), the part below `old` kept as stored."""
+    have, frm = folder_key(stored), folder_key(old)
+    if have is None or frm is None or have[0] != frm[0]:
+        return None
+    fold = (lambda parts: [p.casefold() for p in parts]) if frm[2] else (lambda parts: parts)
+    if fold(have[1][:len(frm[1])]) != fold(frm[1]) or len(have[1]) < len(frm[1]):
+        return None
+    rest = have[1][len(frm[1]):]
+    sep = "\\" if folder_key(new) is not None and folder_key(new)[2] and not new.startswith("/") else "/"
+    base = new.rstrip("\\/") or new[:1]
+    if re.match(r"^[A-Za-z]:$", base):
+        base += sep
+    if not rest:
+        return base
+    return base + ("" if base.endswith(sep) else sep) + sep.join(rest)
+
+
 def same_rollout(stored: str, info: "RolloutInfo") -> bool:
     """Whether a row's rollout_path names this file: the same path, or (for a path another
     system wrote, e.g. `C:\\Users\\ana\\.codex\\sessions\\…`) the same place in the home."""
@@ -636,12 +681,58 @@ class Config:
         self.sqlite_home: Optional[str] = None
         self.problems: List[Dict[str, Any]] = []
         self.files_read: List[str] = []
+        # What the files say, before a release decides what counts (see resolve()).
+        self.top_provider: Optional[str] = None
+        self.legacy: Optional[Tuple[str, Optional[str]]] = None  # top-level profile = NAME, its provider
+        self.requested: Optional[Tuple[str, Optional[str], str]] = None  # --profile NAME, provider, origin
+        self.release: Tuple[int, ...] = ()
+        self.surface: Optional[str] = None
+        self.surfaces: Dict[str, Dict[str, Any]] = {}
         # config.toml exists but does not parse: Codex will not start, and which provider it
         # would make active cannot be told (not "the default").
         self.provider_unknown = False
 
     def set_provider(self, provider: str, origin: str) -> None:
         self.provider, self.provider_source, self.provider_is_default = provider, origin, False
+
+    def resolve(self, release: Tuple[int, ...], surface: Optional[str] = None) -> None:
+        """The active provider as the release that reads the home resolves it, per surface:
+        `cli` is `codex` (with `--profile` when given), `app` is the app-server Desktop and
+        the IDE run, which takes no `--profile`. `surface` picks the one the verdicts use;
+        without it they use the CLI's (the same as the app's unless --profile says otherwise)."""
+        self.release, self.surface = release, surface
+        app = self._base_resolution(release)
+        cli = app
+        if self.requested is not None:
+            name, provider, origin = self.requested
+            cli = (provider, origin) if provider else app
+        self.surfaces = {"cli": {"provider": cli[0] or DEFAULT_PROVIDER, "source": cli[1]},
+                         "app": {"provider": app[0] or DEFAULT_PROVIDER, "source": app[1]}}
+        chosen = app if surface == "app" else cli
+        unknown = self.provider_source if self.provider_unknown else None  # load_config said why
+        self.provider = DEFAULT_PROVIDER
+        self.provider_source = "the default: config.toml names no model_provider"
+        self.provider_is_default = True
+        if chosen[0]:
+            self.set_provider(chosen[0], chosen[1])
+        if unknown:
+            self.provider_source = unknown
+        self.profile = (self.requested[0] if self.requested and surface != "app" else
+                        self.legacy[0] if self.legacy and legacy_profile_accepted(release) else None)
+
+    def _base_resolution(self, release: Tuple[int, ...]) -> Tuple[Optional[str], str]:
+        # CODEX-COMPAT: 0.120.0 and 0.130.0 follow a top-level `profile = NAME` in the CLI and
+        # the app-server; 0.169.0 ignores it (listing as under the top-level provider) and
+        # refuses to start a thread while it is there.
+        if self.legacy and self.legacy[1] and legacy_profile_accepted(release):
+            return self.legacy[1], 'config.toml profile = "%s"' % self.legacy[0]
+        if self.top_provider:
+            return self.top_provider, "config.toml model_provider"
+        return None, "the default: config.toml names no model_provider"
+
+    @property
+    def surfaces_disagree(self) -> bool:
+        return self.surfaces["cli"]["provider"] != self.surfaces["app"]["provider"]
 
     def knows_provider(self, provider: str) -> bool:
         return provider in BUILTIN_PROVIDERS or provider in self.configured_providers
@@ -651,6 +742,8 @@ class Config:
             "active_provider": None if self.provider_unknown else self.provider,
             "provider_source": self.provider_source,
             "profile": self.profile,
+            "surface": self.surface,
+            "surfaces": self.surfaces,
             "configured_providers": sorted(self.configured_providers),
             "sqlite_home": self.sqlite_home,
             "files_read": self.files_read,
@@ -674,13 +767,25 @@ def _read_toml_file(path: Path, config: Config) -> Optional[Dict[str, Any]]:
         return None
 
 
-def load_config(home: Path, profile: Optional[str]) -> Config:
-    """Resolve the active provider the way Codex does, across the releases that differ:
+SURFACE_NAMES = {"cli": "the codex command line (--profile)", "app": "Codex Desktop and the IDE (app-server)"}
 
-    * `--profile NAME` (recent releases): `NAME.config.toml` layered over config.toml; older
+
+def legacy_profile_accepted(release: Tuple[int, ...]) -> bool:
+    """CODEX-COMPAT: a top-level `profile = NAME` works in 0.120.0 and 0.130.0 (measured, CLI
+    and app-server) and is rejected by 0.169.0 (measured); releases in between are taken to
+    follow the older behaviour. An unknown release is taken to accept it, as most did."""
+    return not release or release < (0, 169, 0)
+
+
+def load_config(home: Path, profile: Optional[str], release: Tuple[int, ...] = (),
+                surface: Optional[str] = None) -> Config:
+    """Read what decides the active provider; Config.resolve() then applies the rules of the
+    release that reads the home (the inventory calls it again once it knows that release):
+
+    * `--profile NAME`: `NAME.config.toml` layered over config.toml (0.169.0); older
       releases read `[profiles.NAME]` instead.
-    * CODEX-COMPAT: up to ~0.131 a top-level `profile = "NAME"` selected `[profiles.NAME]`;
-      0.169.0 refuses to start with it. Both are reported.
+    * CODEX-COMPAT: up to 0.130.0 (measured) a top-level `profile = "NAME"` selects
+      `[profiles.NAME]`; 0.169.0 ignores it and refuses to start with it. Both are reported.
     * then top-level `model_provider`, then `openai`.
     """
     config = Config()
@@ -697,7 +802,7 @@ def load_config(home: Path, profile: Optional[str]) -> Config:
         config.sqlite_home = sqlite_home
     top = base.get("model_provider")
     if isinstance(top, str) and top:
-        config.set_provider(top, "config.toml model_provider")
+        config.top_provider = top
     elif top is not None:
         config.problems.append({"code": "config_unparsable", "path": str(home / "config.toml"),
                                 "error": "model_provider is not a string"})
@@ -705,36 +810,33 @@ def load_config(home: Path, profile: Optional[str]) -> Config:
     legacy = base.get("profile")
     if isinstance(legacy, str) and legacy:
         config.problems.append({"code": "legacy_profile", "path": str(home / "config.toml"), "profile": legacy})
-        if not profile:
-            _apply_legacy_profile(config, profiles, legacy, 'config.toml profile = "%s"' % legacy)
+        config.legacy = (legacy, _profile_table_provider(profiles, legacy))
     if profile:
-        config.profile = profile
         layered = _read_toml_file(home / ("%s.config.toml" % profile), config)
         if layered is not None:
             extra = layered.get("model_providers")
             if isinstance(extra, dict):
                 config.configured_providers.extend(k for k, v in extra.items() if isinstance(v, dict))
             chosen = layered.get("model_provider")
-            if isinstance(chosen, str) and chosen:
-                config.set_provider(chosen, "%s.config.toml model_provider" % profile)
+            config.requested = (profile, chosen if isinstance(chosen, str) and chosen else None,
+                                "%s.config.toml model_provider" % profile)
             if isinstance(layered.get("sqlite_home"), str):
                 config.sqlite_home = layered["sqlite_home"]
-        elif not _apply_legacy_profile(config, profiles, profile, "[profiles.%s] (--profile)" % profile):
+        elif isinstance(profiles.get(profile), dict):
+            config.requested = (profile, _profile_table_provider(profiles, profile), "[profiles.%s] (--profile)" % profile)
+        else:
+            config.requested = (profile, None, "")
             config.problems.append({"code": "profile_missing", "profile": profile,
                                     "path": str(home / ("%s.config.toml" % profile))})
     config.configured_providers = sorted(set(config.configured_providers))
+    config.resolve(release, surface)
     return config
 
 
-def _apply_legacy_profile(config: Config, profiles: Dict[str, Any], name: str, origin: str) -> bool:
+def _profile_table_provider(profiles: Dict[str, Any], name: str) -> Optional[str]:
     table = profiles.get(name)
-    if not isinstance(table, dict):
-        return False
-    config.profile = name
-    chosen = table.get("model_provider")
-    if isinstance(chosen, str) and chosen:
-        config.set_provider(chosen, origin)
-    return True
+    chosen = table.get("model_provider") if isinstance(table, dict) else None
+    return chosen if isinstance(chosen, str) and chosen else None
 
 
 class StateDb:
@@ -979,10 +1081,21 @@ KNOWN_COLUMN_TYPES: Dict[str, Dict[str, str]] = {
         integers="created_at updated_at tokens_used has_user_event archived archived_at created_at_ms "
                  "updated_at_ms recency_at recency_at_ms is_pinned section_position section_entered_at_ms",
         booleans="daybreak_enabled"),
-    "thread_turns": _column_types("thread_id turn_id rollout_byte_offset rollout_end_byte_offset",
-                                  integers="rollout_byte_offset rollout_end_byte_offset"),
-    "thread_history_projection_state": _column_types("thread_id next_rollout_byte_offset",
-                                                     integers="next_rollout_byte_offset"),
+    # The history projection, every column: import copies a thread's rows whole (0.169.0 and
+    # 0.171.0 have the same columns in these tables).
+    "thread_turns": _column_types(
+        "thread_id turn_id rollout_ordinal status error_json started_at completed_at duration_ms first_user_item_id "
+        "final_agent_item_id rollout_byte_offset rollout_end_ordinal rollout_end_byte_offset root_turn_id",
+        integers="rollout_ordinal started_at completed_at duration_ms rollout_byte_offset rollout_end_ordinal "
+                 "rollout_end_byte_offset"),
+    "thread_history_projection_state": _column_types("thread_id next_rollout_byte_offset next_rollout_ordinal",
+                                                     integers="next_rollout_byte_offset next_rollout_ordinal"),
+    "thread_items": _column_types(
+        "thread_id turn_id item_id rollout_ordinal created_at_ms item_json item_type updated_at_ordinal "
+        "started_at_ms completed_at_ms",
+        integers="rollout_ordinal created_at_ms updated_at_ordinal started_at_ms completed_at_ms"),
+    "thread_realtime_items": _column_types("thread_id item_id rollout_ordinal created_at_ms item_type item_json",
+                                           integers="rollout_ordinal created_at_ms"),
 }
 # CODEX-COMPAT: triggers on those tables in 0.130.0-0.171.0 (0.120.0 has none): name and the
 # first 12 hex digits of the SHA-256 of their SQL with whitespace collapsed. A trigger can make
@@ -1170,20 +1283,22 @@ class RolloutInfo:
 
 
 def iter_rollout_files(home: Path, temps: Optional[List[Path]] = None,
-                       errors: Optional[List[str]] = None) -> Iterator[Path]:
+                       errors: Optional[List[str]] = None,
+                       tops: Sequence[str] = ("sessions", "archived_sessions")) -> Iterator[Path]:
     """Every rollout under sessions/ (any depth: pre-July-2025 files are flat) and
     archived_sessions/, as Path objects (see iter_rollout_entries)."""
-    for path, _is_file in iter_rollout_entries(home, temps, errors):
+    for path, _is_file in iter_rollout_entries(home, temps, errors, tops):
         yield Path(path)
 
 
 def iter_rollout_entries(home: Path, temps: Optional[List[Path]] = None,
-                         errors: Optional[List[str]] = None) -> Iterator[Tuple[str, bool]]:
+                         errors: Optional[List[str]] = None,
+                         tops: Sequence[str] = ("sessions", "archived_sessions")) -> Iterator[Tuple[str, bool]]:
     """(path, is a regular file) of every rollout under sessions/ and archived_sessions/, in
     sorted order. Symlinked folders are read (a synced tree may be linked in); writes through
     them are refused later, in preflight. One os.scandir per folder: the entry's type comes with
     the listing, so a FIFO or device named like a rollout is known without opening it."""
-    for top in ("sessions", "archived_sessions"):
+    for top in tops:
         root = os.path.join(str(home), top)
         if not os.path.isdir(root):
             continue
@@ -1960,7 +2075,12 @@ class Inventory:
         self.global_state = read_global_state(home)
         self.projections = history_projection_files(home, self.live_db.path.parent if self.live_db else None)
         self.threads = self._join()
-        self.release = self._newest_release()
+        self.written_release = self._newest_release()
+        self.reader = reader_release(self.written_release, environ)
+        # Every release-dependent verdict follows the release that reads the home next.
+        self.release = self.reader["version"]
+        self.config.resolve(self.reader["version"], self.config.surface)
+        self.scope: Dict[str, Any] = {"sources": ["cli", "vscode"], "include_archived": False, "include_empty": False}
         self.projected_ids, self.other_projected_ids = self._projected_ids()
         self.misaligned_offsets = misaligned_projection_offsets(self)
 
@@ -2035,9 +2155,41 @@ progress = _Progress()
 def build_inventory(args: argparse.Namespace, environ: Optional[Dict[str, str]] = None) -> Inventory:
     environ = dict(os.environ if environ is None else environ)
     home, origin = resolve_codex_home(getattr(args, "codex_home", None), environ)
-    config = load_config(home, getattr(args, "profile", None))
-    return Inventory(home, origin, config, environ, deep=bool(getattr(args, "deep", False)),
-                     keep_text=bool(getattr(args, "verbose", False)))
+    config = load_config(home, getattr(args, "profile", None), surface=getattr(args, "surface", None))
+    inv = Inventory(home, origin, config, environ, deep=bool(getattr(args, "deep", False)),
+                    keep_text=bool(getattr(args, "verbose", False)))
+    inv.scope = {"sources": scope_sources(args), "include_archived": bool(getattr(args, "include_archived", False)),
+                 "include_empty": bool(getattr(args, "include_empty", False))}
+    return inv
+
+
+def codex_on_path(environ: Dict[str, str]) -> Optional[Tuple[str, Tuple[int, ...]]]:
+    """The `codex` a shell would run, and its release (`codex --version`), if there is one.
+    Running it is read-only: `--version` opens no home."""
+    found = shutil.which("codex", path=environ.get("PATH"))
+    if not found:
+        return None
+    try:
+        proc = subprocess.run([found, "--version"], capture_output=True, text=True, timeout=10,
+                              stdin=subprocess.DEVNULL, env={"PATH": environ.get("PATH", ""), "NO_COLOR": "1"})
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"(\d+\.\d+\.\d+)", proc.stdout or "")
+    return (found, parse_version(match.group(1))) if match else None
+
+
+def reader_release(written: Tuple[int, ...], environ: Dict[str, str]) -> Dict[str, Any]:
+    """Which Codex release reads this home next: the newest that wrote it (rollouts' and rows'
+    cli_version), or the `codex` on PATH when that one is newer (it migrates the home when it
+    starts; a release never goes back to an older schema)."""
+    on_path = codex_on_path(environ)
+    version, basis = written, "the newest release that wrote it, by cli_version"
+    if on_path and on_path[1] and on_path[1] > written:
+        version, basis = on_path[1], "the codex on PATH (%s)" % on_path[0]
+    if not version:
+        basis = "unknown: nothing in the home names a release and no codex is on PATH"
+    return {"version": version, "basis": basis, "written_by": ".".join(map(str, written)) or None,
+            "on_path": None if not on_path else {"path": on_path[0], "version": ".".join(map(str, on_path[1])) or None}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2050,7 +2202,8 @@ REASONS: Dict[str, Tuple[str, str]] = {
     "user_event_missing": ("warning", "the DB row's preview/first message is blank although the rollout has a user message "
                                       "(hides it from every list in 0.120-era Codex; newer Codex still leaves it out of "
                                       "DB-only listings and shows no preview)"),
-    "rollout_missing": ("warning", "the DB row points at a rollout file that does not exist"),
+    "rollout_missing": ("info", "the DB row points at a rollout file that does not exist: the conversation was "
+                                "deleted, nothing is left to recover (reindex --prune-missing removes the row)"),
     "rollout_inaccessible": ("warning", "the DB row's rollout cannot be checked (a permission or I/O error): "
                                         "unreadable is not missing, so the row is never pruned"),
     "rollout_path_stale": ("warning", "the DB row's rollout_path is wrong; the file exists elsewhere in the home"),
@@ -2068,6 +2221,9 @@ REASONS: Dict[str, Tuple[str, str]] = {
                                               "live DB: it is listed, but opens with no turns until Codex rebuilds them "
                                               "(0.169.0+: a rollout copied in from another machine, or a sqlite_home that moved)"),
     "cwd_unmatchable": ("info", "the stored cwd cannot match a project folder (\\\\?\\ prefix, trailing separator, /mnt/C, removed worktree); use `codex resume --all`"),
+    "cwd_moved": ("warning", "the thread's project folder does not exist here, but a folder with the same name does: the "
+                             "project moved, and Codex lists the thread only under the old path (`codex resume --last` "
+                             "run in the new folder does not find it)"),
 }
 
 HOME_FINDINGS: Dict[str, Tuple[str, str]] = {
@@ -2081,6 +2237,9 @@ HOME_FINDINGS: Dict[str, Tuple[str, str]] = {
     "config_unparsable": ("error", "config.toml cannot be parsed; Codex will not start with it"),
     "config_unreadable": ("error", "config.toml cannot be read"),
     "legacy_profile": ("warning", "top-level `profile =` is rejected by recent Codex releases (0.169.0)"),
+    "surfaces_disagree": ("warning", "the `codex` command line (with --profile) and Desktop/the IDE (the app-server, "
+                                     "which takes no --profile) list different providers: moving threads to one "
+                                     "hides them from the other"),
     "profile_missing": ("error", "the named profile exists neither as NAME.config.toml nor as [profiles.NAME]"),
     "active_provider_not_configured": ("error", "the provider config.toml makes active is defined nowhere; Codex lists nothing and cannot start a thread"),
     "provider_not_configured": ("warning", "threads use a provider that config.toml does not define; resuming them fails"),
@@ -2106,11 +2265,15 @@ class Reason:
     evidence. Read like the dict it stands for (reason["code"]); one object with three slots
     instead of a dict, since most threads carry a reason or two and a home has tens of thousands."""
 
-    __slots__ = ("code", "hides", "_keys", "_values")
+    __slots__ = ("code", "hides", "_keys", "_values", "severity", "why")
     _key_tuples: Dict[Tuple[str, ...], Tuple[str, ...]] = {}  # one per call site, shared
+    FIELDS = ("code", "hides", "evidence", "severity", "why")
 
     def __init__(self, code: str, hides: bool, evidence: Dict[str, Any]) -> None:
         self.code, self.hides = code, hides
+        # Set by run_checks (reason_severity): whether there is something to do, and if not why.
+        self.severity: str = REASONS[code][0] if code in REASONS else "info"
+        self.why: Optional[str] = None
         keys = tuple(evidence)
         self._keys = self._key_tuples.setdefault(keys, keys)
         self._values = tuple(evidence.values())
@@ -2121,12 +2284,12 @@ class Reason:
         return dict(zip(self._keys, self._values))
 
     def __getitem__(self, key: str) -> Any:
-        if key not in ("code", "hides", "evidence"):
+        if key not in self.FIELDS:
             raise KeyError(key)
         return getattr(self, key)
 
     def get(self, key: str, default: Any = None) -> Any:
-        return getattr(self, key) if key in ("code", "hides", "evidence") else default
+        return getattr(self, key) if key in self.FIELDS else default
 
     def as_dict(self) -> Dict[str, Any]:
         return {"code": self.code, "hides": self.hides, "evidence": self.evidence}
@@ -2212,6 +2375,9 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
     cwd_problem = cwd_spelling_problem(str((row or {}).get("cwd") or (view.primary.meta.get("cwd") if view.primary else "") or ""), inv.home)
     if cwd_problem:
         add_reason(view, "cwd_unmatchable", False, problem=cwd_problem)
+    moved = getattr(inv, "folder_moves", {}).get(thread_cwd(view))
+    if moved:
+        add_reason(view, "cwd_moved", False, **moved)
     paginated = (row or {}).get("history_mode") == "paginated" or (
         view.primary is not None and view.primary.meta.get("history_mode") == "paginated")
     if paginated and inv.projected_ids is not None and view.id not in inv.projected_ids and view.files:
@@ -2263,6 +2429,11 @@ def index_blocker(info: "RolloutInfo", home: Path) -> Optional[str]:
     return "no_session_meta"
 
 
+def thread_cwd(view: ThreadView) -> str:
+    """The folder a thread belongs to: the row's (what listings filter on), else its rollout's."""
+    return str((view.row or {}).get("cwd") or (view.primary.meta.get("cwd") if view.primary else "") or "")
+
+
 def projection_manual_step(thread_id: str, elsewhere: bool) -> str:
     """What brings the turns of a paginated thread back, by why the projection lacks them."""
     if elsewhere:
@@ -2299,6 +2470,71 @@ def cwd_spelling_problem(cwd: str, home: Path) -> Optional[str]:
     return None
 
 
+def detect_folder_moves(inv: Inventory) -> Dict[str, Dict[str, Any]]:
+    """Thread folders that do not exist on this machine while exactly one folder with the
+    longest same tail does (`/Users/ana/src/shop` gone, `/home/ana/work/shop` here), each with
+    the remap-cwd options that move its threads. Looked for among the folders of this home's
+    other threads and their parents, the user's home and the current folder: no disk-wide search."""
+    cwds = sorted({thread_cwd(v) for v in inv.threads.values()} - {""})
+    worktrees = str(inv.home / "worktrees")
+    existing = [c for c in cwds if folder_key(c) and os.path.isdir(c)]
+    missing = [c for c in cwds if folder_key(c) and c not in existing and not c.startswith(worktrees)]
+    if not missing:
+        return {}
+    bases = set()
+    try:
+        here = [os.getcwd()]
+    except OSError:
+        here = []
+    for folder in existing + [str(Path.home())] + here:
+        path = Path(folder)
+        bases.update(str(p) for p in [path] + list(path.parents) if str(p) != path.anchor)
+    children: Dict[str, set] = {}
+
+    def has_child(base: str, name: str) -> bool:
+        # One listing per folder, however many threads ask: a set lookup, not a stat each.
+        if base not in children:
+            try:
+                children[base] = set(os.listdir(base))
+            except OSError:
+                children[base] = set()
+        return name in children[base]
+
+    moves: Dict[str, Dict[str, Any]] = {}
+    for cwd in missing:
+        parts = folder_key(cwd)[1]
+        tails: Dict[str, int] = {}
+        candidates = set(existing)
+        for base in bases:
+            candidates.update(os.path.join(base, *parts[-k:]) for k in range(1, min(3, len(parts)) + 1)
+                              if has_child(base, parts[-k]))
+        for candidate in candidates:
+            tail = common_tail(parts, (folder_key(candidate) or ("", [], False))[1])
+            if tail and os.path.isdir(candidate):
+                real = os.path.realpath(candidate)
+                tails[real] = max(tails.get(real, 0), tail)
+        if not tails:
+            continue
+        best = max(tails.values())
+        winners = sorted(c for c, t in tails.items() if t == best)
+        if len(winners) == 1:
+            moves[cwd] = {"cwd": cwd, "found": winners[0],
+                          "remap": "--from %s --to %s" % (_shell_quote(cwd), _shell_quote(winners[0]))}
+        else:
+            moves[cwd] = {"cwd": cwd, "candidates": winners[:5],
+                          "remap": "--from %s --to NEW_FOLDER (one of the candidates)" % _shell_quote(cwd)}
+    return moves
+
+
+def common_tail(left: List[str], right: List[str]) -> int:
+    """How many trailing path components two folders share (case-insensitively: a moved
+    Windows folder may come back with other capitals)."""
+    count = 0
+    while count < min(len(left), len(right)) and left[-1 - count].casefold() == right[-1 - count].casefold():
+        count += 1
+    return count
+
+
 def rank_threads(inv: Inventory) -> None:
     """Each listable thread's place in the recent order Desktop loads (newest first)."""
     listable = [v for v in inv.threads.values() if not v.hidden]
@@ -2326,6 +2562,14 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
 
     for problem in inv.config.problems:
         add(problem["code"], **{k: v for k, v in problem.items() if k != "code"})
+        if problem["code"] == "legacy_profile":
+            legacy_profile_verdict(findings[-1], inv)
+    if inv.config.surfaces_disagree and inv.config.surface is None:
+        add("surfaces_disagree", cli=inv.config.surfaces["cli"], app=inv.config.surfaces["app"],
+            release=".".join(map(str, inv.reader["version"])) or None,
+            manual_step="ask which app the user opens these conversations in, then run diagnose again with "
+                        "--surface cli (the `codex` command line with --profile %s) or --surface app "
+                        "(Codex Desktop or the IDE extension)" % inv.config.requested[0])
     if len(inv.dbs) > 1:
         add("multiple_state_dbs", live=display_path(inv.live_db.path, inv.home) if inv.live_db else None,
             others=[display_path(d.path, inv.home) for d in inv.dbs if d is not inv.live_db])
@@ -2364,15 +2608,19 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
         add("active_provider_not_configured", provider=inv.config.provider,
             manual_step="add [model_providers.%s] to config.toml: Codex cannot start a thread without it"
                         % inv.config.provider)
-    used = {}
+    used: Dict[str, List[bool]] = {}
     for view in inv.threads.values():
+        listed = in_scope(view, inv.scope["sources"], inv.scope["include_archived"], inv.scope["include_empty"])
         for provider in {view.db_provider, view.rollout_provider}:
             if provider and not inv.config.knows_provider(provider):
-                used[provider] = used.get(provider, 0) + 1
-    for provider, count in sorted(used.items()):
-        add("provider_not_configured", provider=provider, threads=count,
+                used.setdefault(provider, []).append(listed)
+    for provider, listed in sorted(used.items()):
+        add("provider_not_configured", provider=provider, threads=len(listed), in_scope=sum(listed),
             manual_step="add a [model_providers.%s] table to config.toml, or move the threads "
                         "with repair-provider" % provider)
+        if not any(listed):
+            # Only threads hidden by design (exec, archived, empty) still carry it: nothing to do.
+            findings[-1]["severity"] = "info"
     damaged = [i for i in inv.rollouts if i.problems]
     if damaged:
         counts: Dict[str, int] = {}
@@ -2432,22 +2680,79 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
     return findings
 
 
+def reason_severity(view: ThreadView, reason: Dict[str, Any], inv: Inventory) -> Tuple[str, Optional[str]]:
+    """Severity means action: a reason is a warning only where something can be done about
+    it (a repair that plans a change, or a precise manual step); a thread hidden by design, or
+    one no repair can reach, is info, with why."""
+    code = reason["code"]
+    severity = REASONS[code][0]
+    if severity == "info":
+        return severity, None
+    if code == "provider_mismatch":
+        why = provider_move_blocker(view, inv)
+        return ("warning", None) if why is None else ("info", why)
+    if code == "attachment_only_prompt" and not reason["hides"]:
+        return "info", "this release lists it anyway"
+    return severity, None
+
+
+def provider_move_blocker(view: ThreadView, inv: Inventory) -> Optional[str]:
+    """Why repair-provider, run with diagnose's scope, would not move this thread (None: it would)."""
+    scope = inv.scope
+    if inv.config.surfaces_disagree and inv.config.surface is None:
+        return "the codex CLI and Desktop/the IDE list different providers: choose one with --surface"
+    if not in_scope(view, scope["sources"], scope["include_archived"], scope["include_empty"]):
+        return "outside the repair scope (by design: %s)" % (
+            "archived" if view.archived else "no user message" if not view.has_evidence else
+            "source %s" % source_kind(view.source))
+    if provider_to_move(view, inv.config.provider) is None:
+        return "nothing to move"
+    return provider_repair_lasting_blocker(view)
+
+
+def legacy_profile_verdict(finding: Dict[str, Any], inv: Inventory) -> None:
+    """A top-level `profile =` is a warning only where the release reading the home rejects it."""
+    release = inv.reader["version"]
+    name = finding["evidence"].get("profile")
+    finding["evidence"]["release"] = ".".join(map(str, release)) or None
+    if release and legacy_profile_accepted(release):
+        finding["severity"] = "info"
+        finding["evidence"]["note"] = "this release follows it; 0.169.0 and later reject it"
+        return
+    finding["evidence"]["manual_step"] = (
+        'remove the line `profile = "%s"` from config.toml; to keep using the profile, move its '
+        '[profiles.%s] table into %s.config.toml and start Codex with --profile %s' % (name, name, name, name))
+
+
 def run_checks(inv: Inventory) -> List[Dict[str, Any]]:
-    """Per-thread reasons aggregated into one finding per code, then the home-level findings."""
+    """Per-thread reasons aggregated into findings per code and severity (the ones to act on
+    first), then the home-level findings."""
+    inv.folder_moves = detect_folder_moves(inv)
     for view in inv.threads.values():
         view.reasons = []
         check_thread(view, inv)
     rank_threads(inv)
+    for view in inv.threads.values():
+        for reason in view.reasons:
+            reason.severity, reason.why = reason_severity(view, reason, inv)
     findings = []
-    by_code: Dict[str, List[str]] = {code: [] for code in REASONS}
-    for view in inv.threads.values():  # one pass; each thread once per code, in thread order
-        for code in dict.fromkeys(r["code"] for r in view.reasons):
-            by_code[code].append(view.id)
-    for code, (severity, message) in REASONS.items():
-        ids = by_code[code]
-        if ids:
-            findings.append({"code": code, "severity": severity, "message": message,
-                             "count": len(ids), "thread_ids": ids})
+    grouped: Dict[Tuple[str, str], List[Any]] = {}
+    for view in inv.threads.values():  # one pass; each thread once per code and severity, in thread order
+        for reason in view.reasons:
+            entries = grouped.setdefault((reason.code, reason.severity), [])
+            if not entries or entries[-1][0] != view.id:
+                entries.append((view.id, reason.why))
+    for code, (_severity, message) in REASONS.items():
+        for severity in ("error", "warning", "info"):
+            entries = grouped.get((code, severity))
+            if not entries:
+                continue
+            finding = {"code": code, "severity": severity, "message": message, "count": len(entries),
+                       "thread_ids": [thread_id for thread_id, _why in entries]}
+            whys = sorted({why for _id, why in entries if why})
+            if whys:
+                finding["why_no_action"] = whys
+            findings.append(finding)
     return findings + check_home(inv)
 
 
@@ -2499,18 +2804,38 @@ def in_scope(view: ThreadView, sources: Sequence[str], include_archived: bool, i
     return include_empty or view.has_evidence
 
 
-def provider_candidates(inv: Inventory, args: argparse.Namespace) -> Dict[str, List[str]]:
-    """Threads hidden by provider, in repair scope, grouped by the provider they carry."""
+def provider_candidates(inv: Inventory, args: Optional[argparse.Namespace] = None) -> Dict[str, List[str]]:
+    """Threads hidden by provider that repair-provider would move with diagnose's scope
+    (run_checks decided it: their provider_mismatch is a warning), by the provider they carry."""
     groups: Dict[str, List[str]] = {}
     for view in inv.threads.values():
-        if not any(r["code"] == "provider_mismatch" for r in view.reasons):
+        if not any(r["code"] == "provider_mismatch" and r.get("severity") == "warning" for r in view.reasons):
             continue
-        if not in_scope(view, scope_sources(args), args.include_archived, args.include_empty):
-            continue
-        carried = carried_provider(view)
-        if carried != inv.config.provider:
+        carried = provider_to_move(view, inv.config.provider)
+        if carried is not None:
             groups.setdefault(carried, []).append(view.id)
     return groups
+
+
+def provider_to_move(view: ThreadView, active: str) -> Optional[str]:
+    """The provider repair-provider --from would name for this thread: the rollout's (what
+    Codex re-derives rows from), else the row's, when it is not the active one."""
+    rollout = carried_rollout_provider(view)
+    for provider in (rollout, view.db_provider):
+        # An empty value is a value (Codex lists such a thread under no provider): it is moved
+        # with `--from ''`, not reported as the default's.
+        if provider is not None and provider != active:
+            return provider
+    return None
+
+
+def carried_rollout_provider(view: ThreadView) -> Optional[str]:
+    """The provider the rollout's session_meta carries: "" when empty, the default when the key
+    is absent (CODEX-COMPAT: older releases wrote none), None without a session_meta."""
+    if view.primary is None or not view.primary.meta:
+        return None
+    value = view.primary.meta.get("model_provider")
+    return value if isinstance(value, str) else DEFAULT_PROVIDER
 
 
 def scope_sources(args: argparse.Namespace) -> List[str]:
@@ -2518,44 +2843,85 @@ def scope_sources(args: argparse.Namespace) -> List[str]:
     return list(chosen)
 
 
+def command_prefix_argv() -> List[str]:
+    """How to run this tool again: the script's real path (a skill runs it from anywhere), or
+    the console-script name when installed."""
+    if program_name() == "codex_session_recovery.py":
+        return ["python3", os.path.abspath(__file__)]
+    return [TOOL_NAME]
+
+
 def command_prefix(args: argparse.Namespace) -> str:
-    """How to run this tool again, as it was run: the script's real path (a skill runs it from
-    anywhere), or the console-script name when installed."""
-    invoked = sys.argv[0] or ""
-    if invoked.endswith(".py") and os.path.isfile(invoked):
-        prefix = "python3 %s" % _shell_quote(os.path.abspath(invoked))
-    elif program_name() == "codex_session_recovery.py":
-        prefix = "python3 %s" % _shell_quote(os.path.abspath(__file__))
-    else:
-        prefix = TOOL_NAME
-    if getattr(args, "codex_home", None):
-        prefix += " --codex-home %s" % _shell_quote(args.codex_home)
-    return prefix
+    return shell_line(command_prefix_argv())
 
 
 def _shell_quote(text: str) -> str:
     return text if re.match(r"^[\w@%+=:,./-]+$", text) else "'" + text.replace("'", "'\"'\"'") + "'"
 
 
-def suggest_commands(inv: Inventory, findings: List[Dict[str, Any]], args: argparse.Namespace) -> List[str]:
-    prefix = command_prefix(args)
-    codes = {f["code"] for f in findings}
-    commands = []
-    for provider in sorted(provider_candidates(inv, args)):
-        commands.append("%s repair-provider --from %s --to auto" % (prefix, _shell_quote(provider)))
-    if "user_event_missing" in codes:
-        commands.append("%s repair-user-events" % prefix)
-    if codes & {"index_stale", "index_bad_lines", "index_missing_names"}:
-        commands.append("%s rebuild-index" % prefix)
-    if "sidebar_filtered" in codes:
-        commands.append("%s repair-ui-state" % prefix)
-    if codes & {"no_db_row", "rollout_path_stale", "archive_flag_mismatch"}:
-        commands.append("%s reindex" % prefix)
-    rebuild = [f for f in findings if f["code"] in REBUILD_REASONS
-               and (f["code"] != "backfill_incomplete" or f["evidence"].get("stale"))]
-    if rebuild:
-        commands.append("%s rebuild-db" % prefix)
-    return commands
+def shell_line(argv: Sequence[str]) -> str:
+    """One argv as a POSIX shell line that runs exactly it (shlex.split gives it back)."""
+    return " ".join(_shell_quote(str(a)) for a in argv)
+
+
+def verdict_options(inv: Inventory) -> List[str]:
+    """The options that made this run's verdicts, spelled so another command reaches the same
+    ones: the absolute home (a relative one breaks from another folder), the profile and the
+    surface."""
+    argv = ["--codex-home", str(inv.home)]
+    if inv.config.requested is not None:
+        argv += ["--profile", inv.config.requested[0]]
+    if inv.config.surface:
+        argv += ["--surface", inv.config.surface]
+    return argv
+
+
+def scope_options(scope: Dict[str, Any]) -> List[str]:
+    argv: List[str] = []
+    if list(scope["sources"]) != ["cli", "vscode"]:
+        for kind in scope["sources"]:
+            argv += ["--source", kind]
+    if scope["include_archived"]:
+        argv.append("--include-archived")
+    if scope["include_empty"]:
+        argv.append("--include-empty")
+    return argv
+
+
+def actionable_codes(findings: List[Dict[str, Any]]) -> set:
+    return {f["code"] for f in findings if f["severity"] in ("warning", "error")}
+
+
+def repair_lines(inv: Inventory, findings: List[Dict[str, Any]], view: Optional[ThreadView] = None) -> List[Dict[str, Any]]:
+    """The commands to run next, from the table of repairs, in the order their dependencies
+    need (a repair that needs another's result comes after it); each is complete (home,
+    profile, surface, scope, providers) so it runs verbatim. With `view`: only what cures
+    that one thread."""
+    prefix = command_prefix_argv() + verdict_options(inv)
+    lines = []
+    for repair in repairs_in_order():
+        for tail in repair.next_args(inv, findings, view):
+            argv = prefix + [repair.name] + tail
+            lines.append({"repair": repair.name, "argv": argv, "command": shell_line(argv)})
+    return lines
+
+
+def suggest_commands(inv: Inventory, findings: List[Dict[str, Any]], args: Optional[argparse.Namespace] = None) -> List[str]:
+    return [line["command"] for line in repair_lines(inv, findings)]
+
+
+def remap_cwd_next_args(inv: Inventory, findings: List[Dict[str, Any]], view: Optional[ThreadView]) -> List[List[str]]:
+    """The remap-cwd argument tails to run: for one thread, its own move; for the home, one
+    `--from OLD --to NEW` per moved project folder, where a subfolder that the move of its
+    parent already covers gets no line of its own. None where the new folder is ambiguous."""
+    if view is not None:
+        moved = next((r["evidence"] for r in view.reasons if r["code"] == "cwd_moved"), {})
+        return [["--from", moved["cwd"], "--to", moved["found"]]] if "found" in moved else []
+    moves = [m for m in getattr(inv, "folder_moves", {}).values() if "found" in m]
+    kept = [m for m in moves if not any(o is not m and remap_folder(m["cwd"], o["cwd"], o["found"]) is not None
+                                        and os.path.realpath(remap_folder(m["cwd"], o["cwd"], o["found"])) == m["found"]
+                                        for o in moves)]
+    return [["--from", m["cwd"], "--to", m["found"]] for m in sorted(kept, key=lambda m: m["cwd"])]
 
 
 def thread_entry(view: ThreadView, verbose: bool) -> Dict[str, Any]:
@@ -2591,11 +2957,17 @@ BACKUP_DIR_NAME = "recovery-backups"
 class RolloutEdit:
     """Line edits to one rollout, planned from a full streaming read of it. `fingerprint` is
     (size, mtime_ns, sha256) at planning time: the writer refuses to replace a file that no
-    longer matches, so a line appended by a live session is never lost."""
+    longer matches, so a line appended by a live session is never lost.
 
-    def __init__(self, path: Path, thread_id: str) -> None:
+    `target`, when given, is where the edited copy goes instead of replacing `path` (import
+    copies a rollout of another home, never writing there); `target_fingerprint` is the
+    (size, mtime_ns) the target must still have, or None when it must not exist yet."""
+
+    def __init__(self, path: Path, thread_id: str, target: Optional[Path] = None) -> None:
         self.path = path
         self.thread_id = thread_id
+        self.target = target or path
+        self.target_fingerprint: Optional[Tuple[int, int]] = None
         self.fingerprint: Tuple[int, int, str] = (0, 0, "")
         self.changes: List[Dict[str, Any]] = []
         # (byte offset, length, new bytes) of each changed span: the bytes of a line that differ,
@@ -2637,8 +3009,11 @@ class RolloutEdit:
         return offset + sum(delta for start, length, delta in self.deltas if start + length <= offset)
 
     def as_json(self, home: Path) -> Dict[str, Any]:
-        doc = {"kind": "rollout_edit", "thread_id": self.thread_id, "path": display_path(self.path, home),
+        doc = {"kind": "rollout_edit", "thread_id": self.thread_id, "path": display_path(self.target, home),
                "changes": self.changes, "bytes_delta": sum(d for _s, _l, d in self.deltas)}
+        if self.target != self.path:
+            doc.update({"kind": "rollout_copy", "from": str(self.path),
+                        "replaces": self.target_fingerprint is not None})
         if self.kept_verbatim:
             doc["kept_verbatim"] = self.kept_verbatim
         return doc
@@ -2704,6 +3079,8 @@ class Plan:
         self.warnings: List[str] = []
         self.skipped: List[Dict[str, Any]] = []
         self.notes: Dict[str, Any] = {}
+        # What the planner found and will not change (import's conflicts): exit code 1.
+        self.findings: List[Dict[str, Any]] = []
 
     @property
     def change_count(self) -> int:
@@ -2713,7 +3090,7 @@ class Plan:
         return sorted({c.db for c in self.sql} | {r.target for r in self.restores if r.kind == "restore_db"}, key=str)
 
     def touched_files(self) -> List[Path]:
-        return ([e.path for e in self.rollout_edits] + [w.path for w in self.file_writes] + list(self.moves)
+        return ([e.target for e in self.rollout_edits] + [w.path for w in self.file_writes] + list(self.moves)
                 + [r.target for r in self.restores if r.kind != "restore_db"])
 
     def plan_id(self, home: Path) -> str:
@@ -2839,10 +3216,11 @@ class PlanError(ValueError):
 
 
 def plan_rollout_edit(path: Path, thread_id: str, line_edit: Any,
-                      needles: Sequence[bytes] = (b'"session_meta"', b'"thread_settings_applied"')) -> RolloutEdit:
+                      needles: Sequence[bytes] = (b'"session_meta"', b'"thread_settings_applied"'),
+                      target: Optional[Path] = None) -> RolloutEdit:
     """Read the whole rollout as a stream and record the edits `line_edit` makes to the lines
     that contain one of `needles` (only those can change). Nothing is written here."""
-    edit = RolloutEdit(path, thread_id)
+    edit = RolloutEdit(path, thread_id, target)
     digest = hashlib.sha256()
     with open_regular(path) as handle:
         for line_no, offset, raw in iter_marked_lines(handle, needles, digest, edit):
@@ -3066,7 +3444,7 @@ def misaligned_projection_offsets(inv: "Inventory") -> Dict[str, Dict[str, Any]]
         offsets = sorted({row[c] for table, row in rows for _o, c, _e in PROJECTION_OFFSETS[table][1]
                           if isinstance(row.get(c), int)})
         try:
-            bad = offsets_off_line_starts(view.primary.path, offsets)
+            bad = offsets_off_line_starts(view.primary.path, offsets, "torn_line" in view.primary.problems)
         except OSError:
             continue
         if bad:
@@ -3074,11 +3452,17 @@ def misaligned_projection_offsets(inv: "Inventory") -> Dict[str, Dict[str, Any]]
     return found
 
 
-def offsets_off_line_starts(path: Path, offsets: Sequence[int]) -> List[int]:
+def offsets_off_line_starts(path: Path, offsets: Sequence[int], torn: bool = False) -> List[int]:
+    """The offsets that are not line starts. With a torn last line, offsets past the start of
+    the fragment describe the bytes the crash cut: no line is there to point at, Codex reads
+    every complete turn regardless (measured 0.169.0, 0.171.0), and no repair can put them right."""
     bad = []
     with open_regular(path) as handle:
         size = os.fstat(handle.fileno()).st_size
+        limit = fragment_start(handle, size) if torn else size
         for offset in offsets:
+            if torn and offset > limit:
+                continue
             if offset < 0 or offset > size:
                 bad.append(offset)
             elif offset > 0:
@@ -3086,6 +3470,19 @@ def offsets_off_line_starts(path: Path, offsets: Sequence[int]) -> List[int]:
                 if handle.read(1) != b"\n":
                     bad.append(offset)
     return bad
+
+
+def fragment_start(handle: Any, size: int) -> int:
+    """Where the unterminated last line begins: just after the last newline (0 if none)."""
+    end = size
+    while end > 0:
+        start = max(0, end - READ_CHUNK)
+        handle.seek(start)
+        found = handle.read(end - start).rfind(b"\n")
+        if found >= 0:
+            return start + found + 1
+        end = start
+    return 0
 
 
 def ordinal_line_spans(path: Path) -> Dict[int, Tuple[int, int]]:
@@ -3176,19 +3573,17 @@ def check_provider_option(option: str, value: str, allow_empty: bool) -> None:
         raise UsageError("%s: the provider name contains a control character (%r)" % (option, value[:60]))
 
 
-def carried_provider(view: "ThreadView") -> str:
-    """The provider a thread carries: its rollout's, else its row's, else the default. An empty
-    value is a value (Codex lists such a thread under no provider), not an absent one."""
-    for value in (view.rollout_provider, view.db_provider):
-        if value is not None:
-            return value
-    return DEFAULT_PROVIDER
-
-
 def plan_provider_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
     check_provider_option("--from", args.from_provider, allow_empty=True)
     check_provider_option("--to", args.to, allow_empty=False)
     plan = Plan("repair-provider")
+    config = inv.config
+    if config.surfaces_disagree and config.surface is None:
+        raise UsageError("on Codex %s the codex CLI (--profile %s) lists provider %s but Desktop and the IDE "
+                         "(app-server, no --profile) list %s: moving threads to one hides them from the other. "
+                         "Ask which app is used and add --surface cli or --surface app" % (
+                             ".".join(map(str, inv.reader["version"])) or "(unknown release)", config.requested[0],
+                             config.surfaces["cli"]["provider"], config.surfaces["app"]["provider"]))
     target, target_source = resolve_target_provider(inv, args.to, args.from_provider)
     plan.notes.update({"from": args.from_provider, "to": target, "to_source": target_source,
                        "scope": {"sources": scope_sources(args), "include_archived": args.include_archived,
@@ -3198,9 +3593,16 @@ def plan_provider_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
     if not inv.config.knows_provider(target):
         plan.warnings.append("provider %s is not defined in config.toml; Codex cannot resume threads "
                              "moved to it until it is" % target)
+    if config.surfaces_disagree:
+        other = "app" if config.surface == "cli" else "cli"
+        plan.warnings.append("moving threads for %s (which uses %s): %s uses %s, and there the moved threads "
+                             "drop out of provider-filtered lists and cannot be resumed" % (
+            SURFACE_NAMES[config.surface], config.surfaces[config.surface]["provider"], SURFACE_NAMES[other],
+            config.surfaces[other]["provider"]))
     encrypted = 0
     for view in inv.threads.values():
-        if args.from_provider not in (view.db_provider, view.rollout_provider):
+        if args.from_provider not in (view.db_provider, view.rollout_provider) and not (
+                args.from_provider == "" and carried_rollout_provider(view) == ""):
             continue
         if not in_scope(view, scope_sources(args), args.include_archived, args.include_empty):
             continue
@@ -3210,8 +3612,7 @@ def plan_provider_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
             continue
         try:
             if view.primary is not None:
-                edit = plan_rollout_edit(view.primary.path, view.id, lambda raw, v=view: provider_line_edit(
-                    raw, v.id, args.from_provider, target), PROVIDER_LINE_MARKERS)
+                edit = provider_rollout_edit(view.primary.path, view.id, args.from_provider, target)
                 encrypted += int(edit.encrypted_reasoning)
                 edit.kept_verbatim = [p for p in view.primary.problems if p in CARRIED_PROBLEMS]
                 if edit.changes:
@@ -3233,7 +3634,25 @@ def plan_provider_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
     return plan
 
 
+def provider_rollout_edit(path: Path, thread_id: str, old: Optional[str], new: Optional[str],
+                          target: Optional[Path] = None) -> RolloutEdit:
+    """The provider move of one rollout (in place, or into `target`); with no `new`, an
+    unchanged copy, still read whole and fingerprinted."""
+    if old is None or new is None or old == new:
+        return plan_rollout_edit(path, thread_id, lambda raw: None, PROVIDER_LINE_MARKERS, target)
+    return plan_rollout_edit(path, thread_id, lambda raw: provider_line_edit(raw, thread_id, old, new),
+                             PROVIDER_LINE_MARKERS, target)
+
+
 def provider_repair_blocker(view: ThreadView) -> Optional[str]:
+    blocker = provider_repair_lasting_blocker(view)
+    if blocker is None and any(r["code"] == "rollout_path_stale" for r in view.reasons):
+        return "the DB row's rollout_path does not point at this home's rollout; run reindex first"
+    return blocker
+
+
+def provider_repair_lasting_blocker(view: ThreadView) -> Optional[str]:
+    """What keeps repair-provider from a thread even after the repairs it runs after (reindex)."""
     if view.primary is None:
         # Codex re-derives the provider from the rollout: a DB-only edit would be reverted.
         return "no rollout file found for this thread; nothing durable to change"
@@ -3245,9 +3664,190 @@ def provider_repair_blocker(view: ThreadView) -> Optional[str]:
         return "its session_meta line cannot be read; it is left as it is"
     if len(view.files) > 1:
         return "thread id carried by %d rollout files; resolve the duplicate first" % len(view.files)
-    if any(r["code"] == "rollout_path_stale" for r in view.reasons):
-        return "the DB row's rollout_path does not point at this home's rollout; run reindex first"
     return None
+
+
+CWD_LINE_MARKERS = (b'"session_meta"', b'"turn_context"', b'"thread_settings_applied"')
+
+
+def cwd_fields(record: Dict[str, Any], thread_id: str) -> List[Tuple[Any, Any]]:
+    """(container, key) of each place a rollout line records the thread's folder, where Codex
+    reads it (measured on 0.169.0): the thread's own `session_meta` (`cwd`,
+    `runtime_workspace_roots`), every `turn_context` and `thread_settings_applied` event.
+    Text the model saw (<environment_context>) is conversation and is never rewritten."""
+    payload = record.get("payload")
+    if not isinstance(payload, dict):
+        return []
+    kind = record.get("type")
+    if kind == "session_meta":
+        if str(payload.get("id", "")).lower() != thread_id:
+            return []  # a fork's copy of its parent's session_meta: Codex ignores it
+        holder = payload
+    elif kind == "turn_context":
+        holder = payload
+    elif kind == "event_msg" and payload.get("type") == "thread_settings_applied":
+        holder = payload.get("thread_settings")
+        if not isinstance(holder, dict):
+            return []
+    else:
+        return []
+    fields: List[Tuple[Any, Any]] = []
+    if isinstance(holder.get("cwd"), str):
+        fields.append((holder, "cwd"))
+    roots = holder.get("runtime_workspace_roots")
+    if isinstance(roots, list):
+        fields.extend((roots, n) for n, value in enumerate(roots) if isinstance(value, str))
+    return fields
+
+
+def cwd_line_edit(raw: bytes, thread_id: str, old: str, new: str) -> Optional[Tuple[bytes, str]]:
+    """The line with its folder fields moved from under `old` to under `new`, every other byte
+    kept; None when it records no folder under `old`."""
+    if not any(marker in raw for marker in CWD_LINE_MARKERS):
+        return None
+    body, ending = split_line_ending(raw)
+    try:
+        record = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    moves: Dict[str, Tuple[str, int]] = {}
+    for container, key in cwd_fields(record, thread_id):
+        value = container[key]
+        moved = remap_folder(value, old, new)
+        if moved is not None and moved != value:
+            container[key] = moved
+            previous = moves.get(value, (moved, 0))
+            moves[value] = (moved, previous[1] + 1)
+    if not moves:
+        return None
+    edited = body
+    for value, (moved, count) in moves.items():
+        edited = replace_string_tokens(edited, value, moved, count, thread_id)
+    if json.loads(edited.decode("utf-8")) != record:
+        raise PlanError("%s: moving the folder would change more than its folder fields" % thread_id)
+    return edited + ending, "cwd"
+
+
+def replace_string_tokens(body: bytes, old: str, new: str, count: int, thread_id: str) -> bytes:
+    """Replace the JSON string `old` with `new` where it occurs as a whole string value,
+    which must be exactly `count` times, in whichever escaping the writer used."""
+    for ascii_only in (False, True):
+        token = json.dumps(old, ensure_ascii=ascii_only).encode("utf-8")
+        if body.count(token) == count:
+            return body.replace(token, json.dumps(new, ensure_ascii=ascii_only).encode("utf-8"))
+    raise PlanError("%s: the folder %s is not where it is expected" % (thread_id, short(old, 60)))
+
+
+def canonical_target_folder(new: str) -> str:
+    """CODEX-COMPAT: Codex stores a cwd canonicalised when the folder exists (`/tmp` becomes
+    `/private/tmp` on macOS), and matches listings against that exact text."""
+    key = folder_key(new)
+    if key is not None and not (key[2] and os.name != "nt") and os.path.isdir(new):
+        return os.path.realpath(new)
+    return new.rstrip("\\/") or new
+
+
+# Desktop keys that hold project folders (as values, list items or object keys).
+WORKSPACE_ROOT_KEYS = ("electron-saved-workspace-roots", "active-workspace-roots", "project-order",
+                       "electron-workspace-root-labels", "thread-workspace-root-hints", "local-projects",
+                       "thread-project-assignments")
+
+
+def remap_json_folders(value: Any, old: str, new: str) -> Any:
+    """`value` with every string that is a folder under `old` moved under `new`; a list keeps
+    one copy of each item, an object keeps the entry already at the new folder."""
+    if isinstance(value, str):
+        moved = remap_folder(value, old, new)
+        return value if moved is None else moved
+    if isinstance(value, list):
+        out: List[Any] = []
+        for item in value:
+            moved = remap_json_folders(item, old, new)
+            if not (isinstance(moved, str) and moved in out):
+                out.append(moved)
+        return out
+    if isinstance(value, dict):
+        result: Dict[str, Any] = {}
+        for key, item in value.items():
+            target = remap_json_folders(key, old, new)
+            if target in result and target != key:
+                continue
+            result[target] = remap_json_folders(item, old, new)
+        return result
+    return value
+
+
+def plan_workspace_roots_remap(home: Path, old: str, new: str) -> Optional[FileWrite]:
+    path = home / ".codex-global-state.json"
+    if not path.is_file():
+        return None
+    raw = path.read_bytes()
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    changed = []
+    for key in WORKSPACE_ROOT_KEYS:
+        if key in data:
+            moved = remap_json_folders(data[key], old, new)
+            if moved != data[key]:
+                data[key] = moved
+                changed.append(key)
+    if not changed:
+        return None
+    indent = 2 if b"\n " in raw else None
+    text = json.dumps(data, indent=indent, separators=(",", ": ") if indent else (",", ":"), ensure_ascii=False)
+    return FileWrite(path, text.encode("utf-8") + (b"\n" if raw.endswith(b"\n") else b""), {"remapped": changed})
+
+
+def plan_cwd_remap(inv: Inventory, args: argparse.Namespace) -> Plan:
+    """Move threads from one project folder to another wherever Codex reads the folder: the
+    row's cwd, the rollout's session_meta / turn_context / thread_settings_applied lines
+    (byte-exact value edits, history offsets kept true) and Desktop's workspace roots."""
+    plan = Plan("remap-cwd")
+    old, new = args.from_folder, args.to_folder
+    if folder_key(old) is None or folder_key(new) is None:
+        raise UsageError("--from and --to must be absolute folders (C:\\..., \\\\?\\C:\\..., /mnt/c/... or /...)")
+    new = canonical_target_folder(new)
+    if remap_folder(new, old, new) is not None:
+        # Also a folder inside --from: a second run would move the threads again, and again.
+        raise UsageError("--to (%s) is --from or lies inside it; a remap must move threads out of --from" % new)
+    plan.notes.update({"from": old, "to": new, "folders": {}})
+    for view in inv.threads.values():
+        row_cwd = str((view.row or {}).get("cwd") or "")
+        meta_cwd = str(view.primary.meta.get("cwd") or "") if view.primary else ""
+        targets = {c: remap_folder(c, old, new) for c in (row_cwd, meta_cwd) if c}
+        targets = {c: t for c, t in targets.items() if t is not None and t != c}
+        if not targets:
+            continue
+        reason = provider_repair_blocker(view)
+        if reason:
+            plan.skipped.append({"thread_id": view.id, "reason": reason})
+            continue
+        try:
+            edit = plan_rollout_edit(view.primary.path, view.id, lambda raw, v=view: cwd_line_edit(
+                raw, v.id, old, new), CWD_LINE_MARKERS)
+        except (OSError, PlanError) as exc:
+            plan.skipped.append({"thread_id": view.id, "reason": short(str(exc), 160)})
+            continue
+        edit.kept_verbatim = [p for p in view.primary.problems if p in CARRIED_PROBLEMS]
+        if edit.changes:
+            plan.rollout_edits.append(edit)
+            plan.sql.extend(plan_projection_shift(inv, edit))
+        if row_cwd in targets:
+            plan.sql.append(SqlChange(inv.live_db.path, "threads", {"id": view.id}, {"cwd": targets[row_cwd]},
+                                      expect={"cwd": row_cwd}, thread_id=view.id))
+        shown = row_cwd if row_cwd in targets else meta_cwd
+        plan.notes["folders"][view.id] = "%s -> %s" % (shown, targets[shown])
+    roots = plan_workspace_roots_remap(inv.home, old, new)
+    if roots is not None:
+        plan.file_writes.append(roots)
+    plan.notes["threads"] = len(plan.notes["folders"])
+    return plan
 
 
 def full_first_user_text(path: Path) -> Optional[str]:
@@ -3468,6 +4068,9 @@ def plan_reindex(inv: Inventory, args: argparse.Namespace) -> Plan:
                 plan.skipped.append({"thread_id": view.id, "reason": "its rollout is gone; the row is kept "
                                      "(--prune-missing removes it; Codex drops such rows itself when listing)"})
     plan.notes["threads"] = len(plan.sql)
+    # A run killed between replacing a rollout and updating the history projection left offsets
+    # that no longer agree with the rollout: the projection is an index of the rollouts too.
+    plan_offset_realignment(inv, plan, set())
     return plan
 
 
@@ -3547,6 +4150,510 @@ def plan_rebuild_db(inv: Inventory, args: argparse.Namespace) -> Plan:
     plan.moves = [Path(str(db.path) + suffix) for suffix in ("", "-wal", "-shm", "-journal")
                   if Path(str(db.path) + suffix).exists()]
     return plan
+
+
+# ---------------------------------------------------------------------------------------------
+# Import: the conversations of another home (a copy, a backup, an old machine's .codex, or only
+# its sessions/), read without writing a byte there and without opening its credentials or its
+# config.toml (which may hold a bearer token). Identity is the thread id.
+# ---------------------------------------------------------------------------------------------
+
+# Rollouts import cannot take as they are: nothing to build a row from, or no thread id.
+IMPORT_BLOCKERS = ("compressed", "unreadable", "not_a_file", "empty_file", "legacy_format",
+                   "first_line_not_session_meta", "id_mismatch")
+# The 0.169.0 history projection: the rows a paginated thread needs to open with its turns.
+PROJECTION_TABLES = ("thread_turns", "thread_items", "thread_realtime_items", "thread_history_projection_state")
+COPIED_OFFSET_COLUMNS = ("rollout_byte_offset", "rollout_end_byte_offset", "next_rollout_byte_offset")
+
+
+def open_db_snapshot(path: Path) -> sqlite3.Connection:
+    """Read a DB of another home creating no file beside it, not even the -shm a read-only
+    open makes: immutable when every page is in the main file, else a private in-memory copy
+    (an immutable open would miss the pages still in the -wal)."""
+    if Path(str(path) + "-wal").exists():
+        conn = _open_private_copy(path)
+    else:
+        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro&immutable=1", uri=True, timeout=5.0)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+class OtherHome:
+    """What import reads from the other home: its rollouts, the thread names of its
+    session_index.jsonl and state DB, and its history projection. Nothing else is opened."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.warnings: List[str] = []
+        self.sessions_only = not any((root / top).is_dir() for top in ("sessions", "archived_sessions"))
+        if self.sessions_only:
+            # A bare sessions/ (or archived_sessions/) folder: its files are placed by their names.
+            self.base = root.parent
+            files = iter_rollout_files(root.parent, tops=(root.name,))
+        else:
+            self.base = root
+            files = iter_rollout_files(root)
+        self.rollouts = [scan_rollout(path, self.base) for path in progress(files, "reading the other home")]
+        try:
+            index = read_session_index(root) if not self.sessions_only else {"names": {}}
+        except OSError as exc:
+            self.warnings.append("the other home's session_index.jsonl cannot be read (%s)" % short(str(exc), 100))
+            index = {"names": {}}
+        self.index_names: Dict[str, str] = {k: v for k, v in index["names"].items() if v}
+        self.db_names = self._db_names()
+        self.history_db = self._newest(["thread_history_*.sqlite"])
+        self._history: Optional[sqlite3.Connection] = None
+
+    def _newest(self, patterns: List[str]) -> Optional[Path]:
+        found = [p for folder in (self.root, self.root / "sqlite") for pattern in patterns
+                 for p in folder.glob(pattern) if p.is_file()]
+        return max(found, key=lambda p: (p.name, p.stat().st_mtime)) if found else None
+
+    def _db_names(self) -> Dict[str, str]:
+        dbs = [p for folder in (self.root, self.root / "sqlite") if folder.is_dir()
+               for p in sorted(folder.iterdir()) if STATE_DB_RE.match(p.name) and p.is_file()]
+        if not dbs:
+            return {}
+        db = max(dbs, key=lambda p: StateDb(p, "import").sort_key())
+        try:
+            conn = open_db_snapshot(db)
+            try:
+                if "name" not in table_columns(conn, "threads"):
+                    return {}
+                return {str(r[0]).lower(): r[1] for r in conn.execute(
+                    "SELECT id, name FROM threads WHERE name IS NOT NULL AND name <> ''")}
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            self.warnings.append("the other home's state DB cannot be read (%s); thread names come from its "
+                                 "session_index.jsonl only" % short(str(exc), 100))
+            return {}
+
+    def name_of(self, thread_id: str) -> Optional[str]:
+        return self.index_names.get(thread_id) or self.db_names.get(thread_id)
+
+    def projection_rows(self, thread_id: str) -> Dict[str, List[Dict[str, Any]]]:
+        if self.history_db is None:
+            return {}
+        if self._history is None:
+            self._history = open_db_snapshot(self.history_db)
+        rows = {}
+        for table in PROJECTION_TABLES:
+            if table_exists(self._history, table):
+                rows[table] = [dict(r) for r in self._history.execute(
+                    "SELECT * FROM %s WHERE thread_id = ?" % table, (thread_id,))]
+        return rows
+
+    def close(self) -> None:
+        if self._history is not None:
+            self._history.close()
+            self._history = None
+
+
+def import_destination(info: RolloutInfo) -> Optional[str]:
+    """Where Codex keeps this rollout (home-relative): archived_sessions/NAME, or
+    sessions/YYYY/MM/DD/NAME from the date in its name (as Codex's unarchive places it)."""
+    match = ROLLOUT_NAME_RE.match(info.path.name)
+    if not match:
+        return None
+    if info.archived_location:
+        return "archived_sessions/" + info.path.name
+    stamp = match.group("stamp")
+    return "sessions/%s/%s/%s/%s" % (stamp[:4], stamp[5:7], stamp[8:10], info.path.name)
+
+
+def strip_rewritable_fields(record: Any) -> Any:
+    """A rollout line without the fields this tool rewrites (provider and folder): two copies of
+    one conversation, one of them moved by repair-provider or remap-cwd, compare equal."""
+    if not isinstance(record, dict) or not isinstance(record.get("payload"), dict):
+        return record
+    payload = record["payload"]
+    holder = payload.get("thread_settings") if payload.get("type") == "thread_settings_applied" else payload
+    if isinstance(holder, dict) and record.get("type") in ("session_meta", "turn_context", "event_msg"):
+        for key in ("model_provider", "model_provider_id", "cwd", "runtime_workspace_roots"):
+            holder.pop(key, None)
+    return record
+
+
+def compare_rollouts(ours: Path, theirs: Path) -> str:
+    """How two copies of one thread relate: `identical`; `ours_longer` / `theirs_longer` (one is
+    a byte prefix of the other: the same conversation, one copy further along); `equivalent` /
+    `ours_further` / `theirs_further` (the same, line for line, apart from the provider and folder
+    fields this tool rewrites); else `conflict`."""
+    ours_size, theirs_size = ours.stat().st_size, theirs.stat().st_size
+    with open(str(ours), "rb") as left, open(str(theirs), "rb") as right:
+        remaining = min(ours_size, theirs_size)
+        while remaining > 0:
+            a, b = left.read(min(READ_CHUNK, remaining)), right.read(min(READ_CHUNK, remaining))
+            if a != b or not a:
+                break
+            remaining -= len(a)
+        if remaining == 0:
+            if ours_size == theirs_size:
+                return "identical"
+            return "ours_longer" if ours_size > theirs_size else "theirs_longer"
+    with open(str(ours), "rb") as left, open(str(theirs), "rb") as right:
+        while True:
+            a, b = left.readline(MAX_LINE_BYTES), right.readline(MAX_LINE_BYTES)
+            if not a or not b:
+                return "equivalent" if a == b else ("ours_further" if a else "theirs_further")
+            if a == b:
+                continue
+            try:
+                same = strip_rewritable_fields(json.loads(a)) == strip_rewritable_fields(json.loads(b))
+            except ValueError:
+                same = False
+            if not same:
+                return "conflict"
+
+
+IMPORT_VERDICTS = {
+    "identical": "already here, byte for byte",
+    "equivalent": "already here (this home's copy differs only in provider or folder fields)",
+    "ours_longer": "already here, and this home's copy is further along: kept",
+    "ours_further": "already here, and this home's copy is further along: kept",
+}
+
+
+def plan_import(inv: Inventory, args: argparse.Namespace) -> Plan:
+    """Bring the conversations of another home that this one lacks: each rollout copied to
+    where Codex keeps it, a row built the way reindex builds one, the thread's history
+    projection and its name. A thread this home has is compared byte by byte, never merged."""
+    plan = Plan("import")
+    other_root = Path(args.from_home).expanduser()
+    if not other_root.is_dir():
+        raise UsageError("--from %s is not a folder" % other_root)
+    other_root = other_root.resolve()
+    if is_within(other_root, inv.home) or is_within(inv.home, other_root):
+        raise UsageError("--from %s is this home or overlaps it; name another home (a copy, a backup, an old "
+                         "machine's .codex or its sessions/ folder)" % other_root)
+    target, target_source = resolve_target_provider(inv, args.to, "") if args.to else (None, None)
+    other = OtherHome(other_root)
+    plan.warnings.extend(other.warnings)
+    plan.notes.update({"from": str(other_root), "to_provider": target, "counts": {}})
+    if target_source:
+        plan.notes["to_source"] = target_source
+    if target and not inv.config.knows_provider(target):
+        plan.warnings.append("provider %s is not defined in config.toml; Codex cannot resume threads "
+                             "moved to it until it is" % target)
+    names: Dict[str, str] = {}
+    counts: Dict[str, int] = {}
+    carriers: Dict[str, List[RolloutInfo]] = {}
+    for info in other.rollouts:
+        if info.thread_id:
+            carriers.setdefault(info.thread_id, []).append(info)
+    try:
+        for info in sorted(other.rollouts, key=lambda i: i.rel):
+            if len(carriers.get(info.thread_id or "", [])) > 1:
+                # Never merged blindly: which of the other home's copies is the thread is the user's call.
+                if info is carriers[info.thread_id][0]:
+                    import_conflict(plan, info.thread_id, info, [], "the other home carries the thread in %d files "
+                                    "(%s)" % (len(carriers[info.thread_id]),
+                                              ", ".join(i.rel for i in carriers[info.thread_id])))
+                counts["conflict"] = counts.get("conflict", 0) + 1
+                continue
+            verdict = import_one(inv, plan, other, info, target)
+            counts[verdict] = counts.get(verdict, 0) + 1
+            name = other.name_of(info.thread_id) if info.thread_id else None
+            if name and verdict not in ("skipped", "conflict") and not inv.index["names"].get(info.thread_id):
+                names[info.thread_id] = name
+    finally:
+        other.close()
+    plan.warnings.extend(w for w in other.warnings if w not in plan.warnings)
+    index = plan_index_names(inv, names, other)
+    if index is not None:
+        plan.file_writes.append(index)
+    plan.notes["counts"] = counts
+    plan.notes["threads"] = len({e.thread_id for e in plan.rollout_edits})
+    return plan
+
+
+def import_one(inv: Inventory, plan: Plan, other: OtherHome, info: RolloutInfo, target: Optional[str]) -> str:
+    """Plan one rollout of the other home; returns what became of it."""
+    thread_id = info.thread_id
+    blocker = set(info.problems) & set(IMPORT_BLOCKERS)
+    destination = import_destination(info)
+    if not thread_id or blocker or destination is None:
+        plan.skipped.append({"thread_id": thread_id, "path": str(info.path), "reason": "not imported: %s" % (
+            ", ".join(sorted(blocker)) if blocker else "not a rollout file name Codex uses")})
+        return "skipped"
+    carried = info.provider or DEFAULT_PROVIDER
+    view = inv.threads.get(thread_id)
+    ours = view.files if view else []
+    try:
+        if len(ours) > 1:
+            return import_conflict(plan, thread_id, info, ours, "this home carries the thread in %d files" % len(ours))
+        if ours:
+            verdict = compare_rollouts(ours[0].path, info.path)
+            if verdict in IMPORT_VERDICTS:
+                return verdict
+            if verdict != "theirs_longer":
+                return import_conflict(plan, thread_id, info, ours, {
+                    "conflict": "the two copies differ (not one a continuation of the other)",
+                    "theirs_further": "the other copy is further along, but this home's copy was moved to another "
+                                      "provider or folder since"}[verdict])
+            # The same conversation, further along there: the longer copy replaces this home's,
+            # which the backup keeps.
+            edit = provider_rollout_edit(info.path, thread_id, carried, target, ours[0].path)
+            stat = ours[0].path.stat()
+            edit.target_fingerprint = (stat.st_size, stat.st_mtime_ns)
+            plan.rollout_edits.append(edit)
+            plan.sql.extend(plan_projection_shift(inv, edit))
+            if view.row is not None and target and view.db_provider != target and edit.changes:
+                plan.sql.append(SqlChange(inv.live_db.path, "threads", {"id": thread_id}, {"model_provider": target},
+                                          expect={"model_provider": view.db_provider}, thread_id=thread_id))
+            return "longer_there"
+        path = inv.home / destination
+        if path.exists():
+            return import_conflict(plan, thread_id, info, [], "%s exists here and is not this thread's rollout"
+                                   % destination)
+        edit = provider_rollout_edit(info.path, thread_id, carried, target, path)
+        edit.kept_verbatim = [p for p in info.problems if p in CARRIED_PROBLEMS]
+    except (OSError, PlanError) as exc:
+        plan.skipped.append({"thread_id": thread_id, "reason": short(str(exc), 160)})
+        return "skipped"
+    plan.rollout_edits.append(edit)
+    if inv.has_db:
+        plan.sql.extend(import_rows(inv, other, info, view, edit, target))
+    return "imported"
+
+
+def import_conflict(plan: Plan, thread_id: str, info: RolloutInfo, ours: List[RolloutInfo], why: str) -> str:
+    plan.findings.append({"code": "import_conflict", "thread_id": thread_id, "message": why + "; neither was changed",
+                          "this_home": [i.rel for i in ours], "other_home": str(info.path)})
+    return "conflict"
+
+
+def import_rows(inv: Inventory, other: OtherHome, info: RolloutInfo, view: Optional[ThreadView],
+                edit: RolloutEdit, target: Optional[str]) -> List[SqlChange]:
+    """The state DB row of an imported thread (reindex's builder, pointed at the copy) and,
+    for a paginated thread, its history projection rows (offsets moved with the copy's edits)."""
+    db = inv.live_db
+    if view is not None and view.row is not None:
+        # A row whose rollout was lost here: point it at the copy.
+        values = {"rollout_path": str(edit.target)}
+        values.update(archive_values(info, view.row, set(db.columns)))
+        return [SqlChange(db.path, "threads", {"id": info.thread_id}, values, thread_id=info.thread_id)]
+    row = row_from_rollout(ThreadView(info.thread_id, None, [info], other.base), inv)
+    row["rollout_path"] = str(edit.target)
+    if target and "model_provider" in row:
+        row["model_provider"] = target
+    name = other.name_of(info.thread_id)
+    if name and "name" in set(db.columns):
+        row["name"] = name
+    changes = [SqlChange(db.path, "threads", {"id": info.thread_id}, row, thread_id=info.thread_id, op="insert")]
+    if info.meta.get("history_mode") == "paginated":
+        changes.extend(import_projection(inv, other, info.thread_id, edit))
+    return changes
+
+
+def import_projection(inv: Inventory, other: OtherHome, thread_id: str, edit: RolloutEdit) -> List[SqlChange]:
+    """CODEX-COMPAT: 0.169.0 opens a paginated thread from its history projection; with no
+    rows there it lists the thread but shows no turns (measured), so they come along."""
+    rows = other.projection_rows(thread_id)
+    dest = history_db_path(inv)
+    if not any(rows.values()):
+        return []
+    if dest is None:
+        other.warnings.append("this home has no thread_history_*.sqlite: imported paginated threads list, but a "
+                              "0.169-era Codex shows their turns only after one `codex resume ID`")
+        return []
+    conn = open_db_readonly(dest)
+    try:
+        changes = []
+        for table in PROJECTION_TABLES:
+            if not rows.get(table) or not table_exists(conn, table):
+                continue
+            info = list(conn.execute("PRAGMA table_info(%s)" % table))
+            columns = [c[1] for c in info]
+            keys = [c[1] for c in sorted(info, key=lambda c: c[5]) if c[5]] or columns
+            if conn.execute("SELECT 1 FROM %s WHERE thread_id = ?" % table, (thread_id,)).fetchone():
+                return []  # this home has projection rows of its own for the thread: Codex keeps them
+            for row in rows[table]:
+                values = {c: row[c] for c in columns if c in row}
+                for column in COPIED_OFFSET_COLUMNS:
+                    if isinstance(values.get(column), int):
+                        values[column] = edit.shift(values[column])
+                key = {k: values.pop(k) for k in keys}
+                changes.append(SqlChange(dest, table, key, values, thread_id=thread_id, op="insert"))
+        return changes
+    finally:
+        conn.close()
+
+
+def plan_index_names(inv: Inventory, names: Dict[str, str], other: OtherHome) -> Optional[FileWrite]:
+    """session_index.jsonl with the imported threads' names appended (the lines already there
+    are kept byte for byte): `codex exec resume NAME` reads only the index."""
+    if not names:
+        return None
+    path = inv.home / "session_index.jsonl"
+    existing = path.read_bytes() if path.is_file() else b""
+    if existing and not existing.endswith(b"\n"):
+        existing += b"\n"
+    added = b""
+    mtimes = {i.thread_id: i.mtime for i in other.rollouts if i.thread_id in names}
+    for thread_id in sorted(names):
+        view_time = mtimes.get(thread_id)
+        entry = {"id": thread_id, "thread_name": names[thread_id],
+                 "updated_at": iso_from_millis(int(view_time * 1000)) if view_time else None}
+        added += json.dumps(entry, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
+    return FileWrite(path, existing + added, {"names_added": len(names)})
+
+
+# ---------------------------------------------------------------------------------------------
+# The table of repairs. The parser, diagnose's Next block, trace's fix lines and preflight all
+# read it: adding a repair is adding one entry.
+# ---------------------------------------------------------------------------------------------
+
+
+class Repair:
+    """One repair: its command name, planner, help, extra options, the reason codes it cures,
+    the repairs that must run before it, and how it spells its next command line."""
+
+    def __init__(self, name: str, planner: Any, summary: str, description: str, *,
+                 cures: Sequence[str] = (), after: Sequence[str] = (), options: Any = None,
+                 next_args: Any = None, desktop_must_quit: bool = False) -> None:
+        self.name, self.planner, self.summary, self.description = name, planner, summary, description
+        self.cures, self.after, self.options = tuple(cures), tuple(after), options
+        self.desktop_must_quit = desktop_must_quit
+        self._next_args = next_args
+
+    def next_args(self, inv: Inventory, findings: List[Dict[str, Any]], view: Optional[ThreadView]) -> List[List[str]]:
+        """The argument tails of the lines to run (after the command name), one per line;
+        none when this repair would plan nothing."""
+        if self._next_args is not None:
+            return self._next_args(inv, findings, view)
+        codes = ({r["code"] for r in view.reasons if r["severity"] != "info"} if view is not None
+                 else actionable_codes(findings))
+        return [[]] if codes & set(self.cures) else []
+
+
+def provider_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from", dest="from_provider", required=True, metavar="PROVIDER",
+                        help="the provider the hidden threads carry (see diagnose)")
+    parser.add_argument("--to", default="auto", metavar="PROVIDER|auto",
+                        help="target provider; `auto` (default) is the one config.toml makes active")
+    _scope_options(parser)
+
+
+def provider_next_args(inv: Inventory, findings: List[Dict[str, Any]], view: Optional[ThreadView]) -> List[List[str]]:
+    """`--from P --to ACTIVE` per provider to move, with the scope diagnose judged in; for one
+    thread, the scope that reaches it (its source, archived, empty)."""
+    if view is None:
+        return [["--from", provider, "--to", inv.config.provider] + scope_options(inv.scope)
+                for provider in sorted(provider_candidates(inv))]
+    provider = provider_to_move(view, inv.config.provider)
+    undecided = inv.config.surfaces_disagree and inv.config.surface is None
+    if provider is None or undecided or provider_repair_lasting_blocker(view):
+        return []
+    scope = {"sources": ["cli", "vscode"] if source_kind(view.source) in ("cli", "vscode") else [source_kind(view.source)],
+             "include_archived": view.archived, "include_empty": not view.has_evidence}
+    return [["--from", provider, "--to", inv.config.provider] + scope_options(scope)]
+
+
+def import_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from", dest="from_home", required=True, metavar="OTHER_HOME",
+                        help="the other home (or its sessions/ folder); it is only read")
+    parser.add_argument("--to", default=None, metavar="PROVIDER|auto",
+                        help="also move the imported threads to this provider (`auto`: the one "
+                             "config.toml makes active), as repair-provider would")
+
+
+def remap_cwd_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from", dest="from_folder", required=True, metavar="OLD_PREFIX",
+                        help="the folder the threads were recorded in (or a parent of it)")
+    parser.add_argument("--to", dest="to_folder", required=True, metavar="NEW_PREFIX",
+                        help="where that folder is now")
+
+
+def reindex_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prune-missing", action="store_true",
+                        help="also delete rows whose rollout file no longer exists")
+
+
+def rebuild_db_next_args(inv: Inventory, findings: List[Dict[str, Any]], view: Optional[ThreadView]) -> List[List[str]]:
+    wanted = [f for f in findings if f["code"] in REBUILD_REASONS
+              and (f["code"] != "backfill_incomplete" or f["evidence"].get("stale"))]
+    return [[]] if wanted and view is None else []
+
+
+REPAIRS: Tuple[Repair, ...] = (
+    Repair("repair-provider", plan_provider_repair,
+           "move threads recorded under one provider to another (rollouts and state DB together)",
+           "Rewrite model_provider in each matching thread's own session_meta lines and "
+           "thread_settings_applied events, and in its state DB row, so Codex lists it under the "
+           "active provider. Every other byte of every line stays as it was.",
+           # A row pointing into another home is skipped until reindex repoints it.
+           cures=("provider_mismatch",), after=("rebuild-db", "reindex"),
+           options=provider_options, next_args=provider_next_args),
+    Repair("repair-user-events", plan_user_events_repair,
+           "fill a blank preview/first message from the rollout's first user message (state DB only)",
+           "For rows whose listing column is blank although the rollout has a real user message, set "
+           "has_user_event and fill the blank first_user_message, preview and title. Never rewrites rollouts.",
+           cures=("user_event_missing",), after=("rebuild-db", "reindex")),
+    Repair("repair-ui-state", plan_ui_state_repair,
+           "reset Desktop's sidebar filters (all workspaces, recent order, nothing collapsed)",
+           "Reset the sidebar keys of .codex-global-state.json that hide threads; unknown keys stay as "
+           "they are. Refuses while Codex Desktop runs: it rewrites the file when it exits.",
+           cures=("sidebar_filtered",), desktop_must_quit=True),
+    Repair("rebuild-index", plan_index_rebuild,
+           "rewrite session_index.jsonl without stale entries, keeping every thread name",
+           "Drop entries whose rollout no longer exists and lines that are not entries, keep the last "
+           "non-empty name of each thread, and add names the state DB has that the index lacks.",
+           cures=("index_stale", "index_bad_lines", "index_missing_names"), after=("rebuild-db", "reindex")),
+    Repair("reindex", plan_reindex,
+           "make the state DB agree with the rollouts: add missing rows, fix paths and archive flags",
+           "Insert a row for each rollout the DB lacks (built from its session_meta and first user "
+           "message), point stale rollout_path values at the file that exists, and set the archived "
+           "flag from the file's folder. A thread id carried by two files is reported, never merged. "
+           "Rows whose rollout is gone are kept unless --prune-missing.",
+           cures=("no_db_row", "rollout_path_stale", "archive_flag_mismatch", "history_offsets_misaligned"),
+           after=("rebuild-db",),
+           options=reindex_options),
+    Repair("rebuild-db", plan_rebuild_db,
+           "move a damaged state DB aside so Codex rebuilds it from the rollouts",
+           "Only when the DB is unreadable, corrupt, has foreign migration checksums or a stuck "
+           "backfill: save DB-only thread names into session_index.jsonl, then move the DB and its "
+           "-wal/-shm into the backup folder (never deleted). Codex rebuilds the DB at its next start.",
+           cures=REBUILD_REASONS, next_args=rebuild_db_next_args),
+    # Next never names import: only the user knows where another home is.
+    Repair("import", plan_import,
+           "bring in the conversations of another home (a copy, a backup, an old machine's .codex) this one lacks",
+           "Copy each rollout of OTHER_HOME (a Codex home, or only its sessions/ folder) that this home lacks to "
+           "where Codex keeps it, add its state DB row (built as reindex builds one), its history projection "
+           "and its name. A thread id both homes have is compared: identical copies are skipped; when one copy "
+           "is a byte prefix of the other the longer is kept (the shorter stays in the backup); anything else is "
+           "reported as a conflict and neither is changed. OTHER_HOME is only read: its DBs are opened "
+           "immutable or copied, and its auth.json and config.toml are never opened.",
+           after=("rebuild-db",), options=import_options, next_args=lambda inv, findings, view: []),
+    Repair("remap-cwd", plan_cwd_remap,
+           "move threads to the new path of a project folder that moved (another machine, user or mount)",
+           "For every thread whose folder is OLD_PREFIX or lies under it (whole path components; Windows, "
+           "\\\\?\\ and WSL /mnt/c spellings compare equal), rewrite the folder where Codex reads it: the "
+           "state DB row's cwd, the cwd in session_meta, turn_context and thread_settings_applied lines "
+           "(byte-exact, history offsets kept true), and Desktop's workspace roots in .codex-global-state.json. "
+           "The dry run lists each thread's old and new folder.",
+           cures=("cwd_moved",), after=("rebuild-db", "reindex"), options=remap_cwd_options,
+           next_args=remap_cwd_next_args),
+)
+REPAIR_BY_NAME = {r.name: r for r in REPAIRS}
+
+
+def repairs_in_order() -> List[Repair]:
+    """REPAIRS in table order, each preceded by the ones it names in `after` (depth first)."""
+    done: List[Repair] = []
+
+    def place(repair: Repair, path: Tuple[str, ...]) -> None:
+        if repair in done or repair.name in path:
+            return
+        for name in repair.after:
+            if name in REPAIR_BY_NAME:
+                place(REPAIR_BY_NAME[name], path + (repair.name,))
+        done.append(repair)
+
+    for repair in REPAIRS:
+        place(repair, ())
+    return done
 
 
 # ---------------------------------------------------------------------------------------------
@@ -3690,7 +4797,9 @@ def preflight(inv: Inventory, plan: Plan, force: bool) -> None:
         raise refuse("what this plan touches changed shape (state DB schema version %s): %s" % (
             compat["schema_version"], "; ".join(compat["changed"][:5])), "--force")
     users = codex_users(inv.home, [d.path for d in inv.dbs] + [p for p in [history_db_path(inv)] if p])
-    if plan.command == "repair-ui-state":
+    repair = REPAIR_BY_NAME.get(plan.command)  # restore writes through here too; it is no repair
+    if (repair is not None and repair.desktop_must_quit) or any(
+            w.path.name == ".codex-global-state.json" for w in plan.file_writes):
         # Desktop rewrites .codex-global-state.json when it exits, undoing an edit made while it runs.
         users += desktop_processes()
     if users and not force:
@@ -4579,7 +5688,7 @@ def write_rollouts(plan: Plan, result: Dict[str, Any], busy: Dict[str, List[str]
                    journal: Optional["Journal"] = None) -> set:
     skipped = set()
     for edit in plan.rollout_edits:
-        holders = busy.get(os.path.realpath(str(edit.path)))
+        holders = busy.get(os.path.realpath(str(edit.target)))
         if holders:
             skipped.add(edit.thread_id)
             result["skipped"].append({"thread_id": edit.thread_id, "reason": "pid %s has the rollout open (a live "
@@ -4763,6 +5872,8 @@ def rewrite_rollout(edit: RolloutEdit, result: Optional[Dict[str, Any]] = None,
     stat = edit.path.stat()
     if (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns):
         return False
+    if edit.target != edit.path:
+        return copy_rollout(edit, journal)
     tmp = edit.path.parent / (".%s%s%d" % (edit.path.name, TEMP_MARKER, os.getpid()))
     keep = edit.path.parent / (".%s%sold-%d" % (edit.path.name, TEMP_MARKER, os.getpid()))
     digest = hashlib.sha256()
@@ -4846,16 +5957,67 @@ def give_back_old_file(edit: RolloutEdit, keep: Path, written: int, result: Dict
     result.setdefault("given_back", []).append({"thread_id": edit.thread_id, "bytes_carried": len(extra)})
 
 
+def target_as_planned(edit: RolloutEdit) -> bool:
+    """A copy's target is still absent, or still the file that was compared when planning."""
+    try:
+        stat = edit.target.stat()
+    except FileNotFoundError:
+        return edit.target_fingerprint is None
+    return edit.target_fingerprint == (stat.st_size, stat.st_mtime_ns)
+
+
 def carry_late_tail(source: Any, size: int, edit: RolloutEdit, result: Dict[str, Any]) -> None:
     grown = os.fstat(source.fileno()).st_size
     if grown <= size:
         return
     source.seek(size)
-    with open(str(edit.path), "ab") as out:
+    with open(str(edit.target), "ab") as out:
         shutil.copyfileobj(source, out, READ_CHUNK)
         out.flush()
         os.fsync(out.fileno())
     result.setdefault("carried_over", []).append({"thread_id": edit.thread_id, "bytes": grown - size})
+
+
+def copy_rollout(edit: RolloutEdit, journal: Optional["Journal"] = None) -> bool:
+    """import: another home's rollout written, with its planned line edits, to its place in this
+    home. The source is only read (no lease, no link, nothing written beside it); the copy must
+    hold exactly the bytes planned, and the target must still be as it was when planned
+    (absent, or this home's shorter copy, unchanged)."""
+    size, mtime_ns, expected = edit.fingerprint
+    stat = edit.path.stat()
+    if (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns) or not target_as_planned(edit):
+        return False
+    edit.target.parent.mkdir(parents=True, exist_ok=True)  # a new date folder
+    tmp = edit.target.parent / (".%s%s%d" % (edit.target.name, TEMP_MARKER, os.getpid()))
+    digest = hashlib.sha256()
+    try:
+        with open_regular(edit.path) as source:
+            with open(str(tmp), "wb") as handle:
+                out = HashingWriter(handle)
+                position = 0
+                for offset, length, new_raw in sorted(edit.replacements):
+                    if not copy_span(source, out, digest, offset - position):
+                        return False
+                    digest.update(source.read(length))
+                    out.write(new_raw)
+                    position = offset + length
+                if not copy_span(source, out, digest, size - position) or source.read(1):
+                    return False
+                handle.flush()
+                os.fsync(handle.fileno())
+        # A copy from a read-only backup must stay appendable: Codex appends when it resumes.
+        os.chmod(str(tmp), (stat.st_mode & 0o7777) | 0o600)
+        # Codex orders threads by the rollout's mtime when it re-derives a row: keep it.
+        os.utime(str(tmp), ns=(stat.st_atime_ns, mtime_ns))
+        if digest.hexdigest() != expected or not target_as_planned(edit):
+            return False
+        if journal is not None:
+            journal.intend(edit.target, sha256_after=out.digest.hexdigest())
+        os.replace(str(tmp), str(edit.target))
+        return True
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def copy_span(source: Any, out: Any, digest: Any, count: int) -> bool:
@@ -5342,11 +6504,18 @@ def build_scratch_home(inv: Inventory, scratch: ScratchHome, plan: Optional[Plan
         point_rows_at_scratch(target, mapper)
         db_targets[db.path] = target
     edits = {e.path: e for e in (plan.rollout_edits if plan else [])}
+    # import's copies come from another home: the copy goes where the plan puts it, over this
+    # home's shorter copy where there is one.
+    copies = {e.target: e for e in (plan.rollout_edits if plan else []) if e.target != e.path}
     for info in progress(inv.rollouts, "verify: copying rollout heads"):
+        if info.path in copies:
+            continue
         if info.compressed and info.path.is_file():
             copy_file_to_scratch(info.path, scratch.path_for(info.path, inv.home), scratch)
         elif info.path.is_file() and "unreadable" not in info.problems:
             copy_rollout_head(info, scratch.path_for(info.path, inv.home), edits.get(info.path), scratch, cache)
+    for target, edit in copies.items():
+        copy_rollout_head(scan_rollout(edit.path, edit.path.parent), scratch.path_for(target, inv.home), edit, scratch)
     if plan is not None:
         apply_plan_to_scratch(plan, mapper, db_targets)
 
@@ -5813,8 +6982,13 @@ def render_diagnose_text(doc: Dict[str, Any], verbose: bool) -> str:
             live["path"], live["schema_version"], live["thread_columns"], db["reason"]))
     else:
         lines.append("State DB:  none (%s)" % db["reason"])
-    if doc["codex_release"]:
-        lines.append("Release:   newest Codex that wrote here: %s" % doc["codex_release"])
+    reader = doc["reader_release"]
+    lines.append("Release:   %s reads this home (%s)" % (reader["version"] or "an unknown release", reader["basis"]))
+    surfaces = cfg["surfaces"]
+    if surfaces["cli"] != surfaces["app"]:
+        lines.append("Surfaces:  codex CLI%s: %s; Desktop/IDE (app-server): %s — they disagree%s" % (
+            " --profile %s" % cfg["profile"] if cfg["profile"] else "", surfaces["cli"]["provider"],
+            surfaces["app"]["provider"], "; verdicts follow --surface %s" % cfg["surface"] if cfg["surface"] else ""))
     lines.append("Threads:   %d (%d DB rows, %d rollout files); visible by default %d, hidden %d, archived %d" % (
         counts["threads"], counts["db_rows"], counts["rollout_files"], counts["visible_by_default"],
         counts["hidden"], counts["archived"]))
@@ -5842,6 +7016,8 @@ def render_diagnose_text(doc: Dict[str, Any], verbose: bool) -> str:
             lines.append("    e.g. %s%s" % (", ".join(shown), " …" if len(ids) > len(shown) else ""))
         if finding.get("evidence"):
             lines.append("    %s" % short(json.dumps(finding["evidence"], default=str), 200 if not verbose else 2000))
+        if finding.get("why_no_action"):
+            lines.append("    nothing to do: %s" % "; ".join(finding["why_no_action"]))
     if doc["next_commands"]:
         lines.append("")
         lines.append("Next (dry runs; nothing is written without --apply):")
@@ -5858,6 +7034,13 @@ SAFETY_LINE_WRITE = "wrote only after a backup; credentials (auth.json, tokens) 
 def render_plan_text(doc: Dict[str, Any], verbose: bool) -> str:
     lines = ["%s %s %s" % (TOOL_NAME, __version__, doc["command"]), "Home:      %s" % doc["codex_home"]]
     for key, value in doc["plan"].items():
+        if key == "folders":
+            lines.append("Folders:   %s" % ("none under --from" if not value else plural(len(value), "thread")))
+            lines.extend("  %s  %s" % (tid, move) for tid, move in (sorted(value.items()) if verbose else
+                                                                   sorted(value.items())[:20]))
+            if len(value) > 20 and not verbose:
+                lines.append("  … %d more (--verbose lists all)" % (len(value) - 20))
+            continue
         if key == "scope":
             value = "sources %s; %s" % (", ".join(value["sources"]), "; ".join(
                 "%s threads %s" % (kind, "included" if value["include_" + kind] else "left out")
@@ -5879,6 +7062,10 @@ def render_plan_text(doc: Dict[str, Any], verbose: bool) -> str:
                 "line %d %s" % (c["line"], c["field"]) for c in action["changes"]),
                 "; damaged lines kept verbatim (%s)" % ", ".join(action["kept_verbatim"])
                 if action.get("kept_verbatim") else ""))
+        elif action["kind"] == "rollout_copy":
+            lines.append("  copy     %s %s %s%s" % (action["from"], "over the shorter" if action["replaces"] else "to",
+                                                   action["path"], "; %s" % plural(len(action["changes"]), "line")
+                                                   + " moved to the provider" if action["changes"] else ""))
         elif action["kind"] == "sql":
             detail = "%s %s" % (action["sql"], action["params"]) if verbose else "%s %s row %s" % (
                 action["op"], action["table"], action["thread_id"] or "")
@@ -5891,6 +7078,8 @@ def render_plan_text(doc: Dict[str, Any], verbose: bool) -> str:
         lines.append("  … %d more (--verbose lists all)" % (len(actions) - len(shown)))
     for item in doc["skipped"]:
         lines.append("  skipped  %s: %s" % (item.get("thread_id") or item.get("path"), item["reason"]))
+    for item in doc.get("findings") or []:
+        lines.append("  [%s] %s: %s" % (item["code"], item.get("thread_id"), item["message"]))
     if doc["applied"]:
         lines.append("Applied %s. Backup: %s" % (plural(doc["changes"], "change"), doc["backup_dir"]))
         lines.append("Restart Codex (or reload the window), then run diagnose again.")
@@ -5914,7 +7103,8 @@ def summarise_actions(actions: List[Dict[str, Any]]) -> str:
             noun = "thread row" if action["table"] == "threads" else "history-offset row"
             verb = {"update": "updated", "insert": "added", "delete": "removed"}[action["op"]]
         else:
-            noun, verb = {"rollout_edit": ("rollout", "rewritten"), "file_write": ("file", "rewritten"),
+            noun, verb = {"rollout_edit": ("rollout", "rewritten"), "rollout_copy": ("rollout", "copied in"),
+                          "file_write": ("file", "rewritten"),
                           "move_to_backup": ("file", "moved into the backup")}[action["kind"]]
         counts[(noun, verb)] = counts.get((noun, verb), 0) + 1
     return "; ".join("%s %s" % (plural(n, noun), verb) for (noun, verb), n in counts.items())
@@ -5939,12 +7129,14 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     code = exit_code_for(findings)
     latest = latest_interactive_thread(inv)
     views = sorted(inv.threads.values(), key=lambda v: -(v.updated_ms or 0))
+    next_lines = repair_lines(inv, findings)
     doc = envelope(
         "diagnose", inv, code,
         codex_home_origin=inv.home_origin,
         safety=SAFETY_LINE_READ,
         config=inv.config.as_json(),
-        codex_release=".".join(map(str, inv.release)) or None,
+        codex_release=".".join(map(str, inv.written_release)) or None,
+        reader_release=dict(inv.reader, version=".".join(map(str, inv.reader["version"])) or None),
         state_db={"live": inv.live_db.as_json(inv.home) if inv.live_db else None, "reason": inv.live_reason,
                   "all": [d.as_json(inv.home) for d in inv.dbs],
                   "backfill": inv.backfill, "history_projections": inv.projections},
@@ -5957,7 +7149,8 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         ui_state=inv.global_state,
         findings=findings,
         threads=(thread_entry(v, args.verbose) for v in views if v.reasons or args.verbose),
-        next_commands=suggest_commands(inv, findings, args),
+        next_commands=[line["command"] for line in next_lines],
+        next_argv=[line["argv"] for line in next_lines],
     )
     if getattr(args, "verify", False):
         doc["verification"] = verify_with_codex(inv, args, None)
@@ -5970,22 +7163,20 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return code
 
 
-# What to do about each reason: a command of this tool, or the manual step where no local
-# repair is right (by-design filters are explained, never "repaired").
-# Which fixes are commands of this tool (the rest are manual steps or explanations).
-FIX_COMMANDS = ("provider_mismatch", "user_event_missing", "rollout_path_stale", "no_db_row", "archive_flag_mismatch")
-
+# What to do about each reason a repair of the table does not cure (or cannot reach for one
+# thread): the manual step, or why nothing is to be done (by-design filters are explained,
+# never "repaired"). Curable reasons get their command line from REPAIRS.
 REASON_FIXES: Dict[str, str] = {
-    "provider_mismatch": "repair-provider --from {provider} --to auto",
-    "user_event_missing": "repair-user-events",
+    "provider_mismatch": "no repair reaches it: {why}",
+    "user_event_missing": "no repair reaches it: {why}",
     "attachment_only_prompt": "0.120-era Codex: repair-user-events; newer Codex: pin the thread, or open it by id "
                               "(`codex resume ID`) and send one message",
     "rollout_missing": "nothing to recover locally; reindex --prune-missing removes the row",
     "rollout_inaccessible": "fix the permissions of the rollout's folder (or the disk); the row is never pruned",
-    "rollout_path_stale": "reindex",
-    "no_db_row": "reindex",
+    "rollout_path_stale": "no repair reaches it: {why}",
+    "no_db_row": "no repair reaches it: {why}",
     "rollout_not_indexable": "nothing to repair: move the file out of sessions/ if it is not a conversation",
-    "archive_flag_mismatch": "reindex",
+    "archive_flag_mismatch": "no repair reaches it: {why}",
     "source_filtered": "by design: see it with `codex resume --all --include-non-interactive`, or resume it by id",
     "archived": "by design: open Codex's Archived view, or unarchive it there",
     "no_user_content": "nothing to recover: the thread never had a user message",
@@ -6075,8 +7266,10 @@ def filter_verdicts(inv: Inventory, view: ThreadView) -> List[Dict[str, Any]]:
             "user_event_missing" in codes and codes["user_event_missing"]["hides"]),
          "detail": "gate column %s; first user message %s" % (gate, "found at line %s" % view.primary.evidence_line
                                                               if view.primary and view.primary.has_evidence else "not found")},
-        {"filter": "cwd", "passes": "cwd_unmatchable" not in codes,
-         "detail": (codes["cwd_unmatchable"]["evidence"]["problem"] if "cwd_unmatchable" in codes else "matchable")},
+        {"filter": "cwd", "passes": "cwd_unmatchable" not in codes and "cwd_moved" not in codes,
+         "detail": (codes["cwd_unmatchable"]["evidence"]["problem"] if "cwd_unmatchable" in codes else
+                    "folder moved to %s" % codes["cwd_moved"]["evidence"].get("found", "one of several folders")
+                    if "cwd_moved" in codes else "matchable")},
         {"filter": "recent window", "passes": None if rank is None else rank <= RECENT_WINDOW,
          "detail": "rank %s of the listed threads (Desktop loads ~%d)" % (rank, RECENT_WINDOW) if rank
          else "hidden by the filters above"},
@@ -6115,13 +7308,16 @@ def trace_thread(inv: Inventory, view: ThreadView, verbose: bool) -> Dict[str, A
         row = {k: v for k, v in row.items() if k not in ("name",)}
     state = read_global_state_hints(inv.home, view.id)
     fixes, commands = [], {}
+    codes = [r["code"] for r in view.reasons]
+    for line in repair_lines(inv, [], view):  # the commands first, in the order they must run
+        for code in codes:
+            if code in REPAIR_BY_NAME[line["repair"]].cures and code not in commands:
+                fixes.append("%s: %s" % (code, line["command"]))
+                commands[code] = line["argv"]
     for reason in view.reasons:
-        fix = REASON_FIXES.get(reason["code"])
-        if fix:
-            step = fix.format(provider=view.rollout_provider or view.db_provider)
-            fixes.append("%s: %s" % (reason["code"], step))
-            if reason["code"] in FIX_COMMANDS:
-                commands[reason["code"]] = step
+        if reason["code"] not in commands and reason["code"] in REASON_FIXES:
+            fixes.append("%s: %s" % (reason["code"], REASON_FIXES[reason["code"]].format(
+                why=reason.get("why") or "see the evidence")))
     return {
         "id": view.id, "listed_by_default": not view.hidden, "reasons": [r["code"] for r in view.reasons],
         "evidence": {r["code"]: r["evidence"] for r in view.reasons if r["evidence"]}, "fixes": fixes,
@@ -6193,8 +7389,6 @@ def render_trace_text(doc: Dict[str, Any]) -> str:
             lines.append("Desktop state: %s" % (", ".join(held) if held else "no hint, pin or project for this thread"))
     for fix in t["fixes"]:
         code, _, step = fix.partition(": ")
-        if code in t["fix_commands"]:
-            step = "%s %s" % (doc.get("prefix", TOOL_NAME), t["fix_commands"][code])
         lines.append("Fix (%s): %s" % (code, step))
     return "\n".join(lines)
 
@@ -6204,8 +7398,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
     run_checks(inv)
     view = find_thread(inv, args.thread_id)
     trace = trace_thread(inv, view, args.verbose)
-    code = EXIT_OK if trace["listed_by_default"] and not [r for r in view.reasons if REASONS[r["code"]][0] != "info"] else EXIT_FINDINGS
-    doc = envelope("trace", inv, code, safety=SAFETY_LINE_READ, trace=trace, prefix=command_prefix(args))
+    code = EXIT_OK if trace["listed_by_default"] and not [r for r in view.reasons if r["severity"] != "info"] else EXIT_FINDINGS
+    doc = envelope("trace", inv, code, safety=SAFETY_LINE_READ, trace=trace)
     if args.json:
         emit_json(doc)
     else:
@@ -6234,7 +7428,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     doc = envelope(
         "report", inv, code, codex_home="<CODEX_HOME>", safety=SAFETY_LINE_READ,
         platform={"system": sys.platform, "python": "%d.%d.%d" % sys.version_info[:3], "sqlite": sqlite3.sqlite_version},
-        codex_release=".".join(map(str, inv.release)) or None,
+        codex_release=".".join(map(str, inv.written_release)) or None,
         config={"active_provider": inv.config.provider, "provider_source": inv.config.provider_source,
                 "profile": bool(inv.config.profile), "configured_providers": inv.config.configured_providers,
                 "sqlite_home_set": bool(inv.config.sqlite_home)},
@@ -6294,7 +7488,7 @@ def run_repair(args: argparse.Namespace) -> int:
         verification = verify_with_codex(inv, args, plan, apply if writes else None)
     elif writes:
         apply()
-    code = EXIT_OK if applied is not None or plan.change_count == 0 else EXIT_FINDINGS
+    code = EXIT_OK if applied is not None or (plan.change_count == 0 and not plan.findings) else EXIT_FINDINGS
     code = verification_exit_code(code, verification)
     doc = envelope(plan.command, inv, code, applied=applied is not None,
                    safety=SAFETY_LINE_READ if applied is None else SAFETY_LINE_WRITE,
@@ -6304,6 +7498,7 @@ def run_repair(args: argparse.Namespace) -> int:
                    actions=plan.iter_actions_json(inv.home, args.verbose) if args.json
                    else plan.actions_json(inv.home, args.verbose),
                    warnings=plan.warnings, skipped=plan.skipped + (applied or {}).get("skipped", []),
+                   findings=plan.findings,
                    backup_dir=(applied or {}).get("backup_dir"))
     if verification is not None:
         doc["verification"] = verification
@@ -6442,6 +7637,8 @@ examples:
   %(prog)s report > codex-report.json                          # redacted, for an issue
   %(prog)s reindex
   %(prog)s rebuild-db
+  %(prog)s import --from /mnt/old-laptop/.codex --to auto     # another home's conversations
+  %(prog)s remap-cwd --from /Users/ana/src/shop --to /home/ana/work/shop
   %(prog)s restore --list
   %(prog)s restore --latest --apply
 """
@@ -6482,6 +7679,10 @@ def _shared_options(defaults: bool) -> argparse.ArgumentParser:
                        help="Codex home to inspect (default: $CODEX_HOME, else ~/.codex)")
     group.add_argument("--profile", metavar="NAME", default=default(None),
                        help="resolve the active provider as `codex --profile NAME` would")
+    group.add_argument("--surface", choices=("cli", "app"), default=default(None),
+                       help="which app's listing the verdicts follow when they differ: `cli` (the codex "
+                            "command line, with --profile) or `app` (Codex Desktop and the IDE extension, "
+                            "which take no --profile)")
     group.add_argument("--json", action="store_true", default=default(False),
                        help="print exactly one JSON document on stdout")
     group.add_argument("--verbose", action="store_true", default=default(False),
@@ -6537,53 +7738,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "text, no thread names, no path outside CODEX_HOME.")
     report.set_defaults(handler=cmd_report)
 
-    repairs = (
-        ("repair-provider", plan_provider_repair,
-         "move threads recorded under one provider to another (rollouts and state DB together)",
-         "Rewrite model_provider in each matching thread's own session_meta lines and "
-         "thread_settings_applied events, and in its state DB row, so Codex lists it under the "
-         "active provider. Every other byte of every line stays as it was."),
-        ("repair-user-events", plan_user_events_repair,
-         "fill a blank preview/first message from the rollout's first user message (state DB only)",
-         "For rows whose listing column is blank although the rollout has a real user message, set "
-         "has_user_event and fill the blank first_user_message, preview and title. Never rewrites rollouts."),
-        ("repair-ui-state", plan_ui_state_repair,
-         "reset Desktop's sidebar filters (all workspaces, recent order, nothing collapsed)",
-         "Reset the sidebar keys of .codex-global-state.json that hide threads; unknown keys stay as "
-         "they are. Refuses while Codex Desktop runs: it rewrites the file when it exits."),
-        ("rebuild-index", plan_index_rebuild,
-         "rewrite session_index.jsonl without stale entries, keeping every thread name",
-         "Drop entries whose rollout no longer exists and lines that are not entries, keep the last "
-         "non-empty name of each thread, and add names the state DB has that the index lacks."),
-        ("reindex", plan_reindex,
-         "make the state DB agree with the rollouts: add missing rows, fix paths and archive flags",
-         "Insert a row for each rollout the DB lacks (built from its session_meta and first user "
-         "message), point stale rollout_path values at the file that exists, and set the archived "
-         "flag from the file's folder. A thread id carried by two files is reported, never merged. "
-         "Rows whose rollout is gone are kept unless --prune-missing."),
-        ("rebuild-db", plan_rebuild_db,
-         "move a damaged state DB aside so Codex rebuilds it from the rollouts",
-         "Only when the DB is unreadable, corrupt, has foreign migration checksums or a stuck "
-         "backfill: save DB-only thread names into session_index.jsonl, then move the DB and its "
-         "-wal/-shm into the backup folder (never deleted). Codex rebuilds the DB at its next start."),
-    )
-    for name, planner, summary, description in repairs:
-        repair = sub.add_parser(name, parents=[shared], help=summary, description=description)
-        if name == "repair-provider":
-            repair.add_argument("--from", dest="from_provider", required=True, metavar="PROVIDER",
-                                help="the provider the hidden threads carry (see diagnose)")
-            repair.add_argument("--to", default="auto", metavar="PROVIDER|auto",
-                                help="target provider; `auto` (default) is the one config.toml makes active")
-            _scope_options(repair)
-        if name == "reindex":
-            repair.add_argument("--prune-missing", action="store_true",
-                                help="also delete rows whose rollout file no longer exists")
+    for entry in REPAIRS:
+        repair = sub.add_parser(entry.name, parents=[shared], help=entry.summary, description=entry.description)
+        if entry.options is not None:
+            entry.options(repair)
         _write_options(repair)
         _verify_options(repair)
         repair.add_argument("--expect-plan", metavar="PLAN_ID",
                             help="with --apply: refuse unless the plan is the one the dry run printed as "
                                  "plan_id (nothing changed in between)")
-        repair.set_defaults(handler=run_repair, planner=planner)
+        repair.set_defaults(handler=run_repair, planner=entry.planner)
 
     restore = sub.add_parser(
         "restore", parents=[shared], help="put back exactly what an earlier --apply changed",

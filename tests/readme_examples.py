@@ -14,7 +14,9 @@ that stands in for alice's home directory:
 * ~/old-codex: a 0.120.0 home whose DB row lost the first user message;
 * ~/synced-codex: a home copied from another machine (a stale rollout_path, a rollout with no
   row, an archived flag that disagrees with the file's folder);
-* ~/broken-codex: a state DB whose backfill never finished.
+* ~/broken-codex: a state DB whose backfill never finished;
+* ~/old-laptop/.codex: another machine's home, its chats in /Users/alice/src/shop; and
+  ~/new-laptop: this machine's home (provider `proxy`), its own chat in ~/work/shop.
 
 It then runs, in order, the commands the README blocks show, from a copy of the script in
 ~/codex-session-recovery, with HOME pointing at the temporary folder (so `~/.codex` is the
@@ -125,6 +127,20 @@ def build_broken_home(home: Path) -> None:
         conn.close()
 
 
+def build_moved_homes(alice: Path) -> None:
+    """~/old-laptop/.codex (chats in /Users/alice/src/shop, one named, one archived) and
+    ~/new-laptop, where the project now lives in ~/work/shop."""
+    old = HomeBuilder(alice / "old-laptop" / ".codex", "0.169.0")
+    named = old.thread(cwd="/Users/alice/src/shop", user_text="fix the failing checkout test", turns=2)
+    old.thread(cwd="/Users/alice/src/shop", user_text="add a retry to the payment client")
+    old.thread(cwd="/Users/alice/src/shop", archived=True, user_text="draft the Q3 migration plan")
+    old.index([{"id": named.id, "thread_name": "checkout bug", "updated_at": "2026-09-21T14:14:21Z"}])
+    project = alice / "work" / "shop"
+    project.mkdir(parents=True)
+    new = HomeBuilder(alice / "new-laptop", "0.169.0").provider_config("proxy")
+    new.thread(provider="proxy", cwd=str(project), user_text="why is the cart total off by a cent")
+
+
 class Runner:
     """Runs the script as a user would, from a clone in alice's home, and prints a block."""
 
@@ -148,8 +164,9 @@ class Runner:
         shown += list(args)
         real += list(args)
         out = run_on_terminal(real, str(self.clone), self.env).rstrip("\n").replace(str(self.alice), SHOWN_HOME)
-        self.log.append(("$ " + " ".join(shown), out))
-        return "$ %s\n%s" % (" ".join(shown), out)
+        line = "$ " + " ".join(shown).replace(str(self.alice), "~")
+        self.log.append((line, out))
+        return "%s\n%s" % (line, out)
 
 
 def run_on_terminal(command: List[str], cwd: str, env: Dict[str, str]) -> str:
@@ -184,6 +201,7 @@ def blocks(alice: Path, runs: Optional[List[Tuple[str, str]]] = None) -> Dict[st
     build_old_home(alice / "old-codex")
     build_synced_home(alice / "synced-codex")
     build_broken_home(alice / "broken-codex")
+    build_moved_homes(alice)
     r = Runner(alice)
     out: Dict[str, List[str]] = {}
     out["diagnose"] = [r.run("diagnose")]
@@ -215,6 +233,12 @@ def blocks(alice: Path, runs: Optional[List[Tuple[str, str]]] = None) -> Dict[st
     time.sleep(1.1)
     out["reindex"] = [r.run("diagnose", home="synced-codex"), r.run("reindex", home="synced-codex")]
     out["rebuild-db"] = [r.run("rebuild-db", home="broken-codex")]
+    old_laptop = str(alice / "old-laptop" / ".codex")
+    out["import"] = [r.run("import", "--from", old_laptop, "--to", "auto", home="new-laptop")]
+    r.run("import", "--from", old_laptop, "--to", "auto", "--apply", home="new-laptop")
+    out["remap-cwd"] = [r.run("diagnose", home="new-laptop"),
+                        r.run("remap-cwd", "--from", "/Users/alice/src/shop", "--to", str(alice / "work" / "shop"),
+                              home="new-laptop")]
     out["restore"] = [r.run("restore", "--list"), r.run("restore", "--latest"),
                       r.run("restore", "--latest", "--apply")]
     if runs is not None:

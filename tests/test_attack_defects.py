@@ -208,6 +208,48 @@ def test_offsets_left_stale_by_a_kill_are_found_and_realigned(tmp_path, point):
     assert "history_offsets_misaligned" not in {f["code"] for f in json.loads(out)["findings"]}
 
 
+def test_next_after_a_kill_names_the_command_that_realigns_the_offsets(tmp_path):
+    """The guided path ends after a kill too: Next names reindex (the projection is an index of
+    the rollouts), and running that line as printed puts every offset back on a line start."""
+    root = tmp_path / "home"
+    threads = provider_home(root, threads=3, turns=3)
+    killed = run_script(["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply"],
+                        env={csr.FAULT_ENV: "after_commit:1:kill"})
+    assert killed.returncode < 0, killed.stderr.decode()[-500:]
+    code, out, _err = run(["diagnose", "--codex-home", str(root), "--json"])
+    doc = json.loads(out)
+    assert "history_offsets_misaligned" in {f["code"] for f in doc["findings"]}
+    lines = [argv for argv in doc["next_argv"] if "reindex" in argv]
+    assert len(lines) == 1, doc["next_argv"]
+    tail = lines[0][lines[0].index("reindex"):]
+    code, out, err = run(tail + ["--codex-home", str(root), "--json"])
+    plan_id = json.loads(out)["plan_id"]
+    code, out, err = run(tail + ["--codex-home", str(root), "--apply", "--expect-plan", plan_id, "--json"])
+    assert code == csr.EXIT_OK, err
+    assert misaligned(root, threads) == []
+    code, out, _err = run(["diagnose", "--codex-home", str(root), "--json"])
+    assert "history_offsets_misaligned" not in {f["code"] for f in json.loads(out)["findings"]}
+
+
+def test_offsets_of_the_bytes_a_torn_tail_lost_are_not_misaligned(tmp_path):
+    """CODEX-COMPAT 0.169.0, 0.171.0: a crash that cut the last line leaves the projection's
+    offsets for that line past the file's end; the real Codex reads every complete turn and
+    continues the thread, so it is no finding (and a provider repair of it plans no realignment)."""
+    root = tmp_path / "home"
+    threads = provider_home(root, threads=2, turns=3)
+    data = threads[0].path.read_bytes()
+    threads[0].path.write_bytes(data[:len(data) - 40])
+    code, out, _err = run(["diagnose", "--codex-home", str(root), "--json"])
+    assert "history_offsets_misaligned" not in {f["code"] for f in json.loads(out)["findings"]}, out
+    argv = ["repair-provider", "--codex-home", str(root), "--from", "openai"]
+    code, out, err = run(argv + ["--apply", "--json"])
+    assert code == csr.EXIT_OK, err
+    code, out, _err = run(["diagnose", "--codex-home", str(root), "--json"])
+    assert "history_offsets_misaligned" not in {f["code"] for f in json.loads(out)["findings"]}, out
+    untouched = set(projection_offsets(root)[threads[1].id])
+    assert untouched <= line_starts(threads[1].path)
+
+
 # ---------------------------------------------------------------------------------------------
 # 3. restore verifies the backup and writes through the one apply engine
 # ---------------------------------------------------------------------------------------------

@@ -176,8 +176,8 @@ def rollout_files(root: Path) -> Dict[str, bytes]:
 
 
 def normalise_line(raw: bytes) -> str:
-    """A rollout line with the fields a repair may change blanked out; a line that is not JSON
-    (a torn last line) must come through byte for byte."""
+    """A rollout line with the fields a repair may change (provider, folder) blanked out; a line
+    that is not JSON (a torn last line) must come through byte for byte."""
     try:
         record = json.loads(raw)
     except ValueError:
@@ -186,6 +186,8 @@ def normalise_line(raw: bytes) -> str:
     if isinstance(payload, dict):
         if record.get("type") == "session_meta":
             payload["model_provider"] = None
+        if record.get("type") in ("session_meta", "turn_context"):
+            payload["cwd"] = None
         settings = payload.get("thread_settings")
         if payload.get("type") == "thread_settings_applied" and isinstance(settings, dict):
             settings["model_provider_id"] = None
@@ -302,12 +304,39 @@ def build_restore_home(root: Path) -> None:
     assert code == csr.EXIT_OK, err
 
 
+def other_home_of(root: Path) -> Path:
+    return root.parent / "machine-a"
+
+
+def build_import_home(root: Path) -> None:
+    """Another machine's home beside this one (several turns: several projection rows; one
+    archived; one name), and this home with its own thread under another provider."""
+    other = HomeBuilder(other_home_of(root), "0.169.0")
+    named = other.thread(turns=2)
+    other.thread(turns=3)
+    other.thread(archived=True)
+    other.index([{"id": named.id, "thread_name": "checkout bug", "updated_at": "2026-10-01T00:00:00Z"}])
+    pin_mtimes(other.root)
+    home = HomeBuilder(root, "0.169.0").provider_config("proxy")
+    home.thread(provider="proxy")
+
+
+def build_remap_home(root: Path) -> None:
+    home = HomeBuilder(root, "0.169.0")
+    home.thread(cwd="/home/ana/src/shop", turns=2)
+    home.thread(cwd="/home/ana/src/shop/api", turns=3)
+    home.thread(cwd="/home/ana/src/shopfront")
+    (root / ".codex-global-state.json").write_text(json.dumps({
+        "electron-saved-workspace-roots": ["/home/ana/src/shop"]}, indent=2) + "\n")
+
+
 class Command:
     def __init__(self, name: str, build: Callable[[Path], None], argv: List[str]) -> None:
         self.name, self.build, self.argv = name, build, argv
 
     def args(self, root: Path) -> List[str]:
-        return [self.argv[0], "--codex-home", str(root), *self.argv[1:]]
+        argv = [self.argv[0], "--codex-home", str(root), *self.argv[1:]]
+        return [str(other_home_of(root)) if a == "{other}" else a for a in argv]
 
 
 COMMANDS = [
@@ -317,6 +346,8 @@ COMMANDS = [
     Command("rebuild-index", build_index_home, ["rebuild-index", "--apply"]),
     Command("reindex", build_reindex_home, ["reindex", "--apply"]),
     Command("rebuild-db", build_rebuild_db_home, ["rebuild-db", "--apply"]),
+    Command("import", build_import_home, ["import", "--from", "{other}", "--to", "auto", "--apply"]),
+    Command("remap-cwd", build_remap_home, ["remap-cwd", "--from", "/home/ana/src/shop", "--to", "/srv/shop", "--apply"]),
     Command("restore", build_restore_home, ["restore", "--latest", "--apply"]),
 ]
 

@@ -43,7 +43,8 @@ def test_provider_switch_hides_old_threads(tmp_path, capsys, release):
     assert doc["counts"]["hidden"] == 3
     assert finding(doc, "provider_mismatch")["thread_ids"] == sorted(t.id for t in old)
     assert doc["provider_candidates"] == {"openai": 3}
-    assert doc["next_commands"][0].endswith("repair-provider --from openai --to auto")
+    assert doc["next_commands"][0].endswith("--codex-home %s repair-provider --from openai --to proxy" % home.root.resolve())
+    assert doc["next_argv"][0][-5:] == ["repair-provider", "--from", "openai", "--to", "proxy"]
     entry = thread(doc, old[0].id)
     assert entry["reasons"] == ["provider_mismatch"]
     assert entry["evidence"]["provider_mismatch"] == {"db": "openai", "rollout": "openai", "active": "proxy"}
@@ -321,7 +322,7 @@ def test_human_output_is_short_and_names_next_step(tmp_path, capsys):
     assert csr.main(["diagnose", "--codex-home", str(home.root)]) == 1
     out = capsys.readouterr().out
     assert "provider_mismatch (10 threads)" in out
-    assert "repair-provider --from openai --to auto" in out
+    assert "repair-provider --from openai --to proxy" in out
     assert len(out.splitlines()) < 30
 
 

@@ -142,7 +142,8 @@ def every_command_run():
 
 
 # The arguments a command cannot run without.
-REQUIRED = {"trace": ["019a0000"], "repair-provider": ["--from", "openai"], "restore": ["--latest"]}
+REQUIRED = {"trace": ["019a0000"], "repair-provider": ["--from", "openai"], "restore": ["--latest"],
+            "import": ["--from", "/nowhere-else"], "remap-cwd": ["--from", "/old/shop", "--to", "/new/shop"]}
 COMMAND_RUNS = list(every_command_run())
 
 

@@ -299,7 +299,7 @@ def test_diagnose_matches_the_real_default_listing(real_home, version, src, dst)
         assert thread_entry(doc, thread_id)["evidence"]["provider_mismatch"] == {
             "db": src, "rollout": src, "active": dst}
     assert doc["provider_candidates"] == {src: 2}
-    assert any(c.endswith("repair-provider --from %s --to auto" % src) for c in doc["next_commands"])
+    assert any(c.endswith("repair-provider --from %s --to %s" % (src, dst)) for c in doc["next_commands"])
     not_configured = finding(doc, "provider_not_configured")
     if src == "openai":
         assert not_configured is None  # built in: no table needed

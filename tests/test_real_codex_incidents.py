@@ -184,7 +184,8 @@ def test_trace_agrees_with_the_real_listing(base, home, standin):
     code, doc = tool(home, "trace", victim)
     failing = [v["filter"] for v in doc["trace"]["filters"] if not v["passes"]]
     assert code == 1 and "provider" in failing
-    assert doc["trace"]["fixes"][0].startswith("provider_mismatch: repair-provider --from %s" % PROVIDER)
+    assert " repair-provider --from %s --to other-provider" % PROVIDER in doc["trace"]["fixes"][0]
+    assert doc["trace"]["fix_commands"]["provider_mismatch"][-4:] == ["--from", PROVIDER, "--to", "other-provider"]
 
 
 def test_sqlite_home_and_a_second_db(base, home, standin, tmp_path):

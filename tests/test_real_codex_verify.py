@@ -341,14 +341,16 @@ def test_verify_of_db_repairs_equals_the_real_listing(real_home, version, comman
 def test_profile_plan_is_checked_for_the_app_server_and_the_cli_case_is_noted(real_home):
     """Codex 0.169.0 with `--profile work` (work.config.toml names the custom provider): the
     app-server (Desktop, IDE) has no --profile and lists under the top-level openai, so moving
-    the threads to the profile's provider takes them out of its list: --verify shows 2 now,
-    0 after the plan, in agreement with the prediction for that surface, and notes what the
+    the threads to the profile's provider takes them out of its list. The surfaces disagree, so
+    the move needs `--surface cli` (the user said they use the CLI): --verify shows 2 now, 0
+    after the plan, in agreement with the prediction for the app-server, and notes what the
     CLI with --profile resolves instead."""
     home = real_home("0.169.0", "openai")
     (home.home / "work.config.toml").write_text(
         'model_provider = "%s"\n\n[model_providers.%s]\nname = "%s"\nbase_url = "%s"\nwire_api = "responses"\n'
         'env_key = "%s"\n' % (CUSTOM, CUSTOM, CUSTOM, home.standin.base_url, harness.FAKE_KEY_ENV))
-    code, doc, check, err = verify(home, "0.169.0", "repair-provider", "--from", "openai", "--profile", "work")
+    code, doc, check, err = verify(home, "0.169.0", "repair-provider", "--from", "openai", "--profile", "work",
+                                   "--surface", "cli")
     assert doc["plan"]["to"] == CUSTOM
     assert check["status"] == "verified" and check["agrees"] is True, check
     assert sorted(check["listed_before"]) == sorted(home.interactive)

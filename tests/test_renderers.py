@@ -55,7 +55,7 @@ def test_diagnose_text(home, capsys):
         Safety:    read-only: no file was changed; credentials (auth.json, tokens) were not opened
         Provider:  proxy (config.toml model_provider)
         State DB:  state_5.sqlite (schema 62, 43 thread columns; only state DB)
-        Release:   newest Codex that wrote here: 0.169.0
+        Release:   0.169.0 reads this home (the newest release that wrote it, by cli_version)
         Threads:   2 (2 DB rows, 2 rollout files); visible by default 0, hidden 2, archived 0
           by source:   exec 1, vscode 1
           by provider: openai 1, proxy 1
@@ -68,7 +68,7 @@ def test_diagnose_text(home, capsys):
             e.g. %(exec)s
 
         Next (dry runs; nothing is written without --apply):
-          codex-session-recovery --codex-home <HOME> repair-provider --from openai --to auto
+          codex-session-recovery --codex-home <HOME> repair-provider --from openai --to proxy
         """ % {"id": ID, "exec": EXEC_ID})
 
 
@@ -121,7 +121,7 @@ def test_trace_text_of_a_hidden_and_then_a_listed_thread(home, capsys):
           line 6 thread_settings_applied provider openai
         History projection: 1 turn, next offset 22191 of 22191 bytes
         Index name: set (--verbose shows it)
-        Fix (provider_mismatch): codex-session-recovery --codex-home <HOME> repair-provider --from openai --to auto
+        Fix (provider_mismatch): codex-session-recovery --codex-home <HOME> repair-provider --from openai --to proxy
         """ % {"id": ID, "rollout": ROLLOUT})
     text_of(capsys, home, "repair-provider", "--from", "openai", "--apply")
     assert text_of(capsys, home, "trace", ID[:8]) == expected("""

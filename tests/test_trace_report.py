@@ -23,7 +23,10 @@ def test_trace_explains_a_hidden_thread_layer_by_layer(tmp_path, capsys, cli):
     assert [s["model_provider_id"] for s in layer["thread_settings_applied"]] == ["openai", "openai"]
     assert trace["projection"]["turns"] == 2
     assert trace["projection"]["next_rollout_byte_offset"] == thread.path.stat().st_size
-    assert trace["fixes"] == ["provider_mismatch: repair-provider --from openai --to auto"]
+    assert len(trace["fixes"]) == 1
+    assert trace["fixes"][0].startswith("provider_mismatch: python3 ")
+    assert trace["fixes"][0].endswith(" --codex-home %s repair-provider --from openai --to proxy" % home.root.resolve())
+    assert trace["fix_commands"]["provider_mismatch"][-5:] == ["repair-provider", "--from", "openai", "--to", "proxy"]
     assert trace["index"]["name"] == "(named)"
     assert hash_tree(home.root) == before
     assert csr.main(["trace", thread.id, "--codex-home", str(home.root)]) == 1
