@@ -389,3 +389,18 @@ def test_version_with_json_prints_one_json_document():
     code, out, _err = run(["--version", "--json"])
     assert code == csr.EXIT_OK
     assert json.loads(out) == {"tool": csr.TOOL_NAME, "version": csr.__version__}
+
+
+def test_an_empty_rollout_provider_under_another_row_provider_is_moved_with_from_empty(tmp_path):
+    """The rollout carries "" and the row "openai": the rollout's value is the one diagnose
+    names (Codex re-derives rows from it), and `--from ''` moves it."""
+    root = tmp_path / "home"
+    home = HomeBuilder(root, "0.169.0").provider_config("proxy")
+    thread = home.thread(provider="", row_overrides={"model_provider": "openai"})
+    code, out, _err = run(["diagnose", "--codex-home", str(root), "--json"])
+    assert list(json.loads(out)["provider_candidates"]) == [""], out
+    code, out, err = run(["repair-provider", "--codex-home", str(root), "--from", "", "--json"])
+    assert code == csr.EXIT_FINDINGS and json.loads(out)["changes"] >= 1, (code, out, err)
+    code, out, err = run(["repair-provider", "--codex-home", str(root), "--from", "", "--apply", "--json"])
+    assert code == csr.EXIT_OK, err
+    assert b'"model_provider":"proxy"' in thread.path.read_bytes().replace(b" ", b"")
