@@ -2407,7 +2407,8 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
         blocker = index_blocker(view.files[0], inv.home)
         if blocker:
             # Codex lists a file-only thread from its session_meta; without one it lists nothing
-            # (measured with a FIFO on 0.171.0), and reindex must not invent a row for it.
+            # (a FIFO named like a rollout was seen hidden by the real Codex; no real-Codex test here
+            # covers it yet), and reindex must not invent a row for it.
             add_reason(view, "rollout_not_indexable", blocker != "links_outside_home", file=view.files[0].rel,
                        why=blocker, manual_step="nothing to repair automatically: move the file out of "
                        "sessions/ if it is not a conversation, or put the real rollout in its place")

@@ -320,7 +320,7 @@ def test_reindex_invents_no_row_for_a_file_that_is_not_a_rollout_of_this_home(tm
     assert "no_db_row" not in thread["reasons"]
     assert not any(" reindex" in c for c in doc["next_commands"]), doc["next_commands"]
     if make is not _link_to_a_real_rollout_outside:
-        assert thread["hidden"], thread  # CODEX-COMPAT: 0.171.0 lists no thread without a session_meta
+        assert thread["hidden"], thread  # Codex lists a file-only thread from its session_meta
         code, out, err = run(["trace", "--codex-home", str(root), thread["id"]])
         assert "HIDDEN" in out and "listed by default" not in out, out
     assert outside.read_text() == "precious\n"
