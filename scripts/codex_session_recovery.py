@@ -2473,7 +2473,7 @@ def cwd_spelling_problem(cwd: str, home: Path) -> Optional[str]:
 
 def detect_folder_moves(inv: Inventory) -> Dict[str, Dict[str, Any]]:
     """Thread folders that do not exist on this machine while exactly one folder with the
-    longest same tail does (`/Users/ana/src/shop` gone, `/home/ana/work/shop` here), each with
+    longest same tail does (`/Users/ana/src/shop` gone, `/home/ana/projects/shop` here), each with
     the remap-cwd options that move its threads. Looked for among the folders of this home's
     other threads and their parents, the user's home and the current folder: no disk-wide search."""
     cwds = sorted({thread_cwd(v) for v in inv.threads.values()} - {""})
@@ -7639,7 +7639,7 @@ examples:
   %(prog)s reindex
   %(prog)s rebuild-db
   %(prog)s import --from /mnt/old-laptop/.codex --to auto     # another home's conversations
-  %(prog)s remap-cwd --from /Users/ana/src/shop --to /home/ana/work/shop
+  %(prog)s remap-cwd --from /Users/ana/src/shop --to /home/ana/projects/shop
   %(prog)s restore --list
   %(prog)s restore --latest --apply
 """

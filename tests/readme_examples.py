@@ -16,7 +16,7 @@ that stands in for alice's home directory:
   row, an archived flag that disagrees with the file's folder);
 * ~/broken-codex: a state DB whose backfill never finished;
 * ~/old-laptop/.codex: another machine's home, its chats in /Users/alice/src/shop; and
-  ~/new-laptop: this machine's home (provider `proxy`), its own chat in ~/work/shop.
+  ~/new-laptop: this machine's home (provider `proxy`), its own chat in ~/projects/shop.
 
 It then runs, in order, the commands the README blocks show, from a copy of the script in
 ~/codex-session-recovery, with HOME pointing at the temporary folder (so `~/.codex` is the
@@ -129,13 +129,13 @@ def build_broken_home(home: Path) -> None:
 
 def build_moved_homes(alice: Path) -> None:
     """~/old-laptop/.codex (chats in /Users/alice/src/shop, one named, one archived) and
-    ~/new-laptop, where the project now lives in ~/work/shop."""
+    ~/new-laptop, where the project now lives in ~/projects/shop."""
     old = HomeBuilder(alice / "old-laptop" / ".codex", "0.169.0")
     named = old.thread(cwd="/Users/alice/src/shop", user_text="fix the failing checkout test", turns=2)
     old.thread(cwd="/Users/alice/src/shop", user_text="add a retry to the payment client")
     old.thread(cwd="/Users/alice/src/shop", archived=True, user_text="draft the Q3 migration plan")
     old.index([{"id": named.id, "thread_name": "checkout bug", "updated_at": "2026-09-21T14:14:21Z"}])
-    project = alice / "work" / "shop"
+    project = alice / "projects" / "shop"
     project.mkdir(parents=True)
     new = HomeBuilder(alice / "new-laptop", "0.169.0").provider_config("proxy")
     new.thread(provider="proxy", cwd=str(project), user_text="why is the cart total off by a cent")
@@ -237,7 +237,7 @@ def blocks(alice: Path, runs: Optional[List[Tuple[str, str]]] = None) -> Dict[st
     out["import"] = [r.run("import", "--from", old_laptop, "--to", "auto", home="new-laptop")]
     r.run("import", "--from", old_laptop, "--to", "auto", "--apply", home="new-laptop")
     out["remap-cwd"] = [r.run("diagnose", home="new-laptop"),
-                        r.run("remap-cwd", "--from", "/Users/alice/src/shop", "--to", str(alice / "work" / "shop"),
+                        r.run("remap-cwd", "--from", "/Users/alice/src/shop", "--to", str(alice / "projects" / "shop"),
                               home="new-laptop")]
     out["restore"] = [r.run("restore", "--list"), r.run("restore", "--latest"),
                       r.run("restore", "--latest", "--apply")]

@@ -208,7 +208,7 @@ def test_remap_cwd_windows_and_wsl_spellings(tmp_path, capsys):
 
 def test_diagnose_suggests_the_exact_remap_line(tmp_path, capsys):
     old = tmp_path / "old machine" / "src" / "shop"
-    new = tmp_path / "new" / "work" / "shop"
+    new = tmp_path / "new" / "projects" / "shop"
     (new / "api").mkdir(parents=True)
     home = HomeBuilder(tmp_path / "home", "0.169.0")
     lost = [home.thread(cwd=str(old)), home.thread(cwd=str(old / "api"))]
@@ -296,7 +296,7 @@ def build_machine_a(root, project="/home/ana/src/shop"):
 def machines(tmp_path):
     a, threads = build_machine_a(tmp_path / "machine-a")
     b = HomeBuilder(tmp_path / "machine-b", "0.169.0").provider_config("proxy")
-    own = b.thread(provider="proxy", cwd="/home/bo/work/shop")
+    own = b.thread(provider="proxy", cwd="/home/bo/projects/shop")
     return a, threads, b, own
 
 
@@ -372,13 +372,13 @@ def test_import_to_auto_then_remap_then_again_plans_nothing(machines, capsys):
     assert "provider_mismatch" not in {f["code"] for f in doc["findings"]}
 
     code, doc, _ = run("remap-cwd", "--codex-home", str(b.root), "--from", "/home/ana/src/shop",
-                       "--to", "/home/bo/work/shop", "--apply", capsys=capsys)
+                       "--to", "/home/bo/projects/shop", "--apply", capsys=capsys)
     assert code == csr.EXIT_OK and doc["plan"]["threads"] == 4, doc
     for thread in threads.values():
         copy = b.root / thread.path.relative_to(a.root)
         assert offsets_on_line_starts(history, copy, thread.id)
     for argv in (("import", "--from", str(a.root), "--to", "auto"), ("import", "--from", str(a.root)),
-                 ("remap-cwd", "--from", "/home/ana/src/shop", "--to", "/home/bo/work/shop")):
+                 ("remap-cwd", "--from", "/home/ana/src/shop", "--to", "/home/bo/projects/shop")):
         code, doc, _ = run(*argv, "--codex-home", str(b.root), capsys=capsys)
         assert (code, doc["changes"], doc["findings"]) == (csr.EXIT_OK, 0, []), (argv, doc)
     assert a_state(a.root) == a_before
@@ -494,7 +494,7 @@ def test_import_other_home_with_wal_is_read_without_side_files(machines, capsys)
 def test_diagnose_on_a_freshly_copied_home_covers_the_folder_move(tmp_path, capsys, monkeypatch):
     import shutil
     old_home, new_home = tmp_path / "old" / ".codex", tmp_path / "new" / ".codex"
-    project = tmp_path / "new" / "work" / "shop"
+    project = tmp_path / "new" / "projects" / "shop"
     project.mkdir(parents=True)
     built = HomeBuilder(old_home, "0.169.0")
     threads = [built.thread(cwd=str(tmp_path / "old" / "src" / "shop"), turns=2),
