@@ -588,15 +588,31 @@ def same_rollout(stored: str, info: "RolloutInfo") -> bool:
     return False
 
 
-def open_regular(path: Path) -> Any:
-    """Open a file for reading only if it is a regular file: O_NONBLOCK so a FIFO cannot block
-    the open, and fstat on the opened descriptor (not the name) so nothing can be swapped in."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    fd = os.open(str(path), flags)
+# How every user file is opened for reading: never blocking, never a terminal, not inherited.
+READ_ONLY_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) \
+    | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+
+
+def open_regular_fd(path: Any) -> Tuple[int, os.stat_result]:
+    """(descriptor, fstat) of `path` opened read-only, only if it is a regular file: O_NONBLOCK
+    so a FIFO cannot block the open, and fstat on the opened descriptor (not the name) so
+    nothing can be swapped in. Anything else raises NotRegularFile, which carries its fstat."""
+    fd = os.open(str(path), READ_ONLY_FLAGS)
     try:
-        import stat as _stat
-        if not _stat.S_ISREG(os.fstat(fd).st_mode):
-            raise NotRegularFile("%s is not a regular file" % path)
+        stat = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not S_ISREG(stat.st_mode):
+        os.close(fd)
+        raise NotRegularFile("%s is not a regular file" % path, stat)
+    return fd, stat
+
+
+def open_regular(path: Path) -> Any:
+    """open_regular_fd as a blocking binary file object."""
+    fd, _stat = open_regular_fd(path)
+    try:
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
     except BaseException:
@@ -606,7 +622,9 @@ def open_regular(path: Path) -> Any:
 
 
 class NotRegularFile(OSError):
-    pass
+    def __init__(self, message: str, stat: Optional[os.stat_result] = None) -> None:
+        super().__init__(message)
+        self.stat = stat
 
 
 MAX_CONFIG_BYTES = 16 * 1024 * 1024  # config.toml, NAME.config.toml
@@ -1507,28 +1525,16 @@ def _describe_unopened(info: RolloutInfo, stat: Optional[os.stat_result]) -> Non
         info.problems.append("unreadable")
 
 
-READ_ONLY_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) \
-    | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
-
 
 def open_regular_readonly(path: str) -> Tuple[Optional[int], Optional[os.stat_result]]:
-    """(descriptor, fstat) of `path` opened read-only if it is a regular file; (None, its fstat)
-    if it opened as something else, (None, None) if it did not open. The open never blocks
-    (O_NONBLOCK: a FIFO put in a file's place between the listing and the open cannot hang it)
-    and the type is checked on the descriptor itself, so nothing but a regular file is read."""
+    """open_regular_fd without exceptions: (None, its fstat) if `path` opened as something
+    other than a regular file, (None, None) if it did not open."""
     try:
-        fd = os.open(path, READ_ONLY_FLAGS)
+        return open_regular_fd(path)
+    except NotRegularFile as exc:
+        return None, exc.stat
     except (OSError, ValueError):
         return None, None
-    try:
-        stat = os.fstat(fd)
-    except OSError:
-        os.close(fd)
-        return None, None
-    if not S_ISREG(stat.st_mode):
-        os.close(fd)
-        return None, stat
-    return fd, stat
 
 
 HEAD_READ = 32 * 1024  # one read: a 0.169.0 head up to the first prompt is ~25-45 KB
