@@ -713,6 +713,11 @@ def populate_sample_home(version: str, home: Union[str, Path],
         archived = server.start_thread(cwd)
         server.run_turn(archived, "question in the archived thread")
         server.archive(archived)
+    # Codex keeps updated_at in whole seconds: the exec thread starts in a later second, so it
+    # is the newest thread of the folder without a tie for the listing's order to break.
+    next_second = int(time.time()) + 1
+    while time.time() < next_second:
+        time.sleep(0.05)
     exec_id = run_exec(binary, home, cwd, "question from codex exec")
     return {"interactive": interactive, "exec": exec_id,
             "archived": archived}

@@ -21,6 +21,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
@@ -76,6 +77,12 @@ def exec_resume(binary: Path, home: Path, cwd: Path, *target: str) -> str:
 
 # Both machines on one release, and an old machine on 0.130.0 moving to a new one on 0.169.0.
 PAIRS = [(v, v) for v in VERSIONS] + [("0.130.0", "0.169.0")]
+
+
+def wait_past_second(stamp: int) -> None:
+    """Sleeps until the wall clock is in a later whole second than `stamp`."""
+    while time.time() < stamp + 1:
+        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("version_a,version", PAIRS, ids=["%s-to-%s" % p for p in PAIRS])
@@ -144,6 +151,9 @@ def test_import_and_remap_cwd_bring_another_machines_history_back(version_a, ver
             label = ("alpha", "beta")[n]
             thread = server.read_thread(thread_id)
             assert user_texts(thread) == [["first question in %s" % label], ["second question in %s" % label]]
+        # updatedAt counts whole seconds: the turn goes into a later second than any listed one,
+        # or a tie leaves "the newest" to the listing's order.
+        wait_past_second(max(item["updatedAt"] for item in listing))
         server.resume_thread(ids["interactive"][1])
         assert server.run_turn(ids["interactive"][1], "continued on machine b")["status"] == "completed"
         thread = server.read_thread(ids["interactive"][1])
