@@ -1241,7 +1241,7 @@ class RolloutInfo:
     # as a plain str (a Path object per file costs time and memory at tens of thousands).
     __slots__ = ("file", "rel_at", "name_uuid", "compressed", "archived_location", "meta", "meta_lines",
                  "evidence_kind", "evidence_line", "evidence_text", "scanned_to_end", "problems",
-                 "bytes_read", "size", "mtime")
+                 "bytes_read", "size", "mtime", "offset_faults")
 
     def __init__(self, path: Any, home: Path, stat: Any = None) -> None:
         self.file = str(path)
@@ -1260,6 +1260,7 @@ class RolloutInfo:
         self.scanned_to_end = False
         self.problems: List[str] = []
         self.bytes_read = 0
+        self.offset_faults: Optional[Tuple[int, int, int]] = None  # see check_offsets
         # stat=False: the caller fills size and mtime in (from the fstat of its descriptor).
         self.set_stat(_stat_or_none(self.file) if stat is None else stat)
 
@@ -1464,14 +1465,16 @@ def _content_text(content: Any) -> str:
 
 
 def scan_rollout(path: Any, home: Path, deep: bool = False, is_file: Optional[bool] = None,
-                 keep_text: bool = True) -> RolloutInfo:
+                 keep_text: bool = True, projection: Optional[Dict[str, Tuple[int, ...]]] = None) -> RolloutInfo:
     """Read the head of a rollout: its own session_meta and the first real user message, and
     the last bytes (a torn or NUL-padded tail). The same facts as scan_rollout_deep, found with
     less work: one os.read of the head (most rollouts' heads, many whole files, fit in it), the
     tail from the same buffer when it holds the end, and the instructions in session_meta
     (~20 KB, identical in every rollout of one release) matched instead of decoded again.
-    Without keep_text the snippet of the first message is dropped (only --verbose shows it)."""
-    info = scan_rollout_deep(Path(path), home) if deep else _scan_fast(path, home, is_file)
+    Without keep_text the snippet of the first message is dropped (only --verbose shows it).
+    With `projection` (read_projection_offsets), the thread's offsets are checked on the same
+    descriptor (check_offsets)."""
+    info = scan_rollout_deep(Path(path), home, projection) if deep else _scan_fast(path, home, is_file, projection)
     if not keep_text:
         info.evidence_text = None
     return info
@@ -1482,7 +1485,8 @@ def _finished(info: RolloutInfo) -> RolloutInfo:
     return info
 
 
-def _scan_fast(path: Any, home: Path, is_file: Optional[bool]) -> RolloutInfo:
+def _scan_fast(path: Any, home: Path, is_file: Optional[bool],
+               projection: Optional[Dict[str, Tuple[int, ...]]] = None) -> RolloutInfo:
     info = RolloutInfo(path, home, stat=False)
     if info.compressed:
         info.set_stat(_stat_or_none(info.file))
@@ -1499,6 +1503,7 @@ def _scan_fast(path: Any, home: Path, is_file: Optional[bool]) -> RolloutInfo:
             info.scanned_to_end = True
         else:
             _scan_head(info, HeadReader(fd, info.size))
+            check_offsets(info, fd, projection)
     finally:
         os.close(fd)
     return _finished(info)
@@ -1701,14 +1706,14 @@ def _learn_instructions(text: str, start: int) -> None:
         _known_instructions.append(text[start:end])
 
 
-def scan_rollout_deep(path: Path, home: Path) -> RolloutInfo:
+def scan_rollout_deep(path: Path, home: Path, projection: Optional[Dict[str, Tuple[int, ...]]] = None) -> RolloutInfo:
     """Read the head of a rollout: its own session_meta and the first real user message, with
     buffered readline and json.loads, every line decoded in full. The reference reader:
     `--deep` uses it, and the tests hold scan_rollout to it, fact for fact."""
-    return _finished(_scan_deep(RolloutInfo(path, home), path))
+    return _finished(_scan_deep(RolloutInfo(path, home), path, projection))
 
 
-def _scan_deep(info: RolloutInfo, path: Path) -> RolloutInfo:
+def _scan_deep(info: RolloutInfo, path: Path, projection: Optional[Dict[str, Tuple[int, ...]]] = None) -> RolloutInfo:
     """The reading loop of scan_rollout_deep."""
     if info.compressed:
         info.problems.append("compressed")  # zstd is not in the standard library
@@ -1752,6 +1757,7 @@ def _scan_deep(info: RolloutInfo, path: Path) -> RolloutInfo:
         info.bytes_read = handle.tell()
         if not info.scanned_to_end:
             check_tail(handle, info)
+        check_offsets(info, handle.fileno(), projection)
     return info
 
 
@@ -2073,10 +2079,11 @@ class Inventory:
         self.unreadable_folders: List[str] = []
         # A rollout's path string is the one its row already holds, when they are spelled alike.
         paths = {p: p for p in (r.get("rollout_path") for r in self.rows.values()) if isinstance(p, str)}
-        self.rollouts = [scan_rollout(paths.get(path, path), home, deep, is_file, keep_text) for path, is_file in
+        projection = read_projection_offsets(history_db_path(self))
+        self.rollouts = [scan_rollout(paths.get(path, path), home, deep, is_file, keep_text, projection) for path, is_file in
                          progress(iter_rollout_entries(home, self.temp_files, self.unreadable_folders),
                                   "reading rollouts")]
-        del paths
+        del paths, projection
         self.index = read_session_index(home)
         self.global_state = read_global_state(home)
         self.projections = history_projection_files(home, self.live_db.path.parent if self.live_db else None)
@@ -3430,62 +3437,101 @@ def read_projection_rows(db_path: Path, thread_id: Optional[str] = None) -> Dict
     return found
 
 
+def read_projection_offsets(db_path: Optional[Path]) -> Dict[str, Tuple[int, ...]]:
+    """thread id -> the distinct byte offsets its projection rows hold, sorted: the offset
+    columns alone, a tuple of ints per thread (every Inventory reads them; rows as dicts cost
+    ~2 KB a thread). Empty without a projection or when it cannot be read."""
+    if db_path is None:
+        return {}
+    found: Dict[str, List[int]] = {}
+    try:
+        conn = open_db_readonly(db_path)
+        try:
+            for table, (_keys, triples) in PROJECTION_OFFSETS.items():
+                if not table_exists(conn, table):
+                    continue
+                columns = set(table_columns(conn, table))
+                present = [t[1] for t in triples if t[1] in columns]
+                if not present:
+                    continue
+                for row in conn.execute("SELECT thread_id, %s FROM %s" % (", ".join(present), table)):
+                    offsets = found.setdefault(str(row[0]).lower(), [])
+                    offsets.extend(v for v in tuple(row)[1:] if isinstance(v, int))
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return {}
+    return {thread_id: tuple(sorted(set(offsets))) for thread_id, offsets in found.items() if offsets}
+
+
 def misaligned_projection_offsets(inv: "Inventory") -> Dict[str, Dict[str, Any]]:
     """Threads whose projection offsets are not line starts of their rollout (a byte before each
     must be a newline), e.g. after a run was killed between replacing a rollout and updating
-    the projection. One read of a byte per offset: cheap at any rollout size."""
-    db_path = history_db_path(inv)
-    if db_path is None:
-        return {}
-    try:
-        by_thread = read_projection_rows(db_path)
-    except sqlite3.Error:
-        return {}
+    the projection. The head scan checked them on the descriptor it had open (check_offsets):
+    one read of a page per offset at most, cheap at any rollout size."""
     found: Dict[str, Dict[str, Any]] = {}
-    for thread_id, rows in sorted(by_thread.items()):
-        view = inv.threads.get(thread_id)
-        # A torn last line leaves every earlier line where it was; other damage makes the
-        # ordinals of the lines uncertain, and such a rollout is left to the user.
-        if view is None or view.primary is None or set(view.primary.problems) - {"torn_line"}:
-            continue
-        offsets = sorted({row[c] for table, row in rows for _o, c, _e in PROJECTION_OFFSETS[table][1]
-                          if isinstance(row.get(c), int)})
-        try:
-            bad = offsets_off_line_starts(view.primary.path, offsets, "torn_line" in view.primary.problems)
-        except OSError:
-            continue
-        if bad:
-            found[thread_id] = {"offsets": len(offsets), "off_line_start": len(bad), "first": bad[0]}
+    for thread_id, view in inv.threads.items():
+        faults = view.primary.offset_faults if view.primary is not None else None
+        if faults:
+            found[thread_id] = {"offsets": faults[0], "off_line_start": faults[1], "first": faults[2]}
     return found
 
 
-def offsets_off_line_starts(path: Path, offsets: Sequence[int], torn: bool = False) -> List[int]:
-    """The offsets that are not line starts. With a torn last line, offsets past the start of
-    the fragment describe the bytes the crash cut: no line is there to point at, Codex reads
-    every complete turn regardless (measured 0.169.0, 0.171.0), and no repair can put them right."""
+def check_offsets(info: "RolloutInfo", fd: int, projection: Optional[Dict[str, Tuple[int, ...]]]) -> None:
+    """Set info.offset_faults ((offsets, how many are off a line start, the first of those)) when
+    the projection's offsets for this rollout's thread are not all line starts. A torn last
+    line leaves every earlier line where it was; other damage makes the ordinals of the lines
+    uncertain, and such a rollout is left to the user (not checked)."""
+    offsets = projection.get(info.thread_id) if projection else None
+    if not offsets or any(p != "torn_line" for p in info.problems):
+        return
+    try:
+        bad = offsets_off_line_starts(fd, info.size, offsets, "torn_line" in info.problems)
+    except OSError:
+        return
+    if bad:
+        info.offset_faults = (len(offsets), len(bad), bad[0])
+
+
+def offsets_off_line_starts(fd: int, size: int, offsets: Sequence[int], torn: bool = False) -> List[int]:
+    """The offsets (sorted) that are not line starts of the open file. With a torn last line,
+    offsets past the start of the fragment describe the bytes the crash cut: no line is there
+    to point at, Codex reads every complete turn regardless (measured 0.169.0, 0.171.0), and no
+    repair can put them right. The byte before each offset is read with its page, once."""
     bad = []
-    with open_regular(path) as handle:
-        size = os.fstat(handle.fileno()).st_size
-        limit = fragment_start(handle, size) if torn else size
-        for offset in offsets:
-            if torn and offset > limit:
-                continue
-            if offset < 0 or offset > size:
+    limit = fragment_start(fd, size) if torn else size
+    page_at, page = -1, b""
+    for offset in offsets:
+        if torn and offset > limit:
+            continue
+        if offset < 0 or offset > size:
+            bad.append(offset)
+        elif offset > 0:
+            at = (offset - 1) // PAGE_READ * PAGE_READ
+            if at != page_at:
+                page_at, page = at, read_at(fd, at, PAGE_READ)
+            if page[offset - 1 - at:offset - at] != b"\n":
                 bad.append(offset)
-            elif offset > 0:
-                handle.seek(offset - 1)
-                if handle.read(1) != b"\n":
-                    bad.append(offset)
     return bad
 
 
-def fragment_start(handle: Any, size: int) -> int:
+PAGE_READ = 4096
+
+
+def read_at(fd: int, offset: int, count: int) -> bytes:
+    """Up to `count` bytes at `offset` (os.pread where the platform has it)."""
+    if hasattr(os, "pread"):
+        return os.pread(fd, count, offset)
+    os.lseek(fd, offset, os.SEEK_SET)
+    return os.read(fd, count)
+
+
+def fragment_start(fd: int, size: int) -> int:
     """Where the unterminated last line begins: just after the last newline (0 if none)."""
     end = size
     while end > 0:
         start = max(0, end - READ_CHUNK)
-        handle.seek(start)
-        found = handle.read(end - start).rfind(b"\n")
+        found = read_at(fd, start, end - start).rfind(b"\n")
         if found >= 0:
             return start + found + 1
         end = start

@@ -231,6 +231,25 @@ def test_next_after_a_kill_names_the_command_that_realigns_the_offsets(tmp_path)
     assert "history_offsets_misaligned" not in {f["code"] for f in json.loads(out)["findings"]}
 
 
+@pytest.mark.parametrize("torn", [False, True])
+def test_offsets_are_judged_byte_for_byte_across_pages(tmp_path, torn):
+    """The check reads the byte before each offset with its page, once: every offset of a file
+    whose lines straddle page boundaries (and -2, -1, its size and past it) is judged exactly as
+    one read of that byte would judge it, with the torn fragment's offsets left out."""
+    data = b"".join(b"x" * n + b"\n" for n in (10, 4084, 0, 4095, 4096, 1, 9000, 3)) + (b"cut" if torn else b"")
+    path = tmp_path / "rollout.jsonl"
+    path.write_bytes(data)
+    fragment = data.rfind(b"\n") + 1
+    offsets = list(range(-2, len(data) + 3))
+    expected = [o for o in offsets if not (torn and o > fragment)
+                and (o < 0 or o > len(data) or (o > 0 and data[o - 1:o] != b"\n"))]
+    fd = os.open(str(path), os.O_RDONLY)
+    try:
+        assert csr.offsets_off_line_starts(fd, len(data), offsets, torn) == expected
+    finally:
+        os.close(fd)
+
+
 def test_offsets_of_the_bytes_a_torn_tail_lost_are_not_misaligned(tmp_path):
     """CODEX-COMPAT 0.169.0, 0.171.0: a crash that cut the last line leaves the projection's
     offsets for that line past the file's end; the real Codex reads every complete turn and
