@@ -144,8 +144,8 @@ def measure(argv: List[str], ok_codes: Tuple[int, ...] = (0, 1)) -> Dict[str, An
     return {"s": float(elapsed), "cpu": float(cpu), "rss": rss_mb(int(maxrss)), "code": int(code), "stdout": stdout}
 
 
-def tool(home: Path, *args: str) -> List[str]:
-    return [sys.executable, str(SCRIPT), "--codex-home", str(home), *args]
+def tool(home: Path, *args: str, script: Path = SCRIPT) -> List[str]:
+    return [sys.executable, str(script), "--codex-home", str(home), *args]
 
 
 def me(*args: str) -> List[str]:
@@ -396,6 +396,46 @@ def run_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_comparison(args: argparse.Namespace) -> int:
+    """Before/after on one home: `diagnose --json` and the provider dry run of another version
+    of the script (--against) and of this one, alternating with the floor, median of --runs;
+    and whether each command's JSON documents are byte-identical between the two."""
+    home = Path(args.home).resolve()
+    made = describe_home(home, args.threads)
+    print("using %s: %d rollout files, %.2f GB; before = %s" % (
+        home, made["rollout_files"], made["rollout_bytes"] / 1e9, args.against), flush=True)
+    commands = [("diagnose", ["diagnose", "--json"]),
+                ("provider dry run", ["repair-provider", "--from", "openai", "--to", "auto", "--json"])]
+    before = Path(args.against).resolve()
+    rounds = [("floor", me("--floor", str(home)))]
+    for label, argv in commands:
+        rounds += [("%s, before" % label, tool(home, *argv, script=before)),
+                   ("%s, after" % label, tool(home, *argv))]
+    for _label, argv in rounds:  # warm the page cache
+        measure(argv)
+    samples: Dict[str, List[Dict[str, Any]]] = {label: [] for label, _argv in rounds}
+    for _ in range(args.runs):
+        for label, argv in rounds:
+            samples[label].append(measure(argv))
+    floor = {"s": median(samples["floor"], "s"), "cpu": median(samples["floor"], "cpu")}
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    lines = ["", "median of %d, load average %.1f at the end" % (args.runs, load), "",
+             "| measurement | wall s | × floor | CPU s | CPU × floor | peak RSS MB |", "|---|---:|---:|---:|---:|---:|"]
+    for label, _argv in rounds:
+        s, cpu = median(samples[label], "s"), median(samples[label], "cpu")
+        lines.append("| %s | %.3f | %.2f | %.3f | %.2f | %.1f |" % (
+            label, s, s / floor["s"], cpu, cpu / floor["cpu"], max(x["rss"] for x in samples[label])))
+    lines.append("")
+    for label, _argv in commands:
+        # The documents name the script in their next commands: that path is all that may differ.
+        documents = {x["stdout"].replace(str(before), str(SCRIPT)) for x in samples["%s, before" % label]}
+        documents |= {x["stdout"] for x in samples["%s, after" % label]}
+        lines.append("%s: %s" % (label, "every document identical" if len(documents) == 1 else
+                                 "%d different documents" % len(documents)))
+    print("\n".join(lines))
+    return 0
+
+
 def verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
@@ -490,11 +530,17 @@ def main(argv: Optional[List[str]] = None) -> int:
                              "heads-only rollouts, for 100,000 threads)")
     parser.add_argument("--home", metavar="DIR", help="measure a home make_home.py made earlier (read-only: "
                         "implies --skip-applies; --threads names its size)")
+    parser.add_argument("--against", metavar="SCRIPT", help="with --home: compare another version of the script "
+                        "(e.g. `git show main:scripts/codex_session_recovery.py > /tmp/main.py`) with this one")
     parser.add_argument("--skip-applies", action="store_true",
                         help="measure the read-only commands only (no copies of the home, no applies)")
     args = parser.parse_args(argv)
     args.skip_applies = args.skip_applies or bool(args.home)
     print(machine(), flush=True)
+    if args.against:
+        if not args.home:
+            parser.error("--against needs --home")
+        return run_comparison(args)
     return run_benchmark(args)
 
 
