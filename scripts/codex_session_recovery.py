@@ -972,6 +972,11 @@ _ROW_PLAIN_COLUMNS = (
     "has_user_event", "cli_version", "thread_source", "history_mode", "name",
 )
 _ROW_PRESENCE_COLUMNS = ("first_user_message", "preview", "title")
+# Of the plain columns, those the checks and plans read: every row of the inventory keeps only
+# these (trace reads the whole row again), and when the thread was last active.
+_ROW_KEPT_COLUMNS = ("id", "rollout_path", "source", "model_provider", "cwd", "archived", "has_user_event",
+                     "cli_version", "history_mode", "name")
+_ROW_RECENCY_COLUMNS = ("recency_at_ms", "updated_at_ms", "updated_at")  # the first one set counts
 _ROW_SHARED_COLUMNS = ("source", "model_provider", "cli_version", "history_mode", "thread_source", "cwd")
 
 
@@ -1158,20 +1163,48 @@ def migration_checksum_drift(conn: sqlite3.Connection) -> List[int]:
     return drift
 
 
-def read_thread_rows(db: StateDb) -> Dict[str, Dict[str, Any]]:
+def read_thread_rows(db: StateDb) -> Dict[str, "Row"]:
+    """Every threads row by lowercased id: the columns the checks and plans read, the presence
+    of each text column, and when the thread was last active (Row.updated_ms)."""
+    columns = set(db.columns)
+    select = [c for c in _ROW_KEPT_COLUMNS if c in columns]
+    select += ["(%s <> '') AS has_%s" % (c, c) for c in _ROW_PRESENCE_COLUMNS if c in columns]
+    kept = len(select)
+    select += [c for c in _ROW_RECENCY_COLUMNS if c in columns]
+    index = _row_index(select[:kept])
+    rows = {}
+    for key, values in _thread_row_values(db, select):
+        rows[key] = Row(index, values[:kept], first_millis(values[kept:]))
+    return rows
+
+
+def read_full_thread_row(db: StateDb, thread_id: str) -> Optional[Dict[str, Any]]:
+    """The row of one thread with every column the tool knows (what trace shows), as
+    read_thread_rows would have found it (the last of the rows whose id lowercases alike)."""
     columns = set(db.columns)
     select = [c for c in _ROW_PLAIN_COLUMNS if c in columns]
     select += ["(%s <> '') AS has_%s" % (c, c) for c in _ROW_PRESENCE_COLUMNS if c in columns]
+    found = None
+    for _key, values in _thread_row_values(db, select, thread_id):
+        found = values
+    return None if found is None else dict(zip(_row_index(select), found))
+
+
+def _row_index(select: List[str]) -> Dict[str, int]:
+    return {(c.rsplit(" AS ", 1)[-1]): n for n, c in enumerate(select)}
+
+
+def _thread_row_values(db: StateDb, select: List[str], thread_id: Optional[str] = None) -> Iterator[Tuple[str, Tuple[Any, ...]]]:
+    """(lowercased id, values) of the threads rows, in the table's order."""
     conn = open_db_readonly(db.path)
     try:
         conn.row_factory = None
-        cursor = conn.execute("SELECT %s FROM threads" % ", ".join(select))
-        index = {name[0]: n for n, name in enumerate(cursor.description)}
+        query = "SELECT %s FROM threads" % ", ".join(select)
+        cursor = conn.execute(query + " WHERE lower(id) = ?", (thread_id,)) if thread_id else conn.execute(query)
         # Values thousands of rows share (a source, a provider, a release, a project folder)
         # are kept once; the id is one string for the key and the row.
-        shared = [index[c] for c in _ROW_SHARED_COLUMNS if c in index]
-        at_id = index["id"]
-        rows = {}
+        shared = [n for n, c in enumerate(select) if c in _ROW_SHARED_COLUMNS]
+        at_id = select.index("id")
         for raw in cursor:
             values = [_text(v) if isinstance(v, bytes) else v for v in raw]
             for n in shared:
@@ -1180,20 +1213,29 @@ def read_thread_rows(db: StateDb) -> Dict[str, Dict[str, Any]]:
             key = sys.intern(str(values[at_id]).lower())
             if values[at_id] == key:
                 values[at_id] = key
-            rows[key] = Row(index, tuple(values))
-        return rows
+            yield key, tuple(values)
     finally:
         conn.close()
 
 
+def first_millis(values: Sequence[Any]) -> Optional[int]:
+    """The first of these timestamps that is set, as milliseconds."""
+    for value in values:
+        millis = to_millis(value)
+        if millis:
+            return millis
+    return None
+
+
 class Row:
     """One threads row: a tuple and the column index it shares with every other row (a dict per
-    row costs several times as much, at tens of thousands of threads). Reads like a dict."""
+    row costs several times as much, at tens of thousands of threads). Reads like a dict.
+    updated_ms: when the thread was last active by the row (_ROW_RECENCY_COLUMNS), or None."""
 
-    __slots__ = ("_index", "_values")
+    __slots__ = ("_index", "_values", "updated_ms")
 
-    def __init__(self, index: Dict[str, int], values: Tuple[Any, ...]) -> None:
-        self._index, self._values = index, values
+    def __init__(self, index: Dict[str, int], values: Tuple[Any, ...], updated_ms: Optional[int] = None) -> None:
+        self._index, self._values, self.updated_ms = index, values, updated_ms
 
     def get(self, key: str, default: Any = None) -> Any:
         position = self._index.get(key)
@@ -1968,6 +2010,9 @@ def parse_version(text: Any) -> Tuple[int, ...]:
     return tuple(int(g) for g in match.groups()) if match else ()
 
 
+NO_REASONS: Tuple[Any, ...] = ()  # shared by every thread nothing hides or flags
+
+
 class ThreadView:
     """One thread as every layer sees it: its DB row (if any) and its rollout file(s)."""
 
@@ -1979,7 +2024,7 @@ class ThreadView:
         self.files = tuple(files)  # one file for nearly every thread: no list each
         self.primary = self._primary_file(home)
         self.index_name: Optional[str] = None
-        self.reasons: List[Dict[str, Any]] = []
+        self.reasons: Sequence[Any] = NO_REASONS  # a list once it has one
         self.rank: Optional[int] = None
 
     def _primary_file(self, home: Path) -> Optional[RolloutInfo]:
@@ -2042,11 +2087,8 @@ class ThreadView:
 
     @property
     def updated_ms(self) -> Optional[int]:
-        row = self.row or {}
-        for key in ("recency_at_ms", "updated_at_ms", "updated_at"):
-            value = to_millis(row.get(key))
-            if value:
-                return value
+        if self.row is not None and self.row.updated_ms:
+            return self.row.updated_ms
         return int(self.primary.mtime * 1000) if self.primary and self.primary.mtime else None
 
     @property
@@ -2317,6 +2359,8 @@ class Reason:
 
 
 def add_reason(view: ThreadView, code: str, hides: bool, **evidence: Any) -> None:
+    if view.reasons is NO_REASONS:
+        view.reasons = []
     view.reasons.append(Reason(code, hides, evidence))
 
 
@@ -2743,7 +2787,7 @@ def run_checks(inv: Inventory) -> List[Dict[str, Any]]:
     first), then the home-level findings."""
     inv.folder_moves = detect_folder_moves(inv)
     for view in inv.threads.values():
-        view.reasons = []
+        view.reasons = NO_REASONS
         check_thread(view, inv)
     rank_threads(inv)
     for view in inv.threads.values():
@@ -7329,6 +7373,16 @@ def filter_verdicts(inv: Inventory, view: ThreadView) -> List[Dict[str, Any]]:
     ]
 
 
+def full_thread_row(inv: Inventory, view: ThreadView) -> Optional[Dict[str, Any]]:
+    """Every column of the thread's row: the inventory keeps only those the checks read."""
+    if not view.row:
+        return None
+    try:
+        return read_full_thread_row(inv.live_db, view.id) or dict(view.row)
+    except sqlite3.Error:
+        return dict(view.row)
+
+
 def trace_thread(inv: Inventory, view: ThreadView, verbose: bool) -> Dict[str, Any]:
     other_rows = []
     for db in inv.dbs:
@@ -7356,7 +7410,7 @@ def trace_thread(inv: Inventory, view: ThreadView, verbose: bool) -> Dict[str, A
             except (OSError, PlanError) as exc:
                 layer["error"] = str(exc)
         rollouts.append(layer)
-    row = dict(view.row) if view.row else None
+    row = full_thread_row(inv, view)
     if row is not None and not verbose:
         row = {k: v for k, v in row.items() if k not in ("name",)}
     state = read_global_state_hints(inv.home, view.id)
