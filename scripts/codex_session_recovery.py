@@ -1354,21 +1354,23 @@ def iter_rollout_files(home: Path, temps: Optional[List[Path]] = None,
 
 def iter_rollout_entries(home: Path, temps: Optional[List[Path]] = None,
                          errors: Optional[List[str]] = None,
-                         tops: Sequence[str] = ("sessions", "archived_sessions")) -> Iterator[Tuple[str, bool]]:
+                         tops: Sequence[str] = ("sessions", "archived_sessions"),
+                         links: Optional[set] = None) -> Iterator[Tuple[str, bool]]:
     """(path, is a regular file) of every rollout under sessions/ and archived_sessions/, in
     sorted order. Symlinked folders are read (a synced tree may be linked in); writes through
     them are refused later, in preflight. One os.scandir per folder: the entry's type comes with
-    the listing, so a FIFO or device named like a rollout is known without opening it."""
+    the listing, so a FIFO or device named like a rollout is known without opening it, and a
+    rollout that is itself a symbolic link goes into `links`."""
     for top in tops:
         root = os.path.join(str(home), top)
         if not os.path.isdir(root):
             continue
         seen: set = set()
-        yield from _walk_rollouts(root, seen, temps, errors)
+        yield from _walk_rollouts(root, seen, temps, errors, links)
 
 
 def _walk_rollouts(folder: str, seen: set, temps: Optional[List[Path]],
-                   errors: Optional[List[str]]) -> Iterator[Tuple[str, bool]]:
+                   errors: Optional[List[str]], links: Optional[set] = None) -> Iterator[Tuple[str, bool]]:
     real = os.path.realpath(folder)
     if real in seen:  # a link loop, or two links to one folder
         return
@@ -1386,11 +1388,13 @@ def _walk_rollouts(folder: str, seen: set, temps: Optional[List[Path]],
         if _entry_is_dir(entry):
             folders.append(entry.path)
         elif name.startswith("rollout-") and (name.endswith(".jsonl") or name.endswith(".jsonl.zst")):
+            if links is not None and entry.is_symlink():
+                links.add(entry.path)
             yield entry.path, _entry_is_file(entry)
         elif temps is not None and TEMP_MARKER in name:
             temps.append(Path(entry.path))
     for sub in folders:  # os.walk's order: a folder's files, then its subfolders, sorted
-        yield from _walk_rollouts(sub, seen, temps, errors)
+        yield from _walk_rollouts(sub, seen, temps, errors, links)
 
 
 def _entry_is_file(entry: Any) -> bool:
@@ -2119,11 +2123,13 @@ class Inventory:
             self.db_error = self.live_db.error
         self.temp_files: List[Path] = [home / n for n in sorted(os.listdir(str(home))) if TEMP_MARKER in n]
         self.unreadable_folders: List[str] = []
+        self.linked_rollouts: set = set()  # rollouts that are symbolic links (Codex's file listing skips them)
         # A rollout's path string is the one its row already holds, when they are spelled alike.
         paths = {p: p for p in (r.get("rollout_path") for r in self.rows.values()) if isinstance(p, str)}
         projection = read_projection_offsets(history_db_path(self))
         self.rollouts = [scan_rollout(paths.get(path, path), home, deep, is_file, keep_text, projection) for path, is_file in
-                         progress(iter_rollout_entries(home, self.temp_files, self.unreadable_folders),
+                         progress(iter_rollout_entries(home, self.temp_files, self.unreadable_folders,
+                                                       links=self.linked_rollouts),
                                   "reading rollouts")]
         del paths, projection
         self.index = read_session_index(home)
@@ -2266,6 +2272,9 @@ REASONS: Dict[str, Tuple[str, str]] = {
     "rollout_not_indexable": ("warning", "a file named like a rollout that cannot become a DB row: no readable "
                                          "session_meta (not JSON, a FIFO, a device), or a link leading out of the home"),
     "archive_flag_mismatch": ("warning", "the DB archived flag disagrees with where the file lives"),
+    "rollout_is_link": ("warning", "the rollout in sessions/ is a symbolic link: Codex's file listing skips links, so "
+                                   "the thread is left out of the default list (0.130.0 and newer; 0.120.0 lists it "
+                                   "once it has a DB row) although it opens by id"),
     "source_filtered": ("info", "non-interactive source (exec, mcp, subagent…): hidden from default lists by design"),
     "archived": ("info", "archived: shown only in the Archived view"),
     "no_user_content": ("info", "no user message anywhere: Codex lists only threads with one"),
@@ -2393,6 +2402,18 @@ def beyond_scan_hides(release: Tuple[int, ...]) -> bool:
     return not release or release >= (0, 130, 0)
 
 
+def linked_rollout_hides(release: Tuple[int, ...], has_row: bool) -> bool:
+    # CODEX-COMPAT: measured (tests/test_real_codex_odd_files.py): a rollout in sessions/ that is
+    # a symbolic link, to a file inside the home or outside it, is left out of the default
+    # thread/list by 0.130.0, 0.169.0 and 0.171.0 with or without a DB row; 0.120.0 leaves it
+    # out until it has a row, then lists it. Every release opens it by id.
+    return not has_row or not release or release >= (0, 130, 0)
+
+
+LINKED_ROLLOUT_STEP = ("replace the link by the file it points to, keeping the name (`cp --remove-destination "
+                       "\"$(readlink -f LINK)\" LINK`), then diagnose again")
+
+
 def check_thread(view: ThreadView, inv: Inventory) -> None:
     active = inv.config.provider
     row = view.row
@@ -2463,14 +2484,18 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
     elif inv.has_db and view.files:
         blocker = index_blocker(view.files[0], inv.home)
         if blocker:
-            # Codex lists a file-only thread from its session_meta; without one it lists nothing
-            # (a FIFO named like a rollout was seen hidden by the real Codex; no real-Codex test here
-            # covers it yet), and reindex must not invent a row for it.
-            add_reason(view, "rollout_not_indexable", blocker != "links_outside_home", file=view.files[0].rel,
+            # Codex lists a file-only thread from its session_meta; without one it lists nothing,
+            # and a link leading out of the home it does not list either (measured 0.120.0-0.171.0,
+            # tests/test_real_codex_odd_files.py); reindex must not invent a row for any of them.
+            add_reason(view, "rollout_not_indexable", True, file=view.files[0].rel,
                        why=blocker, manual_step="nothing to repair automatically: move the file out of "
                        "sessions/ if it is not a conversation, or put the real rollout in its place")
         else:
             add_reason(view, "no_db_row", False, file=view.files[0].rel)
+    if view.primary is not None and view.primary.file in inv.linked_rollouts and \
+            not any(r.code == "rollout_not_indexable" for r in view.reasons):
+        add_reason(view, "rollout_is_link", linked_rollout_hides(inv.release, row is not None),
+                   file=view.primary.rel, manual_step=LINKED_ROLLOUT_STEP)
 
 
 def index_blocker(info: "RolloutInfo", home: Path) -> Optional[str]:
@@ -3761,7 +3786,17 @@ def provider_repair_lasting_blocker(view: ThreadView) -> Optional[str]:
         return "its session_meta line cannot be read; it is left as it is"
     if len(view.files) > 1:
         return "thread id carried by %d rollout files; resolve the duplicate first" % len(view.files)
+    if rollout_is_a_link(view):
+        # Writes never go through a link; replacing the link is the user's choice (its manual step).
+        return "its rollout is a symbolic link (rollout_is_link): replace it by the file it points to first"
     return None
+
+
+def rollout_is_a_link(view: ThreadView) -> bool:
+    """Whether check_thread found the thread's rollout to be a symbolic link."""
+    return any(r["code"] == "rollout_is_link" or (r["code"] == "rollout_not_indexable" and
+                                                 r["evidence"].get("why") == "links_outside_home")
+               for r in view.reasons)
 
 
 CWD_LINE_MARKERS = (b'"session_meta"', b'"turn_context"', b'"thread_settings_applied"')
@@ -6610,11 +6645,25 @@ def build_scratch_home(inv: Inventory, scratch: ScratchHome, plan: Optional[Plan
         if info.compressed and info.path.is_file():
             copy_file_to_scratch(info.path, scratch.path_for(info.path, inv.home), scratch)
         elif info.path.is_file() and "unreadable" not in info.problems:
-            copy_rollout_head(info, scratch.path_for(info.path, inv.home), edits.get(info.path), scratch, cache)
+            copy_rollout_head_as_kept(info, scratch.path_for(info.path, inv.home), edits.get(info.path),
+                                      scratch, cache, info.file in inv.linked_rollouts)
     for target, edit in copies.items():
         copy_rollout_head(scan_rollout(edit.path, edit.path.parent), scratch.path_for(target, inv.home), edit, scratch)
     if plan is not None:
         apply_plan_to_scratch(plan, mapper, db_targets)
+
+
+def copy_rollout_head_as_kept(info: RolloutInfo, target: Path, edit: Optional[RolloutEdit], scratch: ScratchHome,
+                              cache: Dict[Any, List[Tuple[int, int]]], linked: bool) -> None:
+    """A rollout that is a symbolic link stays one on the copy (Codex's file listing skips
+    links), unless the plan edits it: the apply engine replaces the link by the edited file."""
+    if not linked or edit is not None:
+        copy_rollout_head(info, target, edit, scratch, cache)
+        return
+    kept = scratch.root / "linked-rollouts" / os.path.relpath(str(target), str(scratch.home))
+    copy_rollout_head(info, kept, None, scratch, cache)
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.symlink(str(kept), str(target))
 
 
 def apply_plan_to_scratch(plan: Plan, mapper: PathMapper, db_targets: Dict[Path, Path]) -> None:
@@ -6880,44 +6929,47 @@ NO_CODEX_MESSAGE = ("no Codex binary found (--codex-bin, `codex` on PATH, Codex 
 
 def verify_with_codex(inv: Inventory, args: argparse.Namespace, plan: Optional[Plan],
                       apply: Optional[Any] = None) -> Dict[str, Any]:
-    """The `verification` object. The home as it is is listed on one scratch copy; then either
-    `plan` on another (a dry run), or, when `apply` is given, apply() writes the real home and
-    returns its new inventory, which is listed on a scratch copy of the repaired home. Without
-    a Codex, or when verification cannot finish, the command goes on as without --verify."""
+    """The `verification` object. The home as it is is listed on one scratch copy, and the home
+    as `plan` leaves it on another. With `apply` (a function that writes the real home and
+    returns its new inventory), the plan is applied only when Codex agreed with both
+    predictions; the repaired home is then listed on a third copy. A disagreement refuses the
+    apply: nothing is written. Without a Codex, or when verification cannot finish, the command
+    goes on as without --verify."""
     binary = find_codex_binary(getattr(args, "codex_bin", None), dict(os.environ))
     if binary is None:
         if apply is not None:
             apply()
         return {"status": "no_codex", "message": NO_CODEX_MESSAGE}
     result: Dict[str, Any] = {"status": "verified", "codex_bin": str(binary.path), "codex_origin": binary.origin,
-                              "codex_version": None, "surface": "app-server (Desktop, IDE extension)"}
+                              "codex_version": None, "surface": "app-server (Desktop, IDE extension)",
+                              "refused": False}
     phase = "before"
+    listings: List[Tuple[str, Dict[str, Any]]] = []
     try:
         with ScratchHome(inv.home, "version") as scratch:
             result["codex_version"] = binary.version = codex_version(binary, scratch)
         cache: Dict[Any, List[Tuple[int, int]]] = {}
-        before = list_scratch(binary, inv, None, "before", cache)
+        listings.append(("before", list_scratch(binary, inv, None, "before", cache)))
         phase = "after"
-        after: Optional[Dict[str, Any]] = None
+        if plan is not None and plan.change_count:
+            listings.append(("after", list_scratch(binary, inv, plan, "after", cache)))
         if apply is not None:
-            repaired = apply()
-            apply = None
-            after = list_scratch(binary, repaired, None, "after", cache)
-        elif plan is not None and plan.change_count:
-            after = list_scratch(binary, inv, plan, "after", cache)
+            found, errors = compare_listings(listings)
+            if found or "after" in errors:
+                result["refused"] = True
+            else:
+                repaired = apply()
+                apply = None
+                phase = "applied"
+                listings.append(("applied", list_scratch(binary, repaired, None, "after", cache)))
     except VerifyError as exc:
-        if apply is not None:
+        if apply is not None and not result["refused"]:
             apply()
         result.update(status="failed", message="verification did not finish (%s): %s" % (phase, exc))
         return result
-    found: List[Dict[str, Any]] = []
-    errors: Dict[str, str] = {}
-    for phase, listing in (("before", before), ("after", after)):
-        if listing is not None and listing["error"]:
-            errors[phase] = listing["error"]
-        elif listing is not None:
-            found += disagreements(phase, listing["listed"], listing["predicted"])
-    final = after if after is not None else (before if plan is not None else None)
+    found, errors = compare_listings(listings)
+    before = listings[0][1]
+    final = listings[-1][1] if len(listings) > 1 else (before if plan is not None else None)
     result.update(
         listed_before=before["listed"], predicted_before=before["predicted"],
         conversations_before=before["conversations"],
@@ -6925,15 +6977,29 @@ def verify_with_codex(inv: Inventory, args: argparse.Namespace, plan: Optional[P
         conversations_after=final["conversations"] if final else None,
         # A Codex that cannot open the home now is what some repairs are for (rebuild-db);
         # one that still cannot after the plan contradicts the plan.
-        codex_errors=errors, disagreements=found, agrees=not found and "after" not in errors,
-        cost={"bytes_copied": max(before["bytes_copied"], (after or before)["bytes_copied"]),
-              "files_copied": max(before["files_copied"], (after or before)["files_copied"]),
+        codex_errors=errors, disagreements=found,
+        agrees=not found and not {"after", "applied"} & set(errors),
+        cost={"bytes_copied": max(listing["bytes_copied"] for _p, listing in listings),
+              "files_copied": max(listing["files_copied"] for _p, listing in listings),
               "home_bytes": home_bytes(inv.home)})
     if inv.config.profile:
         result["profile_note"] = ("the app-server (Desktop, IDE extension) has no --profile and lists under the "
                                   "top-level provider, which is what was checked; `codex --profile %s` (the CLI) "
                                   "lists under %s" % (inv.config.profile, inv.config.provider))
     return result
+
+
+def compare_listings(listings: List[Tuple[str, Dict[str, Any]]]) -> Tuple[List[Dict[str, Any]], Dict[str, str]]:
+    """Every disagreement of the listings taken so far, by phase, and the phases in which Codex
+    could not open the home at all."""
+    found: List[Dict[str, Any]] = []
+    errors: Dict[str, str] = {}
+    for phase, listing in listings:
+        if listing["error"]:
+            errors[phase] = listing["error"]
+        else:
+            found += disagreements(phase, listing["listed"], listing["predicted"])
+    return found, errors
 
 
 def verification_lines(verification: Optional[Dict[str, Any]], applied: bool) -> List[str]:
@@ -6945,13 +7011,14 @@ def verification_lines(verification: Optional[Dict[str, Any]], applied: bool) ->
     now = "before the apply" if applied else "now"
     then = "after the apply" if applied else "after this plan"
     errors = verification["codex_errors"]
+    after_error = errors.get("applied" if applied else "after")
     if "before" in errors:
         text = "%s cannot open this home %s (%s)" % (who, now, short(errors["before"], 160))
     else:
         text = "%s lists %d of your %d conversations %s" % (
             who, len(verification["listed_before"]), verification["conversations_before"], now)
-    if "after" in errors:
-        text += "; %s it still cannot (%s)" % (then, short(errors["after"], 160))
+    if after_error:
+        text += "; %s it still cannot (%s)" % (then, short(after_error, 160))
     elif verification["listed_after"] is not None and (verification["listed_after"] != verification["listed_before"]
                                                       or "before" not in errors):
         text += "; %s it lists %d of %d" % (then, len(verification["listed_after"]), verification["conversations_after"])
@@ -6964,14 +7031,24 @@ def verification_lines(verification: Optional[Dict[str, Any]], applied: bool) ->
         lines.append("           Codex agrees with this tool's prediction for every thread.")
     elif "after" in errors:
         lines.append("WARNING:   Codex cannot open the home as this plan leaves it; do not apply.")
+    elif "applied" in errors:
+        lines.append("WARNING:   Codex cannot open the home as the apply left it; `restore --latest --apply` puts it back.")
     else:
         lines.append("WARNING:   Codex disagrees with this tool's prediction for %s; do not apply "
                      "before this is understood:" % plural(len({d["id"] for d in verification["disagreements"]}), "thread"))
         for item in verification["disagreements"]:
             lines.append("  %s %s: predicted %s, Codex %s" % (item["phase"], item["id"], item["predicted"], item["codex"]))
+    if verification.get("refused"):
+        lines.append("REFUSED:   %s" % VERIFY_REFUSAL)
     if verification.get("profile_note"):
         lines.append("           Note: %s" % verification["profile_note"])
     return lines
+
+
+# What --apply --verify says when Codex contradicts the plan; the override is the same line
+# without --verify, which a person chooses knowingly.
+VERIFY_REFUSAL = ("the apply did not start and nothing was written, because Codex contradicts this plan "
+                  "(to apply it regardless, run the same line without --verify)")
 
 
 def _fmt_bytes(count: int) -> str:
@@ -6992,9 +7069,16 @@ def report_verification(verification: Optional[Dict[str, Any]]) -> None:
         return
     if verification["status"] != "verified":
         sys.stderr.write("verify: %s\n" % verification["message"])
-    elif "after" in verification["codex_errors"]:
+        return
+    if verification.get("refused"):
+        sys.stderr.write("refused: %s\n" % VERIFY_REFUSAL)
+    if "after" in verification["codex_errors"]:
         sys.stderr.write("warning: Codex %s cannot open the home as the plan leaves it (%s); do not apply\n" % (
             verification["codex_version"], short(verification["codex_errors"]["after"], 200)))
+    elif "applied" in verification["codex_errors"]:
+        sys.stderr.write("warning: Codex %s cannot open the home as the apply left it (%s); `restore --latest --apply` "
+                         "puts it back\n" % (verification["codex_version"],
+                                              short(verification["codex_errors"]["applied"], 200)))
     elif not verification["agrees"]:
         ids = sorted({d["id"] for d in verification["disagreements"]})
         sys.stderr.write("warning: Codex %s disagrees with this tool's prediction for %s (%s); do not apply "
@@ -7003,7 +7087,10 @@ def report_verification(verification: Optional[Dict[str, Any]]) -> None:
 
 
 def verification_exit_code(code: int, verification: Optional[Dict[str, Any]]) -> int:
-    """A disagreement is a finding: exit 1 even where the command would have said 0."""
+    """A disagreement is a finding: exit 1 even where the command would have said 0; one that
+    stopped an apply is a refusal by a safety check (3)."""
+    if verification and verification.get("refused"):
+        return EXIT_REFUSED
     if verification and verification.get("status") == "verified" and not verification["agrees"] and code == EXIT_OK:
         return EXIT_FINDINGS
     return code
@@ -7273,6 +7360,7 @@ REASON_FIXES: Dict[str, str] = {
     "rollout_path_stale": "no repair reaches it: {why}",
     "no_db_row": "no repair reaches it: {why}",
     "rollout_not_indexable": "nothing to repair: move the file out of sessions/ if it is not a conversation",
+    "rollout_is_link": "the thread's evidence `manual_step`: " + LINKED_ROLLOUT_STEP,
     "archive_flag_mismatch": "no repair reaches it: {why}",
     "source_filtered": "by design: see it with `codex resume --all --include-non-interactive`, or resume it by id",
     "archived": "by design: open Codex's Archived view, or unarchive it there",
