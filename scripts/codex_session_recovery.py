@@ -1171,10 +1171,10 @@ def read_thread_rows(db: StateDb) -> Dict[str, "Row"]:
     select += ["(%s <> '') AS has_%s" % (c, c) for c in _ROW_PRESENCE_COLUMNS if c in columns]
     kept = len(select)
     select += [c for c in _ROW_RECENCY_COLUMNS if c in columns]
-    index = _row_index(select[:kept])
+    row_type = Row.of_columns(_row_index(select[:kept]))
     rows = {}
     for key, values in _thread_row_values(db, select):
-        rows[key] = Row(index, values[:kept], first_millis(values[kept:]))
+        rows[key] = row_type(values[:kept] + (first_millis(values[kept:]),))
     return rows
 
 
@@ -1227,28 +1227,36 @@ def first_millis(values: Sequence[Any]) -> Optional[int]:
     return None
 
 
-class Row:
-    """One threads row: a tuple and the column index it shares with every other row (a dict per
-    row costs several times as much, at tens of thousands of threads). Reads like a dict.
-    updated_ms: when the thread was last active by the row (_ROW_RECENCY_COLUMNS), or None."""
+class Row(tuple):
+    """One threads row: the tuple of its values, with the column index every row of one DB
+    shares on its class (a dict per row costs several times as much, and an index beside each
+    tuple a second object per row, at tens of thousands of threads). Reads like a dict. The
+    value after the columns is updated_ms: when the thread was last active by the row
+    (_ROW_RECENCY_COLUMNS), or None."""
 
-    __slots__ = ("_index", "_values", "updated_ms")
+    __slots__ = ()
+    _index: Dict[str, int] = {}
 
-    def __init__(self, index: Dict[str, int], values: Tuple[Any, ...], updated_ms: Optional[int] = None) -> None:
-        self._index, self._values, self.updated_ms = index, values, updated_ms
+    @classmethod
+    def of_columns(cls, index: Dict[str, int]) -> type:
+        return type("Row", (cls,), {"__slots__": (), "_index": index})
 
     def get(self, key: str, default: Any = None) -> Any:
         position = self._index.get(key)
-        return default if position is None else self._values[position]
+        return default if position is None else tuple.__getitem__(self, position)
 
-    def __getitem__(self, key: str) -> Any:
-        return self._values[self._index[key]]
+    def __getitem__(self, key: str) -> Any:  # type: ignore[override]
+        return tuple.__getitem__(self, self._index[key])
 
     def __contains__(self, key: object) -> bool:
         return key in self._index
 
     def keys(self) -> List[str]:
         return list(self._index)
+
+    @property
+    def updated_ms(self) -> Optional[int]:
+        return tuple.__getitem__(self, len(self._index))
 
 
 def _text(value: bytes) -> str:
