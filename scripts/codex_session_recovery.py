@@ -2202,7 +2202,8 @@ def reader_release(written: Tuple[int, ...], environ: Dict[str, str]) -> Dict[st
 # Checks: pure functions from the inventory to reasons and findings, each with a stable code.
 # ---------------------------------------------------------------------------------------------
 
-# code -> (severity, hides from the default list, one-line meaning)
+# code -> (default severity, one-line meaning). The meaning is the finding's message;
+# tests/reason_docs.py writes both, word for word, into references/reason-codes.md and SKILL.md.
 REASONS: Dict[str, Tuple[str, str]] = {
     "provider_mismatch": ("warning", "recorded under a provider other than the active one"),
     "user_event_missing": ("warning", "the DB row's preview/first message is blank although the rollout has a user message "
@@ -7172,7 +7173,8 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 # What to do about each reason a repair of the table does not cure (or cannot reach for one
 # thread): the manual step, or why nothing is to be done (by-design filters are explained,
-# never "repaired"). Curable reasons get their command line from REPAIRS.
+# never "repaired"). Curable reasons get their command line from REPAIRS. `{why}` is the
+# reason's own why; references/reason-codes.md shows each entry (tests/reason_docs.py).
 REASON_FIXES: Dict[str, str] = {
     "provider_mismatch": "no repair reaches it: {why}",
     "user_event_missing": "no repair reaches it: {why}",
