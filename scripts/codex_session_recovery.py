@@ -1007,6 +1007,17 @@ def open_db_readonly(path: Path) -> sqlite3.Connection:
     return conn
 
 
+@contextlib.contextmanager
+def readonly_db(path: Path) -> Iterator[sqlite3.Connection]:
+    """open_db_readonly for a `with` block: the connection is closed however the block ends
+    (sqlite3's own `with` only commits)."""
+    conn = open_db_readonly(path)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
 JOURNAL_MAGIC = b"\xd9\xd5\x05\xf9\x20\xa1\x63\xd7"
 
 
@@ -1128,8 +1139,7 @@ KNOWN_TRIGGERS = {
 def probe_state_db(db: StateDb) -> None:
     """Fill in schema facts; a DB that cannot be read gets `error` set, never an exception."""
     try:
-        conn = open_db_readonly(db.path)
-        try:
+        with readonly_db(db.path) as conn:
             db.schema_version = schema_version(conn)
             db.column_info = [tuple(r) for r in conn.execute("PRAGMA table_info(threads)")]
             db.columns = [c[1] for c in db.column_info]
@@ -1138,8 +1148,6 @@ def probe_state_db(db: StateDb) -> None:
             db.checksum_drift = migration_checksum_drift(conn)
             check = conn.execute("PRAGMA quick_check(1)").fetchone()
             db.integrity = check[0] if check else None
-        finally:
-            conn.close()
     except sqlite3.Error as exc:
         db.error = str(exc)
 
@@ -1216,14 +1224,11 @@ def _text(value: bytes) -> str:
 
 def read_backfill_state(db: StateDb) -> Optional[Dict[str, Any]]:
     try:
-        conn = open_db_readonly(db.path)
-        try:
+        with readonly_db(db.path) as conn:
             if not table_exists(conn, "backfill_state"):
                 return None
             row = conn.execute("SELECT * FROM backfill_state WHERE id = 1").fetchone()
             return dict(row) if row else None
-        finally:
-            conn.close()
     except sqlite3.Error:
         return None
 
@@ -1853,7 +1858,7 @@ def read_session_index(home: Path) -> Dict[str, Any]:
     result: Dict[str, Any] = {"present": path.is_file(), "entries": 0, "bad_lines": 0, "names": {}}
     if not result["present"]:
         return result
-    names: Dict[str, str] = {}
+    latest: Dict[str, Dict[str, Any]] = {}
     try:
         handle = open_regular(path)
     except OSError as exc:
@@ -1861,33 +1866,51 @@ def read_session_index(home: Path) -> Dict[str, Any]:
         result["error"] = exc.strerror or str(exc)
         return result
     with handle:
-        first = True
-        while True:
-            raw, oversized = read_line_bounded(handle)
-            if not raw and not oversized:
-                break
-            if first and raw.startswith(UTF8_BOM):
-                raw = raw[len(UTF8_BOM):]  # an editor's byte-order mark: the line is still an entry
-            first = False
-            if oversized or not raw.strip():
-                result["bad_lines"] += int(oversized)
-                continue
-            try:
-                entry = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError):
-                result["bad_lines"] += 1
-                continue
-            if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+        for entry in iter_index_lines(handle):
+            if entry is None:
                 result["bad_lines"] += 1
                 continue
             result["entries"] += 1
-            name = entry.get("thread_name")
-            if isinstance(name, str) and name.strip():
-                names[entry["id"].lower()] = name  # the last non-empty name wins
-            else:
-                names.setdefault(entry["id"].lower(), "")
-    result["names"] = names
+            keep_naming_entry(latest, entry)
+    result["names"] = {thread_id: index_entry_name(entry) for thread_id, entry in latest.items()}
     return result
+
+
+def iter_index_lines(handle: Any) -> Iterator[Optional[Dict[str, Any]]]:
+    """Each non-blank line of an open session_index.jsonl: its entry (a JSON object with a
+    string `id`), or None for a line that is not one (too long, not UTF-8 JSON, no id)."""
+    first = True
+    while True:
+        raw, oversized = read_line_bounded(handle)
+        if not raw and not oversized:
+            return
+        if first and raw.startswith(UTF8_BOM):
+            raw = raw[len(UTF8_BOM):]  # an editor's byte-order mark: the line is still an entry
+        first = False
+        if oversized:
+            yield None
+            continue
+        if not raw.strip():
+            continue
+        try:
+            entry = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            yield None
+            continue
+        yield entry if isinstance(entry, dict) and isinstance(entry.get("id"), str) else None
+
+
+def index_entry_name(entry: Dict[str, Any]) -> str:
+    name = entry.get("thread_name")
+    return name if isinstance(name, str) and name.strip() else ""
+
+
+def keep_naming_entry(latest: Dict[str, Dict[str, Any]], entry: Dict[str, Any]) -> None:
+    """Keep, per thread id, the entry that names it: the last non-empty name wins; a thread
+    that never has one keeps its first entry."""
+    thread_id = entry["id"].lower()
+    if index_entry_name(entry) or thread_id not in latest:
+        latest[thread_id] = entry
 
 
 SIDEBAR_KEYS = (
@@ -1900,16 +1923,31 @@ WORKSPACE_KEYS = (
 )
 
 
+GLOBAL_STATE_FILE = ".codex-global-state.json"
+
+
+def load_global_state(home: Path, **json_options: Any) -> Optional[Tuple[bytes, Any]]:
+    """The one reader of Desktop's .codex-global-state.json: its bytes and their JSON value (read
+    bounded; json_options go to json.loads), or None when there is no such file. Raises OSError
+    when it cannot be read, ValueError when it is not UTF-8 JSON."""
+    path = home / GLOBAL_STATE_FILE
+    if not path.is_file():
+        return None
+    raw = read_small_file(path, MAX_STATE_BYTES)
+    return raw, json.loads(raw.decode("utf-8"), **json_options)
+
+
 def read_global_state(home: Path) -> Dict[str, Any]:
-    path = home / ".codex-global-state.json"
-    result: Dict[str, Any] = {"present": path.is_file(), "error": None, "sidebar": {}, "workspace": {}}
-    if not result["present"]:
-        return result
+    result: Dict[str, Any] = {"present": True, "error": None, "sidebar": {}, "workspace": {}}
     try:
-        data = json.loads(read_small_file(path, MAX_STATE_BYTES).decode("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        found = load_global_state(home)
+    except (OSError, ValueError) as exc:
         result["error"] = short(str(exc), 120)
         return result
+    if found is None:
+        result["present"] = False
+        return result
+    data = found[1]
     if not isinstance(data, dict):
         result["error"] = "not a JSON object"
         return result
@@ -1936,13 +1974,10 @@ def _summarise_value(value: Any) -> Any:
 
 def read_projected_ids(path: Path) -> Optional[set]:
     try:
-        conn = open_db_readonly(path)
-        try:
+        with readonly_db(path) as conn:
             if not table_exists(conn, "thread_history_projection_state"):
                 return None
             return {sys.intern(str(r[0]).lower()) for r in conn.execute("SELECT thread_id FROM thread_history_projection_state")}
-        finally:
-            conn.close()
     except sqlite3.Error:
         return None
 
@@ -2131,6 +2166,12 @@ class Inventory:
             if column in columns:
                 return column
         return None
+
+    def gate_blank(self, row: Dict[str, Any]) -> bool:
+        """Whether `row` leaves the gate column blank (or there is none). Text columns are read
+        as has_<column> (never the text); has_user_event is a flag itself."""
+        gate = self.gate_column()
+        return not gate or not row.get(gate if gate == "has_user_event" else "has_" + gate)
 
 
 class _Progress:
@@ -2368,16 +2409,14 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
     # blank preview by right: that is attachment_only_prompt's business, not a stale column.
     derived_blank = view.primary is not None and view.primary.evidence_kind == "attachment" and preview_rederived(inv.release)
     if row is not None and gate and view.primary is not None and view.primary.has_evidence and not derived_blank:
-        blank = not row.get("has_" + gate) if gate != "has_user_event" else not row.get("has_user_event")
-        if blank:
+        if inv.gate_blank(row):
             add_reason(view, "user_event_missing", user_event_gate_hides(inv.release), column=gate,
                        evidence_kind=view.primary.evidence_kind, evidence_line=view.primary.evidence_line)
     if view.primary is not None and (view.primary.evidence_line or 0) > HEAD_SCAN_LINES:
         add_reason(view, "user_message_beyond_scan", beyond_scan_hides(inv.release), line=view.primary.evidence_line,
                    window=HEAD_SCAN_LINES)
     if view.primary is not None and view.primary.evidence_kind == "attachment":
-        gate = inv.gate_column()
-        gate_blank = row is None or not gate or not row.get("has_" + gate, row.get(gate))
+        gate_blank = row is None or inv.gate_blank(row)
         add_reason(view, "attachment_only_prompt", attachment_prompt_hides(inv.release, gate_blank))
     cwd_problem = cwd_spelling_problem(str((row or {}).get("cwd") or (view.primary.meta.get("cwd") if view.primary else "") or ""), inv.home)
     if cwd_problem:
@@ -3164,6 +3203,7 @@ def split_line_ending(raw: bytes) -> Tuple[bytes, bytes]:
     return raw, b""
 
 
+# The lines Codex reads a thread's provider from: the repairs edit them, listing reads them.
 PROVIDER_LINE_MARKERS = (b'"session_meta"', b'"thread_settings_applied"')
 # Damage confined to lines a repair does not edit: a torn last line (a crash mid-append), NUL
 # padding, a line that is not JSON or not UTF-8, one too long to parse. A repair carries those
@@ -3183,7 +3223,7 @@ def provider_line_edit(raw: bytes, thread_id: str, old: str, new: str) -> Option
     """The rewritten line and the field changed, or None when the line is not about the
     thread's provider. Lines Codex reads the provider from (measured on 0.169.0):
     the thread's own `session_meta` lines, and `thread_settings_applied` events."""
-    if b"session_meta" not in raw and b"thread_settings_applied" not in raw:
+    if not any(marker in raw for marker in PROVIDER_LINE_MARKERS):
         return None
     body, ending = split_line_ending(raw)
     try:
@@ -3224,7 +3264,7 @@ class PlanError(ValueError):
 
 
 def plan_rollout_edit(path: Path, thread_id: str, line_edit: Any,
-                      needles: Sequence[bytes] = (b'"session_meta"', b'"thread_settings_applied"'),
+                      needles: Sequence[bytes] = PROVIDER_LINE_MARKERS,
                       target: Optional[Path] = None) -> RolloutEdit:
     """Read the whole rollout as a stream and record the edits `line_edit` makes to the lines
     that contain one of `needles` (only those can change). Nothing is written here."""
@@ -3413,8 +3453,7 @@ PROJECTION_OFFSETS = {
 def read_projection_rows(db_path: Path, thread_id: Optional[str] = None) -> Dict[str, List[Tuple[str, Dict[str, Any]]]]:
     """thread id -> [(table, row)] of the offset-bearing rows of the history projection."""
     found: Dict[str, List[Tuple[str, Dict[str, Any]]]] = {}
-    conn = open_db_readonly(db_path)
-    try:
+    with readonly_db(db_path) as conn:
         for table, (keys, triples) in PROJECTION_OFFSETS.items():
             if not table_exists(conn, table):
                 continue
@@ -3426,8 +3465,6 @@ def read_projection_rows(db_path: Path, thread_id: Optional[str] = None) -> Dict
             rows = conn.execute(query + " WHERE thread_id = ?", (thread_id,)) if thread_id else conn.execute(query)
             for row in rows:
                 found.setdefault(str(row["thread_id"]).lower(), []).append((table, dict(row)))
-    finally:
-        conn.close()
     return found
 
 
@@ -3788,14 +3825,13 @@ def remap_json_folders(value: Any, old: str, new: str) -> Any:
 
 
 def plan_workspace_roots_remap(home: Path, old: str, new: str) -> Optional[FileWrite]:
-    path = home / ".codex-global-state.json"
-    if not path.is_file():
-        return None
-    raw = path.read_bytes()
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+        found = load_global_state(home)
+    except ValueError:
         return None
+    if found is None:
+        return None
+    raw, data = found
     if not isinstance(data, dict):
         return None
     changed = []
@@ -3809,7 +3845,8 @@ def plan_workspace_roots_remap(home: Path, old: str, new: str) -> Optional[FileW
         return None
     indent = 2 if b"\n " in raw else None
     text = json.dumps(data, indent=indent, separators=(",", ": ") if indent else (",", ":"), ensure_ascii=False)
-    return FileWrite(path, text.encode("utf-8") + (b"\n" if raw.endswith(b"\n") else b""), {"remapped": changed})
+    return FileWrite(home / GLOBAL_STATE_FILE, text.encode("utf-8") + (b"\n" if raw.endswith(b"\n") else b""),
+                     {"remapped": changed})
 
 
 def plan_cwd_remap(inv: Inventory, args: argparse.Namespace) -> Plan:
@@ -3934,23 +3971,22 @@ def sidebar_changes(atoms: Dict[str, Any]) -> Dict[str, Tuple[Any, Any]]:
 
 def plan_ui_state_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
     plan = Plan("repair-ui-state")
-    path = inv.home / ".codex-global-state.json"
-    if not path.is_file():
-        return plan
+    path = inv.home / GLOBAL_STATE_FILE
     try:
-        raw = read_small_file(path, MAX_STATE_BYTES)
+        found = load_global_state(inv.home, parse_float=finite_float, parse_constant=no_constant)
     except OSError as exc:
         plan.skipped.append({"path": path.name, "reason": "cannot be read (%s); it is left as it is" % short(str(exc), 100)})
         return plan
-    try:
-        data = json.loads(raw.decode("utf-8"), parse_float=finite_float, parse_constant=no_constant)
     except NonFiniteNumber as exc:
         plan.skipped.append({"path": path.name, "reason": "it holds the number %s, which JSON cannot write back "
                              "unchanged; it is left as it is" % short(str(exc), 40)})
         return plan
-    except (UnicodeDecodeError, ValueError):
+    except ValueError:
         plan.skipped.append({"path": path.name, "reason": "not JSON; Codex Desktop rewrites it on its next exit"})
         return plan
+    if found is None:
+        return plan
+    raw, data = found
     atoms = data.get("electron-persisted-atom-state") if isinstance(data, dict) else None
     if not isinstance(atoms, dict):
         return plan
@@ -3996,15 +4032,12 @@ def plan_index_rebuild(inv: Inventory, args: argparse.Namespace) -> Plan:
     missing = index_missing_name_ids(inv)
     if not stale and not missing and not inv.index["bad_lines"]:
         return plan
-    entries = read_index_entries(path) if path.is_file() else []
     latest: Dict[str, Dict[str, Any]] = {}
-    for entry in entries:
-        thread_id = entry["id"].lower()
-        if thread_id in stale:
-            continue
-        name = entry.get("thread_name")
-        if isinstance(name, str) and name.strip() or thread_id not in latest:
-            latest[thread_id] = entry  # the last non-empty name wins
+    if path.is_file():
+        with open_regular(path) as handle:
+            for entry in iter_index_lines(handle):
+                if entry is not None and entry["id"].lower() not in stale:
+                    keep_naming_entry(latest, entry)
     for thread_id in missing:
         view = inv.threads[thread_id]
         latest[thread_id] = {"id": thread_id, "thread_name": view.row["name"],
@@ -4015,21 +4048,6 @@ def plan_index_rebuild(inv: Inventory, args: argparse.Namespace) -> Plan:
         "entries_before": inv.index["entries"], "entries_after": len(ordered), "dropped_stale": len(stale),
         "dropped_bad_lines": inv.index["bad_lines"], "added_from_db_names": len(missing)}))
     return plan
-
-
-def read_index_entries(path: Path) -> List[Dict[str, Any]]:
-    entries = []
-    with open_regular(path) as handle:
-        for number, raw in enumerate(iter(lambda: handle.readline(MAX_LINE_BYTES), b"")):
-            if number == 0 and raw.startswith(UTF8_BOM):
-                raw = raw[len(UTF8_BOM):]
-            try:
-                entry = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError):
-                continue
-            if isinstance(entry, dict) and isinstance(entry.get("id"), str):
-                entries.append(entry)
-    return entries
 
 
 def plan_reindex(inv: Inventory, args: argparse.Namespace) -> Plan:
@@ -4466,8 +4484,7 @@ def import_projection(inv: Inventory, other: OtherHome, thread_id: str, edit: Ro
         other.warnings.append("this home has no thread_history_*.sqlite: imported paginated threads list, but a "
                               "0.169-era Codex shows their turns only after one `codex resume ID`")
         return []
-    conn = open_db_readonly(dest)
-    try:
+    with readonly_db(dest) as conn:
         changes = []
         for table in PROJECTION_TABLES:
             if not rows.get(table) or not table_exists(conn, table):
@@ -4485,8 +4502,6 @@ def import_projection(inv: Inventory, other: OtherHome, thread_id: str, edit: Ro
                 key = {k: values.pop(k) for k in keys}
                 changes.append(SqlChange(dest, table, key, values, thread_id=thread_id, op="insert"))
         return changes
-    finally:
-        conn.close()
 
 
 def plan_index_names(inv: Inventory, names: Dict[str, str], other: OtherHome) -> Optional[FileWrite]:
@@ -4688,12 +4703,9 @@ def repairs_touch(inv: Inventory) -> Dict[Path, Dict[str, set]]:
     history = history_db_path(inv)
     if history is not None:
         try:
-            conn = open_db_readonly(history)
-            try:
+            with readonly_db(history) as conn:
                 touched[history] = {t: set(table_columns(conn, t)) & set(KNOWN_COLUMN_TYPES[t])
                                     for t in ("thread_turns", "thread_history_projection_state")}
-            finally:
-                conn.close()
         except sqlite3.Error:
             touched[history] = {}
     return touched
@@ -4705,46 +4717,39 @@ def trigger_digest(sql: str) -> str:
 
 def shape_changes(db: Path, tables: Dict[str, set]) -> List[str]:
     """How the named tables and columns of `db` differ from the shape the checked releases made."""
-    try:
-        conn = open_db_readonly(db)
-    except sqlite3.Error as exc:
-        return ["%s cannot be read (%s)" % (db.name, short(str(exc), 80))]
     changes: List[str] = []
     try:
-        for table, columns in sorted(tables.items()):
-            known = KNOWN_COLUMN_TYPES.get(table, {})
-            live = {row[1]: str(row[2] or "").upper() for row in conn.execute("PRAGMA table_info(%s)" % table)}
-            if not live:
-                changes.append("table %s is missing" % table)
-                continue
-            for column in sorted(columns):
-                if column not in known:
-                    changes.append("%s.%s is not a column of the releases checked" % (table, column))
-                elif column not in live:
-                    changes.append("%s.%s is missing" % (table, column))
-                elif live[column] != known[column]:
-                    changes.append("%s.%s is %s, was %s" % (table, column, live[column] or "untyped", known[column]))
-            for name, sql in conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?",
-                                          (table,)):
-                if KNOWN_TRIGGERS.get(name) != trigger_digest(sql):
-                    changes.append("trigger %s on %s is %s" % (name, table, "changed" if name in KNOWN_TRIGGERS else "new"))
+        with readonly_db(db) as conn:
+            for table, columns in sorted(tables.items()):
+                known = KNOWN_COLUMN_TYPES.get(table, {})
+                live = {row[1]: str(row[2] or "").upper() for row in conn.execute("PRAGMA table_info(%s)" % table)}
+                if not live:
+                    changes.append("table %s is missing" % table)
+                    continue
+                for column in sorted(columns):
+                    if column not in known:
+                        changes.append("%s.%s is not a column of the releases checked" % (table, column))
+                    elif column not in live:
+                        changes.append("%s.%s is missing" % (table, column))
+                    elif live[column] != known[column]:
+                        changes.append("%s.%s is %s, was %s" % (table, column, live[column] or "untyped", known[column]))
+                for name, sql in conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?",
+                                              (table,)):
+                    if KNOWN_TRIGGERS.get(name) != trigger_digest(sql):
+                        changes.append("trigger %s on %s is %s" % (name, table, "changed" if name in KNOWN_TRIGGERS else "new"))
     except sqlite3.Error as exc:
+        # Also when it cannot be opened: then this is the only line.
         changes.append("%s cannot be read (%s)" % (db.name, short(str(exc), 80)))
-    finally:
-        conn.close()
     return changes
 
 
 def applied_migrations(db: StateDb) -> Dict[int, str]:
     """Version -> description of every migration recorded in the state DB."""
     try:
-        conn = open_db_readonly(db.path)
-        try:
+        with readonly_db(db.path) as conn:
             if not table_exists(conn, "_sqlx_migrations"):
                 return {}
             return {int(v): str(d) for v, d in conn.execute("SELECT version, description FROM _sqlx_migrations")}
-        finally:
-            conn.close()
     except (sqlite3.Error, ValueError, TypeError):
         return {}
 
@@ -5322,11 +5327,8 @@ def current_sha256(path: Path) -> Optional[str]:
 
 def current_db_digest(path: Path) -> Optional[str]:
     try:
-        conn = open_db_readonly(path)
-        try:
+        with readonly_db(path) as conn:
             return db_digest(conn)
-        finally:
-            conn.close()
     except sqlite3.Error:
         return None
 
@@ -6165,7 +6167,7 @@ LIST_PAGE_LIMIT = 1000
 HEAD_RECORD_LIMIT = 10
 # Lines past a rollout's head that listing still reads: the thread's later session_meta lines
 # and its provider settings (the latest thread_settings_applied names the provider, 0.169.0+).
-LISTING_LINE_MARKERS = (b'"session_meta"', b'"thread_settings_applied"')
+LISTING_LINE_MARKERS = PROVIDER_LINE_MARKERS
 
 
 class VerifyError(Exception):
@@ -6352,15 +6354,12 @@ def copy_db_to_scratch(db: Path, target: Path, scratch: ScratchHome) -> None:
     so the user's Codex meets the same damage."""
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
-        source = open_db_readonly(db)
-        try:
+        with readonly_db(db) as source:
             copy = sqlite3.connect(str(target))
             try:
                 source.backup(copy)
             finally:
                 copy.close()
-        finally:
-            source.close()
         scratch.bytes_copied += target.stat().st_size
         scratch.files_copied += 1
     except sqlite3.Error:
@@ -7240,8 +7239,7 @@ def projection_layer(inv: Inventory, view: ThreadView) -> Optional[Dict[str, Any
     if db_path is None:
         return None
     try:
-        conn = open_db_readonly(db_path)
-        try:
+        with readonly_db(db_path) as conn:
             if not table_exists(conn, "thread_turns"):
                 return None
             turns = conn.execute("SELECT count(*), min(rollout_byte_offset), max(rollout_end_byte_offset) "
@@ -7249,8 +7247,6 @@ def projection_layer(inv: Inventory, view: ThreadView) -> Optional[Dict[str, Any
             state = conn.execute("SELECT next_rollout_byte_offset FROM thread_history_projection_state "
                                  "WHERE thread_id = ?", (view.id,)).fetchone() if table_exists(
                 conn, "thread_history_projection_state") else None
-        finally:
-            conn.close()
     except sqlite3.Error as exc:
         return {"error": short(str(exc), 120)}
     size = view.primary.size if view.primary else None
@@ -7291,12 +7287,9 @@ def trace_thread(inv: Inventory, view: ThreadView, verbose: bool) -> Dict[str, A
         if db is inv.live_db or db.error:
             continue
         try:
-            conn = open_db_readonly(db.path)
-            try:
+            with readonly_db(db.path) as conn:
                 found = conn.execute("SELECT model_provider, archived, rollout_path FROM threads WHERE id = ?",
                                      (view.id,)).fetchone()
-            finally:
-                conn.close()
         except sqlite3.Error:
             found = None
         if found:
@@ -7341,11 +7334,13 @@ def trace_thread(inv: Inventory, view: ThreadView, verbose: bool) -> Dict[str, A
 
 
 def read_global_state_hints(home: Path, thread_id: str) -> Dict[str, Any]:
-    path = home / ".codex-global-state.json"
     try:
-        data = json.loads(read_small_file(path, MAX_STATE_BYTES).decode("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return {"present": path.exists(), "readable": False}
+        found = load_global_state(home)
+    except (OSError, ValueError):
+        return {"present": True, "readable": False}
+    if found is None:  # none, or a folder or FIFO in its place
+        return {"present": (home / GLOBAL_STATE_FILE).exists(), "readable": False}
+    data = found[1]
     if not isinstance(data, dict):
         return {"present": True, "readable": False}
 
