@@ -3824,9 +3824,14 @@ def remap_json_folders(value: Any, old: str, new: str) -> Any:
     return value
 
 
-def plan_workspace_roots_remap(home: Path, old: str, new: str) -> Optional[FileWrite]:
+def plan_workspace_roots_remap(home: Path, old: str, new: str, skipped: List[Dict[str, Any]]) -> Optional[FileWrite]:
     try:
-        found = load_global_state(home)
+        found = load_global_state(home, parse_float=finite_float, parse_constant=no_constant)
+    except (OSError, NonFiniteNumber) as exc:
+        # Written back, 1e999 would become `Infinity`, which is not JSON: Desktop could not read it.
+        skipped.append({"path": GLOBAL_STATE_FILE, "reason": "%s %s; its workspace roots are left as they are" % (
+            "it holds the number" if isinstance(exc, NonFiniteNumber) else "cannot be read:", short(str(exc), 100))})
+        return None
     except ValueError:
         return None
     if found is None:
@@ -3844,8 +3849,9 @@ def plan_workspace_roots_remap(home: Path, old: str, new: str) -> Optional[FileW
     if not changed:
         return None
     indent = 2 if b"\n " in raw else None
-    text = json.dumps(data, indent=indent, separators=(",", ": ") if indent else (",", ":"), ensure_ascii=False)
-    return FileWrite(home / GLOBAL_STATE_FILE, text.encode("utf-8") + (b"\n" if raw.endswith(b"\n") else b""),
+    text = json.dumps(data, indent=indent, separators=(",", ": ") if indent else (",", ":"), ensure_ascii=False,
+                      allow_nan=False)
+    return FileWrite(home / GLOBAL_STATE_FILE, json_text_bytes(text) + (b"\n" if raw.endswith(b"\n") else b""),
                      {"remapped": changed})
 
 
@@ -3888,7 +3894,7 @@ def plan_cwd_remap(inv: Inventory, args: argparse.Namespace) -> Plan:
                                       expect={"cwd": row_cwd}, thread_id=view.id))
         shown = row_cwd if row_cwd in targets else meta_cwd
         plan.notes["folders"][view.id] = "%s -> %s" % (shown, targets[shown])
-    roots = plan_workspace_roots_remap(inv.home, old, new)
+    roots = plan_workspace_roots_remap(inv.home, old, new, plan.skipped)
     if roots is not None:
         plan.file_writes.append(roots)
     plan.notes["threads"] = len(plan.notes["folders"])
