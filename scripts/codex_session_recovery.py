@@ -2898,10 +2898,6 @@ def command_prefix_argv() -> List[str]:
     return [TOOL_NAME]
 
 
-def command_prefix(args: argparse.Namespace) -> str:
-    return shell_line(command_prefix_argv())
-
-
 def _shell_quote(text: str) -> str:
     return text if re.match(r"^[\w@%+=:,./-]+$", text) else "'" + text.replace("'", "'\"'\"'") + "'"
 
@@ -2951,10 +2947,6 @@ def repair_lines(inv: Inventory, findings: List[Dict[str, Any]], view: Optional[
             argv = prefix + [repair.name] + tail
             lines.append({"repair": repair.name, "argv": argv, "command": shell_line(argv)})
     return lines
-
-
-def suggest_commands(inv: Inventory, findings: List[Dict[str, Any]], args: Optional[argparse.Namespace] = None) -> List[str]:
-    return [line["command"] for line in repair_lines(inv, findings)]
 
 
 def remap_cwd_next_args(inv: Inventory, findings: List[Dict[str, Any]], view: Optional[ThreadView]) -> List[List[str]]:

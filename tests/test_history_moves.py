@@ -16,7 +16,7 @@ from pathlib import Path, PureWindowsPath
 import pytest
 
 import codex_session_recovery as csr
-from homes import HomeBuilder, db_dump, hash_tree, write_jsonl
+from homes import HomeBuilder, hash_tree
 
 
 def run(*argv, capsys):
