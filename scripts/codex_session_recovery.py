@@ -25,10 +25,29 @@ Exit codes (every command):
   3  refused by a safety check (the message names the override, if any)
   4  apply failed (the output says whether the automatic restore worked)
 
-The file reads top to bottom: constants and errors; configuration (TOML) and discovery;
-readers for SQLite and rollouts; the inventory that joins them; pure checks that return
-findings; plans, safety, backups and the one writer; verification with the user's own Codex
-on a scratch copy; rendering; commands; the argument parser; main().
+The file reads top to bottom. After the constants, each section opens with a `# ----` banner:
+  Errors: each expected failure carries its exit code
+  TOML: config.toml's reader (the standard library's where there is one)
+  Small helpers
+  Configuration and discovery: which home, which provider, which state DB
+  Reading SQLite: read-only, columns discovered at run time
+  Reading rollouts: streamed and bounded
+  Other state: session_index.jsonl, Desktop's state, history projections
+  The inventory: everything read from one home, joined by thread id
+  Checks: pure functions from the inventory to reasons and findings
+  Summaries and suggestions
+  Plans: what a repair would change, computed without writing
+  Import: another home's conversations, read without writing a byte there
+  The table of repairs: one entry per repair
+  Compatibility: judged by what a plan touches
+  Safety: preflight refusals, each naming its override
+  Backups and restore
+  Apply: the one place that writes
+  Live writers: no line a running session appends is lost
+  Verification with the user's Codex: on a private scratch copy
+  Rendering: one JSON document under --json, short text otherwise
+  Commands
+  Argument parser: shared options before and after the subcommand; then main()
 """
 
 from __future__ import annotations
