@@ -6807,44 +6807,47 @@ NO_CODEX_MESSAGE = ("no Codex binary found (--codex-bin, `codex` on PATH, Codex 
 
 def verify_with_codex(inv: Inventory, args: argparse.Namespace, plan: Optional[Plan],
                       apply: Optional[Any] = None) -> Dict[str, Any]:
-    """The `verification` object. The home as it is is listed on one scratch copy; then either
-    `plan` on another (a dry run), or, when `apply` is given, apply() writes the real home and
-    returns its new inventory, which is listed on a scratch copy of the repaired home. Without
-    a Codex, or when verification cannot finish, the command goes on as without --verify."""
+    """The `verification` object. The home as it is is listed on one scratch copy, and the home
+    as `plan` leaves it on another. With `apply` (a function that writes the real home and
+    returns its new inventory), the plan is applied only when Codex agreed with both
+    predictions; the repaired home is then listed on a third copy. A disagreement refuses the
+    apply: nothing is written. Without a Codex, or when verification cannot finish, the command
+    goes on as without --verify."""
     binary = find_codex_binary(getattr(args, "codex_bin", None), dict(os.environ))
     if binary is None:
         if apply is not None:
             apply()
         return {"status": "no_codex", "message": NO_CODEX_MESSAGE}
     result: Dict[str, Any] = {"status": "verified", "codex_bin": str(binary.path), "codex_origin": binary.origin,
-                              "codex_version": None, "surface": "app-server (Desktop, IDE extension)"}
+                              "codex_version": None, "surface": "app-server (Desktop, IDE extension)",
+                              "refused": False}
     phase = "before"
+    listings: List[Tuple[str, Dict[str, Any]]] = []
     try:
         with ScratchHome(inv.home, "version") as scratch:
             result["codex_version"] = binary.version = codex_version(binary, scratch)
         cache: Dict[Any, List[Tuple[int, int]]] = {}
-        before = list_scratch(binary, inv, None, "before", cache)
+        listings.append(("before", list_scratch(binary, inv, None, "before", cache)))
         phase = "after"
-        after: Optional[Dict[str, Any]] = None
+        if plan is not None and plan.change_count:
+            listings.append(("after", list_scratch(binary, inv, plan, "after", cache)))
         if apply is not None:
-            repaired = apply()
-            apply = None
-            after = list_scratch(binary, repaired, None, "after", cache)
-        elif plan is not None and plan.change_count:
-            after = list_scratch(binary, inv, plan, "after", cache)
+            found, errors = compare_listings(listings)
+            if found or "after" in errors:
+                result["refused"] = True
+            else:
+                repaired = apply()
+                apply = None
+                phase = "applied"
+                listings.append(("applied", list_scratch(binary, repaired, None, "after", cache)))
     except VerifyError as exc:
-        if apply is not None:
+        if apply is not None and not result["refused"]:
             apply()
         result.update(status="failed", message="verification did not finish (%s): %s" % (phase, exc))
         return result
-    found: List[Dict[str, Any]] = []
-    errors: Dict[str, str] = {}
-    for phase, listing in (("before", before), ("after", after)):
-        if listing is not None and listing["error"]:
-            errors[phase] = listing["error"]
-        elif listing is not None:
-            found += disagreements(phase, listing["listed"], listing["predicted"])
-    final = after if after is not None else (before if plan is not None else None)
+    found, errors = compare_listings(listings)
+    before = listings[0][1]
+    final = listings[-1][1] if len(listings) > 1 else (before if plan is not None else None)
     result.update(
         listed_before=before["listed"], predicted_before=before["predicted"],
         conversations_before=before["conversations"],
@@ -6852,15 +6855,29 @@ def verify_with_codex(inv: Inventory, args: argparse.Namespace, plan: Optional[P
         conversations_after=final["conversations"] if final else None,
         # A Codex that cannot open the home now is what some repairs are for (rebuild-db);
         # one that still cannot after the plan contradicts the plan.
-        codex_errors=errors, disagreements=found, agrees=not found and "after" not in errors,
-        cost={"bytes_copied": max(before["bytes_copied"], (after or before)["bytes_copied"]),
-              "files_copied": max(before["files_copied"], (after or before)["files_copied"]),
+        codex_errors=errors, disagreements=found,
+        agrees=not found and not {"after", "applied"} & set(errors),
+        cost={"bytes_copied": max(listing["bytes_copied"] for _p, listing in listings),
+              "files_copied": max(listing["files_copied"] for _p, listing in listings),
               "home_bytes": home_bytes(inv.home)})
     if inv.config.profile:
         result["profile_note"] = ("the app-server (Desktop, IDE extension) has no --profile and lists under the "
                                   "top-level provider, which is what was checked; `codex --profile %s` (the CLI) "
                                   "lists under %s" % (inv.config.profile, inv.config.provider))
     return result
+
+
+def compare_listings(listings: List[Tuple[str, Dict[str, Any]]]) -> Tuple[List[Dict[str, Any]], Dict[str, str]]:
+    """Every disagreement of the listings taken so far, by phase, and the phases in which Codex
+    could not open the home at all."""
+    found: List[Dict[str, Any]] = []
+    errors: Dict[str, str] = {}
+    for phase, listing in listings:
+        if listing["error"]:
+            errors[phase] = listing["error"]
+        else:
+            found += disagreements(phase, listing["listed"], listing["predicted"])
+    return found, errors
 
 
 def verification_lines(verification: Optional[Dict[str, Any]], applied: bool) -> List[str]:
@@ -6872,13 +6889,14 @@ def verification_lines(verification: Optional[Dict[str, Any]], applied: bool) ->
     now = "before the apply" if applied else "now"
     then = "after the apply" if applied else "after this plan"
     errors = verification["codex_errors"]
+    after_error = errors.get("applied" if applied else "after")
     if "before" in errors:
         text = "%s cannot open this home %s (%s)" % (who, now, short(errors["before"], 160))
     else:
         text = "%s lists %d of your %d conversations %s" % (
             who, len(verification["listed_before"]), verification["conversations_before"], now)
-    if "after" in errors:
-        text += "; %s it still cannot (%s)" % (then, short(errors["after"], 160))
+    if after_error:
+        text += "; %s it still cannot (%s)" % (then, short(after_error, 160))
     elif verification["listed_after"] is not None and (verification["listed_after"] != verification["listed_before"]
                                                       or "before" not in errors):
         text += "; %s it lists %d of %d" % (then, len(verification["listed_after"]), verification["conversations_after"])
@@ -6891,14 +6909,24 @@ def verification_lines(verification: Optional[Dict[str, Any]], applied: bool) ->
         lines.append("           Codex agrees with this tool's prediction for every thread.")
     elif "after" in errors:
         lines.append("WARNING:   Codex cannot open the home as this plan leaves it; do not apply.")
+    elif "applied" in errors:
+        lines.append("WARNING:   Codex cannot open the home as the apply left it; `restore --latest --apply` puts it back.")
     else:
         lines.append("WARNING:   Codex disagrees with this tool's prediction for %s; do not apply "
                      "before this is understood:" % plural(len({d["id"] for d in verification["disagreements"]}), "thread"))
         for item in verification["disagreements"]:
             lines.append("  %s %s: predicted %s, Codex %s" % (item["phase"], item["id"], item["predicted"], item["codex"]))
+    if verification.get("refused"):
+        lines.append("REFUSED:   %s" % VERIFY_REFUSAL)
     if verification.get("profile_note"):
         lines.append("           Note: %s" % verification["profile_note"])
     return lines
+
+
+# What --apply --verify says when Codex contradicts the plan; the override is the same line
+# without --verify, which a person chooses knowingly.
+VERIFY_REFUSAL = ("the apply did not start and nothing was written, because Codex contradicts this plan "
+                  "(to apply it regardless, run the same line without --verify)")
 
 
 def _fmt_bytes(count: int) -> str:
@@ -6919,9 +6947,16 @@ def report_verification(verification: Optional[Dict[str, Any]]) -> None:
         return
     if verification["status"] != "verified":
         sys.stderr.write("verify: %s\n" % verification["message"])
-    elif "after" in verification["codex_errors"]:
+        return
+    if verification.get("refused"):
+        sys.stderr.write("refused: %s\n" % VERIFY_REFUSAL)
+    if "after" in verification["codex_errors"]:
         sys.stderr.write("warning: Codex %s cannot open the home as the plan leaves it (%s); do not apply\n" % (
             verification["codex_version"], short(verification["codex_errors"]["after"], 200)))
+    elif "applied" in verification["codex_errors"]:
+        sys.stderr.write("warning: Codex %s cannot open the home as the apply left it (%s); `restore --latest --apply` "
+                         "puts it back\n" % (verification["codex_version"],
+                                              short(verification["codex_errors"]["applied"], 200)))
     elif not verification["agrees"]:
         ids = sorted({d["id"] for d in verification["disagreements"]})
         sys.stderr.write("warning: Codex %s disagrees with this tool's prediction for %s (%s); do not apply "
@@ -6930,7 +6965,10 @@ def report_verification(verification: Optional[Dict[str, Any]]) -> None:
 
 
 def verification_exit_code(code: int, verification: Optional[Dict[str, Any]]) -> int:
-    """A disagreement is a finding: exit 1 even where the command would have said 0."""
+    """A disagreement is a finding: exit 1 even where the command would have said 0; one that
+    stopped an apply is a refusal by a safety check (3)."""
+    if verification and verification.get("refused"):
+        return EXIT_REFUSED
     if verification and verification.get("status") == "verified" and not verification["agrees"] and code == EXIT_OK:
         return EXIT_FINDINGS
     return code

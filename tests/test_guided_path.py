@@ -14,6 +14,8 @@ the dry run it is, then with `--apply --expect-plan <id>`; at most 3 rounds. The
 
 Each release's base homes are built once per module (at the path they are used at: the state
 DB and the history projection hold absolute paths) and copied back for every scenario.
+Releases: 0.171.0, 0.169.0, 0.130.0 and 0.120.0 for every scenario that applies to them, and
+0.100.0 (no state DB, rollouts only) for those its built-in provider allows offline.
 """
 
 import hashlib
@@ -36,6 +38,11 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "codex_session_recovery.py"
 CUSTOM = harness.CUSTOM_PROVIDER
 MAX_ROUNDS = 3
+# CODEX-COMPAT: 0.100.0's built-in openai provider ignores `openai_base_url` (its turns went to
+# api.openai.com, measured) and it keeps no state DB: there the scenarios start under one custom
+# provider and switch to another.
+ROLLOUT_ONLY_RELEASE = "0.100.0"
+OTHER_CUSTOM = "standin-b"
 LABELS = ("alpha", "beta", "gamma", "delta")
 TURNS = 2
 
@@ -245,14 +252,24 @@ def rollout_of(home: Path, thread_id: str) -> Path:
                 for p in (home / folder).rglob("rollout-*%s.jsonl" % thread_id))
 
 
+def first_provider(version: str) -> str:
+    """The provider a scenario's threads are made under."""
+    return CUSTOM if version == ROLLOUT_ONLY_RELEASE else "openai"
+
+
+def second_provider(version: str) -> str:
+    """The provider a scenario switches to."""
+    return OTHER_CUSTOM if version == ROLLOUT_ONLY_RELEASE else CUSTOM
+
+
 def switch(home: Path, provider: str, standin) -> None:
     harness.write_config(home, provider, standin.base_url)
 
 
 def scenario_switch_to_custom(bases, version, standin):
-    base = bases(version, "openai")
+    base = bases(version, first_provider(version))
     home = base.live / "home"
-    switch(home, CUSTOM, standin)
+    switch(home, second_provider(version), standin)
     return base, home, base.ids["interactive"], {}
 
 
@@ -274,7 +291,7 @@ def move_home(base: Base, user: str) -> Path:
 
 
 def scenario_moved_home(bases, version, standin):
-    base = bases(version, "openai")
+    base = bases(version, first_provider(version))
     return base, move_home(base, "bob"), base.ids["interactive"], {}
 
 
@@ -282,7 +299,7 @@ def scenario_deleted(bases, version, standin):
     """One rollout removed by hand (its row and index entry stay), one thread deleted through
     Codex's thread/delete where the release has it (row, rollout and index entry go), then a
     provider switch."""
-    base = bases(version, "openai")
+    base = bases(version, first_provider(version))
     home = base.live / "home"
     by_hand, through_codex = base.ids["interactive"][:2]
     rollout_of(home, by_hand).unlink()
@@ -291,16 +308,16 @@ def scenario_deleted(bases, version, standin):
             server.request("thread/delete", {"threadId": through_codex})
         except harness.JsonRpcError:
             rollout_of(home, through_codex).unlink()  # CODEX-COMPAT: no thread/delete before 0.169.0
-    switch(home, CUSTOM, standin)
+    switch(home, second_provider(version), standin)
     return base, home, base.ids["interactive"][2:], {}
 
 
 def scenario_mix(bases, version, standin):
     """A home moved to another user, its provider switched, and one rollout deleted by hand."""
-    base = bases(version, "openai")
+    base = bases(version, first_provider(version))
     home = move_home(base, "carol")
     rollout_of(home, base.ids["interactive"][0]).unlink()
-    switch(home, CUSTOM, standin)
+    switch(home, second_provider(version), standin)
     return base, home, base.ids["interactive"][1:], {}
 
 
@@ -351,12 +368,12 @@ def scenario_upgrade(bases, version, standin):
 
 def scenario_torn_tail(bases, version, standin):
     """A crash cut the last line of one hidden thread's rollout mid-object."""
-    base = bases(version, "openai")
+    base = bases(version, first_provider(version))
     home = base.live / "home"
     path = rollout_of(home, base.ids["interactive"][0])
     data = path.read_bytes()
     path.write_bytes(data[:len(data) - 40])
-    switch(home, CUSTOM, standin)
+    switch(home, second_provider(version), standin)
     return base, home, base.ids["interactive"], {"torn": True}
 
 
@@ -364,12 +381,12 @@ def scenario_copied_in(bases, version, standin):
     """Rollouts copied into sessions/ from another machine's home (no rows here).
     CODEX-COMPAT: 0.169.0 and 0.171.0 list them but read no turns until one resume; the tool
     states that manual step, and the guided path does it."""
-    other = bases(version, CUSTOM)
+    other = bases(version, second_provider(version))
     keep = other.live.parent / "other-machine"
     shutil.rmtree(str(keep), ignore_errors=True)
     shutil.copytree(str(other.live / "home" / "sessions"), str(keep), symlinks=True)
     copied = other.ids["interactive"]
-    base = bases(version, "openai")
+    base = bases(version, first_provider(version))
     home = base.live / "home"
     for thread_id in copied:
         source = next(keep.rglob("rollout-*%s.jsonl" % thread_id))
@@ -399,6 +416,8 @@ RELEASES = tuple(harness.RELEASES)
 CASES = [(name, version) for name in ("switch-to-custom", "switch-to-openai", "moved-home", "deleted-rollouts",
                                       "mix", "torn-tail", "copied-in")
          for version in RELEASES]
+CASES += [(name, ROLLOUT_ONLY_RELEASE) for name in ("switch-to-custom", "moved-home", "deleted-rollouts", "mix",
+                                                   "torn-tail", "copied-in")]
 CASES += [("legacy-profile", "0.130.0"), ("legacy-profile", "0.120.0")]
 CASES += [("profile-file", v) for v in RELEASES if v >= "0.169.0"]
 CASES += [("upgrade-from-0.130.0", v) for v in RELEASES if v >= "0.169.0"]

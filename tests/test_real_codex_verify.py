@@ -220,7 +220,8 @@ def test_interrupted_verify_removes_the_scratch_and_stops_codex(real_home, tmp_p
 def test_a_wrong_prediction_is_caught_and_exits_1(real_home, monkeypatch):
     """Codex 0.169.0 with a test double of the prediction that says every thread is listed:
     the real Codex disagrees, the command says so (per-thread verdicts, a warning on stderr)
-    and exits 1 — also for diagnose on a clean home, which exits 0 without --verify."""
+    and exits 1 — also for diagnose on a clean home, which exits 0 without --verify; with
+    --apply the contradicted plan is refused before a byte is written (exit 3)."""
     home = real_home("0.169.0", "openai")
     code, doc, check, err = verify(home, "0.169.0", "diagnose")
     assert code == csr.EXIT_OK and check["agrees"]
@@ -246,6 +247,18 @@ def test_a_wrong_prediction_is_caught_and_exits_1(real_home, monkeypatch):
     out = subprocess.run([sys.executable, str(SCRIPT), "--codex-home", str(home.home), "diagnose"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == csr.EXIT_FINDINGS  # the switched home has findings of its own
+
+    # --apply --verify asks before it writes: the contradicted plan is refused (exit 3), and
+    # not a byte of the home is written, not even a backup folder.
+    before = snapshot(home.home)
+    code, doc, check, err = verify(home, "0.169.0", "repair-provider", "--from", "openai", "--apply")
+    assert (code, doc["exit_code"], doc["applied"]) == (csr.EXIT_REFUSED, csr.EXIT_REFUSED, False), (doc, err)
+    assert check["refused"] is True and check["agrees"] is False
+    assert {(d["phase"], d["id"]) for d in check["disagreements"]} == phases
+    assert changed_files(before, snapshot(home.home)) == []
+    assert not (home.home / csr.BACKUP_DIR_NAME).exists()
+    assert "refused: the apply did not start and nothing was written" in err
+    assert home.listed() == []
 
 
 def test_verify_text_output_names_codex_and_counts(real_home):
