@@ -1335,21 +1335,24 @@ def iter_rollout_files(home: Path, temps: Optional[List[Path]] = None,
 
 def iter_rollout_entries(home: Path, temps: Optional[List[Path]] = None,
                          errors: Optional[List[str]] = None,
-                         tops: Sequence[str] = ("sessions", "archived_sessions")) -> Iterator[Tuple[str, bool]]:
+                         tops: Sequence[str] = ("sessions", "archived_sessions"),
+                         links: Optional[Dict[str, str]] = None) -> Iterator[Tuple[str, bool]]:
     """(path, is a regular file) of every rollout under sessions/ and archived_sessions/, in
     sorted order. Symlinked folders are read (a synced tree may be linked in); writes through
     them are refused later, in preflight. One os.scandir per folder: the entry's type comes with
-    the listing, so a FIFO or device named like a rollout is known without opening it."""
+    the listing, so a FIFO or device named like a rollout is known without opening it. A
+    rollout that is a symbolic link, or lies in a linked folder below sessions/ (or
+    archived_sessions/) itself, goes into `links`, mapped to that link."""
     for top in tops:
         root = os.path.join(str(home), top)
         if not os.path.isdir(root):
             continue
         seen: set = set()
-        yield from _walk_rollouts(root, seen, temps, errors)
+        yield from _walk_rollouts(root, seen, temps, errors, links)
 
 
-def _walk_rollouts(folder: str, seen: set, temps: Optional[List[Path]],
-                   errors: Optional[List[str]]) -> Iterator[Tuple[str, bool]]:
+def _walk_rollouts(folder: str, seen: set, temps: Optional[List[Path]], errors: Optional[List[str]],
+                   links: Optional[Dict[str, str]] = None, via: Optional[str] = None) -> Iterator[Tuple[str, bool]]:
     real = os.path.realpath(folder)
     if real in seen:  # a link loop, or two links to one folder
         return
@@ -1365,13 +1368,15 @@ def _walk_rollouts(folder: str, seen: set, temps: Optional[List[Path]],
     for entry in entries:
         name = entry.name
         if _entry_is_dir(entry):
-            folders.append(entry.path)
+            folders.append((entry.path, via or (entry.path if entry.is_symlink() else None)))
         elif name.startswith("rollout-") and (name.endswith(".jsonl") or name.endswith(".jsonl.zst")):
+            if links is not None and (via or entry.is_symlink()):
+                links[entry.path] = via or entry.path
             yield entry.path, _entry_is_file(entry)
         elif temps is not None and TEMP_MARKER in name:
             temps.append(Path(entry.path))
-    for sub in folders:  # os.walk's order: a folder's files, then its subfolders, sorted
-        yield from _walk_rollouts(sub, seen, temps, errors)
+    for sub, sub_via in folders:  # os.walk's order: a folder's files, then its subfolders, sorted
+        yield from _walk_rollouts(sub, seen, temps, errors, links, sub_via)
 
 
 def _entry_is_file(entry: Any) -> bool:
@@ -2125,10 +2130,13 @@ class Inventory:
             self.db_error = self.live_db.error
         self.temp_files: List[Path] = [home / n for n in sorted(os.listdir(str(home))) if TEMP_MARKER in n]
         self.unreadable_folders: List[str] = []
+        # rollout -> the symbolic link it is, or is reached through (Codex's file listing skips them)
+        self.linked_rollouts: Dict[str, str] = {}
         # A rollout's path string is the one its row already holds, when they are spelled alike.
         paths = {p: p for p in (r.get("rollout_path") for r in self.rows.values()) if isinstance(p, str)}
         self.rollouts = [scan_rollout(paths.get(path, path), home, deep, is_file, keep_text) for path, is_file in
-                         progress(iter_rollout_entries(home, self.temp_files, self.unreadable_folders),
+                         progress(iter_rollout_entries(home, self.temp_files, self.unreadable_folders,
+                                                       links=self.linked_rollouts),
                                   "reading rollouts")]
         del paths
         self.index = read_session_index(home)
@@ -2278,6 +2286,9 @@ REASONS: Dict[str, Tuple[str, str]] = {
     "rollout_not_indexable": ("warning", "a file named like a rollout that cannot become a DB row: no readable "
                                          "session_meta (not JSON, a FIFO, a device), or a link leading out of the home"),
     "archive_flag_mismatch": ("warning", "the DB archived flag disagrees with where the file lives"),
+    "rollout_is_link": ("warning", "the rollout is a symbolic link, or lies in a linked folder under sessions/: Codex's "
+                                   "file listing skips links, so the thread is left out of the default list (0.130.0 "
+                                   "and newer; 0.120.0 lists it once it has a DB row) although it opens by id"),
     "source_filtered": ("info", "non-interactive source (exec, mcp, subagent…): hidden from default lists by design"),
     "archived": ("info", "archived: shown only in the Archived view"),
     "no_user_content": ("info", "no user message anywhere: Codex lists only threads with one"),
@@ -2403,6 +2414,21 @@ def beyond_scan_hides(release: Tuple[int, ...]) -> bool:
     return not release or release >= (0, 130, 0)
 
 
+def linked_rollout_hides(release: Tuple[int, ...], has_row: bool) -> bool:
+    # CODEX-COMPAT: measured (tests/test_real_codex_odd_files.py): a rollout in sessions/ that is
+    # a symbolic link, to a file inside the home or outside it, or that lies in a linked day or
+    # month folder, is left out of the default thread/list by 0.130.0, 0.169.0 and 0.171.0 with
+    # or without a DB row; 0.120.0 leaves it out until it has a row, then lists it. Every release
+    # opens it by id. A linked sessions/ folder itself is followed by every release.
+    return not has_row or not release or release >= (0, 130, 0)
+
+
+LINKED_ROLLOUT_STEP = ("replace the link by the file it points to, keeping the name (`cp --remove-destination "
+                       "\"$(readlink -f LINK)\" LINK`), then diagnose again")
+LINKED_FOLDER_STEP = ("replace the linked folder by a copy of the folder it points to, keeping the name "
+                      "(`cp -R \"$(readlink -f LINK)\" LINK.copy && rm LINK && mv LINK.copy LINK`), then diagnose again")
+
+
 def check_thread(view: ThreadView, inv: Inventory) -> None:
     active = inv.config.provider
     row = view.row
@@ -2471,14 +2497,20 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
     elif inv.has_db and view.files:
         blocker = index_blocker(view.files[0], inv.home)
         if blocker:
-            # Codex lists a file-only thread from its session_meta; without one it lists nothing
-            # (a FIFO named like a rollout was seen hidden by the real Codex; no real-Codex test here
-            # covers it yet), and reindex must not invent a row for it.
-            add_reason(view, "rollout_not_indexable", blocker != "links_outside_home", file=view.files[0].rel,
+            # Codex lists a file-only thread from its session_meta; without one it lists nothing,
+            # and a link leading out of the home it does not list either (measured 0.120.0-0.171.0,
+            # tests/test_real_codex_odd_files.py); reindex must not invent a row for any of them.
+            add_reason(view, "rollout_not_indexable", True, file=view.files[0].rel,
                        why=blocker, manual_step="nothing to repair automatically: move the file out of "
                        "sessions/ if it is not a conversation, or put the real rollout in its place")
         else:
             add_reason(view, "no_db_row", False, file=view.files[0].rel)
+    link = inv.linked_rollouts.get(view.primary.file) if view.primary is not None else None
+    if link and not any(r.code == "rollout_not_indexable" for r in view.reasons):
+        add_reason(view, "rollout_is_link", linked_rollout_hides(inv.release, row is not None),
+                   file=view.primary.rel, link=display_path(link, inv.home),
+                   manual_step=(LINKED_ROLLOUT_STEP if link == view.primary.file else LINKED_FOLDER_STEP).replace(
+                       "LINK", _shell_quote(os.path.abspath(link))))
 
 
 def index_blocker(info: "RolloutInfo", home: Path) -> Optional[str]:
@@ -3720,7 +3752,17 @@ def provider_repair_lasting_blocker(view: ThreadView) -> Optional[str]:
         return "its session_meta line cannot be read; it is left as it is"
     if len(view.files) > 1:
         return "thread id carried by %d rollout files; resolve the duplicate first" % len(view.files)
+    if rollout_is_a_link(view):
+        # Writes never go through a link; replacing the link is the user's choice (its manual step).
+        return "its rollout is a symbolic link (rollout_is_link): replace it by the file it points to first"
     return None
+
+
+def rollout_is_a_link(view: ThreadView) -> bool:
+    """Whether check_thread found the thread's rollout to be a symbolic link."""
+    return any(r["code"] == "rollout_is_link" or (r["code"] == "rollout_not_indexable" and
+                                                 r["evidence"].get("why") == "links_outside_home")
+               for r in view.reasons)
 
 
 CWD_LINE_MARKERS = (b'"session_meta"', b'"turn_context"', b'"thread_settings_applied"')
@@ -6537,11 +6579,25 @@ def build_scratch_home(inv: Inventory, scratch: ScratchHome, plan: Optional[Plan
         if info.compressed and info.path.is_file():
             copy_file_to_scratch(info.path, scratch.path_for(info.path, inv.home), scratch)
         elif info.path.is_file() and "unreadable" not in info.problems:
-            copy_rollout_head(info, scratch.path_for(info.path, inv.home), edits.get(info.path), scratch, cache)
+            copy_rollout_head_as_kept(info, scratch.path_for(info.path, inv.home), edits.get(info.path),
+                                      scratch, cache, info.file in inv.linked_rollouts)
     for target, edit in copies.items():
         copy_rollout_head(scan_rollout(edit.path, edit.path.parent), scratch.path_for(target, inv.home), edit, scratch)
     if plan is not None:
         apply_plan_to_scratch(plan, mapper, db_targets)
+
+
+def copy_rollout_head_as_kept(info: RolloutInfo, target: Path, edit: Optional[RolloutEdit], scratch: ScratchHome,
+                              cache: Dict[Any, List[Tuple[int, int]]], linked: bool) -> None:
+    """A rollout that is a symbolic link stays one on the copy (Codex's file listing skips
+    links), unless the plan edits it: the apply engine replaces the link by the edited file."""
+    if not linked or edit is not None:
+        copy_rollout_head(info, target, edit, scratch, cache)
+        return
+    kept = scratch.root / "linked-rollouts" / os.path.relpath(str(target), str(scratch.home))
+    copy_rollout_head(info, kept, None, scratch, cache)
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.symlink(str(kept), str(target))
 
 
 def apply_plan_to_scratch(plan: Plan, mapper: PathMapper, db_targets: Dict[Path, Path]) -> None:
@@ -7239,6 +7295,8 @@ REASON_FIXES: Dict[str, str] = {
     "rollout_path_stale": "no repair reaches it: {why}",
     "no_db_row": "no repair reaches it: {why}",
     "rollout_not_indexable": "nothing to repair: move the file out of sessions/ if it is not a conversation",
+    "rollout_is_link": "the thread's evidence `manual_step`: replace the link (the rollout, or the linked folder it "
+                       "lies in) by what it points to, keeping the name, then diagnose again",
     "archive_flag_mismatch": "no repair reaches it: {why}",
     "source_filtered": "by design: see it with `codex resume --all --include-non-interactive`, or resume it by id",
     "archived": "by design: open Codex's Archived view, or unarchive it there",

@@ -693,18 +693,19 @@ def test_rollout_path_is_an_empty_string(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_symlinked_rollout_pointing_outside_refuses_without_force(tmp_path):
+def test_symlinked_rollout_pointing_outside_is_never_written_through(tmp_path):
+    """The linked thread is skipped (named, with its reason), never written through: the link
+    and its target keep every byte, while the healthy thread is repaired. (Before, one link
+    refused the whole apply, and the guided path could not go on.)"""
     scene = switched(tmp_path)
     bad = victim(scene)
     outside = tmp_path / "synced" / bad.path.name
     outside.parent.mkdir()
     os.replace(str(bad.path), str(outside))
     os.symlink(str(outside), str(bad.path))
-    before = home_files(scene.root)
-    results = exercise(scene, [outside, bad.path], scene.provider_repair(), apply_exit=[csr.EXIT_REFUSED])
-    assert "symlink" in results["apply"].err and "no override" in results["apply"].err
-    assert home_files(scene.root) == before  # a refusal writes nothing at all
-    assert not list((scene.root / csr.BACKUP_DIR_NAME).glob("*-repair-provider"))
+    results = exercise(scene, [outside, bad.path], scene.provider_repair(), skipped=bad.id, healthy_repaired=True)
+    assert "symbolic link" in next(s["reason"] for s in results["apply"].doc["skipped"] if s["thread_id"] == bad.id)
+    assert os.path.islink(str(bad.path)) and os.readlink(str(bad.path)) == str(outside)
 
 
 def test_symlinked_home_with_paths_stored_through_the_link(tmp_path):

@@ -157,26 +157,40 @@ def test_refuses_when_what_the_plan_touches_changed_shape(tmp_path, capsys, chan
     assert apply_provider(home, "--force") == csr.EXIT_OK
 
 
-def test_refuses_a_rollout_reached_through_a_symlink(switched, tmp_path, capsys):
+def test_never_writes_a_rollout_reached_through_a_symlink(switched, tmp_path, capsys):
+    """The planner skips a linked rollout (rollout_is_link names the manual step), and the
+    apply engine's own guard still refuses a plan that names one, with no override."""
     home, threads = switched
     outside = tmp_path / "elsewhere.jsonl"
     os.replace(threads[0].path, outside)
     os.symlink(outside, threads[0].path)
     before = outside.read_bytes()
-    assert apply_provider(home, "--force") == csr.EXIT_REFUSED
-    err = capsys.readouterr().err
-    assert "symlink" in err and "This check has no override" in err
-    assert outside.read_bytes() == before
+    assert apply_provider(home, "--force") == csr.EXIT_OK
+    assert "skipped  %s: its rollout is a symbolic link" % threads[0].id in capsys.readouterr().out
+    assert outside.read_bytes() == before and os.path.islink(threads[0].path)
+    with pytest.raises(csr.RefusedError, match="through a symlink.*This check has no override"):
+        csr.check_inside_home(Path(threads[0].path), Path(home.root).resolve())
 
 
-def test_refuses_a_symlinked_folder_inside_the_home(tmp_path, capsys):
+def test_never_writes_through_a_symlinked_folder_inside_the_home(tmp_path, capsys):
+    """A rollout in a linked day folder is skipped (rollout_is_link, with the folder's manual
+    step), never written through; the apply engine's guard refuses a plan that names it."""
     home = HomeBuilder(tmp_path / "home").provider_config("proxy")
     thread = home.thread(provider="openai")
     real = tmp_path / "real-day"
     os.replace(thread.path.parent, real)
     os.symlink(real, thread.path.parent)
-    assert apply_provider(home) == csr.EXIT_REFUSED
-    assert "symlink" in capsys.readouterr().err
+    before = (real / thread.path.name).read_bytes()
+    assert apply_provider(home) == csr.EXIT_OK
+    assert "skipped  %s: its rollout is a symbolic link" % thread.id in capsys.readouterr().out
+    assert (real / thread.path.name).read_bytes() == before
+    assert csr.main(["diagnose", "--codex-home", str(home.root), "--json"]) == csr.EXIT_FINDINGS
+    doc = json.loads(capsys.readouterr().out)
+    entry = next(t for t in doc["threads"] if t["id"] == thread.id)
+    step = entry["evidence"]["rollout_is_link"]["manual_step"]
+    assert step.startswith("replace the linked folder") and str(thread.path.parent) in step, step
+    with pytest.raises(csr.RefusedError, match="through a symlink"):
+        csr.check_inside_home(Path(thread.path), Path(home.root).resolve())
 
 
 def test_symlinked_home_itself_is_allowed(switched, tmp_path, capsys):
