@@ -2423,10 +2423,13 @@ def linked_rollout_hides(release: Tuple[int, ...], has_row: bool) -> bool:
     return not has_row or not release or release >= (0, 130, 0)
 
 
-LINKED_ROLLOUT_STEP = ("replace the link by the file it points to, keeping the name (`cp --remove-destination "
-                       "\"$(readlink -f LINK)\" LINK`), then diagnose again")
+# The manual steps' commands use only POSIX cp/mv/rm options (macOS has no GNU cp): `cp -p`
+# follows a linked source file, `cp -pRH` a linked source folder named on the command line,
+# and `mv` replaces the link itself, never what it points to.
+LINKED_ROLLOUT_STEP = ("replace the link by the file it points to, keeping the name (`cp -p LINK LINK.copy && "
+                       "mv LINK.copy LINK`), then diagnose again")
 LINKED_FOLDER_STEP = ("replace the linked folder by a copy of the folder it points to, keeping the name "
-                      "(`cp -R \"$(readlink -f LINK)\" LINK.copy && rm LINK && mv LINK.copy LINK`), then diagnose again")
+                      "(`cp -pRH LINK LINK.copy && rm LINK && mv LINK.copy LINK`), then diagnose again")
 
 
 def check_thread(view: ThreadView, inv: Inventory) -> None:
