@@ -25,10 +25,29 @@ Exit codes (every command):
   3  refused by a safety check (the message names the override, if any)
   4  apply failed (the output says whether the automatic restore worked)
 
-The file reads top to bottom: constants and errors; configuration (TOML) and discovery;
-readers for SQLite and rollouts; the inventory that joins them; pure checks that return
-findings; plans, safety, backups and the one writer; verification with the user's own Codex
-on a scratch copy; rendering; commands; the argument parser; main().
+The file reads top to bottom. After the constants, each section opens with a `# ----` banner:
+  Errors: each expected failure carries its exit code
+  TOML: config.toml's reader (the standard library's where there is one)
+  Small helpers
+  Configuration and discovery: which home, which provider, which state DB
+  Reading SQLite: read-only, columns discovered at run time
+  Reading rollouts: streamed and bounded
+  Other state: session_index.jsonl, Desktop's state, history projections
+  The inventory: everything read from one home, joined by thread id
+  Checks: pure functions from the inventory to reasons and findings
+  Summaries and suggestions
+  Plans: what a repair would change, computed without writing
+  Import: another home's conversations, read without writing a byte there
+  The table of repairs: one entry per repair
+  Compatibility: judged by what a plan touches
+  Safety: preflight refusals, each naming its override
+  Backups and restore
+  Apply: the one place that writes
+  Live writers: no line a running session appends is lost
+  Verification with the user's Codex: on a private scratch copy
+  Rendering: one JSON document under --json, short text otherwise
+  Commands
+  Argument parser: shared options before and after the subcommand; then main()
 """
 
 from __future__ import annotations
@@ -1012,6 +1031,17 @@ def open_db_readonly(path: Path) -> sqlite3.Connection:
     return conn
 
 
+@contextlib.contextmanager
+def readonly_db(path: Path) -> Iterator[sqlite3.Connection]:
+    """open_db_readonly for a `with` block: the connection is closed however the block ends
+    (sqlite3's own `with` only commits)."""
+    conn = open_db_readonly(path)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
 JOURNAL_MAGIC = b"\xd9\xd5\x05\xf9\x20\xa1\x63\xd7"
 
 
@@ -1133,8 +1163,7 @@ KNOWN_TRIGGERS = {
 def probe_state_db(db: StateDb) -> None:
     """Fill in schema facts; a DB that cannot be read gets `error` set, never an exception."""
     try:
-        conn = open_db_readonly(db.path)
-        try:
+        with readonly_db(db.path) as conn:
             db.schema_version = schema_version(conn)
             db.column_info = [tuple(r) for r in conn.execute("PRAGMA table_info(threads)")]
             db.columns = [c[1] for c in db.column_info]
@@ -1143,8 +1172,6 @@ def probe_state_db(db: StateDb) -> None:
             db.checksum_drift = migration_checksum_drift(conn)
             check = conn.execute("PRAGMA quick_check(1)").fetchone()
             db.integrity = check[0] if check else None
-        finally:
-            conn.close()
     except sqlite3.Error as exc:
         db.error = str(exc)
 
@@ -1266,14 +1293,11 @@ def _text(value: bytes) -> str:
 
 def read_backfill_state(db: StateDb) -> Optional[Dict[str, Any]]:
     try:
-        conn = open_db_readonly(db.path)
-        try:
+        with readonly_db(db.path) as conn:
             if not table_exists(conn, "backfill_state"):
                 return None
             row = conn.execute("SELECT * FROM backfill_state WHERE id = 1").fetchone()
             return dict(row) if row else None
-        finally:
-            conn.close()
     except sqlite3.Error:
         return None
 
@@ -1363,12 +1387,13 @@ def iter_rollout_files(home: Path, temps: Optional[List[Path]] = None,
 def iter_rollout_entries(home: Path, temps: Optional[List[Path]] = None,
                          errors: Optional[List[str]] = None,
                          tops: Sequence[str] = ("sessions", "archived_sessions"),
-                         links: Optional[set] = None) -> Iterator[Tuple[str, bool]]:
+                         links: Optional[Dict[str, str]] = None) -> Iterator[Tuple[str, bool]]:
     """(path, is a regular file) of every rollout under sessions/ and archived_sessions/, in
     sorted order. Symlinked folders are read (a synced tree may be linked in); writes through
     them are refused later, in preflight. One os.scandir per folder: the entry's type comes with
-    the listing, so a FIFO or device named like a rollout is known without opening it, and a
-    rollout that is itself a symbolic link goes into `links`."""
+    the listing, so a FIFO or device named like a rollout is known without opening it. A
+    rollout that is a symbolic link, or lies in a linked folder below sessions/ (or
+    archived_sessions/) itself, goes into `links`, mapped to that link."""
     for top in tops:
         root = os.path.join(str(home), top)
         if not os.path.isdir(root):
@@ -1377,8 +1402,8 @@ def iter_rollout_entries(home: Path, temps: Optional[List[Path]] = None,
         yield from _walk_rollouts(root, seen, temps, errors, links)
 
 
-def _walk_rollouts(folder: str, seen: set, temps: Optional[List[Path]],
-                   errors: Optional[List[str]], links: Optional[set] = None) -> Iterator[Tuple[str, bool]]:
+def _walk_rollouts(folder: str, seen: set, temps: Optional[List[Path]], errors: Optional[List[str]],
+                   links: Optional[Dict[str, str]] = None, via: Optional[str] = None) -> Iterator[Tuple[str, bool]]:
     real = os.path.realpath(folder)
     if real in seen:  # a link loop, or two links to one folder
         return
@@ -1394,15 +1419,15 @@ def _walk_rollouts(folder: str, seen: set, temps: Optional[List[Path]],
     for entry in entries:
         name = entry.name
         if _entry_is_dir(entry):
-            folders.append(entry.path)
+            folders.append((entry.path, via or (entry.path if entry.is_symlink() else None)))
         elif name.startswith("rollout-") and (name.endswith(".jsonl") or name.endswith(".jsonl.zst")):
-            if links is not None and entry.is_symlink():
-                links.add(entry.path)
+            if links is not None and (via or entry.is_symlink()):
+                links[entry.path] = via or entry.path
             yield entry.path, _entry_is_file(entry)
         elif temps is not None and TEMP_MARKER in name:
             temps.append(Path(entry.path))
-    for sub in folders:  # os.walk's order: a folder's files, then its subfolders, sorted
-        yield from _walk_rollouts(sub, seen, temps, errors, links)
+    for sub, sub_via in folders:  # os.walk's order: a folder's files, then its subfolders, sorted
+        yield from _walk_rollouts(sub, seen, temps, errors, links, sub_via)
 
 
 def _entry_is_file(entry: Any) -> bool:
@@ -1913,7 +1938,7 @@ def read_session_index(home: Path) -> Dict[str, Any]:
     result: Dict[str, Any] = {"present": path.is_file(), "entries": 0, "bad_lines": 0, "names": {}}
     if not result["present"]:
         return result
-    names: Dict[str, str] = {}
+    latest: Dict[str, Dict[str, Any]] = {}
     try:
         handle = open_regular(path)
     except OSError as exc:
@@ -1921,33 +1946,51 @@ def read_session_index(home: Path) -> Dict[str, Any]:
         result["error"] = exc.strerror or str(exc)
         return result
     with handle:
-        first = True
-        while True:
-            raw, oversized = read_line_bounded(handle)
-            if not raw and not oversized:
-                break
-            if first and raw.startswith(UTF8_BOM):
-                raw = raw[len(UTF8_BOM):]  # an editor's byte-order mark: the line is still an entry
-            first = False
-            if oversized or not raw.strip():
-                result["bad_lines"] += int(oversized)
-                continue
-            try:
-                entry = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError):
-                result["bad_lines"] += 1
-                continue
-            if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+        for entry in iter_index_lines(handle):
+            if entry is None:
                 result["bad_lines"] += 1
                 continue
             result["entries"] += 1
-            name = entry.get("thread_name")
-            if isinstance(name, str) and name.strip():
-                names[entry["id"].lower()] = name  # the last non-empty name wins
-            else:
-                names.setdefault(entry["id"].lower(), "")
-    result["names"] = names
+            keep_naming_entry(latest, entry)
+    result["names"] = {thread_id: index_entry_name(entry) for thread_id, entry in latest.items()}
     return result
+
+
+def iter_index_lines(handle: Any) -> Iterator[Optional[Dict[str, Any]]]:
+    """Each non-blank line of an open session_index.jsonl: its entry (a JSON object with a
+    string `id`), or None for a line that is not one (too long, not UTF-8 JSON, no id)."""
+    first = True
+    while True:
+        raw, oversized = read_line_bounded(handle)
+        if not raw and not oversized:
+            return
+        if first and raw.startswith(UTF8_BOM):
+            raw = raw[len(UTF8_BOM):]  # an editor's byte-order mark: the line is still an entry
+        first = False
+        if oversized:
+            yield None
+            continue
+        if not raw.strip():
+            continue
+        try:
+            entry = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            yield None
+            continue
+        yield entry if isinstance(entry, dict) and isinstance(entry.get("id"), str) else None
+
+
+def index_entry_name(entry: Dict[str, Any]) -> str:
+    name = entry.get("thread_name")
+    return name if isinstance(name, str) and name.strip() else ""
+
+
+def keep_naming_entry(latest: Dict[str, Dict[str, Any]], entry: Dict[str, Any]) -> None:
+    """Keep, per thread id, the entry that names it: the last non-empty name wins; a thread
+    that never has one keeps its first entry."""
+    thread_id = entry["id"].lower()
+    if index_entry_name(entry) or thread_id not in latest:
+        latest[thread_id] = entry
 
 
 SIDEBAR_KEYS = (
@@ -1960,16 +2003,31 @@ WORKSPACE_KEYS = (
 )
 
 
+GLOBAL_STATE_FILE = ".codex-global-state.json"
+
+
+def load_global_state(home: Path, **json_options: Any) -> Optional[Tuple[bytes, Any]]:
+    """The one reader of Desktop's .codex-global-state.json: its bytes and their JSON value (read
+    bounded; json_options go to json.loads), or None when there is no such file. Raises OSError
+    when it cannot be read, ValueError when it is not UTF-8 JSON."""
+    path = home / GLOBAL_STATE_FILE
+    if not path.is_file():
+        return None
+    raw = read_small_file(path, MAX_STATE_BYTES)
+    return raw, json.loads(raw.decode("utf-8"), **json_options)
+
+
 def read_global_state(home: Path) -> Dict[str, Any]:
-    path = home / ".codex-global-state.json"
-    result: Dict[str, Any] = {"present": path.is_file(), "error": None, "sidebar": {}, "workspace": {}}
-    if not result["present"]:
-        return result
+    result: Dict[str, Any] = {"present": True, "error": None, "sidebar": {}, "workspace": {}}
     try:
-        data = json.loads(read_small_file(path, MAX_STATE_BYTES).decode("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        found = load_global_state(home)
+    except (OSError, ValueError) as exc:
         result["error"] = short(str(exc), 120)
         return result
+    if found is None:
+        result["present"] = False
+        return result
+    data = found[1]
     if not isinstance(data, dict):
         result["error"] = "not a JSON object"
         return result
@@ -1996,13 +2054,10 @@ def _summarise_value(value: Any) -> Any:
 
 def read_projected_ids(path: Path) -> Optional[set]:
     try:
-        conn = open_db_readonly(path)
-        try:
+        with readonly_db(path) as conn:
             if not table_exists(conn, "thread_history_projection_state"):
                 return None
             return {sys.intern(str(r[0]).lower()) for r in conn.execute("SELECT thread_id FROM thread_history_projection_state")}
-        finally:
-            conn.close()
     except sqlite3.Error:
         return None
 
@@ -2131,7 +2186,8 @@ class Inventory:
             self.db_error = self.live_db.error
         self.temp_files: List[Path] = [home / n for n in sorted(os.listdir(str(home))) if TEMP_MARKER in n]
         self.unreadable_folders: List[str] = []
-        self.linked_rollouts: set = set()  # rollouts that are symbolic links (Codex's file listing skips them)
+        # rollout -> the symbolic link it is, or is reached through (Codex's file listing skips them)
+        self.linked_rollouts: Dict[str, str] = {}
         # A rollout's path string is the one its row already holds, when they are spelled alike.
         paths = {p: p for p in (r.get("rollout_path") for r in self.rows.values()) if isinstance(p, str)}
         projection = read_projection_offsets(history_db_path(self))
@@ -2194,6 +2250,12 @@ class Inventory:
             if column in columns:
                 return column
         return None
+
+    def gate_blank(self, row: Dict[str, Any]) -> bool:
+        """Whether `row` leaves the gate column blank (or there is none). Text columns are read
+        as has_<column> (never the text); has_user_event is a flag itself."""
+        gate = self.gate_column()
+        return not gate or not row.get(gate if gate == "has_user_event" else "has_" + gate)
 
 
 class _Progress:
@@ -2265,7 +2327,8 @@ def reader_release(written: Tuple[int, ...], environ: Dict[str, str]) -> Dict[st
 # Checks: pure functions from the inventory to reasons and findings, each with a stable code.
 # ---------------------------------------------------------------------------------------------
 
-# code -> (severity, hides from the default list, one-line meaning)
+# code -> (default severity, one-line meaning). The meaning is the finding's message;
+# tests/reason_docs.py writes both, word for word, into references/reason-codes.md and SKILL.md.
 REASONS: Dict[str, Tuple[str, str]] = {
     "provider_mismatch": ("warning", "recorded under a provider other than the active one"),
     "user_event_missing": ("warning", "the DB row's preview/first message is blank although the rollout has a user message "
@@ -2280,9 +2343,9 @@ REASONS: Dict[str, Tuple[str, str]] = {
     "rollout_not_indexable": ("warning", "a file named like a rollout that cannot become a DB row: no readable "
                                          "session_meta (not JSON, a FIFO, a device), or a link leading out of the home"),
     "archive_flag_mismatch": ("warning", "the DB archived flag disagrees with where the file lives"),
-    "rollout_is_link": ("warning", "the rollout in sessions/ is a symbolic link: Codex's file listing skips links, so "
-                                   "the thread is left out of the default list (0.130.0 and newer; 0.120.0 lists it "
-                                   "once it has a DB row) although it opens by id"),
+    "rollout_is_link": ("warning", "the rollout is a symbolic link, or lies in a linked folder under sessions/: Codex's "
+                                   "file listing skips links, so the thread is left out of the default list (0.130.0 "
+                                   "and newer; 0.120.0 lists it once it has a DB row) although it opens by id"),
     "source_filtered": ("info", "non-interactive source (exec, mcp, subagent…): hidden from default lists by design"),
     "archived": ("info", "archived: shown only in the Archived view"),
     "no_user_content": ("info", "no user message anywhere: Codex lists only threads with one"),
@@ -2412,14 +2475,20 @@ def beyond_scan_hides(release: Tuple[int, ...]) -> bool:
 
 def linked_rollout_hides(release: Tuple[int, ...], has_row: bool) -> bool:
     # CODEX-COMPAT: measured (tests/test_real_codex_odd_files.py): a rollout in sessions/ that is
-    # a symbolic link, to a file inside the home or outside it, is left out of the default
-    # thread/list by 0.130.0, 0.169.0 and 0.171.0 with or without a DB row; 0.120.0 leaves it
-    # out until it has a row, then lists it. Every release opens it by id.
+    # a symbolic link, to a file inside the home or outside it, or that lies in a linked day or
+    # month folder, is left out of the default thread/list by 0.130.0, 0.169.0 and 0.171.0 with
+    # or without a DB row; 0.120.0 leaves it out until it has a row, then lists it. Every release
+    # opens it by id. A linked sessions/ folder itself is followed by every release.
     return not has_row or not release or release >= (0, 130, 0)
 
 
-LINKED_ROLLOUT_STEP = ("replace the link by the file it points to, keeping the name (`cp --remove-destination "
-                       "\"$(readlink -f LINK)\" LINK`), then diagnose again")
+# The manual steps' commands use only POSIX cp/mv/rm options (macOS has no GNU cp): `cp -p`
+# follows a linked source file, `cp -pRH` a linked source folder named on the command line,
+# and `mv` replaces the link itself, never what it points to.
+LINKED_ROLLOUT_STEP = ("replace the link by the file it points to, keeping the name (`cp -p LINK LINK.copy && "
+                       "mv LINK.copy LINK`), then diagnose again")
+LINKED_FOLDER_STEP = ("replace the linked folder by a copy of the folder it points to, keeping the name "
+                      "(`cp -pRH LINK LINK.copy && rm LINK && mv LINK.copy LINK`), then diagnose again")
 
 
 def check_thread(view: ThreadView, inv: Inventory) -> None:
@@ -2447,16 +2516,14 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
     # blank preview by right: that is attachment_only_prompt's business, not a stale column.
     derived_blank = view.primary is not None and view.primary.evidence_kind == "attachment" and preview_rederived(inv.release)
     if row is not None and gate and view.primary is not None and view.primary.has_evidence and not derived_blank:
-        blank = not row.get("has_" + gate) if gate != "has_user_event" else not row.get("has_user_event")
-        if blank:
+        if inv.gate_blank(row):
             add_reason(view, "user_event_missing", user_event_gate_hides(inv.release), column=gate,
                        evidence_kind=view.primary.evidence_kind, evidence_line=view.primary.evidence_line)
     if view.primary is not None and (view.primary.evidence_line or 0) > HEAD_SCAN_LINES:
         add_reason(view, "user_message_beyond_scan", beyond_scan_hides(inv.release), line=view.primary.evidence_line,
                    window=HEAD_SCAN_LINES)
     if view.primary is not None and view.primary.evidence_kind == "attachment":
-        gate = inv.gate_column()
-        gate_blank = row is None or not gate or not row.get("has_" + gate, row.get(gate))
+        gate_blank = row is None or inv.gate_blank(row)
         add_reason(view, "attachment_only_prompt", attachment_prompt_hides(inv.release, gate_blank))
     cwd_problem = cwd_spelling_problem(str((row or {}).get("cwd") or (view.primary.meta.get("cwd") if view.primary else "") or ""), inv.home)
     if cwd_problem:
@@ -2500,10 +2567,12 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
                        "sessions/ if it is not a conversation, or put the real rollout in its place")
         else:
             add_reason(view, "no_db_row", False, file=view.files[0].rel)
-    if view.primary is not None and view.primary.file in inv.linked_rollouts and \
-            not any(r.code == "rollout_not_indexable" for r in view.reasons):
+    link = inv.linked_rollouts.get(view.primary.file) if view.primary is not None else None
+    if link and not any(r.code == "rollout_not_indexable" for r in view.reasons):
         add_reason(view, "rollout_is_link", linked_rollout_hides(inv.release, row is not None),
-                   file=view.primary.rel, manual_step=LINKED_ROLLOUT_STEP)
+                   file=view.primary.rel, link=display_path(link, inv.home),
+                   manual_step=(LINKED_ROLLOUT_STEP if link == view.primary.file else LINKED_FOLDER_STEP).replace(
+                       "LINK", _shell_quote(os.path.abspath(link))))
 
 
 def index_blocker(info: "RolloutInfo", home: Path) -> Optional[str]:
@@ -2942,10 +3011,6 @@ def command_prefix_argv() -> List[str]:
     return [TOOL_NAME]
 
 
-def command_prefix(args: argparse.Namespace) -> str:
-    return shell_line(command_prefix_argv())
-
-
 def _shell_quote(text: str) -> str:
     return text if re.match(r"^[\w@%+=:,./-]+$", text) else "'" + text.replace("'", "'\"'\"'") + "'"
 
@@ -2995,10 +3060,6 @@ def repair_lines(inv: Inventory, findings: List[Dict[str, Any]], view: Optional[
             argv = prefix + [repair.name] + tail
             lines.append({"repair": repair.name, "argv": argv, "command": shell_line(argv)})
     return lines
-
-
-def suggest_commands(inv: Inventory, findings: List[Dict[str, Any]], args: Optional[argparse.Namespace] = None) -> List[str]:
-    return [line["command"] for line in repair_lines(inv, findings)]
 
 
 def remap_cwd_next_args(inv: Inventory, findings: List[Dict[str, Any]], view: Optional[ThreadView]) -> List[List[str]]:
@@ -3247,6 +3308,7 @@ def split_line_ending(raw: bytes) -> Tuple[bytes, bytes]:
     return raw, b""
 
 
+# The lines Codex reads a thread's provider from: the repairs edit them, listing reads them.
 PROVIDER_LINE_MARKERS = (b'"session_meta"', b'"thread_settings_applied"')
 # Damage confined to lines a repair does not edit: a torn last line (a crash mid-append), NUL
 # padding, a line that is not JSON or not UTF-8, one too long to parse. A repair carries those
@@ -3266,7 +3328,7 @@ def provider_line_edit(raw: bytes, thread_id: str, old: str, new: str) -> Option
     """The rewritten line and the field changed, or None when the line is not about the
     thread's provider. Lines Codex reads the provider from (measured on 0.169.0):
     the thread's own `session_meta` lines, and `thread_settings_applied` events."""
-    if b"session_meta" not in raw and b"thread_settings_applied" not in raw:
+    if not any(marker in raw for marker in PROVIDER_LINE_MARKERS):
         return None
     body, ending = split_line_ending(raw)
     try:
@@ -3307,7 +3369,7 @@ class PlanError(ValueError):
 
 
 def plan_rollout_edit(path: Path, thread_id: str, line_edit: Any,
-                      needles: Sequence[bytes] = (b'"session_meta"', b'"thread_settings_applied"'),
+                      needles: Sequence[bytes] = PROVIDER_LINE_MARKERS,
                       target: Optional[Path] = None) -> RolloutEdit:
     """Read the whole rollout as a stream and record the edits `line_edit` makes to the lines
     that contain one of `needles` (only those can change). Nothing is written here."""
@@ -3496,8 +3558,7 @@ PROJECTION_OFFSETS = {
 def read_projection_rows(db_path: Path, thread_id: Optional[str] = None) -> Dict[str, List[Tuple[str, Dict[str, Any]]]]:
     """thread id -> [(table, row)] of the offset-bearing rows of the history projection."""
     found: Dict[str, List[Tuple[str, Dict[str, Any]]]] = {}
-    conn = open_db_readonly(db_path)
-    try:
+    with readonly_db(db_path) as conn:
         for table, (keys, triples) in PROJECTION_OFFSETS.items():
             if not table_exists(conn, table):
                 continue
@@ -3509,8 +3570,6 @@ def read_projection_rows(db_path: Path, thread_id: Optional[str] = None) -> Dict
             rows = conn.execute(query + " WHERE thread_id = ?", (thread_id,)) if thread_id else conn.execute(query)
             for row in rows:
                 found.setdefault(str(row["thread_id"]).lower(), []).append((table, dict(row)))
-    finally:
-        conn.close()
     return found
 
 
@@ -3919,15 +3978,19 @@ def remap_json_folders(value: Any, old: str, new: str) -> Any:
     return value
 
 
-def plan_workspace_roots_remap(home: Path, old: str, new: str) -> Optional[FileWrite]:
-    path = home / ".codex-global-state.json"
-    if not path.is_file():
-        return None
-    raw = path.read_bytes()
+def plan_workspace_roots_remap(home: Path, old: str, new: str, skipped: List[Dict[str, Any]]) -> Optional[FileWrite]:
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+        found = load_global_state(home, parse_float=finite_float, parse_constant=no_constant)
+    except (OSError, NonFiniteNumber) as exc:
+        # Written back, 1e999 would become `Infinity`, which is not JSON: Desktop could not read it.
+        skipped.append({"path": GLOBAL_STATE_FILE, "reason": "%s %s; its workspace roots are left as they are" % (
+            "it holds the number" if isinstance(exc, NonFiniteNumber) else "cannot be read:", short(str(exc), 100))})
         return None
+    except ValueError:
+        return None
+    if found is None:
+        return None
+    raw, data = found
     if not isinstance(data, dict):
         return None
     changed = []
@@ -3940,8 +4003,10 @@ def plan_workspace_roots_remap(home: Path, old: str, new: str) -> Optional[FileW
     if not changed:
         return None
     indent = 2 if b"\n " in raw else None
-    text = json.dumps(data, indent=indent, separators=(",", ": ") if indent else (",", ":"), ensure_ascii=False)
-    return FileWrite(path, text.encode("utf-8") + (b"\n" if raw.endswith(b"\n") else b""), {"remapped": changed})
+    text = json.dumps(data, indent=indent, separators=(",", ": ") if indent else (",", ":"), ensure_ascii=False,
+                      allow_nan=False)
+    return FileWrite(home / GLOBAL_STATE_FILE, json_text_bytes(text) + (b"\n" if raw.endswith(b"\n") else b""),
+                     {"remapped": changed})
 
 
 def plan_cwd_remap(inv: Inventory, args: argparse.Namespace) -> Plan:
@@ -3983,7 +4048,7 @@ def plan_cwd_remap(inv: Inventory, args: argparse.Namespace) -> Plan:
                                       expect={"cwd": row_cwd}, thread_id=view.id))
         shown = row_cwd if row_cwd in targets else meta_cwd
         plan.notes["folders"][view.id] = "%s -> %s" % (shown, targets[shown])
-    roots = plan_workspace_roots_remap(inv.home, old, new)
+    roots = plan_workspace_roots_remap(inv.home, old, new, plan.skipped)
     if roots is not None:
         plan.file_writes.append(roots)
     plan.notes["threads"] = len(plan.notes["folders"])
@@ -4066,23 +4131,22 @@ def sidebar_changes(atoms: Dict[str, Any]) -> Dict[str, Tuple[Any, Any]]:
 
 def plan_ui_state_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
     plan = Plan("repair-ui-state")
-    path = inv.home / ".codex-global-state.json"
-    if not path.is_file():
-        return plan
+    path = inv.home / GLOBAL_STATE_FILE
     try:
-        raw = read_small_file(path, MAX_STATE_BYTES)
+        found = load_global_state(inv.home, parse_float=finite_float, parse_constant=no_constant)
     except OSError as exc:
         plan.skipped.append({"path": path.name, "reason": "cannot be read (%s); it is left as it is" % short(str(exc), 100)})
         return plan
-    try:
-        data = json.loads(raw.decode("utf-8"), parse_float=finite_float, parse_constant=no_constant)
     except NonFiniteNumber as exc:
         plan.skipped.append({"path": path.name, "reason": "it holds the number %s, which JSON cannot write back "
                              "unchanged; it is left as it is" % short(str(exc), 40)})
         return plan
-    except (UnicodeDecodeError, ValueError):
+    except ValueError:
         plan.skipped.append({"path": path.name, "reason": "not JSON; Codex Desktop rewrites it on its next exit"})
         return plan
+    if found is None:
+        return plan
+    raw, data = found
     atoms = data.get("electron-persisted-atom-state") if isinstance(data, dict) else None
     if not isinstance(atoms, dict):
         return plan
@@ -4128,15 +4192,12 @@ def plan_index_rebuild(inv: Inventory, args: argparse.Namespace) -> Plan:
     missing = index_missing_name_ids(inv)
     if not stale and not missing and not inv.index["bad_lines"]:
         return plan
-    entries = read_index_entries(path) if path.is_file() else []
     latest: Dict[str, Dict[str, Any]] = {}
-    for entry in entries:
-        thread_id = entry["id"].lower()
-        if thread_id in stale:
-            continue
-        name = entry.get("thread_name")
-        if isinstance(name, str) and name.strip() or thread_id not in latest:
-            latest[thread_id] = entry  # the last non-empty name wins
+    if path.is_file():
+        with open_regular(path) as handle:
+            for entry in iter_index_lines(handle):
+                if entry is not None and entry["id"].lower() not in stale:
+                    keep_naming_entry(latest, entry)
     for thread_id in missing:
         view = inv.threads[thread_id]
         latest[thread_id] = {"id": thread_id, "thread_name": view.row["name"],
@@ -4147,21 +4208,6 @@ def plan_index_rebuild(inv: Inventory, args: argparse.Namespace) -> Plan:
         "entries_before": inv.index["entries"], "entries_after": len(ordered), "dropped_stale": len(stale),
         "dropped_bad_lines": inv.index["bad_lines"], "added_from_db_names": len(missing)}))
     return plan
-
-
-def read_index_entries(path: Path) -> List[Dict[str, Any]]:
-    entries = []
-    with open_regular(path) as handle:
-        for number, raw in enumerate(iter(lambda: handle.readline(MAX_LINE_BYTES), b"")):
-            if number == 0 and raw.startswith(UTF8_BOM):
-                raw = raw[len(UTF8_BOM):]
-            try:
-                entry = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError):
-                continue
-            if isinstance(entry, dict) and isinstance(entry.get("id"), str):
-                entries.append(entry)
-    return entries
 
 
 def plan_reindex(inv: Inventory, args: argparse.Namespace) -> Plan:
@@ -4598,8 +4644,7 @@ def import_projection(inv: Inventory, other: OtherHome, thread_id: str, edit: Ro
         other.warnings.append("this home has no thread_history_*.sqlite: imported paginated threads list, but a "
                               "0.169-era Codex shows their turns only after one `codex resume ID`")
         return []
-    conn = open_db_readonly(dest)
-    try:
+    with readonly_db(dest) as conn:
         changes = []
         for table in PROJECTION_TABLES:
             if not rows.get(table) or not table_exists(conn, table):
@@ -4617,8 +4662,6 @@ def import_projection(inv: Inventory, other: OtherHome, thread_id: str, edit: Ro
                 key = {k: values.pop(k) for k in keys}
                 changes.append(SqlChange(dest, table, key, values, thread_id=thread_id, op="insert"))
         return changes
-    finally:
-        conn.close()
 
 
 def plan_index_names(inv: Inventory, names: Dict[str, str], other: OtherHome) -> Optional[FileWrite]:
@@ -4820,12 +4863,9 @@ def repairs_touch(inv: Inventory) -> Dict[Path, Dict[str, set]]:
     history = history_db_path(inv)
     if history is not None:
         try:
-            conn = open_db_readonly(history)
-            try:
+            with readonly_db(history) as conn:
                 touched[history] = {t: set(table_columns(conn, t)) & set(KNOWN_COLUMN_TYPES[t])
                                     for t in ("thread_turns", "thread_history_projection_state")}
-            finally:
-                conn.close()
         except sqlite3.Error:
             touched[history] = {}
     return touched
@@ -4837,46 +4877,39 @@ def trigger_digest(sql: str) -> str:
 
 def shape_changes(db: Path, tables: Dict[str, set]) -> List[str]:
     """How the named tables and columns of `db` differ from the shape the checked releases made."""
-    try:
-        conn = open_db_readonly(db)
-    except sqlite3.Error as exc:
-        return ["%s cannot be read (%s)" % (db.name, short(str(exc), 80))]
     changes: List[str] = []
     try:
-        for table, columns in sorted(tables.items()):
-            known = KNOWN_COLUMN_TYPES.get(table, {})
-            live = {row[1]: str(row[2] or "").upper() for row in conn.execute("PRAGMA table_info(%s)" % table)}
-            if not live:
-                changes.append("table %s is missing" % table)
-                continue
-            for column in sorted(columns):
-                if column not in known:
-                    changes.append("%s.%s is not a column of the releases checked" % (table, column))
-                elif column not in live:
-                    changes.append("%s.%s is missing" % (table, column))
-                elif live[column] != known[column]:
-                    changes.append("%s.%s is %s, was %s" % (table, column, live[column] or "untyped", known[column]))
-            for name, sql in conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?",
-                                          (table,)):
-                if KNOWN_TRIGGERS.get(name) != trigger_digest(sql):
-                    changes.append("trigger %s on %s is %s" % (name, table, "changed" if name in KNOWN_TRIGGERS else "new"))
+        with readonly_db(db) as conn:
+            for table, columns in sorted(tables.items()):
+                known = KNOWN_COLUMN_TYPES.get(table, {})
+                live = {row[1]: str(row[2] or "").upper() for row in conn.execute("PRAGMA table_info(%s)" % table)}
+                if not live:
+                    changes.append("table %s is missing" % table)
+                    continue
+                for column in sorted(columns):
+                    if column not in known:
+                        changes.append("%s.%s is not a column of the releases checked" % (table, column))
+                    elif column not in live:
+                        changes.append("%s.%s is missing" % (table, column))
+                    elif live[column] != known[column]:
+                        changes.append("%s.%s is %s, was %s" % (table, column, live[column] or "untyped", known[column]))
+                for name, sql in conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?",
+                                              (table,)):
+                    if KNOWN_TRIGGERS.get(name) != trigger_digest(sql):
+                        changes.append("trigger %s on %s is %s" % (name, table, "changed" if name in KNOWN_TRIGGERS else "new"))
     except sqlite3.Error as exc:
+        # Also when it cannot be opened: then this is the only line.
         changes.append("%s cannot be read (%s)" % (db.name, short(str(exc), 80)))
-    finally:
-        conn.close()
     return changes
 
 
 def applied_migrations(db: StateDb) -> Dict[int, str]:
     """Version -> description of every migration recorded in the state DB."""
     try:
-        conn = open_db_readonly(db.path)
-        try:
+        with readonly_db(db.path) as conn:
             if not table_exists(conn, "_sqlx_migrations"):
                 return {}
             return {int(v): str(d) for v, d in conn.execute("SELECT version, description FROM _sqlx_migrations")}
-        finally:
-            conn.close()
     except (sqlite3.Error, ValueError, TypeError):
         return {}
 
@@ -5454,11 +5487,8 @@ def current_sha256(path: Path) -> Optional[str]:
 
 def current_db_digest(path: Path) -> Optional[str]:
     try:
-        conn = open_db_readonly(path)
-        try:
+        with readonly_db(path) as conn:
             return db_digest(conn)
-        finally:
-            conn.close()
     except sqlite3.Error:
         return None
 
@@ -6297,7 +6327,7 @@ LIST_PAGE_LIMIT = 1000
 HEAD_RECORD_LIMIT = 10
 # Lines past a rollout's head that listing still reads: the thread's later session_meta lines
 # and its provider settings (the latest thread_settings_applied names the provider, 0.169.0+).
-LISTING_LINE_MARKERS = (b'"session_meta"', b'"thread_settings_applied"')
+LISTING_LINE_MARKERS = PROVIDER_LINE_MARKERS
 
 
 class VerifyError(Exception):
@@ -6484,15 +6514,12 @@ def copy_db_to_scratch(db: Path, target: Path, scratch: ScratchHome) -> None:
     so the user's Codex meets the same damage."""
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
-        source = open_db_readonly(db)
-        try:
+        with readonly_db(db) as source:
             copy = sqlite3.connect(str(target))
             try:
                 source.backup(copy)
             finally:
                 copy.close()
-        finally:
-            source.close()
         scratch.bytes_copied += target.stat().st_size
         scratch.files_copied += 1
     except sqlite3.Error:
@@ -7357,7 +7384,8 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 # What to do about each reason a repair of the table does not cure (or cannot reach for one
 # thread): the manual step, or why nothing is to be done (by-design filters are explained,
-# never "repaired"). Curable reasons get their command line from REPAIRS.
+# never "repaired"). Curable reasons get their command line from REPAIRS. `{why}` is the
+# reason's own why; references/reason-codes.md shows each entry (tests/reason_docs.py).
 REASON_FIXES: Dict[str, str] = {
     "provider_mismatch": "no repair reaches it: {why}",
     "user_event_missing": "no repair reaches it: {why}",
@@ -7368,7 +7396,8 @@ REASON_FIXES: Dict[str, str] = {
     "rollout_path_stale": "no repair reaches it: {why}",
     "no_db_row": "no repair reaches it: {why}",
     "rollout_not_indexable": "nothing to repair: move the file out of sessions/ if it is not a conversation",
-    "rollout_is_link": "the thread's evidence `manual_step`: " + LINKED_ROLLOUT_STEP,
+    "rollout_is_link": "the thread's evidence `manual_step`: replace the link (the rollout, or the linked folder it "
+                       "lies in) by what it points to, keeping the name, then diagnose again",
     "archive_flag_mismatch": "no repair reaches it: {why}",
     "source_filtered": "by design: see it with `codex resume --all --include-non-interactive`, or resume it by id",
     "archived": "by design: open Codex's Archived view, or unarchive it there",
@@ -7424,8 +7453,7 @@ def projection_layer(inv: Inventory, view: ThreadView) -> Optional[Dict[str, Any
     if db_path is None:
         return None
     try:
-        conn = open_db_readonly(db_path)
-        try:
+        with readonly_db(db_path) as conn:
             if not table_exists(conn, "thread_turns"):
                 return None
             turns = conn.execute("SELECT count(*), min(rollout_byte_offset), max(rollout_end_byte_offset) "
@@ -7433,8 +7461,6 @@ def projection_layer(inv: Inventory, view: ThreadView) -> Optional[Dict[str, Any
             state = conn.execute("SELECT next_rollout_byte_offset FROM thread_history_projection_state "
                                  "WHERE thread_id = ?", (view.id,)).fetchone() if table_exists(
                 conn, "thread_history_projection_state") else None
-        finally:
-            conn.close()
     except sqlite3.Error as exc:
         return {"error": short(str(exc), 120)}
     size = view.primary.size if view.primary else None
@@ -7485,12 +7511,9 @@ def trace_thread(inv: Inventory, view: ThreadView, verbose: bool) -> Dict[str, A
         if db is inv.live_db or db.error:
             continue
         try:
-            conn = open_db_readonly(db.path)
-            try:
+            with readonly_db(db.path) as conn:
                 found = conn.execute("SELECT model_provider, archived, rollout_path FROM threads WHERE id = ?",
                                      (view.id,)).fetchone()
-            finally:
-                conn.close()
         except sqlite3.Error:
             found = None
         if found:
@@ -7535,11 +7558,13 @@ def trace_thread(inv: Inventory, view: ThreadView, verbose: bool) -> Dict[str, A
 
 
 def read_global_state_hints(home: Path, thread_id: str) -> Dict[str, Any]:
-    path = home / ".codex-global-state.json"
     try:
-        data = json.loads(read_small_file(path, MAX_STATE_BYTES).decode("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return {"present": path.exists(), "readable": False}
+        found = load_global_state(home)
+    except (OSError, ValueError):
+        return {"present": True, "readable": False}
+    if found is None:  # none, or a folder or FIFO in its place
+        return {"present": (home / GLOBAL_STATE_FILE).exists(), "readable": False}
+    data = found[1]
     if not isinstance(data, dict):
         return {"present": True, "readable": False}
 

@@ -25,7 +25,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
 
+# The one list of releases: the harness, tests/homes.py and .ci/install-codex read it here.
+# RELEASES are those every scenario runs on; 0.100.0 keeps no state DB (rollouts only) and
+# runs where a test says so.
 RELEASES = ("0.171.0", "0.169.0", "0.130.0", "0.120.0")
+ROLLOUT_ONLY_RELEASE = "0.100.0"
+INSTALLED_RELEASES = RELEASES + (ROLLOUT_ONLY_RELEASE,)
 
 FAKE_KEY_ENV = "CSR_FAKE_KEY"
 FAKE_KEY = "sk-csr-fake-key-for-local-stand-in"

@@ -24,8 +24,10 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+import codex_harness as harness
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-RELEASES = ("0.171.0", "0.169.0", "0.130.0", "0.120.0")
+RELEASES = harness.RELEASES
 BASE_TIME_MS = 1_790_000_000_000  # 2026-09-21
 
 

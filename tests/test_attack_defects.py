@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import pytest
 
 import codex_session_recovery as csr
-from homes import HomeBuilder, db_dump, hash_tree, new_thread_id, write_jsonl
+from homes import HomeBuilder, db_dump, hash_tree
 
 SCRIPT = Path(csr.__file__).resolve()
 POSIX = os.name == "posix"

@@ -34,7 +34,6 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -42,7 +41,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import pytest
 
 import codex_session_recovery as csr
-from homes import HomeBuilder, db_dump, write_jsonl
+from homes import HomeBuilder, db_dump
 
 pytestmark = pytest.mark.crash
 

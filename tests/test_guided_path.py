@@ -23,7 +23,6 @@ import json
 import os
 import shlex
 import shutil
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -42,7 +41,7 @@ MAX_ROUNDS = 3
 # CODEX-COMPAT: 0.100.0's built-in openai provider ignores `openai_base_url` (its turns went to
 # api.openai.com, measured) and it keeps no state DB: there the scenarios start under one custom
 # provider and switch to another.
-ROLLOUT_ONLY_RELEASE = "0.100.0"
+ROLLOUT_ONLY_RELEASE = harness.ROLLOUT_ONLY_RELEASE
 OTHER_CUSTOM = "standin-b"
 LABELS = ("alpha", "beta", "gamma", "delta")
 TURNS = 2

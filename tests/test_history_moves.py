@@ -16,7 +16,7 @@ from pathlib import Path, PureWindowsPath
 import pytest
 
 import codex_session_recovery as csr
-from homes import HomeBuilder, db_dump, hash_tree, write_jsonl
+from homes import HomeBuilder, hash_tree
 
 
 def run(*argv, capsys):
@@ -169,6 +169,28 @@ def test_remap_cwd_refuses_a_move_that_is_not_one(moved_project, capsys, old, ne
     assert code == csr.EXIT_USAGE
     assert "remap-cwd" not in capsys.readouterr().out
     assert hash_tree(home.root) == before
+
+
+def test_remap_cwd_never_writes_desktop_state_it_cannot_write_back_as_json(moved_project, capsys):
+    """1e999 would come back as `Infinity` (not JSON: Desktop could not read its state), and a
+    lone surrogate cannot be encoded as UTF-8: the first is left alone, the second escaped."""
+    home, _inside, _ = moved_project
+    state_path = home.root / ".codex-global-state.json"
+    state_path.write_text('{"active-workspace-roots": ["/home/ana/src/shop"], "zoom": 1e999}\n')
+    original = state_path.read_bytes()
+    argv = ("remap-cwd", "--codex-home", str(home.root), "--from", "/home/ana/src/shop", "--to", "/srv/shop")
+    code, doc, _ = run(*argv, "--apply", capsys=capsys)
+    assert code == csr.EXIT_OK, doc
+    assert state_path.read_bytes() == original
+    assert [s["path"] for s in doc["skipped"]] == [".codex-global-state.json"]
+    assert "1e999" in doc["skipped"][0]["reason"]
+
+    state_path.write_text('{"active-workspace-roots": ["/srv/shop"], "label": "\\ud800"}\n')
+    code, doc, _ = run("remap-cwd", "--codex-home", str(home.root), "--from", "/srv/shop", "--to", "/home/ana/src/shop",
+                       "--apply", capsys=capsys)
+    assert code == csr.EXIT_OK, doc
+    state = json.loads(state_path.read_text())
+    assert state == {"active-workspace-roots": ["/home/ana/src/shop"], "label": "\ud800"}
 
 
 WINDOWS_SHOP = PureWindowsPath(r"C:\Users\ana\shop")

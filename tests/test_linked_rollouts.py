@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,12 @@ def linked_home(root: Path):
     shutil.move(str(linked.path), str(kept))
     os.symlink(str(kept), str(linked.path))
     return plain, linked, kept
+
+
+def run_manual_step(step: str) -> None:
+    """The command between backticks in a manual step, run by a POSIX shell as written."""
+    command = step.split("`")[1]
+    subprocess.run(["sh", "-c", command], check=True, timeout=30)
 
 
 def next_argv(doc):
@@ -75,9 +82,9 @@ def test_a_linked_rollout_is_skipped_named_and_moved_once_the_link_is_replaced(t
     assert code == csr.EXIT_FINDINGS and next_argv(doc) == [], doc["next_commands"]
     assert [f["code"] for f in doc["findings"] if f["severity"] != "info"] == ["rollout_is_link"]
 
-    # The user replaces the link by the file it points to; the next round moves the thread.
-    linked.path.unlink()
-    linked.path.write_bytes(kept_bytes)
+    # The user runs the manual step's command as written; the next round moves the thread.
+    run_manual_step(reasons["rollout_is_link"]["manual_step"])
+    assert not os.path.islink(str(linked.path)) and linked.path.read_bytes() == kept_bytes
     code, doc = cli("--codex-home", str(root), "diagnose")
     assert "rollout_is_link" not in by_code(doc, linked.id)
     (line,) = next_argv(doc)
@@ -108,3 +115,31 @@ def test_reindex_gives_a_linked_rollout_a_row_without_writing_through_the_link(t
     code, doc = cli("--codex-home", str(root), "diagnose")
     assert set(by_code(doc, thread.id)) == {"rollout_is_link"}
     assert code == csr.EXIT_FINDINGS and next_argv(doc) == []
+
+
+def test_a_linked_day_folder_converges_once_its_manual_step_is_run(tmp_path, cli):
+    """A day folder under sessions/ kept elsewhere (a path with a space) and linked in: its
+    threads are skipped by the repair, diagnose gives the folder's command, and after it runs
+    as written one more round ends with diagnose exiting 0."""
+    root = tmp_path / "home"
+    home = HomeBuilder(root, "0.169.0").provider_config("proxy")
+    thread = home.thread(provider="openai")
+    day = thread.path.parent
+    kept = tmp_path / "synced folder" / "day"
+    kept.parent.mkdir()
+    shutil.move(str(day), str(kept))
+    os.symlink(str(kept), str(day))
+    code, doc = cli("--codex-home", str(root), "diagnose")
+    assert code == csr.EXIT_FINDINGS and next_argv(doc) == [], doc["next_commands"]
+    step = by_code(doc, thread.id)["rollout_is_link"]["manual_step"]
+    assert step.startswith("replace the linked folder"), step
+    run_manual_step(step)
+    assert day.is_dir() and not os.path.islink(str(day)) and (kept / thread.path.name).is_file()
+    for _round in range(2):
+        code, doc = cli("--codex-home", str(root), "diagnose")
+        for line in next_argv(doc):
+            code, plan = cli(*line)
+            code, applied = cli(*line, "--apply", "--expect-plan", plan["plan_id"])
+            assert code == csr.EXIT_OK, applied
+    code, doc = cli("--codex-home", str(root), "diagnose")
+    assert code == csr.EXIT_OK, [(f["severity"], f["code"]) for f in doc["findings"]]

@@ -39,7 +39,7 @@ CUSTOM = harness.CUSTOM_PROVIDER
 # A second custom provider, for switches between two custom providers.
 OTHER_CUSTOM = "csr-other"
 # The newest release measured to keep no state DB at all: its homes are rollout-only.
-ROLLOUT_ONLY_RELEASE = "0.100.0"
+ROLLOUT_ONLY_RELEASE = harness.ROLLOUT_ONLY_RELEASE
 
 ALPHA_TEXTS = ["first question in alpha", "second question in alpha"]
 BETA_TEXTS = ["first question in beta", "second question in beta"]

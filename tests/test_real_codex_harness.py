@@ -6,7 +6,6 @@ relies on: what the default ``thread/list`` shows (current provider,
 interactive sources, not archived) and how to list the rest.
 """
 
-import os
 
 import pytest
 

@@ -159,3 +159,37 @@ def test_a_rollout_linked_in_from_inside_the_home_is_predicted_as_codex_lists_it
     real = sorted(home.listed())
     assert new_id in real and predicted_visible(doc) == real, (predicted_visible(doc), real)
     assert not [t for t in doc["threads"] if "rollout_is_link" in t["reasons"]]
+
+
+@pytest.mark.parametrize("version", RELEASES)
+def test_a_linked_day_folder_is_predicted_as_codex_lists_it(real_home, version, tmp_path):
+    """A day folder of sessions/ kept in a synced folder and linked in: 0.130.0 and newer list
+    none of its threads (0.120.0 lists them: they have rows), a linked sessions/ folder itself
+    lists on every release, and the prediction equals the real listing in both set-ups; after
+    the manual step (run as written) the threads are listed."""
+    home = real_home(version, "openai")
+    day = home.rollout(home.interactive[0]).parent
+    in_day = [t for t in home.interactive if home.rollout(t).parent == day]
+    kept = tmp_path / "synced" / "day"
+    kept.parent.mkdir()
+    shutil.move(str(day), str(kept))
+    os.symlink(str(kept), str(day))
+    doc = run_tool(home.home, "diagnose", "--verbose")
+    real = sorted(home.listed())
+    assert predicted_visible(doc) == real, (predicted_visible(doc), real)
+    assert in_day and (set(in_day) <= set(real)) == (version == "0.120.0"), (in_day, real)
+    step = next(t for t in doc["threads"] if t["id"] == in_day[0])["evidence"]["rollout_is_link"]["manual_step"]
+    subprocess.run(["sh", "-c", step.split("`")[1]], check=True, timeout=30)
+    doc = run_tool(home.home, "diagnose", "--verbose")
+    real = sorted(home.listed())
+    assert set(in_day) <= set(real) and predicted_visible(doc) == real, (predicted_visible(doc), real)
+
+    # sessions/ itself linked to a synced folder: followed by every release.
+    sessions = home.home / "sessions"
+    moved = tmp_path / "synced-sessions"
+    shutil.move(str(sessions), str(moved))
+    os.symlink(str(moved), str(sessions))
+    doc = run_tool(home.home, "diagnose", "--verbose")
+    real = sorted(home.listed())
+    assert set(in_day) <= set(real) and predicted_visible(doc) == real, (predicted_visible(doc), real)
+    assert not [t for t in doc["threads"] if "rollout_is_link" in t["reasons"]]

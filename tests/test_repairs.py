@@ -4,7 +4,6 @@ Every repair: a dry run changes no byte; --apply backs up, then writes; a second
 nothing; restore returns the home to what it was (files by SHA-256, DBs by iterdump)."""
 
 import json
-import os
 import sqlite3
 from pathlib import Path
 

@@ -6,7 +6,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -173,14 +172,25 @@ def test_never_writes_a_rollout_reached_through_a_symlink(switched, tmp_path, ca
         csr.check_inside_home(Path(threads[0].path), Path(home.root).resolve())
 
 
-def test_refuses_a_symlinked_folder_inside_the_home(tmp_path, capsys):
+def test_never_writes_through_a_symlinked_folder_inside_the_home(tmp_path, capsys):
+    """A rollout in a linked day folder is skipped (rollout_is_link, with the folder's manual
+    step), never written through; the apply engine's guard refuses a plan that names it."""
     home = HomeBuilder(tmp_path / "home").provider_config("proxy")
     thread = home.thread(provider="openai")
     real = tmp_path / "real-day"
     os.replace(thread.path.parent, real)
     os.symlink(real, thread.path.parent)
-    assert apply_provider(home) == csr.EXIT_REFUSED
-    assert "symlink" in capsys.readouterr().err
+    before = (real / thread.path.name).read_bytes()
+    assert apply_provider(home) == csr.EXIT_OK
+    assert "skipped  %s: its rollout is a symbolic link" % thread.id in capsys.readouterr().out
+    assert (real / thread.path.name).read_bytes() == before
+    assert csr.main(["diagnose", "--codex-home", str(home.root), "--json"]) == csr.EXIT_FINDINGS
+    doc = json.loads(capsys.readouterr().out)
+    entry = next(t for t in doc["threads"] if t["id"] == thread.id)
+    step = entry["evidence"]["rollout_is_link"]["manual_step"]
+    assert step.startswith("replace the linked folder") and str(thread.path.parent) in step, step
+    with pytest.raises(csr.RefusedError, match="through a symlink"):
+        csr.check_inside_home(Path(thread.path), Path(home.root).resolve())
 
 
 def test_symlinked_home_itself_is_allowed(switched, tmp_path, capsys):

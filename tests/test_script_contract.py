@@ -1,8 +1,10 @@
 """The script's own contract: standard library only, Python 3.9 syntax, runnable bare."""
 
 import ast
+import re
 import sys
 from pathlib import Path
+from typing import List
 
 import pytest
 
@@ -58,3 +60,33 @@ def test_unknown_command_is_a_usage_error(capsys):
     assert caught.value.code == csr.EXIT_USAGE
     assert "invalid choice" in capsys.readouterr().err
     assert csr.main([]) == csr.EXIT_USAGE
+
+
+def section_banners() -> List[str]:
+    """The title of each `# ----` banner of the script, in order: its first words, up to the
+    first colon, full stop, comma or parenthesis."""
+    titles, inside = [], False
+    for line in SCRIPT.read_text(encoding="utf-8").split("\n"):
+        if re.match(r"^# -{20,}$", line):
+            inside = not inside
+            first_line = True
+            continue
+        if inside and first_line:
+            titles.append(re.match(r"[^:.,(]+", line[2:]).group(0).strip())
+            first_line = False
+    assert not inside, "a banner is not closed"
+    return titles
+
+
+def test_the_docstrings_map_lists_every_section_in_order():
+    docstring = csr.__doc__.split("\n")
+    start = next(i for i, line in enumerate(docstring) if "each section opens with a `# ----` banner:" in line) + 1
+    listed = []
+    for line in docstring[start:]:
+        if not line.startswith("  "):
+            break
+        listed.append(line.strip().split(":")[0])
+    banners = section_banners()
+    assert len(banners) > 15
+    assert listed == banners
+
