@@ -2350,6 +2350,10 @@ REASONS: Dict[str, Tuple[str, str]] = {
     "archived": ("info", "archived: shown only in the Archived view"),
     "no_user_content": ("info", "no user message anywhere: Codex lists only threads with one"),
     "attachment_only_prompt": ("warning", "the first prompt was only an attachment (a large paste): Codex derives an empty preview"),
+    "head_line_not_utf8": ("info", "a line before the first user message is not UTF-8: Codex's file listing cannot "
+                                   "read the head, so 0.130.0 and newer leave the thread out of the default list (0.120.0 "
+                                   "lists it from its DB row; it opens by id on 0.169.0 and newer); its bytes are the "
+                                   "conversation's, and no repair edits them"),
     "user_message_beyond_scan": ("info", "the first user message lies past the head lines Codex's file listing reads (10 + 200)"),
     "beyond_recent_window": ("info", "listed, but past the ~50 most recent threads Desktop's sidebar loads; scroll, search or pin it"),
     "history_projection_missing": ("warning", "a paginated thread has no rows in the history projection beside the "
@@ -2473,12 +2477,14 @@ def beyond_scan_hides(release: Tuple[int, ...]) -> bool:
     return not release or release >= (0, 130, 0)
 
 
-def linked_rollout_hides(release: Tuple[int, ...], has_row: bool) -> bool:
-    # CODEX-COMPAT: measured (tests/test_real_codex_odd_files.py): a rollout in sessions/ that is
-    # a symbolic link, to a file inside the home or outside it, or that lies in a linked day or
-    # month folder, is left out of the default thread/list by 0.130.0, 0.169.0 and 0.171.0 with
-    # or without a DB row; 0.120.0 leaves it out until it has a row, then lists it. Every release
-    # opens it by id. A linked sessions/ folder itself is followed by every release.
+def file_listing_skip_hides(release: Tuple[int, ...], has_row: bool) -> bool:
+    """Whether a thread that Codex's file listing skips is left out of the default list.
+    CODEX-COMPAT: measured (tests/test_real_codex_odd_files.py) for two such threads: a rollout
+    that is a symbolic link or lies in a linked day or month folder (a linked sessions/ itself
+    is followed), and a line that is not UTF-8 before the first user message (after it, the
+    listing never reads that far). 0.130.0, 0.169.0 and 0.171.0 leave them out with or without a
+    DB row; 0.120.0 lists them from their row; 0.100.0 keeps no rows and leaves them out. Every
+    release from 0.169.0 opens them by id (0.130.0 cannot read the second kind at all)."""
     return not has_row or not release or release >= (0, 130, 0)
 
 
@@ -2519,6 +2525,9 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
         if inv.gate_blank(row):
             add_reason(view, "user_event_missing", user_event_gate_hides(inv.release), column=gate,
                        evidence_kind=view.primary.evidence_kind, evidence_line=view.primary.evidence_line)
+    if view.primary is not None and "invalid_utf8" in view.primary.problems and view.has_evidence:
+        add_reason(view, "head_line_not_utf8", file_listing_skip_hides(inv.release, row is not None),
+                   file=view.primary.rel)
     if view.primary is not None and (view.primary.evidence_line or 0) > HEAD_SCAN_LINES:
         add_reason(view, "user_message_beyond_scan", beyond_scan_hides(inv.release), line=view.primary.evidence_line,
                    window=HEAD_SCAN_LINES)
@@ -2569,7 +2578,7 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
             add_reason(view, "no_db_row", False, file=view.files[0].rel)
     link = inv.linked_rollouts.get(view.primary.file) if view.primary is not None else None
     if link and not any(r.code == "rollout_not_indexable" for r in view.reasons):
-        add_reason(view, "rollout_is_link", linked_rollout_hides(inv.release, row is not None),
+        add_reason(view, "rollout_is_link", file_listing_skip_hides(inv.release, row is not None),
                    file=view.primary.rel, link=display_path(link, inv.home),
                    manual_step=(LINKED_ROLLOUT_STEP if link == view.primary.file else LINKED_FOLDER_STEP).replace(
                        "LINK", _shell_quote(os.path.abspath(link))))
@@ -2789,19 +2798,22 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
                 counts[problem] = counts.get(problem, 0) + 1
         carried_only = all(set(i.problems) <= set(CARRIED_PROBLEMS) for i in damaged)
         read_past = all(set(i.problems) <= set(READ_PAST_PROBLEMS) for i in damaged)
+        # A line that is not UTF-8 is named per thread (head_line_not_utf8), where it hides one.
+        nothing_to_do = all(set(i.problems) <= set(READ_PAST_PROBLEMS) | {"invalid_utf8"} for i in damaged)
         if read_past:
             note = ("Codex skips these lines and still lists, reads and continues the thread; repairs edit "
                     "only the lines they name and copy these bytes as they are")
         elif carried_only:
-            note = ("repairs copy these bytes as they are, but a line that is not UTF-8 keeps its thread out "
-                    "of Codex's default list (it still opens by id: `codex resume ID`)")
+            note = ("repairs copy these bytes as they are, but a line that is not UTF-8 before the first user "
+                    "message keeps its thread out of Codex's default list (head_line_not_utf8; it still opens "
+                    "by id on 0.169.0 and newer: `codex resume ID`)")
         else:
             note = "repairs leave a rollout with these problems as it is"
         add("rollout_unreadable", files=len(damaged), problems=counts,
             examples=[{"path": i.rel, "problems": i.problems} for i in damaged[:5]],
             kept_verbatim=carried_only, note=note)
-        if read_past:
-            # Damage Codex reads past, and repairs carry: information, nothing to do.
+        if nothing_to_do:
+            # Damage Codex reads past, or that no repair may touch, which repairs carry: information.
             findings[-1]["severity"] = "info"
     stale = index_stale_ids(inv)
     if stale:
@@ -7402,6 +7414,8 @@ REASON_FIXES: Dict[str, str] = {
     "source_filtered": "by design: see it with `codex resume --all --include-non-interactive`, or resume it by id",
     "archived": "by design: open Codex's Archived view, or unarchive it there",
     "no_user_content": "nothing to recover: the thread never had a user message",
+    "head_line_not_utf8": "open it by id (`codex resume ID`) on 0.169.0 or newer, where every turn reads; the tool "
+                          "never edits the conversation's own bytes to make it list",
     "user_message_beyond_scan": "resume it by id (`codex resume ID`): 0.130.0 and newer leave it out of the "
                                 "default list",
     "beyond_recent_window": "scroll or search in Codex, or pin the thread",

@@ -224,8 +224,10 @@ def test_damaged_rollouts_become_findings(tmp_path, capsys, problem):
     assert problem in bad["problems"], bad
     assert [e["path"] for e in bad["examples"]] == [os.path.relpath(damaged.path, home.root)]
     assert problem in bad["examples"][0]["problems"]
-    # Damage Codex reads past (and repairs carry verbatim) is information; the rest asks for a look.
-    assert damage["severity"] == ("info" if problem in csr.READ_PAST_PROBLEMS else "warning")
+    # Damage Codex reads past (and repairs carry verbatim) is information, and so is a line that
+    # is not UTF-8 (no repair may change the conversation's bytes; the thread it hides is named
+    # by head_line_not_utf8); the rest asks for a look.
+    assert damage["severity"] == ("info" if problem in csr.READ_PAST_PROBLEMS + ("invalid_utf8",) else "warning")
     assert bad["kept_verbatim"] is (problem in csr.CARRIED_PROBLEMS)
     assert code == csr.EXIT_FINDINGS  # the damaged rollout has no DB row: no_db_row
     assert healthy.id not in [t["id"] for t in doc["threads"]]

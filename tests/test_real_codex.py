@@ -1042,7 +1042,8 @@ def test_other_damage_is_carried_verbatim_and_codex_reads_the_thread(real_home, 
     """NUL padding, a line of NULs, a line that is not JSON, a line that is not UTF-8: the
     provider repair edits only its lines and copies the damage verbatim; the real release reads
     every turn and continues the thread. It lists it too, except with a line that is not UTF-8
-    (measured on 0.169.0 and 0.171.0), which diagnose therefore keeps a warning."""
+    (measured on 0.169.0 and 0.171.0), which diagnose names for that thread (head_line_not_utf8,
+    information: no repair may change the conversation's bytes)."""
     damage, problem, listed_by_default = DAMAGE[kind]
     home = real_home(version, "openai")
     home.switch_provider(CUSTOM)
@@ -1053,7 +1054,11 @@ def test_other_damage_is_carried_verbatim_and_codex_reads_the_thread(real_home, 
     doc = diagnose_read_only(home, csr.EXIT_FINDINGS)
     found = finding(doc, "rollout_unreadable")
     assert problem in found["evidence"]["problems"] and found["evidence"]["files"] == 1, found
-    assert found["severity"] == ("info" if listed_by_default else "warning")
+    # Information either way: read past, or (not UTF-8) no repair may touch the bytes; the
+    # thread it hides says so itself (head_line_not_utf8).
+    assert found["severity"] == "info"
+    hidden_by_damage = [t["id"] for t in doc["threads"] if "head_line_not_utf8" in t["reasons"]]
+    assert hidden_by_damage == ([] if listed_by_default else [damaged]), hidden_by_damage
     code, doc, _ = run_tool(home.home, "repair-provider", "--from", "openai", "--apply")
     assert code == csr.EXIT_OK, doc
     edit = next(a for a in doc["actions"] if a["kind"] == "rollout_edit" and a["thread_id"] == damaged)

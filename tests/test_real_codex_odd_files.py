@@ -25,6 +25,7 @@ import pytest
 import codex_harness as harness
 import codex_session_recovery as csr
 from test_real_codex import SCRIPT, real_home  # noqa: F401
+CUSTOM = harness.CUSTOM_PROVIDER
 
 pytestmark = [pytest.mark.realcodex,
               pytest.mark.skipif(os.name != "posix", reason="FIFOs and symlinks")]
@@ -193,3 +194,46 @@ def test_a_linked_day_folder_is_predicted_as_codex_lists_it(real_home, version, 
     real = sorted(home.listed())
     assert set(in_day) <= set(real) and predicted_visible(doc) == real, (predicted_visible(doc), real)
     assert not [t for t in doc["threads"] if "rollout_is_link" in t["reasons"]]
+
+
+def spoil_utf8(path: Path, line_index: int) -> None:
+    """Two bytes of one line replaced by bytes that are not UTF-8, the length kept (a bad
+    sector, a partial overwrite): every offset stays true."""
+    lines = path.read_bytes().split(b"\n")
+    lines[line_index] = lines[line_index][:20] + b"\xff\xfe" + lines[line_index][22:]
+    path.write_bytes(b"\n".join(lines))
+
+
+def first_user_line(path: Path) -> int:
+    """The index of the first line carrying a user message, as the tool's head scan finds it."""
+    info = csr.scan_rollout(path, path.parent)
+    return info.evidence_line - 1
+
+
+@pytest.mark.parametrize("version", RELEASES + (harness.ROLLOUT_ONLY_RELEASE,))
+def test_a_line_that_is_not_utf8_hides_the_thread_only_before_the_first_user_message(real_home, version):
+    """A line that is not UTF-8 before the first user message: 0.130.0, 0.169.0 and 0.171.0 do
+    not list the thread, 0.120.0 does (from its row); after the first user message it hides
+    nothing on any release. The prediction equals the real listing in both cases, and the
+    damage is information (head_line_not_utf8), not a warning that no command can clear."""
+    provider = CUSTOM_OF.get(version, "openai")
+    home = real_home(version, provider)
+    before_prompt, after_prompt = home.interactive
+    path = home.rollout(before_prompt)
+    spoil_utf8(path, first_user_line(path) - 1)
+    path = home.rollout(after_prompt)
+    spoil_utf8(path, first_user_line(path) + 2)
+    doc = run_tool(home.home, "diagnose", "--verbose")
+    real = sorted(home.listed())
+    assert predicted_visible(doc) == real, (predicted_visible(doc), real)
+    assert after_prompt in real
+    assert (before_prompt in real) == (version == "0.120.0"), real
+    entry = next(t for t in doc["threads"] if t["id"] == before_prompt)
+    assert "head_line_not_utf8" in entry["reasons"], entry
+    assert not [f for f in doc["findings"] if f["code"] in ("head_line_not_utf8", "rollout_unreadable")
+                and f["severity"] != "info"], doc["findings"]
+    assert doc["exit_code"] == csr.EXIT_OK, [(f["code"], f["severity"]) for f in doc["findings"]]
+
+
+# 0.100.0's built-in openai provider ignores openai_base_url: its homes are made under a custom one.
+CUSTOM_OF = {harness.ROLLOUT_ONLY_RELEASE: harness.CUSTOM_PROVIDER}
