@@ -2208,6 +2208,9 @@ class Inventory:
         self.scope: Dict[str, Any] = {"sources": ["cli", "vscode"], "include_archived": False, "include_empty": False}
         self.projected_ids, self.other_projected_ids = self._projected_ids()
         self.misaligned_offsets = misaligned_projection_offsets(self)
+        # Which of the threads' project folders exist on this machine is a fact read from the
+        # disk, like the files: gathered here, so the checks only read the inventory.
+        self.folder_moves = detect_folder_moves(self)
 
     def _projected_ids(self) -> Tuple[Optional[set], set]:
         """Threads that have rows in the history projection Codex uses (beside the live DB),
@@ -2321,6 +2324,62 @@ def reader_release(written: Tuple[int, ...], environ: Dict[str, str]) -> Dict[st
         basis = "unknown: nothing in the home names a release and no codex is on PATH"
     return {"version": version, "basis": basis, "written_by": ".".join(map(str, written)) or None,
             "on_path": None if not on_path else {"path": on_path[0], "version": ".".join(map(str, on_path[1])) or None}}
+
+
+def detect_folder_moves(inv: Inventory) -> Dict[str, Dict[str, Any]]:
+    """Thread folders that do not exist on this machine while exactly one folder with the
+    longest same tail does (`/Users/ana/src/shop` gone, `/home/ana/projects/shop` here), each with
+    the remap-cwd options that move its threads. Looked for among the folders of this home's
+    other threads and their parents, the user's home and the current folder: no disk-wide search."""
+    cwds = sorted({thread_cwd(v) for v in inv.threads.values()} - {""})
+    worktrees = str(inv.home / "worktrees")
+    existing = [c for c in cwds if folder_key(c) and os.path.isdir(c)]
+    missing = [c for c in cwds if folder_key(c) and c not in existing and not c.startswith(worktrees)]
+    if not missing:
+        return {}
+    bases = set()
+    try:
+        here = [os.getcwd()]
+    except OSError:
+        here = []
+    for folder in existing + [str(Path.home())] + here:
+        path = Path(folder)
+        bases.update(str(p) for p in [path] + list(path.parents) if str(p) != path.anchor)
+    children: Dict[str, set] = {}
+
+    def has_child(base: str, name: str) -> bool:
+        # One listing per folder, however many threads ask: a set lookup, not a stat each.
+        if base not in children:
+            try:
+                children[base] = set(os.listdir(base))
+            except OSError:
+                children[base] = set()
+        return name in children[base]
+
+    moves: Dict[str, Dict[str, Any]] = {}
+    for cwd in missing:
+        parts = folder_key(cwd)[1]
+        tails: Dict[str, int] = {}
+        candidates = set(existing)
+        for base in bases:
+            candidates.update(os.path.join(base, *parts[-k:]) for k in range(1, min(3, len(parts)) + 1)
+                              if has_child(base, parts[-k]))
+        for candidate in candidates:
+            tail = common_tail(parts, (folder_key(candidate) or ("", [], False))[1])
+            if tail and os.path.isdir(candidate):
+                real = os.path.realpath(candidate)
+                tails[real] = max(tails.get(real, 0), tail)
+        if not tails:
+            continue
+        best = max(tails.values())
+        winners = sorted(c for c, t in tails.items() if t == best)
+        if len(winners) == 1:
+            moves[cwd] = {"cwd": cwd, "found": winners[0],
+                          "remap": "--from %s --to %s" % (_shell_quote(cwd), _shell_quote(winners[0]))}
+        else:
+            moves[cwd] = {"cwd": cwd, "candidates": winners[:5],
+                          "remap": "--from %s --to NEW_FOLDER (one of the candidates)" % _shell_quote(cwd)}
+    return moves
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2537,7 +2596,7 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
     cwd_problem = cwd_spelling_problem(str((row or {}).get("cwd") or (view.primary.meta.get("cwd") if view.primary else "") or ""), inv.home)
     if cwd_problem:
         add_reason(view, "cwd_unmatchable", False, problem=cwd_problem)
-    moved = getattr(inv, "folder_moves", {}).get(thread_cwd(view))
+    moved = inv.folder_moves.get(thread_cwd(view))
     if moved:
         add_reason(view, "cwd_moved", False, **moved)
     paginated = (row or {}).get("history_mode") == "paginated" or (
@@ -2637,62 +2696,6 @@ def cwd_spelling_problem(cwd: str, home: Path) -> Optional[str]:
     if cwd.startswith(worktrees) and not os.path.isdir(cwd):
         return "worktree_gone"
     return None
-
-
-def detect_folder_moves(inv: Inventory) -> Dict[str, Dict[str, Any]]:
-    """Thread folders that do not exist on this machine while exactly one folder with the
-    longest same tail does (`/Users/ana/src/shop` gone, `/home/ana/projects/shop` here), each with
-    the remap-cwd options that move its threads. Looked for among the folders of this home's
-    other threads and their parents, the user's home and the current folder: no disk-wide search."""
-    cwds = sorted({thread_cwd(v) for v in inv.threads.values()} - {""})
-    worktrees = str(inv.home / "worktrees")
-    existing = [c for c in cwds if folder_key(c) and os.path.isdir(c)]
-    missing = [c for c in cwds if folder_key(c) and c not in existing and not c.startswith(worktrees)]
-    if not missing:
-        return {}
-    bases = set()
-    try:
-        here = [os.getcwd()]
-    except OSError:
-        here = []
-    for folder in existing + [str(Path.home())] + here:
-        path = Path(folder)
-        bases.update(str(p) for p in [path] + list(path.parents) if str(p) != path.anchor)
-    children: Dict[str, set] = {}
-
-    def has_child(base: str, name: str) -> bool:
-        # One listing per folder, however many threads ask: a set lookup, not a stat each.
-        if base not in children:
-            try:
-                children[base] = set(os.listdir(base))
-            except OSError:
-                children[base] = set()
-        return name in children[base]
-
-    moves: Dict[str, Dict[str, Any]] = {}
-    for cwd in missing:
-        parts = folder_key(cwd)[1]
-        tails: Dict[str, int] = {}
-        candidates = set(existing)
-        for base in bases:
-            candidates.update(os.path.join(base, *parts[-k:]) for k in range(1, min(3, len(parts)) + 1)
-                              if has_child(base, parts[-k]))
-        for candidate in candidates:
-            tail = common_tail(parts, (folder_key(candidate) or ("", [], False))[1])
-            if tail and os.path.isdir(candidate):
-                real = os.path.realpath(candidate)
-                tails[real] = max(tails.get(real, 0), tail)
-        if not tails:
-            continue
-        best = max(tails.values())
-        winners = sorted(c for c, t in tails.items() if t == best)
-        if len(winners) == 1:
-            moves[cwd] = {"cwd": cwd, "found": winners[0],
-                          "remap": "--from %s --to %s" % (_shell_quote(cwd), _shell_quote(winners[0]))}
-        else:
-            moves[cwd] = {"cwd": cwd, "candidates": winners[:5],
-                          "remap": "--from %s --to NEW_FOLDER (one of the candidates)" % _shell_quote(cwd)}
-    return moves
 
 
 def common_tail(left: List[str], right: List[str]) -> int:
@@ -2899,7 +2902,6 @@ def legacy_profile_verdict(finding: Dict[str, Any], inv: Inventory) -> None:
 def run_checks(inv: Inventory) -> List[Dict[str, Any]]:
     """Per-thread reasons aggregated into findings per code and severity (the ones to act on
     first), then the home-level findings."""
-    inv.folder_moves = detect_folder_moves(inv)
     for view in inv.threads.values():
         view.reasons = NO_REASONS
         check_thread(view, inv)
@@ -3081,7 +3083,7 @@ def remap_cwd_next_args(inv: Inventory, findings: List[Dict[str, Any]], view: Op
     if view is not None:
         moved = next((r["evidence"] for r in view.reasons if r["code"] == "cwd_moved"), {})
         return [["--from", moved["cwd"], "--to", moved["found"]]] if "found" in moved else []
-    moves = [m for m in getattr(inv, "folder_moves", {}).values() if "found" in m]
+    moves = [m for m in inv.folder_moves.values() if "found" in m]
     kept = [m for m in moves if not any(o is not m and remap_folder(m["cwd"], o["cwd"], o["found"]) is not None
                                         and os.path.realpath(remap_folder(m["cwd"], o["cwd"], o["found"])) == m["found"]
                                         for o in moves)]
