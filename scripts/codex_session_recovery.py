@@ -4813,7 +4813,8 @@ REPAIRS: Tuple[Repair, ...] = (
            "backfill: save DB-only thread names into session_index.jsonl, then move the DB and its "
            "-wal/-shm into the backup folder (never deleted). Codex rebuilds the DB at its next start.",
            cures=REBUILD_REASONS, next_args=rebuild_db_next_args),
-    # Next never names import: only the user knows where another home is.
+    # Next never names import: only the user knows where another home is, and it cures no
+    # code diagnose can see, so the table's rule (a line per cured code) gives it no line.
     Repair("import", plan_import,
            "bring in the conversations of another home (a copy, a backup, an old machine's .codex) this one lacks",
            "Copy each rollout of OTHER_HOME (a Codex home, or only its sessions/ folder) that this home lacks to "
@@ -4822,7 +4823,7 @@ REPAIRS: Tuple[Repair, ...] = (
            "is a byte prefix of the other the longer is kept (the shorter stays in the backup); anything else is "
            "reported as a conflict and neither is changed. OTHER_HOME is only read: its DBs are opened "
            "immutable or copied, and its auth.json and config.toml are never opened.",
-           after=("rebuild-db",), options=import_options, next_args=lambda inv, findings, view: []),
+           after=("rebuild-db",), options=import_options),
     Repair("remap-cwd", plan_cwd_remap,
            "move threads to the new path of a project folder that moved (another machine, user or mount)",
            "For every thread whose folder is OLD_PREFIX or lies under it (whole path components; Windows, "

@@ -74,6 +74,15 @@ def test_every_repair_command_comes_from_the_table():
         assert all(order.index(a) < order.index(entry.name) for a in entry.after)
 
 
+def test_next_never_names_import_whatever_the_findings():
+    """Only the user knows where another home is: import cures no code, so no finding gives it
+    a Next line (every code of both tables, home-wide and for one thread)."""
+    entry = csr.REPAIR_BY_NAME["import"]
+    assert entry.cures == ()
+    findings = [{"code": code, "severity": "warning"} for code in list(csr.REASONS) + list(csr.HOME_FINDINGS)]
+    assert entry.next_args(None, findings, None) == []
+
+
 def test_no_reason_is_cured_by_two_repairs():
     cured = [code for entry in csr.REPAIRS for code in entry.cures]
     assert len(cured) == len(set(cured))
