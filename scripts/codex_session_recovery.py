@@ -1702,31 +1702,9 @@ class HeadReader:
 
 
 def _scan_head(info: RolloutInfo, reader: HeadReader) -> None:
-    """scan_rollout_deep's loop over a HeadReader, with decode_record for json.loads."""
-    line_no = 0
-    problems = info.problems
-    while True:
-        raw, oversized = reader.next_line()
-        if not raw and not oversized:
-            info.scanned_to_end = True
-            break
-        line_no += 1
-        if oversized:
-            problems.append("oversized_line")
-            continue
-        record = parse_rollout_line(raw, line_no, problems, decode_record)
-        if record is None:
-            continue
-        if line_no == 1:
-            _take_first_line(info, record)
-        elif record.get("type") == "session_meta":
-            info.meta_lines += 1
-        found = user_text_of(record)
-        if found:
-            info.evidence_kind, text = found
-            info.evidence_line = line_no
-            info.evidence_text = short(text, 200)
-            break
+    """The head loop over a HeadReader, with decode_record for json.loads; then the tail from
+    the same descriptor."""
+    scan_head_lines(info, reader.next_line, decode_record)
     info.bytes_read = reader.tell()
     if not info.scanned_to_end:
         start = max(info.bytes_read, info.size - TAIL_BYTES)
@@ -1810,34 +1788,43 @@ def _scan_deep(info: RolloutInfo, path: Path, projection: Optional[Dict[str, Tup
         info.problems.append("unreadable")
         return info
     with handle:
-        line_no = 0
-        while True:
-            raw, oversized = read_line_bounded(handle)
-            if not raw and not oversized:
-                info.scanned_to_end = True
-                break
-            line_no += 1
-            if oversized:
-                info.problems.append("oversized_line")
-                continue
-            record = parse_rollout_line(raw, line_no, info.problems)
-            if record is None:
-                continue
-            if line_no == 1:
-                _take_first_line(info, record)
-            elif record.get("type") == "session_meta":
-                info.meta_lines += 1
-            found = user_text_of(record)
-            if found:
-                info.evidence_kind, text = found
-                info.evidence_line = line_no
-                info.evidence_text = short(text, 200)
-                break
+        scan_head_lines(info, lambda: read_line_bounded(handle), json.loads)
         info.bytes_read = handle.tell()
         if not info.scanned_to_end:
             check_tail(handle, info)
         check_offsets(info, handle.fileno(), projection)
     return info
+
+
+def scan_head_lines(info: RolloutInfo, next_line: Any, decode: Any) -> None:
+    """The head loop both readers share: line by line (`next_line()` gives (bytes, oversized),
+    b"" at the end) up to the first real user message, recording the own session_meta, later
+    session_meta lines and every problem met. The readers differ in how they read lines and
+    decode JSON, which is what the fast/deep equality tests hold to each other."""
+    line_no = 0
+    problems = info.problems
+    while True:
+        raw, oversized = next_line()
+        if not raw and not oversized:
+            info.scanned_to_end = True
+            break
+        line_no += 1
+        if oversized:
+            problems.append("oversized_line")
+            continue
+        record = parse_rollout_line(raw, line_no, problems, decode)
+        if record is None:
+            continue
+        if line_no == 1:
+            _take_first_line(info, record)
+        elif record.get("type") == "session_meta":
+            info.meta_lines += 1
+        found = user_text_of(record)
+        if found:
+            info.evidence_kind, text = found
+            info.evidence_line = line_no
+            info.evidence_text = short(text, 200)
+            break
 
 
 TAIL_BYTES = 4096
@@ -3809,9 +3796,7 @@ def plan_provider_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
             continue
         if not in_scope(view, scope_sources(args), args.include_archived, args.include_empty):
             continue
-        reason = provider_repair_blocker(view)
-        if reason:
-            plan.skipped.append({"thread_id": view.id, "reason": reason})
+        if skipped_as_blocked(plan, view):
             continue
         try:
             if view.primary is not None:
@@ -3845,6 +3830,15 @@ def provider_rollout_edit(path: Path, thread_id: str, old: Optional[str], new: O
         return plan_rollout_edit(path, thread_id, lambda raw: None, PROVIDER_LINE_MARKERS, target)
     return plan_rollout_edit(path, thread_id, lambda raw: provider_line_edit(raw, thread_id, old, new),
                              PROVIDER_LINE_MARKERS, target)
+
+
+def skipped_as_blocked(plan: Plan, view: ThreadView) -> bool:
+    """Whether a rollout-rewriting repair must leave this thread alone; if so it is listed
+    under the plan's `skipped` with the reason."""
+    reason = provider_repair_blocker(view)
+    if reason:
+        plan.skipped.append({"thread_id": view.id, "reason": reason})
+    return bool(reason)
 
 
 def provider_repair_blocker(view: ThreadView) -> Optional[str]:
@@ -4043,9 +4037,7 @@ def plan_cwd_remap(inv: Inventory, args: argparse.Namespace) -> Plan:
         targets = {c: t for c, t in targets.items() if t is not None and t != c}
         if not targets:
             continue
-        reason = provider_repair_blocker(view)
-        if reason:
-            plan.skipped.append({"thread_id": view.id, "reason": reason})
+        if skipped_as_blocked(plan, view):
             continue
         try:
             edit = plan_rollout_edit(view.primary.path, view.id, lambda raw, v=view: cwd_line_edit(
@@ -5183,7 +5175,15 @@ def _proc_holders(home: Path) -> List[str]:
 
 def proc_open_files(home: Path) -> Iterator[Tuple[str, str]]:
     """(pid, path) for every file under the home that another process has open (Linux /proc)."""
-    prefixes = {str(home) + os.sep, os.path.realpath(str(home)) + os.sep}
+    prefixes = tuple({str(home) + os.sep, os.path.realpath(str(home)) + os.sep})
+    for pid, _link, target in other_process_fds():
+        if target.startswith(prefixes):
+            yield pid, target
+
+
+def other_process_fds() -> Iterator[Tuple[str, str, str]]:
+    """(pid, its /proc fd link, what the link names) for every open file of every other
+    process this user may look at (Linux /proc); a process or fd gone meanwhile is passed over."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
@@ -5192,12 +5192,12 @@ def proc_open_files(home: Path) -> Iterator[Tuple[str, str]]:
         except OSError:
             continue
         for fd in fds:
+            link = "/proc/%s/fd/%s" % (entry, fd)
             try:
-                target = os.readlink("/proc/%s/fd/%s" % (entry, fd))
+                target = os.readlink(link)
             except OSError:
                 continue
-            if target.startswith(tuple(prefixes)):
-                yield entry, target
+            yield entry, link, target
 
 
 def _process_name(pid: str) -> str:
@@ -5418,29 +5418,29 @@ def fsync_path(path: Path) -> None:
 
 
 def atomic_write(path: Path, data: bytes, mode: Optional[int], mtime_ns: Optional[int] = None) -> None:
-    tmp = path.parent / (".%s%s%d" % (path.name, TEMP_MARKER, os.getpid()))
-    try:
+    def fill(tmp: Path) -> None:
         with open(str(tmp), "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        if mode is not None:
-            os.chmod(str(tmp), mode)
-        if mtime_ns is not None:
-            os.utime(str(tmp), ns=(mtime_ns, mtime_ns))
-        os.replace(str(tmp), str(path))
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    replace_through_temp(path, fill, mode, mtime_ns)
 
 
 def atomic_copy(source: Path, path: Path, mode: Optional[int], mtime_ns: Optional[int]) -> None:
-    tmp = path.parent / (".%s%s%d" % (path.name, TEMP_MARKER, os.getpid()))
-    try:
+    def fill(tmp: Path) -> None:
         if not path.parent.is_dir():
             path.parent.mkdir(parents=True)  # an archived_sessions/ or date folder removed since
         shutil.copyfile(str(source), str(tmp))
         fsync_path(tmp)
+    replace_through_temp(path, fill, mode, mtime_ns)
+
+
+def replace_through_temp(path: Path, fill: Any, mode: Optional[int], mtime_ns: Optional[int]) -> None:
+    """`fill(tmp)` writes and fsyncs the new content beside `path`; it gets `mode` and
+    `mtime_ns` and replaces `path` in one rename. The temp file never outlives the call."""
+    tmp = temp_beside(path)
+    try:
+        fill(tmp)
         if mode is not None:
             os.chmod(str(tmp), mode)
         if mtime_ns is not None:
@@ -5827,6 +5827,12 @@ def open_elsewhere(home: Path) -> Dict[str, List[str]]:
 TEMP_MARKER = ".csr-tmp-"
 
 
+def temp_beside(path: Path, kind: str = "") -> Path:
+    """The hidden temp file this process writes before it replaces `path` (`kind` tells a kept
+    old copy apart): named with TEMP_MARKER, so diagnose finds what a killed run left."""
+    return path.parent / (".%s%s%s%d" % (path.name, TEMP_MARKER, kind, os.getpid()))
+
+
 def remove_partial_backups(home: Path) -> None:
     """Backup folders with no manifest: the manifest is written before the first write to the
     home, so such a folder belongs to a run killed before it changed anything. Under the tool
@@ -5989,25 +5995,16 @@ def holders_of(path: Path, identity: Tuple[int, int]) -> List[str]:
     if not Path("/proc/self/fd").is_dir():
         return []
     folder = os.path.realpath(str(path.parent)) + os.sep
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
+    found: List[str] = []
+    for pid, link, target in other_process_fds():
+        if pid in found or not target.startswith(folder):
             continue
         try:
-            fds = os.listdir("/proc/%s/fd" % entry)
+            stat = os.stat(link)
         except OSError:
             continue
-        for fd in fds:
-            link = "/proc/%s/fd/%s" % (entry, fd)
-            try:
-                if not os.readlink(link).startswith(folder):
-                    continue
-                stat = os.stat(link)
-            except OSError:
-                continue
-            if (stat.st_dev, stat.st_ino) == identity:
-                found.append(entry)
-                break
+        if (stat.st_dev, stat.st_ino) == identity:
+            found.append(pid)
     return found
 
 
@@ -6059,8 +6056,8 @@ def rewrite_rollout(edit: RolloutEdit, result: Optional[Dict[str, Any]] = None,
         return False
     if edit.target != edit.path:
         return copy_rollout(edit, journal)
-    tmp = edit.path.parent / (".%s%s%d" % (edit.path.name, TEMP_MARKER, os.getpid()))
-    keep = edit.path.parent / (".%s%sold-%d" % (edit.path.name, TEMP_MARKER, os.getpid()))
+    tmp = temp_beside(edit.path)
+    keep = temp_beside(edit.path, "old-")
     digest = hashlib.sha256()
     try:
         with open_regular(edit.path) as source:
@@ -6070,20 +6067,10 @@ def rewrite_rollout(edit: RolloutEdit, result: Optional[Dict[str, Any]] = None,
                     edit.skip_reason = "another process has the rollout open for writing (a live session); it was left as it is"
                     return False
                 identity = (os.fstat(source.fileno()).st_dev, os.fstat(source.fileno()).st_ino)
-                with open(str(tmp), "wb") as handle:
-                    out = HashingWriter(handle)
-                    position = 0
-                    for offset, length, new_raw in sorted(edit.replacements):
-                        if not copy_span(source, out, digest, offset - position):
-                            return False
-                        digest.update(source.read(length))
-                        out.write(new_raw)
-                        position = offset + length
-                    if not copy_span(source, out, digest, size - position) or source.read(1):
-                        return False
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                    written = handle.tell()
+                copied = write_edited_copy(source, tmp, edit, size, digest)
+                if copied is None:
+                    return False
+                written, sha256_after = copied
                 os.chmod(str(tmp), stat.st_mode & 0o7777)
                 # Codex orders threads by the rollout's mtime when it re-derives a row: keep it.
                 os.utime(str(tmp), ns=(stat.st_atime_ns, mtime_ns))
@@ -6095,7 +6082,7 @@ def rewrite_rollout(edit: RolloutEdit, result: Optional[Dict[str, Any]] = None,
                     return False
                 kept = link_quietly(edit.path, keep)
                 if journal is not None:
-                    journal.intend(edit.path, sha256_after=out.digest.hexdigest())
+                    journal.intend(edit.path, sha256_after=sha256_after)
                 os.replace(str(tmp), str(edit.path))
                 late = opened_for_writing_since(edit, source, lease, identity)
                 if late and kept:
@@ -6173,23 +6160,13 @@ def copy_rollout(edit: RolloutEdit, journal: Optional["Journal"] = None) -> bool
     if (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns) or not target_as_planned(edit):
         return False
     edit.target.parent.mkdir(parents=True, exist_ok=True)  # a new date folder
-    tmp = edit.target.parent / (".%s%s%d" % (edit.target.name, TEMP_MARKER, os.getpid()))
+    tmp = temp_beside(edit.target)
     digest = hashlib.sha256()
     try:
         with open_regular(edit.path) as source:
-            with open(str(tmp), "wb") as handle:
-                out = HashingWriter(handle)
-                position = 0
-                for offset, length, new_raw in sorted(edit.replacements):
-                    if not copy_span(source, out, digest, offset - position):
-                        return False
-                    digest.update(source.read(length))
-                    out.write(new_raw)
-                    position = offset + length
-                if not copy_span(source, out, digest, size - position) or source.read(1):
-                    return False
-                handle.flush()
-                os.fsync(handle.fileno())
+            copied = write_edited_copy(source, tmp, edit, size, digest)
+        if copied is None:
+            return False
         # A copy from a read-only backup must stay appendable: Codex appends when it resumes.
         os.chmod(str(tmp), (stat.st_mode & 0o7777) | 0o600)
         # Codex orders threads by the rollout's mtime when it re-derives a row: keep it.
@@ -6197,12 +6174,33 @@ def copy_rollout(edit: RolloutEdit, journal: Optional["Journal"] = None) -> bool
         if digest.hexdigest() != expected or not target_as_planned(edit):
             return False
         if journal is not None:
-            journal.intend(edit.target, sha256_after=out.digest.hexdigest())
+            journal.intend(edit.target, sha256_after=copied[1])
         os.replace(str(tmp), str(edit.target))
         return True
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_edited_copy(source: Any, tmp: Path, edit: RolloutEdit, size: int,
+                      digest: Any) -> Optional[Tuple[int, str]]:
+    """The source's bytes with the planned lines substituted, written to `tmp` and fsynced;
+    every byte read goes into `digest` (the caller holds it to the plan's hash). Returns (bytes
+    written, SHA-256 of what was written), or None when the source is not `size` bytes long."""
+    with open(str(tmp), "wb") as handle:
+        out = HashingWriter(handle)
+        position = 0
+        for offset, length, new_raw in sorted(edit.replacements):
+            if not copy_span(source, out, digest, offset - position):
+                return None
+            digest.update(source.read(length))
+            out.write(new_raw)
+            position = offset + length
+        if not copy_span(source, out, digest, size - position) or source.read(1):
+            return None
+        handle.flush()
+        os.fsync(handle.fileno())
+        return handle.tell(), out.digest.hexdigest()
 
 
 def copy_span(source: Any, out: Any, digest: Any, count: int) -> bool:
