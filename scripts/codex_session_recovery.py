@@ -1399,11 +1399,19 @@ def iter_rollout_entries(home: Path, temps: Optional[List[Path]] = None,
         if not os.path.isdir(root):
             continue
         seen: set = set()
-        yield from _walk_rollouts(root, seen, temps, errors, links)
+        # Linked folders wait until every real folder has been walked: a link to a folder the
+        # walk reaches anyway (a sibling day) is then a second way in, and skipped as seen;
+        # Codex, which skips links, sees that folder's rollouts only where they really are.
+        deferred: List[Tuple[str, str]] = []
+        yield from _walk_rollouts(root, seen, temps, errors, links, None, deferred)
+        while deferred:
+            folder, via = deferred.pop(0)
+            yield from _walk_rollouts(folder, seen, temps, errors, links, via, deferred)
 
 
 def _walk_rollouts(folder: str, seen: set, temps: Optional[List[Path]], errors: Optional[List[str]],
-                   links: Optional[Dict[str, str]] = None, via: Optional[str] = None) -> Iterator[Tuple[str, bool]]:
+                   links: Optional[Dict[str, str]] = None, via: Optional[str] = None,
+                   deferred: Optional[List[Tuple[str, str]]] = None) -> Iterator[Tuple[str, bool]]:
     real = os.path.realpath(folder)
     if real in seen:  # a link loop, or two links to one folder
         return
@@ -1427,7 +1435,10 @@ def _walk_rollouts(folder: str, seen: set, temps: Optional[List[Path]], errors: 
         elif temps is not None and TEMP_MARKER in name:
             temps.append(Path(entry.path))
     for sub, sub_via in folders:  # os.walk's order: a folder's files, then its subfolders, sorted
-        yield from _walk_rollouts(sub, seen, temps, errors, links, sub_via)
+        if sub_via and not via and deferred is not None:
+            deferred.append((sub, sub_via))
+            continue
+        yield from _walk_rollouts(sub, seen, temps, errors, links, sub_via, deferred)
 
 
 def _entry_is_file(entry: Any) -> bool:
@@ -2175,6 +2186,7 @@ class Inventory:
         self.unreadable_folders: List[str] = []
         # rollout -> the symbolic link it is, or is reached through (Codex's file listing skips them)
         self.linked_rollouts: Dict[str, str] = {}
+        self.dangling_links: set = set()  # linked rollouts whose target does not exist
         # A rollout's path string is the one its row already holds, when they are spelled alike.
         paths = {p: p for p in (r.get("rollout_path") for r in self.rows.values()) if isinstance(p, str)}
         projection = read_projection_offsets(history_db_path(self))
@@ -2183,6 +2195,7 @@ class Inventory:
                                                        links=self.linked_rollouts),
                                   "reading rollouts")]
         del paths, projection
+        self.dangling_links = {p for p in self.linked_rollouts if not os.path.exists(p)}
         self.index = read_session_index(home)
         self.global_state = read_global_state(home)
         self.projections = history_projection_files(home, self.live_db.path.parent if self.live_db else None)
@@ -2214,6 +2227,12 @@ class Inventory:
         for info in self.rollouts:
             if info.thread_id:
                 by_id.setdefault(info.thread_id, []).append(info)
+        for thread_id, infos in by_id.items():
+            # Codex's file listing skips links: where a thread also has a rollout that is no
+            # link, a link to it (or to a copy of it) is not a second copy Codex could show.
+            real = [i for i in infos if i.file not in self.linked_rollouts]
+            if real and len(real) < len(infos):
+                by_id[thread_id] = real
         ids = sorted(set(self.rows) | set(by_id))
         threads = {}
         for thread_id in ids:
@@ -2386,8 +2405,9 @@ REASONS: Dict[str, Tuple[str, str]] = {
                                         "unreadable is not missing, so the row is never pruned"),
     "rollout_path_stale": ("warning", "the DB row's rollout_path is wrong; the file exists elsewhere in the home"),
     "no_db_row": ("warning", "the rollout has no row in the state DB"),
-    "rollout_not_indexable": ("warning", "a file named like a rollout that cannot become a DB row: no readable "
-                                         "session_meta (not JSON, a FIFO, a device), or a link leading out of the home"),
+    "rollout_not_indexable": ("info", "a file named like a rollout that is no conversation Codex can read: no "
+                                      "readable session_meta (not JSON, a FIFO, a device, a dangling link), or a link "
+                                      "out of the home to such a file; nothing to recover"),
     "archive_flag_mismatch": ("warning", "the DB archived flag disagrees with where the file lives"),
     "rollout_is_link": ("warning", "the rollout is a symbolic link, or lies in a linked folder under sessions/: Codex's "
                                    "file listing skips links, so the thread is left out of the default list (0.130.0 "
@@ -2613,7 +2633,9 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
             add_reason(view, "rollout_missing", True, rollout_path=path)
     elif inv.has_db and view.files:
         blocker = index_blocker(view.files[0], inv.home)
-        if blocker:
+        if blocker == "links_outside_home" and view.files[0].meta:
+            pass  # a real rollout linked in from outside: rollout_is_link below says what to do
+        elif blocker:
             # Codex lists a file-only thread from its session_meta; without one it lists nothing,
             # and a link leading out of the home it does not list either (measured 0.120.0-0.171.0,
             # tests/test_real_codex_odd_files.py); reindex must not invent a row for any of them.
@@ -2623,7 +2645,13 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
         else:
             add_reason(view, "no_db_row", False, file=view.files[0].rel)
     link = inv.linked_rollouts.get(view.primary.file) if view.primary is not None else None
-    if link and not any(r.code == "rollout_not_indexable" for r in view.reasons):
+    if link and view.primary.file in inv.dangling_links:
+        # Nothing of the conversation is on this disk: put the file back, or drop the link.
+        add_reason(view, "rollout_is_link", True, file=view.primary.rel, link=display_path(link, inv.home),
+                   target_missing=True, manual_step="the link points at %s, which does not exist here: put that "
+                   "file back (from the synced folder or a backup), or remove the link" % _shell_quote(
+                       os.readlink(link) if os.path.islink(link) else link))
+    elif link and not any(r.code == "rollout_not_indexable" for r in view.reasons):
         add_reason(view, "rollout_is_link", file_listing_skip_hides(inv.release, row is not None),
                    file=view.primary.rel, link=display_path(link, inv.home),
                    manual_step=(LINKED_ROLLOUT_STEP if link == view.primary.file else LINKED_FOLDER_STEP).replace(
@@ -2853,6 +2881,8 @@ def reason_severity(view: ThreadView, reason: Dict[str, Any], inv: Inventory) ->
     if code == "provider_mismatch":
         why = provider_move_blocker(view, inv)
         return ("warning", None) if why is None else ("info", why)
+    if code == "rollout_is_link" and reason["evidence"].get("target_missing"):
+        return "info", "the file the link points at is not on this machine: nothing here to recover"
     if code == "attachment_only_prompt" and not reason["hides"]:
         return "info", "this release lists it anyway"
     return severity, None
@@ -5058,7 +5088,11 @@ def check_inside_home(path: Path, home: Path) -> None:
         raise refuse("%s lies outside CODEX_HOME" % path, None)
     current = Path(os.path.abspath(str(path)))
     while current != home and is_within(current, home):
-        if current.is_symlink():
+        # CODEX-COMPAT: a linked sessions/ or archived_sessions/ (a synced folder) is followed by
+        # every release measured (0.120.0-0.171.0): it is where the conversations live, as a
+        # linked home is. A link deeper down is skipped by Codex and never written through.
+        top_level_folder = current.parent == home and current.name in ("sessions", "archived_sessions")
+        if current.is_symlink() and not top_level_folder:
             raise refuse("%s is reached through a symlink (%s)" % (display_path(path, home), display_path(current, home)), None)
         current = current.parent
     if path.exists() and not path.is_file():
@@ -6345,7 +6379,7 @@ LISTING_LINE_MARKERS = PROVIDER_LINE_MARKERS
 
 class VerifyError(Exception):
     """Verification could not run to the end (a time-out, a Codex that exits): reported in one
-    line, and the command carries on as without --verify. `exited`: the app-server stopped by
+    line; a dry run carries on as without --verify, an apply is refused. `exited`: the app-server stopped by
     itself, which is Codex's own answer about that copy of the home (it cannot open it)."""
 
     def __init__(self, message: str, exited: bool = False) -> None:
@@ -6981,8 +7015,8 @@ def verify_with_codex(inv: Inventory, args: argparse.Namespace, plan: Optional[P
     as `plan` leaves it on another. With `apply` (a function that writes the real home and
     returns its new inventory), the plan is applied only when Codex agreed with both
     predictions; the repaired home is then listed on a third copy. A disagreement refuses the
-    apply: nothing is written. Without a Codex, or when verification cannot finish, the command
-    goes on as without --verify."""
+    apply: nothing is written, and so when the check cannot finish before the apply. Without a
+    Codex the command goes on as without --verify (the line on stderr says so)."""
     binary = find_codex_binary(getattr(args, "codex_bin", None), dict(os.environ))
     if binary is None:
         if apply is not None:
@@ -7011,9 +7045,9 @@ def verify_with_codex(inv: Inventory, args: argparse.Namespace, plan: Optional[P
                 phase = "applied"
                 listings.append(("applied", list_scratch(binary, repaired, None, "after", cache)))
     except VerifyError as exc:
-        if apply is not None and not result["refused"]:
-            apply()
-        result.update(status="failed", message="verification did not finish (%s): %s" % (phase, exc))
+        # Asked to check before writing, and the check did not finish: nothing is written.
+        result.update(status="failed", message="verification did not finish (%s): %s" % (phase, exc),
+                      refused=apply is not None and phase != "applied")
         return result
     found, errors = compare_listings(listings)
     before = listings[0][1]
@@ -7117,6 +7151,10 @@ def report_verification(verification: Optional[Dict[str, Any]]) -> None:
         return
     if verification["status"] != "verified":
         sys.stderr.write("verify: %s\n" % verification["message"])
+        if verification.get("refused"):
+            sys.stderr.write("refused: the apply did not start and nothing was written, because your Codex "
+                             "could not check the plan (to apply it regardless, run the same line without "
+                             "--verify)\n")
         return
     if verification.get("refused"):
         sys.stderr.write("refused: %s\n" % VERIFY_REFUSAL)

@@ -143,3 +143,46 @@ def test_a_linked_day_folder_converges_once_its_manual_step_is_run(tmp_path, cli
             assert code == csr.EXIT_OK, applied
     code, doc = cli("--codex-home", str(root), "diagnose")
     assert code == csr.EXIT_OK, [(f["severity"], f["code"]) for f in doc["findings"]]
+
+
+def test_a_second_way_in_to_a_folder_or_file_of_the_home_changes_nothing(tmp_path, cli):
+    """A link to a sibling day folder, and a link in another day to a regular rollout of the
+    home: Codex skips both links and lists each thread once from its real file, so the tool sees
+    no linked rollout, no duplicate, and nothing to do."""
+    root = tmp_path / "home"
+    home = HomeBuilder(root, "0.169.0").provider_config("openai")
+    first = home.thread(provider="openai")
+    second = home.thread(provider="openai")
+    day = first.path.parent
+    os.symlink(str(day), str(day.parent / "00"))  # sorts before the real day
+    other_day = day.parent.parent / "11" / "30"
+    other_day.mkdir(parents=True)
+    os.symlink(str(second.path), str(other_day / second.path.name))
+    code, doc = cli("--codex-home", str(root), "diagnose")
+    assert code == csr.EXIT_OK, [(f["code"], f["severity"]) for f in doc["findings"]]
+    assert doc["counts"]["visible_by_default"] == 2 and doc["counts"]["threads"] == 2, doc["counts"]
+    assert not [t for t in doc["threads"] if t["reasons"]], doc["threads"]
+
+
+def test_a_linked_sessions_folder_is_repaired_where_the_conversations_live(tmp_path, cli):
+    """sessions/ itself linked to a synced folder (Codex follows it, measured 0.120.0-0.171.0):
+    the provider repair writes there, backed up first, and the next round finds nothing."""
+    root = tmp_path / "home"
+    home = HomeBuilder(root, "0.169.0").provider_config("proxy")
+    thread = home.thread(provider="openai")
+    synced = tmp_path / "synced sessions"
+    shutil.move(str(root / "sessions"), str(synced))
+    os.symlink(str(synced), str(root / "sessions"))
+    code, doc = cli("--codex-home", str(root), "diagnose")
+    assert not [t for t in doc["threads"] if "rollout_is_link" in t["reasons"]]
+    (line,) = next_argv(doc)
+    before = hash_tree(root)
+    code, plan = cli(*line)
+    assert code == csr.EXIT_FINDINGS and hash_tree(root) == before and not plan["warnings"], plan["warnings"]
+    code, applied = cli(*line, "--apply", "--expect-plan", plan["plan_id"])
+    assert code == csr.EXIT_OK and applied["backup_dir"], applied
+    moved = synced / thread.path.relative_to(root / "sessions")
+    assert b'"model_provider":"proxy"' in moved.read_bytes().replace(b" ", b"")
+    assert os.path.islink(str(root / "sessions"))
+    code, doc = cli("--codex-home", str(root), "diagnose")
+    assert code == csr.EXIT_OK, [(f["code"], f["severity"]) for f in doc["findings"]]

@@ -316,8 +316,13 @@ def test_reindex_invents_no_row_for_a_file_that_is_not_a_rollout_of_this_home(tm
     code, out, err = run(["diagnose", "--codex-home", str(root), "--json"])
     doc = json.loads(out)
     thread = next(t for t in doc["threads"] if t["rollout"] == os.path.relpath(str(odd), str(root)))
-    assert "rollout_not_indexable" in thread["reasons"], thread
+    # A real rollout linked in from outside gets the link's runnable step; anything else is not
+    # a conversation Codex can read, which is information.
+    expected = "rollout_is_link" if make is _link_to_a_real_rollout_outside else "rollout_not_indexable"
+    assert expected in thread["reasons"], thread
     assert "no_db_row" not in thread["reasons"]
+    severities = {f["code"]: f["severity"] for f in doc["findings"] if thread["id"] in f.get("thread_ids", [])}
+    assert severities[expected] == ("warning" if expected == "rollout_is_link" else "info"), severities
     assert not any(" reindex" in c for c in doc["next_commands"]), doc["next_commands"]
     if make is not _link_to_a_real_rollout_outside:
         assert thread["hidden"], thread  # Codex lists a file-only thread from its session_meta

@@ -103,7 +103,8 @@ def test_files_that_are_not_rollouts_of_this_home_are_predicted_as_codex_lists_t
     # whether it is predicted listed, and the comparison above holds the prediction to that.
     link_entry = by_id.get(odd_ids["link_to_rollout"])
     assert odd_ids["link_to_rollout"] == str(uuid.UUID(int=99, version=4))
-    assert link_entry is not None and "rollout_not_indexable" in link_entry["reasons"], sorted(by_id)
+    assert link_entry is not None and "rollout_is_link" in link_entry["reasons"], sorted(by_id)
+    assert link_entry["evidence"]["rollout_is_link"]["manual_step"].startswith("replace the link")
     assert not [c for c in doc["next_commands"] if " reindex" in c], doc["next_commands"]
 
     before = regular_file_digests(home.home)

@@ -247,6 +247,16 @@ def test_a_codex_that_never_answers_times_out_in_one_line(switched, tmp_path, mo
     assert err.strip().splitlines()[-1] == "verify: " + check["message"]
     assert list(tmp.iterdir()) == []
 
+    # --apply --verify asked Codex to check first; a check that did not finish writes nothing.
+    before = hash_tree(home.root)
+    code, out, err = run(["repair-provider", "--codex-home", str(home.root), "--from", "openai", "--verify",
+                          "--codex-bin", str(fake), "--apply", "--json"])
+    doc = json.loads(out)
+    assert (code, doc["applied"], doc["verification"]["refused"]) == (csr.EXIT_REFUSED, False, True), doc
+    assert "refused: the apply did not start and nothing was written" in err
+    assert hash_tree(home.root) == before and not (home.root / csr.BACKUP_DIR_NAME).exists()
+    assert list(tmp.iterdir()) == []
+
 
 def test_rebuild_db_plan_moves_the_copy_of_a_db_in_an_outside_sqlite_home(tmp_path):
     """A state DB in a sqlite_home outside the home, with foreign migration checksums: in the
