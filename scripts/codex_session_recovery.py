@@ -1715,13 +1715,15 @@ class HeadReader:
 def _scan_head(info: RolloutInfo, reader: HeadReader) -> None:
     """The head loop over a HeadReader, with decode_record for json.loads; then the tail from
     the same descriptor."""
-    scan_head_lines(info, reader.next_line, decode_record)
-    info.bytes_read = reader.tell()
+    read_on = scan_head_lines(info, reader.next_line, decode_record)
+    info.bytes_read = head_end = reader.tell()
     if not info.scanned_to_end:
         start = max(info.bytes_read, info.size - TAIL_BYTES)
         tail = reader.tail(start)
         info.bytes_read += len(tail)
         _tail_problems(tail, info)
+    if read_on:
+        check_lines_to_user_event(info, reader.fd, head_end)
 
 
 # session_meta carries the model's instructions (~20 KB in 0.169.0), the same text in every
@@ -1799,19 +1801,22 @@ def _scan_deep(info: RolloutInfo, path: Path, projection: Optional[Dict[str, Tup
         info.problems.append("unreadable")
         return info
     with handle:
-        scan_head_lines(info, lambda: read_line_bounded(handle), json.loads)
-        info.bytes_read = handle.tell()
+        read_on = scan_head_lines(info, lambda: read_line_bounded(handle), json.loads)
+        info.bytes_read = head_end = handle.tell()
         if not info.scanned_to_end:
             check_tail(handle, info)
+        if read_on:
+            check_lines_to_user_event(info, handle.fileno(), head_end)
         check_offsets(info, handle.fileno(), projection)
     return info
 
 
-def scan_head_lines(info: RolloutInfo, next_line: Any, decode: Any) -> None:
+def scan_head_lines(info: RolloutInfo, next_line: Any, decode: Any) -> bool:
     """The head loop both readers share: line by line (`next_line()` gives (bytes, oversized),
     b"" at the end) up to the first real user message, recording the own session_meta, later
-    session_meta lines and every problem met. The readers differ in how they read lines and
-    decode JSON, which is what the fast/deep equality tests hold to each other."""
+    session_meta lines and every problem met. True when the listers read on from there to the
+    message's event form (check_lines_to_user_event). The readers differ in how they read lines
+    and decode JSON, which is what the fast/deep equality tests hold to each other."""
     line_no = 0
     problems = info.problems
     while True:
@@ -1835,7 +1840,33 @@ def scan_head_lines(info: RolloutInfo, next_line: Any, decode: Any) -> None:
             info.evidence_kind, text = found
             info.evidence_line = line_no
             info.evidence_text = short(text, 200)
-            break
+            return not any(marker in raw for marker in USER_EVENT_MARKERS)
+    return False
+
+
+# CODEX-COMPAT: the listers read on past the prompt's response_item to the event form of the
+# first user message (USER_EVENT_MARKERS; the next line or two); a line on the way that is not
+# UTF-8 stops them, and the thread is not listed (measured 0.130.0 and 0.171.0). Looked for in
+# a bounded window after the prompt, read with pread (the scan's position does not move).
+EVENT_LOOKAHEAD_BYTES = 64 * 1024
+
+
+def check_lines_to_user_event(info: RolloutInfo, fd: int, offset: int) -> None:
+    """The whole lines after the first user message, up to its event form, within the window:
+    a line that is not UTF-8 among them is recorded as the listers would meet it."""
+    try:
+        window = os.pread(fd, EVENT_LOOKAHEAD_BYTES, offset)
+    except OSError:
+        return
+    info.bytes_read += len(window)
+    for raw in window.split(b"\n")[:-1]:  # the last piece may be cut by the window: not judged
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            info.problems.append("invalid_utf8")
+            return
+        if any(marker in raw for marker in USER_EVENT_MARKERS):
+            return
 
 
 TAIL_BYTES = 4096
@@ -2557,10 +2588,12 @@ def file_listing_skip_hides(release: Tuple[int, ...], has_row: bool) -> bool:
 # The manual steps' commands use only POSIX cp/mv/rm options (macOS has no GNU cp): `cp -p`
 # follows a linked source file, `cp -pRH` a linked source folder named on the command line,
 # and `mv` replaces the link itself, never what it points to.
-LINKED_ROLLOUT_STEP = ("replace the link by the file it points to, keeping the name (`cp -p LINK LINK.copy && "
-                       "mv LINK.copy LINK`), then diagnose again")
+LINKED_ROLLOUT_STEP = ("replace the link by the file it points to, keeping the name (`test ! -L LINK || "
+                       "{ cp -p LINK LINK.copy && mv LINK.copy LINK; }`), then diagnose again")
+# Every thread of a linked folder carries the same step: once done, it does nothing (`test ! -L`).
 LINKED_FOLDER_STEP = ("replace the linked folder by a copy of the folder it points to, keeping the name "
-                      "(`cp -pRH LINK LINK.copy && rm LINK && mv LINK.copy LINK`), then diagnose again")
+                      "(`test ! -L LINK || { cp -pRH LINK LINK.copy && rm LINK && mv LINK.copy LINK; }`), "
+                      "then diagnose again")
 
 
 def check_thread(view: ThreadView, inv: Inventory) -> None:

@@ -134,6 +134,7 @@ def test_a_linked_day_folder_converges_once_its_manual_step_is_run(tmp_path, cli
     step = by_code(doc, thread.id)["rollout_is_link"]["manual_step"]
     assert step.startswith("replace the linked folder"), step
     run_manual_step(step)
+    run_manual_step(step)  # a second thread of the folder carries the same step: a no-op now
     assert day.is_dir() and not os.path.islink(str(day)) and (kept / thread.path.name).is_file()
     for _round in range(2):
         code, doc = cli("--codex-home", str(root), "diagnose")

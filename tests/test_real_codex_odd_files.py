@@ -238,3 +238,26 @@ def test_a_line_that_is_not_utf8_hides_the_thread_only_before_the_first_user_mes
 
 # 0.100.0's built-in openai provider ignores openai_base_url: its homes are made under a custom one.
 CUSTOM_OF = {harness.ROLLOUT_ONLY_RELEASE: harness.CUSTOM_PROVIDER}
+
+
+def user_event_line(path: Path) -> int:
+    """The index of the line with the event form of the first user message (what the listers
+    read on to), after the prompt's response_item."""
+    lines = path.read_bytes().split(b"\n")
+    start = first_user_line(path) + 1
+    return next(n for n in range(start, len(lines)) if any(m in lines[n] for m in csr.USER_EVENT_MARKERS))
+
+
+@pytest.mark.parametrize("version", ["0.171.0", "0.130.0"])
+def test_a_line_that_is_not_utf8_on_the_way_to_the_user_event_hides_the_thread(real_home, version):
+    """The listers read on from the prompt's response_item to the user message event: a bad
+    line there (the event line itself) hides the thread on 0.130.0 and 0.171.0, and the
+    prediction says so."""
+    home = real_home(version, "openai")
+    thread = home.interactive[0]
+    path = home.rollout(thread)
+    spoil_utf8(path, user_event_line(path))
+    doc = run_tool(home.home, "diagnose", "--verbose")
+    real = sorted(home.listed())
+    assert thread not in real and predicted_visible(doc) == real, (predicted_visible(doc), real)
+    assert "head_line_not_utf8" in next(t for t in doc["threads"] if t["id"] == thread)["reasons"]
