@@ -2678,13 +2678,14 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
         else:
             add_reason(view, "no_db_row", False, file=view.files[0].rel)
     link = inv.linked_rollouts.get(view.primary.file) if view.primary is not None else None
-    if link and view.primary.file in inv.dangling_links:
+    not_indexable = any(r.code == "rollout_not_indexable" for r in view.reasons)
+    if link and view.primary.file in inv.dangling_links and not not_indexable:
         # Nothing of the conversation is on this disk: put the file back, or drop the link.
         add_reason(view, "rollout_is_link", True, file=view.primary.rel, link=display_path(link, inv.home),
                    target_missing=True, manual_step="the link points at %s, which does not exist here: put that "
                    "file back (from the synced folder or a backup), or remove the link" % _shell_quote(
                        os.readlink(link) if os.path.islink(link) else link))
-    elif link and not any(r.code == "rollout_not_indexable" for r in view.reasons):
+    elif link and not not_indexable and view.primary.file not in inv.dangling_links:
         add_reason(view, "rollout_is_link", file_listing_skip_hides(inv.release, row is not None),
                    file=view.primary.rel, link=display_path(link, inv.home),
                    manual_step=(LINKED_ROLLOUT_STEP if link == view.primary.file else LINKED_FOLDER_STEP).replace(
@@ -2849,8 +2850,10 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
                 counts[problem] = counts.get(problem, 0) + 1
         carried_only = all(set(i.problems) <= set(CARRIED_PROBLEMS) for i in damaged)
         read_past = all(set(i.problems) <= set(READ_PAST_PROBLEMS) for i in damaged)
-        # A line that is not UTF-8 is named per thread (head_line_not_utf8), where it hides one.
-        nothing_to_do = all(set(i.problems) <= set(READ_PAST_PROBLEMS) | {"invalid_utf8"} for i in damaged)
+        # A line that is not UTF-8 is named per thread (head_line_not_utf8), where it hides one;
+        # a FIFO, device or dangling link named like a rollout, or an empty file, holds nothing.
+        nothing_to_do = all(set(i.problems) <= set(READ_PAST_PROBLEMS) | {"invalid_utf8", "not_a_file", "empty_file"}
+                            for i in damaged)
         if read_past:
             note = ("Codex skips these lines and still lists, reads and continues the thread; repairs edit "
                     "only the lines they name and copy these bytes as they are")

@@ -226,10 +226,12 @@ def test_damaged_rollouts_become_findings(tmp_path, capsys, problem):
     assert problem in bad["examples"][0]["problems"]
     # Damage Codex reads past (and repairs carry verbatim) is information, and so is a line that
     # is not UTF-8 (no repair may change the conversation's bytes; the thread it hides is named
-    # by head_line_not_utf8); the rest asks for a look.
-    assert damage["severity"] == ("info" if problem in csr.READ_PAST_PROBLEMS + ("invalid_utf8",) else "warning")
+    # by head_line_not_utf8), and an empty file, which holds nothing; the rest asks for a look.
+    assert damage["severity"] == ("info" if problem in csr.READ_PAST_PROBLEMS + ("invalid_utf8", "empty_file") else "warning")
     assert bad["kept_verbatim"] is (problem in csr.CARRIED_PROBLEMS)
-    assert code == csr.EXIT_FINDINGS  # the damaged rollout has no DB row: no_db_row
+    # The damaged rollout has no DB row: no_db_row, to be reindexed; an empty file holds no
+    # conversation to index (rollout_not_indexable, information), so nothing is left to do.
+    assert code == (csr.EXIT_OK if problem == "empty_file" else csr.EXIT_FINDINGS)
     assert healthy.id not in [t["id"] for t in doc["threads"]]
     assert hash_tree(home.root) == before
 

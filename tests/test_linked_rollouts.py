@@ -187,3 +187,19 @@ def test_a_linked_sessions_folder_is_repaired_where_the_conversations_live(tmp_p
     assert os.path.islink(str(root / "sessions"))
     code, doc = cli("--codex-home", str(root), "diagnose")
     assert code == csr.EXIT_OK, [(f["code"], f["severity"]) for f in doc["findings"]]
+
+
+def test_stray_links_named_like_rollouts_leave_nothing_to_do(tmp_path, cli):
+    """A dangling link and a two-link loop named like rollouts, with no rows: no conversation is
+    there, Codex lists nothing of them, and diagnose says so without a warning (exit 0)."""
+    root = tmp_path / "home"
+    home = HomeBuilder(root, "0.169.0").provider_config("openai")
+    thread = home.thread(provider="openai")
+    day = thread.path.parent
+    name = "rollout-2026-12-01T10-00-0%d-0%d0a0a0a-21ce-74f1-b2bc-6ef960a3cf83.jsonl"
+    os.symlink(str(tmp_path / "gone.jsonl"), str(day / (name % (1, 1))))
+    os.symlink(str(day / (name % (3, 3))), str(day / (name % (2, 2))))
+    os.symlink(str(day / (name % (2, 2))), str(day / (name % (3, 3))))
+    code, doc = cli("--codex-home", str(root), "diagnose")
+    assert code == csr.EXIT_OK, [(f["code"], f["severity"]) for f in doc["findings"]]
+    assert doc["counts"]["visible_by_default"] == 1 and next_argv(doc) == []
