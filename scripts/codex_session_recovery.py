@@ -6472,15 +6472,28 @@ def codex_version(binary: CodexBinary, scratch: "ScratchHome") -> str:
     """`codex --version` says `codex-cli 0.171.0`. Run with the scratch environment too."""
     import subprocess
     try:
-        done = subprocess.run([str(binary.path), "--version"], capture_output=True, text=True,
-                              timeout=VERIFY_TIMEOUT, stdin=subprocess.DEVNULL, env=verify_env(scratch),
-                              cwd=str(scratch.home))
+        # Its own process group: a launcher that hangs is stopped with whatever it started.
+        proc = subprocess.Popen([str(binary.path), "--version"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, stdin=subprocess.DEVNULL, env=verify_env(scratch),
+                                cwd=str(scratch.home), start_new_session=os.name == "posix")
     except (OSError, subprocess.SubprocessError) as exc:
         raise VerifyError("%s --version failed: %s" % (binary.path, short(str(exc), 160))) from None
-    match = re.search(r"\b(\d+\.\d+\.\d+[\w.+-]*)", done.stdout or "")
-    if done.returncode != 0 or not match:
+    try:
+        stdout, stderr = proc.communicate(timeout=VERIFY_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        _stop_group(proc)
+        proc.communicate()
+        raise VerifyError("%s --version did not answer within %d s" % (binary.path, VERIFY_TIMEOUT)) from None
+    finally:
+        if os.name == "posix" and proc.returncode is not None:
+            try:
+                os.killpg(proc.pid, 9)  # a child the launcher left behind
+            except OSError:
+                pass
+    match = re.search(r"\b(\d+\.\d+\.\d+[\w.+-]*)", stdout or "")
+    if proc.returncode != 0 or not match:
         raise VerifyError("%s --version did not name a release: %s" % (
-            binary.path, short((done.stdout + done.stderr).strip(), 160)))
+            binary.path, short(((stdout or "") + (stderr or "")).strip(), 160)))
     return match.group(1)
 
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
 import sqlite3
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -285,3 +287,32 @@ def test_rebuild_db_plan_moves_the_copy_of_a_db_in_an_outside_sqlite_home(tmp_pa
         assert not (scratch.sqlite_home / "state_5.sqlite").exists()
         assert (scratch.moved / "state_5.sqlite").exists()
     assert (hash_tree(outside), hash_tree(home.root)) == before
+
+
+@pytest.mark.skipif(os.name != "posix", reason="process groups")
+def test_a_version_check_that_hangs_is_stopped_with_what_it_started(switched, tmp_path, monkeypatch):
+    """A `codex` whose --version starts a child and hangs: the check gives up after the time-out,
+    stops the whole process group (no orphan left), and --apply --verify writes nothing."""
+    home, _ = switched
+    fake = tmp_path / "bin" / "codex"
+    fake.parent.mkdir()
+    marker = tmp_path / "child.pid"
+    fake.write_text("#!/bin/sh\nsleep 300 &\necho $! > %s\necho codex-cli 0.171.0\nwait\n" % marker)
+    fake.chmod(0o755)
+    monkeypatch.setattr(csr, "VERIFY_TIMEOUT", 1.0)
+    before = hash_tree(home.root)
+    code, out, err = run(["repair-provider", "--codex-home", str(home.root), "--from", "openai", "--verify",
+                          "--codex-bin", str(fake), "--apply", "--json"])
+    doc = json.loads(out)
+    assert code == csr.EXIT_REFUSED and doc["verification"]["status"] == "failed", doc["verification"]
+    assert "did not answer within 1 s" in doc["verification"]["message"]
+    assert hash_tree(home.root) == before
+    child = int(marker.read_text())
+    for _ in range(50):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the --version child %d outlived the check" % child)
