@@ -6509,6 +6509,42 @@ def verify_env(scratch: "ScratchHome") -> Dict[str, str]:
     return env
 
 
+SCRATCH_PREFIX = "csr-verify-"
+_SCRATCH_NAME = re.compile(r"^csr-verify-[a-z]+-(\d+)-")
+
+
+def remove_stale_scratch(parent: Path) -> None:
+    """Scratch folders that a run killed before it could clean up (kill -9) left behind: named
+    with that run's pid, which no longer exists. Only this user's own folders, never a link;
+    POSIX only (elsewhere a pid cannot be probed without touching the process)."""
+    if os.name != "posix":
+        return
+    try:
+        entries = list(os.scandir(str(parent)))
+    except OSError:
+        return
+    for entry in entries:
+        match = _SCRATCH_NAME.match(entry.name)
+        try:
+            if not match or not entry.is_dir(follow_symlinks=False) or \
+                    entry.stat(follow_symlinks=False).st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        if not process_exists(int(match.group(1))):
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's process: it exists
+    return True
+
+
 class ScratchHome:
     """A private folder (0700) under the system temp dir holding one copied home, removed on
     exit whatever happens. SIGTERM is turned into KeyboardInterrupt while it exists, so a
@@ -6518,7 +6554,9 @@ class ScratchHome:
         parent = Path(tempfile.gettempdir()).resolve()
         if is_within(parent, real_home.resolve()):
             raise VerifyError("the system temp folder %s lies inside CODEX_HOME; set TMPDIR elsewhere" % parent)
-        self.root = Path(tempfile.mkdtemp(prefix="csr-verify-%s-" % label, dir=str(parent)))
+        remove_stale_scratch(parent)
+        # The pid in the name lets a later run know this folder's run is gone (kill -9).
+        self.root = Path(tempfile.mkdtemp(prefix="%s%s-%d-" % (SCRATCH_PREFIX, label, os.getpid()), dir=str(parent)))
         self.home = self.root / "codex-home"
         self.user_home = self.root / "user-home"
         self.tmp = self.root / "tmp"

@@ -316,3 +316,25 @@ def test_a_version_check_that_hangs_is_stopped_with_what_it_started(switched, tm
         time.sleep(0.1)
     else:
         pytest.fail("the --version child %d outlived the check" % child)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="pids and owners")
+def test_scratch_folders_a_killed_run_left_are_removed_by_the_next(tmp_path, monkeypatch):
+    """kill -9 leaves a run no chance to clean up: the next --verify removes the scratch
+    folders whose run is gone, and leaves a live run's folder and anything else alone."""
+    import subprocess
+    import sys
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(csr.tempfile, "gettempdir", lambda: str(tmp))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp / ("csr-verify-before-%d-abc123" % dead.pid)
+    live = tmp / ("csr-verify-after-%d-def456" % os.getpid())
+    other = tmp / "csr-verify-notes"
+    for folder in (stale, live, other):
+        (folder / "codex-home").mkdir(parents=True)
+    home = HomeBuilder(tmp_path / "home", "0.169.0")
+    with csr.ScratchHome(home.root, "version") as scratch:
+        assert scratch.root.name.startswith("csr-verify-version-%d-" % os.getpid())
+    assert not stale.exists() and live.exists() and other.exists()
