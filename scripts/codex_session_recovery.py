@@ -2686,10 +2686,13 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
                    "file back (from the synced folder or a backup), or remove the link" % _shell_quote(
                        os.readlink(link) if os.path.islink(link) else link))
     elif link and not not_indexable and view.primary.file not in inv.dangling_links:
+        step = (LINKED_ROLLOUT_STEP if link == view.primary.file else LINKED_FOLDER_STEP).replace(
+            "LINK", _shell_quote(os.path.abspath(link)))
+        # `command` is the step's shell line alone: a path with a backtick cannot be cut out of
+        # the prose, and an agent runs it as it is.
         add_reason(view, "rollout_is_link", file_listing_skip_hides(inv.release, row is not None),
-                   file=view.primary.rel, link=display_path(link, inv.home),
-                   manual_step=(LINKED_ROLLOUT_STEP if link == view.primary.file else LINKED_FOLDER_STEP).replace(
-                       "LINK", _shell_quote(os.path.abspath(link))))
+                   file=view.primary.rel, link=display_path(link, inv.home), manual_step=step,
+                   command=step.split("(`", 1)[1].rsplit("`)", 1)[0])
 
 
 def index_blocker(info: "RolloutInfo", home: Path) -> Optional[str]:

@@ -36,9 +36,11 @@ def linked_home(root: Path):
     return plain, linked, kept
 
 
-def run_manual_step(step: str) -> None:
-    """The command between backticks in a manual step, run by a POSIX shell as written."""
-    command = step.split("`")[1]
+def run_manual_step(evidence) -> None:
+    """The manual step's command (evidence `command`, the shell line between the step's
+    backticks), run by a POSIX shell as written."""
+    step, command = evidence["manual_step"], evidence["command"]
+    assert "(`%s`)" % command in step, (step, command)
     subprocess.run(["sh", "-c", command], check=True, timeout=30)
 
 
@@ -83,7 +85,7 @@ def test_a_linked_rollout_is_skipped_named_and_moved_once_the_link_is_replaced(t
     assert [f["code"] for f in doc["findings"] if f["severity"] != "info"] == ["rollout_is_link"]
 
     # The user runs the manual step's command as written; the next round moves the thread.
-    run_manual_step(reasons["rollout_is_link"]["manual_step"])
+    run_manual_step(reasons["rollout_is_link"])
     assert not os.path.islink(str(linked.path)) and linked.path.read_bytes() == kept_bytes
     code, doc = cli("--codex-home", str(root), "diagnose")
     assert "rollout_is_link" not in by_code(doc, linked.id)
@@ -120,21 +122,22 @@ def test_reindex_gives_a_linked_rollout_a_row_without_writing_through_the_link(t
 def test_a_linked_day_folder_converges_once_its_manual_step_is_run(tmp_path, cli):
     """A day folder under sessions/ kept elsewhere (a path with a space) and linked in: its
     threads are skipped by the repair, diagnose gives the folder's command, and after it runs
-    as written one more round ends with diagnose exiting 0."""
-    root = tmp_path / "home"
+    as written one more round ends with diagnose exiting 0. The home's path holds a backtick
+    and a quote: the evidence's `command` runs as it is."""
+    root = tmp_path / "my `codex` home's" / "home"
     home = HomeBuilder(root, "0.169.0").provider_config("proxy")
     thread = home.thread(provider="openai")
     day = thread.path.parent
-    kept = tmp_path / "synced folder" / "day"
+    kept = tmp_path / "synced `folder` it's" / "day"  # a backtick and a quote in the path
     kept.parent.mkdir()
     shutil.move(str(day), str(kept))
     os.symlink(str(kept), str(day))
     code, doc = cli("--codex-home", str(root), "diagnose")
     assert code == csr.EXIT_FINDINGS and next_argv(doc) == [], doc["next_commands"]
-    step = by_code(doc, thread.id)["rollout_is_link"]["manual_step"]
-    assert step.startswith("replace the linked folder"), step
-    run_manual_step(step)
-    run_manual_step(step)  # a second thread of the folder carries the same step: a no-op now
+    evidence = by_code(doc, thread.id)["rollout_is_link"]
+    assert evidence["manual_step"].startswith("replace the linked folder"), evidence
+    run_manual_step(evidence)
+    run_manual_step(evidence)  # a second thread of the folder carries the same step: a no-op now
     assert day.is_dir() and not os.path.islink(str(day)) and (kept / thread.path.name).is_file()
     for _round in range(2):
         code, doc = cli("--codex-home", str(root), "diagnose")

@@ -180,8 +180,8 @@ def test_a_linked_day_folder_is_predicted_as_codex_lists_it(real_home, version, 
     real = sorted(home.listed())
     assert predicted_visible(doc) == real, (predicted_visible(doc), real)
     assert in_day and (set(in_day) <= set(real)) == (version == "0.120.0"), (in_day, real)
-    step = next(t for t in doc["threads"] if t["id"] == in_day[0])["evidence"]["rollout_is_link"]["manual_step"]
-    subprocess.run(["sh", "-c", step.split("`")[1]], check=True, timeout=30)
+    step = next(t for t in doc["threads"] if t["id"] == in_day[0])["evidence"]["rollout_is_link"]
+    subprocess.run(["sh", "-c", step["command"]], check=True, timeout=30)
     doc = run_tool(home.home, "diagnose", "--verbose")
     real = sorted(home.listed())
     assert set(in_day) <= set(real) and predicted_visible(doc) == real, (predicted_visible(doc), real)
