@@ -6939,7 +6939,12 @@ class CodexLister:
             raise VerifyError("Codex app-server stopped (%s)%s" % (exc, self._stderr_hint())) from None
 
     def _stderr_hint(self) -> str:
-        return ": %s" % short(self.stderr_tail[-1], 200) if self.stderr_tail else ""
+        """Codex's last words, with the scratch folder's long private path said in a word: what
+        Codex means comes after it, and must survive the cut to 200 characters."""
+        if not self.stderr_tail:
+            return ""
+        said = self.stderr_tail[-1].replace(str(self.scratch.home), "<scratch copy>")
+        return ": %s" % short(said.replace(str(self.scratch.root), "<scratch>"), 200)
 
     def request(self, method: str, params: Dict[str, Any]) -> Dict[str, Any]:
         import queue
