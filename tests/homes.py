@@ -22,7 +22,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import codex_harness as harness
 
@@ -321,6 +321,18 @@ def one_json_document(out: str) -> Dict[str, Any]:
     assert text[end:].strip() == "", "more than one document on stdout: %r" % text[end:end + 200]
     assert isinstance(doc, dict), doc
     return doc
+
+
+def run_in_process(*argv: str, capsys: Any) -> Tuple[int, Dict[str, Any], str]:
+    """The tool in-process with --json: (exit code, its one JSON document, stderr), the
+    document's exit_code checked against the real one."""
+    import codex_session_recovery as csr
+
+    code = csr.main([*argv, "--json"])
+    captured = capsys.readouterr()
+    doc = one_json_document(captured.out)
+    assert doc["exit_code"] == code
+    return code, doc, captured.err
 
 
 def run_script(*args: str, cwd: Path, python_flags: Sequence[str] = (), timeout: float = 60,

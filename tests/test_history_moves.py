@@ -16,15 +16,10 @@ from pathlib import Path, PureWindowsPath
 import pytest
 
 import codex_session_recovery as csr
-from homes import HomeBuilder, hash_tree
+from homes import HomeBuilder, hash_tree, run_in_process
 
 
-def run(*argv, capsys):
-    code = csr.main([*argv, "--json"])
-    captured = capsys.readouterr()
-    doc = json.loads(captured.out)
-    assert doc["exit_code"] == code
-    return code, doc, captured.err
+run = run_in_process  # (exit code, JSON document, stderr)
 
 
 def rows(db, sql, params=()):

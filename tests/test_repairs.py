@@ -10,15 +10,10 @@ from pathlib import Path
 import pytest
 
 import codex_session_recovery as csr
-from homes import HomeBuilder, db_dump, hash_tree
+from homes import HomeBuilder, db_dump, hash_tree, run_in_process
 
 
-def run(*argv, capsys):
-    code = csr.main([*argv, "--json"])
-    captured = capsys.readouterr()
-    doc = json.loads(captured.out)
-    assert doc["exit_code"] == code
-    return code, doc, captured.err
+run = run_in_process  # (exit code, JSON document, stderr)
 
 
 def snapshot(home):
