@@ -107,6 +107,20 @@ HEAD_SCAN_LINES = 210
 # pathological line cannot exhaust memory.
 MAX_LINE_BYTES = 32 * 1024 * 1024
 READ_CHUNK = 1024 * 1024
+# The end of a rollout read for a torn last line or NUL padding (check_tail, _scan_head).
+TAIL_BYTES = 4096
+# CODEX-COMPAT: the listers look for the event form of the first user message (0.120.0 and
+# 0.130.0: event_msg/user_message; 0.169.0+: item_completed), which follows the prompt's
+# role=user response_item that may have been the tool's evidence.
+USER_EVENT_MARKERS = (b'"user_message"', b'"item_completed"', b'"thread_goal_updated"')
+
+# Names the tool gives what it leaves in a home. Up here because every chapter meets them:
+# the rollout reader and the inventory find a killed run's temp files by TEMP_MARKER, the
+# checks, plans, safety and commands find the backups under BACKUP_DIR_NAME.
+TEMP_MARKER = ".csr-tmp-"
+BACKUP_DIR_NAME = "recovery-backups"
+# The largest manifest.json a restore reads (read_manifest).
+MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 
 ROLLOUT_NAME_RE = re.compile(
     r"^rollout-(?P<stamp>\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2})-"
@@ -1308,6 +1322,10 @@ def read_backfill_state(db: StateDb) -> Optional[Dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------
 
 
+# What RolloutInfo.meta holds until a session_meta line is read; never written to.
+EMPTY_META: Dict[str, Any] = {}
+
+
 class RolloutInfo:
     """What the head of one rollout file says."""
 
@@ -1869,9 +1887,6 @@ def check_lines_to_user_event(info: RolloutInfo, fd: int, offset: int) -> None:
             return
 
 
-TAIL_BYTES = 4096
-
-
 def check_tail(handle: Any, info: RolloutInfo) -> None:
     """A torn last line (a crash mid-append) or NUL padding (a sync tool pre-allocating)
     sits at the very end, past the head scan; reading the last 4 KB finds it in O(1)."""
@@ -1933,9 +1948,6 @@ class Meta:
 
     def items(self) -> List[Tuple[str, Any]]:
         return list(zip(META_KEYS, self._values))
-
-
-EMPTY_META: Dict[str, Any] = {}  # never written to: a rollout without a session_meta
 
 
 def _take_first_line(info: RolloutInfo, record: Dict[str, Any]) -> None:
@@ -2192,6 +2204,31 @@ class ThreadView:
         return any(r["hides"] for r in self.reasons)
 
 
+class _Progress:
+    """Progress on stderr, only on a terminal, only without --json, only once a scan has run
+    for a second: anxious users of big homes see it move; pipes and agents see nothing."""
+
+    enabled = False
+
+    def __call__(self, items: Iterable[Any], label: str) -> Iterator[Any]:
+        import time
+        start = last = time.monotonic()
+        count = 0
+        for item in items:
+            count += 1
+            now = time.monotonic()
+            if self.enabled and now - start > 1.0 and now - last > 0.25:
+                sys.stderr.write("\r%s: %d" % (label, count))
+                sys.stderr.flush()
+                last = now
+            yield item
+        if self.enabled and last != start:
+            sys.stderr.write("\r%s: %d, done\n" % (label, count))
+
+
+progress = _Progress()
+
+
 class Inventory:
     def __init__(self, home: Path, home_origin: str, config: Config, environ: Dict[str, str],
                  deep: bool = False, keep_text: bool = True) -> None:
@@ -2296,31 +2333,6 @@ class Inventory:
         as has_<column> (never the text); has_user_event is a flag itself."""
         gate = self.gate_column()
         return not gate or not row.get(gate if gate == "has_user_event" else "has_" + gate)
-
-
-class _Progress:
-    """Progress on stderr, only on a terminal, only without --json, only once a scan has run
-    for a second: anxious users of big homes see it move; pipes and agents see nothing."""
-
-    enabled = False
-
-    def __call__(self, items: Iterable[Any], label: str) -> Iterator[Any]:
-        import time
-        start = last = time.monotonic()
-        count = 0
-        for item in items:
-            count += 1
-            now = time.monotonic()
-            if self.enabled and now - start > 1.0 and now - last > 0.25:
-                sys.stderr.write("\r%s: %d" % (label, count))
-                sys.stderr.flush()
-                last = now
-            yield item
-        if self.enabled and last != start:
-            sys.stderr.write("\r%s: %d, done\n" % (label, count))
-
-
-progress = _Progress()
 
 
 def build_inventory(args: argparse.Namespace, environ: Optional[Dict[str, str]] = None) -> Inventory:
@@ -2777,6 +2789,21 @@ def backfill_stale(backfill: Dict[str, Any]) -> bool:
     return updated is None or (utc_now().timestamp() * 1000 - updated) > BACKFILL_LEASE_SECONDS * 1000
 
 
+# Here, above check_home, which reports them; the plans read them after it.
+# Damage confined to lines a repair does not edit: a torn last line (a crash mid-append), NUL
+# padding, a line that is not JSON or not UTF-8, one too long to parse. A repair carries those
+# bytes over verbatim and refuses only when the line it would edit is one of them.
+# CODEX-COMPAT: 0.120.0, 0.130.0, 0.169.0 and 0.171.0 list, read and continue a thread whose
+# last line is torn (0.169.0 and 0.171.0, on resume, end the fragment with a newline, then append).
+CARRIED_PROBLEMS = ("torn_line", "nul_bytes", "bad_json", "invalid_utf8", "oversized_line")
+# CODEX-COMPAT: of those, what 0.169.0 and 0.171.0 read past (the thread is listed, reads and
+# continues; measured): a torn last line, NUL padding or a line of NULs, a line that is not
+# JSON. A line that is not UTF-8 still reads and continues, but keeps the thread out of the
+# default listing (measured; 0.130.0 and 0.120.0 cannot read such a thread at all); an
+# oversized line was not measured.
+READ_PAST_PROBLEMS = ("torn_line", "nul_bytes", "bad_json")
+
+
 def check_home(inv: Inventory) -> List[Dict[str, Any]]:
     findings: List[Dict[str, Any]] = []
 
@@ -3173,9 +3200,6 @@ def thread_entry(view: ThreadView, verbose: bool) -> Dict[str, Any]:
 # rollout edits, guarded SQL updates and whole-file writes; apply_plan() is the one writer.
 # ---------------------------------------------------------------------------------------------
 
-BACKUP_DIR_NAME = "recovery-backups"
-
-
 class RolloutEdit:
     """Line edits to one rollout, planned from a full streaming read of it. `fingerprint` is
     (size, mtime_ns, sha256) at planning time: the writer refuses to replace a file that no
@@ -3380,18 +3404,6 @@ def split_line_ending(raw: bytes) -> Tuple[bytes, bytes]:
 
 # The lines Codex reads a thread's provider from: the repairs edit them, listing reads them.
 PROVIDER_LINE_MARKERS = (b'"session_meta"', b'"thread_settings_applied"')
-# Damage confined to lines a repair does not edit: a torn last line (a crash mid-append), NUL
-# padding, a line that is not JSON or not UTF-8, one too long to parse. A repair carries those
-# bytes over verbatim and refuses only when the line it would edit is one of them.
-# CODEX-COMPAT: 0.120.0, 0.130.0, 0.169.0 and 0.171.0 list, read and continue a thread whose
-# last line is torn (0.169.0 and 0.171.0, on resume, end the fragment with a newline, then append).
-CARRIED_PROBLEMS = ("torn_line", "nul_bytes", "bad_json", "invalid_utf8", "oversized_line")
-# CODEX-COMPAT: of those, what 0.169.0 and 0.171.0 read past (the thread is listed, reads and
-# continues; measured): a torn last line, NUL padding or a line of NULs, a line that is not
-# JSON. A line that is not UTF-8 still reads and continues, but keeps the thread out of the
-# default listing (measured; 0.130.0 and 0.120.0 cannot read such a thread at all); an
-# oversized line was not measured.
-READ_PAST_PROBLEMS = ("torn_line", "nul_bytes", "bad_json")
 
 
 def provider_line_edit(raw: bytes, thread_id: str, old: str, new: str) -> Optional[Tuple[bytes, str]]:
@@ -3699,6 +3711,9 @@ def check_offsets(info: "RolloutInfo", fd: int, projection: Optional[Dict[str, T
         info.offset_faults = (len(offsets), len(bad), bad[0])
 
 
+PAGE_READ = 4096  # offsets_off_line_starts reads a page at a time
+
+
 def offsets_off_line_starts(fd: int, size: int, offsets: Sequence[int], torn: bool = False) -> List[int]:
     """The offsets (sorted) that are not line starts of the open file. With a torn last line,
     offsets past the start of the fragment describe the bytes the crash cut: no line is there
@@ -3719,9 +3734,6 @@ def offsets_off_line_starts(fd: int, size: int, offsets: Sequence[int], torn: bo
             if page[offset - 1 - at:offset - at] != b"\n":
                 bad.append(offset)
     return bad
-
-
-PAGE_READ = 4096
 
 
 def read_at(fd: int, offset: int, count: int) -> bytes:
@@ -5698,7 +5710,6 @@ def read_manifest(folder: Path) -> Dict[str, Any]:
     return manifest
 
 
-MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 JOURNAL_NAME = "journal.jsonl"
 
 
@@ -5895,9 +5906,6 @@ def open_elsewhere(home: Path) -> Dict[str, List[str]]:
         for pid, target in proc_open_files(home):
             found.setdefault(os.path.realpath(target), []).append(pid)
     return found
-
-
-TEMP_MARKER = ".csr-tmp-"
 
 
 def temp_beside(path: Path, kind: str = "") -> Path:
@@ -6693,12 +6701,6 @@ def rollout_head_lines(info: RolloutInfo) -> int:
     return max(info.evidence_line or HEAD_SCAN_LINES, HEAD_RECORD_LIMIT)
 
 
-# CODEX-COMPAT: the listers look for the event form of the first user message (0.120.0 and
-# 0.130.0: event_msg/user_message; 0.169.0+: item_completed), which follows the prompt's
-# role=user response_item that may have been the tool's evidence.
-USER_EVENT_MARKERS = (b'"user_message"', b'"item_completed"', b'"thread_goal_updated"')
-
-
 def head_complete(count: int, info: RolloutInfo, event_seen: bool) -> bool:
     if count < rollout_head_lines(info):
         return False
@@ -7179,6 +7181,12 @@ def compare_listings(listings: List[Tuple[str, Dict[str, Any]]]) -> Tuple[List[D
     return found, errors
 
 
+# What --apply --verify says when Codex contradicts the plan; the override is the same line
+# without --verify, which a person chooses knowingly.
+VERIFY_REFUSAL = ("the apply did not start and nothing was written, because Codex contradicts this plan "
+                  "(to apply it regardless, run the same line without --verify)")
+
+
 def verification_lines(verification: Optional[Dict[str, Any]], applied: bool) -> List[str]:
     """The verification, for a person: who answered, the counts, every disagreement."""
     if verification is None or verification["status"] != "verified":
@@ -7220,12 +7228,6 @@ def verification_lines(verification: Optional[Dict[str, Any]], applied: bool) ->
     if verification.get("profile_note"):
         lines.append("           Note: %s" % verification["profile_note"])
     return lines
-
-
-# What --apply --verify says when Codex contradicts the plan; the override is the same line
-# without --verify, which a person chooses knowingly.
-VERIFY_REFUSAL = ("the apply did not start and nothing was written, because Codex contradicts this plan "
-                  "(to apply it regardless, run the same line without --verify)")
 
 
 def _fmt_bytes(count: int) -> str:
