@@ -1207,12 +1207,10 @@ def migration_checksum_drift(conn: sqlite3.Connection) -> List[int]:
 def read_thread_rows(db: StateDb) -> Dict[str, "Row"]:
     """Every threads row by lowercased id: the columns the checks and plans read, the presence
     of each text column, and when the thread was last active (Row.updated_ms)."""
-    columns = set(db.columns)
-    select = [c for c in _ROW_KEPT_COLUMNS if c in columns]
-    select += ["(%s <> '') AS has_%s" % (c, c) for c in _ROW_PRESENCE_COLUMNS if c in columns]
+    select, names = _row_select(_ROW_KEPT_COLUMNS, set(db.columns))
     kept = len(select)
-    select += [c for c in _ROW_RECENCY_COLUMNS if c in columns]
-    row_type = Row.of_columns(_row_index(select[:kept]))
+    select += [c for c in _ROW_RECENCY_COLUMNS if c in db.columns]
+    row_type = Row.of_columns({name: n for n, name in enumerate(names)})
     rows = {}
     for key, values in _thread_row_values(db, select):
         rows[key] = row_type(values[:kept] + (first_millis(values[kept:]),))
@@ -1222,17 +1220,23 @@ def read_thread_rows(db: StateDb) -> Dict[str, "Row"]:
 def read_full_thread_row(db: StateDb, thread_id: str) -> Optional[Dict[str, Any]]:
     """The row of one thread with every column the tool knows (what trace shows), as
     read_thread_rows would have found it (the last of the rows whose id lowercases alike)."""
-    columns = set(db.columns)
-    select = [c for c in _ROW_PLAIN_COLUMNS if c in columns]
-    select += ["(%s <> '') AS has_%s" % (c, c) for c in _ROW_PRESENCE_COLUMNS if c in columns]
+    select, names = _row_select(_ROW_PLAIN_COLUMNS, set(db.columns))
     found = None
     for _key, values in _thread_row_values(db, select, thread_id):
         found = values
-    return None if found is None else dict(zip(_row_index(select), found))
+    return None if found is None else dict(zip(names, found))
 
 
-def _row_index(select: List[str]) -> Dict[str, int]:
-    return {(c.rsplit(" AS ", 1)[-1]): n for n, c in enumerate(select)}
+def _row_select(plain: Sequence[str], columns: set) -> Tuple[List[str], List[str]]:
+    """The SELECT expressions and the names of their values, built side by side: the plain
+    columns as they are, each text column as has_<column> (is it non-empty)."""
+    names = [c for c in plain if c in columns]
+    select = list(names)
+    for column in _ROW_PRESENCE_COLUMNS:
+        if column in columns:
+            select.append("(%s <> '') AS has_%s" % (column, column))
+            names.append("has_" + column)
+    return select, names
 
 
 def _thread_row_values(db: StateDb, select: List[str], thread_id: Optional[str] = None) -> Iterator[Tuple[str, Tuple[Any, ...]]]:
@@ -2599,13 +2603,22 @@ def file_listing_skip_hides(release: Tuple[int, ...], has_row: bool) -> bool:
 
 # The manual steps' commands use only POSIX cp/mv/rm options (macOS has no GNU cp): `cp -p`
 # follows a linked source file, `cp -pRH` a linked source folder named on the command line,
-# and `mv` replaces the link itself, never what it points to.
-LINKED_ROLLOUT_STEP = ("replace the link by the file it points to, keeping the name (`test ! -L LINK || "
-                       "{ cp -p LINK LINK.copy && mv LINK.copy LINK; }`), then diagnose again")
-# Every thread of a linked folder carries the same step: once done, it does nothing (`test ! -L`).
-LINKED_FOLDER_STEP = ("replace the linked folder by a copy of the folder it points to, keeping the name "
-                      "(`test ! -L LINK || { cp -pRH LINK LINK.copy && rm LINK && mv LINK.copy LINK; }`), "
-                      "then diagnose again")
+# and `mv` replaces the link itself, never what it points to. Every thread of a linked folder
+# carries the same step: once done, it does nothing (`test ! -L`).
+LINKED_ROLLOUT_COMMAND = ("test ! -L {link} || "
+                          "{{ cp -p {link} {link}.copy && mv {link}.copy {link}; }}")
+LINKED_FOLDER_COMMAND = ("test ! -L {link} || "
+                         "{{ cp -pRH {link} {link}.copy && rm {link} && mv {link}.copy {link}; }}")
+
+
+def link_replacement_step(link: str, folder: bool) -> Tuple[str, str]:
+    """(shell command, manual step) that replace a link by what it points to. The command is
+    built first, with the path shell-quoted; the prose quotes it whole."""
+    command = (LINKED_FOLDER_COMMAND if folder else LINKED_ROLLOUT_COMMAND).format(
+        link=_shell_quote(os.path.abspath(link)))
+    what = ("the linked folder by a copy of the folder it points to" if folder
+            else "the link by the file it points to")
+    return command, "replace %s, keeping the name (`%s`), then diagnose again" % (what, command)
 
 
 def check_thread(view: ThreadView, inv: Inventory) -> None:
@@ -2698,13 +2711,11 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
                    "file back (from the synced folder or a backup), or remove the link" % _shell_quote(
                        os.readlink(link) if os.path.islink(link) else link))
     elif link and not not_indexable and view.primary.file not in inv.dangling_links:
-        step = (LINKED_ROLLOUT_STEP if link == view.primary.file else LINKED_FOLDER_STEP).replace(
-            "LINK", _shell_quote(os.path.abspath(link)))
-        # `command` is the step's shell line alone: a path with a backtick cannot be cut out of
-        # the prose, and an agent runs it as it is.
+        # `command` is the step's shell line alone, which an agent runs as it is.
+        command, step = link_replacement_step(link, folder=link != view.primary.file)
         add_reason(view, "rollout_is_link", file_listing_skip_hides(inv.release, row is not None),
                    file=view.primary.rel, link=display_path(link, inv.home), manual_step=step,
-                   command=step.split("(`", 1)[1].rsplit("`)", 1)[0])
+                   command=command)
 
 
 def index_blocker(info: "RolloutInfo", home: Path) -> Optional[str]:
@@ -5154,17 +5165,16 @@ def codex_users(home: Path, dbs: List[Path]) -> List[str]:
     """Who is using the home right now. An idle `codex app-server` (what Desktop and the IDE run)
     holds no write lock, but every open SQLite connection in WAL mode holds a shared lock on byte
     128 of the -shm file, which F_GETLK reports with the holder's pid."""
-    users = []
+    probed = []
     for db in dbs:
         pid = shm_lock_holder(Path(str(db) + "-shm"))
         if pid:
-            users.append("pid %d has %s open" % (pid, display_path(db, home)))
-    users.extend(writer_lock_holders(home))
+            probed.append((str(pid), "pid %d has %s open" % (pid, display_path(db, home))))
     named = processes_with_open_files(home)
     # The /proc scan names the process; drop the lock probe's line for a pid it already named.
-    named_pids = {u.split()[1] for u in named if u.startswith("pid ")}
-    users = [u for u in users if not (u.startswith("pid ") and u.split()[1] in named_pids)]
-    return sorted(set(users + named))
+    named_pids = {pid for pid, _line in named if pid}
+    users = [line for pid, line in probed if pid not in named_pids] + writer_lock_holders(home)
+    return sorted(set(users + [line for _pid, line in named]))
 
 
 def shm_lock_holder(shm: Path) -> Optional[int]:
@@ -5224,10 +5234,11 @@ def writer_lock_holders(home: Path) -> List[str]:
     return holders
 
 
-def processes_with_open_files(home: Path) -> List[str]:
-    """Processes with a file of the home open: /proc on Linux, lsof elsewhere, tasklist on Windows."""
+def processes_with_open_files(home: Path) -> List[Tuple[str, str]]:
+    """(pid, line) of each process with a file of the home open: /proc on Linux, lsof
+    elsewhere; on Windows (pid "") each Codex process tasklist lists."""
     if os.name == "nt":  # pragma: no cover - exercised on Windows CI
-        return _windows_codex_processes()
+        return [("", "%s is running" % name) for name in _windows_codex_processes()]
     proc = Path("/proc")
     if proc.is_dir() and (proc / "self" / "fd").is_dir():
         return _proc_holders(home)
@@ -5245,16 +5256,17 @@ def processes_with_open_files(home: Path) -> List[str]:
         if line.startswith("p"):
             pid = line[1:]
         elif line.startswith("c") and pid and int(pid) != os.getpid():
-            users.append("pid %s (%s) has files of the home open" % (pid, line[1:]))
+            users.append((pid, "pid %s (%s) has files of the home open" % (pid, line[1:])))
     return users
 
 
-def _proc_holders(home: Path) -> List[str]:
+def _proc_holders(home: Path) -> List[Tuple[str, str]]:
     users, named = [], set()
     for pid, target in proc_open_files(home):
         if pid not in named and BACKUP_DIR_NAME not in target:
             named.add(pid)
-            users.append("pid %s (%s) has %s open" % (pid, _process_name(pid), display_path(Path(target), home)))
+            users.append((pid, "pid %s (%s) has %s open" % (pid, _process_name(pid),
+                                                              display_path(Path(target), home))))
     return users
 
 
@@ -5295,7 +5307,8 @@ def _process_name(pid: str) -> str:
 def desktop_processes() -> List[str]:
     """Codex Desktop (an Electron app named Codex) running on this machine."""
     if os.name == "nt":  # pragma: no cover
-        return [u for u in _windows_codex_processes() if "codex.exe" in u.lower() and "app" in u.lower()]
+        return ["%s is running" % name for name in _windows_codex_processes()
+                if "codex.exe" in name.lower() and "app" in name.lower()]
     found = []
     proc = Path("/proc")
     if proc.is_dir():
@@ -5312,13 +5325,14 @@ def desktop_processes() -> List[str]:
 
 
 def _windows_codex_processes() -> List[str]:  # pragma: no cover - Windows only
+    """The image names of the Codex processes tasklist lists."""
     import subprocess
     try:
         out = subprocess.run(["tasklist", "/FO", "CSV", "/NH"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                              timeout=20).stdout.decode("utf-8", "replace")
     except (OSError, subprocess.SubprocessError):
         return []
-    return ["%s is running" % line.split(",")[0].strip('"') for line in out.splitlines()
+    return [line.split(",")[0].strip('"') for line in out.splitlines()
             if line.lower().startswith(('"codex', '"codex.exe'))]
 
 
