@@ -2976,7 +2976,7 @@ def provider_move_blocker(view: ThreadView, inv: Inventory) -> Optional[str]:
             "source %s" % source_kind(view.source))
     if provider_to_move(view, inv.config.provider) is None:
         return "nothing to move"
-    return provider_repair_lasting_blocker(view)
+    return provider_repair_lasting_blocker(view, inv)
 
 
 def legacy_profile_verdict(finding: Dict[str, Any], inv: Inventory) -> None:
@@ -3888,7 +3888,7 @@ def plan_provider_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
             continue
         if not in_scope(view, scope_sources(args), args.include_archived, args.include_empty):
             continue
-        if skipped_as_blocked(plan, view):
+        if skipped_as_blocked(plan, view, inv):
             continue
         try:
             if view.primary is not None:
@@ -3924,23 +3924,23 @@ def provider_rollout_edit(path: Path, thread_id: str, old: Optional[str], new: O
                              PROVIDER_LINE_MARKERS, target)
 
 
-def skipped_as_blocked(plan: Plan, view: ThreadView) -> bool:
+def skipped_as_blocked(plan: Plan, view: ThreadView, inv: Inventory) -> bool:
     """Whether a rollout-rewriting repair must leave this thread alone; if so it is listed
     under the plan's `skipped` with the reason."""
-    reason = provider_repair_blocker(view)
+    reason = provider_repair_blocker(view, inv)
     if reason:
         plan.skipped.append({"thread_id": view.id, "reason": reason})
     return bool(reason)
 
 
-def provider_repair_blocker(view: ThreadView) -> Optional[str]:
-    blocker = provider_repair_lasting_blocker(view)
+def provider_repair_blocker(view: ThreadView, inv: Inventory) -> Optional[str]:
+    blocker = provider_repair_lasting_blocker(view, inv)
     if blocker is None and any(r["code"] == "rollout_path_stale" for r in view.reasons):
         return "the DB row's rollout_path does not point at this home's rollout; run reindex first"
     return blocker
 
 
-def provider_repair_lasting_blocker(view: ThreadView) -> Optional[str]:
+def provider_repair_lasting_blocker(view: ThreadView, inv: Inventory) -> Optional[str]:
     """What keeps repair-provider from a thread even after the repairs it runs after (reindex)."""
     if view.primary is None:
         # Codex re-derives the provider from the rollout: a DB-only edit would be reverted.
@@ -3953,17 +3953,11 @@ def provider_repair_lasting_blocker(view: ThreadView) -> Optional[str]:
         return "its session_meta line cannot be read; it is left as it is"
     if len(view.files) > 1:
         return "thread id carried by %d rollout files; resolve the duplicate first" % len(view.files)
-    if rollout_is_a_link(view):
-        # Writes never go through a link; replacing the link is the user's choice (its manual step).
+    if view.primary.file in inv.linked_rollouts:
+        # Writes never go through a link (the rollout is one, or lies in a linked folder);
+        # replacing the link is the user's choice (rollout_is_link's manual step).
         return "its rollout is a symbolic link (rollout_is_link): replace it by the file it points to first"
     return None
-
-
-def rollout_is_a_link(view: ThreadView) -> bool:
-    """Whether check_thread found the thread's rollout to be a symbolic link."""
-    return any(r["code"] == "rollout_is_link" or (r["code"] == "rollout_not_indexable" and
-                                                 r["evidence"].get("why") == "links_outside_home")
-               for r in view.reasons)
 
 
 CWD_LINE_MARKERS = (b'"session_meta"', b'"turn_context"', b'"thread_settings_applied"')
@@ -4129,7 +4123,7 @@ def plan_cwd_remap(inv: Inventory, args: argparse.Namespace) -> Plan:
         targets = {c: t for c, t in targets.items() if t is not None and t != c}
         if not targets:
             continue
-        if skipped_as_blocked(plan, view):
+        if skipped_as_blocked(plan, view, inv):
             continue
         try:
             edit = plan_rollout_edit(view.primary.path, view.id, lambda raw, v=view: cwd_line_edit(
@@ -4825,7 +4819,7 @@ def provider_next_args(inv: Inventory, findings: List[Dict[str, Any]], view: Opt
                 for provider in sorted(provider_candidates(inv))]
     provider = provider_to_move(view, inv.config.provider)
     undecided = inv.config.surfaces_disagree and inv.config.surface is None
-    if provider is None or undecided or provider_repair_lasting_blocker(view):
+    if provider is None or undecided or provider_repair_lasting_blocker(view, inv):
         return []
     scope = {"sources": ["cli", "vscode"] if source_kind(view.source) in ("cli", "vscode") else [source_kind(view.source)],
              "include_archived": view.archived, "include_empty": not view.has_evidence}
