@@ -2511,6 +2511,32 @@ HOME_FINDINGS: Dict[str, Tuple[str, str]] = {
                                             "starts of the rollout: Codex reads those turns from the wrong bytes"),
 }
 
+# Severity means action: a finding is a warning only where something can be done about it (a
+# repair that plans a change, or a precise manual step). REASONS and HOME_FINDINGS hold each
+# code's default; this table is the one way a finding drops to info: code -> when. The check
+# that finds it says so (severity_of); tests/reason_docs.py writes `when` into the docs.
+SEVERITY_LOWERED: Dict[str, str] = {
+    "provider_mismatch": "repair-provider, run with diagnose's scope, would not move the thread "
+                         "(its `why_no_action` says why)",
+    "rollout_is_link": "the link points at a file that is not on this machine",
+    "attachment_only_prompt": "the release reading the home lists the thread anyway",
+    "schema_newer": "what the repairs read and write kept the shape of the releases checked",
+    "legacy_profile": "the release reading the home accepts a top-level `profile =`",
+    "provider_not_configured": "only threads hidden by design (exec, archived, empty) use it",
+    "rollout_unreadable": "every problem is one Codex reads past, a line that is not UTF-8 (named "
+                          "per thread, head_line_not_utf8) or a file that holds nothing",
+}
+
+
+def severity_of(code: str, lowered: bool = False) -> str:
+    """The code's default severity, or info where its check found nothing to act on; only a
+    code SEVERITY_LOWERED declares may be lowered."""
+    if not lowered:
+        return (REASONS.get(code) or HOME_FINDINGS[code])[0]
+    if code not in SEVERITY_LOWERED:
+        raise KeyError("%s is lowered to info but not declared in SEVERITY_LOWERED" % code)
+    return "info"
+
 
 class Reason:
     """Why one thread is hidden or worth a look: a code, whether it hides the thread, and the
@@ -2521,11 +2547,12 @@ class Reason:
     _key_tuples: Dict[Tuple[str, ...], Tuple[str, ...]] = {}  # one per call site, shared
     FIELDS = ("code", "hides", "evidence", "severity", "why")
 
-    def __init__(self, code: str, hides: bool, evidence: Dict[str, Any]) -> None:
+    def __init__(self, code: str, hides: bool, evidence: Dict[str, Any],
+                 why_no_action: Optional[str] = None) -> None:
         self.code, self.hides = code, hides
-        # Set by run_checks (reason_severity): whether there is something to do, and if not why.
-        self.severity: str = REASONS[code][0] if code in REASONS else "info"
-        self.why: Optional[str] = None
+        # Whether there is something to do, and if not why: from the check (severity_of).
+        self.severity: str = severity_of(code, why_no_action is not None)
+        self.why = why_no_action
         keys = tuple(evidence)
         self._keys = self._key_tuples.setdefault(keys, keys)
         self._values = tuple(evidence.values())
@@ -2555,10 +2582,13 @@ class Reason:
         return "Reason(%r, %r, %r)" % (self.code, self.hides, self.evidence)
 
 
-def add_reason(view: ThreadView, code: str, hides: bool, **evidence: Any) -> None:
+def add_reason(view: ThreadView, code: str, hides: bool, why_no_action: Optional[str] = None,
+               **evidence: Any) -> None:
+    """A reason on the thread; `why_no_action`, when the check finds nothing to act on, lowers
+    it to info (SEVERITY_LOWERED)."""
     if view.reasons is NO_REASONS:
         view.reasons = []
-    view.reasons.append(Reason(code, hides, evidence))
+    view.reasons.append(Reason(code, hides, evidence, why_no_action))
 
 
 def user_event_gate_hides(release: Tuple[int, ...]) -> bool:
@@ -2637,8 +2667,8 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
     rollout_provider = view.rollout_provider or (DEFAULT_PROVIDER if view.primary and view.primary.meta else None)
     providers = {p for p in (view.db_provider, rollout_provider) if p}
     if providers and providers != {active} and not inv.config.provider_unknown:
-        add_reason(view, "provider_mismatch", True, db=view.db_provider,
-                   rollout=view.rollout_provider, active=active)
+        add_reason(view, "provider_mismatch", True, why_no_action=provider_move_blocker(view, inv),
+                   db=view.db_provider, rollout=view.rollout_provider, active=active)
     if not view.has_evidence and (view.primary is None or view.primary.scanned_to_end):
         add_reason(view, "no_user_content", True)
     gate = inv.gate_column()
@@ -2656,8 +2686,9 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
         add_reason(view, "user_message_beyond_scan", beyond_scan_hides(inv.release), line=view.primary.evidence_line,
                    window=HEAD_SCAN_LINES)
     if view.primary is not None and view.primary.evidence_kind == "attachment":
-        gate_blank = row is None or inv.gate_blank(row)
-        add_reason(view, "attachment_only_prompt", attachment_prompt_hides(inv.release, gate_blank))
+        hides = attachment_prompt_hides(inv.release, row is None or inv.gate_blank(row))
+        add_reason(view, "attachment_only_prompt", hides,
+                   why_no_action=None if hides else "this release lists it anyway")
     cwd_problem = cwd_spelling_problem(str((row or {}).get("cwd") or (view.primary.meta.get("cwd") if view.primary else "") or ""), inv.home)
     if cwd_problem:
         add_reason(view, "cwd_unmatchable", False, problem=cwd_problem)
@@ -2706,7 +2737,9 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
     not_indexable = any(r.code == "rollout_not_indexable" for r in view.reasons)
     if link and view.primary.file in inv.dangling_links and not not_indexable:
         # Nothing of the conversation is on this disk: put the file back, or drop the link.
-        add_reason(view, "rollout_is_link", True, file=view.primary.rel, link=display_path(link, inv.home),
+        add_reason(view, "rollout_is_link", True, why_no_action="the file the link points at is "
+                   "not on this machine: nothing here to recover", file=view.primary.rel,
+                   link=display_path(link, inv.home),
                    target_missing=True, manual_step="the link points at %s, which does not exist here: put that "
                    "file back (from the synced folder or a backup), or remove the link" % _shell_quote(
                        os.readlink(link) if os.path.islink(link) else link))
@@ -2818,14 +2851,14 @@ READ_PAST_PROBLEMS = ("torn_line", "nul_bytes", "bad_json")
 def check_home(inv: Inventory) -> List[Dict[str, Any]]:
     findings: List[Dict[str, Any]] = []
 
-    def add(code: str, **evidence: Any) -> None:
-        severity, message = HOME_FINDINGS[code]
-        findings.append({"code": code, "severity": severity, "message": message, "evidence": evidence})
+    def add(code: str, lowered: bool = False, **evidence: Any) -> None:
+        findings.append({"code": code, "severity": severity_of(code, lowered),
+                         "message": HOME_FINDINGS[code][1], "evidence": evidence})
 
     for problem in inv.config.problems:
-        add(problem["code"], **{k: v for k, v in problem.items() if k != "code"})
-        if problem["code"] == "legacy_profile":
-            legacy_profile_verdict(findings[-1], inv)
+        evidence = {k: v for k, v in problem.items() if k != "code"}
+        accepted = problem["code"] == "legacy_profile" and legacy_profile_verdict(evidence, inv)
+        add(problem["code"], accepted, **evidence)
     if inv.config.surfaces_disagree and inv.config.surface is None:
         add("surfaces_disagree", cli=inv.config.surfaces["cli"], app=inv.config.surfaces["app"],
             release=".".join(map(str, inv.reader["version"])) or None,
@@ -2846,12 +2879,12 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
         if (live.schema_version or 0) > NEWEST_CHECKED_SCHEMA:
             compat = schema_compatibility(inv) or {"unchanged": False, "changed": [], "unchecked_migrations": []}
             if compat["unchanged"]:
-                add("schema_newer", schema_version=live.schema_version, known_max=NEWEST_CHECKED_SCHEMA,
-                    migrations=compat["unchecked_migrations"], unchanged=True,
+                # Nothing to do about it: information, not a warning.
+                add("schema_newer", True, schema_version=live.schema_version,
+                    known_max=NEWEST_CHECKED_SCHEMA, migrations=compat["unchecked_migrations"],
+                    unchanged=True,
                     note="what the repairs read and write has the shape of the releases checked: they write as usual; "
                          "an older Codex cannot open this home, so run the newest one everywhere it is used")
-                # Nothing to do about it: information, not a warning.
-                findings[-1]["severity"] = "info"
             else:
                 add("schema_newer", schema_version=live.schema_version, known_max=NEWEST_CHECKED_SCHEMA,
                     migrations=compat["unchecked_migrations"], unchanged=False, changed=compat["changed"][:10],
@@ -2877,12 +2910,10 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
             if provider and not inv.config.knows_provider(provider):
                 used.setdefault(provider, []).append(listed)
     for provider, listed in sorted(used.items()):
-        add("provider_not_configured", provider=provider, threads=len(listed), in_scope=sum(listed),
-            manual_step="add a [model_providers.%s] table to config.toml, or move the threads "
-                        "with repair-provider" % provider)
-        if not any(listed):
-            # Only threads hidden by design (exec, archived, empty) still carry it: nothing to do.
-            findings[-1]["severity"] = "info"
+        # Only threads hidden by design (exec, archived, empty) carrying it: nothing to do.
+        add("provider_not_configured", not any(listed), provider=provider, threads=len(listed),
+            in_scope=sum(listed), manual_step="add a [model_providers.%s] table to config.toml, "
+            "or move the threads with repair-provider" % provider)
     damaged = [i for i in inv.rollouts if i.problems]
     if damaged:
         counts: Dict[str, int] = {}
@@ -2904,12 +2935,10 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
                     "by id on 0.169.0 and newer: `codex resume ID`)")
         else:
             note = "repairs leave a rollout with these problems as it is"
-        add("rollout_unreadable", files=len(damaged), problems=counts,
+        # Damage Codex reads past, or that no repair may touch, which repairs carry: information.
+        add("rollout_unreadable", nothing_to_do, files=len(damaged), problems=counts,
             examples=[{"path": i.rel, "problems": i.problems} for i in damaged[:5]],
             kept_verbatim=carried_only, note=note)
-        if nothing_to_do:
-            # Damage Codex reads past, or that no repair may touch, which repairs carry: information.
-            findings[-1]["severity"] = "info"
     stale = index_stale_ids(inv)
     if stale:
         add("index_stale", entries=len(stale), thread_ids=stale)
@@ -2947,24 +2976,6 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
     return findings
 
 
-def reason_severity(view: ThreadView, reason: Dict[str, Any], inv: Inventory) -> Tuple[str, Optional[str]]:
-    """Severity means action: a reason is a warning only where something can be done about
-    it (a repair that plans a change, or a precise manual step); a thread hidden by design, or
-    one no repair can reach, is info, with why."""
-    code = reason["code"]
-    severity = REASONS[code][0]
-    if severity == "info":
-        return severity, None
-    if code == "provider_mismatch":
-        why = provider_move_blocker(view, inv)
-        return ("warning", None) if why is None else ("info", why)
-    if code == "rollout_is_link" and reason["evidence"].get("target_missing"):
-        return "info", "the file the link points at is not on this machine: nothing here to recover"
-    if code == "attachment_only_prompt" and not reason["hides"]:
-        return "info", "this release lists it anyway"
-    return severity, None
-
-
 def provider_move_blocker(view: ThreadView, inv: Inventory) -> Optional[str]:
     """Why repair-provider, run with diagnose's scope, would not move this thread (None: it would)."""
     scope = inv.scope
@@ -2979,18 +2990,19 @@ def provider_move_blocker(view: ThreadView, inv: Inventory) -> Optional[str]:
     return provider_repair_lasting_blocker(view, inv)
 
 
-def legacy_profile_verdict(finding: Dict[str, Any], inv: Inventory) -> None:
-    """A top-level `profile =` is a warning only where the release reading the home rejects it."""
+def legacy_profile_verdict(evidence: Dict[str, Any], inv: Inventory) -> bool:
+    """A top-level `profile =` is a warning only where the release reading the home rejects it:
+    whether it accepts it, with the evidence completed either way."""
     release = inv.reader["version"]
-    name = finding["evidence"].get("profile")
-    finding["evidence"]["release"] = ".".join(map(str, release)) or None
+    name = evidence.get("profile")
+    evidence["release"] = ".".join(map(str, release)) or None
     if release and legacy_profile_accepted(release):
-        finding["severity"] = "info"
-        finding["evidence"]["note"] = "this release follows it; 0.169.0 and later reject it"
-        return
-    finding["evidence"]["manual_step"] = (
+        evidence["note"] = "this release follows it; 0.169.0 and later reject it"
+        return True
+    evidence["manual_step"] = (
         'remove the line `profile = "%s"` from config.toml; to keep using the profile, move its '
         '[profiles.%s] table into %s.config.toml and start Codex with --profile %s' % (name, name, name, name))
+    return False
 
 
 def run_checks(inv: Inventory) -> List[Dict[str, Any]]:
@@ -3000,9 +3012,6 @@ def run_checks(inv: Inventory) -> List[Dict[str, Any]]:
         view.reasons = NO_REASONS
         check_thread(view, inv)
     rank_threads(inv)
-    for view in inv.threads.values():
-        for reason in view.reasons:
-            reason.severity, reason.why = reason_severity(view, reason, inv)
     findings = []
     grouped: Dict[Tuple[str, str], List[Any]] = {}
     for view in inv.threads.values():  # one pass; each thread once per code and severity, in thread order
