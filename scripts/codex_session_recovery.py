@@ -2511,6 +2511,47 @@ HOME_FINDINGS: Dict[str, Tuple[str, str]] = {
                                             "starts of the rollout: Codex reads those turns from the wrong bytes"),
 }
 
+# What to do about a home-wide finding where no repair is the whole answer: code -> the step,
+# its {fields} filled from the finding's evidence. check_home puts it in the evidence as
+# `manual_step` (what diagnose shows); tests/reason_docs.py writes it into the docs.
+HOME_FINDING_STEPS: Dict[str, str] = {
+    "surfaces_disagree":
+        "ask which app the user opens these conversations in, then run diagnose again with "
+        "--surface cli (the `codex` command line with --profile {profile}) or --surface app "
+        "(Codex Desktop or the IDE extension)",
+    "state_db_unreadable":
+        "rebuild-db moves the DB aside (kept in recovery-backups/); Codex rebuilds it from the "
+        "rollouts at its next start",
+    "schema_newer":
+        "what the repairs touch changed shape, so their writes are refused unless --force: use a "
+        "release of this tool checked against this Codex",
+    "migration_checksum_drift":
+        "use one Codex build (all Windows or all WSL/Linux) for this home, or run rebuild-db",
+    "backfill_incomplete":
+        "a backfill still within its 15-minute lease may be running: start Codex once and let it "
+        "finish; a stale one (stale: true) is what rebuild-db is for",
+    "active_provider_not_configured":
+        "add [model_providers.{provider}] to config.toml: Codex cannot start a thread without it",
+    "provider_not_configured":
+        "add a [model_providers.{provider}] table to config.toml, or move the threads with "
+        "repair-provider",
+    "legacy_profile":
+        'remove the line `profile = "{profile}"` from config.toml; to keep using the profile, '
+        "move its [profiles.{profile}] table into {profile}.config.toml and start Codex with "
+        "--profile {profile}",
+    "index_unreadable":
+        "fix the file's permissions (or the disk); rebuild-index leaves it alone until then",
+    "partial_backups":
+        "the next --apply of any repair removes them (they hold no change to the home)",
+    "leftover_temp_files": "the next --apply of any repair removes them",
+    "sessions_folder_unreadable":
+        "fix the folders' permissions (or the disk); until then reindex --prune-missing prunes "
+        "nothing",
+    "history_offsets_misaligned":
+        "run the repair-provider command again (an interrupted run leaves them): it realigns them "
+        "from each line's ordinal",
+}
+
 # Severity means action: a finding is a warning only where something can be done about it (a
 # repair that plans a change, or a precise manual step). REASONS and HOME_FINDINGS hold each
 # code's default; this table is the one way a finding drops to info: code -> when. The check
@@ -2851,27 +2892,29 @@ READ_PAST_PROBLEMS = ("torn_line", "nul_bytes", "bad_json")
 def check_home(inv: Inventory) -> List[Dict[str, Any]]:
     findings: List[Dict[str, Any]] = []
 
-    def add(code: str, lowered: bool = False, **evidence: Any) -> None:
+    def add(code: str, lowered: bool = False, step: bool = True,
+            fill: Optional[Dict[str, Any]] = None, **evidence: Any) -> None:
+        """One finding; `step` False where the code's manual step does not apply (a note says
+        why), `fill` the step's fields that are not evidence."""
+        if step and code in HOME_FINDING_STEPS:
+            evidence["manual_step"] = HOME_FINDING_STEPS[code].format(**evidence, **(fill or {}))
         findings.append({"code": code, "severity": severity_of(code, lowered),
                          "message": HOME_FINDINGS[code][1], "evidence": evidence})
 
     for problem in inv.config.problems:
         evidence = {k: v for k, v in problem.items() if k != "code"}
         accepted = problem["code"] == "legacy_profile" and legacy_profile_verdict(evidence, inv)
-        add(problem["code"], accepted, **evidence)
+        add(problem["code"], accepted, step=not accepted, **evidence)
     if inv.config.surfaces_disagree and inv.config.surface is None:
-        add("surfaces_disagree", cli=inv.config.surfaces["cli"], app=inv.config.surfaces["app"],
-            release=".".join(map(str, inv.reader["version"])) or None,
-            manual_step="ask which app the user opens these conversations in, then run diagnose again with "
-                        "--surface cli (the `codex` command line with --profile %s) or --surface app "
-                        "(Codex Desktop or the IDE extension)" % inv.config.requested[0])
+        add("surfaces_disagree", fill={"profile": inv.config.requested[0]},
+            cli=inv.config.surfaces["cli"], app=inv.config.surfaces["app"],
+            release=".".join(map(str, inv.reader["version"])) or None)
     if len(inv.dbs) > 1:
         add("multiple_state_dbs", live=display_path(inv.live_db.path, inv.home) if inv.live_db else None,
             others=[display_path(d.path, inv.home) for d in inv.dbs if d is not inv.live_db])
     if inv.db_error:
-        add("state_db_unreadable", path=display_path(inv.live_db.path, inv.home), error=short(inv.db_error, 160),
-            manual_step="rebuild-db moves the DB aside (kept in recovery-backups/); Codex rebuilds it from the "
-                        "rollouts at its next start")
+        add("state_db_unreadable", path=display_path(inv.live_db.path, inv.home),
+            error=short(inv.db_error, 160))
     live = inv.live_db
     if live is not None and live.error is None:
         if live.integrity not in (None, "ok"):
@@ -2880,29 +2923,23 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
             compat = schema_compatibility(inv) or {"unchanged": False, "changed": [], "unchecked_migrations": []}
             if compat["unchanged"]:
                 # Nothing to do about it: information, not a warning.
-                add("schema_newer", True, schema_version=live.schema_version,
+                add("schema_newer", True, step=False, schema_version=live.schema_version,
                     known_max=NEWEST_CHECKED_SCHEMA, migrations=compat["unchecked_migrations"],
                     unchanged=True,
                     note="what the repairs read and write has the shape of the releases checked: they write as usual; "
                          "an older Codex cannot open this home, so run the newest one everywhere it is used")
             else:
                 add("schema_newer", schema_version=live.schema_version, known_max=NEWEST_CHECKED_SCHEMA,
-                    migrations=compat["unchecked_migrations"], unchanged=False, changed=compat["changed"][:10],
-                    manual_step="what the repairs touch changed shape, so their writes are refused unless --force: "
-                                "use a release of this tool checked against this Codex")
+                    migrations=compat["unchecked_migrations"], unchanged=False,
+                    changed=compat["changed"][:10])
         if live.checksum_drift:
             add("migration_checksum_drift", versions=live.checksum_drift[:10], count=len(live.checksum_drift),
-                crlf=1 in live.checksum_drift,
-                manual_step="use one Codex build (all Windows or all WSL/Linux) for this home, or run rebuild-db")
+                crlf=1 in live.checksum_drift)
     if inv.backfill and inv.backfill.get("status") not in (None, "complete"):
         add("backfill_incomplete", status=inv.backfill.get("status"),
-            last_watermark=inv.backfill.get("last_watermark"), stale=backfill_stale(inv.backfill),
-            manual_step="a backfill still within its 15-minute lease may be running: start Codex once and "
-                        "let it finish; a stale one (stale: true) is what rebuild-db is for")
+            last_watermark=inv.backfill.get("last_watermark"), stale=backfill_stale(inv.backfill))
     if not inv.config.provider_unknown and not inv.config.knows_provider(inv.config.provider):
-        add("active_provider_not_configured", provider=inv.config.provider,
-            manual_step="add [model_providers.%s] to config.toml: Codex cannot start a thread without it"
-                        % inv.config.provider)
+        add("active_provider_not_configured", provider=inv.config.provider)
     used: Dict[str, List[bool]] = {}
     for view in inv.threads.values():
         listed = in_scope(view, inv.scope["sources"], inv.scope["include_archived"], inv.scope["include_empty"])
@@ -2912,8 +2949,7 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
     for provider, listed in sorted(used.items()):
         # Only threads hidden by design (exec, archived, empty) carrying it: nothing to do.
         add("provider_not_configured", not any(listed), provider=provider, threads=len(listed),
-            in_scope=sum(listed), manual_step="add a [model_providers.%s] table to config.toml, "
-            "or move the threads with repair-provider" % provider)
+            in_scope=sum(listed))
     damaged = [i for i in inv.rollouts if i.problems]
     if damaged:
         counts: Dict[str, int] = {}
@@ -2948,31 +2984,26 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
     if inv.index["bad_lines"]:
         add("index_bad_lines", lines=inv.index["bad_lines"])
     if inv.index.get("error"):
-        add("index_unreadable", error=inv.index["error"],
-            manual_step="fix the file's permissions (or the disk); rebuild-index leaves it alone until then")
+        add("index_unreadable", error=inv.index["error"])
     if inv.global_state["error"]:
         add("ui_state_unreadable", error=inv.global_state["error"])
     if inv.global_state.get("sidebar_reset"):
         add("sidebar_filtered", keys=inv.global_state["sidebar_reset"])
     partial = [b["name"] for b in list_backups(inv.home) if b["partial"]] if (inv.home / BACKUP_DIR_NAME).is_dir() else []
     if partial:
-        add("partial_backups", folders=partial[:10], count=len(partial),
-            manual_step="the next --apply of any repair removes them (they hold no change to the home)")
+        add("partial_backups", folders=partial[:10], count=len(partial))
     if inv.temp_files:
         add("leftover_temp_files", files=[display_path(p, inv.home) for p in inv.temp_files[:10]],
-            count=len(inv.temp_files), manual_step="the next --apply of any repair removes them")
+            count=len(inv.temp_files))
     dupes = sorted(v.id for v in inv.threads.values() if len(v.files) > 1)
     if dupes:
         add("duplicate_thread_id", thread_ids=dupes)
     if inv.unreadable_folders:
         add("sessions_folder_unreadable", folders=[display_path(Path(p), inv.home) for p in inv.unreadable_folders[:10]],
-            count=len(inv.unreadable_folders), manual_step="fix the folders' permissions (or the disk); until "
-            "then reindex --prune-missing prunes nothing")
+            count=len(inv.unreadable_folders))
     if inv.misaligned_offsets:
         add("history_offsets_misaligned", thread_ids=sorted(inv.misaligned_offsets),
-            offsets=sum(e["off_line_start"] for e in inv.misaligned_offsets.values()),
-            manual_step="run the repair-provider command again (an interrupted run leaves them): it realigns "
-                        "them from each line's ordinal")
+            offsets=sum(e["off_line_start"] for e in inv.misaligned_offsets.values()))
     return findings
 
 
@@ -2992,16 +3023,12 @@ def provider_move_blocker(view: ThreadView, inv: Inventory) -> Optional[str]:
 
 def legacy_profile_verdict(evidence: Dict[str, Any], inv: Inventory) -> bool:
     """A top-level `profile =` is a warning only where the release reading the home rejects it:
-    whether it accepts it, with the evidence completed either way."""
+    whether it accepts it (the evidence gets the release, and then a note)."""
     release = inv.reader["version"]
-    name = evidence.get("profile")
     evidence["release"] = ".".join(map(str, release)) or None
     if release and legacy_profile_accepted(release):
         evidence["note"] = "this release follows it; 0.169.0 and later reject it"
         return True
-    evidence["manual_step"] = (
-        'remove the line `profile = "%s"` from config.toml; to keep using the profile, move its '
-        '[profiles.%s] table into %s.config.toml and start Codex with --profile %s' % (name, name, name, name))
     return False
 
 

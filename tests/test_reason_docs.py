@@ -121,3 +121,13 @@ def test_a_severity_is_lowered_only_where_the_table_declares_it_and_the_doc_says
     undeclared = next(code for code in csr.REASONS if code not in csr.SEVERITY_LOWERED)
     with pytest.raises(KeyError, match="not declared"):
         csr.severity_of(undeclared, lowered=True)
+
+
+def test_each_home_findings_manual_step_comes_from_its_table_into_the_doc():
+    text = re.sub(r"\n  ", " ", rd.REASON_DOC.read_text(encoding="utf-8"))
+    assert set(csr.HOME_FINDING_STEPS) <= set(csr.HOME_FINDINGS)
+    for code in csr.HOME_FINDING_STEPS:
+        section = text.split("\n### %s\n" % code, 1)[1].split("\n### ", 1)[0]
+        shown = rd.markdown(rd.home_step(code))
+        assert "- **Manual step:** evidence `manual_step`: %s\n" % shown in section, code
+    assert "{" not in rd.home_step("legacy_profile") and "PROFILE" in rd.home_step("legacy_profile")
