@@ -944,15 +944,15 @@ def sqlite_home_dirs(home: Path, config: Config, environ: Dict[str, str]) -> Lis
     """Where Codex may keep its state DB: explicit settings first (they win when present)."""
     dirs: List[Tuple[Path, str]] = []
     if config.sqlite_home:
-        dirs.append((_resolve_setting_path(config.sqlite_home, home), "config sqlite_home"))
+        dirs.append((_resolve_setting_path(config.sqlite_home), "config sqlite_home"))
     if environ.get("CODEX_SQLITE_HOME"):
-        dirs.append((_resolve_setting_path(environ["CODEX_SQLITE_HOME"], home), "CODEX_SQLITE_HOME"))
+        dirs.append((_resolve_setting_path(environ["CODEX_SQLITE_HOME"]), "CODEX_SQLITE_HOME"))
     dirs.append((home / "sqlite", "CODEX_HOME/sqlite"))
     dirs.append((home, "CODEX_HOME"))
     return dirs
 
 
-def _resolve_setting_path(raw: str, home: Path) -> Path:
+def _resolve_setting_path(raw: str) -> Path:
     path = Path(raw).expanduser()
     return path if path.is_absolute() else (Path.cwd() / path)
 
@@ -2130,16 +2130,17 @@ class ThreadView:
 
     __slots__ = ("id", "row", "files", "primary", "index_name", "reasons", "rank")
 
-    def __init__(self, thread_id: str, row: Optional[Dict[str, Any]], files: List[RolloutInfo], home: Path) -> None:
+    def __init__(self, thread_id: str, row: Optional[Dict[str, Any]],
+                 files: List[RolloutInfo]) -> None:
         self.id = thread_id
         self.row = row
         self.files = tuple(files)  # one file for nearly every thread: no list each
-        self.primary = self._primary_file(home)
+        self.primary = self._primary_file()
         self.index_name: Optional[str] = None
         self.reasons: Sequence[Any] = NO_REASONS  # a list once it has one
         self.rank: Optional[int] = None
 
-    def _primary_file(self, home: Path) -> Optional[RolloutInfo]:
+    def _primary_file(self) -> Optional[RolloutInfo]:
         if not self.files:
             return None
         if self.row and self.row.get("rollout_path"):
@@ -2308,7 +2309,7 @@ class Inventory:
         ids = sorted(set(self.rows) | set(by_id))
         threads = {}
         for thread_id in ids:
-            view = ThreadView(thread_id, self.rows.get(thread_id), by_id.get(thread_id, []), self.home)
+            view = ThreadView(thread_id, self.rows.get(thread_id), by_id.get(thread_id, []))
             view.index_name = self.index["names"].get(thread_id)
             threads[thread_id] = view
         return threads
@@ -3108,7 +3109,7 @@ def in_scope(view: ThreadView, sources: Sequence[str], include_archived: bool, i
     return include_empty or view.has_evidence
 
 
-def provider_candidates(inv: Inventory, args: Optional[argparse.Namespace] = None) -> Dict[str, List[str]]:
+def provider_candidates(inv: Inventory) -> Dict[str, List[str]]:
     """Threads hidden by provider that repair-provider would move with diagnose's scope
     (run_checks decided it: their provider_mismatch is a warning), by the provider they carry."""
     groups: Dict[str, List[str]] = {}
@@ -4748,7 +4749,7 @@ def import_rows(inv: Inventory, other: OtherHome, info: RolloutInfo, view: Optio
         values = {"rollout_path": str(edit.target)}
         values.update(archive_values(info, view.row, set(db.columns)))
         return [SqlChange(db.path, "threads", {"id": info.thread_id}, values, thread_id=info.thread_id)]
-    row = row_from_rollout(ThreadView(info.thread_id, None, [info], other.base), inv)
+    row = row_from_rollout(ThreadView(info.thread_id, None, [info]), inv)
     row["rollout_path"] = str(edit.target)
     if target and "model_provider" in row:
         row["model_provider"] = target
@@ -7555,7 +7556,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         latest_interactive_thread=None if latest is None else {
             "id": latest.id, "provider": latest.rollout_provider or latest.db_provider,
             "updated_at": iso_from_millis(latest.updated_ms)},
-        provider_candidates={k: len(v) for k, v in provider_candidates(inv, args).items()},
+        provider_candidates={k: len(v) for k, v in provider_candidates(inv).items()},
         session_index={k: v for k, v in inv.index.items() if k != "names"},
         ui_state=inv.global_state,
         findings=findings,
