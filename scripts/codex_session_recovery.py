@@ -7410,8 +7410,8 @@ def render_diagnose_text(doc: Dict[str, Any], verbose: bool) -> str:
     if latest:
         lines.append("Latest interactive thread: %s (provider %s, %s)" % (latest["id"], latest["provider"], latest["updated_at"]))
     idx = doc["session_index"]
-    lines.append("Index:     session_index.jsonl %s, %s" % ("present" if idx["present"] else "absent",
-                                                           plural(idx["entries"], "entry").replace("entrys", "entries")))
+    lines.append("Index:     session_index.jsonl %s, %s" % (
+        "present" if idx["present"] else "absent", plural(idx["entries"], "entry", "entries")))
     if doc["ui_state"]["present"]:
         lines.append("UI state:  .codex-global-state.json sidebar keys: %s" % (
             ", ".join(sorted(doc["ui_state"]["sidebar"])) or "none"))
@@ -7522,8 +7522,9 @@ def summarise_actions(actions: List[Dict[str, Any]]) -> str:
     return "; ".join("%s %s" % (plural(n, noun), verb) for (noun, verb), n in counts.items())
 
 
-def plural(count: int, noun: str) -> str:
-    return "%d %s%s" % (count, noun, "" if count == 1 else "s")
+def plural(count: int, noun: str, nouns: Optional[str] = None) -> str:
+    """`1 thread`, `2 threads`; `nouns` where the plural is not noun + s."""
+    return "%d %s" % (count, noun if count == 1 else nouns or noun + "s")
 
 
 def _fmt_counts(counts: Dict[str, int]) -> str:
