@@ -107,6 +107,20 @@ HEAD_SCAN_LINES = 210
 # pathological line cannot exhaust memory.
 MAX_LINE_BYTES = 32 * 1024 * 1024
 READ_CHUNK = 1024 * 1024
+# The end of a rollout read for a torn last line or NUL padding (check_tail, _scan_head).
+TAIL_BYTES = 4096
+# CODEX-COMPAT: the listers look for the event form of the first user message (0.120.0 and
+# 0.130.0: event_msg/user_message; 0.169.0+: item_completed), which follows the prompt's
+# role=user response_item that may have been the tool's evidence.
+USER_EVENT_MARKERS = (b'"user_message"', b'"item_completed"', b'"thread_goal_updated"')
+
+# Names the tool gives what it leaves in a home. Up here because every chapter meets them:
+# the rollout reader and the inventory find a killed run's temp files by TEMP_MARKER, the
+# checks, plans, safety and commands find the backups under BACKUP_DIR_NAME.
+TEMP_MARKER = ".csr-tmp-"
+BACKUP_DIR_NAME = "recovery-backups"
+# The largest manifest.json a restore reads (read_manifest).
+MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 
 ROLLOUT_NAME_RE = re.compile(
     r"^rollout-(?P<stamp>\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2})-"
@@ -930,15 +944,15 @@ def sqlite_home_dirs(home: Path, config: Config, environ: Dict[str, str]) -> Lis
     """Where Codex may keep its state DB: explicit settings first (they win when present)."""
     dirs: List[Tuple[Path, str]] = []
     if config.sqlite_home:
-        dirs.append((_resolve_setting_path(config.sqlite_home, home), "config sqlite_home"))
+        dirs.append((_resolve_setting_path(config.sqlite_home), "config sqlite_home"))
     if environ.get("CODEX_SQLITE_HOME"):
-        dirs.append((_resolve_setting_path(environ["CODEX_SQLITE_HOME"], home), "CODEX_SQLITE_HOME"))
+        dirs.append((_resolve_setting_path(environ["CODEX_SQLITE_HOME"]), "CODEX_SQLITE_HOME"))
     dirs.append((home / "sqlite", "CODEX_HOME/sqlite"))
     dirs.append((home, "CODEX_HOME"))
     return dirs
 
 
-def _resolve_setting_path(raw: str, home: Path) -> Path:
+def _resolve_setting_path(raw: str) -> Path:
     path = Path(raw).expanduser()
     return path if path.is_absolute() else (Path.cwd() / path)
 
@@ -1193,12 +1207,10 @@ def migration_checksum_drift(conn: sqlite3.Connection) -> List[int]:
 def read_thread_rows(db: StateDb) -> Dict[str, "Row"]:
     """Every threads row by lowercased id: the columns the checks and plans read, the presence
     of each text column, and when the thread was last active (Row.updated_ms)."""
-    columns = set(db.columns)
-    select = [c for c in _ROW_KEPT_COLUMNS if c in columns]
-    select += ["(%s <> '') AS has_%s" % (c, c) for c in _ROW_PRESENCE_COLUMNS if c in columns]
+    select, names = _row_select(_ROW_KEPT_COLUMNS, set(db.columns))
     kept = len(select)
-    select += [c for c in _ROW_RECENCY_COLUMNS if c in columns]
-    row_type = Row.of_columns(_row_index(select[:kept]))
+    select += [c for c in _ROW_RECENCY_COLUMNS if c in db.columns]
+    row_type = Row.of_columns({name: n for n, name in enumerate(names)})
     rows = {}
     for key, values in _thread_row_values(db, select):
         rows[key] = row_type(values[:kept] + (first_millis(values[kept:]),))
@@ -1208,17 +1220,23 @@ def read_thread_rows(db: StateDb) -> Dict[str, "Row"]:
 def read_full_thread_row(db: StateDb, thread_id: str) -> Optional[Dict[str, Any]]:
     """The row of one thread with every column the tool knows (what trace shows), as
     read_thread_rows would have found it (the last of the rows whose id lowercases alike)."""
-    columns = set(db.columns)
-    select = [c for c in _ROW_PLAIN_COLUMNS if c in columns]
-    select += ["(%s <> '') AS has_%s" % (c, c) for c in _ROW_PRESENCE_COLUMNS if c in columns]
+    select, names = _row_select(_ROW_PLAIN_COLUMNS, set(db.columns))
     found = None
     for _key, values in _thread_row_values(db, select, thread_id):
         found = values
-    return None if found is None else dict(zip(_row_index(select), found))
+    return None if found is None else dict(zip(names, found))
 
 
-def _row_index(select: List[str]) -> Dict[str, int]:
-    return {(c.rsplit(" AS ", 1)[-1]): n for n, c in enumerate(select)}
+def _row_select(plain: Sequence[str], columns: set) -> Tuple[List[str], List[str]]:
+    """The SELECT expressions and the names of their values, built side by side: the plain
+    columns as they are, each text column as has_<column> (is it non-empty)."""
+    names = [c for c in plain if c in columns]
+    select = list(names)
+    for column in _ROW_PRESENCE_COLUMNS:
+        if column in columns:
+            select.append("(%s <> '') AS has_%s" % (column, column))
+            names.append("has_" + column)
+    return select, names
 
 
 def _thread_row_values(db: StateDb, select: List[str], thread_id: Optional[str] = None) -> Iterator[Tuple[str, Tuple[Any, ...]]]:
@@ -1306,6 +1324,10 @@ def read_backfill_state(db: StateDb) -> Optional[Dict[str, Any]]:
 # Reading rollouts. Streams, bounded: the first line (session_meta, ~21 KB in 0.169.0), then
 # only as far as the first real user message. A bad line becomes a problem code on the file.
 # ---------------------------------------------------------------------------------------------
+
+
+# What RolloutInfo.meta holds until a session_meta line is read; never written to.
+EMPTY_META: Dict[str, Any] = {}
 
 
 class RolloutInfo:
@@ -1869,9 +1891,6 @@ def check_lines_to_user_event(info: RolloutInfo, fd: int, offset: int) -> None:
             return
 
 
-TAIL_BYTES = 4096
-
-
 def check_tail(handle: Any, info: RolloutInfo) -> None:
     """A torn last line (a crash mid-append) or NUL padding (a sync tool pre-allocating)
     sits at the very end, past the head scan; reading the last 4 KB finds it in O(1)."""
@@ -1933,9 +1952,6 @@ class Meta:
 
     def items(self) -> List[Tuple[str, Any]]:
         return list(zip(META_KEYS, self._values))
-
-
-EMPTY_META: Dict[str, Any] = {}  # never written to: a rollout without a session_meta
 
 
 def _take_first_line(info: RolloutInfo, record: Dict[str, Any]) -> None:
@@ -2114,16 +2130,17 @@ class ThreadView:
 
     __slots__ = ("id", "row", "files", "primary", "index_name", "reasons", "rank")
 
-    def __init__(self, thread_id: str, row: Optional[Dict[str, Any]], files: List[RolloutInfo], home: Path) -> None:
+    def __init__(self, thread_id: str, row: Optional[Dict[str, Any]],
+                 files: List[RolloutInfo]) -> None:
         self.id = thread_id
         self.row = row
         self.files = tuple(files)  # one file for nearly every thread: no list each
-        self.primary = self._primary_file(home)
+        self.primary = self._primary_file()
         self.index_name: Optional[str] = None
         self.reasons: Sequence[Any] = NO_REASONS  # a list once it has one
         self.rank: Optional[int] = None
 
-    def _primary_file(self, home: Path) -> Optional[RolloutInfo]:
+    def _primary_file(self) -> Optional[RolloutInfo]:
         if not self.files:
             return None
         if self.row and self.row.get("rollout_path"):
@@ -2190,6 +2207,31 @@ class ThreadView:
     @property
     def hidden(self) -> bool:
         return any(r["hides"] for r in self.reasons)
+
+
+class _Progress:
+    """Progress on stderr, only on a terminal, only without --json, only once a scan has run
+    for a second: anxious users of big homes see it move; pipes and agents see nothing."""
+
+    enabled = False
+
+    def __call__(self, items: Iterable[Any], label: str) -> Iterator[Any]:
+        import time
+        start = last = time.monotonic()
+        count = 0
+        for item in items:
+            count += 1
+            now = time.monotonic()
+            if self.enabled and now - start > 1.0 and now - last > 0.25:
+                sys.stderr.write("\r%s: %d" % (label, count))
+                sys.stderr.flush()
+                last = now
+            yield item
+        if self.enabled and last != start:
+            sys.stderr.write("\r%s: %d, done\n" % (label, count))
+
+
+progress = _Progress()
 
 
 class Inventory:
@@ -2267,7 +2309,7 @@ class Inventory:
         ids = sorted(set(self.rows) | set(by_id))
         threads = {}
         for thread_id in ids:
-            view = ThreadView(thread_id, self.rows.get(thread_id), by_id.get(thread_id, []), self.home)
+            view = ThreadView(thread_id, self.rows.get(thread_id), by_id.get(thread_id, []))
             view.index_name = self.index["names"].get(thread_id)
             threads[thread_id] = view
         return threads
@@ -2296,31 +2338,6 @@ class Inventory:
         as has_<column> (never the text); has_user_event is a flag itself."""
         gate = self.gate_column()
         return not gate or not row.get(gate if gate == "has_user_event" else "has_" + gate)
-
-
-class _Progress:
-    """Progress on stderr, only on a terminal, only without --json, only once a scan has run
-    for a second: anxious users of big homes see it move; pipes and agents see nothing."""
-
-    enabled = False
-
-    def __call__(self, items: Iterable[Any], label: str) -> Iterator[Any]:
-        import time
-        start = last = time.monotonic()
-        count = 0
-        for item in items:
-            count += 1
-            now = time.monotonic()
-            if self.enabled and now - start > 1.0 and now - last > 0.25:
-                sys.stderr.write("\r%s: %d" % (label, count))
-                sys.stderr.flush()
-                last = now
-            yield item
-        if self.enabled and last != start:
-            sys.stderr.write("\r%s: %d, done\n" % (label, count))
-
-
-progress = _Progress()
 
 
 def build_inventory(args: argparse.Namespace, environ: Optional[Dict[str, str]] = None) -> Inventory:
@@ -2495,6 +2512,73 @@ HOME_FINDINGS: Dict[str, Tuple[str, str]] = {
                                             "starts of the rollout: Codex reads those turns from the wrong bytes"),
 }
 
+# What to do about a home-wide finding where no repair is the whole answer: code -> the step,
+# its {fields} filled from the finding's evidence. check_home puts it in the evidence as
+# `manual_step` (what diagnose shows); tests/reason_docs.py writes it into the docs.
+HOME_FINDING_STEPS: Dict[str, str] = {
+    "surfaces_disagree":
+        "ask which app the user opens these conversations in, then run diagnose again with "
+        "--surface cli (the `codex` command line with --profile {profile}) or --surface app "
+        "(Codex Desktop or the IDE extension)",
+    "state_db_unreadable":
+        "rebuild-db moves the DB aside (kept in recovery-backups/); Codex rebuilds it from the "
+        "rollouts at its next start",
+    "schema_newer":
+        "what the repairs touch changed shape, so their writes are refused unless --force: use a "
+        "release of this tool checked against this Codex",
+    "migration_checksum_drift":
+        "use one Codex build (all Windows or all WSL/Linux) for this home, or run rebuild-db",
+    "backfill_incomplete":
+        "a backfill still within its 15-minute lease may be running: start Codex once and let it "
+        "finish; a stale one (stale: true) is what rebuild-db is for",
+    "active_provider_not_configured":
+        "add [model_providers.{provider}] to config.toml: Codex cannot start a thread without it",
+    "provider_not_configured":
+        "add a [model_providers.{provider}] table to config.toml, or move the threads with "
+        "repair-provider",
+    "legacy_profile":
+        'remove the line `profile = "{profile}"` from config.toml; to keep using the profile, '
+        "move its [profiles.{profile}] table into {profile}.config.toml and start Codex with "
+        "--profile {profile}",
+    "index_unreadable":
+        "fix the file's permissions (or the disk); rebuild-index leaves it alone until then",
+    "partial_backups":
+        "the next --apply of any repair removes them (they hold no change to the home)",
+    "leftover_temp_files": "the next --apply of any repair removes them",
+    "sessions_folder_unreadable":
+        "fix the folders' permissions (or the disk); until then reindex --prune-missing prunes "
+        "nothing",
+    "history_offsets_misaligned":
+        "run the repair-provider command again (an interrupted run leaves them): it realigns them "
+        "from each line's ordinal",
+}
+
+# Severity means action: a finding is a warning only where something can be done about it (a
+# repair that plans a change, or a precise manual step). REASONS and HOME_FINDINGS hold each
+# code's default; this table is the one way a finding drops to info: code -> when. The check
+# that finds it says so (severity_of); tests/reason_docs.py writes `when` into the docs.
+SEVERITY_LOWERED: Dict[str, str] = {
+    "provider_mismatch": "repair-provider, run with diagnose's scope, would not move the thread "
+                         "(its `why_no_action` says why)",
+    "rollout_is_link": "the link points at a file that is not on this machine",
+    "attachment_only_prompt": "the release reading the home lists the thread anyway",
+    "schema_newer": "what the repairs read and write kept the shape of the releases checked",
+    "legacy_profile": "the release reading the home accepts a top-level `profile =`",
+    "provider_not_configured": "only threads hidden by design (exec, archived, empty) use it",
+    "rollout_unreadable": "every problem is one Codex reads past, a line that is not UTF-8 (named "
+                          "per thread, head_line_not_utf8) or a file that holds nothing",
+}
+
+
+def severity_of(code: str, lowered: bool = False) -> str:
+    """The code's default severity, or info where its check found nothing to act on; only a
+    code SEVERITY_LOWERED declares may be lowered."""
+    if not lowered:
+        return (REASONS.get(code) or HOME_FINDINGS[code])[0]
+    if code not in SEVERITY_LOWERED:
+        raise KeyError("%s is lowered to info but not declared in SEVERITY_LOWERED" % code)
+    return "info"
+
 
 class Reason:
     """Why one thread is hidden or worth a look: a code, whether it hides the thread, and the
@@ -2505,11 +2589,12 @@ class Reason:
     _key_tuples: Dict[Tuple[str, ...], Tuple[str, ...]] = {}  # one per call site, shared
     FIELDS = ("code", "hides", "evidence", "severity", "why")
 
-    def __init__(self, code: str, hides: bool, evidence: Dict[str, Any]) -> None:
+    def __init__(self, code: str, hides: bool, evidence: Dict[str, Any],
+                 why_no_action: Optional[str] = None) -> None:
         self.code, self.hides = code, hides
-        # Set by run_checks (reason_severity): whether there is something to do, and if not why.
-        self.severity: str = REASONS[code][0] if code in REASONS else "info"
-        self.why: Optional[str] = None
+        # Whether there is something to do, and if not why: from the check (severity_of).
+        self.severity: str = severity_of(code, why_no_action is not None)
+        self.why = why_no_action
         keys = tuple(evidence)
         self._keys = self._key_tuples.setdefault(keys, keys)
         self._values = tuple(evidence.values())
@@ -2539,10 +2624,13 @@ class Reason:
         return "Reason(%r, %r, %r)" % (self.code, self.hides, self.evidence)
 
 
-def add_reason(view: ThreadView, code: str, hides: bool, **evidence: Any) -> None:
+def add_reason(view: ThreadView, code: str, hides: bool, why_no_action: Optional[str] = None,
+               **evidence: Any) -> None:
+    """A reason on the thread; `why_no_action`, when the check finds nothing to act on, lowers
+    it to info (SEVERITY_LOWERED)."""
     if view.reasons is NO_REASONS:
         view.reasons = []
-    view.reasons.append(Reason(code, hides, evidence))
+    view.reasons.append(Reason(code, hides, evidence, why_no_action))
 
 
 def user_event_gate_hides(release: Tuple[int, ...]) -> bool:
@@ -2587,13 +2675,22 @@ def file_listing_skip_hides(release: Tuple[int, ...], has_row: bool) -> bool:
 
 # The manual steps' commands use only POSIX cp/mv/rm options (macOS has no GNU cp): `cp -p`
 # follows a linked source file, `cp -pRH` a linked source folder named on the command line,
-# and `mv` replaces the link itself, never what it points to.
-LINKED_ROLLOUT_STEP = ("replace the link by the file it points to, keeping the name (`test ! -L LINK || "
-                       "{ cp -p LINK LINK.copy && mv LINK.copy LINK; }`), then diagnose again")
-# Every thread of a linked folder carries the same step: once done, it does nothing (`test ! -L`).
-LINKED_FOLDER_STEP = ("replace the linked folder by a copy of the folder it points to, keeping the name "
-                      "(`test ! -L LINK || { cp -pRH LINK LINK.copy && rm LINK && mv LINK.copy LINK; }`), "
-                      "then diagnose again")
+# and `mv` replaces the link itself, never what it points to. Every thread of a linked folder
+# carries the same step: once done, it does nothing (`test ! -L`).
+LINKED_ROLLOUT_COMMAND = ("test ! -L {link} || "
+                          "{{ cp -p {link} {link}.copy && mv {link}.copy {link}; }}")
+LINKED_FOLDER_COMMAND = ("test ! -L {link} || "
+                         "{{ cp -pRH {link} {link}.copy && rm {link} && mv {link}.copy {link}; }}")
+
+
+def link_replacement_step(link: str, folder: bool) -> Tuple[str, str]:
+    """(shell command, manual step) that replace a link by what it points to. The command is
+    built first, with the path shell-quoted; the prose quotes it whole."""
+    command = (LINKED_FOLDER_COMMAND if folder else LINKED_ROLLOUT_COMMAND).format(
+        link=_shell_quote(os.path.abspath(link)))
+    what = ("the linked folder by a copy of the folder it points to" if folder
+            else "the link by the file it points to")
+    return command, "replace %s, keeping the name (`%s`), then diagnose again" % (what, command)
 
 
 def check_thread(view: ThreadView, inv: Inventory) -> None:
@@ -2612,8 +2709,8 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
     rollout_provider = view.rollout_provider or (DEFAULT_PROVIDER if view.primary and view.primary.meta else None)
     providers = {p for p in (view.db_provider, rollout_provider) if p}
     if providers and providers != {active} and not inv.config.provider_unknown:
-        add_reason(view, "provider_mismatch", True, db=view.db_provider,
-                   rollout=view.rollout_provider, active=active)
+        add_reason(view, "provider_mismatch", True, why_no_action=provider_move_blocker(view, inv),
+                   db=view.db_provider, rollout=view.rollout_provider, active=active)
     if not view.has_evidence and (view.primary is None or view.primary.scanned_to_end):
         add_reason(view, "no_user_content", True)
     gate = inv.gate_column()
@@ -2631,8 +2728,9 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
         add_reason(view, "user_message_beyond_scan", beyond_scan_hides(inv.release), line=view.primary.evidence_line,
                    window=HEAD_SCAN_LINES)
     if view.primary is not None and view.primary.evidence_kind == "attachment":
-        gate_blank = row is None or inv.gate_blank(row)
-        add_reason(view, "attachment_only_prompt", attachment_prompt_hides(inv.release, gate_blank))
+        hides = attachment_prompt_hides(inv.release, row is None or inv.gate_blank(row))
+        add_reason(view, "attachment_only_prompt", hides,
+                   why_no_action=None if hides else "this release lists it anyway")
     cwd_problem = cwd_spelling_problem(str((row or {}).get("cwd") or (view.primary.meta.get("cwd") if view.primary else "") or ""), inv.home)
     if cwd_problem:
         add_reason(view, "cwd_unmatchable", False, problem=cwd_problem)
@@ -2681,18 +2779,18 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
     not_indexable = any(r.code == "rollout_not_indexable" for r in view.reasons)
     if link and view.primary.file in inv.dangling_links and not not_indexable:
         # Nothing of the conversation is on this disk: put the file back, or drop the link.
-        add_reason(view, "rollout_is_link", True, file=view.primary.rel, link=display_path(link, inv.home),
+        add_reason(view, "rollout_is_link", True, why_no_action="the file the link points at is "
+                   "not on this machine: nothing here to recover", file=view.primary.rel,
+                   link=display_path(link, inv.home),
                    target_missing=True, manual_step="the link points at %s, which does not exist here: put that "
                    "file back (from the synced folder or a backup), or remove the link" % _shell_quote(
                        os.readlink(link) if os.path.islink(link) else link))
     elif link and not not_indexable and view.primary.file not in inv.dangling_links:
-        step = (LINKED_ROLLOUT_STEP if link == view.primary.file else LINKED_FOLDER_STEP).replace(
-            "LINK", _shell_quote(os.path.abspath(link)))
-        # `command` is the step's shell line alone: a path with a backtick cannot be cut out of
-        # the prose, and an agent runs it as it is.
+        # `command` is the step's shell line alone, which an agent runs as it is.
+        command, step = link_replacement_step(link, folder=link != view.primary.file)
         add_reason(view, "rollout_is_link", file_listing_skip_hides(inv.release, row is not None),
                    file=view.primary.rel, link=display_path(link, inv.home), manual_step=step,
-                   command=step.split("(`", 1)[1].rsplit("`)", 1)[0])
+                   command=command)
 
 
 def index_blocker(info: "RolloutInfo", home: Path) -> Optional[str]:
@@ -2777,30 +2875,47 @@ def backfill_stale(backfill: Dict[str, Any]) -> bool:
     return updated is None or (utc_now().timestamp() * 1000 - updated) > BACKFILL_LEASE_SECONDS * 1000
 
 
+# Here, above check_home, which reports them; the plans read them after it.
+# Damage confined to lines a repair does not edit: a torn last line (a crash mid-append), NUL
+# padding, a line that is not JSON or not UTF-8, one too long to parse. A repair carries those
+# bytes over verbatim and refuses only when the line it would edit is one of them.
+# CODEX-COMPAT: 0.120.0, 0.130.0, 0.169.0 and 0.171.0 list, read and continue a thread whose
+# last line is torn (0.169.0 and 0.171.0, on resume, end the fragment with a newline, then append).
+CARRIED_PROBLEMS = ("torn_line", "nul_bytes", "bad_json", "invalid_utf8", "oversized_line")
+# CODEX-COMPAT: of those, what 0.169.0 and 0.171.0 read past (the thread is listed, reads and
+# continues; measured): a torn last line, NUL padding or a line of NULs, a line that is not
+# JSON. A line that is not UTF-8 still reads and continues, but keeps the thread out of the
+# default listing (measured; 0.130.0 and 0.120.0 cannot read such a thread at all); an
+# oversized line was not measured.
+READ_PAST_PROBLEMS = ("torn_line", "nul_bytes", "bad_json")
+
+
 def check_home(inv: Inventory) -> List[Dict[str, Any]]:
     findings: List[Dict[str, Any]] = []
 
-    def add(code: str, **evidence: Any) -> None:
-        severity, message = HOME_FINDINGS[code]
-        findings.append({"code": code, "severity": severity, "message": message, "evidence": evidence})
+    def add(code: str, lowered: bool = False, step: bool = True,
+            fill: Optional[Dict[str, Any]] = None, **evidence: Any) -> None:
+        """One finding; `step` False where the code's manual step does not apply (a note says
+        why), `fill` the step's fields that are not evidence."""
+        if step and code in HOME_FINDING_STEPS:
+            evidence["manual_step"] = HOME_FINDING_STEPS[code].format(**evidence, **(fill or {}))
+        findings.append({"code": code, "severity": severity_of(code, lowered),
+                         "message": HOME_FINDINGS[code][1], "evidence": evidence})
 
     for problem in inv.config.problems:
-        add(problem["code"], **{k: v for k, v in problem.items() if k != "code"})
-        if problem["code"] == "legacy_profile":
-            legacy_profile_verdict(findings[-1], inv)
+        evidence = {k: v for k, v in problem.items() if k != "code"}
+        accepted = problem["code"] == "legacy_profile" and legacy_profile_verdict(evidence, inv)
+        add(problem["code"], accepted, step=not accepted, **evidence)
     if inv.config.surfaces_disagree and inv.config.surface is None:
-        add("surfaces_disagree", cli=inv.config.surfaces["cli"], app=inv.config.surfaces["app"],
-            release=".".join(map(str, inv.reader["version"])) or None,
-            manual_step="ask which app the user opens these conversations in, then run diagnose again with "
-                        "--surface cli (the `codex` command line with --profile %s) or --surface app "
-                        "(Codex Desktop or the IDE extension)" % inv.config.requested[0])
+        add("surfaces_disagree", fill={"profile": inv.config.requested[0]},
+            cli=inv.config.surfaces["cli"], app=inv.config.surfaces["app"],
+            release=".".join(map(str, inv.reader["version"])) or None)
     if len(inv.dbs) > 1:
         add("multiple_state_dbs", live=display_path(inv.live_db.path, inv.home) if inv.live_db else None,
             others=[display_path(d.path, inv.home) for d in inv.dbs if d is not inv.live_db])
     if inv.db_error:
-        add("state_db_unreadable", path=display_path(inv.live_db.path, inv.home), error=short(inv.db_error, 160),
-            manual_step="rebuild-db moves the DB aside (kept in recovery-backups/); Codex rebuilds it from the "
-                        "rollouts at its next start")
+        add("state_db_unreadable", path=display_path(inv.live_db.path, inv.home),
+            error=short(inv.db_error, 160))
     live = inv.live_db
     if live is not None and live.error is None:
         if live.integrity not in (None, "ok"):
@@ -2808,30 +2923,24 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
         if (live.schema_version or 0) > NEWEST_CHECKED_SCHEMA:
             compat = schema_compatibility(inv) or {"unchanged": False, "changed": [], "unchecked_migrations": []}
             if compat["unchanged"]:
-                add("schema_newer", schema_version=live.schema_version, known_max=NEWEST_CHECKED_SCHEMA,
-                    migrations=compat["unchecked_migrations"], unchanged=True,
+                # Nothing to do about it: information, not a warning.
+                add("schema_newer", True, step=False, schema_version=live.schema_version,
+                    known_max=NEWEST_CHECKED_SCHEMA, migrations=compat["unchecked_migrations"],
+                    unchanged=True,
                     note="what the repairs read and write has the shape of the releases checked: they write as usual; "
                          "an older Codex cannot open this home, so run the newest one everywhere it is used")
-                # Nothing to do about it: information, not a warning.
-                findings[-1]["severity"] = "info"
             else:
                 add("schema_newer", schema_version=live.schema_version, known_max=NEWEST_CHECKED_SCHEMA,
-                    migrations=compat["unchecked_migrations"], unchanged=False, changed=compat["changed"][:10],
-                    manual_step="what the repairs touch changed shape, so their writes are refused unless --force: "
-                                "use a release of this tool checked against this Codex")
+                    migrations=compat["unchecked_migrations"], unchanged=False,
+                    changed=compat["changed"][:10])
         if live.checksum_drift:
             add("migration_checksum_drift", versions=live.checksum_drift[:10], count=len(live.checksum_drift),
-                crlf=1 in live.checksum_drift,
-                manual_step="use one Codex build (all Windows or all WSL/Linux) for this home, or run rebuild-db")
+                crlf=1 in live.checksum_drift)
     if inv.backfill and inv.backfill.get("status") not in (None, "complete"):
         add("backfill_incomplete", status=inv.backfill.get("status"),
-            last_watermark=inv.backfill.get("last_watermark"), stale=backfill_stale(inv.backfill),
-            manual_step="a backfill still within its 15-minute lease may be running: start Codex once and "
-                        "let it finish; a stale one (stale: true) is what rebuild-db is for")
+            last_watermark=inv.backfill.get("last_watermark"), stale=backfill_stale(inv.backfill))
     if not inv.config.provider_unknown and not inv.config.knows_provider(inv.config.provider):
-        add("active_provider_not_configured", provider=inv.config.provider,
-            manual_step="add [model_providers.%s] to config.toml: Codex cannot start a thread without it"
-                        % inv.config.provider)
+        add("active_provider_not_configured", provider=inv.config.provider)
     used: Dict[str, List[bool]] = {}
     for view in inv.threads.values():
         listed = in_scope(view, inv.scope["sources"], inv.scope["include_archived"], inv.scope["include_empty"])
@@ -2839,12 +2948,9 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
             if provider and not inv.config.knows_provider(provider):
                 used.setdefault(provider, []).append(listed)
     for provider, listed in sorted(used.items()):
-        add("provider_not_configured", provider=provider, threads=len(listed), in_scope=sum(listed),
-            manual_step="add a [model_providers.%s] table to config.toml, or move the threads "
-                        "with repair-provider" % provider)
-        if not any(listed):
-            # Only threads hidden by design (exec, archived, empty) still carry it: nothing to do.
-            findings[-1]["severity"] = "info"
+        # Only threads hidden by design (exec, archived, empty) carrying it: nothing to do.
+        add("provider_not_configured", not any(listed), provider=provider, threads=len(listed),
+            in_scope=sum(listed))
     damaged = [i for i in inv.rollouts if i.problems]
     if damaged:
         counts: Dict[str, int] = {}
@@ -2866,12 +2972,10 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
                     "by id on 0.169.0 and newer: `codex resume ID`)")
         else:
             note = "repairs leave a rollout with these problems as it is"
-        add("rollout_unreadable", files=len(damaged), problems=counts,
+        # Damage Codex reads past, or that no repair may touch, which repairs carry: information.
+        add("rollout_unreadable", nothing_to_do, files=len(damaged), problems=counts,
             examples=[{"path": i.rel, "problems": i.problems} for i in damaged[:5]],
             kept_verbatim=carried_only, note=note)
-        if nothing_to_do:
-            # Damage Codex reads past, or that no repair may touch, which repairs carry: information.
-            findings[-1]["severity"] = "info"
     stale = index_stale_ids(inv)
     if stale:
         add("index_stale", entries=len(stale), thread_ids=stale)
@@ -2881,50 +2985,27 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
     if inv.index["bad_lines"]:
         add("index_bad_lines", lines=inv.index["bad_lines"])
     if inv.index.get("error"):
-        add("index_unreadable", error=inv.index["error"],
-            manual_step="fix the file's permissions (or the disk); rebuild-index leaves it alone until then")
+        add("index_unreadable", error=inv.index["error"])
     if inv.global_state["error"]:
         add("ui_state_unreadable", error=inv.global_state["error"])
     if inv.global_state.get("sidebar_reset"):
         add("sidebar_filtered", keys=inv.global_state["sidebar_reset"])
     partial = [b["name"] for b in list_backups(inv.home) if b["partial"]] if (inv.home / BACKUP_DIR_NAME).is_dir() else []
     if partial:
-        add("partial_backups", folders=partial[:10], count=len(partial),
-            manual_step="the next --apply of any repair removes them (they hold no change to the home)")
+        add("partial_backups", folders=partial[:10], count=len(partial))
     if inv.temp_files:
         add("leftover_temp_files", files=[display_path(p, inv.home) for p in inv.temp_files[:10]],
-            count=len(inv.temp_files), manual_step="the next --apply of any repair removes them")
+            count=len(inv.temp_files))
     dupes = sorted(v.id for v in inv.threads.values() if len(v.files) > 1)
     if dupes:
         add("duplicate_thread_id", thread_ids=dupes)
     if inv.unreadable_folders:
         add("sessions_folder_unreadable", folders=[display_path(Path(p), inv.home) for p in inv.unreadable_folders[:10]],
-            count=len(inv.unreadable_folders), manual_step="fix the folders' permissions (or the disk); until "
-            "then reindex --prune-missing prunes nothing")
+            count=len(inv.unreadable_folders))
     if inv.misaligned_offsets:
         add("history_offsets_misaligned", thread_ids=sorted(inv.misaligned_offsets),
-            offsets=sum(e["off_line_start"] for e in inv.misaligned_offsets.values()),
-            manual_step="run the repair-provider command again (an interrupted run leaves them): it realigns "
-                        "them from each line's ordinal")
+            offsets=sum(e["off_line_start"] for e in inv.misaligned_offsets.values()))
     return findings
-
-
-def reason_severity(view: ThreadView, reason: Dict[str, Any], inv: Inventory) -> Tuple[str, Optional[str]]:
-    """Severity means action: a reason is a warning only where something can be done about
-    it (a repair that plans a change, or a precise manual step); a thread hidden by design, or
-    one no repair can reach, is info, with why."""
-    code = reason["code"]
-    severity = REASONS[code][0]
-    if severity == "info":
-        return severity, None
-    if code == "provider_mismatch":
-        why = provider_move_blocker(view, inv)
-        return ("warning", None) if why is None else ("info", why)
-    if code == "rollout_is_link" and reason["evidence"].get("target_missing"):
-        return "info", "the file the link points at is not on this machine: nothing here to recover"
-    if code == "attachment_only_prompt" and not reason["hides"]:
-        return "info", "this release lists it anyway"
-    return severity, None
 
 
 def provider_move_blocker(view: ThreadView, inv: Inventory) -> Optional[str]:
@@ -2938,21 +3019,18 @@ def provider_move_blocker(view: ThreadView, inv: Inventory) -> Optional[str]:
             "source %s" % source_kind(view.source))
     if provider_to_move(view, inv.config.provider) is None:
         return "nothing to move"
-    return provider_repair_lasting_blocker(view)
+    return provider_repair_lasting_blocker(view, inv)
 
 
-def legacy_profile_verdict(finding: Dict[str, Any], inv: Inventory) -> None:
-    """A top-level `profile =` is a warning only where the release reading the home rejects it."""
+def legacy_profile_verdict(evidence: Dict[str, Any], inv: Inventory) -> bool:
+    """A top-level `profile =` is a warning only where the release reading the home rejects it:
+    whether it accepts it (the evidence gets the release, and then a note)."""
     release = inv.reader["version"]
-    name = finding["evidence"].get("profile")
-    finding["evidence"]["release"] = ".".join(map(str, release)) or None
+    evidence["release"] = ".".join(map(str, release)) or None
     if release and legacy_profile_accepted(release):
-        finding["severity"] = "info"
-        finding["evidence"]["note"] = "this release follows it; 0.169.0 and later reject it"
-        return
-    finding["evidence"]["manual_step"] = (
-        'remove the line `profile = "%s"` from config.toml; to keep using the profile, move its '
-        '[profiles.%s] table into %s.config.toml and start Codex with --profile %s' % (name, name, name, name))
+        evidence["note"] = "this release follows it; 0.169.0 and later reject it"
+        return True
+    return False
 
 
 def run_checks(inv: Inventory) -> List[Dict[str, Any]]:
@@ -2962,9 +3040,6 @@ def run_checks(inv: Inventory) -> List[Dict[str, Any]]:
         view.reasons = NO_REASONS
         check_thread(view, inv)
     rank_threads(inv)
-    for view in inv.threads.values():
-        for reason in view.reasons:
-            reason.severity, reason.why = reason_severity(view, reason, inv)
     findings = []
     grouped: Dict[Tuple[str, str], List[Any]] = {}
     for view in inv.threads.values():  # one pass; each thread once per code and severity, in thread order
@@ -3034,7 +3109,7 @@ def in_scope(view: ThreadView, sources: Sequence[str], include_archived: bool, i
     return include_empty or view.has_evidence
 
 
-def provider_candidates(inv: Inventory, args: Optional[argparse.Namespace] = None) -> Dict[str, List[str]]:
+def provider_candidates(inv: Inventory) -> Dict[str, List[str]]:
     """Threads hidden by provider that repair-provider would move with diagnose's scope
     (run_checks decided it: their provider_mismatch is a warning), by the provider they carry."""
     groups: Dict[str, List[str]] = {}
@@ -3172,9 +3247,6 @@ def thread_entry(view: ThreadView, verbose: bool) -> Dict[str, Any]:
 # Plans: what a repair would change, computed without writing. Every repair builds a Plan of
 # rollout edits, guarded SQL updates and whole-file writes; apply_plan() is the one writer.
 # ---------------------------------------------------------------------------------------------
-
-BACKUP_DIR_NAME = "recovery-backups"
-
 
 class RolloutEdit:
     """Line edits to one rollout, planned from a full streaming read of it. `fingerprint` is
@@ -3380,18 +3452,6 @@ def split_line_ending(raw: bytes) -> Tuple[bytes, bytes]:
 
 # The lines Codex reads a thread's provider from: the repairs edit them, listing reads them.
 PROVIDER_LINE_MARKERS = (b'"session_meta"', b'"thread_settings_applied"')
-# Damage confined to lines a repair does not edit: a torn last line (a crash mid-append), NUL
-# padding, a line that is not JSON or not UTF-8, one too long to parse. A repair carries those
-# bytes over verbatim and refuses only when the line it would edit is one of them.
-# CODEX-COMPAT: 0.120.0, 0.130.0, 0.169.0 and 0.171.0 list, read and continue a thread whose
-# last line is torn (0.169.0 and 0.171.0, on resume, end the fragment with a newline, then append).
-CARRIED_PROBLEMS = ("torn_line", "nul_bytes", "bad_json", "invalid_utf8", "oversized_line")
-# CODEX-COMPAT: of those, what 0.169.0 and 0.171.0 read past (the thread is listed, reads and
-# continues; measured): a torn last line, NUL padding or a line of NULs, a line that is not
-# JSON. A line that is not UTF-8 still reads and continues, but keeps the thread out of the
-# default listing (measured; 0.130.0 and 0.120.0 cannot read such a thread at all); an
-# oversized line was not measured.
-READ_PAST_PROBLEMS = ("torn_line", "nul_bytes", "bad_json")
 
 
 def provider_line_edit(raw: bytes, thread_id: str, old: str, new: str) -> Optional[Tuple[bytes, str]]:
@@ -3699,6 +3759,9 @@ def check_offsets(info: "RolloutInfo", fd: int, projection: Optional[Dict[str, T
         info.offset_faults = (len(offsets), len(bad), bad[0])
 
 
+PAGE_READ = 4096  # offsets_off_line_starts reads a page at a time
+
+
 def offsets_off_line_starts(fd: int, size: int, offsets: Sequence[int], torn: bool = False) -> List[int]:
     """The offsets (sorted) that are not line starts of the open file. With a torn last line,
     offsets past the start of the fragment describe the bytes the crash cut: no line is there
@@ -3719,9 +3782,6 @@ def offsets_off_line_starts(fd: int, size: int, offsets: Sequence[int], torn: bo
             if page[offset - 1 - at:offset - at] != b"\n":
                 bad.append(offset)
     return bad
-
-
-PAGE_READ = 4096
 
 
 def read_at(fd: int, offset: int, count: int) -> bytes:
@@ -3865,7 +3925,7 @@ def plan_provider_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
             continue
         if not in_scope(view, scope_sources(args), args.include_archived, args.include_empty):
             continue
-        if skipped_as_blocked(plan, view):
+        if skipped_as_blocked(plan, view, inv):
             continue
         try:
             if view.primary is not None:
@@ -3901,23 +3961,23 @@ def provider_rollout_edit(path: Path, thread_id: str, old: Optional[str], new: O
                              PROVIDER_LINE_MARKERS, target)
 
 
-def skipped_as_blocked(plan: Plan, view: ThreadView) -> bool:
+def skipped_as_blocked(plan: Plan, view: ThreadView, inv: Inventory) -> bool:
     """Whether a rollout-rewriting repair must leave this thread alone; if so it is listed
     under the plan's `skipped` with the reason."""
-    reason = provider_repair_blocker(view)
+    reason = provider_repair_blocker(view, inv)
     if reason:
         plan.skipped.append({"thread_id": view.id, "reason": reason})
     return bool(reason)
 
 
-def provider_repair_blocker(view: ThreadView) -> Optional[str]:
-    blocker = provider_repair_lasting_blocker(view)
+def provider_repair_blocker(view: ThreadView, inv: Inventory) -> Optional[str]:
+    blocker = provider_repair_lasting_blocker(view, inv)
     if blocker is None and any(r["code"] == "rollout_path_stale" for r in view.reasons):
         return "the DB row's rollout_path does not point at this home's rollout; run reindex first"
     return blocker
 
 
-def provider_repair_lasting_blocker(view: ThreadView) -> Optional[str]:
+def provider_repair_lasting_blocker(view: ThreadView, inv: Inventory) -> Optional[str]:
     """What keeps repair-provider from a thread even after the repairs it runs after (reindex)."""
     if view.primary is None:
         # Codex re-derives the provider from the rollout: a DB-only edit would be reverted.
@@ -3930,17 +3990,11 @@ def provider_repair_lasting_blocker(view: ThreadView) -> Optional[str]:
         return "its session_meta line cannot be read; it is left as it is"
     if len(view.files) > 1:
         return "thread id carried by %d rollout files; resolve the duplicate first" % len(view.files)
-    if rollout_is_a_link(view):
-        # Writes never go through a link; replacing the link is the user's choice (its manual step).
+    if view.primary.file in inv.linked_rollouts:
+        # Writes never go through a link (the rollout is one, or lies in a linked folder);
+        # replacing the link is the user's choice (rollout_is_link's manual step).
         return "its rollout is a symbolic link (rollout_is_link): replace it by the file it points to first"
     return None
-
-
-def rollout_is_a_link(view: ThreadView) -> bool:
-    """Whether check_thread found the thread's rollout to be a symbolic link."""
-    return any(r["code"] == "rollout_is_link" or (r["code"] == "rollout_not_indexable" and
-                                                 r["evidence"].get("why") == "links_outside_home")
-               for r in view.reasons)
 
 
 CWD_LINE_MARKERS = (b'"session_meta"', b'"turn_context"', b'"thread_settings_applied"')
@@ -4106,7 +4160,7 @@ def plan_cwd_remap(inv: Inventory, args: argparse.Namespace) -> Plan:
         targets = {c: t for c, t in targets.items() if t is not None and t != c}
         if not targets:
             continue
-        if skipped_as_blocked(plan, view):
+        if skipped_as_blocked(plan, view, inv):
             continue
         try:
             edit = plan_rollout_edit(view.primary.path, view.id, lambda raw, v=view: cwd_line_edit(
@@ -4695,7 +4749,7 @@ def import_rows(inv: Inventory, other: OtherHome, info: RolloutInfo, view: Optio
         values = {"rollout_path": str(edit.target)}
         values.update(archive_values(info, view.row, set(db.columns)))
         return [SqlChange(db.path, "threads", {"id": info.thread_id}, values, thread_id=info.thread_id)]
-    row = row_from_rollout(ThreadView(info.thread_id, None, [info], other.base), inv)
+    row = row_from_rollout(ThreadView(info.thread_id, None, [info]), inv)
     row["rollout_path"] = str(edit.target)
     if target and "model_provider" in row:
         row["model_provider"] = target
@@ -4802,7 +4856,7 @@ def provider_next_args(inv: Inventory, findings: List[Dict[str, Any]], view: Opt
                 for provider in sorted(provider_candidates(inv))]
     provider = provider_to_move(view, inv.config.provider)
     undecided = inv.config.surfaces_disagree and inv.config.surface is None
-    if provider is None or undecided or provider_repair_lasting_blocker(view):
+    if provider is None or undecided or provider_repair_lasting_blocker(view, inv):
         return []
     scope = {"sources": ["cli", "vscode"] if source_kind(view.source) in ("cli", "vscode") else [source_kind(view.source)],
              "include_archived": view.archived, "include_empty": not view.has_evidence}
@@ -5142,17 +5196,16 @@ def codex_users(home: Path, dbs: List[Path]) -> List[str]:
     """Who is using the home right now. An idle `codex app-server` (what Desktop and the IDE run)
     holds no write lock, but every open SQLite connection in WAL mode holds a shared lock on byte
     128 of the -shm file, which F_GETLK reports with the holder's pid."""
-    users = []
+    probed = []
     for db in dbs:
         pid = shm_lock_holder(Path(str(db) + "-shm"))
         if pid:
-            users.append("pid %d has %s open" % (pid, display_path(db, home)))
-    users.extend(writer_lock_holders(home))
+            probed.append((str(pid), "pid %d has %s open" % (pid, display_path(db, home))))
     named = processes_with_open_files(home)
     # The /proc scan names the process; drop the lock probe's line for a pid it already named.
-    named_pids = {u.split()[1] for u in named if u.startswith("pid ")}
-    users = [u for u in users if not (u.startswith("pid ") and u.split()[1] in named_pids)]
-    return sorted(set(users + named))
+    named_pids = {pid for pid, _line in named if pid}
+    users = [line for pid, line in probed if pid not in named_pids] + writer_lock_holders(home)
+    return sorted(set(users + [line for _pid, line in named]))
 
 
 def shm_lock_holder(shm: Path) -> Optional[int]:
@@ -5212,10 +5265,11 @@ def writer_lock_holders(home: Path) -> List[str]:
     return holders
 
 
-def processes_with_open_files(home: Path) -> List[str]:
-    """Processes with a file of the home open: /proc on Linux, lsof elsewhere, tasklist on Windows."""
+def processes_with_open_files(home: Path) -> List[Tuple[str, str]]:
+    """(pid, line) of each process with a file of the home open: /proc on Linux, lsof
+    elsewhere; on Windows (pid "") each Codex process tasklist lists."""
     if os.name == "nt":  # pragma: no cover - exercised on Windows CI
-        return _windows_codex_processes()
+        return [("", "%s is running" % name) for name in _windows_codex_processes()]
     proc = Path("/proc")
     if proc.is_dir() and (proc / "self" / "fd").is_dir():
         return _proc_holders(home)
@@ -5233,16 +5287,17 @@ def processes_with_open_files(home: Path) -> List[str]:
         if line.startswith("p"):
             pid = line[1:]
         elif line.startswith("c") and pid and int(pid) != os.getpid():
-            users.append("pid %s (%s) has files of the home open" % (pid, line[1:]))
+            users.append((pid, "pid %s (%s) has files of the home open" % (pid, line[1:])))
     return users
 
 
-def _proc_holders(home: Path) -> List[str]:
+def _proc_holders(home: Path) -> List[Tuple[str, str]]:
     users, named = [], set()
     for pid, target in proc_open_files(home):
         if pid not in named and BACKUP_DIR_NAME not in target:
             named.add(pid)
-            users.append("pid %s (%s) has %s open" % (pid, _process_name(pid), display_path(Path(target), home)))
+            users.append((pid, "pid %s (%s) has %s open" % (pid, _process_name(pid),
+                                                              display_path(Path(target), home))))
     return users
 
 
@@ -5283,7 +5338,8 @@ def _process_name(pid: str) -> str:
 def desktop_processes() -> List[str]:
     """Codex Desktop (an Electron app named Codex) running on this machine."""
     if os.name == "nt":  # pragma: no cover
-        return [u for u in _windows_codex_processes() if "codex.exe" in u.lower() and "app" in u.lower()]
+        return ["%s is running" % name for name in _windows_codex_processes()
+                if "codex.exe" in name.lower() and "app" in name.lower()]
     found = []
     proc = Path("/proc")
     if proc.is_dir():
@@ -5300,13 +5356,14 @@ def desktop_processes() -> List[str]:
 
 
 def _windows_codex_processes() -> List[str]:  # pragma: no cover - Windows only
+    """The image names of the Codex processes tasklist lists."""
     import subprocess
     try:
         out = subprocess.run(["tasklist", "/FO", "CSV", "/NH"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                              timeout=20).stdout.decode("utf-8", "replace")
     except (OSError, subprocess.SubprocessError):
         return []
-    return ["%s is running" % line.split(",")[0].strip('"') for line in out.splitlines()
+    return [line.split(",")[0].strip('"') for line in out.splitlines()
             if line.lower().startswith(('"codex', '"codex.exe'))]
 
 
@@ -5698,7 +5755,6 @@ def read_manifest(folder: Path) -> Dict[str, Any]:
     return manifest
 
 
-MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 JOURNAL_NAME = "journal.jsonl"
 
 
@@ -5895,9 +5951,6 @@ def open_elsewhere(home: Path) -> Dict[str, List[str]]:
         for pid, target in proc_open_files(home):
             found.setdefault(os.path.realpath(target), []).append(pid)
     return found
-
-
-TEMP_MARKER = ".csr-tmp-"
 
 
 def temp_beside(path: Path, kind: str = "") -> Path:
@@ -6693,12 +6746,6 @@ def rollout_head_lines(info: RolloutInfo) -> int:
     return max(info.evidence_line or HEAD_SCAN_LINES, HEAD_RECORD_LIMIT)
 
 
-# CODEX-COMPAT: the listers look for the event form of the first user message (0.120.0 and
-# 0.130.0: event_msg/user_message; 0.169.0+: item_completed), which follows the prompt's
-# role=user response_item that may have been the tool's evidence.
-USER_EVENT_MARKERS = (b'"user_message"', b'"item_completed"', b'"thread_goal_updated"')
-
-
 def head_complete(count: int, info: RolloutInfo, event_seen: bool) -> bool:
     if count < rollout_head_lines(info):
         return False
@@ -7179,6 +7226,12 @@ def compare_listings(listings: List[Tuple[str, Dict[str, Any]]]) -> Tuple[List[D
     return found, errors
 
 
+# What --apply --verify says when Codex contradicts the plan; the override is the same line
+# without --verify, which a person chooses knowingly.
+VERIFY_REFUSAL = ("the apply did not start and nothing was written, because Codex contradicts this plan "
+                  "(to apply it regardless, run the same line without --verify)")
+
+
 def verification_lines(verification: Optional[Dict[str, Any]], applied: bool) -> List[str]:
     """The verification, for a person: who answered, the counts, every disagreement."""
     if verification is None or verification["status"] != "verified":
@@ -7220,12 +7273,6 @@ def verification_lines(verification: Optional[Dict[str, Any]], applied: bool) ->
     if verification.get("profile_note"):
         lines.append("           Note: %s" % verification["profile_note"])
     return lines
-
-
-# What --apply --verify says when Codex contradicts the plan; the override is the same line
-# without --verify, which a person chooses knowingly.
-VERIFY_REFUSAL = ("the apply did not start and nothing was written, because Codex contradicts this plan "
-                  "(to apply it regardless, run the same line without --verify)")
 
 
 def _fmt_bytes(count: int) -> str:
@@ -7363,8 +7410,8 @@ def render_diagnose_text(doc: Dict[str, Any], verbose: bool) -> str:
     if latest:
         lines.append("Latest interactive thread: %s (provider %s, %s)" % (latest["id"], latest["provider"], latest["updated_at"]))
     idx = doc["session_index"]
-    lines.append("Index:     session_index.jsonl %s, %s" % ("present" if idx["present"] else "absent",
-                                                           plural(idx["entries"], "entry").replace("entrys", "entries")))
+    lines.append("Index:     session_index.jsonl %s, %s" % (
+        "present" if idx["present"] else "absent", plural(idx["entries"], "entry", "entries")))
     if doc["ui_state"]["present"]:
         lines.append("UI state:  .codex-global-state.json sidebar keys: %s" % (
             ", ".join(sorted(doc["ui_state"]["sidebar"])) or "none"))
@@ -7475,8 +7522,9 @@ def summarise_actions(actions: List[Dict[str, Any]]) -> str:
     return "; ".join("%s %s" % (plural(n, noun), verb) for (noun, verb), n in counts.items())
 
 
-def plural(count: int, noun: str) -> str:
-    return "%d %s%s" % (count, noun, "" if count == 1 else "s")
+def plural(count: int, noun: str, nouns: Optional[str] = None) -> str:
+    """`1 thread`, `2 threads`; `nouns` where the plural is not noun + s."""
+    return "%d %s" % (count, noun if count == 1 else nouns or noun + "s")
 
 
 def _fmt_counts(counts: Dict[str, int]) -> str:
@@ -7509,7 +7557,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         latest_interactive_thread=None if latest is None else {
             "id": latest.id, "provider": latest.rollout_provider or latest.db_provider,
             "updated_at": iso_from_millis(latest.updated_ms)},
-        provider_candidates={k: len(v) for k, v in provider_candidates(inv, args).items()},
+        provider_candidates={k: len(v) for k, v in provider_candidates(inv).items()},
         session_index={k: v for k, v in inv.index.items() if k != "names"},
         ui_state=inv.global_state,
         findings=findings,

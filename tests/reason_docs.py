@@ -4,14 +4,16 @@
     python3 tests/reason_docs.py --check    # exit 1, with a diff, when a doc differs
 
 The script is the one source. `REASONS` and `HOME_FINDINGS` hold each code's default severity
-and one-line meaning (the `message` diagnose prints), `REPAIRS` the repairs that cure it, and
-`REASON_FIXES` what trace says to do where no repair reaches a thread. From them:
+and one-line meaning (the `message` diagnose prints), `SEVERITY_LOWERED` where a code is info
+instead, `REPAIRS` the repairs that cure it, `REASON_FIXES` what trace says to do where no
+repair reaches a thread, and `HOME_FINDING_STEPS` a home-wide finding's manual step. From them:
 
 * references/reason-codes.md: every `### code` section starts with generated lines (Meaning,
-  Default severity, and Repair and/or What to do or Otherwise), up to the first line that is
-  not one of them; the hand-written symptom, cause, fingerprint and fix below stay as they are.
-  Per-thread codes have their section under "## Per-thread reasons", home-wide findings under
-  "## Home-wide findings". The Contents list is generated from the headings.
+  Default severity, Info where, Repair and/or What to do or Otherwise, Manual step), up to the
+  first line that is not one of them; the hand-written symptom, cause, fingerprint and fix
+  below stay as they are. Per-thread codes have their section under "## Per-thread reasons",
+  home-wide findings under "## Home-wide findings". The Contents list is generated from the
+  headings.
 * SKILL.md: in the two tables of reason codes, the Meaning column is the meaning from the
   script; the What-to-do column is written by hand and must name every repair that cures
   the code.
@@ -43,7 +45,24 @@ SKILL_DOC = ROOT / "SKILL.md"
 PER_THREAD, HOME_WIDE = "Per-thread reasons", "Home-wide findings"
 # How REASON_FIXES' `{why}` (the reason trace fills in for one thread) reads in a doc.
 WHY_SHOWN = "*why* (the finding's `why_no_action`)"
-GENERATED_LABELS = ("Meaning", "Default severity", "Repair", "Otherwise", "What to do")
+GENERATED_LABELS = ("Meaning", "Default severity", "Info where", "Repair", "Otherwise",
+                    "What to do", "Manual step")
+
+
+class Shown(dict):
+    """Fills a fix's `{fields}` for a doc: `{why}` as WHY_SHOWN, an evidence field by its name
+    in capitals (`[model_providers.PROVIDER]`)."""
+
+    def __missing__(self, key: str) -> str:
+        return key.upper()
+
+
+def reason_fix(code: str) -> str:
+    return csr.REASON_FIXES[code].format_map(Shown(why=WHY_SHOWN))
+
+
+def home_step(code: str) -> str:
+    return csr.HOME_FINDING_STEPS[code].format_map(Shown())
 WIDTH = 95
 
 
@@ -68,13 +87,16 @@ def generated_items(code: str) -> List[Tuple[str, str]]:
     """(label, text) of one code's generated lines, from the script's tables."""
     severity, meaning = chapters()[PER_THREAD if code in csr.REASONS else HOME_WIDE][code]
     items = [("Meaning", markdown(meaning)), ("Default severity", "`%s`" % severity)]
+    if code in csr.SEVERITY_LOWERED:
+        items.append(("Info where", markdown(csr.SEVERITY_LOWERED[code])))
     cures = curing_repairs(code)
     if cures:
         items.append(("Repair", "%s, as the line diagnose's Next block prints (a dry run; then `--apply`)"
                       % " or ".join("`%s`" % name for name in cures)))
     if code in csr.REASON_FIXES:
-        items.append(("Otherwise" if cures else "What to do",
-                      markdown(csr.REASON_FIXES[code].format(why=WHY_SHOWN))))
+        items.append(("Otherwise" if cures else "What to do", markdown(reason_fix(code))))
+    if code in csr.HOME_FINDING_STEPS:
+        items.append(("Manual step", "evidence `manual_step`: %s" % markdown(home_step(code))))
     return items
 
 
@@ -229,7 +251,8 @@ def refit_table(table: List[str], problems: List[str]) -> List[str]:
         if code not in codes:
             cures = curing_repairs(code)
             todo = ("`python3 <skill-dir>/scripts/codex_session_recovery.py %s`" % cures[0] if cures else
-                    markdown(csr.REASON_FIXES[code].format(why=WHY_SHOWN), cell=True) if code in csr.REASON_FIXES
+                    markdown(reason_fix(code), cell=True) if code in csr.REASON_FIXES
+                    else markdown(home_step(code), cell=True) if code in csr.HOME_FINDING_STEPS
                     else "see references/reason-codes.md")
             out.append("| `%s` | %s | %s |" % (code, markdown(known[code][1], cell=True), todo))
     return out

@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from typing import Dict, List
 
+import pytest
+
 import codex_session_recovery as csr
 import reason_docs as rd
 
@@ -107,3 +109,25 @@ def test_backslashes_and_bars_show_literally():
     assert rd.markdown("a \\\\?\\ b `\\\\?\\`") == "a \\\\\\\\?\\\\ b `\\\\?\\`"
     assert rd.markdown("x | y", cell=True) == "x \\| y"
     assert rd.split_cells("| `a` | x \\| y | z |") == ["`a`", "x \\| y", "z"]
+
+
+def test_a_severity_is_lowered_only_where_the_table_declares_it_and_the_doc_says_where():
+    text = re.sub(r"\n  ", " ", rd.REASON_DOC.read_text(encoding="utf-8"))
+    for code, when in csr.SEVERITY_LOWERED.items():
+        assert csr.severity_of(code) != "info", "%s is info already: nothing to lower" % code
+        assert csr.severity_of(code, lowered=True) == "info"
+        section = text.split("\n### %s\n" % code, 1)[1].split("\n### ", 1)[0]
+        assert "- **Info where:** %s\n" % rd.markdown(when) in section, code
+    undeclared = next(code for code in csr.REASONS if code not in csr.SEVERITY_LOWERED)
+    with pytest.raises(KeyError, match="not declared"):
+        csr.severity_of(undeclared, lowered=True)
+
+
+def test_each_home_findings_manual_step_comes_from_its_table_into_the_doc():
+    text = re.sub(r"\n  ", " ", rd.REASON_DOC.read_text(encoding="utf-8"))
+    assert set(csr.HOME_FINDING_STEPS) <= set(csr.HOME_FINDINGS)
+    for code in csr.HOME_FINDING_STEPS:
+        section = text.split("\n### %s\n" % code, 1)[1].split("\n### ", 1)[0]
+        shown = rd.markdown(rd.home_step(code))
+        assert "- **Manual step:** evidence `manual_step`: %s\n" % shown in section, code
+    assert "{" not in rd.home_step("legacy_profile") and "PROFILE" in rd.home_step("legacy_profile")

@@ -90,3 +90,43 @@ def test_the_docstrings_map_lists_every_section_in_order():
     assert len(banners) > 15
     assert listed == banners
 
+
+
+def module_constants(tree: ast.Module) -> dict:
+    """Each name a module-level assignment binds -> the line of its first assignment."""
+    defined: dict = {}
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else \
+            [node.target] if isinstance(node, ast.AnnAssign) else []
+        for target in targets:
+            for name in ast.walk(target):
+                if isinstance(name, ast.Name):
+                    defined.setdefault(name.id, node.lineno)
+    return defined
+
+
+def local_names(function: ast.AST) -> set:
+    """The names a function binds itself (parameters and assignments, not `global` ones)."""
+    bound = {a.arg for a in ast.walk(function) if isinstance(a, ast.arg)}
+    bound |= {n.id for n in ast.walk(function)
+              if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
+    declared = {name for n in ast.walk(function) if isinstance(n, ast.Global) for name in n.names}
+    return bound - declared
+
+
+def test_every_constant_is_defined_above_its_first_use():
+    # The file reads top to bottom: a name used in a statement, function or class above the
+    # line that defines it sends the reader forward. The constants go at the top, or in the
+    # earliest section that uses them.
+    tree = ast.parse(SCRIPT.read_text(encoding="utf-8"))
+    defined = module_constants(tree)
+    early = set()
+    for node in tree.body:
+        shadowed = local_names(node) if isinstance(node, (ast.FunctionDef, ast.ClassDef)) else set()
+        for name in ast.walk(node):
+            if not isinstance(name, ast.Name) or not isinstance(name.ctx, ast.Load):
+                continue
+            if name.id in shadowed or node.lineno >= defined.get(name.id, 0):
+                continue
+            early.add("%s (line %d, defined on line %d)" % (name.id, name.lineno, defined[name.id]))
+    assert sorted(early) == []
