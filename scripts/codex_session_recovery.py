@@ -20,7 +20,7 @@ Safety contract:
 
 Exit codes (every command):
   0  clean, nothing to do, or the apply succeeded
-  1  findings, changes pending in a dry run, or (with --verify) your Codex lists otherwise than predicted
+  1  findings, changes pending in a dry run, or (with --verify) Codex lists otherwise than predicted
   2  usage error
   3  refused by a safety check (the message names the override, if any)
   4  apply failed (the output says whether the automatic restore worked)
@@ -86,7 +86,9 @@ EXIT_APPLY_FAILED = 4
 # README.zh-CN.md and SKILL.md against it line by line.
 EXIT_CODES = (
     (EXIT_OK, "clean, nothing to do, or the apply succeeded"),
-    (EXIT_FINDINGS, "findings, changes pending in a dry run, or (with --verify) your Codex lists otherwise than predicted"),
+    (EXIT_FINDINGS,
+     "findings, changes pending in a dry run, or (with --verify) Codex lists otherwise than "
+     "predicted"),
     (EXIT_USAGE, "usage error"),
     (EXIT_REFUSED, "refused by a safety check (the message names the override, if any)"),
     (EXIT_APPLY_FAILED, "apply failed (the output says whether the automatic restore worked)"),
@@ -200,7 +202,8 @@ class _TomlSubsetReader:
     booleans, arrays and inline tables, with comments. Enough for Codex's config.toml."""
 
     _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-    _NUMBER = re.compile(r"[+-]?(?:0x[0-9A-Fa-f_]+|0o[0-7_]+|0b[01_]+|[0-9_]+(?:\.[0-9_]+)?(?:[eE][+-]?[0-9_]+)?|inf|nan)")
+    _NUMBER = re.compile(r"[+-]?(?:0x[0-9A-Fa-f_]+|0o[0-7_]+|0b[01_]+"
+                         r"|[0-9_]+(?:\.[0-9_]+)?(?:[eE][+-]?[0-9_]+)?|inf|nan)")
     _ESCAPES = {"b": "\b", "t": "\t", "n": "\n", "f": "\f", "r": "\r", '"': '"', "\\": "\\"}
 
     def __init__(self, text: str) -> None:
@@ -589,6 +592,12 @@ def folder_key(text: str) -> Optional[Tuple[str, List[str], bool]]:
     return None
 
 
+def move_covers(outer: Dict[str, Any], move: Dict[str, Any]) -> bool:
+    """Does the folder move `outer` already take `move`'s folder to where it was found?"""
+    remapped = remap_folder(move["cwd"], outer["cwd"], outer["found"])
+    return remapped is not None and os.path.realpath(remapped) == move["found"]
+
+
 def remap_folder(stored: str, old: str, new: str) -> Optional[str]:
     """`stored` moved from under `old` to under `new`, or None when it is not under `old`.
     Matches whole components (`/a/b` covers `/a/b` and `/a/b/c`, not `/a/bc`); the result is
@@ -600,7 +609,8 @@ def remap_folder(stored: str, old: str, new: str) -> Optional[str]:
     if fold(have[1][:len(frm[1])]) != fold(frm[1]) or len(have[1]) < len(frm[1]):
         return None
     rest = have[1][len(frm[1]):]
-    sep = "\\" if folder_key(new) is not None and folder_key(new)[2] and not new.startswith("/") else "/"
+    windows = folder_key(new) is not None and folder_key(new)[2] and not new.startswith("/")
+    sep = "\\" if windows else "/"
     base = new.rstrip("\\/") or new[:1]
     if re.match(r"^[A-Za-z]:$", base):
         base += sep
@@ -695,8 +705,8 @@ def short(text: str, limit: int = 80) -> str:
 
 
 # What a newcomer without ~/.codex needs to hear: where to point the tool, and what to look for.
-HOME_HINT = ("give --codex-home PATH or set CODEX_HOME to the folder Codex keeps its conversations in "
-             "(it holds sessions/, state_5.sqlite and config.toml; the default is ~/.codex)")
+HOME_HINT = ("give --codex-home PATH or set CODEX_HOME to the folder Codex keeps its conversations "
+             "in (it holds sessions/, state_5.sqlite and config.toml; the default is ~/.codex)")
 
 
 def resolve_codex_home(flag: Optional[str], environ: Dict[str, str]) -> Tuple[Path, str]:
@@ -716,7 +726,8 @@ def resolve_codex_home(flag: Optional[str], environ: Dict[str, str]) -> Tuple[Pa
     if not path.exists():
         raise UsageError("Codex home %s (from %s) does not exist; %s" % (path, origin, HOME_HINT))
     if not path.is_dir():
-        raise UsageError("Codex home %s (from %s) is not a directory; %s" % (path, origin, HOME_HINT))
+        raise UsageError("Codex home %s (from %s) is not a directory; %s"
+                         % (path, origin, HOME_HINT))
     return path.resolve(), origin
 
 
@@ -734,8 +745,10 @@ class Config:
         self.files_read: List[str] = []
         # What the files say, before a release decides what counts (see resolve()).
         self.top_provider: Optional[str] = None
-        self.legacy: Optional[Tuple[str, Optional[str]]] = None  # top-level profile = NAME, its provider
-        self.requested: Optional[Tuple[str, Optional[str], str]] = None  # --profile NAME, provider, origin
+        # top-level profile = NAME, its provider
+        self.legacy: Optional[Tuple[str, Optional[str]]] = None
+        # --profile NAME, provider, origin
+        self.requested: Optional[Tuple[str, Optional[str], str]] = None
         self.release: Tuple[int, ...] = ()
         self.surface: Optional[str] = None
         self.surfaces: Dict[str, Dict[str, Any]] = {}
@@ -769,7 +782,8 @@ class Config:
         if unknown:
             self.provider_source = unknown
         self.profile = (self.requested[0] if self.requested and surface != "app" else
-                        self.legacy[0] if self.legacy and legacy_profile_accepted(release) else None)
+                        self.legacy[0] if self.legacy and legacy_profile_accepted(release)
+                        else None)
 
     def _base_resolution(self, release: Tuple[int, ...]) -> Tuple[Optional[str], str]:
         # CODEX-COMPAT: 0.120.0 and 0.130.0 follow a top-level `profile = NAME` in the CLI and
@@ -814,11 +828,13 @@ def _read_toml_file(path: Path, config: Config) -> Optional[Dict[str, Any]]:
         text = data.decode("utf-8-sig")
         return parse_toml(text)
     except (UnicodeDecodeError, TomlError) as exc:
-        config.problems.append({"code": "config_unparsable", "path": str(path), "error": short(str(exc), 200)})
+        config.problems.append({"code": "config_unparsable", "path": str(path),
+                                "error": short(str(exc), 200)})
         return None
 
 
-SURFACE_NAMES = {"cli": "the codex command line (--profile)", "app": "Codex Desktop and the IDE (app-server)"}
+SURFACE_NAMES = {"cli": "the codex command line (--profile)",
+                 "app": "Codex Desktop and the IDE (app-server)"}
 
 
 def legacy_profile_accepted(release: Tuple[int, ...]) -> bool:
@@ -843,8 +859,9 @@ def load_config(home: Path, profile: Optional[str], release: Tuple[int, ...] = (
     base = _read_toml_file(home / "config.toml", config) or {}
     if any(p["code"] in ("config_unparsable", "config_unreadable") for p in config.problems):
         config.provider_unknown = True
-        config.provider_source = "unknown: config.toml cannot be %s, and Codex will not start with it" % (
-            "parsed" if config.problems[0]["code"] == "config_unparsable" else "read")
+        verb = "parsed" if config.problems[0]["code"] == "config_unparsable" else "read"
+        config.provider_source = ("unknown: config.toml cannot be %s, and Codex will not start "
+                                  "with it" % verb)
     providers = base.get("model_providers")
     if isinstance(providers, dict):
         config.configured_providers.extend(k for k, v in providers.items() if isinstance(v, dict))
@@ -860,21 +877,24 @@ def load_config(home: Path, profile: Optional[str], release: Tuple[int, ...] = (
     profiles = base.get("profiles") if isinstance(base.get("profiles"), dict) else {}
     legacy = base.get("profile")
     if isinstance(legacy, str) and legacy:
-        config.problems.append({"code": "legacy_profile", "path": str(home / "config.toml"), "profile": legacy})
+        config.problems.append({"code": "legacy_profile", "path": str(home / "config.toml"),
+                                "profile": legacy})
         config.legacy = (legacy, _profile_table_provider(profiles, legacy))
     if profile:
         layered = _read_toml_file(home / ("%s.config.toml" % profile), config)
         if layered is not None:
             extra = layered.get("model_providers")
             if isinstance(extra, dict):
-                config.configured_providers.extend(k for k, v in extra.items() if isinstance(v, dict))
+                config.configured_providers.extend(k for k, v in extra.items()
+                                                   if isinstance(v, dict))
             chosen = layered.get("model_provider")
             config.requested = (profile, chosen if isinstance(chosen, str) and chosen else None,
                                 "%s.config.toml model_provider" % profile)
             if isinstance(layered.get("sqlite_home"), str):
                 config.sqlite_home = layered["sqlite_home"]
         elif isinstance(profiles.get(profile), dict):
-            config.requested = (profile, _profile_table_provider(profiles, profile), "[profiles.%s] (--profile)" % profile)
+            config.requested = (profile, _profile_table_provider(profiles, profile),
+                                "[profiles.%s] (--profile)" % profile)
         else:
             config.requested = (profile, None, "")
             config.problems.append({"code": "profile_missing", "profile": profile,
@@ -982,7 +1002,8 @@ def pick_live_db(dbs: List[StateDb]) -> Tuple[Optional[StateDb], str]:
     newest file-name version, then the newest schema, then the most recent write."""
     if not dbs:
         return None, "no state DB found (rollout-only home)"
-    explicit = [d for d in dbs if d.origin in ("config sqlite_home", "CODEX_SQLITE_HOME") and d.error is None]
+    explicit = [d for d in dbs
+                if d.origin in ("config sqlite_home", "CODEX_SQLITE_HOME") and d.error is None]
     pool = explicit or [d for d in dbs if d.error is None] or dbs
     live = max(pool, key=lambda d: d.sort_key())
     if explicit:
@@ -1007,10 +1028,12 @@ _ROW_PLAIN_COLUMNS = (
 _ROW_PRESENCE_COLUMNS = ("first_user_message", "preview", "title")
 # Of the plain columns, those the checks and plans read: every row of the inventory keeps only
 # these (trace reads the whole row again), and when the thread was last active.
-_ROW_KEPT_COLUMNS = ("id", "rollout_path", "source", "model_provider", "cwd", "archived", "has_user_event",
+_ROW_KEPT_COLUMNS = ("id", "rollout_path", "source", "model_provider", "cwd", "archived",
+                     "has_user_event",
                      "cli_version", "history_mode", "name")
 _ROW_RECENCY_COLUMNS = ("recency_at_ms", "updated_at_ms", "updated_at")  # the first one set counts
-_ROW_SHARED_COLUMNS = ("source", "model_provider", "cli_version", "history_mode", "thread_source", "cwd")
+_ROW_SHARED_COLUMNS = ("source", "model_provider", "cli_version", "history_mode", "thread_source",
+                       "cwd")
 
 
 def open_db_readonly(path: Path) -> sqlite3.Connection:
@@ -1027,7 +1050,8 @@ def open_db_readonly(path: Path) -> sqlite3.Connection:
         try:
             conn = _open_private_copy(path)
         except OSError as exc:
-            raise sqlite3.OperationalError("unable to read %s: %s" % (path.name, exc.strerror or exc)) from None
+            raise sqlite3.OperationalError("unable to read %s: %s"
+                                           % (path.name, exc.strerror or exc)) from None
         conn.row_factory = sqlite3.Row
         return conn
     query = "?mode=ro" if wal.exists() else "?mode=ro&immutable=1"
@@ -1040,7 +1064,8 @@ def open_db_readonly(path: Path) -> sqlite3.Connection:
         try:
             conn = _open_private_copy(path)
         except OSError as again:  # a directory or a FIFO named like a DB
-            raise sqlite3.OperationalError("unable to open %s: %s" % (path.name, again.strerror or again)) from None
+            raise sqlite3.OperationalError("unable to open %s: %s"
+                                           % (path.name, again.strerror or again)) from None
     conn.row_factory = sqlite3.Row
     return conn
 
@@ -1091,7 +1116,8 @@ def table_columns(conn: sqlite3.Connection, table: str) -> List[str]:
 
 
 def table_exists(conn: sqlite3.Connection, table: str) -> bool:
-    return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone() is not None
+    query = "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?"
+    return conn.execute(query, (table,)).fetchone() is not None
 
 
 def schema_version(conn: sqlite3.Connection) -> Optional[int]:
@@ -1108,16 +1134,18 @@ def schema_version(conn: sqlite3.Connection) -> Optional[int]:
 # with LF files then refuses the DB ("migration N was previously applied but has been modified").
 MIGRATION_CHECKSUMS = dict(
     (int(v), c) for v, c in (item.split(":") for item in (
-        "1:627ef19164c9,2:521b72cbc04c,3:e58a2862bdb6,4:8adc251366e4,5:1ac64f85e083,6:a203fc4b597e,"
-        "7:7e35a464df6d,8:aa3f287f7a44,9:8b469360777e,10:8adaf1365f8e,11:31ececbd07f0,12:0012a213ed25,"
-        "13:05526a0900a8,14:4d2fbb2442c5,15:0eece6db59c9,16:4768f743e981,17:4cbdb2edfebf,18:a4363003bc44,"
-        "19:3884c02f080f,20:07673f4859f7,21:ea1aebe4f5a1,22:160fe01b757d,23:e6c748a9a182,24:e92aa526b1f3,"
-        "25:d6fb51d79941,26:6c62a325d3b9,27:d84dca6a039e,28:ef44adaa291e,29:e9ec76f97dbf,30:80c1cdacd452,"
-        "31:943675a9b3dc,32:3c01d615c5e3,33:4904aae354e3,34:d6fea739c76e,35:d7b56acb07c9,36:6381f7bb4c36,"
-        "37:f6a5ab0db36b,38:e7778522cbe5,39:c217b3d14c08,40:a7a99674f90a,41:0dc734dbe4cb,42:cfdc4fd47328,"
-        "43:605128e722bd,44:5d29223bd1ca,45:a7fadc8caea8,46:63addf6115c3,47:1ae117e4ab40,48:9d298333f752,"
-        "49:faf45c392bb8,50:d2802e96f5fc,51:23360a03a7fc,52:071e96313d40,53:e86ef7ccbcc8,54:e62a9977d99c,"
-        "55:6daadc5527b3,56:5de44fac5505,57:729562c57bfa,58:68467af3ce1f,59:4297dffb4fb3,60:d7f0cf0a69fa,"
+        "1:627ef19164c9,2:521b72cbc04c,3:e58a2862bdb6,4:8adc251366e4,5:1ac64f85e083,"
+        "6:a203fc4b597e,7:7e35a464df6d,8:aa3f287f7a44,9:8b469360777e,10:8adaf1365f8e,"
+        "11:31ececbd07f0,12:0012a213ed25,13:05526a0900a8,14:4d2fbb2442c5,15:0eece6db59c9,"
+        "16:4768f743e981,17:4cbdb2edfebf,18:a4363003bc44,19:3884c02f080f,20:07673f4859f7,"
+        "21:ea1aebe4f5a1,22:160fe01b757d,23:e6c748a9a182,24:e92aa526b1f3,25:d6fb51d79941,"
+        "26:6c62a325d3b9,27:d84dca6a039e,28:ef44adaa291e,29:e9ec76f97dbf,30:80c1cdacd452,"
+        "31:943675a9b3dc,32:3c01d615c5e3,33:4904aae354e3,34:d6fea739c76e,35:d7b56acb07c9,"
+        "36:6381f7bb4c36,37:f6a5ab0db36b,38:e7778522cbe5,39:c217b3d14c08,40:a7a99674f90a,"
+        "41:0dc734dbe4cb,42:cfdc4fd47328,43:605128e722bd,44:5d29223bd1ca,45:a7fadc8caea8,"
+        "46:63addf6115c3,47:1ae117e4ab40,48:9d298333f752,49:faf45c392bb8,50:d2802e96f5fc,"
+        "51:23360a03a7fc,52:071e96313d40,53:e86ef7ccbcc8,54:e62a9977d99c,55:6daadc5527b3,"
+        "56:5de44fac5505,57:729562c57bfa,58:68467af3ce1f,59:4297dffb4fb3,60:d7f0cf0a69fa,"
         "61:4a8337048bb9,62:dab8b7c8390f,63:dffdc4b9759f,64:a6862d0af07f").split(",")))
 # CODEX-COMPAT: builds of mid-June 2026 applied the recency migration (39) as version 38.
 MIGRATION_ALIASES = {38: (MIGRATION_CHECKSUMS[39],)}
@@ -1139,38 +1167,48 @@ def _column_types(text: str, integers: str, booleans: str = "") -> Dict[str, str
 
 KNOWN_COLUMN_TYPES: Dict[str, Dict[str, str]] = {
     "threads": _column_types(
-        "id rollout_path created_at updated_at source model_provider cwd title sandbox_policy approval_mode "
-        "tokens_used has_user_event archived archived_at git_sha git_branch git_origin_url cli_version "
-        "first_user_message agent_nickname agent_role memory_mode model reasoning_effort agent_path "
-        "created_at_ms updated_at_ms thread_source preview recency_at recency_at_ms history_mode name is_pinned "
-        "thread_section_id section_position section_entered_at_ms project_id originator daybreak_enabled "
-        "creator_user_id creator_account_id attached_thread_parent_id",
-        integers="created_at updated_at tokens_used has_user_event archived archived_at created_at_ms "
-                 "updated_at_ms recency_at recency_at_ms is_pinned section_position section_entered_at_ms",
+        "id rollout_path created_at updated_at source model_provider cwd title sandbox_policy "
+        "approval_mode tokens_used has_user_event archived archived_at git_sha git_branch "
+        "git_origin_url cli_version first_user_message agent_nickname agent_role memory_mode model "
+        "reasoning_effort agent_path created_at_ms updated_at_ms thread_source preview recency_at "
+        "recency_at_ms history_mode name is_pinned thread_section_id section_position "
+        "section_entered_at_ms project_id originator daybreak_enabled creator_user_id "
+        "creator_account_id attached_thread_parent_id",
+        integers="created_at updated_at tokens_used has_user_event archived archived_at "
+                 "created_at_ms updated_at_ms recency_at recency_at_ms is_pinned section_position "
+                 "section_entered_at_ms",
         booleans="daybreak_enabled"),
     # The history projection, every column: import copies a thread's rows whole (0.169.0 and
     # 0.171.0 have the same columns in these tables).
     "thread_turns": _column_types(
-        "thread_id turn_id rollout_ordinal status error_json started_at completed_at duration_ms first_user_item_id "
-        "final_agent_item_id rollout_byte_offset rollout_end_ordinal rollout_end_byte_offset root_turn_id",
-        integers="rollout_ordinal started_at completed_at duration_ms rollout_byte_offset rollout_end_ordinal "
-                 "rollout_end_byte_offset"),
-    "thread_history_projection_state": _column_types("thread_id next_rollout_byte_offset next_rollout_ordinal",
-                                                     integers="next_rollout_byte_offset next_rollout_ordinal"),
+        "thread_id turn_id rollout_ordinal status error_json started_at completed_at duration_ms "
+        "first_user_item_id final_agent_item_id rollout_byte_offset rollout_end_ordinal "
+        "rollout_end_byte_offset root_turn_id",
+        integers="rollout_ordinal started_at completed_at duration_ms rollout_byte_offset "
+                 "rollout_end_ordinal rollout_end_byte_offset"),
+    "thread_history_projection_state": _column_types("thread_id next_rollout_byte_offset "
+                                                     "next_rollout_ordinal",
+                                                     integers="next_rollout_byte_offset "
+                                                              "next_rollout_ordinal"),
     "thread_items": _column_types(
-        "thread_id turn_id item_id rollout_ordinal created_at_ms item_json item_type updated_at_ordinal "
-        "started_at_ms completed_at_ms",
+        "thread_id turn_id item_id rollout_ordinal created_at_ms item_json item_type "
+        "updated_at_ordinal started_at_ms completed_at_ms",
         integers="rollout_ordinal created_at_ms updated_at_ordinal started_at_ms completed_at_ms"),
-    "thread_realtime_items": _column_types("thread_id item_id rollout_ordinal created_at_ms item_type item_json",
+    "thread_realtime_items": _column_types("thread_id item_id rollout_ordinal created_at_ms "
+                                           "item_type item_json",
                                            integers="rollout_ordinal created_at_ms"),
 }
 # CODEX-COMPAT: triggers on those tables in 0.130.0-0.171.0 (0.120.0 has none): name and the
 # first 12 hex digits of the SHA-256 of their SQL with whitespace collapsed. A trigger can make
-# a guarded one-row UPDATE change other rows or tables, so a new or changed one is a change of shape.
+# a guarded one-row UPDATE change other rows or tables, so a new or changed one is a change of
+# shape.
 KNOWN_TRIGGERS = {
-    "threads_created_at_ms_after_insert": "586126949b44", "threads_updated_at_ms_after_insert": "6f880f1cc919",
-    "threads_created_at_ms_after_update": "5a54826b36da", "threads_updated_at_ms_after_update": "9de2de92b354",
-    "threads_recency_at_after_insert": "44e9dd026465", "thread_realtime_items_projection_cleanup": "8d92986886e4",
+    "threads_created_at_ms_after_insert": "586126949b44",
+    "threads_updated_at_ms_after_insert": "6f880f1cc919",
+    "threads_created_at_ms_after_update": "5a54826b36da",
+    "threads_updated_at_ms_after_update": "9de2de92b354",
+    "threads_recency_at_after_insert": "44e9dd026465",
+    "thread_realtime_items_projection_cleanup": "8d92986886e4",
 }
 
 
@@ -1239,13 +1277,15 @@ def _row_select(plain: Sequence[str], columns: set) -> Tuple[List[str], List[str
     return select, names
 
 
-def _thread_row_values(db: StateDb, select: List[str], thread_id: Optional[str] = None) -> Iterator[Tuple[str, Tuple[Any, ...]]]:
+def _thread_row_values(db: StateDb, select: List[str],
+                       thread_id: Optional[str] = None) -> Iterator[Tuple[str, Tuple[Any, ...]]]:
     """(lowercased id, values) of the threads rows, in the table's order."""
     conn = open_db_readonly(db.path)
     try:
         conn.row_factory = None
         query = "SELECT %s FROM threads" % ", ".join(select)
-        cursor = conn.execute(query + " WHERE lower(id) = ?", (thread_id,)) if thread_id else conn.execute(query)
+        cursor = (conn.execute(query + " WHERE lower(id) = ?", (thread_id,)) if thread_id
+                  else conn.execute(query))
         # Values thousands of rows share (a source, a provider, a release, a project folder)
         # are kept once; the id is one string for the key and the row.
         shared = [n for n, c in enumerate(select) if c in _ROW_SHARED_COLUMNS]
@@ -1335,7 +1375,8 @@ class RolloutInfo:
 
     # One of these per rollout stays in memory for the whole run: no per-object dict, the path
     # as a plain str (a Path object per file costs time and memory at tens of thousands).
-    __slots__ = ("file", "rel_at", "name_uuid", "compressed", "archived_location", "meta", "meta_lines",
+    __slots__ = ("file", "rel_at", "name_uuid", "compressed", "archived_location", "meta",
+                 "meta_lines",
                  "evidence_kind", "evidence_line", "evidence_text", "scanned_to_end", "problems",
                  "bytes_read", "size", "mtime", "offset_faults")
 
@@ -1389,7 +1430,8 @@ class RolloutInfo:
     def source(self) -> Optional[str]:
         if not self.meta:
             return None
-        value = self.meta.get("source")  # Meta keeps it decoded already (decode_source is idempotent)
+        # Meta keeps it decoded already (decode_source is idempotent)
+        value = self.meta.get("source")
         return value if value is not None else decode_source(None)
 
     @property
@@ -1450,7 +1492,8 @@ def _walk_rollouts(folder: str, seen: set, temps: Optional[List[Path]], errors: 
         name = entry.name
         if _entry_is_dir(entry):
             folders.append((entry.path, via or (entry.path if entry.is_symlink() else None)))
-        elif name.startswith("rollout-") and (name.endswith(".jsonl") or name.endswith(".jsonl.zst")):
+        elif name.startswith("rollout-") and (name.endswith(".jsonl")
+                                              or name.endswith(".jsonl.zst")):
             if links is not None and (via or entry.is_symlink()):
                 links[entry.path] = via or entry.path
             yield entry.path, _entry_is_file(entry)
@@ -1489,7 +1532,8 @@ def read_line_bounded(handle: Any) -> Tuple[bytes, bool]:
             return b"", True
 
 
-def parse_rollout_line(raw: bytes, line_no: int, problems: List[str], decode: Any = json.loads) -> Optional[Dict[str, Any]]:
+def parse_rollout_line(raw: bytes, line_no: int, problems: List[str],
+                       decode: Any = json.loads) -> Optional[Dict[str, Any]]:
     if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
         problems.append("bom")
         raw = raw[3:]
@@ -1529,7 +1573,8 @@ def user_text_of(record: Dict[str, Any]) -> Optional[Tuple[str, str]]:
         return classify_user_text(raw_text, "user_message", images)
     if kind == "event_msg" and ptype == "item_completed":
         item = payload.get("item")
-        if isinstance(item, dict) and str(item.get("type", "")).lower() in ("usermessage", "user_message"):
+        item_type = str(item.get("type", "")).lower() if isinstance(item, dict) else ""
+        if item_type in ("usermessage", "user_message"):
             return classify_user_text(_content_text(item.get("content")), "item_completed", False)
         return None
     if kind == "event_msg" and ptype == "thread_goal_updated":
@@ -1577,7 +1622,8 @@ def _content_text(content: Any) -> str:
 
 
 def scan_rollout(path: Any, home: Path, deep: bool = False, is_file: Optional[bool] = None,
-                 keep_text: bool = True, projection: Optional[Dict[str, Tuple[int, ...]]] = None) -> RolloutInfo:
+                 keep_text: bool = True,
+                 projection: Optional[Dict[str, Tuple[int, ...]]] = None) -> RolloutInfo:
     """Read the head of a rollout: its own session_meta and the first real user message, and
     the last bytes (a torn or NUL-padded tail). The same facts as scan_rollout_deep, found with
     less work: one os.read of the head (most rollouts' heads, many whole files, fit in it), the
@@ -1586,7 +1632,10 @@ def scan_rollout(path: Any, home: Path, deep: bool = False, is_file: Optional[bo
     Without keep_text the snippet of the first message is dropped (only --verbose shows it).
     With `projection` (read_projection_offsets), the thread's offsets are checked on the same
     descriptor (check_offsets)."""
-    info = scan_rollout_deep(Path(path), home, projection) if deep else _scan_fast(path, home, is_file, projection)
+    if deep:
+        info = scan_rollout_deep(Path(path), home, projection)
+    else:
+        info = _scan_fast(path, home, is_file, projection)
     if not keep_text:
         info.evidence_text = None
     return info
@@ -1798,14 +1847,16 @@ def _learn_instructions(text: str, start: int) -> None:
         _known_instructions.append(text[start:end])
 
 
-def scan_rollout_deep(path: Path, home: Path, projection: Optional[Dict[str, Tuple[int, ...]]] = None) -> RolloutInfo:
+def scan_rollout_deep(path: Path, home: Path,
+                      projection: Optional[Dict[str, Tuple[int, ...]]] = None) -> RolloutInfo:
     """Read the head of a rollout: its own session_meta and the first real user message, with
     buffered readline and json.loads, every line decoded in full. The reference reader:
     `--deep` uses it, and the tests hold scan_rollout to it, fact for fact."""
     return _finished(_scan_deep(RolloutInfo(path, home), path, projection))
 
 
-def _scan_deep(info: RolloutInfo, path: Path, projection: Optional[Dict[str, Tuple[int, ...]]] = None) -> RolloutInfo:
+def _scan_deep(info: RolloutInfo, path: Path,
+               projection: Optional[Dict[str, Tuple[int, ...]]] = None) -> RolloutInfo:
     """The reading loop of scan_rollout_deep."""
     if info.compressed:
         info.problems.append("compressed")  # zstd is not in the standard library
@@ -1912,7 +1963,8 @@ META_KEYS = ("id", "timestamp", "cwd", "originator", "cli_version", "source", "t
              "model_provider", "history_mode", "forked_from_id")
 # Values shared by thousands of rollouts (a release, a provider, a source) are kept once.
 _SHARED_POSITIONS = tuple(META_KEYS.index(k) for k in (
-    "id", "cwd", "originator", "cli_version", "source", "thread_source", "model_provider", "history_mode"))
+    "id", "cwd", "originator", "cli_version", "source", "thread_source", "model_provider",
+    "history_mode"))
 _PROVIDER_POSITION = META_KEYS.index("model_provider")
 _SOURCE_POSITION = META_KEYS.index("source")
 
@@ -2039,7 +2091,8 @@ def keep_naming_entry(latest: Dict[str, Dict[str, Any]], entry: Dict[str, Any]) 
 
 
 SIDEBAR_KEYS = (
-    "sidebar-workspace-filter-v2", "sidebar-collapsed-groups", "sidebar-collapsed-sections-v1", "sidebar-organize-mode-v1",
+    "sidebar-workspace-filter-v2", "sidebar-collapsed-groups", "sidebar-collapsed-sections-v1",
+    "sidebar-organize-mode-v1",
     "electron-sidebar-mode-v1", "thread-sort-key", "sidebar-keep-projects-in-recent-v1",
 )
 WORKSPACE_KEYS = (
@@ -2102,14 +2155,16 @@ def read_projected_ids(path: Path) -> Optional[set]:
         with readonly_db(path) as conn:
             if not table_exists(conn, "thread_history_projection_state"):
                 return None
-            return {sys.intern(str(r[0]).lower()) for r in conn.execute("SELECT thread_id FROM thread_history_projection_state")}
+            return {sys.intern(str(r[0]).lower())
+                    for r in conn.execute("SELECT thread_id FROM thread_history_projection_state")}
     except sqlite3.Error:
         return None
 
 
 def history_projection_files(home: Path, sqlite_folder: Optional[Path] = None) -> List[str]:
     folders = [home] + ([sqlite_folder] if sqlite_folder and sqlite_folder != home else [])
-    return sorted(display_path(p, home) for f in folders for p in f.glob("thread_history_*.sqlite") if p.is_file())
+    return sorted(display_path(p, home) for f in folders
+                  for p in f.glob("thread_history_*.sqlite") if p.is_file())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2255,30 +2310,36 @@ class Inventory:
             self.backfill = read_backfill_state(self.live_db)
         elif self.live_db is not None:
             self.db_error = self.live_db.error
-        self.temp_files: List[Path] = [home / n for n in sorted(os.listdir(str(home))) if TEMP_MARKER in n]
+        self.temp_files: List[Path] = [home / n
+                                       for n in sorted(os.listdir(str(home))) if TEMP_MARKER in n]
         self.unreadable_folders: List[str] = []
-        # rollout -> the symbolic link it is, or is reached through (Codex's file listing skips them)
+        # rollout -> the symbolic link it is, or is reached through (Codex's file listing skips
+        # them)
         self.linked_rollouts: Dict[str, str] = {}
         self.dangling_links: set = set()  # linked rollouts whose target does not exist
         # A rollout's path string is the one its row already holds, when they are spelled alike.
-        paths = {p: p for p in (r.get("rollout_path") for r in self.rows.values()) if isinstance(p, str)}
+        paths = {p: p for p in (r.get("rollout_path") for r in self.rows.values())
+                 if isinstance(p, str)}
         projection = read_projection_offsets(history_db_path(self))
-        self.rollouts = [scan_rollout(paths.get(path, path), home, deep, is_file, keep_text, projection) for path, is_file in
-                         progress(iter_rollout_entries(home, self.temp_files, self.unreadable_folders,
-                                                       links=self.linked_rollouts),
-                                  "reading rollouts")]
+        entries = iter_rollout_entries(home, self.temp_files, self.unreadable_folders,
+                                       links=self.linked_rollouts)
+        self.rollouts = [scan_rollout(paths.get(path, path), home, deep, is_file, keep_text,
+                                      projection)
+                         for path, is_file in progress(entries, "reading rollouts")]
         del paths, projection
         self.dangling_links = {p for p in self.linked_rollouts if not os.path.exists(p)}
         self.index = read_session_index(home)
         self.global_state = read_global_state(home)
-        self.projections = history_projection_files(home, self.live_db.path.parent if self.live_db else None)
+        self.projections = history_projection_files(home, self.live_db.path.parent if self.live_db
+                                                    else None)
         self.threads = self._join()
         self.written_release = self._newest_release()
         self.reader = reader_release(self.written_release, environ)
         # Every release-dependent verdict follows the release that reads the home next.
         self.release = self.reader["version"]
         self.config.resolve(self.reader["version"], self.config.surface)
-        self.scope: Dict[str, Any] = {"sources": ["cli", "vscode"], "include_archived": False, "include_empty": False}
+        self.scope: Dict[str, Any] = {"sources": ["cli", "vscode"], "include_archived": False,
+                                      "include_empty": False}
         self.projected_ids, self.other_projected_ids = self._projected_ids()
         self.misaligned_offsets = misaligned_projection_offsets(self)
         # Which of the threads' project folders exist on this machine is a fact read from the
@@ -2340,13 +2401,16 @@ class Inventory:
         return not gate or not row.get(gate if gate == "has_user_event" else "has_" + gate)
 
 
-def build_inventory(args: argparse.Namespace, environ: Optional[Dict[str, str]] = None) -> Inventory:
+def build_inventory(args: argparse.Namespace,
+                    environ: Optional[Dict[str, str]] = None) -> Inventory:
     environ = dict(os.environ if environ is None else environ)
     home, origin = resolve_codex_home(getattr(args, "codex_home", None), environ)
-    config = load_config(home, getattr(args, "profile", None), surface=getattr(args, "surface", None))
+    config = load_config(home, getattr(args, "profile", None),
+                         surface=getattr(args, "surface", None))
     inv = Inventory(home, origin, config, environ, deep=bool(getattr(args, "deep", False)),
                     keep_text=bool(getattr(args, "verbose", False)))
-    inv.scope = {"sources": scope_sources(args), "include_archived": bool(getattr(args, "include_archived", False)),
+    inv.scope = {"sources": scope_sources(args),
+                 "include_archived": bool(getattr(args, "include_archived", False)),
                  "include_empty": bool(getattr(args, "include_empty", False))}
     return inv
 
@@ -2359,7 +2423,8 @@ def codex_on_path(environ: Dict[str, str]) -> Optional[Tuple[str, Tuple[int, ...
         return None
     try:
         proc = subprocess.run([found, "--version"], capture_output=True, text=True, timeout=10,
-                              stdin=subprocess.DEVNULL, env={"PATH": environ.get("PATH", ""), "NO_COLOR": "1"})
+                              stdin=subprocess.DEVNULL,
+                              env={"PATH": environ.get("PATH", ""), "NO_COLOR": "1"})
     except (OSError, subprocess.SubprocessError):
         return None
     match = re.search(r"(\d+\.\d+\.\d+)", proc.stdout or "")
@@ -2377,7 +2442,8 @@ def reader_release(written: Tuple[int, ...], environ: Dict[str, str]) -> Dict[st
     if not version:
         basis = "unknown: nothing in the home names a release and no codex is on PATH"
     return {"version": version, "basis": basis, "written_by": ".".join(map(str, written)) or None,
-            "on_path": None if not on_path else {"path": on_path[0], "version": ".".join(map(str, on_path[1])) or None}}
+            "on_path": None if not on_path
+            else {"path": on_path[0], "version": ".".join(map(str, on_path[1])) or None}}
 
 
 def detect_folder_moves(inv: Inventory) -> Dict[str, Dict[str, Any]]:
@@ -2388,7 +2454,8 @@ def detect_folder_moves(inv: Inventory) -> Dict[str, Dict[str, Any]]:
     cwds = sorted({thread_cwd(v) for v in inv.threads.values()} - {""})
     worktrees = str(inv.home / "worktrees")
     existing = [c for c in cwds if folder_key(c) and os.path.isdir(c)]
-    missing = [c for c in cwds if folder_key(c) and c not in existing and not c.startswith(worktrees)]
+    missing = [c for c in cwds
+               if folder_key(c) and c not in existing and not c.startswith(worktrees)]
     if not missing:
         return {}
     bases = set()
@@ -2416,7 +2483,8 @@ def detect_folder_moves(inv: Inventory) -> Dict[str, Dict[str, Any]]:
         tails: Dict[str, int] = {}
         candidates = set(existing)
         for base in bases:
-            candidates.update(os.path.join(base, *parts[-k:]) for k in range(1, min(3, len(parts)) + 1)
+            candidates.update(os.path.join(base, *parts[-k:])
+                              for k in range(1, min(3, len(parts)) + 1)
                               if has_child(base, parts[-k]))
         for candidate in candidates:
             tail = common_tail(parts, (folder_key(candidate) or ("", [], False))[1])
@@ -2429,10 +2497,12 @@ def detect_folder_moves(inv: Inventory) -> Dict[str, Dict[str, Any]]:
         winners = sorted(c for c, t in tails.items() if t == best)
         if len(winners) == 1:
             moves[cwd] = {"cwd": cwd, "found": winners[0],
-                          "remap": "--from %s --to %s" % (_shell_quote(cwd), _shell_quote(winners[0]))}
+                          "remap": "--from %s --to %s"
+                          % (_shell_quote(cwd), _shell_quote(winners[0]))}
         else:
             moves[cwd] = {"cwd": cwd, "candidates": winners[:5],
-                          "remap": "--from %s --to NEW_FOLDER (one of the candidates)" % _shell_quote(cwd)}
+                          "remap": "--from %s --to NEW_FOLDER (one of the candidates)"
+                          % _shell_quote(cwd)}
     return moves
 
 
@@ -2444,72 +2514,112 @@ def detect_folder_moves(inv: Inventory) -> Dict[str, Dict[str, Any]]:
 # tests/reason_docs.py writes both, word for word, into references/reason-codes.md and SKILL.md.
 REASONS: Dict[str, Tuple[str, str]] = {
     "provider_mismatch": ("warning", "recorded under a provider other than the active one"),
-    "user_event_missing": ("warning", "the DB row's preview/first message is blank although the rollout has a user message "
-                                      "(hides it from every list in 0.120-era Codex; newer Codex still leaves it out of "
-                                      "DB-only listings and shows no preview)"),
-    "rollout_missing": ("info", "the DB row points at a rollout file that does not exist: the conversation was "
-                                "deleted, nothing is left to recover (reindex --prune-missing removes the row)"),
-    "rollout_inaccessible": ("warning", "the DB row's rollout cannot be checked (a permission or I/O error): "
-                                        "unreadable is not missing, so the row is never pruned"),
-    "rollout_path_stale": ("warning", "the DB row's rollout_path is wrong; the file exists elsewhere in the home"),
+    "user_event_missing": ("warning",
+                           "the DB row's preview/first message is blank although the rollout has a "
+                           "user message (hides it from every list in 0.120-era Codex; newer Codex "
+                           "still leaves it out of DB-only listings and shows no preview)"),
+    "rollout_missing": ("info", "the DB row points at a rollout file that does not exist: the "
+                                "conversation was deleted, nothing is left to recover (reindex "
+                                "--prune-missing removes the row)"),
+    "rollout_inaccessible": ("warning",
+                             "the DB row's rollout cannot be checked (a permission or I/O error): "
+                             "unreadable is not missing, so the row is never pruned"),
+    "rollout_path_stale": ("warning",
+                           "the DB row's rollout_path is wrong; the file exists elsewhere in the "
+                           "home"),
     "no_db_row": ("warning", "the rollout has no row in the state DB"),
-    "rollout_not_indexable": ("info", "a file named like a rollout that is no conversation Codex can read: no "
-                                      "readable session_meta (not JSON, a FIFO, a device, a dangling link), or a link "
-                                      "out of the home to such a file; nothing to recover"),
-    "archive_flag_mismatch": ("warning", "the DB archived flag disagrees with where the file lives"),
-    "rollout_is_link": ("warning", "the rollout is a symbolic link, or lies in a linked folder under sessions/: Codex's "
-                                   "file listing skips links, so the thread is left out of the default list (0.130.0 "
-                                   "and newer; 0.120.0 lists it once it has a DB row) although it opens by id"),
-    "source_filtered": ("info", "non-interactive source (exec, mcp, subagent…): hidden from default lists by design"),
+    "rollout_not_indexable": ("info", "a file named like a rollout that is no conversation Codex "
+                                      "can read: no readable session_meta (not JSON, a FIFO, a "
+                                      "device, a dangling link), or a link out of the home to such "
+                                      "a file; nothing to recover"),
+    "archive_flag_mismatch": ("warning",
+                              "the DB archived flag disagrees with where the file lives"),
+    "rollout_is_link": ("warning",
+                        "the rollout is a symbolic link, or lies in a linked folder under "
+                        "sessions/: Codex's file listing skips links, so the thread is left out of "
+                        "the default list (0.130.0 and newer; 0.120.0 lists it once it has a DB "
+                        "row) although it opens by id"),
+    "source_filtered": ("info", "non-interactive source (exec, mcp, subagent…): hidden from "
+                                "default lists by design"),
     "archived": ("info", "archived: shown only in the Archived view"),
     "no_user_content": ("info", "no user message anywhere: Codex lists only threads with one"),
-    "attachment_only_prompt": ("warning", "the first prompt was only an attachment (a large paste): Codex derives an empty preview"),
-    "head_line_not_utf8": ("info", "a line before the first user message is not UTF-8: Codex's file listing cannot "
-                                   "read the head, so 0.130.0 and newer leave the thread out of the default list (0.120.0 "
-                                   "lists it from its DB row; it opens by id on 0.169.0 and newer); its bytes are the "
-                                   "conversation's, and no repair edits them"),
-    "user_message_beyond_scan": ("info", "the first user message lies past the head lines Codex's file listing reads (10 + 200)"),
-    "beyond_recent_window": ("info", "listed, but past the ~50 most recent threads Desktop's sidebar loads; scroll, search or pin it"),
-    "history_projection_missing": ("warning", "a paginated thread has no rows in the history projection beside the "
-                                              "live DB: it is listed, but opens with no turns until Codex rebuilds them "
-                                              "(0.169.0+: a rollout copied in from another machine, or a sqlite_home that moved)"),
-    "cwd_unmatchable": ("info", "the stored cwd cannot match a project folder (\\\\?\\ prefix, trailing separator, /mnt/C, removed worktree); use `codex resume --all`"),
-    "cwd_moved": ("warning", "the thread's project folder does not exist here, but a folder with the same name does: the "
-                             "project moved, and Codex lists the thread only under the old path (`codex resume --last` "
-                             "run in the new folder does not find it)"),
+    "attachment_only_prompt": ("warning",
+                               "the first prompt was only an attachment (a large paste): Codex "
+                               "derives an empty preview"),
+    "head_line_not_utf8": ("info", "a line before the first user message is not UTF-8: Codex's "
+                                   "file listing cannot read the head, so 0.130.0 and newer leave "
+                                   "the thread out of the default list (0.120.0 lists it from its "
+                                   "DB row; it opens by id on 0.169.0 and newer); its bytes are "
+                                   "the conversation's, and no repair edits them"),
+    "user_message_beyond_scan": ("info", "the first user message lies past the head lines Codex's "
+                                         "file listing reads (10 + 200)"),
+    "beyond_recent_window": ("info", "listed, but past the ~50 most recent threads Desktop's "
+                                     "sidebar loads; scroll, search or pin it"),
+    "history_projection_missing": ("warning",
+                                   "a paginated thread has no rows in the history projection "
+                                   "beside the live DB: it is listed, but opens with no turns "
+                                   "until Codex rebuilds them (0.169.0+: a rollout copied in from "
+                                   "another machine, or a sqlite_home that moved)"),
+    "cwd_unmatchable": ("info", "the stored cwd cannot match a project folder (\\\\?\\ prefix, "
+                                "trailing separator, /mnt/C, removed worktree); use `codex resume "
+                                "--all`"),
+    "cwd_moved": ("warning",
+                  "the thread's project folder does not exist here, but a folder with the same "
+                  "name does: the project moved, and Codex lists the thread only under the old "
+                  "path (`codex resume --last` run in the new folder does not find it)"),
 }
 
 HOME_FINDINGS: Dict[str, Tuple[str, str]] = {
     "multiple_state_dbs": ("warning", "more than one state DB exists; only one is live"),
     "state_db_unreadable": ("error", "the live state DB cannot be read"),
-    "backfill_incomplete": ("warning", "the state DB backfill is not complete; Codex may ignore the DB"),
+    "backfill_incomplete": ("warning",
+                            "the state DB backfill is not complete; Codex may ignore the DB"),
     "state_db_corrupt": ("error", "the live state DB fails SQLite's integrity check"),
-    "schema_newer": ("warning", "the state DB was migrated by a Codex newer than any release this tool was checked against; "
-                                "repairs write where what they touch kept its shape (an older Codex on this home fails)"),
-    "migration_checksum_drift": ("error", "migration checksums differ from the released ones (Windows CRLF vs LF builds): Codex refuses the DB"),
+    "schema_newer": ("warning",
+                     "the state DB was migrated by a Codex newer than any release this tool was "
+                     "checked against; repairs write where what they touch kept its shape (an "
+                     "older Codex on this home fails)"),
+    "migration_checksum_drift": ("error", "migration checksums differ from the released ones "
+                                          "(Windows CRLF vs LF builds): Codex refuses the DB"),
     "config_unparsable": ("error", "config.toml cannot be parsed; Codex will not start with it"),
     "config_unreadable": ("error", "config.toml cannot be read"),
-    "legacy_profile": ("warning", "top-level `profile =` is rejected by recent Codex releases (0.169.0)"),
-    "surfaces_disagree": ("warning", "the `codex` command line (with --profile) and Desktop/the IDE (the app-server, "
-                                     "which takes no --profile) list different providers: moving threads to one "
-                                     "hides them from the other"),
-    "profile_missing": ("error", "the named profile exists neither as NAME.config.toml nor as [profiles.NAME]"),
-    "active_provider_not_configured": ("error", "the provider config.toml makes active is defined nowhere; Codex lists nothing and cannot start a thread"),
-    "provider_not_configured": ("warning", "threads use a provider that config.toml does not define; resuming them fails"),
+    "legacy_profile": ("warning",
+                       "top-level `profile =` is rejected by recent Codex releases (0.169.0)"),
+    "surfaces_disagree": ("warning",
+                          "the `codex` command line (with --profile) and Desktop/the IDE (the "
+                          "app-server, which takes no --profile) list different providers: moving "
+                          "threads to one hides them from the other"),
+    "profile_missing": ("error", "the named profile exists neither as NAME.config.toml nor as "
+                                 "[profiles.NAME]"),
+    "active_provider_not_configured": ("error", "the provider config.toml makes active is defined "
+                                                "nowhere; Codex lists nothing and cannot start a "
+                                                "thread"),
+    "provider_not_configured": ("warning",
+                                "threads use a provider that config.toml does not define; resuming "
+                                "them fails"),
     "rollout_unreadable": ("warning", "rollout files with unreadable lines or an unknown layout"),
     "index_stale": ("warning", "session_index.jsonl names threads whose rollout no longer exists"),
     "index_bad_lines": ("warning", "session_index.jsonl has lines that are not index entries"),
-    "index_unreadable": ("warning", "session_index.jsonl cannot be read (a permission or I/O error)"),
+    "index_unreadable": ("warning",
+                         "session_index.jsonl cannot be read (a permission or I/O error)"),
     "ui_state_unreadable": ("warning", ".codex-global-state.json is not a JSON object"),
-    "sidebar_filtered": ("warning", "Desktop's sidebar is narrowed (collapsed groups or sections, a workspace filter, a non-recent sort)"),
-    "index_missing_names": ("warning", "threads named in the state DB have no session_index.jsonl entry; `codex exec resume NAME` cannot find them"),
-    "leftover_temp_files": ("info", "copies left by an interrupted run of this tool (the originals are intact)"),
-    "partial_backups": ("info", "backup folders without a manifest, left by a run killed before it wrote anything"),
+    "sidebar_filtered": ("warning",
+                         "Desktop's sidebar is narrowed (collapsed groups or sections, a workspace "
+                         "filter, a non-recent sort)"),
+    "index_missing_names": ("warning",
+                            "threads named in the state DB have no session_index.jsonl entry; "
+                            "`codex exec resume NAME` cannot find them"),
+    "leftover_temp_files": ("info", "copies left by an interrupted run of this tool (the originals "
+                                    "are intact)"),
+    "partial_backups": ("info", "backup folders without a manifest, left by a run killed before it "
+                                "wrote anything"),
     "duplicate_thread_id": ("warning", "one thread id is carried by more than one rollout file"),
-    "sessions_folder_unreadable": ("warning", "folders under sessions/ or archived_sessions/ cannot be listed "
-                                              "(permissions, I/O errors): their conversations are not seen"),
-    "history_offsets_misaligned": ("error", "history projection offsets (thread_history_1.sqlite) do not fall on line "
-                                            "starts of the rollout: Codex reads those turns from the wrong bytes"),
+    "sessions_folder_unreadable": ("warning",
+                                   "folders under sessions/ or archived_sessions/ cannot be listed "
+                                   "(permissions, I/O errors): their conversations are not seen"),
+    "history_offsets_misaligned": ("error", "history projection offsets (thread_history_1.sqlite) "
+                                            "do not fall on line starts of the rollout: Codex "
+                                            "reads those turns from the wrong bytes"),
 }
 
 # What to do about a home-wide finding where no repair is the whole answer: code -> the step,
@@ -2701,12 +2811,14 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
     if view.archived:
         add_reason(view, "archived", True, db_archived=bool(row and row.get("archived")),
                    in_archived_sessions=bool(view.primary and view.primary.archived_location))
-    if row is not None and view.primary is not None and bool(row.get("archived")) != view.primary.archived_location:
+    if (row is not None and view.primary is not None
+            and bool(row.get("archived")) != view.primary.archived_location):
         add_reason(view, "archive_flag_mismatch", False, db_archived=bool(row.get("archived")),
                    file=view.primary.rel)
     if not is_interactive(view.source):
         add_reason(view, "source_filtered", True, source=view.source)
-    rollout_provider = view.rollout_provider or (DEFAULT_PROVIDER if view.primary and view.primary.meta else None)
+    rollout_provider = view.rollout_provider or (DEFAULT_PROVIDER
+                                                 if view.primary and view.primary.meta else None)
     providers = {p for p in (view.db_provider, rollout_provider) if p}
     if providers and providers != {active} and not inv.config.provider_unknown:
         add_reason(view, "provider_mismatch", True, why_no_action=provider_move_blocker(view, inv),
@@ -2716,22 +2828,29 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
     gate = inv.gate_column()
     # An attachment-only first prompt on a release that derives previews from the rollout has a
     # blank preview by right: that is attachment_only_prompt's business, not a stale column.
-    derived_blank = view.primary is not None and view.primary.evidence_kind == "attachment" and preview_rederived(inv.release)
-    if row is not None and gate and view.primary is not None and view.primary.has_evidence and not derived_blank:
+    derived_blank = (view.primary is not None and view.primary.evidence_kind == "attachment"
+                     and preview_rederived(inv.release))
+    if (row is not None and gate and view.primary is not None and view.primary.has_evidence
+            and not derived_blank):
         if inv.gate_blank(row):
             add_reason(view, "user_event_missing", user_event_gate_hides(inv.release), column=gate,
-                       evidence_kind=view.primary.evidence_kind, evidence_line=view.primary.evidence_line)
+                       evidence_kind=view.primary.evidence_kind,
+                       evidence_line=view.primary.evidence_line)
     if view.primary is not None and "invalid_utf8" in view.primary.problems and view.has_evidence:
-        add_reason(view, "head_line_not_utf8", file_listing_skip_hides(inv.release, row is not None),
+        add_reason(view, "head_line_not_utf8",
+                   file_listing_skip_hides(inv.release, row is not None),
                    file=view.primary.rel)
     if view.primary is not None and (view.primary.evidence_line or 0) > HEAD_SCAN_LINES:
-        add_reason(view, "user_message_beyond_scan", beyond_scan_hides(inv.release), line=view.primary.evidence_line,
+        add_reason(view, "user_message_beyond_scan", beyond_scan_hides(inv.release),
+                   line=view.primary.evidence_line,
                    window=HEAD_SCAN_LINES)
     if view.primary is not None and view.primary.evidence_kind == "attachment":
         hides = attachment_prompt_hides(inv.release, row is None or inv.gate_blank(row))
         add_reason(view, "attachment_only_prompt", hides,
                    why_no_action=None if hides else "this release lists it anyway")
-    cwd_problem = cwd_spelling_problem(str((row or {}).get("cwd") or (view.primary.meta.get("cwd") if view.primary else "") or ""), inv.home)
+    cwd_problem = cwd_spelling_problem(str((row or {}).get("cwd")
+                                           or (view.primary.meta.get("cwd") if view.primary
+                                               else "") or ""), inv.home)
     if cwd_problem:
         add_reason(view, "cwd_unmatchable", False, problem=cwd_problem)
     moved = inv.folder_moves.get(thread_cwd(view))
@@ -2739,7 +2858,8 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
         add_reason(view, "cwd_moved", False, **moved)
     paginated = (row or {}).get("history_mode") == "paginated" or (
         view.primary is not None and view.primary.meta.get("history_mode") == "paginated")
-    if paginated and inv.projected_ids is not None and view.id not in inv.projected_ids and view.files:
+    if (paginated and inv.projected_ids is not None and view.id not in inv.projected_ids
+            and view.files):
         elsewhere = view.id in inv.other_projected_ids
         add_reason(view, "history_projection_missing", False, elsewhere=elsewhere,
                    manual_step=projection_manual_step(view.id, elsewhere))
@@ -2749,14 +2869,17 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
         exists = state == "exists"
         # A copied or moved home keeps rows that point into the old one: the file Codex would
         # read is not this home's.
-        elsewhere = exists and not is_windows_path(path) and not inside_home(os.path.abspath(path), inv.home) \
-            and not any(os.path.realpath(path) == os.path.realpath(f.file) for f in view.files)
+        elsewhere = (exists and not is_windows_path(path)
+                     and not inside_home(os.path.abspath(path), inv.home)
+                     and not any(os.path.realpath(path) == os.path.realpath(f.file)
+                                 for f in view.files))
         if (not exists or elsewhere) and view.files:
             # CODEX-COMPAT: measured with --verify on 0.120.0, 0.130.0, 0.169.0 and 0.171.0: a row
             # whose rollout_path names no file is still listed by default when the file is in
             # sessions/ (the listing's file scan finds it and repairs the row); in
             # archived_sessions/ it is hidden as archived. Stale metadata, not a hiding reason.
-            add_reason(view, "rollout_path_stale", False, rollout_path=path, found=view.files[0].rel,
+            add_reason(view, "rollout_path_stale", False, rollout_path=path,
+                       found=view.files[0].rel,
                        outside_home=elsewhere)
         elif state == "unreadable":
             add_reason(view, "rollout_inaccessible", False, rollout_path=path)
@@ -2771,8 +2894,10 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
             # and a link leading out of the home it does not list either (measured 0.120.0-0.171.0,
             # tests/test_real_codex_odd_files.py); reindex must not invent a row for any of them.
             add_reason(view, "rollout_not_indexable", True, file=view.files[0].rel,
-                       why=blocker, manual_step="nothing to repair automatically: move the file out of "
-                       "sessions/ if it is not a conversation, or put the real rollout in its place")
+                       why=blocker,
+                       manual_step="nothing to repair automatically: move the file out of "
+                                   "sessions/ if it is not a conversation, or put the real rollout "
+                                   "in its place")
         else:
             add_reason(view, "no_db_row", False, file=view.files[0].rel)
     link = inv.linked_rollouts.get(view.primary.file) if view.primary is not None else None
@@ -2782,8 +2907,10 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
         add_reason(view, "rollout_is_link", True, why_no_action="the file the link points at is "
                    "not on this machine: nothing here to recover", file=view.primary.rel,
                    link=display_path(link, inv.home),
-                   target_missing=True, manual_step="the link points at %s, which does not exist here: put that "
-                   "file back (from the synced folder or a backup), or remove the link" % _shell_quote(
+                   target_missing=True,
+                   manual_step="the link points at %s, which does not exist here: put that "
+                               "file back (from the synced folder or a backup), or remove the link"
+                   % _shell_quote(
                        os.readlink(link) if os.path.islink(link) else link))
     elif link and not not_indexable and view.primary.file not in inv.dangling_links:
         # `command` is the step's shell line alone, which an agent runs as it is.
@@ -2809,14 +2936,15 @@ def index_blocker(info: "RolloutInfo", home: Path) -> Optional[str]:
 
 def thread_cwd(view: ThreadView) -> str:
     """The folder a thread belongs to: the row's (what listings filter on), else its rollout's."""
-    return str((view.row or {}).get("cwd") or (view.primary.meta.get("cwd") if view.primary else "") or "")
+    return str((view.row or {}).get("cwd")
+               or (view.primary.meta.get("cwd") if view.primary else "") or "")
 
 
 def projection_manual_step(thread_id: str, elsewhere: bool) -> str:
     """What brings the turns of a paginated thread back, by why the projection lacks them."""
     if elsewhere:
-        return ("point sqlite_home back at the folder whose thread_history_1.sqlite has this thread's rows "
-                "(the home's own copy has them)")
+        return ("point sqlite_home back at the folder whose thread_history_1.sqlite has this "
+                "thread's rows (the home's own copy has them)")
     # CODEX-COMPAT: measured on 0.169.0 and 0.171.0: a rollout copied in from another machine
     # (or made before the history DB) is listed, but thread/read returns no turns until one
     # thread/resume rebuilds the projection from the rollout; the resume leaves the rollout
@@ -2827,8 +2955,9 @@ def projection_manual_step(thread_id: str, elsewhere: bool) -> str:
     # changes how Codex keeps that thread from then on; the resume changes nothing but the
     # projection, so it is the step named here. (Measured through the app-server, which
     # Desktop and the IDE run; the CLI's `codex resume` was not driven.)
-    return ("resume the thread once in Codex 0.169.0 or newer (`codex resume %s`, or open it to continue it): "
-            "Codex rebuilds its turns from the rollout; nothing needs to be sent, and the rollout is not changed"
+    return ("resume the thread once in Codex 0.169.0 or newer (`codex resume %s`, or open it to "
+            "continue it): Codex rebuilds its turns from the rollout; nothing needs to be sent, "
+            "and the rollout is not changed"
             % thread_id)
 
 
@@ -2852,7 +2981,8 @@ def common_tail(left: List[str], right: List[str]) -> int:
     """How many trailing path components two folders share (case-insensitively: a moved
     Windows folder may come back with other capitals)."""
     count = 0
-    while count < min(len(left), len(right)) and left[-1 - count].casefold() == right[-1 - count].casefold():
+    shortest = min(len(left), len(right))
+    while count < shortest and left[-1 - count].casefold() == right[-1 - count].casefold():
         count += 1
     return count
 
@@ -2872,7 +3002,8 @@ BACKFILL_LEASE_SECONDS = 900  # CODEX-COMPAT: Codex's backfill lease
 
 def backfill_stale(backfill: Dict[str, Any]) -> bool:
     updated = to_millis(backfill.get("updated_at"))
-    return updated is None or (utc_now().timestamp() * 1000 - updated) > BACKFILL_LEASE_SECONDS * 1000
+    age_ms = None if updated is None else utc_now().timestamp() * 1000 - updated
+    return age_ms is None or age_ms > BACKFILL_LEASE_SECONDS * 1000
 
 
 # Here, above check_home, which reports them; the plans read them after it.
@@ -2911,7 +3042,8 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
             cli=inv.config.surfaces["cli"], app=inv.config.surfaces["app"],
             release=".".join(map(str, inv.reader["version"])) or None)
     if len(inv.dbs) > 1:
-        add("multiple_state_dbs", live=display_path(inv.live_db.path, inv.home) if inv.live_db else None,
+        add("multiple_state_dbs",
+            live=display_path(inv.live_db.path, inv.home) if inv.live_db else None,
             others=[display_path(d.path, inv.home) for d in inv.dbs if d is not inv.live_db])
     if inv.db_error:
         add("state_db_unreadable", path=display_path(inv.live_db.path, inv.home),
@@ -2919,22 +3051,27 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
     live = inv.live_db
     if live is not None and live.error is None:
         if live.integrity not in (None, "ok"):
-            add("state_db_corrupt", path=display_path(live.path, inv.home), quick_check=short(str(live.integrity), 160))
+            add("state_db_corrupt", path=display_path(live.path, inv.home),
+                quick_check=short(str(live.integrity), 160))
         if (live.schema_version or 0) > NEWEST_CHECKED_SCHEMA:
-            compat = schema_compatibility(inv) or {"unchanged": False, "changed": [], "unchecked_migrations": []}
+            compat = schema_compatibility(inv) or {"unchanged": False, "changed": [],
+                                                   "unchecked_migrations": []}
             if compat["unchanged"]:
                 # Nothing to do about it: information, not a warning.
                 add("schema_newer", True, step=False, schema_version=live.schema_version,
                     known_max=NEWEST_CHECKED_SCHEMA, migrations=compat["unchecked_migrations"],
                     unchanged=True,
-                    note="what the repairs read and write has the shape of the releases checked: they write as usual; "
-                         "an older Codex cannot open this home, so run the newest one everywhere it is used")
+                    note="what the repairs read and write has the shape of the releases checked: "
+                         "they write as usual; an older Codex cannot open this home, so run the "
+                         "newest one everywhere it is used")
             else:
-                add("schema_newer", schema_version=live.schema_version, known_max=NEWEST_CHECKED_SCHEMA,
+                add("schema_newer", schema_version=live.schema_version,
+                    known_max=NEWEST_CHECKED_SCHEMA,
                     migrations=compat["unchecked_migrations"], unchanged=False,
                     changed=compat["changed"][:10])
         if live.checksum_drift:
-            add("migration_checksum_drift", versions=live.checksum_drift[:10], count=len(live.checksum_drift),
+            add("migration_checksum_drift", versions=live.checksum_drift[:10],
+                count=len(live.checksum_drift),
                 crlf=1 in live.checksum_drift)
     if inv.backfill and inv.backfill.get("status") not in (None, "complete"):
         add("backfill_incomplete", status=inv.backfill.get("status"),
@@ -2943,7 +3080,8 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
         add("active_provider_not_configured", provider=inv.config.provider)
     used: Dict[str, List[bool]] = {}
     for view in inv.threads.values():
-        listed = in_scope(view, inv.scope["sources"], inv.scope["include_archived"], inv.scope["include_empty"])
+        listed = in_scope(view, inv.scope["sources"], inv.scope["include_archived"],
+                          inv.scope["include_empty"])
         for provider in {view.db_provider, view.rollout_provider}:
             if provider and not inv.config.knows_provider(provider):
                 used.setdefault(provider, []).append(listed)
@@ -2961,15 +3099,17 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
         read_past = all(set(i.problems) <= set(READ_PAST_PROBLEMS) for i in damaged)
         # A line that is not UTF-8 is named per thread (head_line_not_utf8), where it hides one;
         # a FIFO, device or dangling link named like a rollout, or an empty file, holds nothing.
-        nothing_to_do = all(set(i.problems) <= set(READ_PAST_PROBLEMS) | {"invalid_utf8", "not_a_file", "empty_file"}
+        nothing_to_do = all(set(i.problems) <= set(READ_PAST_PROBLEMS)
+                            | {"invalid_utf8", "not_a_file", "empty_file"}
                             for i in damaged)
         if read_past:
-            note = ("Codex skips these lines and still lists, reads and continues the thread; repairs edit "
-                    "only the lines they name and copy these bytes as they are")
+            note = ("Codex skips these lines and still lists, reads and continues the thread; "
+                    "repairs edit only the lines they name and copy these bytes as they are")
         elif carried_only:
-            note = ("repairs copy these bytes as they are, but a line that is not UTF-8 before the first user "
-                    "message keeps its thread out of Codex's default list (head_line_not_utf8; it still opens "
-                    "by id on 0.169.0 and newer: `codex resume ID`)")
+            note = ("repairs copy these bytes as they are, but a line that is not UTF-8 before the "
+                    "first user message keeps its thread out of Codex's default list "
+                    "(head_line_not_utf8; it still opens by id on 0.169.0 and newer: `codex resume "
+                    "ID`)")
         else:
             note = "repairs leave a rollout with these problems as it is"
         # Damage Codex reads past, or that no repair may touch, which repairs carry: information.
@@ -2990,7 +3130,8 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
         add("ui_state_unreadable", error=inv.global_state["error"])
     if inv.global_state.get("sidebar_reset"):
         add("sidebar_filtered", keys=inv.global_state["sidebar_reset"])
-    partial = [b["name"] for b in list_backups(inv.home) if b["partial"]] if (inv.home / BACKUP_DIR_NAME).is_dir() else []
+    partial = ([b["name"] for b in list_backups(inv.home) if b["partial"]]
+               if (inv.home / BACKUP_DIR_NAME).is_dir() else [])
     if partial:
         add("partial_backups", folders=partial[:10], count=len(partial))
     if inv.temp_files:
@@ -3000,7 +3141,8 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
     if dupes:
         add("duplicate_thread_id", thread_ids=dupes)
     if inv.unreadable_folders:
-        add("sessions_folder_unreadable", folders=[display_path(Path(p), inv.home) for p in inv.unreadable_folders[:10]],
+        add("sessions_folder_unreadable",
+            folders=[display_path(Path(p), inv.home) for p in inv.unreadable_folders[:10]],
             count=len(inv.unreadable_folders))
     if inv.misaligned_offsets:
         add("history_offsets_misaligned", thread_ids=sorted(inv.misaligned_offsets),
@@ -3009,10 +3151,12 @@ def check_home(inv: Inventory) -> List[Dict[str, Any]]:
 
 
 def provider_move_blocker(view: ThreadView, inv: Inventory) -> Optional[str]:
-    """Why repair-provider, run with diagnose's scope, would not move this thread (None: it would)."""
+    """Why repair-provider, run with diagnose's scope, would not move this thread (None: it
+    would)."""
     scope = inv.scope
     if inv.config.surfaces_disagree and inv.config.surface is None:
-        return "the codex CLI and Desktop/the IDE list different providers: choose one with --surface"
+        return ("the codex CLI and Desktop/the IDE list different providers: choose one with "
+                "--surface")
     if not in_scope(view, scope["sources"], scope["include_archived"], scope["include_empty"]):
         return "outside the repair scope (by design: %s)" % (
             "archived" if view.archived else "no user message" if not view.has_evidence else
@@ -3042,7 +3186,8 @@ def run_checks(inv: Inventory) -> List[Dict[str, Any]]:
     rank_threads(inv)
     findings = []
     grouped: Dict[Tuple[str, str], List[Any]] = {}
-    for view in inv.threads.values():  # one pass; each thread once per code and severity, in thread order
+    # one pass; each thread once per code and severity, in thread order
+    for view in inv.threads.values():
         for reason in view.reasons:
             entries = grouped.setdefault((reason.code, reason.severity), [])
             if not entries or entries[-1][0] != view.id:
@@ -3052,7 +3197,8 @@ def run_checks(inv: Inventory) -> List[Dict[str, Any]]:
             entries = grouped.get((code, severity))
             if not entries:
                 continue
-            finding = {"code": code, "severity": severity, "message": message, "count": len(entries),
+            finding = {"code": code, "severity": severity, "message": message,
+                       "count": len(entries),
                        "thread_ids": [thread_id for thread_id, _why in entries]}
             whys = sorted({why for _id, why in entries if why})
             if whys:
@@ -3062,7 +3208,8 @@ def run_checks(inv: Inventory) -> List[Dict[str, Any]]:
 
 
 def exit_code_for(findings: List[Dict[str, Any]]) -> int:
-    return EXIT_FINDINGS if any(f["severity"] in ("warning", "error") for f in findings) else EXIT_OK
+    return EXIT_FINDINGS if any(f["severity"] in ("warning", "error")
+                                for f in findings) else EXIT_OK
 
 
 # ---------------------------------------------------------------------------------------------
@@ -3079,7 +3226,8 @@ def count_by(values: Iterable[str]) -> Dict[str, int]:
 
 def latest_interactive_thread(inv: Inventory) -> Optional[ThreadView]:
     candidates = [v for v in inv.threads.values()
-                  if is_interactive(v.source) and not v.archived and v.has_evidence and v.updated_ms]
+                  if is_interactive(v.source) and not v.archived and v.has_evidence
+                  and v.updated_ms]
     return max(candidates, key=lambda v: v.updated_ms or 0) if candidates else None
 
 
@@ -3095,11 +3243,13 @@ def summarise(inv: Inventory) -> Dict[str, Any]:
         "by_source": count_by(source_kind(v.source) for v in views),
         "by_provider": count_by((v.rollout_provider or v.db_provider or "(none)") for v in views),
         "by_provider_db": count_by(v.db_provider for v in views if v.db_provider),
-        "by_provider_rollout": count_by(v.rollout_provider or "(none)" for v in views if v.primary and v.primary.meta),
+        "by_provider_rollout": count_by(v.rollout_provider or "(none)"
+                                        for v in views if v.primary and v.primary.meta),
     }
 
 
-def in_scope(view: ThreadView, sources: Sequence[str], include_archived: bool, include_empty: bool) -> bool:
+def in_scope(view: ThreadView, sources: Sequence[str], include_archived: bool,
+             include_empty: bool) -> bool:
     """The threads a repair touches by default: the sources Codex lists, not archived, with a
     user message. Options widen it; nothing narrows it silently."""
     if "any" not in sources and source_kind(view.source) not in sources:
@@ -3114,7 +3264,8 @@ def provider_candidates(inv: Inventory) -> Dict[str, List[str]]:
     (run_checks decided it: their provider_mismatch is a warning), by the provider they carry."""
     groups: Dict[str, List[str]] = {}
     for view in inv.threads.values():
-        if not any(r["code"] == "provider_mismatch" and r.get("severity") == "warning" for r in view.reasons):
+        if not any(r["code"] == "provider_mismatch" and r.get("severity") == "warning"
+                   for r in view.reasons):
             continue
         carried = provider_to_move(view, inv.config.provider)
         if carried is not None:
@@ -3193,7 +3344,8 @@ def actionable_codes(findings: List[Dict[str, Any]]) -> set:
     return {f["code"] for f in findings if f["severity"] in ("warning", "error")}
 
 
-def repair_lines(inv: Inventory, findings: List[Dict[str, Any]], view: Optional[ThreadView] = None) -> List[Dict[str, Any]]:
+def repair_lines(inv: Inventory, findings: List[Dict[str, Any]],
+                 view: Optional[ThreadView] = None) -> List[Dict[str, Any]]:
     """The commands to run next, from the table of repairs, in the order their dependencies
     need (a repair that needs another's result comes after it); each is complete (home,
     profile, surface, scope, providers) so it runs verbatim. With `view`: only what cures
@@ -3207,7 +3359,8 @@ def repair_lines(inv: Inventory, findings: List[Dict[str, Any]], view: Optional[
     return lines
 
 
-def remap_cwd_next_args(inv: Inventory, findings: List[Dict[str, Any]], view: Optional[ThreadView]) -> List[List[str]]:
+def remap_cwd_next_args(inv: Inventory, findings: List[Dict[str, Any]],
+                        view: Optional[ThreadView]) -> List[List[str]]:
     """The remap-cwd argument tails to run: for one thread, its own move; for the home, one
     `--from OLD --to NEW` per moved project folder, where a subfolder that the move of its
     parent already covers gets no line of its own. None where the new folder is ambiguous."""
@@ -3215,9 +3368,7 @@ def remap_cwd_next_args(inv: Inventory, findings: List[Dict[str, Any]], view: Op
         moved = next((r["evidence"] for r in view.reasons if r["code"] == "cwd_moved"), {})
         return [["--from", moved["cwd"], "--to", moved["found"]]] if "found" in moved else []
     moves = [m for m in inv.folder_moves.values() if "found" in m]
-    kept = [m for m in moves if not any(o is not m and remap_folder(m["cwd"], o["cwd"], o["found"]) is not None
-                                        and os.path.realpath(remap_folder(m["cwd"], o["cwd"], o["found"])) == m["found"]
-                                        for o in moves)]
+    kept = [m for m in moves if not any(o is not m and move_covers(o, m) for o in moves)]
     return [["--from", m["cwd"], "--to", m["found"]] for m in sorted(kept, key=lambda m: m["cwd"])]
 
 
@@ -3279,7 +3430,8 @@ class RolloutEdit:
 
     @property
     def deltas(self) -> List[Tuple[int, int, int]]:
-        return [(start, length, len(new) - length) for start, length, new in self.replacements if len(new) != length]
+        return [(start, length, len(new) - length) for start, length,
+                new in self.replacements if len(new) != length]
 
     def line_spans(self) -> Dict[int, Tuple[int, List[Tuple[int, int, bytes]]]]:
         """line offset -> (its old length, the replacements inside it)."""
@@ -3300,10 +3452,12 @@ class RolloutEdit:
 
     def shift(self, offset: int) -> int:
         """Where a byte offset into the old file lands in the new one (offsets are line starts)."""
-        return offset + sum(delta for start, length, delta in self.deltas if start + length <= offset)
+        return offset + sum(delta for start, length,
+                            delta in self.deltas if start + length <= offset)
 
     def as_json(self, home: Path) -> Dict[str, Any]:
-        doc = {"kind": "rollout_edit", "thread_id": self.thread_id, "path": display_path(self.target, home),
+        doc = {"kind": "rollout_edit", "thread_id": self.thread_id,
+               "path": display_path(self.target, home),
                "changes": self.changes, "bytes_delta": sum(d for _s, _l, d in self.deltas)}
         if self.target != self.path:
             doc.update({"kind": "rollout_copy", "from": str(self.path),
@@ -3321,7 +3475,8 @@ class SqlChange:
     touch exactly one row, or the apply fails and everything is restored."""
 
     def __init__(self, db: Path, table: str, key: Dict[str, Any], values: Dict[str, Any],
-                 expect: Optional[Dict[str, Any]] = None, thread_id: Optional[str] = None, op: str = "update") -> None:
+                 expect: Optional[Dict[str, Any]] = None, thread_id: Optional[str] = None,
+                 op: str = "update") -> None:
         self.db, self.table, self.key, self.values = db, table, key, values
         self.expect = expect or {}
         self.thread_id = thread_id
@@ -3331,7 +3486,8 @@ class SqlChange:
         if self.op == "insert":
             names = list(self.key) + [c for c in self.values if c not in self.key]
             params = [self.key.get(c, self.values.get(c)) for c in names]
-            return ("INSERT INTO %s (%s) VALUES (%s)" % (self.table, ", ".join(names), ", ".join("?" * len(names))),
+            return ("INSERT INTO %s (%s) VALUES (%s)"
+                    % (self.table, ", ".join(names), ", ".join("?" * len(names))),
                     params)
         where = dict(self.key)
         where.update(self.expect)
@@ -3346,9 +3502,12 @@ class SqlChange:
         sql, params = self.statement()
         if not verbose:
             # Columns that hold the user's own words are shown by size only (--verbose shows them).
-            hidden = {self.values.get(c) for c in TEXT_COLUMNS if isinstance(self.values.get(c), str)}
-            params = ["<%d chars>" % len(p) if isinstance(p, str) and p in hidden and p else p for p in params]
-        return {"kind": "sql", "op": self.op, "db": display_path(self.db, home), "table": self.table,
+            hidden = {self.values.get(c)
+                      for c in TEXT_COLUMNS if isinstance(self.values.get(c), str)}
+            params = ["<%d chars>" % len(p) if isinstance(p, str) and p in hidden and p else p
+                      for p in params]
+        return {"kind": "sql", "op": self.op, "db": display_path(self.db, home),
+                "table": self.table,
                 "thread_id": self.thread_id, "sql": sql, "params": params}
 
 
@@ -3359,7 +3518,8 @@ class FileWrite:
         self.path, self.data, self.summary = path, data, summary
 
     def as_json(self, home: Path) -> Dict[str, Any]:
-        return {"kind": "file_write", "path": display_path(self.path, home), "summary": self.summary}
+        return {"kind": "file_write", "path": display_path(self.path, home),
+                "summary": self.summary}
 
 
 class Plan:
@@ -3378,13 +3538,16 @@ class Plan:
 
     @property
     def change_count(self) -> int:
-        return len(self.rollout_edits) + len(self.sql) + len(self.file_writes) + len(self.moves) + len(self.restores)
+        return (len(self.rollout_edits) + len(self.sql) + len(self.file_writes) + len(self.moves)
+                + len(self.restores))
 
     def touched_dbs(self) -> List[Path]:
-        return sorted({c.db for c in self.sql} | {r.target for r in self.restores if r.kind == "restore_db"}, key=str)
+        return sorted({c.db for c in self.sql}
+                      | {r.target for r in self.restores if r.kind == "restore_db"}, key=str)
 
     def touched_files(self) -> List[Path]:
-        return ([e.target for e in self.rollout_edits] + [w.path for w in self.file_writes] + list(self.moves)
+        return ([e.target for e in self.rollout_edits] + [w.path for w in self.file_writes]
+                + list(self.moves)
                 + [r.target for r in self.restores if r.kind != "restore_db"])
 
     def plan_id(self, home: Path) -> str:
@@ -3398,7 +3561,8 @@ class Plan:
         digest = hashlib.sha256(b'{"actions": [')
         for n, action in enumerate(self.iter_actions_json(home)):
             digest.update((b", " if n else b"") + dumps(action))
-        digest.update(b'], "command": ' + dumps(self.command) + b', "notes": ' + dumps(self.notes) + b"}")
+        digest.update(b'], "command": ' + dumps(self.command) + b', "notes": ' + dumps(self.notes)
+                      + b"}")
         return digest.hexdigest()[:16]
 
     def actions_json(self, home: Path, verbose: bool = True) -> List[Dict[str, Any]]:
@@ -3454,7 +3618,8 @@ def split_line_ending(raw: bytes) -> Tuple[bytes, bytes]:
 PROVIDER_LINE_MARKERS = (b'"session_meta"', b'"thread_settings_applied"')
 
 
-def provider_line_edit(raw: bytes, thread_id: str, old: str, new: str) -> Optional[Tuple[bytes, str]]:
+def provider_line_edit(raw: bytes, thread_id: str, old: str,
+                       new: str) -> Optional[Tuple[bytes, str]]:
     """The rewritten line and the field changed, or None when the line is not about the
     thread's provider. Lines Codex reads the provider from (measured on 0.169.0):
     the thread's own `session_meta` lines, and `thread_settings_applied` events."""
@@ -3467,7 +3632,8 @@ def provider_line_edit(raw: bytes, thread_id: str, old: str, new: str) -> Option
         if ending and json.dumps(old).encode() in body:
             # A damaged line that may be one to edit: refuse rather than leave it stale. A torn
             # last fragment (no line ending) is no record to Codex: it is carried as it is.
-            raise PlanError("%s: a line naming provider %s cannot be read; the rollout is left as it is"
+            raise PlanError("%s: a line naming provider %s cannot be read; the rollout is left as "
+                            "it is"
                             % (thread_id, old)) from None
         return None
     payload = record.get("payload") if isinstance(record, dict) else None
@@ -3564,7 +3730,8 @@ def iter_marked_lines(handle: Any, needles: Sequence[bytes], digest: Any,
         end = buf.rfind(b"\n") + 1 if block else len(buf)
         if block and end == 0:
             if len(buf) > MAX_LINE_BYTES:
-                raise PlanError("%s has a line longer than %d MiB" % (edit.path.name, MAX_LINE_BYTES >> 20))
+                raise PlanError("%s has a line longer than %d MiB"
+                                % (edit.path.name, MAX_LINE_BYTES >> 20))
             carry = buf
             continue
         if not edit.encrypted_reasoning and buf.find(b'"encrypted_content"', 0, end) != -1:
@@ -3625,7 +3792,8 @@ class ProjectionOffsets:
     few thousand threads). Read-only; closed by run_repair once the plan is made."""
 
     OFFSET_COLUMNS = {
-        "thread_turns": (("thread_id", "turn_id"), ("rollout_byte_offset", "rollout_end_byte_offset")),
+        "thread_turns": (("thread_id", "turn_id"),
+                         ("rollout_byte_offset", "rollout_end_byte_offset")),
         "thread_history_projection_state": (("thread_id",), ("next_rollout_byte_offset",)),
     }
 
@@ -3638,7 +3806,8 @@ class ProjectionOffsets:
                 continue
             present = [c for c in columns if c in table_columns(self.conn, table)]
             if present:
-                query = "SELECT %s FROM %s WHERE thread_id = ?" % (", ".join(keys + tuple(present)), table)
+                query = "SELECT %s FROM %s WHERE thread_id = ?" % (
+                    ", ".join(keys + tuple(present)), table)
                 self.queries.append((table, keys, present, query))
 
     def rows(self, thread_id: str) -> Iterator[Tuple[str, Tuple[str, ...], List[str], Any]]:
@@ -3663,7 +3832,8 @@ def projection_offsets(inv: "Inventory") -> Optional[ProjectionOffsets]:
         try:
             inv._projection_offsets = ProjectionOffsets(db_path) if db_path is not None else None
         except sqlite3.Error as exc:
-            inv._projection_offsets = PlanError("%s cannot be read (%s); the rollout is left as it is"
+            inv._projection_offsets = PlanError("%s cannot be read (%s); the rollout is left as it "
+                                                "is"
                                                 % (db_path.name, short(str(exc), 80)))
     if isinstance(inv._projection_offsets, PlanError):
         raise PlanError(str(inv._projection_offsets))
@@ -3679,13 +3849,16 @@ def close_plan_readers(inv: "Inventory") -> None:
 PROJECTION_OFFSETS = {
     # table: (key columns, (ordinal column, offset column, which end of that line))
     "thread_turns": (("thread_id", "turn_id"), (("rollout_ordinal", "rollout_byte_offset", "start"),
-                                                ("rollout_end_ordinal", "rollout_end_byte_offset", "end"))),
-    "thread_history_projection_state": (("thread_id",), (("next_rollout_ordinal", "next_rollout_byte_offset",
+                                                ("rollout_end_ordinal", "rollout_end_byte_offset",
+                                                 "end"))),
+    "thread_history_projection_state": (("thread_id",),
+                                        (("next_rollout_ordinal", "next_rollout_byte_offset",
                                                            "next"),)),
 }
 
 
-def read_projection_rows(db_path: Path, thread_id: Optional[str] = None) -> Dict[str, List[Tuple[str, Dict[str, Any]]]]:
+def read_projection_rows(db_path: Path, thread_id: Optional[str] = None
+                         ) -> Dict[str, List[Tuple[str, Dict[str, Any]]]]:
     """thread id -> [(table, row)] of the offset-bearing rows of the history projection."""
     found: Dict[str, List[Tuple[str, Dict[str, Any]]]] = {}
     with readonly_db(db_path) as conn:
@@ -3697,7 +3870,8 @@ def read_projection_rows(db_path: Path, thread_id: Optional[str] = None) -> Dict
             if not any(t[1] in columns for t in triples):
                 continue
             query = "SELECT %s FROM %s" % (", ".join(keys + tuple(present)), table)
-            rows = conn.execute(query + " WHERE thread_id = ?", (thread_id,)) if thread_id else conn.execute(query)
+            rows = (conn.execute(query + " WHERE thread_id = ?", (thread_id,)) if thread_id
+                    else conn.execute(query))
             for row in rows:
                 found.setdefault(str(row["thread_id"]).lower(), []).append((table, dict(row)))
     return found
@@ -3720,14 +3894,16 @@ def read_projection_offsets(db_path: Optional[Path]) -> Dict[str, Tuple[int, ...
                 present = [t[1] for t in triples if t[1] in columns]
                 if not present:
                     continue
-                for row in conn.execute("SELECT thread_id, %s FROM %s" % (", ".join(present), table)):
+                for row in conn.execute("SELECT thread_id, %s FROM %s"
+                                        % (", ".join(present), table)):
                     offsets = found.setdefault(str(row[0]).lower(), [])
                     offsets.extend(v for v in tuple(row)[1:] if isinstance(v, int))
         finally:
             conn.close()
     except sqlite3.Error:
         return {}
-    return {thread_id: tuple(sorted(set(offsets))) for thread_id, offsets in found.items() if offsets}
+    return {thread_id: tuple(sorted(set(offsets))) for thread_id,
+            offsets in found.items() if offsets}
 
 
 def misaligned_projection_offsets(inv: "Inventory") -> Dict[str, Dict[str, Any]]:
@@ -3739,11 +3915,13 @@ def misaligned_projection_offsets(inv: "Inventory") -> Dict[str, Dict[str, Any]]
     for thread_id, view in inv.threads.items():
         faults = view.primary.offset_faults if view.primary is not None else None
         if faults:
-            found[thread_id] = {"offsets": faults[0], "off_line_start": faults[1], "first": faults[2]}
+            found[thread_id] = {"offsets": faults[0], "off_line_start": faults[1],
+                                "first": faults[2]}
     return found
 
 
-def check_offsets(info: "RolloutInfo", fd: int, projection: Optional[Dict[str, Tuple[int, ...]]]) -> None:
+def check_offsets(info: "RolloutInfo", fd: int,
+                  projection: Optional[Dict[str, Tuple[int, ...]]]) -> None:
     """Set info.offset_faults ((offsets, how many are off a line start, the first of those)) when
     the projection's offsets for this rollout's thread are not all line starts. A torn last
     line leaves every earlier line where it was; other damage makes the ordinals of the lines
@@ -3762,7 +3940,8 @@ def check_offsets(info: "RolloutInfo", fd: int, projection: Optional[Dict[str, T
 PAGE_READ = 4096  # offsets_off_line_starts reads a page at a time
 
 
-def offsets_off_line_starts(fd: int, size: int, offsets: Sequence[int], torn: bool = False) -> List[int]:
+def offsets_off_line_starts(fd: int, size: int, offsets: Sequence[int],
+                            torn: bool = False) -> List[int]:
     """The offsets (sorted) that are not line starts of the open file. With a torn last line,
     offsets past the start of the fragment describe the bytes the crash cut: no line is there
     to point at, Codex reads every complete turn regardless (measured 0.169.0, 0.171.0), and no
@@ -3834,7 +4013,9 @@ def plan_offset_realignment(inv: "Inventory", plan: "Plan", busy_ids: set) -> No
             spans = ordinal_line_spans(view.primary.path)
             rows = read_projection_rows(db_path, thread_id).get(thread_id, [])
         except (OSError, sqlite3.Error) as exc:
-            plan.skipped.append({"thread_id": thread_id, "reason": "history offsets not realigned: %s" % short(str(exc), 120)})
+            plan.skipped.append({"thread_id": thread_id,
+                                 "reason": "history offsets not realigned: %s"
+                                 % short(str(exc), 120)})
             continue
         changes, missing = [], []
         for table, row in rows:
@@ -3855,24 +4036,30 @@ def plan_offset_realignment(inv: "Inventory", plan: "Plan", busy_ids: set) -> No
                 if want != offset:
                     new[offset_column], old[offset_column] = want, offset
             if new:
-                changes.append(SqlChange(db_path, table, {k: row[k] for k in keys}, new, expect=old, thread_id=thread_id))
+                changes.append(SqlChange(db_path, table, {k: row[k] for k in keys}, new, expect=old,
+                                         thread_id=thread_id))
         if missing:
-            plan.skipped.append({"thread_id": thread_id, "reason": "history offsets not realigned: ordinal(s) %s are "
-                                 "not lines of the rollout" % ", ".join(map(str, sorted(set(missing))[:5]))})
+            plan.skipped.append({"thread_id": thread_id,
+                                 "reason": "history offsets not realigned: ordinal(s) %s are "
+                                           "not lines of the rollout"
+                                 % ", ".join(map(str, sorted(set(missing))[:5]))})
             continue
         plan.sql.extend(changes)
 
 
-def resolve_target_provider(inv: Inventory, requested: str, source_provider: str) -> Tuple[str, str]:
+def resolve_target_provider(inv: Inventory, requested: str,
+                            source_provider: str) -> Tuple[str, str]:
     """`--to auto`: the provider config.toml makes active; when config names none, the provider
     of the latest interactive thread (the one Desktop was last used with), said so."""
     if requested != "auto":
         return requested, "--to"
-    broken = [p["code"] for p in inv.config.problems if p["code"] in ("config_unparsable", "config_unreadable",
+    broken = [p["code"]
+              for p in inv.config.problems
+              if p["code"] in ("config_unparsable", "config_unreadable",
                                                                        "profile_missing")]
     if broken:
-        raise refuse("--to auto cannot tell the active provider (%s); fix config.toml, or name the provider "
-                     "with --to PROVIDER" % ", ".join(broken), None)
+        raise refuse("--to auto cannot tell the active provider (%s); fix config.toml, or name the "
+                     "provider with --to PROVIDER" % ", ".join(broken), None)
     if not inv.config.provider_is_default:
         return inv.config.provider, inv.config.provider_source
     latest = latest_interactive_thread(inv)
@@ -3889,7 +4076,8 @@ def check_provider_option(option: str, value: str, allow_empty: bool) -> None:
     if not value and not allow_empty:
         raise UsageError("%s: empty provider name" % option)
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
-        raise UsageError("%s: the provider name contains a control character (%r)" % (option, value[:60]))
+        raise UsageError("%s: the provider name contains a control character (%r)"
+                         % (option, value[:60]))
 
 
 def plan_provider_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
@@ -3898,25 +4086,31 @@ def plan_provider_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
     plan = Plan("repair-provider")
     config = inv.config
     if config.surfaces_disagree and config.surface is None:
-        raise UsageError("on Codex %s the codex CLI (--profile %s) lists provider %s but Desktop and the IDE "
-                         "(app-server, no --profile) list %s: moving threads to one hides them from the other. "
-                         "Ask which app is used and add --surface cli or --surface app" % (
-                             ".".join(map(str, inv.reader["version"])) or "(unknown release)", config.requested[0],
-                             config.surfaces["cli"]["provider"], config.surfaces["app"]["provider"]))
+        raise UsageError("on Codex %s the codex CLI (--profile %s) lists provider %s but Desktop "
+                         "and the IDE (app-server, no --profile) list %s: moving threads to one "
+                         "hides them from the other. Ask which app is used and add --surface cli "
+                         "or --surface app" % (
+                             ".".join(map(str, inv.reader["version"])) or "(unknown release)",
+                             config.requested[0],
+                             config.surfaces["cli"]["provider"],
+                             config.surfaces["app"]["provider"]))
     target, target_source = resolve_target_provider(inv, args.to, args.from_provider)
     plan.notes.update({"from": args.from_provider, "to": target, "to_source": target_source,
-                       "scope": {"sources": scope_sources(args), "include_archived": args.include_archived,
+                       "scope": {"sources": scope_sources(args),
+                                 "include_archived": args.include_archived,
                                  "include_empty": args.include_empty}})
     if target == args.from_provider:
         raise UsageError("--from and --to name the same provider (%s); nothing would move" % target)
     if not inv.config.knows_provider(target):
-        plan.warnings.append("provider %s is not defined in config.toml; Codex cannot resume threads "
-                             "moved to it until it is" % target)
+        plan.warnings.append("provider %s is not defined in config.toml; Codex cannot resume "
+                             "threads moved to it until it is" % target)
     if config.surfaces_disagree:
         other = "app" if config.surface == "cli" else "cli"
-        plan.warnings.append("moving threads for %s (which uses %s): %s uses %s, and there the moved threads "
-                             "drop out of provider-filtered lists and cannot be resumed" % (
-            SURFACE_NAMES[config.surface], config.surfaces[config.surface]["provider"], SURFACE_NAMES[other],
+        plan.warnings.append("moving threads for %s (which uses %s): %s uses %s, and there the "
+                             "moved threads drop out of provider-filtered lists and cannot be "
+                             "resumed" % (
+            SURFACE_NAMES[config.surface], config.surfaces[config.surface]["provider"],
+            SURFACE_NAMES[other],
             config.surfaces[other]["provider"]))
     encrypted = 0
     for view in inv.threads.values():
@@ -3939,15 +4133,18 @@ def plan_provider_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
             plan.skipped.append({"thread_id": view.id, "reason": short(str(exc), 160)})
             continue
         if view.row is not None and view.db_provider == args.from_provider:
-            plan.sql.append(SqlChange(inv.live_db.path, "threads", {"id": view.id}, {"model_provider": target},
-                                      expect={"model_provider": args.from_provider}, thread_id=view.id))
+            plan.sql.append(SqlChange(inv.live_db.path, "threads", {"id": view.id},
+                                      {"model_provider": target},
+                                      expect={"model_provider": args.from_provider},
+                                      thread_id=view.id))
     # A run killed between replacing a rollout and updating the projection left offsets behind.
     plan_offset_realignment(inv, plan, {e.thread_id for e in plan.rollout_edits})
     if encrypted:
-        plan.warnings.append("%d moved thread(s) carry encrypted reasoning (encrypted_content); it may not "
-                             "verify under another provider or account, and resuming can fail until the "
-                             "original provider is configured again" % encrypted)
-    plan.notes["threads"] = len({e.thread_id for e in plan.rollout_edits} | {c.thread_id for c in plan.sql})
+        plan.warnings.append("%d moved thread(s) carry encrypted reasoning (encrypted_content); it "
+                             "may not verify under another provider or account, and resuming can "
+                             "fail until the original provider is configured again" % encrypted)
+    plan.notes["threads"] = len({e.thread_id for e in plan.rollout_edits}
+                                | {c.thread_id for c in plan.sql})
     return plan
 
 
@@ -3957,7 +4154,8 @@ def provider_rollout_edit(path: Path, thread_id: str, old: Optional[str], new: O
     unchanged copy, still read whole and fingerprinted."""
     if old is None or new is None or old == new:
         return plan_rollout_edit(path, thread_id, lambda raw: None, PROVIDER_LINE_MARKERS, target)
-    return plan_rollout_edit(path, thread_id, lambda raw: provider_line_edit(raw, thread_id, old, new),
+    return plan_rollout_edit(path, thread_id,
+                             lambda raw: provider_line_edit(raw, thread_id, old, new),
                              PROVIDER_LINE_MARKERS, target)
 
 
@@ -3989,11 +4187,13 @@ def provider_repair_lasting_blocker(view: ThreadView, inv: Inventory) -> Optiona
         # The line to edit is the unreadable one: a partial edit would leave Codex a mixed record.
         return "its session_meta line cannot be read; it is left as it is"
     if len(view.files) > 1:
-        return "thread id carried by %d rollout files; resolve the duplicate first" % len(view.files)
+        return ("thread id carried by %d rollout files; resolve the duplicate first"
+                % len(view.files))
     if view.primary.file in inv.linked_rollouts:
         # Writes never go through a link (the rollout is one, or lies in a linked folder);
         # replacing the link is the user's choice (rollout_is_link's manual step).
-        return "its rollout is a symbolic link (rollout_is_link): replace it by the file it points to first"
+        return ("its rollout is a symbolic link (rollout_is_link): replace it by the file it "
+                "points to first")
     return None
 
 
@@ -4056,7 +4256,8 @@ def cwd_line_edit(raw: bytes, thread_id: str, old: str, new: str) -> Optional[Tu
     for value, (moved, count) in moves.items():
         edited = replace_string_tokens(edited, value, moved, count, thread_id)
     if json.loads(edited.decode("utf-8")) != record:
-        raise PlanError("%s: moving the folder would change more than its folder fields" % thread_id)
+        raise PlanError("%s: moving the folder would change more than its folder fields"
+                        % thread_id)
     return edited + ending, "cwd"
 
 
@@ -4081,7 +4282,8 @@ def canonical_target_folder(new: str) -> str:
 
 # Desktop keys that hold project folders (as values, list items or object keys).
 WORKSPACE_ROOT_KEYS = ("electron-saved-workspace-roots", "active-workspace-roots", "project-order",
-                       "electron-workspace-root-labels", "thread-workspace-root-hints", "local-projects",
+                       "electron-workspace-root-labels", "thread-workspace-root-hints",
+                       "local-projects",
                        "thread-project-assignments")
 
 
@@ -4109,13 +4311,16 @@ def remap_json_folders(value: Any, old: str, new: str) -> Any:
     return value
 
 
-def plan_workspace_roots_remap(home: Path, old: str, new: str, skipped: List[Dict[str, Any]]) -> Optional[FileWrite]:
+def plan_workspace_roots_remap(home: Path, old: str, new: str,
+                               skipped: List[Dict[str, Any]]) -> Optional[FileWrite]:
     try:
         found = load_global_state(home, parse_float=finite_float, parse_constant=no_constant)
     except (OSError, NonFiniteNumber) as exc:
         # Written back, 1e999 would become `Infinity`, which is not JSON: Desktop could not read it.
-        skipped.append({"path": GLOBAL_STATE_FILE, "reason": "%s %s; its workspace roots are left as they are" % (
-            "it holds the number" if isinstance(exc, NonFiniteNumber) else "cannot be read:", short(str(exc), 100))})
+        skipped.append({"path": GLOBAL_STATE_FILE,
+                        "reason": "%s %s; its workspace roots are left as they are" % (
+            "it holds the number" if isinstance(exc, NonFiniteNumber) else "cannot be read:",
+            short(str(exc), 100))})
         return None
     except ValueError:
         return None
@@ -4134,9 +4339,11 @@ def plan_workspace_roots_remap(home: Path, old: str, new: str, skipped: List[Dic
     if not changed:
         return None
     indent = 2 if b"\n " in raw else None
-    text = json.dumps(data, indent=indent, separators=(",", ": ") if indent else (",", ":"), ensure_ascii=False,
+    text = json.dumps(data, indent=indent, separators=(",", ": ") if indent else (",", ":"),
+                      ensure_ascii=False,
                       allow_nan=False)
-    return FileWrite(home / GLOBAL_STATE_FILE, json_text_bytes(text) + (b"\n" if raw.endswith(b"\n") else b""),
+    return FileWrite(home / GLOBAL_STATE_FILE,
+                     json_text_bytes(text) + (b"\n" if raw.endswith(b"\n") else b""),
                      {"remapped": changed})
 
 
@@ -4147,11 +4354,13 @@ def plan_cwd_remap(inv: Inventory, args: argparse.Namespace) -> Plan:
     plan = Plan("remap-cwd")
     old, new = args.from_folder, args.to_folder
     if folder_key(old) is None or folder_key(new) is None:
-        raise UsageError("--from and --to must be absolute folders (C:\\..., \\\\?\\C:\\..., /mnt/c/... or /...)")
+        raise UsageError("--from and --to must be absolute folders (C:\\..., \\\\?\\C:\\..., "
+                         "/mnt/c/... or /...)")
     new = canonical_target_folder(new)
     if remap_folder(new, old, new) is not None:
         # Also a folder inside --from: a second run would move the threads again, and again.
-        raise UsageError("--to (%s) is --from or lies inside it; a remap must move threads out of --from" % new)
+        raise UsageError("--to (%s) is --from or lies inside it; a remap must move threads out of "
+                         "--from" % new)
     plan.notes.update({"from": old, "to": new, "folders": {}})
     for view in inv.threads.values():
         row_cwd = str((view.row or {}).get("cwd") or "")
@@ -4173,7 +4382,8 @@ def plan_cwd_remap(inv: Inventory, args: argparse.Namespace) -> Plan:
             plan.rollout_edits.append(edit)
             plan.sql.extend(plan_projection_shift(inv, edit))
         if row_cwd in targets:
-            plan.sql.append(SqlChange(inv.live_db.path, "threads", {"id": view.id}, {"cwd": targets[row_cwd]},
+            plan.sql.append(SqlChange(inv.live_db.path, "threads", {"id": view.id},
+                                      {"cwd": targets[row_cwd]},
                                       expect={"cwd": row_cwd}, thread_id=view.id))
         shown = row_cwd if row_cwd in targets else meta_cwd
         plan.notes["folders"][view.id] = "%s -> %s" % (shown, targets[shown])
@@ -4205,9 +4415,11 @@ def plan_user_events_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
         if reason is None or view.primary is None:
             continue
         if view.primary.evidence_kind == "attachment" and preview_rederived(inv.release):
-            plan.skipped.append({"thread_id": view.id, "reason": "its first prompt is only an attachment and this "
-                                 "Codex derives the preview from the rollout, so no DB edit shows it: pin the "
-                                 "thread, or open it by id and send one message"})
+            plan.skipped.append({"thread_id": view.id,
+                                 "reason": "its first prompt is only an attachment and this Codex "
+                                           "derives the preview from the rollout, so no DB edit "
+                                           "shows it: pin the thread, or open it by id and send "
+                                           "one message"})
             continue
         try:
             text = full_first_user_text(view.primary.path)
@@ -4223,7 +4435,8 @@ def plan_user_events_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
             if column in columns and not view.row.get("has_" + column):
                 values[column] = text
         if values:
-            plan.sql.append(SqlChange(inv.live_db.path, "threads", {"id": view.id}, values, thread_id=view.id))
+            plan.sql.append(SqlChange(inv.live_db.path, "threads", {"id": view.id}, values,
+                                      thread_id=view.id))
     plan.notes["threads"] = len(plan.sql)
     return plan
 
@@ -4264,14 +4477,18 @@ def plan_ui_state_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
     try:
         found = load_global_state(inv.home, parse_float=finite_float, parse_constant=no_constant)
     except OSError as exc:
-        plan.skipped.append({"path": path.name, "reason": "cannot be read (%s); it is left as it is" % short(str(exc), 100)})
+        plan.skipped.append({"path": path.name,
+                             "reason": "cannot be read (%s); it is left as it is"
+                             % short(str(exc), 100)})
         return plan
     except NonFiniteNumber as exc:
-        plan.skipped.append({"path": path.name, "reason": "it holds the number %s, which JSON cannot write back "
-                             "unchanged; it is left as it is" % short(str(exc), 40)})
+        plan.skipped.append({"path": path.name,
+                             "reason": "it holds the number %s, which JSON cannot write back "
+                                       "unchanged; it is left as it is" % short(str(exc), 40)})
         return plan
     except ValueError:
-        plan.skipped.append({"path": path.name, "reason": "not JSON; Codex Desktop rewrites it on its next exit"})
+        plan.skipped.append({"path": path.name,
+                             "reason": "not JSON; Codex Desktop rewrites it on its next exit"})
         return plan
     if found is None:
         return plan
@@ -4286,7 +4503,8 @@ def plan_ui_state_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
         atoms[key] = new
     indent = 2 if b"\n " in raw else None
     separators = (",", ": ") if indent else (",", ":")
-    text = json.dumps(data, indent=indent, separators=separators, ensure_ascii=False, allow_nan=False)
+    text = json.dumps(data, indent=indent, separators=separators, ensure_ascii=False,
+                      allow_nan=False)
     data_out = json_text_bytes(text) + (b"\n" if raw.endswith(b"\n") else b"")
     plan.file_writes.append(FileWrite(path, data_out, {"reset": sorted(changes)}))
     return plan
@@ -4315,7 +4533,9 @@ def plan_index_rebuild(inv: Inventory, args: argparse.Namespace) -> Plan:
     plan = Plan("rebuild-index")
     path = inv.home / "session_index.jsonl"
     if inv.index.get("error"):
-        plan.skipped.append({"path": path.name, "reason": "cannot be read (%s); it is left as it is" % inv.index["error"]})
+        plan.skipped.append({"path": path.name,
+                             "reason": "cannot be read (%s); it is left as it is"
+                             % inv.index["error"]})
         return plan
     stale = set(index_stale_ids(inv))
     missing = index_missing_name_ids(inv)
@@ -4332,9 +4552,11 @@ def plan_index_rebuild(inv: Inventory, args: argparse.Namespace) -> Plan:
         latest[thread_id] = {"id": thread_id, "thread_name": view.row["name"],
                              "updated_at": iso_from_millis(view.updated_ms)}
     ordered = sorted(latest.values(), key=lambda e: str(e.get("updated_at") or ""))
-    data = b"".join(json_text_bytes(json.dumps(e, separators=(",", ":"), ensure_ascii=False)) + b"\n" for e in ordered)
+    data = b"".join(json_text_bytes(json.dumps(e, separators=(",", ":"), ensure_ascii=False))
+                    + b"\n" for e in ordered)
     plan.file_writes.append(FileWrite(path, data, {
-        "entries_before": inv.index["entries"], "entries_after": len(ordered), "dropped_stale": len(stale),
+        "entries_before": inv.index["entries"], "entries_after": len(ordered),
+        "dropped_stale": len(stale),
         "dropped_bad_lines": inv.index["bad_lines"], "added_from_db_names": len(missing)}))
     return plan
 
@@ -4345,43 +4567,58 @@ def plan_reindex(inv: Inventory, args: argparse.Namespace) -> Plan:
     --prune-missing) no rows for conversations whose file is gone."""
     plan = Plan("reindex")
     if not inv.has_db:
-        plan.skipped.append({"path": "state DB", "reason": "no readable state DB: Codex lists rollouts directly; "
-                             "see rebuild-db for a damaged one"})
+        plan.skipped.append({"path": "state DB",
+                             "reason": "no readable state DB: Codex lists rollouts directly; "
+                                       "see rebuild-db for a damaged one"})
         return plan
     db = inv.live_db
     for view in inv.threads.values():
         codes = {r["code"] for r in view.reasons}
         if len(view.files) > 1 and codes & {"no_db_row", "rollout_path_stale"}:
-            plan.skipped.append({"thread_id": view.id, "reason": "carried by %d rollout files (%s); never merged "
-                                 "blindly: keep the one to use" % (len(view.files), ", ".join(f.rel for f in view.files))})
+            plan.skipped.append({"thread_id": view.id,
+                                 "reason": "carried by %d rollout files (%s); never merged "
+                                           "blindly: keep the one to use"
+                                 % (len(view.files), ", ".join(f.rel for f in view.files))})
             continue
         if "no_db_row" in codes:
-            blocker = set(view.primary.problems) & {"id_mismatch", "legacy_format", "compressed", "unreadable",
-                                                    "first_line_not_session_meta", "empty_file", "not_a_file"}
+            blocker = set(view.primary.problems) & {"id_mismatch", "legacy_format", "compressed",
+                                                    "unreadable",
+                                                    "first_line_not_session_meta", "empty_file",
+                                                    "not_a_file"}
             blocker |= {index_blocker(view.primary, inv.home)} - {None}
             if blocker:
-                plan.skipped.append({"thread_id": view.id, "reason": "rollout cannot be indexed: %s" % ", ".join(sorted(blocker))})
+                plan.skipped.append({"thread_id": view.id,
+                                     "reason": "rollout cannot be indexed: %s"
+                                     % ", ".join(sorted(blocker))})
                 continue
-            plan.sql.append(SqlChange(db.path, "threads", {"id": view.id}, row_from_rollout(view, inv),
+            plan.sql.append(SqlChange(db.path, "threads", {"id": view.id},
+                                      row_from_rollout(view, inv),
                                       thread_id=view.id, op="insert"))
         elif "rollout_path_stale" in codes:
             found = view.files[0]
             values = {"rollout_path": found.file}
             values.update(archive_values(found, view.row, set(db.columns)))
-            plan.sql.append(SqlChange(db.path, "threads", {"id": view.id}, values, thread_id=view.id))
+            plan.sql.append(SqlChange(db.path, "threads", {"id": view.id}, values,
+                                      thread_id=view.id))
         elif "archive_flag_mismatch" in codes:
             values = archive_values(view.primary, view.row, set(db.columns))
             if values:
-                plan.sql.append(SqlChange(db.path, "threads", {"id": view.id}, values, thread_id=view.id))
+                plan.sql.append(SqlChange(db.path, "threads", {"id": view.id}, values,
+                                          thread_id=view.id))
         elif "rollout_missing" in codes:
             if args.prune_missing and inv.unreadable_folders:
-                plan.skipped.append({"thread_id": view.id, "reason": "not pruned: %d folder(s) under sessions/ "
-                                     "cannot be read, so no rollout can be proven gone" % len(inv.unreadable_folders)})
+                plan.skipped.append({"thread_id": view.id,
+                                     "reason": "not pruned: %d folder(s) under sessions/ "
+                                               "cannot be read, so no rollout can be proven gone"
+                                     % len(inv.unreadable_folders)})
             elif args.prune_missing:
-                plan.sql.append(SqlChange(db.path, "threads", {"id": view.id}, {}, thread_id=view.id, op="delete"))
+                plan.sql.append(SqlChange(db.path, "threads", {"id": view.id}, {},
+                                          thread_id=view.id, op="delete"))
             else:
-                plan.skipped.append({"thread_id": view.id, "reason": "its rollout is gone; the row is kept "
-                                     "(--prune-missing removes it; Codex drops such rows itself when listing)"})
+                plan.skipped.append({"thread_id": view.id,
+                                     "reason": "its rollout is gone; the row is kept "
+                                               "(--prune-missing removes it; Codex drops such rows "
+                                               "itself when listing)"})
     plan.notes["threads"] = len(plan.sql)
     # A run killed between replacing a rollout and updating the history projection left offsets
     # that no longer agree with the rollout: the projection is an index of the rollouts too.
@@ -4389,7 +4626,8 @@ def plan_reindex(inv: Inventory, args: argparse.Namespace) -> Plan:
     return plan
 
 
-def archive_values(info: RolloutInfo, row: Optional[Dict[str, Any]], columns: set) -> Dict[str, Any]:
+def archive_values(info: RolloutInfo, row: Optional[Dict[str, Any]],
+                   columns: set) -> Dict[str, Any]:
     """The archived flag follows the file's folder, as Codex's own reconcile does."""
     archived = int(info.archived_location)
     if row is not None and int(bool(row.get("archived"))) == archived:
@@ -4408,30 +4646,38 @@ def row_from_rollout(view: ThreadView, inv: Inventory) -> Dict[str, Any]:
     text = full_first_user_text(info.path) or ""
     created_ms = iso_to_millis(meta.get("timestamp")) or int(info.mtime * 1000)
     updated_ms = int(info.mtime * 1000)
-    provider = info.provider or inv.config.provider  # CODEX-COMPAT: an absent provider means the default
+    # CODEX-COMPAT: an absent provider means the default
+    provider = info.provider or inv.config.provider
     values: Dict[str, Any] = {
-        "rollout_path": info.file, "created_at": created_ms // 1000, "updated_at": updated_ms // 1000,
+        "rollout_path": info.file, "created_at": created_ms // 1000,
+        "updated_at": updated_ms // 1000,
         "created_at_ms": created_ms, "updated_at_ms": updated_ms, "recency_at": updated_ms // 1000,
         "recency_at_ms": updated_ms, "source": info.source or "vscode", "model_provider": provider,
-        "cwd": str(meta.get("cwd") or ""), "title": text, "first_user_message": text, "preview": text,
-        "cli_version": str(meta.get("cli_version") or ""), "thread_source": meta.get("thread_source"),
+        "cwd": str(meta.get("cwd") or ""), "title": text, "first_user_message": text,
+        "preview": text,
+        "cli_version": str(meta.get("cli_version") or ""),
+        "thread_source": meta.get("thread_source"),
         "history_mode": meta.get("history_mode") or "legacy", "originator": meta.get("originator"),
-        "archived": int(info.archived_location), "archived_at": int(info.mtime) if info.archived_location else None,
+        "archived": int(info.archived_location),
+        "archived_at": int(info.mtime) if info.archived_location else None,
         "has_user_event": 1 if text and inv.gate_column() == "has_user_event" else 0,
     }
     columns = {c[1]: c for c in inv.live_db.column_info}
     row = {k: v for k, v in values.items() if k in columns and k != "id"}
-    for name, (_cid, _name, ctype, notnull, default, _pk) in ((c[1], c) for c in inv.live_db.column_info):
+    for name, (_cid, _name, ctype, notnull, default, _pk) in ((c[1], c)
+                                                              for c in inv.live_db.column_info):
         if name in row or name == "id" or not notnull or default is not None:
             continue
-        row[name] = 0 if "INT" in str(ctype).upper() else ""  # NOT NULL with no default: a neutral value
+        # NOT NULL with no default: a neutral value
+        row[name] = 0 if "INT" in str(ctype).upper() else ""
     return row
 
 
 def iso_to_millis(text: Any) -> Optional[int]:
     if not isinstance(text, str):
         return None
-    match = re.match(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?Z?$", text.strip())
+    match = re.match(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?Z?$",
+                     text.strip())
     if not match:
         return None
     parts = [int(g) for g in match.groups()[:6]]
@@ -4443,7 +4689,8 @@ def iso_to_millis(text: Any) -> Optional[int]:
     return int(stamp.timestamp()) * 1000 + int(fraction)
 
 
-REBUILD_REASONS = ("state_db_unreadable", "state_db_corrupt", "migration_checksum_drift", "backfill_incomplete")
+REBUILD_REASONS = ("state_db_unreadable", "state_db_corrupt", "migration_checksum_drift",
+                   "backfill_incomplete")
 
 
 def plan_rebuild_db(inv: Inventory, args: argparse.Namespace) -> Plan:
@@ -4457,8 +4704,9 @@ def plan_rebuild_db(inv: Inventory, args: argparse.Namespace) -> Plan:
     if db is None or not reasons:
         return plan
     plan.notes.update({"db": display_path(db.path, inv.home), "because": reasons,
-                       "after": "start Codex once: it rebuilds the DB from the rollouts (archive flags follow "
-                                "the folders; pins and DB-only settings are not rebuilt)"})
+                       "after": "start Codex once: it rebuilds the DB from the rollouts (archive "
+                                "flags follow the folders; pins and DB-only settings are not "
+                                "rebuilt)"})
     if inv.has_db:
         plan.file_writes.extend(plan_index_rebuild(inv, args).file_writes)
     # A DB never leaves without its -journal: a hot one holds the pages a crash left half-written.
@@ -4477,8 +4725,10 @@ def plan_rebuild_db(inv: Inventory, args: argparse.Namespace) -> Plan:
 IMPORT_BLOCKERS = ("compressed", "unreadable", "not_a_file", "empty_file", "legacy_format",
                    "first_line_not_session_meta", "id_mismatch")
 # The 0.169.0 history projection: the rows a paginated thread needs to open with its turns.
-PROJECTION_TABLES = ("thread_turns", "thread_items", "thread_realtime_items", "thread_history_projection_state")
-COPIED_OFFSET_COLUMNS = ("rollout_byte_offset", "rollout_end_byte_offset", "next_rollout_byte_offset")
+PROJECTION_TABLES = ("thread_turns", "thread_items", "thread_realtime_items",
+                     "thread_history_projection_state")
+COPIED_OFFSET_COLUMNS = ("rollout_byte_offset", "rollout_end_byte_offset",
+                         "next_rollout_byte_offset")
 
 
 def open_db_snapshot(path: Path) -> sqlite3.Connection:
@@ -4488,7 +4738,8 @@ def open_db_snapshot(path: Path) -> sqlite3.Connection:
     if Path(str(path) + "-wal").exists():
         conn = _open_private_copy(path)
     else:
-        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro&immutable=1", uri=True, timeout=5.0)
+        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro&immutable=1", uri=True,
+                               timeout=5.0)
     conn.row_factory = sqlite3.Row
     return conn
 
@@ -4500,7 +4751,8 @@ class OtherHome:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.warnings: List[str] = []
-        self.sessions_only = not any((root / top).is_dir() for top in ("sessions", "archived_sessions"))
+        self.sessions_only = not any((root / top).is_dir()
+                                     for top in ("sessions", "archived_sessions"))
         if self.sessions_only:
             # A bare sessions/ (or archived_sessions/) folder: its files are placed by their names.
             self.base = root.parent
@@ -4508,11 +4760,13 @@ class OtherHome:
         else:
             self.base = root
             files = iter_rollout_files(root)
-        self.rollouts = [scan_rollout(path, self.base) for path in progress(files, "reading the other home")]
+        self.rollouts = [scan_rollout(path, self.base)
+                         for path in progress(files, "reading the other home")]
         try:
             index = read_session_index(root) if not self.sessions_only else {"names": {}}
         except OSError as exc:
-            self.warnings.append("the other home's session_index.jsonl cannot be read (%s)" % short(str(exc), 100))
+            self.warnings.append("the other home's session_index.jsonl cannot be read (%s)"
+                                 % short(str(exc), 100))
             index = {"names": {}}
         self.index_names: Dict[str, str] = {k: v for k, v in index["names"].items() if v}
         self.db_names = self._db_names()
@@ -4540,8 +4794,8 @@ class OtherHome:
             finally:
                 conn.close()
         except sqlite3.Error as exc:
-            self.warnings.append("the other home's state DB cannot be read (%s); thread names come from its "
-                                 "session_index.jsonl only" % short(str(exc), 100))
+            self.warnings.append("the other home's state DB cannot be read (%s); thread names come "
+                                 "from its session_index.jsonl only" % short(str(exc), 100))
             return {}
 
     def name_of(self, thread_id: str) -> Optional[str]:
@@ -4583,8 +4837,10 @@ def strip_rewritable_fields(record: Any) -> Any:
     if not isinstance(record, dict) or not isinstance(record.get("payload"), dict):
         return record
     payload = record["payload"]
-    holder = payload.get("thread_settings") if payload.get("type") == "thread_settings_applied" else payload
-    if isinstance(holder, dict) and record.get("type") in ("session_meta", "turn_context", "event_msg"):
+    settings = payload.get("type") == "thread_settings_applied"
+    holder = payload.get("thread_settings") if settings else payload
+    if isinstance(holder, dict) and record.get("type") in ("session_meta", "turn_context",
+                                                           "event_msg"):
         for key in ("model_provider", "model_provider_id", "cwd", "runtime_workspace_roots"):
             holder.pop(key, None)
     return record
@@ -4615,7 +4871,8 @@ def compare_rollouts(ours: Path, theirs: Path) -> str:
             if a == b:
                 continue
             try:
-                same = strip_rewritable_fields(json.loads(a)) == strip_rewritable_fields(json.loads(b))
+                same = (strip_rewritable_fields(json.loads(a))
+                        == strip_rewritable_fields(json.loads(b)))
             except ValueError:
                 same = False
             if not same:
@@ -4640,8 +4897,8 @@ def plan_import(inv: Inventory, args: argparse.Namespace) -> Plan:
         raise UsageError("--from %s is not a folder" % other_root)
     other_root = other_root.resolve()
     if is_within(other_root, inv.home) or is_within(inv.home, other_root):
-        raise UsageError("--from %s is this home or overlaps it; name another home (a copy, a backup, an old "
-                         "machine's .codex or its sessions/ folder)" % other_root)
+        raise UsageError("--from %s is this home or overlaps it; name another home (a copy, a "
+                         "backup, an old machine's .codex or its sessions/ folder)" % other_root)
     target, target_source = resolve_target_provider(inv, args.to, "") if args.to else (None, None)
     other = OtherHome(other_root)
     plan.warnings.extend(other.warnings)
@@ -4649,8 +4906,8 @@ def plan_import(inv: Inventory, args: argparse.Namespace) -> Plan:
     if target_source:
         plan.notes["to_source"] = target_source
     if target and not inv.config.knows_provider(target):
-        plan.warnings.append("provider %s is not defined in config.toml; Codex cannot resume threads "
-                             "moved to it until it is" % target)
+        plan.warnings.append("provider %s is not defined in config.toml; Codex cannot resume "
+                             "threads moved to it until it is" % target)
     names: Dict[str, str] = {}
     counts: Dict[str, int] = {}
     carriers: Dict[str, List[RolloutInfo]] = {}
@@ -4660,9 +4917,11 @@ def plan_import(inv: Inventory, args: argparse.Namespace) -> Plan:
     try:
         for info in sorted(other.rollouts, key=lambda i: i.rel):
             if len(carriers.get(info.thread_id or "", [])) > 1:
-                # Never merged blindly: which of the other home's copies is the thread is the user's call.
+                # Never merged blindly: which of the other home's copies is the thread is the user's
+                # call.
                 if info is carriers[info.thread_id][0]:
-                    import_conflict(plan, info.thread_id, info, [], "the other home carries the thread in %d files "
+                    import_conflict(plan, info.thread_id, info, [],
+                                    "the other home carries the thread in %d files "
                                     "(%s)" % (len(carriers[info.thread_id]),
                                               ", ".join(i.rel for i in carriers[info.thread_id])))
                 counts["conflict"] = counts.get("conflict", 0) + 1
@@ -4670,7 +4929,8 @@ def plan_import(inv: Inventory, args: argparse.Namespace) -> Plan:
             verdict = import_one(inv, plan, other, info, target)
             counts[verdict] = counts.get(verdict, 0) + 1
             name = other.name_of(info.thread_id) if info.thread_id else None
-            if name and verdict not in ("skipped", "conflict") and not inv.index["names"].get(info.thread_id):
+            if (name and verdict not in ("skipped", "conflict")
+                    and not inv.index["names"].get(info.thread_id)):
                 names[info.thread_id] = name
     finally:
         other.close()
@@ -4683,13 +4943,15 @@ def plan_import(inv: Inventory, args: argparse.Namespace) -> Plan:
     return plan
 
 
-def import_one(inv: Inventory, plan: Plan, other: OtherHome, info: RolloutInfo, target: Optional[str]) -> str:
+def import_one(inv: Inventory, plan: Plan, other: OtherHome, info: RolloutInfo,
+               target: Optional[str]) -> str:
     """Plan one rollout of the other home; returns what became of it."""
     thread_id = info.thread_id
     blocker = set(info.problems) & set(IMPORT_BLOCKERS)
     destination = import_destination(info)
     if not thread_id or blocker or destination is None:
-        plan.skipped.append({"thread_id": thread_id, "path": str(info.path), "reason": "not imported: %s" % (
+        plan.skipped.append({"thread_id": thread_id, "path": str(info.path),
+                             "reason": "not imported: %s" % (
             ", ".join(sorted(blocker)) if blocker else "not a rollout file name Codex uses")})
         return "skipped"
     carried = info.provider or DEFAULT_PROVIDER
@@ -4697,7 +4959,8 @@ def import_one(inv: Inventory, plan: Plan, other: OtherHome, info: RolloutInfo, 
     ours = view.files if view else []
     try:
         if len(ours) > 1:
-            return import_conflict(plan, thread_id, info, ours, "this home carries the thread in %d files" % len(ours))
+            return import_conflict(plan, thread_id, info, ours,
+                                   "this home carries the thread in %d files" % len(ours))
         if ours:
             verdict = compare_rollouts(ours[0].path, info.path)
             if verdict in IMPORT_VERDICTS:
@@ -4705,8 +4968,8 @@ def import_one(inv: Inventory, plan: Plan, other: OtherHome, info: RolloutInfo, 
             if verdict != "theirs_longer":
                 return import_conflict(plan, thread_id, info, ours, {
                     "conflict": "the two copies differ (not one a continuation of the other)",
-                    "theirs_further": "the other copy is further along, but this home's copy was moved to another "
-                                      "provider or folder since"}[verdict])
+                    "theirs_further": "the other copy is further along, but this home's copy was "
+                                      "moved to another provider or folder since"}[verdict])
             # The same conversation, further along there: the longer copy replaces this home's,
             # which the backup keeps.
             edit = provider_rollout_edit(info.path, thread_id, carried, target, ours[0].path)
@@ -4715,12 +4978,15 @@ def import_one(inv: Inventory, plan: Plan, other: OtherHome, info: RolloutInfo, 
             plan.rollout_edits.append(edit)
             plan.sql.extend(plan_projection_shift(inv, edit))
             if view.row is not None and target and view.db_provider != target and edit.changes:
-                plan.sql.append(SqlChange(inv.live_db.path, "threads", {"id": thread_id}, {"model_provider": target},
-                                          expect={"model_provider": view.db_provider}, thread_id=thread_id))
+                plan.sql.append(SqlChange(inv.live_db.path, "threads", {"id": thread_id},
+                                          {"model_provider": target},
+                                          expect={"model_provider": view.db_provider},
+                                          thread_id=thread_id))
             return "longer_there"
         path = inv.home / destination
         if path.exists():
-            return import_conflict(plan, thread_id, info, [], "%s exists here and is not this thread's rollout"
+            return import_conflict(plan, thread_id, info, [],
+                                   "%s exists here and is not this thread's rollout"
                                    % destination)
         edit = provider_rollout_edit(info.path, thread_id, carried, target, path)
         edit.kept_verbatim = [p for p in info.problems if p in CARRIED_PROBLEMS]
@@ -4733,8 +4999,10 @@ def import_one(inv: Inventory, plan: Plan, other: OtherHome, info: RolloutInfo, 
     return "imported"
 
 
-def import_conflict(plan: Plan, thread_id: str, info: RolloutInfo, ours: List[RolloutInfo], why: str) -> str:
-    plan.findings.append({"code": "import_conflict", "thread_id": thread_id, "message": why + "; neither was changed",
+def import_conflict(plan: Plan, thread_id: str, info: RolloutInfo, ours: List[RolloutInfo],
+                    why: str) -> str:
+    plan.findings.append({"code": "import_conflict", "thread_id": thread_id,
+                          "message": why + "; neither was changed",
                           "this_home": [i.rel for i in ours], "other_home": str(info.path)})
     return "conflict"
 
@@ -4748,7 +5016,8 @@ def import_rows(inv: Inventory, other: OtherHome, info: RolloutInfo, view: Optio
         # A row whose rollout was lost here: point it at the copy.
         values = {"rollout_path": str(edit.target)}
         values.update(archive_values(info, view.row, set(db.columns)))
-        return [SqlChange(db.path, "threads", {"id": info.thread_id}, values, thread_id=info.thread_id)]
+        return [SqlChange(db.path, "threads", {"id": info.thread_id}, values,
+                          thread_id=info.thread_id)]
     row = row_from_rollout(ThreadView(info.thread_id, None, [info]), inv)
     row["rollout_path"] = str(edit.target)
     if target and "model_provider" in row:
@@ -4756,13 +5025,15 @@ def import_rows(inv: Inventory, other: OtherHome, info: RolloutInfo, view: Optio
     name = other.name_of(info.thread_id)
     if name and "name" in set(db.columns):
         row["name"] = name
-    changes = [SqlChange(db.path, "threads", {"id": info.thread_id}, row, thread_id=info.thread_id, op="insert")]
+    changes = [SqlChange(db.path, "threads", {"id": info.thread_id}, row, thread_id=info.thread_id,
+                         op="insert")]
     if info.meta.get("history_mode") == "paginated":
         changes.extend(import_projection(inv, other, info.thread_id, edit))
     return changes
 
 
-def import_projection(inv: Inventory, other: OtherHome, thread_id: str, edit: RolloutEdit) -> List[SqlChange]:
+def import_projection(inv: Inventory, other: OtherHome, thread_id: str,
+                      edit: RolloutEdit) -> List[SqlChange]:
     """CODEX-COMPAT: 0.169.0 opens a paginated thread from its history projection; with no
     rows there it lists the thread but shows no turns (measured), so they come along."""
     rows = other.projection_rows(thread_id)
@@ -4770,8 +5041,9 @@ def import_projection(inv: Inventory, other: OtherHome, thread_id: str, edit: Ro
     if not any(rows.values()):
         return []
     if dest is None:
-        other.warnings.append("this home has no thread_history_*.sqlite: imported paginated threads list, but a "
-                              "0.169-era Codex shows their turns only after one `codex resume ID`")
+        other.warnings.append("this home has no thread_history_*.sqlite: imported paginated "
+                              "threads list, but a 0.169-era Codex shows their turns only after "
+                              "one `codex resume ID`")
         return []
     with readonly_db(dest) as conn:
         changes = []
@@ -4781,19 +5053,23 @@ def import_projection(inv: Inventory, other: OtherHome, thread_id: str, edit: Ro
             info = list(conn.execute("PRAGMA table_info(%s)" % table))
             columns = [c[1] for c in info]
             keys = [c[1] for c in sorted(info, key=lambda c: c[5]) if c[5]] or columns
-            if conn.execute("SELECT 1 FROM %s WHERE thread_id = ?" % table, (thread_id,)).fetchone():
-                return []  # this home has projection rows of its own for the thread: Codex keeps them
+            if conn.execute("SELECT 1 FROM %s WHERE thread_id = ?" % table,
+                            (thread_id,)).fetchone():
+                # this home has projection rows of its own for the thread: Codex keeps them
+                return []
             for row in rows[table]:
                 values = {c: row[c] for c in columns if c in row}
                 for column in COPIED_OFFSET_COLUMNS:
                     if isinstance(values.get(column), int):
                         values[column] = edit.shift(values[column])
                 key = {k: values.pop(k) for k in keys}
-                changes.append(SqlChange(dest, table, key, values, thread_id=thread_id, op="insert"))
+                changes.append(SqlChange(dest, table, key, values, thread_id=thread_id,
+                                         op="insert"))
         return changes
 
 
-def plan_index_names(inv: Inventory, names: Dict[str, str], other: OtherHome) -> Optional[FileWrite]:
+def plan_index_names(inv: Inventory, names: Dict[str, str],
+                     other: OtherHome) -> Optional[FileWrite]:
     """session_index.jsonl with the imported threads' names appended (the lines already there
     are kept byte for byte): `codex exec resume NAME` reads only the index."""
     if not names:
@@ -4808,7 +5084,8 @@ def plan_index_names(inv: Inventory, names: Dict[str, str], other: OtherHome) ->
         view_time = mtimes.get(thread_id)
         entry = {"id": thread_id, "thread_name": names[thread_id],
                  "updated_at": iso_from_millis(int(view_time * 1000)) if view_time else None}
-        added += json.dumps(entry, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
+        text = json.dumps(entry, separators=(",", ":"), ensure_ascii=False)
+        added += text.encode("utf-8") + b"\n"
     return FileWrite(path, existing + added, {"names_added": len(names)})
 
 
@@ -4825,12 +5102,14 @@ class Repair:
     def __init__(self, name: str, planner: Any, summary: str, description: str, *,
                  cures: Sequence[str] = (), after: Sequence[str] = (), options: Any = None,
                  next_args: Any = None, desktop_must_quit: bool = False) -> None:
-        self.name, self.planner, self.summary, self.description = name, planner, summary, description
+        self.name, self.planner = name, planner
+        self.summary, self.description = summary, description
         self.cures, self.after, self.options = tuple(cures), tuple(after), options
         self.desktop_must_quit = desktop_must_quit
         self._next_args = next_args
 
-    def next_args(self, inv: Inventory, findings: List[Dict[str, Any]], view: Optional[ThreadView]) -> List[List[str]]:
+    def next_args(self, inv: Inventory, findings: List[Dict[str, Any]],
+                  view: Optional[ThreadView]) -> List[List[str]]:
         """The argument tails of the lines to run (after the command name), one per line;
         none when this repair would plan nothing."""
         if self._next_args is not None:
@@ -4844,11 +5123,13 @@ def provider_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from", dest="from_provider", required=True, metavar="PROVIDER",
                         help="the provider the hidden threads carry (see diagnose)")
     parser.add_argument("--to", default="auto", metavar="PROVIDER|auto",
-                        help="target provider; `auto` (default) is the one config.toml makes active")
+                        help="target provider; `auto` (default) is the one config.toml makes "
+                             "active")
     _scope_options(parser)
 
 
-def provider_next_args(inv: Inventory, findings: List[Dict[str, Any]], view: Optional[ThreadView]) -> List[List[str]]:
+def provider_next_args(inv: Inventory, findings: List[Dict[str, Any]],
+                       view: Optional[ThreadView]) -> List[List[str]]:
     """`--from P --to ACTIVE` per provider to move, with the scope diagnose judged in; for one
     thread, the scope that reaches it (its source, archived, empty)."""
     if view is None:
@@ -4858,7 +5139,8 @@ def provider_next_args(inv: Inventory, findings: List[Dict[str, Any]], view: Opt
     undecided = inv.config.surfaces_disagree and inv.config.surface is None
     if provider is None or undecided or provider_repair_lasting_blocker(view, inv):
         return []
-    scope = {"sources": ["cli", "vscode"] if source_kind(view.source) in ("cli", "vscode") else [source_kind(view.source)],
+    scope = {"sources": ["cli", "vscode"] if source_kind(view.source) in ("cli", "vscode")
+             else [source_kind(view.source)],
              "include_archived": view.archived, "include_empty": not view.has_evidence}
     return [["--from", provider, "--to", inv.config.provider] + scope_options(scope)]
 
@@ -4883,7 +5165,8 @@ def reindex_options(parser: argparse.ArgumentParser) -> None:
                         help="also delete rows whose rollout file no longer exists")
 
 
-def rebuild_db_next_args(inv: Inventory, findings: List[Dict[str, Any]], view: Optional[ThreadView]) -> List[List[str]]:
+def rebuild_db_next_args(inv: Inventory, findings: List[Dict[str, Any]],
+                         view: Optional[ThreadView]) -> List[List[str]]:
     wanted = [f for f in findings if f["code"] in REBUILD_REASONS
               and (f["code"] != "backfill_incomplete" or f["evidence"].get("stale"))]
     return [[]] if wanted and view is None else []
@@ -4899,53 +5182,65 @@ REPAIRS: Tuple[Repair, ...] = (
            cures=("provider_mismatch",), after=("rebuild-db", "reindex"),
            options=provider_options, next_args=provider_next_args),
     Repair("repair-user-events", plan_user_events_repair,
-           "fill a blank preview/first message from the rollout's first user message (state DB only)",
-           "For rows whose listing column is blank although the rollout has a real user message, set "
-           "has_user_event and fill the blank first_user_message, preview and title. Never rewrites rollouts.",
+           "fill a blank preview/first message from the rollout's first user message (state DB "
+           "only)",
+           "For rows whose listing column is blank although the rollout has a real user message, "
+           "set has_user_event and fill the blank first_user_message, preview and title. Never "
+           "rewrites rollouts.",
            cures=("user_event_missing",), after=("rebuild-db", "reindex")),
     Repair("repair-ui-state", plan_ui_state_repair,
            "reset Desktop's sidebar filters (all workspaces, recent order, nothing collapsed)",
-           "Reset the sidebar keys of .codex-global-state.json that hide threads; unknown keys stay as "
-           "they are. Refuses while Codex Desktop runs: it rewrites the file when it exits.",
+           "Reset the sidebar keys of .codex-global-state.json that hide threads; unknown keys "
+           "stay as they are. Refuses while Codex Desktop runs: it rewrites the file when it "
+           "exits.",
            cures=("sidebar_filtered",), desktop_must_quit=True),
     Repair("rebuild-index", plan_index_rebuild,
            "rewrite session_index.jsonl without stale entries, keeping every thread name",
-           "Drop entries whose rollout no longer exists and lines that are not entries, keep the last "
-           "non-empty name of each thread, and add names the state DB has that the index lacks.",
-           cures=("index_stale", "index_bad_lines", "index_missing_names"), after=("rebuild-db", "reindex")),
+           "Drop entries whose rollout no longer exists and lines that are not entries, keep the "
+           "last non-empty name of each thread, and add names the state DB has that the index "
+           "lacks.",
+           cures=("index_stale", "index_bad_lines", "index_missing_names"),
+           after=("rebuild-db", "reindex")),
     Repair("reindex", plan_reindex,
-           "make the state DB agree with the rollouts: add missing rows, fix paths and archive flags",
+           "make the state DB agree with the rollouts: add missing rows, fix paths and archive "
+           "flags",
            "Insert a row for each rollout the DB lacks (built from its session_meta and first user "
-           "message), point stale rollout_path values at the file that exists, and set the archived "
-           "flag from the file's folder. A thread id carried by two files is reported, never merged. "
-           "Rows whose rollout is gone are kept unless --prune-missing.",
-           cures=("no_db_row", "rollout_path_stale", "archive_flag_mismatch", "history_offsets_misaligned"),
+           "message), point stale rollout_path values at the file that exists, and set the "
+           "archived flag from the file's folder. A thread id carried by two files is reported, "
+           "never merged. Rows whose rollout is gone are kept unless --prune-missing.",
+           cures=("no_db_row", "rollout_path_stale", "archive_flag_mismatch",
+                  "history_offsets_misaligned"),
            after=("rebuild-db",),
            options=reindex_options),
     Repair("rebuild-db", plan_rebuild_db,
            "move a damaged state DB aside so Codex rebuilds it from the rollouts",
            "Only when the DB is unreadable, corrupt, has foreign migration checksums or a stuck "
            "backfill: save DB-only thread names into session_index.jsonl, then move the DB and its "
-           "-wal/-shm into the backup folder (never deleted). Codex rebuilds the DB at its next start.",
+           "-wal/-shm into the backup folder (never deleted). Codex rebuilds the DB at its next "
+           "start.",
            cures=REBUILD_REASONS, next_args=rebuild_db_next_args),
     # Next never names import: only the user knows where another home is, and it cures no
     # code diagnose can see, so the table's rule (a line per cured code) gives it no line.
     Repair("import", plan_import,
-           "bring in the conversations of another home (a copy, a backup, an old machine's .codex) this one lacks",
-           "Copy each rollout of OTHER_HOME (a Codex home, or only its sessions/ folder) that this home lacks to "
-           "where Codex keeps it, add its state DB row (built as reindex builds one), its history projection "
-           "and its name. A thread id both homes have is compared: identical copies are skipped; when one copy "
-           "is a byte prefix of the other the longer is kept (the shorter stays in the backup); anything else is "
-           "reported as a conflict and neither is changed. OTHER_HOME is only read: its DBs are opened "
-           "immutable or copied, and its auth.json and config.toml are never opened.",
+           "bring in the conversations of another home (a copy, a backup, an old machine's .codex) "
+           "this one lacks",
+           "Copy each rollout of OTHER_HOME (a Codex home, or only its sessions/ folder) that this "
+           "home lacks to where Codex keeps it, add its state DB row (built as reindex builds "
+           "one), its history projection and its name. A thread id both homes have is compared: "
+           "identical copies are skipped; when one copy is a byte prefix of the other the longer "
+           "is kept (the shorter stays in the backup); anything else is reported as a conflict and "
+           "neither is changed. OTHER_HOME is only read: its DBs are opened immutable or copied, "
+           "and its auth.json and config.toml are never opened.",
            after=("rebuild-db",), options=import_options),
     Repair("remap-cwd", plan_cwd_remap,
-           "move threads to the new path of a project folder that moved (another machine, user or mount)",
-           "For every thread whose folder is OLD_PREFIX or lies under it (whole path components; Windows, "
-           "\\\\?\\ and WSL /mnt/c spellings compare equal), rewrite the folder where Codex reads it: the "
-           "state DB row's cwd, the cwd in session_meta, turn_context and thread_settings_applied lines "
-           "(byte-exact, history offsets kept true), and Desktop's workspace roots in .codex-global-state.json. "
-           "The dry run lists each thread's old and new folder.",
+           "move threads to the new path of a project folder that moved (another machine, user or "
+           "mount)",
+           "For every thread whose folder is OLD_PREFIX or lies under it (whole path components; "
+           "Windows, \\\\?\\ and WSL /mnt/c spellings compare equal), rewrite the folder where "
+           "Codex reads it: the state DB row's cwd, the cwd in session_meta, turn_context and "
+           "thread_settings_applied lines (byte-exact, history offsets kept true), and Desktop's "
+           "workspace roots in .codex-global-state.json. The dry run lists each thread's old and "
+           "new folder.",
            cures=("cwd_moved",), after=("rebuild-db", "reindex"), options=remap_cwd_options,
            next_args=remap_cwd_next_args),
 )
@@ -4989,7 +5284,8 @@ def repairs_touch(inv: Inventory) -> Dict[Path, Dict[str, set]]:
     """What any repair may touch in this home's DBs: the known columns each known table has."""
     touched: Dict[Path, Dict[str, set]] = {}
     if inv.live_db is not None:
-        touched[inv.live_db.path] = {"threads": set(inv.live_db.columns) & set(KNOWN_COLUMN_TYPES["threads"])}
+        known = set(KNOWN_COLUMN_TYPES["threads"])
+        touched[inv.live_db.path] = {"threads": set(inv.live_db.columns) & known}
     history = history_db_path(inv)
     if history is not None:
         try:
@@ -5012,21 +5308,27 @@ def shape_changes(db: Path, tables: Dict[str, set]) -> List[str]:
         with readonly_db(db) as conn:
             for table, columns in sorted(tables.items()):
                 known = KNOWN_COLUMN_TYPES.get(table, {})
-                live = {row[1]: str(row[2] or "").upper() for row in conn.execute("PRAGMA table_info(%s)" % table)}
+                live = {row[1]: str(row[2] or "").upper()
+                        for row in conn.execute("PRAGMA table_info(%s)" % table)}
                 if not live:
                     changes.append("table %s is missing" % table)
                     continue
                 for column in sorted(columns):
                     if column not in known:
-                        changes.append("%s.%s is not a column of the releases checked" % (table, column))
+                        changes.append("%s.%s is not a column of the releases checked"
+                                       % (table, column))
                     elif column not in live:
                         changes.append("%s.%s is missing" % (table, column))
                     elif live[column] != known[column]:
-                        changes.append("%s.%s is %s, was %s" % (table, column, live[column] or "untyped", known[column]))
-                for name, sql in conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?",
+                        changes.append("%s.%s is %s, was %s"
+                                       % (table, column, live[column] or "untyped", known[column]))
+                for name, sql in conn.execute("SELECT name, sql FROM sqlite_master WHERE type = "
+                                              "'trigger' AND tbl_name = ?",
                                               (table,)):
                     if KNOWN_TRIGGERS.get(name) != trigger_digest(sql):
-                        changes.append("trigger %s on %s is %s" % (name, table, "changed" if name in KNOWN_TRIGGERS else "new"))
+                        changes.append("trigger %s on %s is %s"
+                                       % (name, table,
+                                          "changed" if name in KNOWN_TRIGGERS else "new"))
     except sqlite3.Error as exc:
         # Also when it cannot be opened: then this is the only line.
         changes.append("%s cannot be read (%s)" % (db.name, short(str(exc), 80)))
@@ -5039,7 +5341,8 @@ def applied_migrations(db: StateDb) -> Dict[int, str]:
         with readonly_db(db.path) as conn:
             if not table_exists(conn, "_sqlx_migrations"):
                 return {}
-            return {int(v): str(d) for v, d in conn.execute("SELECT version, description FROM _sqlx_migrations")}
+            return {int(v): str(d) for v,
+                    d in conn.execute("SELECT version, description FROM _sqlx_migrations")}
     except (sqlite3.Error, ValueError, TypeError):
         return {}
 
@@ -5062,22 +5365,28 @@ def schema_compatibility(inv: Inventory, plan: Optional[Plan] = None) -> Optiona
             tables = {t: set(cs) | set(KNOWN_COLUMN_TYPES.get(t, {})) for t, cs in tables.items()}
         changed.extend(shape_changes(db, tables))
     if live.path in touched and live.checksum_drift:
-        changed.append("released migration(s) %s carry other checksums" % ", ".join(map(str, live.checksum_drift[:5])))
-    return {"schema_version": live.schema_version, "newest_checked": NEWEST_CHECKED_SCHEMA, "newer": newer,
-            "unchecked_migrations": ["%d %s" % (v, d) for v, d in sorted(migrations.items()) if v > NEWEST_CHECKED_SCHEMA],
-            "touches": sorted("%s.%s" % (t, c) for tables in touched.values() for t, cs in tables.items() for c in cs)
+        changed.append("released migration(s) %s carry other checksums"
+                       % ", ".join(map(str, live.checksum_drift[:5])))
+    return {"schema_version": live.schema_version, "newest_checked": NEWEST_CHECKED_SCHEMA,
+            "newer": newer,
+            "unchecked_migrations": ["%d %s" % (v, d) for v,
+                                     d in sorted(migrations.items()) if v > NEWEST_CHECKED_SCHEMA],
+            "touches": sorted("%s.%s" % (t, c) for tables in touched.values() for t,
+                              cs in tables.items() for c in cs)
             if plan is not None else sorted(t for tables in touched.values() for t in tables),
             "changed": changed, "unchanged": not changed}
 
 
 def compatibility_line(compat: Optional[Dict[str, Any]]) -> Optional[str]:
-    """The sentence a newer or changed schema earns in the output; None when there is nothing to say."""
+    """The sentence a newer or changed schema earns in the output; None when there is nothing to
+    say."""
     if not compat or (not compat["newer"] and compat["unchanged"]):
         return None
     version = "state DB schema %s" % compat["schema_version"]
     if compat["newer"]:
         version += " (newer than %d, the newest checked: %s)" % (
-            compat["newest_checked"], "; ".join(compat["unchecked_migrations"]) or "unknown migrations")
+            compat["newest_checked"],
+            "; ".join(compat["unchecked_migrations"]) or "unknown migrations")
     if compat["unchanged"]:
         return "%s; what this touches is unchanged, so writing is safe" % version
     return "%s; what this touches changed shape: %s" % (version, "; ".join(compat["changed"][:5]))
@@ -5089,7 +5398,10 @@ def compatibility_line(compat: Optional[Dict[str, Any]]) -> Optional[str]:
 
 
 def refuse(reason: str, override: Optional[str]) -> RefusedError:
-    tail = " If you want to proceed anyway, use %s." % override if override else " This check has no override."
+    if override:
+        tail = " If you want to proceed anyway, use %s." % override
+    else:
+        tail = " This check has no override."
     return RefusedError("will not write: %s.%s" % (reason, tail))
 
 
@@ -5099,15 +5411,17 @@ def preflight(inv: Inventory, plan: Plan, force: bool) -> None:
     if compat and compat["changed"] and not force:
         raise refuse("what this plan touches changed shape (state DB schema version %s): %s" % (
             compat["schema_version"], "; ".join(compat["changed"][:5])), "--force")
-    users = codex_users(inv.home, [d.path for d in inv.dbs] + [p for p in [history_db_path(inv)] if p])
+    users = codex_users(inv.home,
+                        [d.path for d in inv.dbs] + [p for p in [history_db_path(inv)] if p])
     repair = REPAIR_BY_NAME.get(plan.command)  # restore writes through here too; it is no repair
     if (repair is not None and repair.desktop_must_quit) or any(
             w.path.name == ".codex-global-state.json" for w in plan.file_writes):
-        # Desktop rewrites .codex-global-state.json when it exits, undoing an edit made while it runs.
+        # Desktop rewrites .codex-global-state.json when it exits, undoing an edit made while it
+        # runs.
         users += desktop_processes()
     if users and not force:
-        raise refuse("Codex is using this home (%s); quit Codex Desktop, the IDE extension and any codex "
-                     "process first" % "; ".join(users[:3]), "--force")
+        raise refuse("Codex is using this home (%s); quit Codex Desktop, the IDE extension and any "
+                     "codex process first" % "; ".join(users[:3]), "--force")
 
 
 # What this tool ever writes, and so all a backup of it may name and a restore may put back:
@@ -5120,8 +5434,8 @@ TOOL_WRITTEN_TOP_FILES = ("session_index.jsonl", ".codex-global-state.json")
 ROLLOUT_FOLDERS = ("sessions", "archived_sessions")
 DB_NAME_RE = re.compile(r"^(?:state(?:_\d+)?|thread_history_\d+)\.sqlite$")
 DB_FILE_RE = re.compile(r"^(?:state(?:_\d+)?|thread_history_\d+)\.sqlite(?:-wal|-shm|-journal)?$")
-CREDENTIAL_NAME_RE = re.compile(r"auth|credential|token|cookie|secret|passw|api.?key|\.lock$|\.key$|\.pem$",
-                                re.IGNORECASE)
+CREDENTIAL_NAME_RE = re.compile(r"auth|credential|token|cookie|secret|passw|api.?key"
+                                r"|\.lock$|\.key$|\.pem$", re.IGNORECASE)
 
 
 def tool_write_refusal(text: str, kind: str) -> Optional[str]:
@@ -5139,7 +5453,8 @@ def tool_write_refusal(text: str, kind: str) -> Optional[str]:
         return None
     if parts[0] in ROLLOUT_FOLDERS and len(parts) > 1 and ROLLOUT_NAME_RE.match(name):
         return None
-    return "not a file this tool writes (only rollouts, session_index.jsonl, .codex-global-state.json and the DBs)"
+    return ("not a file this tool writes (only rollouts, session_index.jsonl, "
+            ".codex-global-state.json and the DBs)")
 
 
 def check_tool_writes(text: str, kind: str) -> None:
@@ -5156,7 +5471,8 @@ def check_plan_paths(inv: Inventory, plan: Plan) -> None:
         check_tool_writes(display_path(path, inv.home), "file")
     for db in plan.touched_dbs():
         check_tool_writes(db.name, "sqlite")
-        if not is_within(Path(os.path.realpath(str(db))), inv.home) and not is_configured_sqlite_home(db, inv):
+        inside = is_within(Path(os.path.realpath(str(db))), inv.home)
+        if not inside and not is_configured_sqlite_home(db, inv):
             raise refuse("%s lies outside CODEX_HOME" % db, None)
 
 
@@ -5170,7 +5486,8 @@ def plan_path_refusal(inv: Inventory, plan: Plan) -> Optional[str]:
 
 
 def is_configured_sqlite_home(db: Path, inv: Inventory) -> bool:
-    return any(db.parent == folder for folder, origin in sqlite_home_dirs(inv.home, inv.config, dict(os.environ))
+    return any(db.parent == folder for folder,
+               origin in sqlite_home_dirs(inv.home, inv.config, dict(os.environ))
                if origin in ("config sqlite_home", "CODEX_SQLITE_HOME"))
 
 
@@ -5184,9 +5501,11 @@ def check_inside_home(path: Path, home: Path) -> None:
         # CODEX-COMPAT: a linked sessions/ or archived_sessions/ (a synced folder) is followed by
         # every release measured (0.120.0-0.171.0): it is where the conversations live, as a
         # linked home is. A link deeper down is skipped by Codex and never written through.
-        top_level_folder = current.parent == home and current.name in ("sessions", "archived_sessions")
+        top_level_folder = (current.parent == home
+                            and current.name in ("sessions", "archived_sessions"))
         if current.is_symlink() and not top_level_folder:
-            raise refuse("%s is reached through a symlink (%s)" % (display_path(path, home), display_path(current, home)), None)
+            raise refuse("%s is reached through a symlink (%s)"
+                         % (display_path(path, home), display_path(current, home)), None)
         current = current.parent
     if path.exists() and not path.is_file():
         raise refuse("%s is not a regular file" % display_path(path, home), None)
@@ -5278,8 +5597,9 @@ def processes_with_open_files(home: Path) -> List[Tuple[str, str]]:
         return []
     import subprocess
     try:
-        out = subprocess.run([lsof, "-Fpc", "+D", str(home / "sessions")], stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, timeout=20).stdout.decode("utf-8", "replace")
+        done = subprocess.run([lsof, "-Fpc", "+D", str(home / "sessions")],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=20)
+        out = done.stdout.decode("utf-8", "replace")
     except (OSError, subprocess.SubprocessError):  # pragma: no cover
         return []
     users, pid = [], None
@@ -5344,13 +5664,15 @@ def desktop_processes() -> List[str]:
     proc = Path("/proc")
     if proc.is_dir():
         for entry in os.listdir("/proc"):
-            if entry.isdigit() and int(entry) != os.getpid() and _process_name(entry) in ("Codex", "codex-desktop"):
+            if (entry.isdigit() and int(entry) != os.getpid()
+                    and _process_name(entry) in ("Codex", "codex-desktop")):
                 found.append("Codex Desktop is running (pid %s)" % entry)
         return found
     pgrep = shutil.which("pgrep")
     if pgrep:  # pragma: no cover - macOS
         import subprocess
-        out = subprocess.run([pgrep, "-x", "Codex"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL).stdout
+        out = subprocess.run([pgrep, "-x", "Codex"], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL).stdout
         found = ["Codex Desktop is running (pid %s)" % p for p in out.decode().split()]
     return found
 
@@ -5359,7 +5681,8 @@ def _windows_codex_processes() -> List[str]:  # pragma: no cover - Windows only
     """The image names of the Codex processes tasklist lists."""
     import subprocess
     try:
-        out = subprocess.run(["tasklist", "/FO", "CSV", "/NH"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        out = subprocess.run(["tasklist", "/FO", "CSV", "/NH"], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL,
                              timeout=20).stdout.decode("utf-8", "replace")
     except (OSError, subprocess.SubprocessError):
         return []
@@ -5381,12 +5704,14 @@ class ToolLock:
         try:
             folder.mkdir(mode=0o700, exist_ok=True)
             check_backup_root(folder)
-            fd = os.open(str(self.path), os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
+            fd = os.open(str(self.path),
+                         os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
                          | getattr(os, "O_NONBLOCK", 0), 0o600)
             self.handle = os.fdopen(fd, "a+b")
         except OSError as exc:
             if os.path.islink(str(self.path)):
-                raise refuse("%s is a symlink; the lock is never followed out of the home" % display_path(
+                raise refuse("%s is a symlink; the lock is never followed out of the home"
+                             % display_path(
                     self.path, self.path.parent.parent), None) from None
             raise refuse("cannot create %s (%s): the home is not writable" % (
                 self.path.parent, exc.strerror or exc), None) from None
@@ -5399,7 +5724,8 @@ class ToolLock:
                 fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             self.handle.close()
-            raise refuse("another codex-session-recovery run is writing to this home", None) from None
+            raise refuse("another codex-session-recovery run is writing to this home",
+                         None) from None
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -6440,12 +6766,16 @@ def list_backups(home: Path) -> List[Dict[str, Any]]:
 CODEX_BUNDLED_BINARIES = (
     ("Codex Desktop", "/Applications/Codex.app/Contents/Resources/codex"),
     ("Codex Desktop", "~/Applications/Codex.app/Contents/Resources/codex"),
-    ("ChatGPT Desktop", "/Applications/ChatGPT.app/Contents/Resources/codex-cli/CodexCLI.app/Contents/MacOS/codex"),
+    ("ChatGPT Desktop",
+     "/Applications/ChatGPT.app/Contents/Resources/codex-cli/CodexCLI.app/Contents/MacOS/codex"),
     ("VS Code extension", "~/.vscode/extensions/openai.chatgpt-*/bin/{platform}/codex"),
-    ("VS Code Insiders extension", "~/.vscode-insiders/extensions/openai.chatgpt-*/bin/{platform}/codex"),
-    ("VS Code remote extension", "~/.vscode-server/extensions/openai.chatgpt-*/bin/{platform}/codex"),
+    ("VS Code Insiders extension",
+     "~/.vscode-insiders/extensions/openai.chatgpt-*/bin/{platform}/codex"),
+    ("VS Code remote extension",
+     "~/.vscode-server/extensions/openai.chatgpt-*/bin/{platform}/codex"),
     ("Cursor extension", "~/.cursor/extensions/openai.chatgpt-*/bin/{platform}/codex"),
-    ("Cursor remote extension", "~/.cursor-server/extensions/openai.chatgpt-*/bin/{platform}/codex"),
+    ("Cursor remote extension",
+     "~/.cursor-server/extensions/openai.chatgpt-*/bin/{platform}/codex"),
     ("Windsurf extension", "~/.windsurf/extensions/openai.chatgpt-*/bin/{platform}/codex"),
 )
 # Settings given to the verifying app-server with `-c` (they win over config.toml, which is
@@ -6471,8 +6801,9 @@ LISTING_LINE_MARKERS = PROVIDER_LINE_MARKERS
 
 class VerifyError(Exception):
     """Verification could not run to the end (a time-out, a Codex that exits): reported in one
-    line; a dry run carries on as without --verify, an apply is refused. `exited`: the app-server stopped by
-    itself, which is Codex's own answer about that copy of the home (it cannot open it)."""
+    line; a dry run carries on as without --verify, an apply is refused. `exited`: the app-server
+    stopped by itself, which is Codex's own answer about that copy of the home (it cannot open
+    it)."""
 
     def __init__(self, message: str, exited: bool = False) -> None:
         super().__init__(message)
@@ -6517,7 +6848,8 @@ def find_codex_binary(flag: Optional[str], environ: Dict[str, str]) -> Optional[
         if pattern.startswith("~"):
             pattern = user_home + pattern[1:]
         found = [Path(p) for p in glob.glob(pattern)]
-        found.sort(key=lambda p: parse_version(re.sub(r"^.*openai\.chatgpt-", "", str(p))), reverse=True)
+        found.sort(key=lambda p: parse_version(re.sub(r"^.*openai\.chatgpt-", "", str(p))),
+                   reverse=True)
         for path in found:
             if _is_executable(path):
                 return CodexBinary(path, origin)
@@ -6529,7 +6861,8 @@ def codex_version(binary: CodexBinary, scratch: "ScratchHome") -> str:
     import subprocess
     try:
         # Its own process group: a launcher that hangs is stopped with whatever it started.
-        proc = subprocess.Popen([str(binary.path), "--version"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        proc = subprocess.Popen([str(binary.path), "--version"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE,
                                 text=True, stdin=subprocess.DEVNULL, env=verify_env(scratch),
                                 cwd=str(scratch.home), start_new_session=os.name == "posix")
     except (OSError, subprocess.SubprocessError) as exc:
@@ -6539,7 +6872,8 @@ def codex_version(binary: CodexBinary, scratch: "ScratchHome") -> str:
     except subprocess.TimeoutExpired:
         _stop_group(proc)
         proc.communicate()
-        raise VerifyError("%s --version did not answer within %d s" % (binary.path, VERIFY_TIMEOUT)) from None
+        raise VerifyError("%s --version did not answer within %d s"
+                          % (binary.path, VERIFY_TIMEOUT)) from None
     finally:
         if os.name == "posix" and proc.returncode is not None:
             try:
@@ -6609,10 +6943,12 @@ class ScratchHome:
     def __init__(self, real_home: Path, label: str) -> None:
         parent = Path(tempfile.gettempdir()).resolve()
         if is_within(parent, real_home.resolve()):
-            raise VerifyError("the system temp folder %s lies inside CODEX_HOME; set TMPDIR elsewhere" % parent)
+            raise VerifyError("the system temp folder %s lies inside CODEX_HOME; set TMPDIR "
+                              "elsewhere" % parent)
         remove_stale_scratch(parent)
         # The pid in the name lets a later run know this folder's run is gone (kill -9).
-        self.root = Path(tempfile.mkdtemp(prefix="%s%s-%d-" % (SCRATCH_PREFIX, label, os.getpid()), dir=str(parent)))
+        self.root = Path(tempfile.mkdtemp(prefix="%s%s-%d-" % (SCRATCH_PREFIX, label, os.getpid()),
+                                          dir=str(parent)))
         self.home = self.root / "codex-home"
         self.user_home = self.root / "user-home"
         self.tmp = self.root / "tmp"
@@ -6673,7 +7009,8 @@ class PathMapper:
 
     def __init__(self, real_home: Path, scratch: ScratchHome) -> None:
         self.scratch = scratch
-        self.prefixes = sorted({str(real_home), os.path.abspath(str(real_home)), os.path.realpath(str(real_home))},
+        self.prefixes = sorted({str(real_home), os.path.abspath(str(real_home)),
+                                os.path.realpath(str(real_home))},
                                key=len, reverse=True)
 
     def __call__(self, value: Any) -> Any:
@@ -6732,7 +7069,8 @@ def point_rows_at_scratch(target: Path, mapper: PathMapper) -> None:
         for thread_id, stored in rows:
             mapped = mapper(stored)
             if mapped != stored:
-                conn.execute("UPDATE threads SET rollout_path = ? WHERE id = ?", (mapped, thread_id))
+                conn.execute("UPDATE threads SET rollout_path = ? WHERE id = ?",
+                             (mapped, thread_id))
         conn.execute("COMMIT")
     except sqlite3.Error:
         pass  # a damaged DB stays as damaged as the real one
@@ -6773,7 +7111,8 @@ def later_listing_lines(source: Any, info: RolloutInfo, head_end: int,
     return found
 
 
-def copy_rollout_head(info: RolloutInfo, target: Path, edit: Optional[RolloutEdit], scratch: ScratchHome,
+def copy_rollout_head(info: RolloutInfo, target: Path, edit: Optional[RolloutEdit],
+                      scratch: ScratchHome,
                       cache: Optional[Dict[Any, List[Tuple[int, int]]]] = None) -> None:
     """The head of one rollout, plus the later lines listing reads (and any line the plan
     edits), with the plan's line edits applied exactly as the apply engine writes them."""
@@ -6832,13 +7171,15 @@ def build_scratch_home(inv: Inventory, scratch: ScratchHome, plan: Optional[Plan
     writes, and moves (into a folder beside the copy). auth.json and every other credential
     are never opened: only the files named here are."""
     mapper = PathMapper(inv.home, scratch)
-    for name in ["config.toml"] + sorted(n for n in os.listdir(str(inv.home)) if n.endswith(".config.toml")) + [
+    for name in ["config.toml"] + sorted(n for n in os.listdir(str(inv.home))
+                                         if n.endswith(".config.toml")) + [
             "session_index.jsonl", ".codex-global-state.json"]:
         source = inv.home / name
         if source.is_file():
             copy_file_to_scratch(source, scratch.home / name, scratch)
     db_targets: Dict[Path, Path] = {}
-    explicit = [folder for folder, origin in sqlite_home_dirs(inv.home, inv.config, dict(os.environ))
+    explicit = [folder for folder,
+                origin in sqlite_home_dirs(inv.home, inv.config, dict(os.environ))
                 if origin in ("config sqlite_home", "CODEX_SQLITE_HOME")]
     if explicit:
         # The copied config.toml names a sqlite_home Codex would open and write: the verifying
@@ -6846,7 +7187,8 @@ def build_scratch_home(inv: Inventory, scratch: ScratchHome, plan: Optional[Plan
         scratch.sqlite_home = scratch.root / "sqlite-home"
         scratch.sqlite_home.mkdir(mode=0o700)
     for db in inv.dbs:
-        if db.path.parent in explicit or not is_within(Path(os.path.abspath(str(db.path))), inv.home):
+        if db.path.parent in explicit or not is_within(Path(os.path.abspath(str(db.path))),
+                                                       inv.home):
             scratch.sqlite_home = scratch.sqlite_home or scratch.root / "sqlite-home"
             target = scratch.sqlite_home / db.path.name
         else:
@@ -6864,15 +7206,18 @@ def build_scratch_home(inv: Inventory, scratch: ScratchHome, plan: Optional[Plan
         if info.compressed and info.path.is_file():
             copy_file_to_scratch(info.path, scratch.path_for(info.path, inv.home), scratch)
         elif info.path.is_file() and "unreadable" not in info.problems:
-            copy_rollout_head_as_kept(info, scratch.path_for(info.path, inv.home), edits.get(info.path),
+            copy_rollout_head_as_kept(info, scratch.path_for(info.path, inv.home),
+                                      edits.get(info.path),
                                       scratch, cache, info.file in inv.linked_rollouts)
     for target, edit in copies.items():
-        copy_rollout_head(scan_rollout(edit.path, edit.path.parent), scratch.path_for(target, inv.home), edit, scratch)
+        copy_rollout_head(scan_rollout(edit.path, edit.path.parent),
+                          scratch.path_for(target, inv.home), edit, scratch)
     if plan is not None:
         apply_plan_to_scratch(plan, mapper, db_targets)
 
 
-def copy_rollout_head_as_kept(info: RolloutInfo, target: Path, edit: Optional[RolloutEdit], scratch: ScratchHome,
+def copy_rollout_head_as_kept(info: RolloutInfo, target: Path, edit: Optional[RolloutEdit],
+                              scratch: ScratchHome,
                               cache: Dict[Any, List[Tuple[int, int]]], linked: bool) -> None:
     """A rollout that is a symbolic link stays one on the copy (Codex's file listing skips
     links), unless the plan edits it: the apply engine replaces the link by the edited file."""
@@ -6897,7 +7242,8 @@ def apply_plan_to_scratch(plan: Plan, mapper: PathMapper, db_targets: Dict[Path,
             continue
         scratch_plan.sql.append(SqlChange(
             db_targets[change.db], change.table, {k: mapper(v) for k, v in change.key.items()},
-            {k: mapper(v) for k, v in change.values.items()}, {k: mapper(v) for k, v in change.expect.items()},
+            {k: mapper(v) for k, v in change.values.items()},
+            {k: mapper(v) for k, v in change.expect.items()},
             change.thread_id, change.op))
     connections: Dict[Path, sqlite3.Connection] = {}
     try:
@@ -6907,14 +7253,16 @@ def apply_plan_to_scratch(plan: Plan, mapper: PathMapper, db_targets: Dict[Path,
             conn.execute("BEGIN IMMEDIATE")
         write_sql(scratch_plan, set(), connections)
     except (sqlite3.Error, ApplyError) as exc:
-        raise VerifyError("the plan could not be applied to the scratch copy: %s" % short(str(exc), 200)) from None
+        raise VerifyError("the plan could not be applied to the scratch copy: %s"
+                          % short(str(exc), 200)) from None
     finally:
         close_all(connections)
     for write in plan.file_writes:
         target = mapper.path(write.path)
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         atomic_write(target, write.data, 0o600)
-    copies = {Path(str(real) + suffix): Path(str(copy) + suffix) for real, copy in db_targets.items()
+    copies = {Path(str(real) + suffix): Path(str(copy) + suffix) for real,
+              copy in db_targets.items()
               for suffix in ("", "-wal", "-shm")}
     for moved in plan.moves:
         target = copies.get(moved) or mapper.path(moved)
@@ -6948,10 +7296,13 @@ class CodexLister:
         command.append("app-server")
         try:
             self.proc = subprocess.Popen(
-                command, cwd=str(self.scratch.home), env=verify_env(self.scratch), stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=os.name == "posix")
+                command, cwd=str(self.scratch.home), env=verify_env(self.scratch),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                start_new_session=os.name == "posix")
         except OSError as exc:
-            raise VerifyError("could not start %s app-server: %s" % (self.binary.path, short(str(exc), 160))) from None
+            raise VerifyError("could not start %s app-server: %s"
+                              % (self.binary.path, short(str(exc), 160))) from None
         self.lines = queue.Queue()
         self.pumps = [threading.Thread(target=self._pump_stdout, daemon=True),
                       threading.Thread(target=self._pump_stderr, daemon=True)]
@@ -6983,7 +7334,8 @@ class CodexLister:
             self.proc.stdin.write((json.dumps(message) + "\n").encode("utf-8"))
             self.proc.stdin.flush()
         except OSError as exc:
-            raise VerifyError("Codex app-server stopped (%s)%s" % (exc, self._stderr_hint())) from None
+            raise VerifyError("Codex app-server stopped (%s)%s"
+                              % (exc, self._stderr_hint())) from None
 
     def _stderr_hint(self) -> str:
         """Codex's last words, with the scratch folder's long private path said in a word: what
@@ -7004,9 +7356,11 @@ class CodexLister:
             try:
                 line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                raise VerifyError("Codex app-server did not answer %s within %d s" % (method, VERIFY_TIMEOUT)) from None
+                raise VerifyError("Codex app-server did not answer %s within %d s"
+                                  % (method, VERIFY_TIMEOUT)) from None
             if line is None:
-                raise VerifyError("Codex app-server exited before answering %s%s" % (method, self._stderr_hint()),
+                raise VerifyError("Codex app-server exited before answering %s%s"
+                                  % (method, self._stderr_hint()),
                                   exited=True)
             try:
                 message = json.loads(line.decode("utf-8", "replace"))
@@ -7020,7 +7374,8 @@ class CodexLister:
                             "error": {"code": -32601, "message": "not supported"}})
             elif message.get("id") == request_id:
                 if "error" in message:
-                    raise VerifyError("Codex app-server refused %s: %s" % (method, short(json.dumps(message["error"]), 200)))
+                    raise VerifyError("Codex app-server refused %s: %s"
+                                      % (method, short(json.dumps(message["error"]), 200)))
                 return message.get("result") or {}
 
     def listed_ids(self) -> List[str]:
@@ -7033,7 +7388,8 @@ class CodexLister:
             if cursor:
                 params["cursor"] = cursor
             result = self.request("thread/list", params)
-            ids.extend(str(item.get("id")).lower() for item in result.get("data") or [] if isinstance(item, dict))
+            ids.extend(str(item.get("id")).lower()
+                       for item in result.get("data") or [] if isinstance(item, dict))
             if progress.enabled:
                 sys.stderr.write("\rverify: Codex listed %d" % len(ids))
             cursor = result.get("nextCursor")
@@ -7094,7 +7450,8 @@ def predicted_listed(inv: Inventory) -> List[str]:
 
 def conversation_count(inv: Inventory) -> int:
     """The user's conversations: interactive, not archived, with a user message."""
-    return sum(1 for v in inv.threads.values() if is_interactive(v.source) and not v.archived and v.has_evidence)
+    return sum(1 for v in inv.threads.values()
+               if is_interactive(v.source) and not v.archived and v.has_evidence)
 
 
 def app_server_inventory(inv: Inventory) -> Inventory:
@@ -7136,7 +7493,8 @@ def list_scratch(binary: CodexBinary, inv: Inventory, plan: Optional[Plan], labe
             if not exc.exited:
                 raise
             error = str(exc)  # Codex cannot open this copy: a measured answer, not a broken check
-        return {"listed": listed, "error": error, "predicted": predicted, "conversations": conversations,
+        return {"listed": listed, "error": error, "predicted": predicted,
+                "conversations": conversations,
                 "bytes_copied": scratch.bytes_copied, "files_copied": scratch.files_copied,
                 "scratch_root": str(scratch.root)}
 
@@ -7147,8 +7505,8 @@ def disagreements(phase: str, listed: List[str], predicted: List[str]) -> List[D
              "codex": "listed" if tid in shown else "hidden"} for tid in sorted(said ^ shown)]
 
 
-NO_CODEX_MESSAGE = ("no Codex binary found (--codex-bin, `codex` on PATH, Codex Desktop, the IDE extension); "
-                    "carrying on without verification")
+NO_CODEX_MESSAGE = ("no Codex binary found (--codex-bin, `codex` on PATH, Codex Desktop, the IDE "
+                    "extension); carrying on without verification")
 
 
 def verify_with_codex(inv: Inventory, args: argparse.Namespace, plan: Optional[Plan],
@@ -7164,8 +7522,10 @@ def verify_with_codex(inv: Inventory, args: argparse.Namespace, plan: Optional[P
         if apply is not None:
             apply()
         return {"status": "no_codex", "message": NO_CODEX_MESSAGE}
-    result: Dict[str, Any] = {"status": "verified", "codex_bin": str(binary.path), "codex_origin": binary.origin,
-                              "codex_version": None, "surface": "app-server (Desktop, IDE extension)",
+    result: Dict[str, Any] = {"status": "verified", "codex_bin": str(binary.path),
+                              "codex_origin": binary.origin,
+                              "codex_version": None,
+                              "surface": "app-server (Desktop, IDE extension)",
                               "refused": False}
     phase = "before"
     listings: List[Tuple[str, Dict[str, Any]]] = []
@@ -7188,7 +7548,8 @@ def verify_with_codex(inv: Inventory, args: argparse.Namespace, plan: Optional[P
                 listings.append(("applied", list_scratch(binary, repaired, None, "after", cache)))
     except VerifyError as exc:
         # Asked to check before writing, and the check did not finish: nothing is written.
-        result.update(status="failed", message="verification did not finish (%s): %s" % (phase, exc),
+        result.update(status="failed",
+                      message="verification did not finish (%s): %s" % (phase, exc),
                       refused=apply is not None and phase != "applied")
         return result
     found, errors = compare_listings(listings)
@@ -7197,7 +7558,8 @@ def verify_with_codex(inv: Inventory, args: argparse.Namespace, plan: Optional[P
     result.update(
         listed_before=before["listed"], predicted_before=before["predicted"],
         conversations_before=before["conversations"],
-        listed_after=final["listed"] if final else None, predicted_after=final["predicted"] if final else None,
+        listed_after=final["listed"] if final else None,
+        predicted_after=final["predicted"] if final else None,
         conversations_after=final["conversations"] if final else None,
         # A Codex that cannot open the home now is what some repairs are for (rebuild-db);
         # one that still cannot after the plan contradicts the plan.
@@ -7207,13 +7569,16 @@ def verify_with_codex(inv: Inventory, args: argparse.Namespace, plan: Optional[P
               "files_copied": max(listing["files_copied"] for _p, listing in listings),
               "home_bytes": home_bytes(inv.home)})
     if inv.config.profile:
-        result["profile_note"] = ("the app-server (Desktop, IDE extension) has no --profile and lists under the "
-                                  "top-level provider, which is what was checked; `codex --profile %s` (the CLI) "
+        result["profile_note"] = ("the app-server (Desktop, IDE extension) has no --profile and "
+                                  "lists under the top-level provider, which is what was checked; "
+                                  "`codex --profile "
+                                  "%s` (the CLI) "
                                   "lists under %s" % (inv.config.profile, inv.config.provider))
     return result
 
 
-def compare_listings(listings: List[Tuple[str, Dict[str, Any]]]) -> Tuple[List[Dict[str, Any]], Dict[str, str]]:
+def compare_listings(listings: List[Tuple[str, Dict[str, Any]]]
+                     ) -> Tuple[List[Dict[str, Any]], Dict[str, str]]:
     """Every disagreement of the listings taken so far, by phase, and the phases in which Codex
     could not open the home at all."""
     found: List[Dict[str, Any]] = []
@@ -7228,8 +7593,8 @@ def compare_listings(listings: List[Tuple[str, Dict[str, Any]]]) -> Tuple[List[D
 
 # What --apply --verify says when Codex contradicts the plan; the override is the same line
 # without --verify, which a person chooses knowingly.
-VERIFY_REFUSAL = ("the apply did not start and nothing was written, because Codex contradicts this plan "
-                  "(to apply it regardless, run the same line without --verify)")
+VERIFY_REFUSAL = ("the apply did not start and nothing was written, because Codex contradicts this "
+                  "plan (to apply it regardless, run the same line without --verify)")
 
 
 def verification_lines(verification: Optional[Dict[str, Any]], applied: bool) -> List[str]:
@@ -7249,9 +7614,11 @@ def verification_lines(verification: Optional[Dict[str, Any]], applied: bool) ->
             who, len(verification["listed_before"]), verification["conversations_before"], now)
     if after_error:
         text += "; %s it still cannot (%s)" % (then, short(after_error, 160))
-    elif verification["listed_after"] is not None and (verification["listed_after"] != verification["listed_before"]
+    elif verification["listed_after"] is not None and (verification["listed_after"]
+                                                       != verification["listed_before"]
                                                       or "before" not in errors):
-        text += "; %s it lists %d of %d" % (then, len(verification["listed_after"]), verification["conversations_after"])
+        text += "; %s it lists %d of %d" % (then, len(verification["listed_after"]),
+                                            verification["conversations_after"])
     lines.append("Verify:    " + text)
     cost = verification["cost"]
     lines.append("           (on a scratch copy: %s copied, %.1f%% of the home's %s; removed)" % (
@@ -7262,12 +7629,15 @@ def verification_lines(verification: Optional[Dict[str, Any]], applied: bool) ->
     elif "after" in errors:
         lines.append("WARNING:   Codex cannot open the home as this plan leaves it; do not apply.")
     elif "applied" in errors:
-        lines.append("WARNING:   Codex cannot open the home as the apply left it; `restore --latest --apply` puts it back.")
+        lines.append("WARNING:   Codex cannot open the home as the apply left it; `restore "
+                     "--latest --apply` puts it back.")
     else:
         lines.append("WARNING:   Codex disagrees with this tool's prediction for %s; do not apply "
-                     "before this is understood:" % plural(len({d["id"] for d in verification["disagreements"]}), "thread"))
+                     "before this is understood:"
+                     % plural(len({d["id"] for d in verification["disagreements"]}), "thread"))
         for item in verification["disagreements"]:
-            lines.append("  %s %s: predicted %s, Codex %s" % (item["phase"], item["id"], item["predicted"], item["codex"]))
+            lines.append("  %s %s: predicted %s, Codex %s"
+                         % (item["phase"], item["id"], item["predicted"], item["codex"]))
     if verification.get("refused"):
         lines.append("REFUSED:   %s" % VERIFY_REFUSAL)
     if verification.get("profile_note"):
@@ -7294,23 +7664,26 @@ def report_verification(verification: Optional[Dict[str, Any]]) -> None:
     if verification["status"] != "verified":
         sys.stderr.write("verify: %s\n" % verification["message"])
         if verification.get("refused"):
-            sys.stderr.write("refused: the apply did not start and nothing was written, because your Codex "
-                             "could not check the plan (to apply it regardless, run the same line without "
-                             "--verify)\n")
+            sys.stderr.write("refused: the apply did not start and nothing was written, because "
+                             "your Codex could not check the plan (to apply it regardless, run the "
+                             "same line without --verify)\n")
         return
     if verification.get("refused"):
         sys.stderr.write("refused: %s\n" % VERIFY_REFUSAL)
     if "after" in verification["codex_errors"]:
-        sys.stderr.write("warning: Codex %s cannot open the home as the plan leaves it (%s); do not apply\n" % (
+        sys.stderr.write("warning: Codex %s cannot open the home as the plan leaves it (%s); do "
+                         "not apply\n" % (
             verification["codex_version"], short(verification["codex_errors"]["after"], 200)))
     elif "applied" in verification["codex_errors"]:
-        sys.stderr.write("warning: Codex %s cannot open the home as the apply left it (%s); `restore --latest --apply` "
-                         "puts it back\n" % (verification["codex_version"],
+        sys.stderr.write("warning: Codex %s cannot open the home as the apply left it (%s); "
+                         "`restore --latest --apply` puts it "
+                         "back\n" % (verification["codex_version"],
                                               short(verification["codex_errors"]["applied"], 200)))
     elif not verification["agrees"]:
         ids = sorted({d["id"] for d in verification["disagreements"]})
-        sys.stderr.write("warning: Codex %s disagrees with this tool's prediction for %s (%s); do not apply "
-                         "before this is understood\n" % (verification["codex_version"], plural(len(ids), "thread"),
+        sys.stderr.write("warning: Codex %s disagrees with this tool's prediction for %s (%s); do "
+                         "not apply before this is understood\n"
+                         % (verification["codex_version"], plural(len(ids), "thread"),
                                                           ", ".join(ids[:5])))
 
 
@@ -7319,7 +7692,8 @@ def verification_exit_code(code: int, verification: Optional[Dict[str, Any]]) ->
     stopped an apply is a refusal by a safety check (3)."""
     if verification and verification.get("refused"):
         return EXIT_REFUSED
-    if verification and verification.get("status") == "verified" and not verification["agrees"] and code == EXIT_OK:
+    if (verification and verification.get("status") == "verified" and not verification["agrees"]
+            and code == EXIT_OK):
         return EXIT_FINDINGS
     return code
 
@@ -7384,10 +7758,14 @@ def render_diagnose_text(doc: Dict[str, Any], verbose: bool) -> str:
     cfg, counts, db = doc["config"], doc["counts"], doc["state_db"]
     lines.append("%s %s diagnose" % (TOOL_NAME, __version__))
     origin = doc["codex_home_origin"]
-    lines.append("Home:      %s (%s)" % (doc["codex_home"], "the default, ~/.codex" if origin == "default" else "from " + origin))
+    lines.append("Home:      %s (%s)"
+                 % (doc["codex_home"],
+                    "the default, ~/.codex" if origin == "default" else "from " + origin))
     lines.append("Safety:    %s" % doc["safety"])
-    lines.append("Provider:  %s (%s)%s" % (cfg["active_provider"] or "unknown", cfg["provider_source"],
-                                                 "; profile %s" % cfg["profile"] if cfg["profile"] else ""))
+    lines.append("Provider:  %s (%s)%s"
+                 % (cfg["active_provider"] or "unknown", cfg["provider_source"],
+                                                 "; profile %s" % cfg["profile"] if cfg["profile"]
+                                                 else ""))
     if db["live"]:
         live = db["live"]
         lines.append("State DB:  %s (schema %s, %d thread columns; %s)" % (
@@ -7395,20 +7773,25 @@ def render_diagnose_text(doc: Dict[str, Any], verbose: bool) -> str:
     else:
         lines.append("State DB:  none (%s)" % db["reason"])
     reader = doc["reader_release"]
-    lines.append("Release:   %s reads this home (%s)" % (reader["version"] or "an unknown release", reader["basis"]))
+    lines.append("Release:   %s reads this home (%s)"
+                 % (reader["version"] or "an unknown release", reader["basis"]))
     surfaces = cfg["surfaces"]
     if surfaces["cli"] != surfaces["app"]:
-        lines.append("Surfaces:  codex CLI%s: %s; Desktop/IDE (app-server): %s — they disagree%s" % (
+        lines.append("Surfaces:  codex CLI%s: %s; Desktop/IDE (app-server): %s — they disagree%s"
+                     % (
             " --profile %s" % cfg["profile"] if cfg["profile"] else "", surfaces["cli"]["provider"],
-            surfaces["app"]["provider"], "; verdicts follow --surface %s" % cfg["surface"] if cfg["surface"] else ""))
-    lines.append("Threads:   %d (%d DB rows, %d rollout files); visible by default %d, hidden %d, archived %d" % (
+            surfaces["app"]["provider"],
+            "; verdicts follow --surface %s" % cfg["surface"] if cfg["surface"] else ""))
+    lines.append("Threads:   %d (%d DB rows, %d rollout files); visible by default %d, hidden %d, "
+                 "archived %d" % (
         counts["threads"], counts["db_rows"], counts["rollout_files"], counts["visible_by_default"],
         counts["hidden"], counts["archived"]))
     lines.append("  by source:   %s" % _fmt_counts(counts["by_source"]))
     lines.append("  by provider: %s" % _fmt_counts(counts["by_provider"]))
     latest = doc["latest_interactive_thread"]
     if latest:
-        lines.append("Latest interactive thread: %s (provider %s, %s)" % (latest["id"], latest["provider"], latest["updated_at"]))
+        lines.append("Latest interactive thread: %s (provider %s, %s)"
+                     % (latest["id"], latest["provider"], latest["updated_at"]))
     idx = doc["session_index"]
     lines.append("Index:     session_index.jsonl %s, %s" % (
         "present" if idx["present"] else "absent", plural(idx["entries"], "entry", "entries")))
@@ -7421,13 +7804,17 @@ def render_diagnose_text(doc: Dict[str, Any], verbose: bool) -> str:
     for finding in doc["findings"]:
         count = finding.get("count")
         lines.append("[%s] %s%s: %s" % (finding["severity"], finding["code"],
-                                        " (%s)" % plural(count, "thread") if count else "", finding["message"]))
+                                        " (%s)" % plural(count, "thread") if count else "",
+                                        finding["message"]))
         ids = finding.get("thread_ids") or []
         shown = ids if verbose else ids[:3]
         if shown:
-            lines.append("    e.g. %s%s" % (", ".join(shown), " …" if len(ids) > len(shown) else ""))
+            lines.append("    e.g. %s%s"
+                         % (", ".join(shown), " …" if len(ids) > len(shown) else ""))
         if finding.get("evidence"):
-            lines.append("    %s" % short(json.dumps(finding["evidence"], default=str), 200 if not verbose else 2000))
+            lines.append("    %s"
+                         % short(json.dumps(finding["evidence"], default=str),
+                                 200 if not verbose else 2000))
         if finding.get("why_no_action"):
             lines.append("    nothing to do: %s" % "; ".join(finding["why_no_action"]))
     if doc["next_commands"]:
@@ -7444,11 +7831,14 @@ SAFETY_LINE_WRITE = "wrote only after a backup; credentials (auth.json, tokens) 
 
 
 def render_plan_text(doc: Dict[str, Any], verbose: bool) -> str:
-    lines = ["%s %s %s" % (TOOL_NAME, __version__, doc["command"]), "Home:      %s" % doc["codex_home"]]
+    lines = ["%s %s %s" % (TOOL_NAME, __version__, doc["command"]),
+             "Home:      %s" % doc["codex_home"]]
     for key, value in doc["plan"].items():
         if key == "folders":
-            lines.append("Folders:   %s" % ("none under --from" if not value else plural(len(value), "thread")))
-            lines.extend("  %s  %s" % (tid, move) for tid, move in (sorted(value.items()) if verbose else
+            lines.append("Folders:   %s"
+                         % ("none under --from" if not value else plural(len(value), "thread")))
+            lines.extend("  %s  %s" % (tid, move) for tid,
+                         move in (sorted(value.items()) if verbose else
                                                                    sorted(value.items())[:20]))
             if len(value) > 20 and not verbose:
                 lines.append("  … %d more (--verbose lists all)" % (len(value) - 20))
@@ -7475,32 +7865,40 @@ def render_plan_text(doc: Dict[str, Any], verbose: bool) -> str:
                 "; damaged lines kept verbatim (%s)" % ", ".join(action["kept_verbatim"])
                 if action.get("kept_verbatim") else ""))
         elif action["kind"] == "rollout_copy":
-            lines.append("  copy     %s %s %s%s" % (action["from"], "over the shorter" if action["replaces"] else "to",
-                                                   action["path"], "; %s" % plural(len(action["changes"]), "line")
-                                                   + " moved to the provider" if action["changes"] else ""))
+            lines.append("  copy     %s %s %s%s"
+                         % (action["from"], "over the shorter" if action["replaces"] else "to",
+                                                   action["path"],
+                                                   "; %s" % plural(len(action["changes"]), "line")
+                                                   + " moved to the provider" if action["changes"]
+                                                   else ""))
         elif action["kind"] == "sql":
             detail = "%s %s" % (action["sql"], action["params"]) if verbose else "%s %s row %s" % (
                 action["op"], action["table"], action["thread_id"] or "")
             lines.append("  sql      %s: %s" % (action["db"], detail))
         elif action["kind"] == "move_to_backup":
-            lines.append("  move     %s into the backup folder (kept, not deleted)" % action["path"])
+            lines.append("  move     %s into the backup folder (kept, not deleted)"
+                         % action["path"])
         else:
             lines.append("  file     %s: %s" % (action["path"], json.dumps(action["summary"])))
     if len(actions) > len(shown):
         lines.append("  … %d more (--verbose lists all)" % (len(actions) - len(shown)))
     for item in doc["skipped"]:
-        lines.append("  skipped  %s: %s" % (item.get("thread_id") or item.get("path"), item["reason"]))
+        lines.append("  skipped  %s: %s"
+                     % (item.get("thread_id") or item.get("path"), item["reason"]))
     for item in doc.get("findings") or []:
         lines.append("  [%s] %s: %s" % (item["code"], item.get("thread_id"), item["message"]))
     if doc["applied"]:
-        lines.append("Applied %s. Backup: %s" % (plural(doc["changes"], "change"), doc["backup_dir"]))
+        lines.append("Applied %s. Backup: %s"
+                     % (plural(doc["changes"], "change"), doc["backup_dir"]))
         lines.append("Restart Codex (or reload the window), then run diagnose again.")
     elif doc["changes"]:
-        lines.append("Plan id:   %s (add --expect-plan %s to --apply to write exactly this plan)" % (
+        lines.append("Plan id:   %s (add --expect-plan %s to --apply to write exactly this plan)"
+                     % (
             doc["plan_id"], doc["plan_id"]))
         lines.append("%s planned; nothing was written. Re-run with --apply to write %s after a "
                      "backup to CODEX_HOME/%s/." % (plural(doc["changes"], "change"),
-                                                    "it" if doc["changes"] == 1 else "them", BACKUP_DIR_NAME))
+                                                    "it" if doc["changes"] == 1 else "them",
+                                                    BACKUP_DIR_NAME))
     else:
         lines.append("Nothing to do.")
     lines.extend(verification_lines(doc.get("verification"), doc["applied"]))
@@ -7515,7 +7913,8 @@ def summarise_actions(actions: List[Dict[str, Any]]) -> str:
             noun = "thread row" if action["table"] == "threads" else "history-offset row"
             verb = {"update": "updated", "insert": "added", "delete": "removed"}[action["op"]]
         else:
-            noun, verb = {"rollout_edit": ("rollout", "rewritten"), "rollout_copy": ("rollout", "copied in"),
+            noun, verb = {"rollout_edit": ("rollout", "rewritten"),
+                          "rollout_copy": ("rollout", "copied in"),
                           "file_write": ("file", "rewritten"),
                           "move_to_backup": ("file", "moved into the backup")}[action["kind"]]
         counts[(noun, verb)] = counts.get((noun, verb), 0) + 1
@@ -7550,7 +7949,8 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         config=inv.config.as_json(),
         codex_release=".".join(map(str, inv.written_release)) or None,
         reader_release=dict(inv.reader, version=".".join(map(str, inv.reader["version"])) or None),
-        state_db={"live": inv.live_db.as_json(inv.home) if inv.live_db else None, "reason": inv.live_reason,
+        state_db={"live": inv.live_db.as_json(inv.home) if inv.live_db else None,
+                  "reason": inv.live_reason,
                   "all": [d.as_json(inv.home) for d in inv.dbs],
                   "backfill": inv.backfill, "history_projections": inv.projections},
         counts=summarise(inv),
@@ -7583,28 +7983,34 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 REASON_FIXES: Dict[str, str] = {
     "provider_mismatch": "no repair reaches it: {why}",
     "user_event_missing": "no repair reaches it: {why}",
-    "attachment_only_prompt": "0.120-era Codex: repair-user-events; newer Codex: pin the thread, or open it by id "
-                              "(`codex resume ID`) and send one message",
+    "attachment_only_prompt": "0.120-era Codex: repair-user-events; newer Codex: pin the thread, "
+                              "or open it by id (`codex resume ID`) and send one message",
     "rollout_missing": "nothing to recover locally; reindex --prune-missing removes the row",
-    "rollout_inaccessible": "fix the permissions of the rollout's folder (or the disk); the row is never pruned",
+    "rollout_inaccessible": "fix the permissions of the rollout's folder (or the disk); the row is "
+                            "never pruned",
     "rollout_path_stale": "no repair reaches it: {why}",
     "no_db_row": "no repair reaches it: {why}",
-    "rollout_not_indexable": "nothing to repair: move the file out of sessions/ if it is not a conversation",
-    "rollout_is_link": "the thread's evidence `manual_step`: replace the link (the rollout, or the linked folder it "
-                       "lies in) by what it points to, keeping the name, then diagnose again",
+    "rollout_not_indexable": "nothing to repair: move the file out of sessions/ if it is not a "
+                             "conversation",
+    "rollout_is_link": "the thread's evidence `manual_step`: replace the link (the rollout, or the "
+                       "linked folder it lies in) by what it points to, keeping the name, then "
+                       "diagnose again",
     "archive_flag_mismatch": "no repair reaches it: {why}",
-    "source_filtered": "by design: see it with `codex resume --all --include-non-interactive`, or resume it by id",
+    "source_filtered": "by design: see it with `codex resume --all --include-non-interactive`, or "
+                       "resume it by id",
     "archived": "by design: open Codex's Archived view, or unarchive it there",
     "no_user_content": "nothing to recover: the thread never had a user message",
-    "head_line_not_utf8": "open it by id (`codex resume ID`) on 0.169.0 or newer, where every turn reads; the tool "
-                          "never edits the conversation's own bytes to make it list",
-    "user_message_beyond_scan": "resume it by id (`codex resume ID`): 0.130.0 and newer leave it out of the "
-                                "default list",
+    "head_line_not_utf8": "open it by id (`codex resume ID`) on 0.169.0 or newer, where every turn "
+                          "reads; the tool never edits the conversation's own bytes to make it "
+                          "list",
+    "user_message_beyond_scan": "resume it by id (`codex resume ID`): 0.130.0 and newer leave it "
+                                "out of the default list",
     "beyond_recent_window": "scroll or search in Codex, or pin the thread",
     "cwd_unmatchable": "`codex resume --all` lists it regardless of folder",
-    "history_projection_missing": "the thread's evidence `manual_step`: resume it once in Codex (it rebuilds the turns "
-                                  "from the rollout), or, with `elsewhere: true`, point sqlite_home back at the folder "
-                                  "whose thread_history_1.sqlite has its rows",
+    "history_projection_missing": "the thread's evidence `manual_step`: resume it once in Codex "
+                                  "(it rebuilds the turns from the rollout), or, with `elsewhere: "
+                                  "true`, point sqlite_home back at the folder whose "
+                                  "thread_history_1.sqlite has its rows",
 }
 
 
@@ -7612,14 +8018,17 @@ def find_thread(inv: Inventory, wanted: str) -> ThreadView:
     wanted = wanted.strip().lower()
     if wanted in inv.threads:
         return inv.threads[wanted]
-    matches = [v for k, v in inv.threads.items() if k.startswith(wanted)] if len(wanted) >= 6 else []
+    matches = ([v for k, v in inv.threads.items() if k.startswith(wanted)] if len(wanted) >= 6
+               else [])
     if not matches:
-        named = [inv.threads[k] for k, n in inv.index["names"].items() if n.lower() == wanted and k in inv.threads]
+        named = [inv.threads[k] for k,
+                 n in inv.index["names"].items() if n.lower() == wanted and k in inv.threads]
         matches = named
     if len(matches) == 1:
         return matches[0]
     if not matches:
-        raise UsageError("no thread %s in the state DB, the rollouts or session_index.jsonl" % wanted)
+        raise UsageError("no thread %s in the state DB, the rollouts or session_index.jsonl"
+                         % wanted)
     raise UsageError("%s matches %d threads; give more of the id" % (wanted, len(matches)))
 
 
@@ -7629,17 +8038,22 @@ def scan_rollout_layers(path: Path, thread_id: str) -> Dict[str, Any]:
     metas, settings = [], []
     probe = RolloutEdit(path, thread_id)
     with open_regular(path) as handle:
-        for line_no, _offset, raw in iter_marked_lines(handle, PROVIDER_LINE_MARKERS, hashlib.sha256(), probe):
+        for line_no, _offset, raw in iter_marked_lines(handle, PROVIDER_LINE_MARKERS,
+                                                       hashlib.sha256(), probe):
             record = parse_rollout_line(raw, line_no, [])
             payload = record.get("payload") if record else None
             if not isinstance(payload, dict):
                 continue
             if record.get("type") == "session_meta":
-                metas.append({"line": line_no, "id": payload.get("id"), "own": str(payload.get("id", "")).lower() == thread_id,
-                              "model_provider": payload.get("model_provider"), "source": decode_source(payload.get("source")),
+                metas.append({"line": line_no, "id": payload.get("id"),
+                              "own": str(payload.get("id", "")).lower() == thread_id,
+                              "model_provider": payload.get("model_provider"),
+                              "source": decode_source(payload.get("source")),
                               "cli_version": payload.get("cli_version")})
-            elif payload.get("type") == "thread_settings_applied" and isinstance(payload.get("thread_settings"), dict):
-                settings.append({"line": line_no, "model_provider_id": payload["thread_settings"].get("model_provider_id")})
+            elif (payload.get("type") == "thread_settings_applied"
+                  and isinstance(payload.get("thread_settings"), dict)):
+                provider = payload["thread_settings"].get("model_provider_id")
+                settings.append({"line": line_no, "model_provider_id": provider})
     return {"session_meta_lines": metas, "thread_settings_applied": settings,
             "encrypted_reasoning": probe.encrypted_reasoning}
 
@@ -7652,9 +8066,11 @@ def projection_layer(inv: Inventory, view: ThreadView) -> Optional[Dict[str, Any
         with readonly_db(db_path) as conn:
             if not table_exists(conn, "thread_turns"):
                 return None
-            turns = conn.execute("SELECT count(*), min(rollout_byte_offset), max(rollout_end_byte_offset) "
-                                 "FROM thread_turns WHERE thread_id = ?", (view.id,)).fetchone()
-            state = conn.execute("SELECT next_rollout_byte_offset FROM thread_history_projection_state "
+            turns = conn.execute("SELECT count(*), min(rollout_byte_offset), "
+                                 "max(rollout_end_byte_offset) FROM thread_turns WHERE thread_id = "
+                                 "?", (view.id,)).fetchone()
+            state = conn.execute("SELECT next_rollout_byte_offset FROM "
+                                 "thread_history_projection_state "
                                  "WHERE thread_id = ?", (view.id,)).fetchone() if table_exists(
                 conn, "thread_history_projection_state") else None
     except sqlite3.Error as exc:
@@ -7662,9 +8078,12 @@ def projection_layer(inv: Inventory, view: ThreadView) -> Optional[Dict[str, Any
     size = view.primary.size if view.primary else None
     next_offset = state[0] if state else None
     return {"db": display_path(db_path, inv.home), "turns": turns[0], "first_offset": turns[1],
-            "last_end_offset": turns[2], "next_rollout_byte_offset": next_offset, "rollout_size": size,
-            "offsets_within_file": None if size is None or next_offset is None else next_offset <= size,
-            "offsets_on_line_starts": None if view.primary is None or turns[0] == 0 and next_offset is None
+            "last_end_offset": turns[2], "next_rollout_byte_offset": next_offset,
+            "rollout_size": size,
+            "offsets_within_file": None if size is None or next_offset is None
+            else next_offset <= size,
+            "offsets_on_line_starts": None
+            if view.primary is None or turns[0] == 0 and next_offset is None
             else view.id not in inv.misaligned_offsets}
 
 
@@ -7674,19 +8093,27 @@ def filter_verdicts(inv: Inventory, view: ThreadView) -> List[Dict[str, Any]]:
     rank = view.rank
     return [
         {"filter": "provider", "passes": "provider_mismatch" not in codes,
-         "detail": "active %s; DB %s; rollout %s" % (inv.config.provider, view.db_provider, view.rollout_provider)},
+         "detail": "active %s; DB %s; rollout %s"
+         % (inv.config.provider, view.db_provider, view.rollout_provider)},
         {"filter": "source", "passes": "source_filtered" not in codes, "detail": view.source},
-        {"filter": "archived", "passes": "archived" not in codes, "detail": "in archived_sessions/" if view.archived else "in sessions/"},
+        {"filter": "archived", "passes": "archived" not in codes,
+         "detail": "in archived_sessions/" if view.archived else "in sessions/"},
         {"filter": "preview", "passes": not ({"no_user_content"} & set(codes)) and not (
             "user_event_missing" in codes and codes["user_event_missing"]["hides"]),
-         "detail": "gate column %s; first user message %s" % (gate, "found at line %s" % view.primary.evidence_line
-                                                              if view.primary and view.primary.has_evidence else "not found")},
+         "detail": "gate column %s; first user message %s"
+         % (gate, "found at line %s" % view.primary.evidence_line
+                                                              if view.primary
+                                                              and view.primary.has_evidence
+                                                              else "not found")},
         {"filter": "cwd", "passes": "cwd_unmatchable" not in codes and "cwd_moved" not in codes,
-         "detail": (codes["cwd_unmatchable"]["evidence"]["problem"] if "cwd_unmatchable" in codes else
-                    "folder moved to %s" % codes["cwd_moved"]["evidence"].get("found", "one of several folders")
+         "detail": (codes["cwd_unmatchable"]["evidence"]["problem"] if "cwd_unmatchable" in codes
+                    else
+                    "folder moved to %s"
+                    % codes["cwd_moved"]["evidence"].get("found", "one of several folders")
                     if "cwd_moved" in codes else "matchable")},
         {"filter": "recent window", "passes": None if rank is None else rank <= RECENT_WINDOW,
-         "detail": "rank %s of the listed threads (Desktop loads ~%d)" % (rank, RECENT_WINDOW) if rank
+         "detail": "rank %s of the listed threads (Desktop loads ~%d)" % (rank, RECENT_WINDOW)
+         if rank
          else "hidden by the filters above"},
     ]
 
@@ -7708,12 +8135,14 @@ def trace_thread(inv: Inventory, view: ThreadView, verbose: bool) -> Dict[str, A
             continue
         try:
             with readonly_db(db.path) as conn:
-                found = conn.execute("SELECT model_provider, archived, rollout_path FROM threads WHERE id = ?",
+                found = conn.execute("SELECT model_provider, archived, rollout_path FROM threads "
+                                     "WHERE id = ?",
                                      (view.id,)).fetchone()
         except sqlite3.Error:
             found = None
         if found:
-            other_rows.append({"db": display_path(db.path, inv.home), "model_provider": found[0], "archived": found[1]})
+            other_rows.append({"db": display_path(db.path, inv.home), "model_provider": found[0],
+                               "archived": found[1]})
     rollouts = []
     for info in view.files:
         layer = {"path": info.rel, "size": info.size, "archived_location": info.archived_location,
@@ -7741,14 +8170,18 @@ def trace_thread(inv: Inventory, view: ThreadView, verbose: bool) -> Dict[str, A
             fixes.append("%s: %s" % (reason["code"], REASON_FIXES[reason["code"]].format(
                 why=reason.get("why") or "see the evidence")))
     return {
-        "id": view.id, "listed_by_default": not view.hidden, "reasons": [r["code"] for r in view.reasons],
-        "evidence": {r["code"]: r["evidence"] for r in view.reasons if r["evidence"]}, "fixes": fixes,
+        "id": view.id, "listed_by_default": not view.hidden,
+        "reasons": [r["code"] for r in view.reasons],
+        "evidence": {r["code"]: r["evidence"] for r in view.reasons if r["evidence"]},
+        "fixes": fixes,
         "fix_commands": commands,
         "filters": filter_verdicts(inv, view),
-        "db": {"live": display_path(inv.live_db.path, inv.home) if inv.live_db else None, "row": row,
+        "db": {"live": display_path(inv.live_db.path, inv.home) if inv.live_db else None,
+               "row": row,
                "other_dbs": other_rows},
         "rollouts": rollouts,
-        "index": {"name": (view.index_name if verbose else ("(named)" if view.index_name else None))},
+        "index": {"name": (view.index_name if verbose
+                           else ("(named)" if view.index_name else None))},
         "ui_state": state, "projection": projection_layer(inv, view),
     }
 
@@ -7768,15 +8201,18 @@ def read_global_state_hints(home: Path, thread_id: str) -> Dict[str, Any]:
         value = data.get(key)
         return thread_id in value if isinstance(value, (list, dict)) else False
 
-    return {"present": True, "readable": True, "workspace_root_hint": contains("thread-workspace-root-hints"),
-            "project_assignment": contains("thread-project-assignments"), "pinned": contains("pinned-thread-ids"),
+    return {"present": True, "readable": True,
+            "workspace_root_hint": contains("thread-workspace-root-hints"),
+            "project_assignment": contains("thread-project-assignments"),
+            "pinned": contains("pinned-thread-ids"),
             "projectless": contains("projectless-thread-ids")}
 
 
 def render_trace_text(doc: Dict[str, Any]) -> str:
     t = doc["trace"]
     lines = ["Thread %s: %s" % (t["id"], "listed by default" if t["listed_by_default"] else
-                                 "HIDDEN from default lists (%s)" % ", ".join(c for c in t["reasons"]))]
+                                 "HIDDEN from default lists (%s)"
+                                 % ", ".join(c for c in t["reasons"]))]
     for verdict in t["filters"]:
         mark = "n/a" if verdict["passes"] is None else ("ok" if verdict["passes"] else "FAIL")
         lines.append("  %-14s %-4s %s" % (verdict["filter"], mark, verdict["detail"]))
@@ -7784,33 +8220,42 @@ def render_trace_text(doc: Dict[str, Any]) -> str:
     lines.append("State DB %s: %s" % (t["db"]["live"], "row present" if row else "no row"))
     if row:
         lines.append("  provider %s, source %s, archived %s, rollout_path %s" % (
-            row.get("model_provider"), row.get("source"), row.get("archived"), row.get("rollout_path")))
+            row.get("model_provider"), row.get("source"), row.get("archived"),
+            row.get("rollout_path")))
     for other in t["db"]["other_dbs"]:
         lines.append("  stale copy in %s: provider %s" % (other["db"], other["model_provider"]))
     for layer in t["rollouts"]:
-        lines.append("Rollout %s (%d bytes%s)" % (layer["path"], layer["size"], ", problems: " + ", ".join(
+        lines.append("Rollout %s (%d bytes%s)"
+                     % (layer["path"], layer["size"], ", problems: " + ", ".join(
             layer["problems"]) if layer["problems"] else ""))
         for meta in layer.get("session_meta_lines", []):
             lines.append("  line %d session_meta%s provider %s source %s" % (
-                meta["line"], "" if meta["own"] else " (another thread's, from a fork)", meta["model_provider"], meta["source"]))
+                meta["line"], "" if meta["own"] else " (another thread's, from a fork)",
+                meta["model_provider"], meta["source"]))
         for setting in layer.get("thread_settings_applied", []):
-            lines.append("  line %d thread_settings_applied provider %s" % (setting["line"], setting["model_provider_id"]))
+            lines.append("  line %d thread_settings_applied provider %s"
+                         % (setting["line"], setting["model_provider_id"]))
     if not t["rollouts"]:
         lines.append("Rollout: none found under sessions/ or archived_sessions/")
     if t["projection"]:
         p = t["projection"]
         lines.append("History projection: %s, next offset %s of %s bytes" % (
-            plural(p.get("turns") or 0, "turn"), p.get("next_rollout_byte_offset"), p.get("rollout_size")))
+            plural(p.get("turns") or 0, "turn"), p.get("next_rollout_byte_offset"),
+            p.get("rollout_size")))
     name = t["index"]["name"]
-    lines.append("Index name: %s" % ("set (--verbose shows it)" if name == "(named)" else name or "none"))
+    lines.append("Index name: %s"
+                 % ("set (--verbose shows it)" if name == "(named)" else name or "none"))
     if t["ui_state"].get("present"):
         hints = t["ui_state"]
         if not hints.get("readable"):
             lines.append("Desktop state: .codex-global-state.json is unreadable")
         else:
-            held = [label for key, label in (("workspace_root_hint", "a workspace hint"), ("project_assignment",
-                    "a project assignment"), ("pinned", "pinned"), ("projectless", "projectless")) if hints.get(key)]
-            lines.append("Desktop state: %s" % (", ".join(held) if held else "no hint, pin or project for this thread"))
+            held = [label for key,
+                    label in (("workspace_root_hint", "a workspace hint"), ("project_assignment",
+                    "a project assignment"), ("pinned", "pinned"), ("projectless", "projectless"))
+                    if hints.get(key)]
+            lines.append("Desktop state: %s"
+                         % (", ".join(held) if held else "no hint, pin or project for this thread"))
     for fix in t["fixes"]:
         code, _, step = fix.partition(": ")
         lines.append("Fix (%s): %s" % (code, step))
@@ -7822,7 +8267,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
     run_checks(inv)
     view = find_thread(inv, args.thread_id)
     trace = trace_thread(inv, view, args.verbose)
-    code = EXIT_OK if trace["listed_by_default"] and not [r for r in view.reasons if r["severity"] != "info"] else EXIT_FINDINGS
+    code = EXIT_OK if trace["listed_by_default"] and not [r for r in view.reasons
+                                                          if r["severity"]
+                                                          != "info"] else EXIT_FINDINGS
     doc = envelope("trace", inv, code, safety=SAFETY_LINE_READ, trace=trace)
     if args.json:
         emit_json(doc)
@@ -7851,26 +8298,34 @@ def cmd_report(args: argparse.Namespace) -> int:
     live = inv.live_db
     doc = envelope(
         "report", inv, code, codex_home="<CODEX_HOME>", safety=SAFETY_LINE_READ,
-        platform={"system": sys.platform, "python": "%d.%d.%d" % sys.version_info[:3], "sqlite": sqlite3.sqlite_version},
+        platform={"system": sys.platform, "python": "%d.%d.%d" % sys.version_info[:3],
+                  "sqlite": sqlite3.sqlite_version},
         codex_release=".".join(map(str, inv.written_release)) or None,
-        config={"active_provider": inv.config.provider, "provider_source": inv.config.provider_source,
-                "profile": bool(inv.config.profile), "configured_providers": inv.config.configured_providers,
+        config={"active_provider": inv.config.provider,
+                "provider_source": inv.config.provider_source,
+                "profile": bool(inv.config.profile),
+                "configured_providers": inv.config.configured_providers,
                 "sqlite_home_set": bool(inv.config.sqlite_home)},
         state_db={"live": None if live is None else {
             "path": redact(str(live.path), inv.home), "schema_version": live.schema_version,
-            "thread_columns": len(live.columns), "integrity": live.integrity, "error": bool(live.error),
+            "thread_columns": len(live.columns), "integrity": live.integrity,
+            "error": bool(live.error),
             "checksum_drift": len(live.checksum_drift)},
             "count": len(inv.dbs), "backfill_status": (inv.backfill or {}).get("status"),
             "history_projections": inv.projections},
         counts=summarise(inv),
-        findings=[{"code": f["code"], "severity": f["severity"], "count": f.get("count")} for f in findings],
-        threads=[{"id": v.id, "reasons": [r["code"] for r in v.reasons], "source": source_kind(v.source),
-                  "provider": {"db": v.db_provider, "rollout": v.rollout_provider}, "archived": v.archived,
+        findings=[{"code": f["code"], "severity": f["severity"], "count": f.get("count")}
+                  for f in findings],
+        threads=[{"id": v.id, "reasons": [r["code"] for r in v.reasons],
+                  "source": source_kind(v.source),
+                  "provider": {"db": v.db_provider, "rollout": v.rollout_provider},
+                  "archived": v.archived,
                   "rank": v.rank, "rollout_problems": v.primary.problems if v.primary else None}
                  for v in inv.threads.values() if v.reasons],
         session_index={k: v for k, v in inv.index.items() if k != "names"},
         ui_state={"present": inv.global_state["present"], "readable": not inv.global_state["error"],
-                  "sidebar_keys": sorted(inv.global_state["sidebar"]), "sidebar_reset": inv.global_state.get("sidebar_reset")},
+                  "sidebar_keys": sorted(inv.global_state["sidebar"]),
+                  "sidebar_reset": inv.global_state.get("sidebar_reset")},
     )
     emit_json(doc)
     return code
@@ -7889,8 +8344,9 @@ def run_repair(args: argparse.Namespace) -> int:
     plan_id = plan.plan_id(inv.home)
     expected = getattr(args, "expect_plan", None)
     if expected and args.apply and expected != plan_id:
-        raise refuse("the plan changed since the dry run that was reviewed (%s, now %s): Codex or something "
-                     "else wrote to the home; run the dry run again and review it" % (expected, plan_id), None)
+        raise refuse("the plan changed since the dry run that was reviewed (%s, now %s): Codex or "
+                     "something else wrote to the home; run the dry run again and review it"
+                     % (expected, plan_id), None)
     compat = schema_compatibility(inv, plan) if plan.sql else None
     if compat and compat["changed"]:
         plan.warnings.append("%s: --apply refuses unless --force" % compatibility_line(compat))
@@ -7912,7 +8368,8 @@ def run_repair(args: argparse.Namespace) -> int:
         verification = verify_with_codex(inv, args, plan, apply if writes else None)
     elif writes:
         apply()
-    code = EXIT_OK if applied is not None or (plan.change_count == 0 and not plan.findings) else EXIT_FINDINGS
+    code = EXIT_OK if applied is not None or (plan.change_count == 0
+                                              and not plan.findings) else EXIT_FINDINGS
     code = verification_exit_code(code, verification)
     doc = envelope(plan.command, inv, code, applied=applied is not None,
                    safety=SAFETY_LINE_READ if applied is None else SAFETY_LINE_WRITE,
@@ -7921,7 +8378,8 @@ def run_repair(args: argparse.Namespace) -> int:
                    # streamed under --json (thousands of actions are never held as one list)
                    actions=plan.iter_actions_json(inv.home, args.verbose) if args.json
                    else plan.actions_json(inv.home, args.verbose),
-                   warnings=plan.warnings, skipped=plan.skipped + (applied or {}).get("skipped", []),
+                   warnings=plan.warnings,
+                   skipped=plan.skipped + (applied or {}).get("skipped", []),
                    findings=plan.findings,
                    backup_dir=(applied or {}).get("backup_dir"))
     if verification is not None:
@@ -7941,7 +8399,8 @@ def choose_backup(home: Path, args: argparse.Namespace) -> Path:
         raise UsageError("give a backup folder or --latest, not both")
     if args.backup_dir:
         folder = Path(args.backup_dir).expanduser()
-        folder = folder if folder.is_absolute() or folder.exists() else home / BACKUP_DIR_NAME / args.backup_dir
+        if not folder.is_absolute() and not folder.exists():
+            folder = home / BACKUP_DIR_NAME / args.backup_dir
         return folder.resolve()
     if args.latest:
         backups = [b for b in list_backups(home) if b["command"] not in ("restore", None)]
@@ -7955,7 +8414,8 @@ def plan_restore(inv: Inventory, folder: Path, manifest: Dict[str, Any]) -> Plan
     """A restore is a plan like any repair's: the verified entries that differ from the home,
     applied by apply_plan (preflight, lock, undo backup, journal, verify)."""
     plan = Plan("restore")
-    actions = verified_restore_actions(folder, manifest, inv.home, restore_db_dirs(inv.home, inv.config))
+    actions = verified_restore_actions(folder, manifest, inv.home,
+                                       restore_db_dirs(inv.home, inv.config))
     journal = read_journal(folder) if (folder / JOURNAL_NAME).is_file() else None
     plan.restores = []
     for action in (a for a in actions if a.needed()):
@@ -7963,10 +8423,11 @@ def plan_restore(inv: Inventory, folder: Path, manifest: Dict[str, Any]) -> Plan
             # The run wrote every path it changed to its journal first: a path it never named
             # was never changed by it, so putting it back would only undo someone else's change.
             if action.kind == "remove":
-                raise refuse("the backup would remove %s, which that run never wrote (its journal does not "
-                             "name it)" % action.entry["path"], None)
-            plan.skipped.append({"path": action.entry["path"], "reason": "that run never wrote it (its journal "
-                                 "does not name it)"})
+                raise refuse("the backup would remove %s, which that run never wrote (its journal "
+                             "does not name it)" % action.entry["path"], None)
+            plan.skipped.append({"path": action.entry["path"],
+                                 "reason": "that run never wrote it (its journal "
+                                           "does not name it)"})
             continue
         plan.restores.append(action)
     plan.notes["from"] = str(folder)
@@ -7983,10 +8444,14 @@ def cmd_restore(args: argparse.Namespace) -> int:
             emit_json(doc)
         else:
             width = max([len(b["name"]) for b in backups] + [0])
-            print("\n".join("%-*s  %-18s %3d file(s)%s" % (width, b["name"], b["command"] or "-", b["files"],
-                                                         "  (partial: no manifest; removed by the next --apply)"
-                                                         if b["partial"] else "  (manifest does not verify)"
-                                                         if b["unverifiable"] else "" if b["complete"]
+            print("\n".join("%-*s  %-18s %3d file(s)%s"
+                            % (width, b["name"], b["command"] or "-", b["files"],
+                                                         "  (partial: no manifest; removed by the "
+                                                         "next --apply)"
+                                                         if b["partial"]
+                                                         else "  (manifest does not verify)"
+                                                         if b["unverifiable"] else ""
+                                                         if b["complete"]
                                                          else "  (incomplete run)")
                             for b in backups) or "No backups under %s" % (home / BACKUP_DIR_NAME))
         return EXIT_OK
@@ -7999,13 +8464,18 @@ def cmd_restore(args: argparse.Namespace) -> int:
     changed = changed_since_backup(folder, home)
     entries = [e["path"] for e in manifest["entries"]]
     removals = [a.entry["path"] for a in plan.restores if a.kind == "remove"]
-    creations = [a.entry["path"] for a in plan.restores if a.kind == "restore_file" and not os.path.lexists(str(a.target))]
-    result: Dict[str, Any] = {"backup_dir": str(folder), "files": entries, "changed_since_run": changed,
-                              "would_remove": removals, "would_create": creations, "skipped": plan.skipped}
+    creations = [a.entry["path"]
+                 for a in plan.restores
+                 if a.kind == "restore_file" and not os.path.lexists(str(a.target))]
+    result: Dict[str, Any] = {"backup_dir": str(folder), "files": entries,
+                              "changed_since_run": changed,
+                              "would_remove": removals, "would_create": creations,
+                              "skipped": plan.skipped}
     if args.apply:
         if changed and not args.discard_changes:
-            raise refuse("%d file(s) changed after that run (%s); restoring puts each back whole and would "
-                         "discard those changes (Codex itself updates the DB when it lists threads)"
+            raise refuse("%d file(s) changed after that run (%s); restoring puts each back whole "
+                         "and would discard those changes (Codex itself updates the DB when it "
+                         "lists threads)"
                          % (len(changed), ", ".join(changed[:3])), "--discard-changes")
         if plan.change_count:
             applied = apply_plan(inv, plan, args, args.argv)
@@ -8022,9 +8492,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
         for path in entries:
             print("  %s%s" % (path, "  (changed since that run)" if path in changed else ""))
         for path in removals:
-            print("%s %s (that run created it)" % ("Removed" if args.apply else "Would remove", path))
+            print("%s %s (that run created it)"
+                  % ("Removed" if args.apply else "Would remove", path))
         for path in creations:
-            print("%s %s (it no longer exists)" % ("Created" if args.apply else "Would create", path))
+            print("%s %s (it no longer exists)"
+                  % ("Created" if args.apply else "Would create", path))
         for skip in plan.skipped:
             print("Left alone: %s (%s)" % (skip["path"], skip["reason"]))
         if args.apply and result["undo_backup_dir"]:
@@ -8089,8 +8561,9 @@ class ArgumentParser(argparse.ArgumentParser):
 def program_name() -> str:
     """`codex_session_recovery.py` when run as a script, the console-script name when installed."""
     invoked = os.path.basename(sys.argv[0] or "")
-    return "codex_session_recovery.py" if not invoked or invoked.endswith(".py") or invoked.startswith(
-        ("pytest", "python", "-")) else invoked
+    if not invoked or invoked.endswith(".py") or invoked.startswith(("pytest", "python", "-")):
+        return "codex_session_recovery.py"
+    return invoked
 
 
 def _shared_options(defaults: bool) -> argparse.ArgumentParser:
@@ -8104,16 +8577,16 @@ def _shared_options(defaults: bool) -> argparse.ArgumentParser:
     group.add_argument("--profile", metavar="NAME", default=default(None),
                        help="resolve the active provider as `codex --profile NAME` would")
     group.add_argument("--surface", choices=("cli", "app"), default=default(None),
-                       help="which app's listing the verdicts follow when they differ: `cli` (the codex "
-                            "command line, with --profile) or `app` (Codex Desktop and the IDE extension, "
-                            "which take no --profile)")
+                       help="which app's listing the verdicts follow when they differ: `cli` (the "
+                            "codex command line, with --profile) or `app` (Codex Desktop and the "
+                            "IDE extension, which take no --profile)")
     group.add_argument("--json", action="store_true", default=default(False),
                        help="print exactly one JSON document on stdout")
     group.add_argument("--verbose", action="store_true", default=default(False),
                        help="list every thread and example; include message snippets")
     group.add_argument("--deep", action="store_true", default=default(False),
-                       help="read rollout heads with the reference reader (every line decoded in full); "
-                            "the same verdicts, slower")
+                       help="read rollout heads with the reference reader (every line decoded in "
+                            "full); the same verdicts, slower")
     return parser
 
 
@@ -8121,8 +8594,8 @@ def _scope_options(parser: argparse.ArgumentParser, title: str = "scope") -> Non
     group = parser.add_argument_group(title)
     group.add_argument("--source", action="append", metavar="KIND",
                        choices=("cli", "vscode", "exec", "mcp", "subagent", "any"),
-                       help="thread sources in scope (repeatable; default: cli and vscode, the ones "
-                            "Codex lists; `any` for all)")
+                       help="thread sources in scope (repeatable; default: cli and vscode, the "
+                            "ones Codex lists; `any` for all)")
     group.add_argument("--include-archived", action="store_true", help="include archived threads")
     group.add_argument("--include-empty", action="store_true",
                        help="include threads with no user message")
@@ -8138,54 +8611,63 @@ def build_parser() -> argparse.ArgumentParser:
     shared = _shared_options(False)
 
     diagnose = sub.add_parser(
-        "diagnose", parents=[shared], help="explain, thread by thread, why conversations are hidden (read-only)",
+        "diagnose", parents=[shared],
+        help="explain, thread by thread, why conversations are hidden (read-only)",
         description="Read the state DB, every rollout head, the session index and Desktop's UI "
                     "state; report each hidden thread with stable reason codes and the next "
                     "command to run. Never writes.")
-    _scope_options(diagnose, "scope of the suggested repairs (provider candidates and next commands; "
-                             "findings always cover every thread)")
+    _scope_options(diagnose,
+                   "scope of the suggested repairs (provider candidates and next commands; "
+                   "findings always cover every thread)")
     _verify_options(diagnose)
     diagnose.set_defaults(handler=cmd_diagnose)
 
     trace = sub.add_parser(
-        "trace", parents=[shared], help="follow one thread through every layer and every list filter (read-only)",
-        description="Where is my conversation? Show one thread's DB row(s), rollout file(s) and their "
-                    "session_meta lines, index entry, Desktop hints and history projection, and the verdict "
-                    "of each filter a Codex list applies: provider, source, archived, preview, cwd, rank.")
-    trace.add_argument("thread_id", metavar="THREAD_ID", help="a thread id, a unique prefix of one (6+ characters), "
-                       "or a thread name from session_index.jsonl")
+        "trace", parents=[shared],
+        help="follow one thread through every layer and every list filter (read-only)",
+        description="Where is my conversation? Show one thread's DB row(s), rollout file(s) and "
+                    "their session_meta lines, index entry, Desktop hints and history projection, "
+                    "and the verdict of each filter a Codex list applies: provider, source, "
+                    "archived, preview, cwd, rank.")
+    trace.add_argument("thread_id", metavar="THREAD_ID",
+                       help="a thread id, a unique prefix of one (6+ characters), "
+                            "or a thread name from session_index.jsonl")
     trace.set_defaults(handler=cmd_trace)
 
     report = sub.add_parser(
-        "report", parents=[shared], help="print a redacted JSON bundle to paste into an issue (read-only)",
-        description="Counts, versions, reason codes and per-thread codes, as one JSON document. No message "
-                    "text, no thread names, no path outside CODEX_HOME.")
+        "report", parents=[shared],
+        help="print a redacted JSON bundle to paste into an issue (read-only)",
+        description="Counts, versions, reason codes and per-thread codes, as one JSON document. No "
+                    "message text, no thread names, no path outside CODEX_HOME.")
     report.set_defaults(handler=cmd_report)
 
     for entry in REPAIRS:
-        repair = sub.add_parser(entry.name, parents=[shared], help=entry.summary, description=entry.description)
+        repair = sub.add_parser(entry.name, parents=[shared], help=entry.summary,
+                                description=entry.description)
         if entry.options is not None:
             entry.options(repair)
         _write_options(repair)
         _verify_options(repair)
         repair.add_argument("--expect-plan", metavar="PLAN_ID",
-                            help="with --apply: refuse unless the plan is the one the dry run printed as "
-                                 "plan_id (nothing changed in between)")
+                            help="with --apply: refuse unless the plan is the one the dry run "
+                                 "printed as plan_id (nothing changed in between)")
         repair.set_defaults(handler=run_repair, planner=entry.planner)
 
     restore = sub.add_parser(
         "restore", parents=[shared], help="put back exactly what an earlier --apply changed",
-        description="Restore the files and DB of a backup made by --apply, after verifying every copy "
-                    "against the manifest. Refuses when they changed after that run, unless --discard-changes, "
-                    "and while Codex is using the home, unless --force. The state just before the restore is "
-                    "backed up too.")
+        description="Restore the files and DB of a backup made by --apply, after verifying every "
+                    "copy against the manifest. Refuses when they changed after that run, unless "
+                    "--discard-changes, and while Codex is using the home, unless --force. The "
+                    "state just before the restore is backed up too.")
     restore.add_argument("backup_dir", nargs="?", metavar="BACKUP_DIR",
                          help="a folder under CODEX_HOME/%s (its name or path)" % BACKUP_DIR_NAME)
     restore.add_argument("--latest", action="store_true", help="the most recent backup")
     restore.add_argument("--list", action="store_true", help="list the backups and exit")
-    _write_options(restore, force_help="restore although Codex is using the home; never implies --apply")
-    restore.add_argument("--discard-changes", action="store_true", help="restore although files changed after "
-                         "that run (those later changes are lost; the undo backup keeps them)")
+    _write_options(restore, force_help="restore although Codex is using the home; never implies "
+                                       "--apply")
+    restore.add_argument("--discard-changes", action="store_true",
+                         help="restore although files changed after "
+                              "that run (those later changes are lost; the undo backup keeps them)")
     restore.set_defaults(handler=cmd_restore)
     return parser
 
@@ -8194,12 +8676,13 @@ def _verify_options(parser: argparse.ArgumentParser) -> None:
     """--verify and --codex-bin, for diagnose and every repair."""
     group = parser.add_argument_group("verification with your own Codex")
     group.add_argument("--verify", action="store_true",
-                       help="ask your Codex (its app-server, offline, on a private scratch copy of the home with "
-                            "no credentials) what it lists now and after this plan, and compare with this tool's "
-                            "prediction; a disagreement is a finding (exit 1). No byte of the home is written")
+                       help="ask your Codex (its app-server, offline, on a private scratch copy of "
+                            "the home with no credentials) what it lists now and after this plan, "
+                            "and compare with this tool's prediction; a disagreement is a finding "
+                            "(exit 1). No byte of the home is written")
     group.add_argument("--codex-bin", metavar="PATH", type=_executable_argument,
-                       help="the codex binary --verify runs (default: `codex` on PATH, else the one Codex "
-                            "Desktop or the IDE extension ships)")
+                       help="the codex binary --verify runs (default: `codex` on PATH, else the "
+                            "one Codex Desktop or the IDE extension ships)")
 
 
 def _executable_argument(text: str) -> str:
@@ -8211,9 +8694,11 @@ def _executable_argument(text: str) -> str:
 
 def _write_options(parser: argparse.ArgumentParser, force_help: Optional[str] = None) -> None:
     group = parser.add_argument_group("writing")
-    group.add_argument("--apply", action="store_true", help="write the changes (after a backup); without it "
-                       "nothing is written")
-    group.add_argument("--force", action="store_true", help=force_help or "proceed although Codex is using the "
+    group.add_argument("--apply", action="store_true",
+                       help="write the changes (after a backup); without it "
+                            "nothing is written")
+    group.add_argument("--force", action="store_true",
+                       help=force_help or "proceed although Codex is using the "
                        "home or the schema is newer than known; never implies --apply")
 
 
@@ -8242,7 +8727,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = parser.parse_args(raw)
     except ArgumentsRejected as exc:  # argparse has printed its usage and message to stderr
         if "--json" in raw:
-            command = next((word for word in raw if word in parser.get_default("command_names")), None)
+            command = next((word for word in raw if word in parser.get_default("command_names")),
+                           None)
             emit_json(error_document(command, None, UsageError(exc.message)))
         raise
     args.argv = raw
