@@ -14,16 +14,13 @@ tool's own ``recovery-backups/`` are left out).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import os
 import re
 import shutil
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -31,6 +28,7 @@ import pytest
 
 import codex_harness as harness
 import codex_session_recovery as csr
+from homes import run_in_process, run_script
 
 pytestmark = pytest.mark.realcodex
 
@@ -97,18 +95,12 @@ def execute(db: Path, sql: str, params: Tuple[Any, ...] = ()) -> int:
 
 def run_tool(home: Path, *args: str) -> Tuple[int, Dict[str, Any], str]:
     """The tool in-process with --json: (exit code, the one JSON document, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = csr.main(["--codex-home", str(home), *args, "--json"])
-    doc = json.loads(out.getvalue())
-    assert doc["exit_code"] == code
-    return code, doc, err.getvalue()
+    return run_in_process("--codex-home", str(home), *args)
 
 
 def run_tool_process(home: Path, *args: str) -> subprocess.CompletedProcess:
     """The tool as a separate process, the way a user runs it (its own pid, its own stderr)."""
-    return subprocess.run([sys.executable, str(SCRIPT), "--codex-home", str(home), *args],
-                          capture_output=True, text=True, timeout=120)
+    return run_script("--codex-home", str(home), *args, timeout=120, text=True)
 
 
 def user_texts(turn: Dict[str, Any]) -> List[str]:
@@ -878,9 +870,8 @@ def test_offsets_left_by_a_killed_run_are_realigned_and_codex_reads_every_turn(r
     ordinal, and the real Codex then reads every turn of every thread."""
     home = real_home("0.169.0", "openai")
     home.switch_provider(CUSTOM)
-    env = dict(os.environ, **{csr.FAULT_ENV: "after_rollout_replace:1:kill"})
-    killed = subprocess.run([sys.executable, str(SCRIPT), "--codex-home", str(home.home), "repair-provider",
-                             "--from", "openai", "--apply"], capture_output=True, timeout=120, env=env)
+    killed = run_script("--codex-home", str(home.home), "repair-provider", "--from", "openai", "--apply",
+                        timeout=120, fault="after_rollout_replace:1:kill")
     assert killed.returncode < 0, killed.stderr
     code, doc, _ = run_tool(home.home, "diagnose")
     misaligned = finding(doc, "history_offsets_misaligned")
