@@ -416,6 +416,12 @@ def _surrogate_thread_name(root: Path) -> List[str]:
     return ["rebuild-index", "--apply", "--json"]
 
 
+# What each odd value's command exits with: only the huge recency is left as a finding.
+ODD_VALUE_EXITS = {"_huge_recency": csr.EXIT_FINDINGS, "_garbage_history": csr.EXIT_OK,
+                   "_directory_history": csr.EXIT_OK, "_impossible_timestamp": csr.EXIT_OK,
+                   "_surrogate_global_state": csr.EXIT_OK, "_surrogate_thread_name": csr.EXIT_OK}
+
+
 @pytest.mark.parametrize("build", [_huge_recency, _garbage_history, _directory_history, _impossible_timestamp,
                                    _surrogate_global_state, _surrogate_thread_name],
                          ids=lambda f: f.__name__.strip("_"))
@@ -425,7 +431,7 @@ def test_odd_values_give_findings_not_tracebacks(tmp_path, build):
     done = run_script(*[argv[0], "--codex-home", str(root), *argv[1:]], timeout=60)
     err = done.stderr.decode()
     assert "Traceback" not in err, err[-3000:]
-    assert done.returncode in (csr.EXIT_OK, csr.EXIT_FINDINGS, csr.EXIT_REFUSED), (done.returncode, err)
+    assert done.returncode == ODD_VALUE_EXITS[build.__name__], (done.returncode, err)
     json.loads(done.stdout)  # exactly one JSON document
     for folder, _dirs, files in os.walk(str(root)):
         for name in files:
@@ -529,17 +535,28 @@ def _fifo_restore_target(root: Path) -> List[List[str]]:
     return [["restore", str(folder)], ["restore", str(folder), "--apply", "--discard-changes"]]
 
 
+# The exit code of each command a builder returns, in order: each one is fixed.
+NON_REGULAR_EXITS = {
+    "_fifo_rollout": [csr.EXIT_FINDINGS, csr.EXIT_OK, csr.EXIT_OK],
+    "_fifo_config": [csr.EXIT_FINDINGS, csr.EXIT_OK, csr.EXIT_FINDINGS, csr.EXIT_FINDINGS] + [csr.EXIT_OK] * 6,
+    "_zero_config": [csr.EXIT_FINDINGS, csr.EXIT_FINDINGS],
+    "_fifo_global_state": [csr.EXIT_OK, csr.EXIT_OK, csr.EXIT_OK],
+    "_fifo_restore_target": [csr.EXIT_REFUSED, csr.EXIT_REFUSED],
+}
+
+
 @needs_fifo
 @pytest.mark.parametrize("build", [_fifo_rollout, _fifo_config, _zero_config, _fifo_global_state,
                                    _fifo_restore_target], ids=lambda f: f.__name__.strip("_"))
 def test_non_regular_files_never_hang_a_command(tmp_path, build):
     root = tmp_path / "home"
     commands = build(root)
-    for argv in commands:
+    assert len(commands) == len(NON_REGULAR_EXITS[build.__name__])
+    for argv, expected in zip(commands, NON_REGULAR_EXITS[build.__name__]):
         done = run_script(*[argv[0], "--codex-home", str(root), *argv[1:]], timeout=30)
         err = done.stderr.decode()
         assert "Traceback" not in err and "MemoryError" not in err, (argv, err[-2000:])
-        assert done.returncode in (csr.EXIT_OK, csr.EXIT_FINDINGS, csr.EXIT_REFUSED), (argv, done.returncode, err)
+        assert done.returncode == expected, (argv, done.returncode, err)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -608,7 +625,7 @@ def test_unreadable_folder_blocks_pruning(tmp_path, monkeypatch):
     with unreadable_folder(folder, monkeypatch):
         code, out, err = run(*["reindex", "--codex-home", str(root), "--prune-missing", "--apply", "--json"])
         diag_code, diag, _ = run(*["diagnose", "--codex-home", str(root), "--json"])
-    assert code in (csr.EXIT_OK, csr.EXIT_FINDINGS, csr.EXIT_REFUSED), err
+    assert code == csr.EXIT_OK, err
     assert db_dump(root / "state_5.sqlite") == rows_before, "rows of conversations that exist were deleted"
     doc = json.loads(diag)
     codes = {f["code"] for f in doc["findings"]}
@@ -880,6 +897,6 @@ def test_unreadable_index_is_a_finding_and_is_never_rewritten(tmp_path, monkeypa
     assert "index_unreadable" in {f["code"] for f in json.loads(out)["findings"]}, err
     code, out, err = run(*["rebuild-index", "--codex-home", str(root), "--apply", "--json"])
     monkeypatch.setattr(os, "open", real_open)
-    assert code in (csr.EXIT_OK, csr.EXIT_FINDINGS), err
+    assert code == csr.EXIT_OK, err
     assert json.loads(out)["changes"] == 0
     assert index.read_bytes() == before

@@ -599,7 +599,7 @@ def test_append_between_last_check_and_replace_is_not_lost(tmp_path, monkeypatch
     monkeypatch.setattr(csr.os, "replace", racing_replace)
     code, _out, err = run_in_process(["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply"])
     monkeypatch.setattr(csr.os, "replace", real_replace)
-    assert code in (csr.EXIT_OK, csr.EXIT_APPLY_FAILED), err
+    assert code == csr.EXIT_OK, err
     assert appended in target.path.read_bytes()
 
 

@@ -329,7 +329,8 @@ def test_a_closed_pipe_is_no_traceback(tmp_path, argv):
         os.close(write_end)
     err = proc.stderr.decode("utf-8", "replace")
     assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err
-    assert proc.returncode in (csr.EXIT_OK, csr.EXIT_FINDINGS, csr.EXIT_USAGE), (proc.returncode, err)
+    # Output not all delivered ends with 1 whatever the command (closed_pipe_exit).
+    assert proc.returncode == csr.EXIT_FINDINGS, (proc.returncode, err)
 
 
 # ---------------------------------------------------------------------------------------------
