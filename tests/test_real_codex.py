@@ -14,7 +14,6 @@ tool's own ``recovery-backups/`` are left out).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -28,7 +27,7 @@ import pytest
 
 import codex_harness as harness
 import codex_session_recovery as csr
-from homes import run_in_process, run_script
+from homes import hash_tree, run_in_process, run_script
 
 pytestmark = pytest.mark.realcodex
 
@@ -50,21 +49,9 @@ require_release = harness.require_release
 # Files, DBs and the tool
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def snapshot(home: Path) -> Dict[str, str]:
-    """sha256 of every file in the home, except SQLite's shared-memory index (rewritten by
-    any open, read-only ones included) and the tool's own backup folder."""
-    found = {}
-    for path in sorted(home.rglob("*")):
-        rel = path.relative_to(home)
-        if rel.parts[0] == csr.BACKUP_DIR_NAME or path.name.endswith("-shm"):
-            continue
-        if path.is_file():
-            found[rel.as_posix()] = sha256(path)
-    return found
+# sha256 of every file in the home, except SQLite's shared-memory index (rewritten by any
+# open, read-only ones included) and the tool's own backup folder.
+snapshot = hash_tree
 
 
 def changed_files(before: Dict[str, str], after: Dict[str, str]) -> List[str]:
