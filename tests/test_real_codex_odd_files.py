@@ -36,6 +36,9 @@ ODD_NAME = "rollout-2026-12-01T10-00-0%d-%s.jsonl"
 
 def run_tool(home: Path, *args: str) -> Dict[str, Any]:
     out = run_script("--codex-home", str(home), *args, "--json", timeout=300)
+    # Either code: which one a call gets depends on the release and the step (the same
+    # diagnose exits 0 on 0.120.0 and 1 on 0.169.0 with a linked rollout in place); each test
+    # asserts the findings it follows from.
     assert out.returncode in (csr.EXIT_OK, csr.EXIT_FINDINGS), (out.returncode, out.stderr)
     return json.loads(out.stdout)
 
