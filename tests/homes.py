@@ -378,12 +378,12 @@ def script_env(env: Optional[Dict[str, str]] = None, fault: Optional[str] = None
 
 def run_script(*args: str, cwd: Optional[Path] = None, python_flags: Sequence[str] = (),
                timeout: float = 60, env: Optional[Dict[str, str]] = None,
-               fault: Optional[str] = None, input: Optional[bytes] = None,
-               stdout: Any = subprocess.PIPE, text: bool = False) -> "subprocess.CompletedProcess[Any]":
+               fault: Optional[str] = None, stdout: Any = subprocess.PIPE,
+               text: bool = False) -> "subprocess.CompletedProcess[Any]":
     """The real script in a subprocess, as a user runs it: stdout (unless `stdout` says where
     it goes) and stderr captured, as bytes or with `text` as str; `env` added to script_env(),
-    `fault` armed (the script's fault-injection variable, "<point>[:<n>]:kill")."""
+    `fault` armed (the script's fault-injection variable, e.g. "<point>:<n>:kill")."""
     return subprocess.run([sys.executable, *python_flags, str(SCRIPT), *args],
-                          cwd=None if cwd is None else str(cwd), input=input, stdout=stdout,
+                          cwd=None if cwd is None else str(cwd), stdout=stdout,
                           stderr=subprocess.PIPE, timeout=timeout, env=script_env(env, fault),
                           text=text)
