@@ -19,19 +19,13 @@ def standin():
 
 
 @pytest.fixture
-def cli(capsys):
+def cli():
     """The tool in-process with --json, as `cli(*argv)`: (exit code, its one JSON document),
-    with the document's exit_code checked against the real one."""
-    import codex_session_recovery as csr
-    from homes import one_json_document
+    with the document's exit_code checked against the real one (homes.run_in_process)."""
+    from homes import run_in_process
 
     def run(*argv: str):
-        try:
-            code = csr.main([*argv, "--json"])
-        except SystemExit as exc:  # argparse's own usage errors
-            code = exc.code
-        doc = one_json_document(capsys.readouterr().out)
-        assert doc["exit_code"] == code, (code, doc)
+        code, doc, _err = run_in_process(*argv)
         return code, doc
 
     return run

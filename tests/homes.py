@@ -15,10 +15,13 @@ rollout lines below follow the line sequences those releases wrote:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import sqlite3
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -107,6 +110,16 @@ class HomeBuilder:
     def index(self, entries: List[Dict[str, Any]]) -> "HomeBuilder":
         write_jsonl(self.root / "session_index.jsonl", entries)
         return self
+
+
+def switched_home(root: Path, release: str = "0.169.0", turns: Sequence[int] = (1, 1),
+                  active: str = "proxy") -> Tuple[HomeBuilder, List[Thread]]:
+    """The commonest case of vanished chats: chats made under openai (one per entry of
+    `turns`, that many turns each), then config.toml switched to the custom provider
+    `active`, so Codex's default list shows none of them."""
+    home = HomeBuilder(root, release).provider_config(active)
+    threads = [home.thread(provider="openai", turns=count) for count in turns]
+    return home, threads
 
 
 # -- rollouts ---------------------------------------------------------------------------------
@@ -285,9 +298,10 @@ def record_projection(db_path: Path, thread: Thread, release: str = "0.169.0") -
         conn.close()
 
 
-def hash_tree(root: Path, ignore_shm: bool = True) -> Dict[str, str]:
+def hash_tree(root: Path, ignore_shm: bool = True, regular_only: bool = False) -> Dict[str, str]:
     """SHA-256 of every file under root, except SQLite's -shm index (it may move on a read)
-    and the tool's own recovery-backups/ folder."""
+    and the tool's own recovery-backups/ folder. With `regular_only`, nothing that is not a
+    regular file is opened: a FIFO (its read would block) and a symlink are left out."""
     digests = {}
     for folder, dirs, files in os.walk(str(root)):
         dirs[:] = [d for d in dirs if d != "recovery-backups"]
@@ -295,6 +309,8 @@ def hash_tree(root: Path, ignore_shm: bool = True) -> Dict[str, str]:
             if ignore_shm and name.endswith("-shm"):
                 continue
             path = Path(folder) / name
+            if regular_only and not stat.S_ISREG(os.lstat(str(path)).st_mode):
+                continue
             digests[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
     return digests
 
@@ -323,20 +339,51 @@ def one_json_document(out: str) -> Dict[str, Any]:
     return doc
 
 
-def run_in_process(*argv: str, capsys: Any) -> Tuple[int, Dict[str, Any], str]:
-    """The tool in-process with --json: (exit code, its one JSON document, stderr), the
-    document's exit_code checked against the real one."""
+def run_captured(*argv: str) -> Tuple[int, str, str]:
+    """The tool in this process, as a user runs it: (exit code, stdout, stderr). argparse's
+    usage errors give their exit code; any other exception propagates and fails the test, and
+    so does a traceback printed on stderr."""
     import codex_session_recovery as csr
 
-    code = csr.main([*argv, "--json"])
-    captured = capsys.readouterr()
-    doc = one_json_document(captured.out)
-    assert doc["exit_code"] == code
-    return code, doc, captured.err
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = csr.main(list(argv))
+        except SystemExit as exc:
+            code = exc.code
+    assert "Traceback" not in err.getvalue(), err.getvalue()
+    return code, out.getvalue(), err.getvalue()
 
 
-def run_script(*args: str, cwd: Path, python_flags: Sequence[str] = (), timeout: float = 60,
-               env: Optional[Dict[str, str]] = None) -> "subprocess.CompletedProcess[bytes]":
-    """The real script in a subprocess, as a user runs it (stdout and stderr captured)."""
-    return subprocess.run([sys.executable, *python_flags, str(SCRIPT), *args], cwd=str(cwd),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout, env=env)
+def run_in_process(*argv: str) -> Tuple[int, Dict[str, Any], str]:
+    """The tool in-process with --json: (exit code, its one JSON document, stderr), the
+    document's exit_code checked against the real one."""
+    code, out, err = run_captured(*argv, "--json")
+    doc = one_json_document(out)
+    assert doc["exit_code"] == code, (code, doc)
+    return code, doc, err
+
+
+def script_env(env: Optional[Dict[str, str]] = None, fault: Optional[str] = None) -> Dict[str, str]:
+    """This process's environment without what would point the script elsewhere (a
+    CODEX_HOME of the machine, an armed fault point), plus `env`, plus `fault` armed."""
+    import codex_session_recovery as csr
+
+    full = {k: v for k, v in os.environ.items() if k not in ("CODEX_HOME", csr.FAULT_ENV)}
+    full.update(env or {})
+    if fault:
+        full[csr.FAULT_ENV] = fault
+    return full
+
+
+def run_script(*args: str, cwd: Optional[Path] = None, python_flags: Sequence[str] = (),
+               timeout: float = 60, env: Optional[Dict[str, str]] = None,
+               fault: Optional[str] = None, stdout: Any = subprocess.PIPE,
+               text: bool = False) -> "subprocess.CompletedProcess[Any]":
+    """The real script in a subprocess, as a user runs it: stdout (unless `stdout` says where
+    it goes) and stderr captured, as bytes or with `text` as str; `env` added to script_env(),
+    `fault` armed (the script's fault-injection variable, e.g. "<point>:<n>:kill")."""
+    return subprocess.run([sys.executable, *python_flags, str(SCRIPT), *args],
+                          cwd=None if cwd is None else str(cwd), stdout=stdout,
+                          stderr=subprocess.PIPE, timeout=timeout, env=script_env(env, fault),
+                          text=text)

@@ -7,7 +7,6 @@ Every subprocess runs under a timeout, and every home is hashed where a run must
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import sqlite3
@@ -15,37 +14,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Tuple
 
 import pytest
 
 import codex_session_recovery as csr
-from homes import HomeBuilder, db_dump, hash_tree
+from homes import HomeBuilder, db_dump, hash_tree, run_captured, run_script, switched_home
 
-SCRIPT = Path(csr.__file__).resolve()
 POSIX = os.name == "posix"
 LINUX = sys.platform.startswith("linux")
 
 
-def run(argv: Sequence[str]) -> Tuple[int, str, str]:
-    """The tool in this process (fast); a traceback fails the test."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = csr.main(list(argv))
-    return code, out.getvalue(), err.getvalue()
-
-
-def run_script(argv: Sequence[str], timeout: float = 60, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
-    full = dict(os.environ)
-    full.pop(csr.FAULT_ENV, None)
-    full.update(env or {})
-    return subprocess.run([sys.executable, str(SCRIPT), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          env=full, timeout=timeout)
+run = run_captured  # the tool in this process (fast): (exit code, stdout, stderr)
 
 
 def provider_home(root: Path, threads: int = 2, turns: int = 2) -> List[Any]:
-    home = HomeBuilder(root, "0.169.0").provider_config("proxy")
-    return [home.thread(provider="openai", turns=turns) for _ in range(threads)]
+    return switched_home(root, turns=(turns,) * threads)[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,7 +75,7 @@ def test_session_opening_the_rollout_during_the_replace_loses_nothing(tmp_path, 
     monkeypatch.setattr(csr.os, "replace", replace_while_a_session_opens)
     if not leases:
         monkeypatch.setattr(csr, "take_read_lease", lambda fd: None)
-    code, out, err = run(["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply", "--json"])
+    code, out, err = run(*["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply", "--json"])
     monkeypatch.setattr(csr.os, "replace", real_replace)
     assert sessions, "the replace of the rollout was never reached"
     sessions[0].wait(timeout=60)
@@ -123,7 +107,7 @@ def test_codex_thread_writer_lock_is_honoured(tmp_path):
     fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     before = threads[0].path.read_bytes()
     try:
-        code, out, err = run(["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply",
+        code, out, err = run(*["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply",
                               "--force", "--json"])
     finally:
         held.close()
@@ -181,30 +165,30 @@ def test_offsets_left_stale_by_a_kill_are_found_and_realigned(tmp_path, point):
     root = tmp_path / "home"
     threads = provider_home(root, threads=3, turns=3)
     argv = ["repair-provider", "--codex-home", str(root), "--from", "openai"]
-    killed = run_script(argv + ["--apply"], env={csr.FAULT_ENV: point + ":kill"})
+    killed = run_script(*argv + ["--apply"], env={csr.FAULT_ENV: point + ":kill"})
     assert killed.returncode < 0, killed.stderr.decode()[-500:]
     bad = misaligned(root, threads)
     assert bad, "the kill left every offset right: nothing to prove"
 
-    code, out, _err = run(["diagnose", "--codex-home", str(root), "--json"])
+    code, out, _err = run(*["diagnose", "--codex-home", str(root), "--json"])
     finding = next((f for f in json.loads(out)["findings"] if f["code"] == "history_offsets_misaligned"), None)
     assert finding is not None and sorted(finding["evidence"]["thread_ids"]) == bad
-    code, out, _err = run(["trace", bad[0], "--codex-home", str(root), "--json"])
+    code, out, _err = run(*["trace", bad[0], "--codex-home", str(root), "--json"])
     projection = json.loads(out)["trace"]["projection"]
     assert projection["offsets_on_line_starts"] is False
 
-    code, out, err = run(argv + ["--json"])
+    code, out, err = run(*argv + ["--json"])
     doc = json.loads(out)
     assert code == csr.EXIT_FINDINGS, err
     realign = [a for a in doc["actions"] if a["kind"] == "sql" and a["thread_id"] in bad
                and a["table"] in ("thread_turns", "thread_history_projection_state")]
     assert realign, doc["actions"]
-    code, out, err = run(argv + ["--apply", "--json"])
+    code, out, err = run(*argv + ["--apply", "--json"])
     assert code == csr.EXIT_OK, err
     assert misaligned(root, threads) == []
-    code, out, err = run(argv + ["--json"])
+    code, out, err = run(*argv + ["--json"])
     assert (code, json.loads(out)["changes"]) == (csr.EXIT_OK, 0), out
-    code, out, _err = run(["diagnose", "--codex-home", str(root), "--json"])
+    code, out, _err = run(*["diagnose", "--codex-home", str(root), "--json"])
     assert "history_offsets_misaligned" not in {f["code"] for f in json.loads(out)["findings"]}
 
 
@@ -213,21 +197,21 @@ def test_next_after_a_kill_names_the_command_that_realigns_the_offsets(tmp_path)
     the rollouts), and running that line as printed puts every offset back on a line start."""
     root = tmp_path / "home"
     threads = provider_home(root, threads=3, turns=3)
-    killed = run_script(["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply"],
+    killed = run_script(*["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply"],
                         env={csr.FAULT_ENV: "after_commit:1:kill"})
     assert killed.returncode < 0, killed.stderr.decode()[-500:]
-    code, out, _err = run(["diagnose", "--codex-home", str(root), "--json"])
+    code, out, _err = run(*["diagnose", "--codex-home", str(root), "--json"])
     doc = json.loads(out)
     assert "history_offsets_misaligned" in {f["code"] for f in doc["findings"]}
     lines = [argv for argv in doc["next_argv"] if "reindex" in argv]
     assert len(lines) == 1, doc["next_argv"]
     tail = lines[0][lines[0].index("reindex"):]
-    code, out, err = run(tail + ["--codex-home", str(root), "--json"])
+    code, out, err = run(*tail + ["--codex-home", str(root), "--json"])
     plan_id = json.loads(out)["plan_id"]
-    code, out, err = run(tail + ["--codex-home", str(root), "--apply", "--expect-plan", plan_id, "--json"])
+    code, out, err = run(*tail + ["--codex-home", str(root), "--apply", "--expect-plan", plan_id, "--json"])
     assert code == csr.EXIT_OK, err
     assert misaligned(root, threads) == []
-    code, out, _err = run(["diagnose", "--codex-home", str(root), "--json"])
+    code, out, _err = run(*["diagnose", "--codex-home", str(root), "--json"])
     assert "history_offsets_misaligned" not in {f["code"] for f in json.loads(out)["findings"]}
 
 
@@ -258,12 +242,12 @@ def test_offsets_of_the_bytes_a_torn_tail_lost_are_not_misaligned(tmp_path):
     threads = provider_home(root, threads=2, turns=3)
     data = threads[0].path.read_bytes()
     threads[0].path.write_bytes(data[:len(data) - 40])
-    code, out, _err = run(["diagnose", "--codex-home", str(root), "--json"])
+    code, out, _err = run(*["diagnose", "--codex-home", str(root), "--json"])
     assert "history_offsets_misaligned" not in {f["code"] for f in json.loads(out)["findings"]}, out
     argv = ["repair-provider", "--codex-home", str(root), "--from", "openai"]
-    code, out, err = run(argv + ["--apply", "--json"])
+    code, out, err = run(*argv + ["--apply", "--json"])
     assert code == csr.EXIT_OK, err
-    code, out, _err = run(["diagnose", "--codex-home", str(root), "--json"])
+    code, out, _err = run(*["diagnose", "--codex-home", str(root), "--json"])
     assert "history_offsets_misaligned" not in {f["code"] for f in json.loads(out)["findings"]}, out
     untouched = set(projection_offsets(root)[threads[1].id])
     assert untouched <= line_starts(threads[1].path)
@@ -276,7 +260,7 @@ def test_offsets_of_the_bytes_a_torn_tail_lost_are_not_misaligned(tmp_path):
 
 def applied_home(root: Path) -> Tuple[List[Any], Path]:
     threads = provider_home(root, threads=2)
-    code, out, err = run(["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply", "--json"])
+    code, out, err = run(*["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply", "--json"])
     assert code == csr.EXIT_OK, err
     return threads, Path(json.loads(out)["backup_dir"])
 
@@ -289,7 +273,7 @@ def edit_manifest(folder: Path, change) -> None:
 
 
 def restore_apply(root: Path, folder: Path, *extra: str) -> Tuple[int, str, str]:
-    return run(["restore", "--codex-home", str(root), str(folder), "--apply", *extra])
+    return run(*["restore", "--codex-home", str(root), str(folder), "--apply", *extra])
 
 
 def test_restore_refuses_a_tampered_payload(tmp_path):
@@ -432,16 +416,22 @@ def _surrogate_thread_name(root: Path) -> List[str]:
     return ["rebuild-index", "--apply", "--json"]
 
 
+# What each odd value's command exits with: only the huge recency is left as a finding.
+ODD_VALUE_EXITS = {"_huge_recency": csr.EXIT_FINDINGS, "_garbage_history": csr.EXIT_OK,
+                   "_directory_history": csr.EXIT_OK, "_impossible_timestamp": csr.EXIT_OK,
+                   "_surrogate_global_state": csr.EXIT_OK, "_surrogate_thread_name": csr.EXIT_OK}
+
+
 @pytest.mark.parametrize("build", [_huge_recency, _garbage_history, _directory_history, _impossible_timestamp,
                                    _surrogate_global_state, _surrogate_thread_name],
                          ids=lambda f: f.__name__.strip("_"))
 def test_odd_values_give_findings_not_tracebacks(tmp_path, build):
     root = tmp_path / "home"
     argv = build(root)
-    done = run_script([argv[0], "--codex-home", str(root), *argv[1:]], timeout=60)
+    done = run_script(*[argv[0], "--codex-home", str(root), *argv[1:]], timeout=60)
     err = done.stderr.decode()
     assert "Traceback" not in err, err[-3000:]
-    assert done.returncode in (csr.EXIT_OK, csr.EXIT_FINDINGS, csr.EXIT_REFUSED), (done.returncode, err)
+    assert done.returncode == ODD_VALUE_EXITS[build.__name__], (done.returncode, err)
     json.loads(done.stdout)  # exactly one JSON document
     for folder, _dirs, files in os.walk(str(root)):
         for name in files:
@@ -461,7 +451,7 @@ def test_ui_state_with_a_number_json_cannot_write_is_left_alone(tmp_path, number
     path = root / ".codex-global-state.json"
     path.write_text('{"electron-persisted-atom-state": {"thread-sort-key": "created_at", "zoom": %s}}\n' % number)
     before = path.read_bytes()
-    code, out, err = run(["repair-ui-state", "--codex-home", str(root), "--apply", "--json"])
+    code, out, err = run(*["repair-ui-state", "--codex-home", str(root), "--apply", "--json"])
     assert code == csr.EXIT_OK, err
     assert path.read_bytes() == before
     assert any(number in s["reason"] for s in json.loads(out)["skipped"])
@@ -479,9 +469,9 @@ def test_bom_on_the_first_index_line_keeps_that_name(tmp_path):
     (root / "session_index.jsonl").write_bytes(
         b"\xef\xbb\xbf" + json.dumps({"id": thread.id, "thread_name": "checkout bug",
                                       "updated_at": "2026-10-01T00:00:00Z"}).encode() + b"\n")
-    code, out, err = run(["trace", "checkout bug", "--codex-home", str(root), "--json"])
+    code, out, err = run(*["trace", "checkout bug", "--codex-home", str(root), "--json"])
     assert json.loads(out)["trace"]["id"] == thread.id, err
-    code, out, _err = run(["diagnose", "--codex-home", str(root), "--json"])
+    code, out, _err = run(*["diagnose", "--codex-home", str(root), "--json"])
     assert "index_bad_lines" not in {f["code"] for f in json.loads(out)["findings"]}
 
 
@@ -490,13 +480,13 @@ def test_unparsable_config_is_a_refusal_and_an_unknown_provider(tmp_path):
     provider_home(root, threads=1)
     (root / "config.toml").write_text('model_provider = "proxy\n[[[\n')
     before = hash_tree(root)
-    code, _out, err = run(["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply"])
+    code, _out, err = run(*["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply"])
     assert code == csr.EXIT_REFUSED, err
     assert hash_tree(root) == before
-    code, out, _err = run(["diagnose", "--codex-home", str(root)])
+    code, out, _err = run(*["diagnose", "--codex-home", str(root)])
     provider_line = next(l for l in out.splitlines() if l.startswith("Provider:"))
     assert "unknown" in provider_line and "default" not in provider_line, provider_line
-    code, out, _err = run(["diagnose", "--codex-home", str(root), "--json"])
+    code, out, _err = run(*["diagnose", "--codex-home", str(root), "--json"])
     doc = json.loads(out)
     assert doc["config"]["active_provider"] is None
     assert "config_unparsable" in {f["code"] for f in doc["findings"]}
@@ -545,17 +535,28 @@ def _fifo_restore_target(root: Path) -> List[List[str]]:
     return [["restore", str(folder)], ["restore", str(folder), "--apply", "--discard-changes"]]
 
 
+# The exit code of each command a builder returns, in order: each one is fixed.
+NON_REGULAR_EXITS = {
+    "_fifo_rollout": [csr.EXIT_FINDINGS, csr.EXIT_OK, csr.EXIT_OK],
+    "_fifo_config": [csr.EXIT_FINDINGS, csr.EXIT_OK, csr.EXIT_FINDINGS, csr.EXIT_FINDINGS] + [csr.EXIT_OK] * 6,
+    "_zero_config": [csr.EXIT_FINDINGS, csr.EXIT_FINDINGS],
+    "_fifo_global_state": [csr.EXIT_OK, csr.EXIT_OK, csr.EXIT_OK],
+    "_fifo_restore_target": [csr.EXIT_REFUSED, csr.EXIT_REFUSED],
+}
+
+
 @needs_fifo
 @pytest.mark.parametrize("build", [_fifo_rollout, _fifo_config, _zero_config, _fifo_global_state,
                                    _fifo_restore_target], ids=lambda f: f.__name__.strip("_"))
 def test_non_regular_files_never_hang_a_command(tmp_path, build):
     root = tmp_path / "home"
     commands = build(root)
-    for argv in commands:
-        done = run_script([argv[0], "--codex-home", str(root), *argv[1:]], timeout=30)
+    assert len(commands) == len(NON_REGULAR_EXITS[build.__name__])
+    for argv, expected in zip(commands, NON_REGULAR_EXITS[build.__name__]):
+        done = run_script(*[argv[0], "--codex-home", str(root), *argv[1:]], timeout=30)
         err = done.stderr.decode()
         assert "Traceback" not in err and "MemoryError" not in err, (argv, err[-2000:])
-        assert done.returncode in (csr.EXIT_OK, csr.EXIT_FINDINGS, csr.EXIT_REFUSED), (argv, done.returncode, err)
+        assert done.returncode == expected, (argv, done.returncode, err)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -622,9 +623,9 @@ def test_unreadable_folder_blocks_pruning(tmp_path, monkeypatch):
     assert all(t.path.parent == folder for t in threads)
     rows_before = db_dump(root / "state_5.sqlite")
     with unreadable_folder(folder, monkeypatch):
-        code, out, err = run(["reindex", "--codex-home", str(root), "--prune-missing", "--apply", "--json"])
-        diag_code, diag, _ = run(["diagnose", "--codex-home", str(root), "--json"])
-    assert code in (csr.EXIT_OK, csr.EXIT_FINDINGS, csr.EXIT_REFUSED), err
+        code, out, err = run(*["reindex", "--codex-home", str(root), "--prune-missing", "--apply", "--json"])
+        diag_code, diag, _ = run(*["diagnose", "--codex-home", str(root), "--json"])
+    assert code == csr.EXIT_OK, err
     assert db_dump(root / "state_5.sqlite") == rows_before, "rows of conversations that exist were deleted"
     doc = json.loads(diag)
     codes = {f["code"] for f in doc["findings"]}
@@ -634,13 +635,13 @@ def test_unreadable_folder_blocks_pruning(tmp_path, monkeypatch):
     missing = next(f for f in doc["findings"] if f["code"] == "rollout_missing")
     assert missing["thread_ids"] == [gone.id]
     # Readable again, the proven-missing row is pruned and the others are kept.
-    code, out, err = run(["reindex", "--codex-home", str(root), "--prune-missing", "--apply", "--json"])
+    code, out, err = run(*["reindex", "--codex-home", str(root), "--prune-missing", "--apply", "--json"])
     assert code == csr.EXIT_OK, err
     conn = sqlite3.connect(str(root / "state_5.sqlite"))
     ids = {r[0] for r in conn.execute("SELECT id FROM threads")}
     conn.close()
     assert ids == {t.id for t in threads}
-    assert run(["reindex", "--codex-home", str(root), "--prune-missing", "--json"])[0] == csr.EXIT_OK
+    assert run(*["reindex", "--codex-home", str(root), "--prune-missing", "--json"])[0] == csr.EXIT_OK
 
 
 # ---------------------------------------------------------------------------------------------
@@ -673,12 +674,12 @@ def test_hot_journal_is_rolled_back_on_a_copy_not_read_as_corruption(tmp_path):
     journal = Path(str(db) + "-journal")
     assert journal.exists() and journal.stat().st_size > 0
     before = hash_tree(root)
-    code, out, err = run(["diagnose", "--codex-home", str(root), "--json"])
+    code, out, err = run(*["diagnose", "--codex-home", str(root), "--json"])
     doc = json.loads(out)
     codes = {f["code"] for f in doc["findings"]}
     assert not codes & {"state_db_corrupt", "state_db_unreadable"}, doc["findings"]
     assert doc["counts"]["threads"] == 30 if "threads" in doc["counts"] else True
-    code, out, err = run(["rebuild-db", "--codex-home", str(root), "--json"])
+    code, out, err = run(*["rebuild-db", "--codex-home", str(root), "--json"])
     assert json.loads(out)["changes"] == 0, out
     assert hash_tree(root) == before, "a read touched the DB or its journal"
     assert journal.exists()
@@ -692,7 +693,7 @@ def test_rebuild_db_moves_a_journal_with_its_db(tmp_path):
         Path(str(db) + suffix).unlink(missing_ok=True) if sys.version_info >= (3, 8) else None
     db.write_bytes(b"not a database " * 300)
     Path(str(db) + "-journal").write_bytes(b"\xd9\xd5\x05\xf9\x20\xa1\x63\xd7" + b"\x00" * 500)
-    code, out, err = run(["rebuild-db", "--codex-home", str(root), "--json"])
+    code, out, err = run(*["rebuild-db", "--codex-home", str(root), "--json"])
     moved = [a["path"] for a in json.loads(out)["actions"] if a["kind"] == "move_to_backup"]
     assert "state_5.sqlite" in moved and "state_5.sqlite-journal" in moved, moved
 
@@ -715,7 +716,7 @@ def test_symlinked_backup_folder_or_lock_is_refused(tmp_path, what):
         (root / csr.BACKUP_DIR_NAME).mkdir(mode=0o700)
         os.symlink(str(outside / "created-by-the-tool"), str(root / csr.BACKUP_DIR_NAME / ".lock"))
     before = hash_tree(root)
-    code, _out, err = run(["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply"])
+    code, _out, err = run(*["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply"])
     assert code == csr.EXIT_REFUSED, err
     assert "symlink" in err and len(err.strip().splitlines()) == 1
     assert list(outside.iterdir()) == []
@@ -726,7 +727,7 @@ def test_a_file_where_the_backup_folder_should_be_is_named_as_such(tmp_path):
     root = tmp_path / "home"
     provider_home(root, threads=1)
     (root / csr.BACKUP_DIR_NAME).write_text("not a folder")
-    code, _out, err = run(["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply"])
+    code, _out, err = run(*["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply"])
     assert code == csr.EXIT_REFUSED
     assert "not a folder" in err and "not writable" not in err, err
 
@@ -764,7 +765,7 @@ def test_lock_failure_messages_name_the_cause(tmp_path, monkeypatch, linked):
         return FullDisk(conn) if locking and str(target).endswith("state_5.sqlite") else conn
 
     monkeypatch.setattr(csr.sqlite3, "connect", connect)
-    code, _out, err = run(["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply"])
+    code, _out, err = run(*["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply"])
     monkeypatch.setattr(csr.sqlite3, "connect", real_connect)
     assert code == csr.EXIT_REFUSED
     assert "full" in err and "permissions" not in err, err
@@ -779,18 +780,18 @@ def test_lock_failure_messages_name_the_cause(tmp_path, monkeypatch, linked):
 def test_partial_backups_are_listed_reported_and_cleaned(tmp_path):
     root = tmp_path / "home"
     provider_home(root, threads=2)
-    killed = run_script(["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply"],
+    killed = run_script(*["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply"],
                         env={csr.FAULT_ENV: "mid_backup:1:kill"})
     assert killed.returncode < 0
     partial = [p for p in (root / csr.BACKUP_DIR_NAME).iterdir() if p.is_dir()]
     assert partial and not (partial[0] / "manifest.json").exists()
-    code, out, _err = run(["restore", "--codex-home", str(root), "--list", "--json"])
+    code, out, _err = run(*["restore", "--codex-home", str(root), "--list", "--json"])
     listed = json.loads(out)["backups"]
     assert [b["name"] for b in listed] == [partial[0].name] and listed[0]["partial"] is True
-    code, out, _err = run(["diagnose", "--codex-home", str(root), "--json"])
+    code, out, _err = run(*["diagnose", "--codex-home", str(root), "--json"])
     assert "partial_backups" in {f["code"] for f in json.loads(out)["findings"]}
-    assert run(["restore", "--codex-home", str(root), "--latest"])[0] == csr.EXIT_USAGE
-    code, out, err = run(["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply"])
+    assert run(*["restore", "--codex-home", str(root), "--latest"])[0] == csr.EXIT_USAGE
+    code, out, err = run(*["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply"])
     assert code == csr.EXIT_OK, err
     left = [p.name for p in (root / csr.BACKUP_DIR_NAME).iterdir() if p.is_dir() and not (p / "manifest.json").exists()]
     assert left == [], "the partial backup of the killed run was not cleaned"
@@ -810,7 +811,7 @@ def test_read_only_db_stops_the_run_before_the_first_write(tmp_path, monkeypatch
         return real_connect(target, *args, **kwargs)
 
     monkeypatch.setattr(csr.sqlite3, "connect", read_only)
-    code, _out, err = run(["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply"])
+    code, _out, err = run(*["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply"])
     monkeypatch.setattr(csr.sqlite3, "connect", real_connect)
     assert code == csr.EXIT_REFUSED, err
     assert "read-only" in err
@@ -828,12 +829,12 @@ def test_restore_after_a_kill_needs_no_override(tmp_path, point):
     provider_home(root, threads=3, turns=2)
     before = hash_tree(root)
     dumps = {n: db_dump(root / n) for n in ("state_5.sqlite", "thread_history_1.sqlite")}
-    killed = run_script(["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply"],
+    killed = run_script(*["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply"],
                         env={csr.FAULT_ENV: point + ":kill"})
     assert killed.returncode < 0
-    code, out, err = run(["restore", "--codex-home", str(root), "--latest", "--json"])
+    code, out, err = run(*["restore", "--codex-home", str(root), "--latest", "--json"])
     assert json.loads(out)["changed_since_run"] == [], out
-    code, _out, err = run(["restore", "--codex-home", str(root), "--latest", "--apply"])
+    code, _out, err = run(*["restore", "--codex-home", str(root), "--latest", "--apply"])
     assert code == csr.EXIT_OK, err
     after = hash_tree(root)
     # DBs compare by content (a kill mid-transaction may leave SQLite's own -journal, which it
@@ -867,10 +868,10 @@ def test_a_backup_whose_manifest_does_not_verify_is_listed_and_never_removed(tmp
     root = tmp_path / "home"
     _threads, folder = applied_home(root)
     (folder / "manifest.json").write_text("{ damaged")
-    code, out, _err = run(["restore", "--codex-home", str(root), "--list", "--json"])
+    code, out, _err = run(*["restore", "--codex-home", str(root), "--list", "--json"])
     entry = json.loads(out)["backups"][0]
     assert entry["unverifiable"] is True and entry["partial"] is False
-    code, _out, err = run(["repair-provider", "--codex-home", str(root), "--from", "proxy", "--to", "openai", "--apply"])
+    code, _out, err = run(*["repair-provider", "--codex-home", str(root), "--from", "proxy", "--to", "openai", "--apply"])
     assert code == csr.EXIT_OK, err
     assert (folder / "files").is_dir(), "a backup that does not verify was removed"
 
@@ -892,10 +893,10 @@ def test_unreadable_index_is_a_finding_and_is_never_rewritten(tmp_path, monkeypa
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", denied)
-    code, out, err = run(["diagnose", "--codex-home", str(root), "--json"])
+    code, out, err = run(*["diagnose", "--codex-home", str(root), "--json"])
     assert "index_unreadable" in {f["code"] for f in json.loads(out)["findings"]}, err
-    code, out, err = run(["rebuild-index", "--codex-home", str(root), "--apply", "--json"])
+    code, out, err = run(*["rebuild-index", "--codex-home", str(root), "--apply", "--json"])
     monkeypatch.setattr(os, "open", real_open)
-    assert code in (csr.EXIT_OK, csr.EXIT_FINDINGS), err
+    assert code == csr.EXIT_OK, err
     assert json.loads(out)["changes"] == 0
     assert index.read_bytes() == before

@@ -25,7 +25,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -41,7 +40,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import pytest
 
 import codex_session_recovery as csr
-from homes import HomeBuilder, db_dump
+from homes import HomeBuilder, db_dump, run_captured, run_script, script_env
 
 pytestmark = pytest.mark.crash
 
@@ -352,27 +351,15 @@ COMMANDS = [
 
 
 def run_in_process(argv: List[str], count: Optional[collections.Counter] = None) -> Tuple[int, str, str]:
-    """The tool in this process; with `count`, every write point visited is counted instead of
-    being armed."""
-    out, err = io.StringIO(), io.StringIO()
+    """The tool in this process (homes.run_captured); with `count`, every write point visited is
+    counted instead of being armed."""
     original = csr._fault_point
     if count is not None:
         csr._fault_point = lambda name: count.update([name])  # type: ignore[assignment]
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = csr.main(argv)
+        return run_captured(*argv)
     finally:
         csr._fault_point = original  # type: ignore[assignment]
-    return code, out.getvalue(), err.getvalue()
-
-
-def run_script(argv: List[str], fault: Optional[str] = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env.pop(csr.FAULT_ENV, None)
-    if fault:
-        env[csr.FAULT_ENV] = fault
-    return subprocess.run([sys.executable, str(SCRIPT), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          env=env, timeout=timeout)
 
 
 class Reference:
@@ -422,7 +409,7 @@ def test_kill_at_every_write_point(command, point, references, tally, tmp_path):
         # Prove it: armed at visit 1, the script must run to the end unharmed.
         root = tmp_path / "na" / "home"
         command.build(root)
-        done = run_script(command.args(root), "%s:1:kill" % point)
+        done = run_script(*command.args(root), fault="%s:1:kill" % point)
         assert done.returncode == csr.EXIT_OK, (done.returncode, done.stderr.decode()[-2000:])
         assert snapshot(root) == reference.after
         tally.points_na.append("%s@%s" % (command.name, point))
@@ -441,7 +428,7 @@ def test_kill_at_every_write_point(command, point, references, tally, tmp_path):
         known = {p.name for p in new_backups(root, set())}
         tally.cases += 1
         tally.by_command[command.name]["runs"] += 1
-        done = run_script(command.args(root), "%s:%d:kill" % (point, n))
+        done = run_script(*command.args(root), fault="%s:%d:kill" % (point, n))
         label = "%s %s:%d" % (command.name, point, n)
         if done.returncode != KILLED:
             problems.append("%s: expected SIGKILL, got exit %s: %s" % (label, done.returncode,
@@ -465,7 +452,7 @@ def test_kill_at_every_write_point(command, point, references, tally, tmp_path):
             else:
                 # No override: the journal tells the dead run's own writes from anyone else's.
                 argv = ["restore", "--codex-home", str(root), "--latest", "--apply"]
-            fixed = run_script(argv)
+            fixed = run_script(*argv)
             after_restore = snapshot(root)
             more_lines, more_size, more_where = lost_lines(originals, root)
             lines, size, where = lines + more_lines, size + more_size, where + more_where
@@ -552,7 +539,7 @@ def test_appends_during_repair_survive(tmp_path, mode, force):
         while not ready.exists() and time.time() < deadline:
             time.sleep(0.01)
         argv = ["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply", "--json"]
-        done = run_script(argv + (["--force"] if force else []), timeout=120)
+        done = run_script(*argv + (["--force"] if force else []), timeout=120)
         time.sleep(0.05)
     finally:
         stop.touch()
@@ -587,7 +574,7 @@ def test_idle_writer_holding_the_rollout_loses_nothing(tmp_path):
     home.thread(provider="openai")
     handle = open(str(target.path), "ab")  # an idle Codex session holds its rollout like this
     try:
-        done = run_script(["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply", "--force"])
+        done = run_script(*["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply", "--force"])
         assert done.returncode == csr.EXIT_OK, done.stderr.decode()
         handle.write(b'{"timestamp":"t","type":"event_msg","payload":{"type":"agent_message","message":"after"}}\n')
         handle.flush()
@@ -612,7 +599,7 @@ def test_append_between_last_check_and_replace_is_not_lost(tmp_path, monkeypatch
     monkeypatch.setattr(csr.os, "replace", racing_replace)
     code, _out, err = run_in_process(["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply"])
     monkeypatch.setattr(csr.os, "replace", real_replace)
-    assert code in (csr.EXIT_OK, csr.EXIT_APPLY_FAILED), err
+    assert code == csr.EXIT_OK, err
     assert appended in target.path.read_bytes()
 
 
@@ -648,7 +635,7 @@ def test_two_copies_applying_at_once(tmp_path, force):
         argv = [str(SCRIPT), "repair-provider", "--codex-home", str(root), "--from", "openai", "--apply", "--json"]
         argv += ["--force"] if force else []
         logs = [(tmp_path / ("out-%d-%d" % (attempt, k)), tmp_path / ("err-%d-%d" % (attempt, k))) for k in range(2)]
-        procs = []
+        procs = []  # Popen, not run_script: the two runs start together, behind BARRIER_RUN
         for out, err in logs:
             with open(str(out), "wb") as o, open(str(err), "wb") as e:
                 procs.append(subprocess.Popen([sys.executable, "-c", BARRIER_RUN, str(go), *argv], stdout=o, stderr=e))
@@ -707,10 +694,9 @@ finally:
 
 
 def _audit_run(event: str, n: int, argv: List[str]) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env.pop(csr.FAULT_ENV, None)
+    """Not run_script: the script runs under AUDIT_KILL's audit hook, a -c program."""
     return subprocess.run([sys.executable, "-c", AUDIT_KILL, event, str(n), str(SCRIPT), *argv],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, timeout=60)
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=script_env(), timeout=60)
 
 
 @pytest.mark.parametrize("event", ["os.rename", "sqlite3.connect"])
@@ -746,7 +732,7 @@ def test_kill_inside_restore(event, tmp_path, tally, references):
         outcome = "before" if state == before else "after" if state == reference.after else "restored"
         if outcome == "restored":
             undo = [b for b in new_backups(root, known) if (b / "manifest.json").is_file()]
-            fixed = run_script(["restore", "--codex-home", str(root), str(undo[-1]) if undo else "--latest",
+            fixed = run_script(*["restore", "--codex-home", str(root), str(undo[-1]) if undo else "--latest",
                                 "--apply"])
             more = lost_lines(originals, root)
             lines, size, where = lines + more[0], size + more[1], where + more[2]
@@ -773,7 +759,7 @@ def test_no_temp_file_survives_a_kill_and_a_restore(tmp_path):
     known = {p.name for p in new_backups(root, set())}
     assert _audit_run("os.rename", 2, command.args(root)).returncode == KILLED
     undo = [b for b in new_backups(root, known) if (b / "manifest.json").is_file()]
-    assert run_script(["restore", "--codex-home", str(root), str(undo[-1]), "--apply"]).returncode == 0
+    assert run_script(*["restore", "--codex-home", str(root), str(undo[-1]), "--apply"]).returncode == 0
     assert temp_debris(root) == []
 
 
@@ -865,7 +851,7 @@ def test_soak_writers_opening_before_during_and_after_the_backup(tmp_path, tally
         while not Path(str(stop) + ".ready").exists() and time.time() < deadline:
             time.sleep(0.01)
         time.sleep(0.1)
-        done = run_script(["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply", "--force",
+        done = run_script(*["repair-provider", "--codex-home", str(root), "--from", "openai", "--apply", "--force",
                            "--json"], timeout=180)
         time.sleep(0.1)
     finally:
@@ -950,8 +936,9 @@ def test_kills_at_random_moments_with_a_history_db(tmp_path, tally):
     argv = ["repair-provider", "--from", "openai", "--apply"]
     # The reference run also times when the backup folder appears: kills are drawn from a
     # little before that to the end, where the writes are (the start-up reads write nothing).
-    env = dict(os.environ)
-    env.pop(csr.FAULT_ENV, None)
+    # Popen, not run_script: the run is timed while it runs here, and the kills below land
+    # in a run still going.
+    env = script_env()
     started = time.monotonic()
     proc = subprocess.Popen([sys.executable, str(SCRIPT), argv[0], "--codex-home", str(reference), *argv[1:]],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
@@ -990,7 +977,7 @@ def test_kills_at_random_moments_with_a_history_db(tmp_path, tally):
         state = snapshot(root)
         outcomes["left as before" if state == before else "left as after" if state == after else "left midway"] += 1
         if n % 2 == 0:
-            fixed = run_script(["restore", "--codex-home", str(root), "--latest", "--apply"], timeout=120)
+            fixed = run_script(*["restore", "--codex-home", str(root), "--latest", "--apply"], timeout=120)
             if state == before and fixed.returncode == csr.EXIT_USAGE:
                 outcomes["restore: no backup (killed before it)"] += 1
                 continue
@@ -1001,8 +988,8 @@ def test_kills_at_random_moments_with_a_history_db(tmp_path, tally):
             else:
                 outcomes["restore: original bytes, no override"] += 1
         else:
-            rerun = run_script([argv[0], "--codex-home", str(root), *argv[1:], "--json"], timeout=120)
-            again = run_script([argv[0], "--codex-home", str(root), "--from", "openai", "--json"], timeout=120)
+            rerun = run_script(*[argv[0], "--codex-home", str(root), *argv[1:], "--json"], timeout=120)
+            again = run_script(*[argv[0], "--codex-home", str(root), "--from", "openai", "--json"], timeout=120)
             misplaced = off_line_starts(root)
             pending = json.loads(again.stdout)["changes"] if again.stdout else None
             if rerun.returncode != csr.EXIT_OK or pending != 0 or misplaced:

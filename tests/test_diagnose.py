@@ -11,15 +11,13 @@ from pathlib import Path
 import pytest
 
 import codex_session_recovery as csr
-from homes import RELEASES, HomeBuilder, hash_tree, write_jsonl
+from homes import RELEASES, HomeBuilder, hash_tree, run_in_process, write_jsonl
 
 SCRIPT = Path(csr.__file__).resolve()
 
 
-def diagnose(home, *extra, capsys=None):
-    code = csr.main(["diagnose", "--codex-home", str(home), "--json", *extra])
-    doc = json.loads(capsys.readouterr().out)
-    assert doc["exit_code"] == code
+def diagnose(home, *extra):
+    code, doc, _err = run_in_process("diagnose", "--codex-home", str(home), *extra)
     return code, doc
 
 
@@ -36,7 +34,7 @@ def test_provider_switch_hides_old_threads(tmp_path, capsys, release):
     home = HomeBuilder(tmp_path / "home", release).provider_config("proxy")
     old = [home.thread(provider="openai") for _ in range(3)]
     new = home.thread(provider="proxy")
-    code, doc = diagnose(home.root, capsys=capsys)
+    code, doc = diagnose(home.root)
     assert code == csr.EXIT_FINDINGS
     assert doc["config"]["active_provider"] == "proxy"
     assert doc["counts"]["visible_by_default"] == 1
@@ -54,7 +52,7 @@ def test_provider_switch_hides_old_threads(tmp_path, capsys, release):
 def test_rollout_and_db_providers_are_reported_separately(tmp_path, capsys):
     home = HomeBuilder(tmp_path / "home").provider_config("proxy")
     drift = home.thread(provider="openai", row_overrides={"model_provider": "proxy"})
-    _, doc = diagnose(home.root, capsys=capsys)
+    _, doc = diagnose(home.root)
     assert thread(doc, drift.id)["evidence"]["provider_mismatch"] == {"db": "proxy", "rollout": "openai", "active": "proxy"}
     assert doc["counts"]["by_provider_db"] == {"proxy": 1}
     assert doc["counts"]["by_provider_rollout"] == {"openai": 1}
@@ -63,11 +61,11 @@ def test_rollout_and_db_providers_are_reported_separately(tmp_path, capsys):
 def test_missing_provider_in_rollout_counts_as_openai(tmp_path, capsys):
     home = HomeBuilder(tmp_path / "home", "0.130.0")
     legacy = home.thread(provider=None)
-    code, doc = diagnose(home.root, capsys=capsys)
+    code, doc = diagnose(home.root)
     assert code == csr.EXIT_OK, doc["findings"]
     assert doc["counts"]["visible_by_default"] == 1
     home.provider_config("proxy")
-    _, doc = diagnose(home.root, capsys=capsys)
+    _, doc = diagnose(home.root)
     assert thread(doc, legacy.id)["reasons"] == ["provider_mismatch"]
 
 
@@ -78,7 +76,7 @@ def test_by_design_reasons_do_not_fail_the_run(tmp_path, capsys):
     sub = home.thread(source={"subagent": {"thread_spawn": {"parent_thread_id": visible.id, "depth": 1}}})
     archived = home.thread(archived=True)
     empty = home.thread(user_text=None)
-    code, doc = diagnose(home.root, capsys=capsys)
+    code, doc = diagnose(home.root)
     assert code == csr.EXIT_OK, doc["findings"]
     assert thread(doc, exec_thread.id)["reasons"] == ["source_filtered"]
     assert thread(doc, sub.id)["reasons"] == ["source_filtered"]
@@ -92,7 +90,7 @@ def test_by_design_reasons_do_not_fail_the_run(tmp_path, capsys):
 def test_user_event_missing_hides_only_where_the_release_gates_on_it(tmp_path, capsys):
     old_home = HomeBuilder(tmp_path / "old", "0.120.0")
     blank = old_home.thread(row_overrides={"first_user_message": "", "has_user_event": 0})
-    _, doc = diagnose(old_home.root, capsys=capsys)
+    _, doc = diagnose(old_home.root)
     entry = thread(doc, blank.id)
     assert entry["reasons"] == ["user_event_missing"] and entry["hidden"] is True
     assert entry["evidence"]["user_event_missing"]["column"] == "first_user_message"
@@ -100,7 +98,7 @@ def test_user_event_missing_hides_only_where_the_release_gates_on_it(tmp_path, c
 
     new_home = HomeBuilder(tmp_path / "new", "0.169.0")
     stale = new_home.thread(row_overrides={"preview": "", "first_user_message": ""})
-    code, doc = diagnose(new_home.root, "--verbose", capsys=capsys)
+    code, doc = diagnose(new_home.root, "--verbose")
     entry = thread(doc, stale.id)
     assert entry["reasons"] == ["user_event_missing"] and entry["hidden"] is False
     assert entry["evidence"]["user_event_missing"]["column"] == "preview"
@@ -111,7 +109,7 @@ def test_has_user_event_zero_alone_is_normal(tmp_path, capsys):
     # Every release measured leaves has_user_event at 0 on real threads.
     home = HomeBuilder(tmp_path / "home", "0.169.0")
     home.thread(row_overrides={"has_user_event": 0})
-    code, doc = diagnose(home.root, capsys=capsys)
+    code, doc = diagnose(home.root)
     assert code == csr.EXIT_OK and doc["findings"] == []
 
 
@@ -124,7 +122,7 @@ def test_rows_and_files_that_do_not_match(tmp_path, capsys):
     moved.path.rename(target)
     orphan = home.thread(row=False)
     flag = home.thread(row_overrides={"archived": 1})
-    code, doc = diagnose(home.root, capsys=capsys)
+    code, doc = diagnose(home.root)
     assert code == csr.EXIT_FINDINGS
     assert thread(doc, missing.id)["reasons"] == ["rollout_missing"]
     assert "rollout_path_stale" in thread(doc, moved.id)["reasons"]
@@ -136,7 +134,7 @@ def test_rollout_only_home(tmp_path, capsys):
     home = HomeBuilder(tmp_path / "home", "0.130.0", with_db=False)
     one = home.thread()
     home.thread(source="exec")
-    code, doc = diagnose(home.root, capsys=capsys)
+    code, doc = diagnose(home.root)
     assert code == csr.EXIT_OK
     assert doc["state_db"]["live"] is None
     assert doc["counts"] == {**doc["counts"], "threads": 2, "db_rows": 0, "rollout_files": 2, "visible_by_default": 1}
@@ -150,7 +148,7 @@ def test_session_index_stale_and_bad_lines(tmp_path, capsys):
                 {"id": "019a0000-0000-7000-8000-000000000001", "thread_name": "gone", "updated_at": "x"}])
     with open(home.root / "session_index.jsonl", "ab") as handle:
         handle.write(b"not json\n[1,2]\n")
-    _, doc = diagnose(home.root, capsys=capsys)
+    _, doc = diagnose(home.root)
     assert finding(doc, "index_stale")["evidence"]["thread_ids"] == ["019a0000-0000-7000-8000-000000000001"]
     assert finding(doc, "index_bad_lines")["evidence"]["lines"] == 2
     assert doc["session_index"] == {"present": True, "entries": 2, "bad_lines": 2}
@@ -163,7 +161,7 @@ def test_several_state_dbs_pick_the_live_one(tmp_path, capsys):
     shutil.copy(home.db_path, home.root / "sqlite" / "state_5.sqlite")
     shutil.copy(home.db_path, home.root / "state_4.sqlite")
     os.utime(home.db_path, (1, 1))
-    _, doc = diagnose(home.root, capsys=capsys)
+    _, doc = diagnose(home.root)
     assert doc["state_db"]["live"]["path"] == os.path.join("sqlite", "state_5.sqlite")
     stale = finding(doc, "multiple_state_dbs")["evidence"]
     assert sorted(stale["others"]) == ["state_4.sqlite", "state_5.sqlite"]
@@ -176,7 +174,7 @@ def test_sqlite_home_setting_wins(tmp_path, capsys, monkeypatch):
     elsewhere.mkdir()
     shutil.copy(home.db_path, elsewhere / "state_5.sqlite")
     monkeypatch.setenv("CODEX_SQLITE_HOME", str(elsewhere))
-    _, doc = diagnose(home.root, capsys=capsys)
+    _, doc = diagnose(home.root)
     assert doc["state_db"]["live"]["origin"] == "CODEX_SQLITE_HOME"
     assert doc["state_db"]["reason"] == "named by CODEX_SQLITE_HOME"
 
@@ -184,7 +182,7 @@ def test_sqlite_home_setting_wins(tmp_path, capsys, monkeypatch):
 def test_provider_not_configured(tmp_path, capsys):
     home = HomeBuilder(tmp_path / "home").provider_config("proxy")
     home.thread(provider="retired")
-    _, doc = diagnose(home.root, capsys=capsys)
+    _, doc = diagnose(home.root)
     evidence = finding(doc, "provider_not_configured")["evidence"]
     assert evidence["provider"] == "retired" and evidence["threads"] == 1
 
@@ -196,7 +194,7 @@ def test_backfill_not_complete(tmp_path, capsys):
     conn.execute("UPDATE backfill_state SET status='running', last_watermark='sessions/2026/x.jsonl'")
     conn.commit()
     conn.close()
-    _, doc = diagnose(home.root, capsys=capsys)
+    _, doc = diagnose(home.root)
     assert finding(doc, "backfill_incomplete")["evidence"]["status"] == "running"
 
 
@@ -218,7 +216,7 @@ def test_damaged_rollouts_become_findings(tmp_path, capsys, problem):
     damaged = home.thread(row=False)
     damaged.path.write_bytes(BAD_ROLLOUTS[problem](damaged.path.read_bytes()))
     before = hash_tree(home.root)
-    code, doc = diagnose(home.root, capsys=capsys)
+    code, doc = diagnose(home.root)
     damage = finding(doc, "rollout_unreadable")
     bad = damage["evidence"]
     assert problem in bad["problems"], bad
@@ -244,7 +242,7 @@ def test_id_mismatch_and_legacy_and_compressed(tmp_path, capsys):
     legacy = home.root / "sessions" / "rollout-2025-01-01T00-00-00-019a0000-0000-7000-8000-00000000beef.jsonl"
     write_jsonl(legacy, [{"id": "019a0000-0000-7000-8000-00000000beef", "timestamp": "2025-01-01T00:00:00Z"}])
     (home.root / "sessions" / "rollout-2025-01-02T00-00-00-019a0000-0000-7000-8000-00000000cafe.jsonl.zst").write_bytes(b"\x28\xb5\x2f\xfd")
-    _, doc = diagnose(home.root, capsys=capsys)
+    _, doc = diagnose(home.root)
     problems = finding(doc, "rollout_unreadable")["evidence"]["problems"]
     assert problems == {"compressed": 1, "id_mismatch": 1, "legacy_format": 1}
     # The file name's UUID is the thread's identity, not a foreign id in session_meta.
@@ -262,7 +260,7 @@ def test_diagnose_changes_no_byte(tmp_path, capsys):
     home.index([{"id": "x", "thread_name": "n", "updated_at": "t"}])
     (home.root / ".codex-global-state.json").write_text('{"electron-persisted-atom-state": {"sidebar-collapsed-groups": {"/a": true}}}')
     before = hash_tree(home.root)
-    diagnose(home.root, capsys=capsys)
+    diagnose(home.root)
     csr.main(["diagnose", "--codex-home", str(home.root), "--verbose"])
     capsys.readouterr()
     assert hash_tree(home.root) == before
@@ -312,7 +310,7 @@ def test_corrupt_state_db_is_a_finding(tmp_path, capsys):
         Path(str(home.db_path) + suffix).unlink(missing_ok=True) if sys.version_info >= (3, 8) else None
     home.db_path.write_bytes(b"this is not a database" * 100)
     before = hash_tree(home.root)
-    code, doc = diagnose(home.root, capsys=capsys)
+    code, doc = diagnose(home.root)
     assert code == csr.EXIT_FINDINGS
     assert "not a database" in finding(doc, "state_db_unreadable")["evidence"]["error"]
     assert doc["counts"]["rollout_files"] == 1
@@ -344,6 +342,7 @@ def test_script_runs_under_each_python(tmp_path, python):
     home = HomeBuilder(tmp_path / "home").provider_config("proxy")
     home.thread(provider="openai")
     before = hash_tree(home.root)
+    # Not run_script: the script runs under `python`, each interpreter in turn.
     result = subprocess.run([python, str(SCRIPT), "diagnose", "--codex-home", str(home.root), "--json"],
                             cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
     assert result.returncode == 1, result.stderr.decode()

@@ -20,7 +20,6 @@ Releases: 0.171.0, 0.169.0, 0.130.0 and 0.120.0 for every scenario that applies 
 
 import hashlib
 import json
-import os
 import shlex
 import shutil
 import subprocess
@@ -31,6 +30,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import pytest
 
 import codex_harness as harness
+from homes import hash_tree, script_env
 
 pytestmark = pytest.mark.realcodex
 
@@ -107,9 +107,9 @@ def bases(standin, tmp_path_factory):
 
 def run(argv: List[str], cwd: Path) -> subprocess.CompletedProcess:
     """A command line as the user runs it: its own process, from a folder that is not the
-    home (a relative --codex-home would break here)."""
-    env = {k: v for k, v in os.environ.items() if k != "CODEX_HOME"}
-    return subprocess.run(argv, cwd=str(cwd), capture_output=True, text=True, timeout=300, env=env)
+    home (a relative --codex-home would break here). Not homes.run_script: `argv` is a Next
+    line run verbatim, program and all, as the tool printed it."""
+    return subprocess.run(argv, cwd=str(cwd), capture_output=True, text=True, timeout=300, env=script_env())
 
 
 def diagnose(home: Path, extra: List[str], cwd: Path) -> Tuple[int, str, Dict[str, Any]]:
@@ -138,11 +138,6 @@ def plan_id_of(text: str) -> str:
 def rollout_hashes(home: Path) -> Dict[str, str]:
     return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
             for folder in ("sessions", "archived_sessions") for p in (home / folder).rglob("*.jsonl")}
-
-
-def tree_hash(home: Path) -> Dict[str, str]:
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(home.rglob("*"))
-            if p.is_file() and not p.name.endswith("-shm") and "recovery-backups" not in p.parts}
 
 
 def resume_steps(doc: Dict[str, Any]) -> List[str]:
@@ -181,11 +176,11 @@ def follow_next(home: Path, extra: List[str], cwd: Path, answer: Optional[str],
         assert printed, "exit 1 with nothing to run: %s" % [(f["severity"], f["code"]) for f in doc["findings"]
                                                            if f["severity"] != "info"]
         for argv in printed:
-            before = tree_hash(home)
+            before = hash_tree(home)
             dry = run(argv, cwd)
             assert dry.returncode == 1, "a Next line that plans nothing: %s\n%s%s" % (
                 shlex.join(argv), dry.stdout, dry.stderr)
-            assert tree_hash(home) == before, "the dry run changed the home"
+            assert hash_tree(home) == before, "the dry run changed the home"
             plan_id = plan_id_of(dry.stdout)
             again = run(argv + ["--json"], cwd)
             assert again.stdout.strip(), again.stderr

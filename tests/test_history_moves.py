@@ -105,7 +105,7 @@ def test_remap_cwd_moves_every_place_codex_reads_the_folder(moved_project, capsy
     home, inside, beside = moved_project
     argv = ("remap-cwd", "--codex-home", str(home.root), "--from", "/home/ana/src/shop", "--to", "/srv/shop")
     before = hash_tree(home.root)
-    code, doc, _ = run(*argv, capsys=capsys)
+    code, doc, _ = run(*argv)
     assert code == csr.EXIT_FINDINGS and doc["applied"] is False
     assert hash_tree(home.root) == before
     assert doc["plan"]["folders"] == {
@@ -113,7 +113,7 @@ def test_remap_cwd_moves_every_place_codex_reads_the_folder(moved_project, capsy
         inside[2].id: "/home/ana/src/shop -> /srv/shop"}
     originals = {t.id: t.path.read_bytes() for t in inside + [beside]}
 
-    code, doc, _ = run(*argv, "--apply", capsys=capsys)
+    code, doc, _ = run(*argv, "--apply")
     assert code == csr.EXIT_OK, doc
     history = home.root / "thread_history_1.sqlite"
     for thread, new in zip(inside, ("/srv/shop", "/srv/shop/api", "/srv/shop")):
@@ -139,9 +139,9 @@ def test_remap_cwd_moves_every_place_codex_reads_the_folder(moved_project, capsy
     assert state["thread-workspace-root-hints"] == {inside[0].id: "/srv/shop"}
     assert state["electron-persisted-atom-state"]["prompt-history"] == ["/home/ana/src/shop stays as typed"]
 
-    code, doc, _ = run(*argv, capsys=capsys)
+    code, doc, _ = run(*argv)
     assert (code, doc["changes"]) == (csr.EXIT_OK, 0)
-    code, doc, _ = run("restore", "--codex-home", str(home.root), "--latest", "--apply", capsys=capsys)
+    code, doc, _ = run("restore", "--codex-home", str(home.root), "--latest", "--apply")
     assert code == csr.EXIT_OK, doc
     assert {t.id: t.path.read_bytes() for t in inside + [beside]} == originals
 
@@ -174,7 +174,7 @@ def test_remap_cwd_never_writes_desktop_state_it_cannot_write_back_as_json(moved
     state_path.write_text('{"active-workspace-roots": ["/home/ana/src/shop"], "zoom": 1e999}\n')
     original = state_path.read_bytes()
     argv = ("remap-cwd", "--codex-home", str(home.root), "--from", "/home/ana/src/shop", "--to", "/srv/shop")
-    code, doc, _ = run(*argv, "--apply", capsys=capsys)
+    code, doc, _ = run(*argv, "--apply")
     assert code == csr.EXIT_OK, doc
     assert state_path.read_bytes() == original
     assert [s["path"] for s in doc["skipped"]] == [".codex-global-state.json"]
@@ -182,7 +182,7 @@ def test_remap_cwd_never_writes_desktop_state_it_cannot_write_back_as_json(moved
 
     state_path.write_text('{"active-workspace-roots": ["/srv/shop"], "label": "\\ud800"}\n')
     code, doc, _ = run("remap-cwd", "--codex-home", str(home.root), "--from", "/srv/shop", "--to", "/home/ana/src/shop",
-                       "--apply", capsys=capsys)
+                       "--apply")
     assert code == csr.EXIT_OK, doc
     state = json.loads(state_path.read_text())
     assert state == {"active-workspace-roots": ["/home/ana/src/shop"], "label": "\ud800"}
@@ -200,7 +200,7 @@ def test_remap_cwd_windows_and_wsl_spellings(tmp_path, capsys):
     wsl = home.thread(cwd="/mnt/c/Users/ana/shop/web")
     other = home.thread(cwd=str(PureWindowsPath(r"C:\Users\ana\shopfront")))
     code, doc, _ = run("remap-cwd", "--codex-home", str(home.root), "--from", "/mnt/c/Users/ana/shop",
-                       "--to", "/home/ana/shop", "--apply", capsys=capsys)
+                       "--to", "/home/ana/shop", "--apply")
     assert code == csr.EXIT_OK, doc
     expected = {plain.id: "/home/ana/shop", verbatim.id: "/home/ana/shop/api", wsl.id: "/home/ana/shop/web",
                 other.id: str(PureWindowsPath(r"C:\Users\ana\shopfront"))}
@@ -208,11 +208,11 @@ def test_remap_cwd_windows_and_wsl_spellings(tmp_path, capsys):
         assert rows(home.db_path, "SELECT cwd FROM threads WHERE id = ?", (thread.id,)) == [(expected[thread.id],)]
         assert {v for _k, v in folder_fields(thread.path, thread.id)} == {expected[thread.id]}
     code, doc, _ = run("remap-cwd", "--codex-home", str(home.root), "--from", str(WINDOWS_SHOP),
-                       "--to", "/home/ana/shop", capsys=capsys)
+                       "--to", "/home/ana/shop")
     assert (code, doc["changes"]) == (csr.EXIT_OK, 0)
     # And back to a Windows folder: spelled with backslashes, as the --to was given.
     code, doc, _ = run("remap-cwd", "--codex-home", str(home.root), "--from", "/home/ana/shop",
-                       "--to", str(PureWindowsPath(r"D:\code\shop")), "--apply", capsys=capsys)
+                       "--to", str(PureWindowsPath(r"D:\code\shop")), "--apply")
     assert code == csr.EXIT_OK, doc
     assert rows(home.db_path, "SELECT cwd FROM threads WHERE id = ?", (verbatim.id,)) == \
         [(str(PureWindowsPath(r"D:\code\shop\api")),)]
@@ -230,7 +230,7 @@ def test_diagnose_suggests_the_exact_remap_line(tmp_path, capsys):
     home = HomeBuilder(tmp_path / "home", "0.169.0")
     lost = [home.thread(cwd=str(old)), home.thread(cwd=str(old / "api"))]
     home.thread(cwd=str(new))
-    code, doc, _ = run("diagnose", "--codex-home", str(home.root), capsys=capsys)
+    code, doc, _ = run("diagnose", "--codex-home", str(home.root))
     assert code == csr.EXIT_FINDINGS
     finding = next(f for f in doc["findings"] if f["code"] == "cwd_moved")
     assert sorted(finding["thread_ids"]) == sorted(t.id for t in lost)
@@ -241,9 +241,9 @@ def test_diagnose_suggests_the_exact_remap_line(tmp_path, capsys):
     argv = shlex.split(remaps[0])
     assert argv[argv.index("--codex-home") + 1] == str(home.root)
     assert argv[argv.index("--from") + 1] == str(old) and argv[argv.index("--to") + 1] == str(new)
-    code, doc, _ = run(*argv[argv.index("remap-cwd"):], "--codex-home", str(home.root), "--apply", capsys=capsys)
+    code, doc, _ = run(*argv[argv.index("remap-cwd"):], "--codex-home", str(home.root), "--apply")
     assert code == csr.EXIT_OK, doc
-    code, doc, _ = run("diagnose", "--codex-home", str(home.root), capsys=capsys)
+    code, doc, _ = run("diagnose", "--codex-home", str(home.root))
     assert "cwd_moved" not in {f["code"] for f in doc["findings"]}
     assert rows(home.db_path, "SELECT cwd FROM threads WHERE id = ?", (lost[1].id,)) == [(str(new / "api"),)]
 
@@ -255,7 +255,7 @@ def test_diagnose_names_no_folder_when_two_match(tmp_path, capsys):
     lost = home.thread(cwd="/gone/machine/shop")
     home.thread(cwd=str(tmp_path / "a" / "shop"))
     home.thread(cwd=str(tmp_path / "b" / "shop"))
-    code, doc, _ = run("diagnose", "--codex-home", str(home.root), capsys=capsys)
+    code, doc, _ = run("diagnose", "--codex-home", str(home.root))
     entry = next(t for t in doc["threads"] if t["id"] == lost.id)
     assert entry["evidence"]["cwd_moved"]["candidates"] == [str(tmp_path / "a" / "shop"), str(tmp_path / "b" / "shop")]
     assert not [c for c in doc["next_commands"] if " remap-cwd " in c]
@@ -267,7 +267,7 @@ def test_trace_gives_the_remap_line(tmp_path, capsys):
     home = HomeBuilder(tmp_path / "home", "0.169.0")
     lost = home.thread(cwd="/Users/ana/shop")
     home.thread(cwd=str(new))
-    code, doc, _ = run("trace", "--codex-home", str(home.root), lost.id, capsys=capsys)
+    code, doc, _ = run("trace", "--codex-home", str(home.root), lost.id)
     argv = doc["trace"]["fix_commands"]["cwd_moved"]
     assert argv[argv.index("remap-cwd"):] == ["remap-cwd", "--from", "/Users/ana/shop", "--to", str(new)]
     assert argv[argv.index("--codex-home") + 1] == str(home.root)
@@ -328,7 +328,7 @@ def test_import_brings_every_conversation_and_never_writes_the_other_home(machin
     argv = ("import", "--codex-home", str(b.root), "--from", str(a.root))
     OpenRecorder.paths, OpenRecorder.active = [], True
     try:
-        code, doc, _ = run(*argv, capsys=capsys)
+        code, doc, _ = run(*argv)
     finally:
         OpenRecorder.active = False
     assert code == csr.EXIT_FINDINGS and doc["applied"] is False
@@ -340,7 +340,7 @@ def test_import_brings_every_conversation_and_never_writes_the_other_home(machin
     kinds = [x["kind"] for x in doc["actions"]]
     assert kinds.count("rollout_copy") == 4
 
-    code, doc, _ = run(*argv, "--apply", capsys=capsys)
+    code, doc, _ = run(*argv, "--apply")
     assert code == csr.EXIT_OK, doc
     assert a_state(a.root) == a_before
     history = b.root / "thread_history_1.sqlite"
@@ -360,12 +360,12 @@ def test_import_brings_every_conversation_and_never_writes_the_other_home(machin
     assert rows(b.db_path, "SELECT name FROM threads WHERE id = ?", (threads["beta"].id,)) == [("db only name",)]
     assert own.path.read_bytes() == Path(own.path).read_bytes()
 
-    code, doc, _ = run(*argv, capsys=capsys)
+    code, doc, _ = run(*argv)
     assert (code, doc["changes"]) == (csr.EXIT_OK, 0), doc
     assert doc["plan"]["counts"] == {"identical": 4}
 
     # restore takes the imported files away again: the home is what it was.
-    code, doc, _ = run("restore", "--codex-home", str(b.root), "--latest", "--apply", capsys=capsys)
+    code, doc, _ = run("restore", "--codex-home", str(b.root), "--latest", "--apply")
     assert code == csr.EXIT_OK, doc
     after_restore = hash_tree(b.root)
     assert {k: v for k, v in after_restore.items() if not k.endswith((".sqlite", "-wal"))} == \
@@ -375,8 +375,7 @@ def test_import_brings_every_conversation_and_never_writes_the_other_home(machin
 def test_import_to_auto_then_remap_then_again_plans_nothing(machines, capsys):
     a, threads, b, own = machines
     a_before = a_state(a.root)
-    code, doc, _ = run("import", "--codex-home", str(b.root), "--from", str(a.root), "--to", "auto", "--apply",
-                       capsys=capsys)
+    code, doc, _ = run("import", "--codex-home", str(b.root), "--from", str(a.root), "--to", "auto", "--apply")
     assert code == csr.EXIT_OK, doc
     history = b.root / "thread_history_1.sqlite"
     for thread in threads.values():
@@ -385,18 +384,18 @@ def test_import_to_auto_then_remap_then_again_plans_nothing(machines, capsys):
         providers = [r["payload"].get("model_provider") for r in records(copy) if r["type"] == "session_meta"]
         assert providers == ["proxy"]
         assert offsets_on_line_starts(history, copy, thread.id)
-    code, doc, _ = run("diagnose", "--codex-home", str(b.root), capsys=capsys)
+    code, doc, _ = run("diagnose", "--codex-home", str(b.root))
     assert "provider_mismatch" not in {f["code"] for f in doc["findings"]}
 
     code, doc, _ = run("remap-cwd", "--codex-home", str(b.root), "--from", "/home/ana/src/shop",
-                       "--to", "/home/bo/projects/shop", "--apply", capsys=capsys)
+                       "--to", "/home/bo/projects/shop", "--apply")
     assert code == csr.EXIT_OK and doc["plan"]["threads"] == 4, doc
     for thread in threads.values():
         copy = b.root / thread.path.relative_to(a.root)
         assert offsets_on_line_starts(history, copy, thread.id)
     for argv in (("import", "--from", str(a.root), "--to", "auto"), ("import", "--from", str(a.root)),
                  ("remap-cwd", "--from", "/home/ana/src/shop", "--to", "/home/bo/projects/shop")):
-        code, doc, _ = run(*argv, "--codex-home", str(b.root), capsys=capsys)
+        code, doc, _ = run(*argv, "--codex-home", str(b.root))
         assert (code, doc["changes"], doc["findings"]) == (csr.EXIT_OK, 0, []), (argv, doc)
     assert a_state(a.root) == a_before
 
@@ -409,7 +408,7 @@ def test_import_from_only_a_sessions_folder(tmp_path, capsys):
         if "archived_sessions" not in str(thread.path):
             os.link(str(thread.path), str(flat / thread.path.name))  # flat: placed by their names
     b = HomeBuilder(tmp_path / "machine-b", "0.169.0")
-    code, doc, _ = run("import", "--codex-home", str(b.root), "--from", str(flat), "--apply", capsys=capsys)
+    code, doc, _ = run("import", "--codex-home", str(b.root), "--from", str(flat), "--apply")
     assert code == csr.EXIT_OK and doc["plan"]["counts"] == {"imported": 3}, doc
     for label in ("alpha", "beta", "exec"):
         assert (b.root / threads[label].path.relative_to(a.root)).read_bytes() == threads[label].path.read_bytes()
@@ -422,16 +421,16 @@ def test_import_conflicts_are_reported_and_left_alone(machines, capsys):
     data = threads["alpha"].path.read_bytes()
     diverged.write_bytes(data.replace(b"fix the failing checkout test", b"an entirely other conversation"))
     ours = diverged.read_bytes()
-    code, doc, _ = run("import", "--codex-home", str(b.root), "--from", str(a.root), capsys=capsys)
+    code, doc, _ = run("import", "--codex-home", str(b.root), "--from", str(a.root))
     assert code == csr.EXIT_FINDINGS
     conflict = [f for f in doc["findings"] if f["code"] == "import_conflict"]
     assert [f["thread_id"] for f in conflict] == [threads["alpha"].id]
     assert conflict[0]["other_home"] == str(threads["alpha"].path)
     assert threads["alpha"].id not in {x.get("thread_id") for x in doc["actions"]}
-    code, doc, _ = run("import", "--codex-home", str(b.root), "--from", str(a.root), "--apply", capsys=capsys)
+    code, doc, _ = run("import", "--codex-home", str(b.root), "--from", str(a.root), "--apply")
     assert code == csr.EXIT_OK
     assert diverged.read_bytes() == ours and threads["alpha"].path.read_bytes() == data
-    code, doc, _ = run("import", "--codex-home", str(b.root), "--from", str(a.root), capsys=capsys)
+    code, doc, _ = run("import", "--codex-home", str(b.root), "--from", str(a.root))
     assert (code, doc["changes"], len(doc["findings"])) == (csr.EXIT_FINDINGS, 0, 1)
 
 
@@ -449,7 +448,7 @@ def test_import_prefix_keeps_the_longer_copy(machines, capsys):
     beta = threads["beta"].path.read_bytes()
     longer.write_bytes(beta + b'{"timestamp":"2026-10-01T00:00:00.000Z","type":"event_msg","payload":{"type":"x"}}\n')
     kept = longer.read_bytes()
-    code, doc, _ = run("import", "--codex-home", str(b.root), "--from", str(a.root), "--apply", capsys=capsys)
+    code, doc, _ = run("import", "--codex-home", str(b.root), "--from", str(a.root), "--apply")
     assert code == csr.EXIT_OK, doc
     assert doc["findings"] == []
     assert shorter.read_bytes() == full
@@ -458,13 +457,13 @@ def test_import_prefix_keeps_the_longer_copy(machines, capsys):
     entry = next(e for e in manifest["entries"] if e["path"].endswith(shorter.name))
     assert entry["existed"] is True
     assert (Path(doc["backup_dir"]) / entry["backup"]).read_bytes() == cut
-    code, doc, _ = run("import", "--codex-home", str(b.root), "--from", str(a.root), capsys=capsys)
+    code, doc, _ = run("import", "--codex-home", str(b.root), "--from", str(a.root))
     assert (code, doc["changes"]) == (csr.EXIT_OK, 0), doc
 
 
 def test_import_manifest_records_new_files_as_not_existing(machines, capsys):
     a, threads, b, own = machines
-    code, doc, _ = run("import", "--codex-home", str(b.root), "--from", str(a.root), "--apply", capsys=capsys)
+    code, doc, _ = run("import", "--codex-home", str(b.root), "--from", str(a.root), "--apply")
     manifest = json.loads((Path(doc["backup_dir"]) / "manifest.json").read_text())
     created = [e for e in manifest["entries"] if e["kind"] == "file" and "rollout-" in e["path"]]
     assert len(created) == 4 and all(e["existed"] is False and e["backup"] is None for e in created)
@@ -498,7 +497,7 @@ def test_import_other_home_with_wal_is_read_without_side_files(machines, capsys)
         os.replace(str(a.root / ("copy.sqlite" + suffix)), str(a.db_path) + suffix)
     assert os.path.exists(str(a.db_path) + "-wal") and not os.path.exists(str(a.db_path) + "-shm")
     a_before = a_state(a.root)
-    code, doc, _ = run("import", "--codex-home", str(b.root), "--from", str(a.root), "--apply", capsys=capsys)
+    code, doc, _ = run("import", "--codex-home", str(b.root), "--from", str(a.root), "--apply")
     assert code == csr.EXIT_OK, doc
     assert a_state(a.root) == a_before and not os.path.exists(str(a.db_path) + "-shm")
     assert csr.read_session_index(b.root)["names"][threads["exec"].id] == "only in the wal"
@@ -519,7 +518,7 @@ def test_diagnose_on_a_freshly_copied_home_covers_the_folder_move(tmp_path, caps
     shutil.copytree(str(old_home), str(new_home))
     shutil.rmtree(str(tmp_path / "old"))
     monkeypatch.chdir(str(project))  # the user runs it from the project, as Codex is run
-    code, doc, _ = run("diagnose", "--codex-home", str(new_home), capsys=capsys)
+    code, doc, _ = run("diagnose", "--codex-home", str(new_home))
     assert code == csr.EXIT_FINDINGS
     assert {"rollout_path_stale", "cwd_moved"} <= {f["code"] for f in doc["findings"]}
     steps = [shlex.split(c) for c in doc["next_commands"]]
@@ -527,9 +526,9 @@ def test_diagnose_on_a_freshly_copied_home_covers_the_folder_move(tmp_path, caps
     assert names.index("reindex") < names.index("remap-cwd"), names
     for step in steps:
         argv = step[step.index("--codex-home"):]
-        code, doc, _ = run(*argv, "--apply", capsys=capsys)
+        code, doc, _ = run(*argv, "--apply")
         assert code == csr.EXIT_OK and doc["changes"] > 0, (argv, doc)
-    code, doc, _ = run("diagnose", "--codex-home", str(new_home), capsys=capsys)
+    code, doc, _ = run("diagnose", "--codex-home", str(new_home))
     assert (code, doc["next_commands"]) == (csr.EXIT_OK, []), doc["findings"]
     for thread in threads:
         copy = new_home / thread.path.relative_to(old_home)
@@ -542,7 +541,7 @@ def test_import_never_picks_between_two_copies_of_the_other_home(machines, capsy
     a, threads, b, own = machines
     stray = a.root / "sessions" / threads["beta"].path.name  # the same thread, also flat in sessions/
     stray.write_bytes(threads["beta"].path.read_bytes())
-    code, doc, _ = run("import", "--codex-home", str(b.root), "--from", str(a.root), "--apply", capsys=capsys)
+    code, doc, _ = run("import", "--codex-home", str(b.root), "--from", str(a.root), "--apply")
     assert code == csr.EXIT_OK
     assert [f["thread_id"] for f in doc["findings"]] == [threads["beta"].id]
     assert doc["plan"]["counts"] == {"imported": 3, "conflict": 2}
@@ -556,14 +555,14 @@ def test_import_into_a_home_without_state_db_and_from_a_damaged_db(tmp_path, cap
             os.unlink(str(a.db_path) + suffix)
     a.db_path.write_bytes(b"not a database " * 100)
     b = HomeBuilder(tmp_path / "machine-b", "0.169.0", with_db=False)
-    code, doc, err = run("import", "--codex-home", str(b.root), "--from", str(a.root), "--apply", capsys=capsys)
+    code, doc, err = run("import", "--codex-home", str(b.root), "--from", str(a.root), "--apply")
     assert code == csr.EXIT_OK, doc
     assert any("state DB cannot be read" in w for w in doc["warnings"])
     assert {x["kind"] for x in doc["actions"]} == {"rollout_copy", "file_write"}
     for thread in threads.values():
         assert (b.root / thread.path.relative_to(a.root)).read_bytes() == thread.path.read_bytes()
     assert csr.read_session_index(b.root)["names"] == {threads["alpha"].id: "checkout bug"}
-    code, doc, _ = run("import", "--codex-home", str(b.root), "--from", str(a.root), capsys=capsys)
+    code, doc, _ = run("import", "--codex-home", str(b.root), "--from", str(a.root))
     assert (code, doc["changes"]) == (csr.EXIT_OK, 0)
 
 
@@ -572,7 +571,7 @@ def test_import_from_a_home_whose_index_cannot_be_read(machines, capsys):
     index = a.root / "session_index.jsonl"
     index.unlink()
     index.mkdir()  # unreadable as a file, whoever runs the test
-    code, doc, err = run("import", "--codex-home", str(b.root), "--from", str(a.root), "--apply", capsys=capsys)
+    code, doc, err = run("import", "--codex-home", str(b.root), "--from", str(a.root), "--apply")
     assert code == csr.EXIT_OK and doc["plan"]["counts"] == {"imported": 4}, doc
     assert csr.read_session_index(b.root)["names"] == {threads["beta"].id: "db only name"}
 
@@ -581,12 +580,12 @@ def test_import_gives_a_row_whose_rollout_was_lost_its_file_back(machines, capsy
     a, threads, b, own = machines
     lost = b.thread(thread_id=threads["beta"].id, cwd="/home/ana/src/shop")
     lost.path.unlink()
-    code, doc, _ = run("diagnose", "--codex-home", str(b.root), capsys=capsys)
+    code, doc, _ = run("diagnose", "--codex-home", str(b.root))
     assert "rollout_missing" in {f["code"] for f in doc["findings"]}
-    code, doc, _ = run("import", "--codex-home", str(b.root), "--from", str(a.root), "--apply", capsys=capsys)
+    code, doc, _ = run("import", "--codex-home", str(b.root), "--from", str(a.root), "--apply")
     assert code == csr.EXIT_OK, doc
     copy = b.root / threads["beta"].path.relative_to(a.root)
     assert copy.read_bytes() == threads["beta"].path.read_bytes()
     assert rows(b.db_path, "SELECT rollout_path FROM threads WHERE id = ?", (threads["beta"].id,)) == [(str(copy),)]
-    code, doc, _ = run("diagnose", "--codex-home", str(b.root), capsys=capsys)
+    code, doc, _ = run("diagnose", "--codex-home", str(b.root))
     assert "rollout_missing" not in {f["code"] for f in doc["findings"]}

@@ -7,33 +7,21 @@ from __future__ import annotations
 import io
 import json
 import sys
-from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 import pytest
 
 import codex_session_recovery as csr
-from homes import HomeBuilder, one_json_document
+from homes import one_json_document, run_captured, switched_home
 
 # Written out here, not read from the script: changing the envelope must change this test too.
 CONTRACT_KEYS = ("tool", "version", "command", "codex_home", "exit_code", "applied")
 
 
-def switched_home(root: Path) -> HomeBuilder:
-    """Two chats made under openai, then config.toml switched to `proxy`."""
-    home = HomeBuilder(root, "0.169.0").provider_config("proxy")
-    home.thread(provider="openai", user_text="fix the failing checkout test")
-    home.thread(provider="openai", user_text="add a retry to the payment client")
-    return home
-
-
-def run(capsys, *argv: str) -> Tuple[int, Dict[str, Any]]:
+def run(*argv: str) -> Tuple[int, Dict[str, Any]]:
     """Like the `cli` fixture, but with no --json added: each case says where it puts it."""
-    try:
-        code = csr.main(list(argv))
-    except SystemExit as exc:  # argparse's own usage errors
-        code = exc.code
-    return code, one_json_document(capsys.readouterr().out)
+    code, out, _err = run_captured(*argv)
+    return code, one_json_document(out)
 
 
 def assert_envelope(doc: Dict[str, Any], code: int, command: Any) -> None:
@@ -65,40 +53,40 @@ READ_ONLY = [
 
 
 @pytest.mark.parametrize("argv,expected", READ_ONLY, ids=[" ".join(a) for a, _ in READ_ONLY])
-def test_every_read_only_path_prints_one_envelope(tmp_path, capsys, argv, expected):
-    home = switched_home(tmp_path / "home")
-    code, doc = run(capsys, *argv, "--codex-home", str(home.root), "--json")
+def test_every_read_only_path_prints_one_envelope(tmp_path, argv, expected):
+    home, _ = switched_home(tmp_path / "home")
+    code, doc = run(*argv, "--codex-home", str(home.root), "--json")
     assert code == expected
     assert_envelope(doc, code, argv[0])
     assert doc["codex_home"] == ("<CODEX_HOME>" if argv[0] == "report" else str(home.root.resolve()))
 
 
-def test_trace_of_a_thread_prints_one_envelope(tmp_path, capsys):
-    home = switched_home(tmp_path / "home")
+def test_trace_of_a_thread_prints_one_envelope(tmp_path):
+    home, _ = switched_home(tmp_path / "home")
     thread = home.thread(provider="openai")
-    code, doc = run(capsys, "trace", thread.id, "--codex-home", str(home.root), "--json")
+    code, doc = run("trace", thread.id, "--codex-home", str(home.root), "--json")
     assert code == csr.EXIT_FINDINGS
     assert_envelope(doc, code, "trace")
     assert doc["trace"]["id"] == thread.id
 
 
-def test_apply_restore_and_their_refusals_print_one_envelope(tmp_path, capsys, monkeypatch):
-    home = switched_home(tmp_path / "home")
+def test_apply_restore_and_their_refusals_print_one_envelope(tmp_path, monkeypatch):
+    home, _ = switched_home(tmp_path / "home")
     root = str(home.root)
     repair = ["repair-provider", "--from", "openai", "--codex-home", root, "--json"]
 
-    code, doc = run(capsys, *repair, "--apply", "--expect-plan", "0" * 16)
+    code, doc = run(*repair, "--apply", "--expect-plan", "0" * 16)
     assert code == csr.EXIT_REFUSED
     assert_envelope(doc, code, "repair-provider")
 
     monkeypatch.setenv(csr.FAULT_ENV, "before_rollout_replace:raise")
     monkeypatch.setattr(csr, "_fault_visits", {})
-    code, doc = run(capsys, *repair, "--apply")
+    code, doc = run(*repair, "--apply")
     assert code == csr.EXIT_APPLY_FAILED
     assert_envelope(doc, code, "repair-provider")
     monkeypatch.delenv(csr.FAULT_ENV)
 
-    code, doc = run(capsys, *repair, "--apply")
+    code, doc = run(*repair, "--apply")
     assert code == csr.EXIT_OK
     assert_envelope(doc, code, "repair-provider")
     assert doc["applied"] is True and doc["backup_dir"]
@@ -107,13 +95,13 @@ def test_apply_restore_and_their_refusals_print_one_envelope(tmp_path, capsys, m
     for argv, expected, applied in ((restore, csr.EXIT_FINDINGS, False),
                                     (restore + ["--apply"], csr.EXIT_OK, True),
                                     (["restore", "--list", "--codex-home", root, "--json"], csr.EXIT_OK, False)):
-        code, doc = run(capsys, *argv)
+        code, doc = run(*argv)
         assert code == expected
         assert_envelope(doc, code, "restore")
         assert doc["applied"] is applied
 
     # The restored files now differ from the latest non-restore backup's "after" state.
-    code, doc = run(capsys, "restore", "--latest", "--apply", "--codex-home", root, "--json")
+    code, doc = run("restore", "--latest", "--apply", "--codex-home", root, "--json")
     assert code == csr.EXIT_REFUSED
     assert_envelope(doc, code, "restore")
 
@@ -127,8 +115,8 @@ USAGE_ERRORS = [
 
 
 @pytest.mark.parametrize("argv,command", USAGE_ERRORS, ids=[" ".join(a) or "(none)" for a, _ in USAGE_ERRORS])
-def test_usage_errors_print_one_envelope(tmp_path, capsys, argv, command):
-    code, doc = run(capsys, *argv, "--codex-home", str(tmp_path), "--json")
+def test_usage_errors_print_one_envelope(tmp_path, argv, command):
+    code, doc = run(*argv, "--codex-home", str(tmp_path), "--json")
     assert code == csr.EXIT_USAGE
     assert_envelope(doc, code, command)
 
@@ -149,9 +137,9 @@ COMMAND_RUNS = list(every_command_run())
 
 @pytest.mark.parametrize("command,apply", COMMAND_RUNS,
                          ids=[name + (" --apply" if apply else "") for name, apply in COMMAND_RUNS])
-def test_every_command_answers_a_missing_home_with_one_envelope(tmp_path, capsys, command, apply):
+def test_every_command_answers_a_missing_home_with_one_envelope(tmp_path, command, apply):
     argv = [command, *REQUIRED.get(command, []), "--codex-home", str(tmp_path / "nowhere"), "--json"]
-    code, doc = run(capsys, *argv, *(["--apply"] if apply else []))
+    code, doc = run(*argv, *(["--apply"] if apply else []))
     assert code == csr.EXIT_USAGE
     assert_envelope(doc, code, command)
     assert doc["codex_home"] == str(tmp_path / "nowhere")

@@ -14,15 +14,13 @@ from pathlib import Path
 import pytest
 
 import codex_session_recovery as csr
-from homes import HomeBuilder, hash_tree
+from homes import HomeBuilder, hash_tree, run_in_process, script_env
 
 SCRIPT = Path(csr.__file__).resolve()
 
 
-def diagnose(home, *extra, capsys):
-    code = csr.main(["diagnose", "--codex-home", str(home), "--json", *extra])
-    doc = json.loads(capsys.readouterr().out)
-    assert doc["exit_code"] == code
+def diagnose(home, *extra):
+    code, doc, _err = run_in_process("diagnose", "--codex-home", str(home), *extra)
     return code, doc
 
 
@@ -31,7 +29,9 @@ def finding(doc, code, severity=None):
 
 
 def run_line(argv, cwd, *extra):
-    return subprocess.run(list(argv) + list(extra), cwd=str(cwd), capture_output=True, text=True, timeout=120)
+    """Not homes.run_script: `argv` is a Next line run verbatim, program and all."""
+    return subprocess.run(list(argv) + list(extra), cwd=str(cwd), capture_output=True, text=True, timeout=120,
+                          env=script_env())
 
 
 def plan_id(stdout):
@@ -101,7 +101,7 @@ def test_moved_home_runs_reindex_before_repair_provider(tmp_path, capsys):
         conn.execute("UPDATE threads SET rollout_path = ? WHERE id = ?", (stored, thread.id))
         conn.commit()
         conn.close()
-    code, doc = diagnose(home.root, capsys=capsys)
+    code, doc = diagnose(home.root)
     names = [argv[argv.index("--codex-home") + 2] for argv in doc["next_argv"]]
     assert names == ["reindex", "repair-provider"]
     assert follow(home.root, tmp_path) == 1
@@ -151,20 +151,20 @@ def test_threads_hidden_by_design_are_info_and_a_repaired_home_exits_0(tmp_path,
     home.thread(provider="openai")
     exec_thread = home.thread(provider="openai", source="exec")
     archived = home.thread(provider="openai", archived=True)
-    code, doc = diagnose(home.root, capsys=capsys)
+    code, doc = diagnose(home.root)
     assert finding(doc, "provider_mismatch", "warning")["count"] == 1
     info = finding(doc, "provider_mismatch", "info")
     assert sorted(info["thread_ids"]) == sorted([exec_thread.id, archived.id])
     assert all("outside the repair scope" in why for why in info["why_no_action"])
     assert follow(home.root, tmp_path) == 1
-    code, doc = diagnose(home.root, capsys=capsys)
+    code, doc = diagnose(home.root)
     assert code == 0 and finding(doc, "provider_mismatch", "info")["count"] == 2
 
 
 def test_old_provider_left_only_on_threads_hidden_by_design_is_info(tmp_path, capsys):
     home = HomeBuilder(tmp_path / "home", "0.169.0").provider_config("proxy")
     home.thread(provider="gone", source="exec")
-    code, doc = diagnose(home.root, capsys=capsys)
+    code, doc = diagnose(home.root)
     assert code == 0
     assert finding(doc, "provider_not_configured")["severity"] == "info"
 
@@ -175,7 +175,7 @@ def test_deleted_rollouts_end_the_loop(tmp_path, capsys):
     gone = home.thread(provider="openai")
     home.index([{"id": gone.id, "thread_name": "old", "updated_at": "t"}])
     gone.path.unlink()
-    code, doc = diagnose(home.root, capsys=capsys)
+    code, doc = diagnose(home.root)
     assert doc["provider_candidates"] == {"openai": 1}
     assert finding(doc, "rollout_missing")["severity"] == "info"
     assert finding(doc, "provider_mismatch", "info")["thread_ids"] == [gone.id]
@@ -197,7 +197,7 @@ LEGACY = 'profile = "work"\nmodel_provider = "proxy"\n[model_providers.proxy]\nb
 def test_top_level_profile_is_followed_only_by_releases_that_accept_it(tmp_path, capsys, release, provider, severity):
     home = HomeBuilder(tmp_path / "home", release).config(LEGACY)
     home.thread(provider=provider)
-    code, doc = diagnose(home.root, capsys=capsys)
+    code, doc = diagnose(home.root)
     assert doc["config"]["active_provider"] == provider
     assert doc["reader_release"]["version"] == release
     legacy = finding(doc, "legacy_profile")
@@ -218,7 +218,7 @@ def profile_home(tmp_path):
 
 def test_surfaces_that_disagree_are_said_and_no_move_is_planned_until_one_is_chosen(tmp_path, capsys):
     home, listed, profiled = profile_home(tmp_path)
-    code, doc = diagnose(home.root, "--profile", "work", capsys=capsys)
+    code, doc = diagnose(home.root, "--profile", "work")
     assert code == 1
     assert doc["config"]["surfaces"]["cli"]["provider"] == "proxy"
     assert doc["config"]["surfaces"]["app"]["provider"] == "openai"
@@ -232,7 +232,7 @@ def test_surfaces_that_disagree_are_said_and_no_move_is_planned_until_one_is_cho
 
 def test_the_chosen_surface_decides_the_move(tmp_path, capsys):
     home, listed, profiled = profile_home(tmp_path)
-    code, doc = diagnose(home.root, "--profile", "work", "--surface", "app", capsys=capsys)
+    code, doc = diagnose(home.root, "--profile", "work", "--surface", "app")
     (argv,) = doc["next_argv"]
     assert argv[argv.index("--codex-home"):] == ["--codex-home", str(home.root.resolve()), "--profile", "work",
                                                  "--surface", "app", "repair-provider", "--from", "proxy",
@@ -242,7 +242,7 @@ def test_the_chosen_surface_decides_the_move(tmp_path, capsys):
     warnings = json.loads(capsys.readouterr().out)["warnings"]
     assert any("the codex command line (--profile) uses proxy, and there the moved threads" in w for w in warnings)
     assert follow(home.root, tmp_path, "--profile", "work", "--surface", "app") == 1
-    code, doc = diagnose(home.root, "--profile", "work", "--surface", "cli", capsys=capsys)
+    code, doc = diagnose(home.root, "--profile", "work", "--surface", "cli")
     assert finding(doc, "provider_mismatch", "warning")["count"] == 3
 
 
@@ -255,7 +255,7 @@ def test_release_on_path_is_used_when_newer(tmp_path, capsys, monkeypatch):
     fake.write_text("#!/bin/sh\necho 'codex-cli 0.169.0'\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", "%s%s%s" % (bin_dir, os.pathsep, os.environ["PATH"]))
-    code, doc = diagnose(home.root, capsys=capsys)
+    code, doc = diagnose(home.root)
     assert doc["reader_release"]["version"] == "0.169.0"
     assert "PATH" in doc["reader_release"]["basis"]
     assert doc["config"]["active_provider"] == "proxy"

@@ -7,21 +7,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
-import stat
-import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Tuple
 
 import pytest
 
 import codex_session_recovery as csr
-from homes import HomeBuilder, hash_tree
+from homes import HomeBuilder, hash_tree, run_captured, run_script
 
-SCRIPT = Path(csr.__file__).resolve()
 POSIX = os.name == "posix"
 
 # Every path the process opens while a test watches (builtins.open, os.open, sqlite3.connect).
@@ -47,12 +43,7 @@ def watching_opens():
         _WATCHING.pop()
 
 
-def run(argv: Sequence[str]) -> Tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = csr.main(list(argv))
-    assert "Traceback" not in err.getvalue()
-    return code, out.getvalue(), err.getvalue()
+run = run_captured  # (exit code, stdout, stderr), a traceback failing the test
 
 
 def sha(data: bytes) -> str:
@@ -68,7 +59,7 @@ def repaired_home(root: Path) -> Tuple[List[Any], Path]:
     home = HomeBuilder(root, "0.169.0").provider_config("proxy")
     threads = [home.thread(provider="openai", turns=2) for _ in range(2)]
     threads.append(home.thread(provider="proxy", user_text="a thread the repair leaves alone"))
-    code, out, err = run(["repair-provider", "--codex-home", str(root), "--from", "openai", "--to", "auto",
+    code, out, err = run(*["repair-provider", "--codex-home", str(root), "--from", "openai", "--to", "auto",
                           "--apply", "--json"])
     assert code == csr.EXIT_OK, err
     (root / "auth.json").write_text('{"OPENAI_API_KEY": "sk-real-key"}\n')
@@ -134,7 +125,7 @@ def test_restore_refuses_a_backup_naming_what_this_tool_never_writes(tmp_path, a
     argv = ["restore", "--codex-home", str(root), str(folder)] + (["--apply", "--discard-changes", "--force"]
                                                                  if apply else [])
     with watching_opens() as opened:
-        code, _out, err = run(argv)
+        code, _out, err = run(*argv)
     assert code == csr.EXIT_REFUSED, (code, err)
     assert len(err.strip().splitlines()) == 1
     assert not [p for p in opened if os.path.basename(p).startswith("auth.json")], opened
@@ -156,7 +147,7 @@ def test_restore_refuses_removing_a_rollout_the_run_never_wrote(tmp_path):
     (folder / "manifest.json").write_text(json.dumps(manifest))
     before = hash_tree(root)
     for extra in ([], ["--apply", "--discard-changes", "--force"]):
-        code, _out, err = run(["restore", "--codex-home", str(root), str(folder)] + extra)
+        code, _out, err = run(*["restore", "--codex-home", str(root), str(folder)] + extra)
         assert code == csr.EXIT_REFUSED, (code, err)
         assert "journal" in err
     assert hash_tree(root) == before
@@ -174,10 +165,10 @@ def test_restore_dry_run_names_what_it_would_remove(tmp_path):
     with open(str(folder / csr.JOURNAL_NAME), "a") as handle:
         handle.write(json.dumps({"path": "session_index.jsonl", "sha256_after": sha(created.read_bytes())}) + "\n")
     before = hash_tree(root)
-    code, out, err = run(["restore", "--codex-home", str(root), str(folder)])
+    code, out, err = run(*["restore", "--codex-home", str(root), str(folder)])
     assert code == csr.EXIT_FINDINGS, err
     assert "would remove session_index.jsonl" in out.lower(), out
-    code, out, err = run(["restore", "--codex-home", str(root), str(folder), "--json"])
+    code, out, err = run(*["restore", "--codex-home", str(root), str(folder), "--json"])
     assert json.loads(out)["would_remove"] == ["session_index.jsonl"]
     assert hash_tree(root) == before
 
@@ -186,7 +177,7 @@ def test_restore_of_a_genuine_backup_still_works(tmp_path):
     root = tmp_path / "home"
     threads, folder = repaired_home(root)
     before_rollout = (folder / "files" / os.path.relpath(str(threads[0].path), str(root))).read_bytes()
-    code, _out, err = run(["restore", "--codex-home", str(root), str(folder), "--apply"])
+    code, _out, err = run(*["restore", "--codex-home", str(root), str(folder), "--apply"])
     assert code == csr.EXIT_OK, err
     assert threads[0].path.read_bytes() == before_rollout
     assert (root / "auth.json").read_text() == '{"OPENAI_API_KEY": "sk-real-key"}\n'
@@ -204,7 +195,7 @@ def test_empty_codex_home_is_a_usage_error(tmp_path, monkeypatch, value):
     monkeypatch.setenv("CODEX_HOME", str(fallback))
     before = hash_tree(fallback)
     for argv in (["diagnose"], ["repair-provider", "--from", "openai", "--apply"], ["restore", "--list"]):
-        code, out, err = run(argv[:1] + ["--codex-home", value] + argv[1:])
+        code, out, err = run(*argv[:1] + ["--codex-home", value] + argv[1:])
         assert code == csr.EXIT_USAGE, (argv, code, out, err)
         assert err.strip().splitlines() == ["error: --codex-home: empty path"] or \
             err.strip().endswith("--codex-home: empty path"), err
@@ -225,7 +216,7 @@ def test_provider_option_rejects_empty_and_control_characters(tmp_path, option, 
     before = hash_tree(root)
     argv = ["repair-provider", "--codex-home", str(root), "--from", "openai", "--to", "auto", "--apply"]
     argv[argv.index(option) + 1] = value
-    code, out, err = run(argv)
+    code, out, err = run(*argv)
     assert code == csr.EXIT_USAGE, (code, out, err)
     assert len(err.strip().splitlines()) == 1 and option in err, err
     assert hash_tree(root) == before
@@ -235,15 +226,15 @@ def test_a_thread_carrying_an_empty_provider_is_named_and_repairable(tmp_path):
     root = tmp_path / "home"
     home = HomeBuilder(root, "0.169.0").provider_config("proxy")
     thread = home.thread(provider="", row_overrides={"model_provider": ""})
-    code, out, err = run(["diagnose", "--codex-home", str(root), "--json"])
+    code, out, err = run(*["diagnose", "--codex-home", str(root), "--json"])
     doc = json.loads(out)
     assert doc["provider_candidates"] == {"": [thread.id]} or list(doc["provider_candidates"]) == [""], doc
     assert any("--from ''" in c for c in doc["next_commands"]), doc["next_commands"]
     assert not any("--from openai" in c for c in doc["next_commands"]), doc["next_commands"]
-    code, out, err = run(["repair-provider", "--codex-home", str(root), "--from", "", "--apply", "--json"])
+    code, out, err = run(*["repair-provider", "--codex-home", str(root), "--from", "", "--apply", "--json"])
     assert code == csr.EXIT_OK, (code, err)
     assert b'"model_provider":"proxy"' in thread.path.read_bytes().replace(b" ", b"")
-    code, out, err = run(["repair-provider", "--codex-home", str(root), "--from", "", "--json"])
+    code, out, err = run(*["repair-provider", "--codex-home", str(root), "--from", "", "--json"])
     assert code == csr.EXIT_OK and json.loads(out)["actions"] == [], out
 
 
@@ -280,19 +271,6 @@ def _fifo(folder: Path, outside: Path) -> Path:
     return path
 
 
-def hash_regular_files(root: Path) -> Dict[str, str]:
-    """hash_tree without opening what is not a regular file (a FIFO would block the read)."""
-    digests = {}
-    for folder, dirs, files in os.walk(str(root)):
-        dirs[:] = [d for d in dirs if d != "recovery-backups"]
-        for name in files:
-            path = Path(folder) / name
-            if name.endswith("-shm") or not stat.S_ISREG(os.lstat(str(path)).st_mode):
-                continue
-            digests[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return digests
-
-
 ODD_FILES = [_not_json, _fifo] + ([_link_outside, _link_to_a_real_rollout_outside] if POSIX else [])
 
 
@@ -306,14 +284,14 @@ def test_reindex_invents_no_row_for_a_file_that_is_not_a_rollout_of_this_home(tm
     folder = root / "sessions" / "2026" / "12" / "01"
     folder.mkdir(parents=True)
     odd = make(folder, outside)
-    before = hash_regular_files(root)
-    code, out, err = run(["reindex", "--codex-home", str(root), "--json"])
+    before = hash_tree(root, regular_only=True)
+    code, out, err = run(*["reindex", "--codex-home", str(root), "--json"])
     doc = json.loads(out)
     assert not [a for a in doc["actions"] if a.get("kind") == "sql"], doc["actions"]
-    code, out, err = run(["reindex", "--codex-home", str(root), "--apply", "--json"])
+    code, out, err = run(*["reindex", "--codex-home", str(root), "--apply", "--json"])
     assert code == csr.EXIT_OK and json.loads(out)["actions"] == [], out
-    assert hash_regular_files(root) == before
-    code, out, err = run(["diagnose", "--codex-home", str(root), "--json"])
+    assert hash_tree(root, regular_only=True) == before
+    code, out, err = run(*["diagnose", "--codex-home", str(root), "--json"])
     doc = json.loads(out)
     thread = next(t for t in doc["threads"] if t["rollout"] == os.path.relpath(str(odd), str(root)))
     # A real rollout linked in from outside gets the link's runnable step; anything else is not
@@ -326,7 +304,7 @@ def test_reindex_invents_no_row_for_a_file_that_is_not_a_rollout_of_this_home(tm
     assert not any(" reindex" in c for c in doc["next_commands"]), doc["next_commands"]
     if make is not _link_to_a_real_rollout_outside:
         assert thread["hidden"], thread  # Codex lists a file-only thread from its session_meta
-        code, out, err = run(["trace", "--codex-home", str(root), thread["id"]])
+        code, out, err = run(*["trace", "--codex-home", str(root), thread["id"]])
         assert "HIDDEN" in out and "listed by default" not in out, out
     assert outside.read_text() == "precious\n"
 
@@ -345,16 +323,14 @@ def test_a_closed_pipe_is_no_traceback(tmp_path, argv):
         home.thread(provider="openai")
     read_end, write_end = os.pipe()
     os.close(read_end)  # `| head -c 0`: the reader is gone before the first write
-    env = dict(os.environ)
-    env.pop(csr.FAULT_ENV, None)
     try:
-        proc = subprocess.run([sys.executable, str(SCRIPT), argv[0], "--codex-home", str(root)] + argv[1:],
-                              stdout=write_end, stderr=subprocess.PIPE, env=env, timeout=60)
+        proc = run_script(argv[0], "--codex-home", str(root), *argv[1:], stdout=write_end)
     finally:
         os.close(write_end)
     err = proc.stderr.decode("utf-8", "replace")
     assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err
-    assert proc.returncode in (csr.EXIT_OK, csr.EXIT_FINDINGS, csr.EXIT_USAGE), (proc.returncode, err)
+    # Output not all delivered ends with 1 whatever the command (closed_pipe_exit).
+    assert proc.returncode == csr.EXIT_FINDINGS, (proc.returncode, err)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,7 +344,7 @@ def test_restore_list_refuses_a_backups_path_that_is_not_a_folder(tmp_path):
     HomeBuilder(root, "0.169.0").provider_config("proxy").thread(provider="openai")
     (root / csr.BACKUP_DIR_NAME).write_text("not a folder\n")
     for extra in ([], ["--json"]):
-        code, out, err = run(["restore", "--codex-home", str(root), "--list"] + extra)
+        code, out, err = run(*["restore", "--codex-home", str(root), "--list"] + extra)
         assert code == csr.EXIT_REFUSED, (code, out, err)
         assert "not a folder" in err and "No backups" not in out
 
@@ -381,17 +357,17 @@ def test_ui_state_dry_run_says_apply_will_refuse_a_symlinked_state_file(tmp_path
     real.write_text(json.dumps({"electron-persisted-atom-state": {"sidebar-collapsed-groups": {"a": True},
                                                                   "thread-sort-key": "title"}}))
     os.symlink(str(real), str(root / ".codex-global-state.json"))
-    code, out, err = run(["repair-ui-state", "--codex-home", str(root), "--json"])
+    code, out, err = run(*["repair-ui-state", "--codex-home", str(root), "--json"])
     doc = json.loads(out)
     if not doc["changes"]:
         pytest.skip("the planner plans nothing for this state file")
     assert any("--apply will refuse" in w and "symlink" in w for w in doc["warnings"]), doc["warnings"]
-    code, _out, err = run(["repair-ui-state", "--codex-home", str(root), "--apply", "--force"])
+    code, _out, err = run(*["repair-ui-state", "--codex-home", str(root), "--apply", "--force"])
     assert code == csr.EXIT_REFUSED and "symlink" in err
 
 
 def test_version_with_json_prints_one_json_document():
-    code, out, _err = run(["--version", "--json"])
+    code, out, _err = run(*["--version", "--json"])
     assert code == csr.EXIT_OK
     assert json.loads(out) == {"tool": csr.TOOL_NAME, "version": csr.__version__}
 
@@ -402,10 +378,10 @@ def test_an_empty_rollout_provider_under_another_row_provider_is_moved_with_from
     root = tmp_path / "home"
     home = HomeBuilder(root, "0.169.0").provider_config("proxy")
     thread = home.thread(provider="", row_overrides={"model_provider": "openai"})
-    code, out, _err = run(["diagnose", "--codex-home", str(root), "--json"])
+    code, out, _err = run(*["diagnose", "--codex-home", str(root), "--json"])
     assert list(json.loads(out)["provider_candidates"]) == [""], out
-    code, out, err = run(["repair-provider", "--codex-home", str(root), "--from", "", "--json"])
+    code, out, err = run(*["repair-provider", "--codex-home", str(root), "--from", "", "--json"])
     assert code == csr.EXIT_FINDINGS and json.loads(out)["changes"] >= 1, (code, out, err)
-    code, out, err = run(["repair-provider", "--codex-home", str(root), "--from", "", "--apply", "--json"])
+    code, out, err = run(*["repair-provider", "--codex-home", str(root), "--from", "", "--apply", "--json"])
     assert code == csr.EXIT_OK, err
     assert b'"model_provider":"proxy"' in thread.path.read_bytes().replace(b" ", b"")

@@ -14,16 +14,12 @@ tool's own ``recovery-backups/`` are left out).
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
 import json
 import os
 import re
 import shutil
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -31,6 +27,7 @@ import pytest
 
 import codex_harness as harness
 import codex_session_recovery as csr
+from homes import hash_tree, run_in_process, run_script
 
 pytestmark = pytest.mark.realcodex
 
@@ -52,21 +49,9 @@ require_release = harness.require_release
 # Files, DBs and the tool
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def snapshot(home: Path) -> Dict[str, str]:
-    """sha256 of every file in the home, except SQLite's shared-memory index (rewritten by
-    any open, read-only ones included) and the tool's own backup folder."""
-    found = {}
-    for path in sorted(home.rglob("*")):
-        rel = path.relative_to(home)
-        if rel.parts[0] == csr.BACKUP_DIR_NAME or path.name.endswith("-shm"):
-            continue
-        if path.is_file():
-            found[rel.as_posix()] = sha256(path)
-    return found
+# sha256 of every file in the home, except SQLite's shared-memory index (rewritten by any
+# open, read-only ones included) and the tool's own backup folder.
+snapshot = hash_tree
 
 
 def changed_files(before: Dict[str, str], after: Dict[str, str]) -> List[str]:
@@ -97,18 +82,12 @@ def execute(db: Path, sql: str, params: Tuple[Any, ...] = ()) -> int:
 
 def run_tool(home: Path, *args: str) -> Tuple[int, Dict[str, Any], str]:
     """The tool in-process with --json: (exit code, the one JSON document, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = csr.main(["--codex-home", str(home), *args, "--json"])
-    doc = json.loads(out.getvalue())
-    assert doc["exit_code"] == code
-    return code, doc, err.getvalue()
+    return run_in_process("--codex-home", str(home), *args)
 
 
 def run_tool_process(home: Path, *args: str) -> subprocess.CompletedProcess:
     """The tool as a separate process, the way a user runs it (its own pid, its own stderr)."""
-    return subprocess.run([sys.executable, str(SCRIPT), "--codex-home", str(home), *args],
-                          capture_output=True, text=True, timeout=120)
+    return run_script("--codex-home", str(home), *args, timeout=120, text=True)
 
 
 def user_texts(turn: Dict[str, Any]) -> List[str]:
@@ -878,9 +857,8 @@ def test_offsets_left_by_a_killed_run_are_realigned_and_codex_reads_every_turn(r
     ordinal, and the real Codex then reads every turn of every thread."""
     home = real_home("0.169.0", "openai")
     home.switch_provider(CUSTOM)
-    env = dict(os.environ, **{csr.FAULT_ENV: "after_rollout_replace:1:kill"})
-    killed = subprocess.run([sys.executable, str(SCRIPT), "--codex-home", str(home.home), "repair-provider",
-                             "--from", "openai", "--apply"], capture_output=True, timeout=120, env=env)
+    killed = run_script("--codex-home", str(home.home), "repair-provider", "--from", "openai", "--apply",
+                        timeout=120, fault="after_rollout_replace:1:kill")
     assert killed.returncode < 0, killed.stderr
     code, doc, _ = run_tool(home.home, "diagnose")
     misaligned = finding(doc, "history_offsets_misaligned")

@@ -7,18 +7,16 @@ import json
 import os
 import shutil
 import sqlite3
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 import codex_harness as harness
+from homes import run_script
 
 pytestmark = pytest.mark.realcodex
 
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "scripts" / "codex_session_recovery.py"
 PROVIDER = harness.CUSTOM_PROVIDER
 ATTACHMENT_PROMPT = "# Files mentioned by the user:\n\n## notes.txt: {cwd}/notes.txt\n\n## My request for Codex:\n"
 
@@ -27,8 +25,7 @@ require_release = harness.require_release
 
 
 def tool(home, *argv):
-    result = subprocess.run([sys.executable, str(SCRIPT), *argv, "--codex-home", str(home), "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
+    result = run_script(*argv, "--codex-home", str(home), "--json", timeout=120)
     doc = json.loads(result.stdout)
     assert doc["exit_code"] == result.returncode, result.stderr
     return result.returncode, doc

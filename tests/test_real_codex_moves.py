@@ -29,6 +29,7 @@ import pytest
 
 import codex_harness as harness
 import codex_session_recovery as csr
+from homes import hash_tree, run_in_process
 
 pytestmark = pytest.mark.realcodex
 
@@ -43,18 +44,8 @@ def snapshot(root: Path) -> Dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def snapshot_home(home: Path) -> Dict[str, str]:
-    """The home a command runs on: -shm (rewritten by any open) and the backups left out."""
-    return {k: v for k, v in snapshot(home).items()
-            if not k.startswith(csr.BACKUP_DIR_NAME + "/") and not k.endswith("-shm")}
-
-
 def run_tool(home: Path, *args: str) -> Tuple[int, Dict[str, Any]]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = csr.main(["--codex-home", str(home), *args, "--json"])
-    doc = json.loads(out.getvalue())
-    assert doc["exit_code"] == code, err.getvalue()
+    code, doc, _err = run_in_process("--codex-home", str(home), *args)
     return code, doc
 
 
@@ -108,9 +99,9 @@ def test_import_and_remap_cwd_bring_another_machines_history_back(version_a, ver
     a_before = snapshot(home_a)
 
     # The import: dry run first (no byte), then --apply, then nothing left to do.
-    b_before = snapshot_home(home_b)
+    b_before = hash_tree(home_b)
     code, doc = run_tool(home_b, "import", "--from", str(home_a), "--to", "auto")
-    assert code == csr.EXIT_FINDINGS and snapshot_home(home_b) == b_before
+    assert code == csr.EXIT_FINDINGS and hash_tree(home_b) == b_before
     assert doc["plan"]["to_provider"] == harness.CUSTOM_PROVIDER
     assert doc["plan"]["counts"] == {"imported": 4}, doc
     code, doc = run_tool(home_b, "import", "--from", str(home_a), "--to", "auto", "--apply")
@@ -127,11 +118,11 @@ def test_import_and_remap_cwd_bring_another_machines_history_back(version_a, ver
     argv = shlex.split(remaps[0])
     argv = argv[argv.index("--codex-home"):]
     assert argv[argv.index("--from") + 1] == str(p1) and argv[argv.index("--to") + 1] == str(p2)
-    b_before = snapshot_home(home_b)
+    b_before = hash_tree(home_b)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert csr.main(argv) == csr.EXIT_FINDINGS
-    assert snapshot_home(home_b) == b_before
+    assert hash_tree(home_b) == b_before
     with contextlib.redirect_stdout(out):
         assert csr.main(argv + ["--apply"]) == csr.EXIT_OK, out.getvalue()
     code, doc = run_tool(home_b, *argv[2:])
@@ -193,9 +184,9 @@ def test_a_copied_home_and_a_moved_project_come_back_with_the_next_lines(version
     assert [s[s.index("--codex-home") + 2] for s in steps][-1] == "remap-cwd"
     for step in steps:
         argv = step[step.index("--codex-home"):]
-        before = snapshot_home(new_home)
+        before = hash_tree(new_home)
         code, doc = run_tool(Path(argv[1]), *argv[2:])
-        assert code == csr.EXIT_FINDINGS and snapshot_home(new_home) == before, doc
+        assert code == csr.EXIT_FINDINGS and hash_tree(new_home) == before, doc
         code, doc = run_tool(Path(argv[1]), *argv[2:], "--apply")
         assert code == csr.EXIT_OK, doc
     code, doc = run_tool(new_home, "diagnose")
@@ -224,9 +215,9 @@ def test_import_verify_lists_the_copies_on_the_scratch_home(tmp_path):
     imported = [other.thread(cwd="/home/ana/src/shop").id, other.thread(cwd="/home/ana/src/shop").id]
     home = HomeBuilder(tmp_path / "machine-b", "0.169.0")
     own = home.thread(cwd=str(tmp_path)).id
-    before = snapshot_home(home.root)
+    before = hash_tree(home.root)
     code, doc = run_tool(home.root, "import", "--from", str(other.root), "--verify", "--codex-bin", str(binary))
-    assert code == csr.EXIT_FINDINGS and snapshot_home(home.root) == before
+    assert code == csr.EXIT_FINDINGS and hash_tree(home.root) == before
     verification = doc["verification"]
     assert verification["status"] == "verified" and verification["agrees"] is True, verification
     assert set(verification["listed_after"]) == set(imported) | {own}

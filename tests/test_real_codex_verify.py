@@ -21,6 +21,7 @@ import pytest
 
 import codex_harness as harness
 import codex_session_recovery as csr
+from homes import run_script, script_env
 from test_real_codex import (CUSTOM, SCRIPT, RealHome, changed_files, real_home, run_tool,  # noqa: F401
                              snapshot)
 
@@ -152,6 +153,7 @@ def test_verify_reaches_no_network(real_home, tmp_path):
     probe = subprocess.run(["unshare", "-n", "true"], capture_output=True)
     if probe.returncode != 0:
         pytest.skip("unshare -n is not available here")
+    # Not run_script: the script runs under `unshare -n`, in a namespace with no network.
     done = subprocess.run(["unshare", "-n", sys.executable, str(SCRIPT), "--codex-home", str(home.home),
                            "repair-provider", "--from", "openai", "--verify", "--codex-bin", binary_of("0.169.0"),
                            "--json"], capture_output=True, text=True, timeout=180)
@@ -193,7 +195,8 @@ def test_interrupted_verify_removes_the_scratch_and_stops_codex(real_home, tmp_p
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     before = snapshot(home.home)
-    env = dict(os.environ, TMPDIR=str(tmp))
+    env = script_env({"TMPDIR": str(tmp)})
+    # Popen, not run_script: the run is interrupted while it runs.
     proc = subprocess.Popen([sys.executable, str(SCRIPT), "--codex-home", str(home.home), "repair-provider",
                              "--from", "openai", "--verify", "--codex-bin", binary_of("0.169.0")],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -244,8 +247,7 @@ def test_a_wrong_prediction_is_caught_and_exits_1(real_home, monkeypatch):
     # two interactive threads, never the exec and the archived one.
     assert phases == {("before", t) for t in home.interactive + hidden_by_design} | {
         ("after", t) for t in hidden_by_design}
-    out = subprocess.run([sys.executable, str(SCRIPT), "--codex-home", str(home.home), "diagnose"],
-                         capture_output=True, text=True, timeout=120)
+    out = run_script("--codex-home", str(home.home), "diagnose", timeout=120, text=True)
     assert out.returncode == csr.EXIT_FINDINGS  # the switched home has findings of its own
 
     # --apply --verify asks before it writes: the contradicted plan is refused (exit 3), and
@@ -266,9 +268,8 @@ def test_verify_text_output_names_codex_and_counts(real_home):
     example sentence."""
     home = real_home(NEWEST, "openai")
     home.switch_provider(CUSTOM)
-    done = subprocess.run([sys.executable, str(SCRIPT), "--codex-home", str(home.home), "repair-provider",
-                           "--from", "openai", "--verify", "--codex-bin", binary_of(NEWEST)],
-                          capture_output=True, text=True, timeout=180)
+    done = run_script("--codex-home", str(home.home), "repair-provider", "--from", "openai", "--verify",
+                      "--codex-bin", binary_of(NEWEST), timeout=180, text=True)
     assert done.returncode == csr.EXIT_FINDINGS, done.stderr
     assert ("Codex %s (--codex-bin) lists 0 of your 2 conversations now; after this plan it lists 2 of 2"
             % NEWEST) in done.stdout

@@ -38,7 +38,7 @@ def switched(tmp_path):
 def test_repair_provider_dry_run_changes_nothing(switched, capsys):
     home, old = switched
     before = hash_tree(home.root)
-    code, doc, _ = run("repair-provider", "--codex-home", str(home.root), "--from", "openai", capsys=capsys)
+    code, doc, _ = run("repair-provider", "--codex-home", str(home.root), "--from", "openai")
     assert code == csr.EXIT_FINDINGS
     assert doc["applied"] is False and doc["backup_dir"] is None
     assert doc["plan"]["to"] == "proxy-gateway" and doc["plan"]["to_source"] == "config.toml model_provider"
@@ -60,7 +60,7 @@ def test_repair_provider_apply_is_surgical_and_a_fixed_point(switched, capsys):
     home, old = switched
     before_lines = {t.id: lines(t.path) for t in old}
     before_mtime = {t.id: t.path.stat().st_mtime_ns for t in old}
-    code, doc, _ = run("repair-provider", "--codex-home", str(home.root), "--from", "openai", "--apply", capsys=capsys)
+    code, doc, _ = run("repair-provider", "--codex-home", str(home.root), "--from", "openai", "--apply")
     assert code == csr.EXIT_OK and doc["applied"] is True
     backup = Path(doc["backup_dir"])
     manifest = json.loads((backup / "manifest.json").read_text())
@@ -86,9 +86,9 @@ def test_repair_provider_apply_is_surgical_and_a_fixed_point(switched, capsys):
     conn = sqlite3.connect(str(home.db_path))
     assert {r[0] for r in conn.execute("SELECT model_provider FROM threads")} == {"proxy-gateway"}
     conn.close()
-    code, doc, _ = run("repair-provider", "--codex-home", str(home.root), "--from", "openai", capsys=capsys)
+    code, doc, _ = run("repair-provider", "--codex-home", str(home.root), "--from", "openai")
     assert code == csr.EXIT_OK and doc["changes"] == 0
-    code, doc, _ = run("diagnose", "--codex-home", str(home.root), capsys=capsys)
+    code, doc, _ = run("diagnose", "--codex-home", str(home.root))
     assert code == csr.EXIT_OK and doc["counts"]["hidden"] == 0
 
 
@@ -114,27 +114,27 @@ def test_repair_provider_keeps_history_offsets_true(switched, capsys):
 
     before = line_ordinals_at_offsets()
     assert len(before) == 2
-    run("repair-provider", "--codex-home", str(home.root), "--from", "openai", "--apply", capsys=capsys)
+    run("repair-provider", "--codex-home", str(home.root), "--from", "openai", "--apply")
     assert line_ordinals_at_offsets() == before
 
 
 def test_restore_returns_every_byte(switched, capsys):
     home, _ = switched
     files_before, dbs_before = snapshot(home.root)
-    run("repair-provider", "--codex-home", str(home.root), "--from", "openai", "--apply", capsys=capsys)
+    run("repair-provider", "--codex-home", str(home.root), "--from", "openai", "--apply")
     assert snapshot(home.root) != (files_before, dbs_before)
-    code, doc, _ = run("restore", "--codex-home", str(home.root), "--latest", capsys=capsys)
+    code, doc, _ = run("restore", "--codex-home", str(home.root), "--latest")
     assert code == csr.EXIT_FINDINGS and doc["applied"] is False and doc["changed_since_run"] == []
-    code, doc, _ = run("restore", "--codex-home", str(home.root), "--latest", "--apply", capsys=capsys)
+    code, doc, _ = run("restore", "--codex-home", str(home.root), "--latest", "--apply")
     assert code == csr.EXIT_OK and Path(doc["undo_backup_dir"]).is_dir()
     assert snapshot(home.root) == (files_before, dbs_before)
-    code, doc, _ = run("restore", "--codex-home", str(home.root), "--list", capsys=capsys)
+    code, doc, _ = run("restore", "--codex-home", str(home.root), "--list")
     assert [b["command"] for b in doc["backups"]] == ["repair-provider", "restore"]
 
 
 def test_restore_refuses_when_files_changed_since_the_run(switched, capsys):
     home, old = switched
-    run("repair-provider", "--codex-home", str(home.root), "--from", "openai", "--apply", capsys=capsys)
+    run("repair-provider", "--codex-home", str(home.root), "--from", "openai", "--apply")
     with open(old[0].path, "ab") as handle:
         handle.write(b'{"timestamp":"x","type":"event_msg","payload":{"type":"task_started"}}\n')
     code = csr.main(["restore", "--codex-home", str(home.root), "--latest", "--apply"])
@@ -161,12 +161,12 @@ def test_repair_provider_scope(tmp_path, capsys):
     archived = home.thread(provider="openai", archived=True)
     empty = home.thread(provider="openai", user_text=None)
     untouched = {t.id: t.path.read_bytes() for t in (exec_thread, archived, empty)}
-    _, doc, _ = run("repair-provider", "--codex-home", str(home.root), "--from", "openai", "--apply", capsys=capsys)
+    _, doc, _ = run("repair-provider", "--codex-home", str(home.root), "--from", "openai", "--apply")
     assert {a["thread_id"] for a in doc["actions"]} == {interactive.id}
     for thread in (exec_thread, archived, empty):
         assert thread.path.read_bytes() == untouched[thread.id]
     _, doc, _ = run("repair-provider", "--codex-home", str(home.root), "--from", "openai", "--source", "any",
-                    "--include-archived", "--include-empty", capsys=capsys)
+                    "--include-archived", "--include-empty")
     assert {a["thread_id"] for a in doc["actions"]} == {exec_thread.id, archived.id, empty.id}
 
 
@@ -179,7 +179,7 @@ def test_repair_provider_every_own_session_meta_but_not_a_forks(tmp_path, capsys
     with open(thread.path, "ab") as handle:
         resumed_meta["payload"]["id"] = thread.id
         handle.write(json.dumps(resumed_meta).encode() + b"\n")
-    run("repair-provider", "--codex-home", str(home.root), "--from", "openai", "--apply", capsys=capsys)
+    run("repair-provider", "--codex-home", str(home.root), "--from", "openai", "--apply")
     metas = [json.loads(r) for r in lines(thread.path) if b'"session_meta"' in r]
     assert [(m["payload"]["id"], m["payload"]["model_provider"]) for m in metas] == [
         (thread.id, "proxy"), (parent_id, "openai"), (thread.id, "proxy")]
@@ -189,7 +189,7 @@ def test_repair_provider_keeps_crlf_line_endings(tmp_path, capsys):
     home = HomeBuilder(tmp_path / "home", "0.130.0").provider_config("proxy")
     thread = home.thread(provider="openai")
     thread.path.write_bytes(thread.path.read_bytes().replace(b"\n", b"\r\n"))
-    run("repair-provider", "--codex-home", str(home.root), "--from", "openai", "--apply", capsys=capsys)
+    run("repair-provider", "--codex-home", str(home.root), "--from", "openai", "--apply")
     data = thread.path.read_bytes()
     assert data.count(b"\r\n") == data.count(b"\n") and b'"model_provider":"proxy"' in data
 
@@ -198,7 +198,7 @@ def test_repair_provider_to_auto_without_configured_provider(tmp_path, capsys):
     home = HomeBuilder(tmp_path / "home", "0.169.0")
     home.thread(provider="gateway")
     latest = home.thread(provider="desk")
-    _, doc, _ = run("repair-provider", "--codex-home", str(home.root), "--from", "gateway", capsys=capsys)
+    _, doc, _ = run("repair-provider", "--codex-home", str(home.root), "--from", "gateway")
     assert doc["plan"]["to"] == "desk"
     assert latest.id in doc["plan"]["to_source"] and "names no provider" in doc["plan"]["to_source"]
     assert any("not defined in config.toml" in w for w in doc["warnings"])
@@ -214,7 +214,7 @@ def test_repair_provider_warns_about_encrypted_reasoning(tmp_path, capsys):
     home = HomeBuilder(tmp_path / "home").provider_config("proxy")
     home.thread(provider="openai", extra_lines=[{"timestamp": "t", "type": "response_item", "payload": {
         "type": "reasoning", "summary": [], "encrypted_content": "gAAAA"}}])
-    _, doc, err = run("repair-provider", "--codex-home", str(home.root), "--from", "openai", capsys=capsys)
+    _, doc, err = run("repair-provider", "--codex-home", str(home.root), "--from", "openai")
     assert any("encrypted_content" in w for w in doc["warnings"])
     assert "warning:" in err
 
@@ -231,7 +231,7 @@ def test_live_append_during_apply_is_kept_and_reported(switched, capsys, monkeyp
 
     monkeypatch.setattr(csr, "_fault_point", append_once)
     before = victim.path.read_bytes()
-    code, doc, _ = run("repair-provider", "--codex-home", str(home.root), "--from", "openai", "--apply", capsys=capsys)
+    code, doc, _ = run("repair-provider", "--codex-home", str(home.root), "--from", "openai", "--apply")
     assert code == csr.EXIT_OK
     assert victim.path.read_bytes() == before + appended
     assert [s["thread_id"] for s in doc["skipped"]] == [victim.id]
@@ -260,10 +260,10 @@ def test_repair_user_events(tmp_path, capsys):
     blank = home.thread(user_text="where did my chat go", row_overrides={"first_user_message": "", "title": ""})
     fine = home.thread()
     rollouts = hash_tree(home.root / "sessions")
-    code, doc, _ = run("repair-user-events", "--codex-home", str(home.root), capsys=capsys)
+    code, doc, _ = run("repair-user-events", "--codex-home", str(home.root))
     assert code == csr.EXIT_FINDINGS and doc["changes"] == 1
     assert doc["actions"][0]["thread_id"] == blank.id
-    code, doc, _ = run("repair-user-events", "--codex-home", str(home.root), "--apply", capsys=capsys)
+    code, doc, _ = run("repair-user-events", "--codex-home", str(home.root), "--apply")
     assert code == csr.EXIT_OK
     conn = sqlite3.connect(str(home.db_path))
     row = conn.execute("SELECT has_user_event, first_user_message, title FROM threads WHERE id=?", (blank.id,)).fetchone()
@@ -271,8 +271,8 @@ def test_repair_user_events(tmp_path, capsys):
     assert conn.execute("SELECT has_user_event FROM threads WHERE id=?", (fine.id,)).fetchone()[0] == 0
     conn.close()
     assert hash_tree(home.root / "sessions") == rollouts
-    assert run("repair-user-events", "--codex-home", str(home.root), capsys=capsys)[0] == csr.EXIT_OK
-    assert run("diagnose", "--codex-home", str(home.root), capsys=capsys)[0] == csr.EXIT_OK
+    assert run("repair-user-events", "--codex-home", str(home.root))[0] == csr.EXIT_OK
+    assert run("diagnose", "--codex-home", str(home.root))[0] == csr.EXIT_OK
 
 
 GLOBAL_STATE = {
@@ -292,9 +292,9 @@ def test_repair_ui_state(tmp_path, capsys):
     home.thread()
     path = home.root / ".codex-global-state.json"
     path.write_text(json.dumps(GLOBAL_STATE))
-    code, doc, _ = run("diagnose", "--codex-home", str(home.root), capsys=capsys)
+    code, doc, _ = run("diagnose", "--codex-home", str(home.root))
     assert code == 1 and any(c.endswith("repair-ui-state") for c in doc["next_commands"])
-    code, doc, _ = run("repair-ui-state", "--codex-home", str(home.root), "--apply", capsys=capsys)
+    code, doc, _ = run("repair-ui-state", "--codex-home", str(home.root), "--apply")
     assert code == csr.EXIT_OK
     data = json.loads(path.read_text())
     atoms = data["electron-persisted-atom-state"]
@@ -303,15 +303,15 @@ def test_repair_ui_state(tmp_path, capsys):
     assert data["some-future-key"] == {"kept": [1, 2, 3]}
     assert "sidebar-collapsed-sections-v1" not in atoms  # absent keys are not added
     assert list(data) == list(GLOBAL_STATE)
-    assert run("repair-ui-state", "--codex-home", str(home.root), capsys=capsys)[0] == csr.EXIT_OK
-    assert run("diagnose", "--codex-home", str(home.root), capsys=capsys)[0] == csr.EXIT_OK
+    assert run("repair-ui-state", "--codex-home", str(home.root))[0] == csr.EXIT_OK
+    assert run("diagnose", "--codex-home", str(home.root))[0] == csr.EXIT_OK
 
 
 def test_repair_ui_state_leaves_unreadable_file_alone(tmp_path, capsys):
     home = HomeBuilder(tmp_path / "home")
     path = home.root / ".codex-global-state.json"
     path.write_bytes(b"\x00" * 64)
-    code, doc, _ = run("repair-ui-state", "--codex-home", str(home.root), "--apply", capsys=capsys)
+    code, doc, _ = run("repair-ui-state", "--codex-home", str(home.root), "--apply")
     assert code == csr.EXIT_OK and doc["changes"] == 0 and doc["skipped"]
     assert path.read_bytes() == b"\x00" * 64
 
@@ -331,7 +331,7 @@ def test_rebuild_index(tmp_path, capsys):
     ])
     with open(home.root / "session_index.jsonl", "ab") as handle:
         handle.write(b"garbage\n")
-    code, doc, _ = run("rebuild-index", "--codex-home", str(home.root), "--apply", capsys=capsys)
+    code, doc, _ = run("rebuild-index", "--codex-home", str(home.root), "--apply")
     assert code == csr.EXIT_OK
     entries = [json.loads(l) for l in (home.root / "session_index.jsonl").read_text().splitlines()]
     names = {e["id"]: e["thread_name"] for e in entries}
@@ -339,14 +339,14 @@ def test_rebuild_index(tmp_path, capsys):
     assert len(entries) == 3
     summary = doc["actions"][0]["summary"]
     assert summary["dropped_stale"] == 1 and summary["dropped_bad_lines"] == 1 and summary["added_from_db_names"] == 1
-    assert run("rebuild-index", "--codex-home", str(home.root), capsys=capsys)[0] == csr.EXIT_OK
+    assert run("rebuild-index", "--codex-home", str(home.root))[0] == csr.EXIT_OK
 
 
 def test_rebuild_index_keeps_entries_it_cannot_prove_stale(tmp_path, capsys):
     home = HomeBuilder(tmp_path / "home")
     thread = home.thread()
     home.index([{"id": thread.id, "thread_name": "kept", "updated_at": "x"}])
-    assert run("rebuild-index", "--codex-home", str(home.root), capsys=capsys)[1]["changes"] == 0
+    assert run("rebuild-index", "--codex-home", str(home.root))[1]["changes"] == 0
 
 
 @pytest.mark.parametrize("seed", range(25))
@@ -388,11 +388,11 @@ def test_latest_backup_is_the_newest_run_even_within_one_second(tmp_path, capsys
     home.index([{"id": "019a0000-0000-7000-8000-00000000dead", "thread_name": "x", "updated_at": "t"}])
     frozen = csr.utc_now()
     monkeypatch.setattr(csr, "utc_now", lambda: frozen)  # both runs get the same folder stamp
-    run("repair-provider", "--codex-home", str(home.root), "--from", "openai", "--apply", capsys=capsys)
-    run("rebuild-index", "--codex-home", str(home.root), "--apply", capsys=capsys)
-    _, doc, _ = run("restore", "--codex-home", str(home.root), "--list", capsys=capsys)
+    run("repair-provider", "--codex-home", str(home.root), "--from", "openai", "--apply")
+    run("rebuild-index", "--codex-home", str(home.root), "--apply")
+    _, doc, _ = run("restore", "--codex-home", str(home.root), "--list")
     assert [b["command"] for b in doc["backups"]] == ["repair-provider", "rebuild-index"]
-    _, doc, _ = run("restore", "--codex-home", str(home.root), "--latest", capsys=capsys)
+    _, doc, _ = run("restore", "--codex-home", str(home.root), "--latest")
     assert doc["files"] == ["session_index.jsonl"]
 
 
@@ -402,23 +402,23 @@ def test_repair_provider_on_a_rollout_only_home(tmp_path, capsys):
     moved = home.thread(provider="openai")
     kept = home.thread(provider="proxy")
     before = kept.path.read_bytes()
-    code, doc, _ = run("repair-provider", "--codex-home", str(home.root), "--from", "openai", "--apply", capsys=capsys)
+    code, doc, _ = run("repair-provider", "--codex-home", str(home.root), "--from", "openai", "--apply")
     assert code == csr.EXIT_OK and [a["kind"] for a in doc["actions"]] == ["rollout_edit"]
     assert b'"model_provider":"proxy"' in moved.path.read_bytes() and kept.path.read_bytes() == before
     assert not list(home.root.glob("*.sqlite"))
-    assert run("repair-provider", "--codex-home", str(home.root), "--from", "openai", capsys=capsys)[0] == csr.EXIT_OK
-    code, doc, _ = run("diagnose", "--codex-home", str(home.root), capsys=capsys)
+    assert run("repair-provider", "--codex-home", str(home.root), "--from", "openai")[0] == csr.EXIT_OK
+    code, doc, _ = run("diagnose", "--codex-home", str(home.root))
     assert code == csr.EXIT_OK and doc["counts"]["visible_by_default"] == 2
-    assert run("restore", "--codex-home", str(home.root), "--latest", "--apply", capsys=capsys)[0] == csr.EXIT_OK
+    assert run("restore", "--codex-home", str(home.root), "--latest", "--apply")[0] == csr.EXIT_OK
     assert b'"model_provider":"openai"' in moved.path.read_bytes()
 
 
 def test_expect_plan_applies_exactly_the_reviewed_plan(switched, capsys):
     home, old = switched
-    _, dry, _ = run("repair-provider", "--codex-home", str(home.root), "--from", "openai", capsys=capsys)
+    _, dry, _ = run("repair-provider", "--codex-home", str(home.root), "--from", "openai")
     plan_id = dry["plan_id"]
     assert len(plan_id) == 16
-    again = run("repair-provider", "--codex-home", str(home.root), "--from", "openai", capsys=capsys)[1]
+    again = run("repair-provider", "--codex-home", str(home.root), "--from", "openai")[1]
     assert again["plan_id"] == plan_id  # the same home gives the same plan
     home.thread(provider="openai")  # something changes the home after the review
     before = hash_tree(home.root)
@@ -427,7 +427,7 @@ def test_expect_plan_applies_exactly_the_reviewed_plan(switched, capsys):
     err = capsys.readouterr().err
     assert code == csr.EXIT_REFUSED and "the plan changed since the dry run" in err
     assert hash_tree(home.root) == before
-    fresh = run("repair-provider", "--codex-home", str(home.root), "--from", "openai", capsys=capsys)[1]["plan_id"]
+    fresh = run("repair-provider", "--codex-home", str(home.root), "--from", "openai")[1]["plan_id"]
     code, doc, _ = run("repair-provider", "--codex-home", str(home.root), "--from", "openai", "--apply",
-                       "--expect-plan", fresh, capsys=capsys)
+                       "--expect-plan", fresh)
     assert code == csr.EXIT_OK and doc["applied"] is True and doc["plan_id"] == fresh

@@ -11,14 +11,12 @@ from pathlib import Path
 import pytest
 
 import codex_session_recovery as csr
-from homes import HomeBuilder, add_migration, hash_tree, retype_column
+from homes import HomeBuilder, add_migration, hash_tree, retype_column, run_script, switched_home
 
 
 @pytest.fixture
 def switched(tmp_path):
-    home = HomeBuilder(tmp_path / "home", "0.169.0").provider_config("proxy")
-    threads = [home.thread(provider="openai"), home.thread(provider="openai")]
-    return home, threads
+    return switched_home(tmp_path / "home")
 
 
 def apply_provider(home, *extra):
@@ -93,7 +91,7 @@ def test_writes_on_a_newer_schema_where_what_the_plan_touches_is_unchanged(tmp_p
     any release checked, but every column, type and trigger repair-provider touches is as in
     0.171.0, so it writes without --force and says why, in text and in --json."""
     home, threads = newer_home(tmp_path, UNRELATED_65)
-    code = csr.main(["diagnose", "--codex-home", str(home.root), "--json"])
+    assert csr.main(["diagnose", "--codex-home", str(home.root), "--json"]) == csr.EXIT_FINDINGS
     newer = next(f for f in json.loads(capsys.readouterr().out)["findings"] if f["code"] == "schema_newer")
     assert newer["severity"] == "info" and newer["evidence"]["unchanged"] is True
     assert newer["evidence"]["migrations"] == ["65 thread labels"]
@@ -203,10 +201,7 @@ def test_symlinked_home_itself_is_allowed(switched, tmp_path, capsys):
 def test_second_copy_of_the_tool_refuses(switched, capsys):
     home, _ = switched
     with csr.ToolLock(home.root):
-        script = Path(csr.__file__)
-        result = subprocess.run([sys.executable, str(script), "repair-provider", "--codex-home", str(home.root),
-                                 "--from", "openai", "--apply"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                timeout=60)
+        result = run_script("repair-provider", "--codex-home", str(home.root), "--from", "openai", "--apply")
     assert result.returncode == csr.EXIT_REFUSED
     assert b"another codex-session-recovery run is writing to this home" in result.stderr
     assert apply_provider(home) == csr.EXIT_OK
@@ -281,7 +276,9 @@ def test_credentials_are_never_opened_and_writes_stay_in_the_home(tmp_path, caps
     commands += [["restore", "--list"], ["restore", "--latest", "--apply", "--force"]]
     for argv in commands:
         code = csr.main([*argv, "--codex-home", root, "--json"])
-        assert code in (0, 1), (argv, code, capsys.readouterr().err)
+        # Each dry run has something to do; each --apply does it; restore lists or puts back.
+        expected = csr.EXIT_OK if "--apply" in argv or argv[0] == "restore" else csr.EXIT_FINDINGS
+        assert code == expected, (argv, code, capsys.readouterr().err)
     capsys.readouterr()
     opened = [path for _event, path, _ in _paths(audited)]
     assert not [p for p in opened if os.path.basename(p) in SECRET_NAMES]

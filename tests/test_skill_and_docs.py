@@ -264,6 +264,45 @@ def test_translation_keeps_the_structure_and_every_command():
         raise AssertionError("README.zh-CN.md is out of step with README.md:\n" + "\n".join(diff))
 
 
+def test_readme_makes_the_skills_folder_before_linking_into_it():
+    """A newcomer has no skills folder yet: every `ln -s` into one, the commented alternative
+    included, comes after a `mkdir -p` of that folder, in both READMEs."""
+    for name in ("README.md", "README.zh-CN.md"):
+        made, linked = set(), []
+        for line in doc(name).splitlines():
+            for command in re.split(r"&&|#|：", line):
+                made.update(re.findall(r"mkdir -p (\S+)", command))
+                for folder in re.findall(r'ln -s "\$PWD" (\S+)/[^/\s]+', command):
+                    assert folder in made, "%s: ln -s into %s before mkdir -p: %s" % (name, folder, line)
+                    linked.append(folder)
+        assert sorted(set(linked)) == ["~/.agents/skills", "~/.codex/skills"], (name, linked)
+
+
+def test_readme_says_the_skill_validator_test_needs_pyyaml_and_the_real_codex_tier():
+    """pytest is all the README's install line installs; the one test that also needs pyyaml
+    runs in the real-Codex tier, and the README says both where it says how to run the tests."""
+    import test_skill_real_codex
+
+    assert test_skill_real_codex.pytestmark.name == "realcodex"
+    english = next(p for p in doc("README.md").split("\n\n") if "skill validator" in p and "`-m realcodex`" in p)
+    assert "pyyaml" in english and "installed release" in english, english
+    chinese = next(p for p in doc("README.zh-CN.md").split("\n\n") if "技能校验器" in p and "`-m realcodex`" in p)
+    assert "pyyaml" in chinese and "已安装的 Codex 版本" in chinese, chinese
+
+
+def test_readme_explains_the_crash_tiers_skipped_cases():
+    """`-m crash` reports skips; the README says what they are in the words the skip reason
+    uses ("not applicable"), and that each was still run with its fault armed."""
+    reason = (ROOT / "tests" / "test_crash_injection.py").read_text(encoding="utf-8")
+    assert 'pytest.skip("%s never reaches %s: not applicable"' in reason
+    english = next(p for p in doc("README.md").split("\n\n") if "`-m crash`" in p)
+    for words in ("reports as skipped", "never reaches", "still run with the fault", "not applicable"):
+        assert words in english, words
+    chinese = next(p for p in doc("README.zh-CN.md").split("\n\n") if "`-m crash`" in p)
+    for words in ("跳过", "不会经过的写入点", "启用该故障", "不适用"):
+        assert words in chinese, words
+
+
 def test_readme_gives_the_test_command():
     assert "python3 -m pytest" in doc("README.md")
     assert "python3 -m pytest" in doc("README.zh-CN.md")

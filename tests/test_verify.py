@@ -8,8 +8,6 @@ in test_real_codex_verify.py.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -21,14 +19,10 @@ from pathlib import Path
 import pytest
 
 import codex_session_recovery as csr
-from homes import HomeBuilder, hash_tree
+from homes import HomeBuilder, hash_tree, run_captured, switched_home
 
 
-def run(argv, env_path=None):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = csr.main(argv)
-    return code, out.getvalue(), err.getvalue()
+run = run_captured  # (exit code, stdout, stderr)
 
 
 @pytest.fixture
@@ -44,35 +38,33 @@ def no_codex(tmp_path, monkeypatch):
 
 @pytest.fixture
 def switched(tmp_path):
-    home = HomeBuilder(tmp_path / "home", "0.169.0").provider_config("proxy")
-    threads = [home.thread(provider="openai"), home.thread(provider="openai", turns=3)]
-    return home, threads
+    return switched_home(tmp_path / "home", turns=(1, 3))
 
 
 def test_no_codex_says_so_in_one_line_and_keeps_exit_codes(switched, no_codex):
     home, _ = switched
     root = str(home.root)
     for argv in (["diagnose"], ["repair-provider", "--from", "openai"], ["repair-user-events"]):
-        plain, plain_out, _ = run([*argv, "--codex-home", root])
+        plain, plain_out, _ = run(*[*argv, "--codex-home", root])
         before = hash_tree(home.root)
-        code, out, err = run([*argv, "--codex-home", root, "--verify"])
+        code, out, err = run(*[*argv, "--codex-home", root, "--verify"])
         assert code == plain, argv
         assert hash_tree(home.root) == before
         assert err.count("verify: no Codex binary found") == 1
         assert "no Codex binary found" not in out
-        code, out, _ = run([*argv, "--codex-home", root, "--verify", "--json"])
+        code, out, _ = run(*[*argv, "--codex-home", root, "--verify", "--json"])
         doc = json.loads(out)
         assert code == plain and doc["verification"] == {"status": "no_codex", "message": csr.NO_CODEX_MESSAGE}
 
 
 def test_apply_verify_without_codex_still_applies(switched, no_codex):
     home, threads = switched
-    code, out, err = run(["repair-provider", "--codex-home", str(home.root), "--from", "openai", "--apply",
+    code, out, err = run(*["repair-provider", "--codex-home", str(home.root), "--from", "openai", "--apply",
                           "--verify", "--json"])
     doc = json.loads(out)
     assert code == csr.EXIT_OK and doc["applied"] is True
     assert doc["verification"]["status"] == "no_codex"
-    assert run(["repair-provider", "--codex-home", str(home.root), "--from", "openai"])[0] == csr.EXIT_OK
+    assert run(*["repair-provider", "--codex-home", str(home.root), "--from", "openai"])[0] == csr.EXIT_OK
 
 
 def test_codex_bin_that_is_not_a_program_is_a_usage_error(switched, tmp_path, capsys):
@@ -164,7 +156,7 @@ def test_scratch_copy_is_what_apply_writes_headed_and_private(switched, tmp_path
     assert not root.exists()
     assert hash_tree(home.root) == before
 
-    code, _out, _err = run(["repair-provider", "--codex-home", str(home.root), "--from", "openai", "--apply"])
+    code, _out, _err = run(*["repair-provider", "--codex-home", str(home.root), "--from", "openai", "--apply"])
     assert code == csr.EXIT_OK
     real_rows = _rows(home.db_path)
     for thread in threads + [extra]:
@@ -236,8 +228,8 @@ def test_a_codex_that_never_answers_times_out_in_one_line(switched, tmp_path, mo
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     monkeypatch.setattr(csr.tempfile, "gettempdir", lambda: str(tmp))
-    plain = run(["repair-provider", "--codex-home", str(home.root), "--from", "openai"])[0]
-    code, out, err = run(["repair-provider", "--codex-home", str(home.root), "--from", "openai", "--verify",
+    plain = run(*["repair-provider", "--codex-home", str(home.root), "--from", "openai"])[0]
+    code, out, err = run(*["repair-provider", "--codex-home", str(home.root), "--from", "openai", "--verify",
                           "--codex-bin", str(fake), "--json"])
     doc = json.loads(out)
     assert code == plain == csr.EXIT_FINDINGS
@@ -251,7 +243,7 @@ def test_a_codex_that_never_answers_times_out_in_one_line(switched, tmp_path, mo
 
     # --apply --verify asked Codex to check first; a check that did not finish writes nothing.
     before = hash_tree(home.root)
-    code, out, err = run(["repair-provider", "--codex-home", str(home.root), "--from", "openai", "--verify",
+    code, out, err = run(*["repair-provider", "--codex-home", str(home.root), "--from", "openai", "--verify",
                           "--codex-bin", str(fake), "--apply", "--json"])
     doc = json.loads(out)
     assert (code, doc["applied"], doc["verification"]["refused"]) == (csr.EXIT_REFUSED, False, True), doc
@@ -301,7 +293,7 @@ def test_a_version_check_that_hangs_is_stopped_with_what_it_started(switched, tm
     fake.chmod(0o755)
     monkeypatch.setattr(csr, "VERIFY_TIMEOUT", 1.0)
     before = hash_tree(home.root)
-    code, out, err = run(["repair-provider", "--codex-home", str(home.root), "--from", "openai", "--verify",
+    code, out, err = run(*["repair-provider", "--codex-home", str(home.root), "--from", "openai", "--verify",
                           "--codex-bin", str(fake), "--apply", "--json"])
     doc = json.loads(out)
     assert code == csr.EXIT_REFUSED and doc["verification"]["status"] == "failed", doc["verification"]
