@@ -103,6 +103,111 @@ def copy_only(src: Path, dst: Path, fsync: bool) -> None:
     print(json.dumps({"copy_s": time.perf_counter() - t0}))
 
 
+def load_script_from(path: Path) -> Any:
+    """Another version of the script (e.g. main's, for a before/after), imported by path."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("csr_under_test", str(path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+class CountingHash:
+    """hashlib.sha256 with the bytes it is fed counted (class-wide)."""
+    fed = 0
+
+    def __init__(self, data: bytes = b"") -> None:
+        import hashlib
+        self._h = hashlib.sha256()
+        self.update(data)
+
+    def update(self, data: Any) -> None:
+        CountingHash.fed += len(data)
+        self._h.update(data)
+
+    def copy(self) -> Any:
+        other = CountingHash.__new__(CountingHash)
+        other._h = self._h.copy()
+        return other
+
+    def digest(self) -> bytes:
+        return self._h.digest()
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+def count_apply(script: Path, home: Path, argv: List[str]) -> None:
+    """One apply in this process with os.fsync and SHA-256 counted: fsyncs of files and of
+    folders, and bytes hashed, against the bytes of the rollouts the run rewrote."""
+    import hashlib
+    import stat as stat_module
+    import types
+    csr = load_script_from(script)
+    counts = {"fsync_files": 0, "fsync_dirs": 0}
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        kind = "fsync_dirs" if stat_module.S_ISDIR(os.fstat(fd).st_mode) else "fsync_files"
+        counts[kind] += 1
+        real_fsync(fd)
+
+    shim = types.ModuleType("hashlib")
+    shim.__dict__.update(hashlib.__dict__)
+    shim.sha256 = CountingHash  # type: ignore[attr-defined]
+    csr.hashlib = shim
+    os.fsync = counting_fsync
+    phases: Dict[str, float] = {}
+    for name in ("apply_plan", "backup_plan", "write_rollouts", "write_sql", "finish_manifest"):
+        if hasattr(csr, name):
+            setattr(csr, name, timed(getattr(csr, name), name, phases))
+    out = io.StringIO()
+    import contextlib
+    t0 = time.perf_counter()
+    try:
+        with contextlib.redirect_stdout(out):
+            code = csr.main(["--codex-home", str(home), *argv, "--json"])
+    finally:
+        os.fsync = real_fsync
+    seconds = time.perf_counter() - t0
+    doc = json.loads(out.getvalue())
+    rollouts = applied_rollouts(doc)
+    print(json.dumps({"code": code, "s": seconds, "changes": doc.get("changes"), "rollouts": len(rollouts),
+                      "rollout_bytes": sum(os.stat(p).st_size for p in rollouts), "hashed": CountingHash.fed,
+                      **counts, "phases": phases}))
+
+
+def timed(function: Any, name: str, phases: Dict[str, float]) -> Any:
+    def run(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            phases[name] = phases.get(name, 0.0) + time.perf_counter() - t0
+    return run
+
+
+def applied_rollouts(doc: Dict[str, Any]) -> List[str]:
+    """The rollouts an apply's backup holds (the files it rewrote), by their path in the home."""
+    manifest = json.loads((Path(doc["backup_dir"]) / "manifest.json").read_text(encoding="utf-8"))
+    home = Path(manifest["codex_home"])
+    return [str(home / e["path"]) for e in manifest["entries"]
+            if e["kind"] == "file" and Path(e["path"]).name.startswith("rollout-")]
+
+
+def durable_copy(list_file: Path, dst: Path) -> None:
+    """What the least durable rewrite of these rollouts costs: each copied, then fsynced."""
+    paths = json.loads(list_file.read_text())
+    dst.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    for n, path in enumerate(paths):
+        target = dst / ("%d.jsonl" % n)
+        shutil.copyfile(path, str(target))
+        with open(str(target), "rb") as handle:
+            os.fsync(handle.fileno())
+    print(json.dumps({"copy_s": time.perf_counter() - t0, "files": len(paths)}))
+
+
 # ---------------------------------------------------------------------------------------------
 # Measuring a child: wall time and that child's own peak RSS.
 # ---------------------------------------------------------------------------------------------
@@ -513,6 +618,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     if argv[:1] == ["--rewrite"]:
         rewrite_only(Path(argv[1]), argv[2], argv[3], argv[4])
+        return 0
+    if argv[:1] == ["--count-apply"]:
+        count_apply(Path(argv[1]), Path(argv[2]), argv[3:])
+        return 0
+    if argv[:1] == ["--durable-copy"]:
+        durable_copy(Path(argv[1]), Path(argv[2]))
         return 0
     if argv[:1] == ["--copy"]:
         copy_only(Path(argv[1]), Path(argv[2]), argv[3] == "1")
