@@ -54,6 +54,7 @@ TARGET_DIAGNOSE_RSS_MB = 48  # at 10,000 threads
 TARGET_RSS_100K_MB = 128  # at 100,000 threads
 TARGET_DRY_RUN_RATIO = 2.0
 TARGET_REWRITE_SHARE = 0.70
+TARGET_APPLY_COPY_RATIO = 3.0  # the apply (backup included) against a durable copy of its rollouts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,6 +430,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
         return 0
 
     print("applies, each on a fresh copy (median of %d):" % runs, flush=True)
+    copies: List[Dict[str, Any]] = []
     for label, argv in repairs:
         samples = []
         for n in range(runs):
@@ -440,8 +442,20 @@ def run_benchmark(args: argparse.Namespace) -> int:
                 raise SystemExit("%s --apply did not apply: %s" % (label, sample["stdout"][-1000:]))
             sample["changes"] = doc["changes"]
             samples.append(sample)
+            names = [os.path.relpath(p, str(copy)) for p in applied_rollouts(doc)]
             shutil.rmtree(str(copy))
-        row("%s --apply" % label, samples, changes=samples[0]["changes"])
+            if label.startswith("repair-provider") and names:
+                # The least any durable rewrite of the same rollouts costs: each copied, then fsynced.
+                listing = work / "rollouts.json"
+                listing.write_text(json.dumps([str(home / n) for n in names]))
+                durable = measure(me("--durable-copy", str(listing), str(work / "durable")), ok_codes=(0,))
+                shutil.rmtree(str(work / "durable"))
+                copies.append(dict(durable, s=json.loads(durable["stdout"])["copy_s"]))
+        entry = row("%s --apply" % label, samples, changes=samples[0]["changes"])
+        if copies:
+            durable_row = row("durable copy of the same %d rollouts (copy + fsync each)" % len(names), copies)
+            durable_row["durable_of"] = entry
+            copies = []
 
     evidence = evidence_io(home, made["giant"]["path"] if made["giant"] else None)
 
@@ -497,6 +511,85 @@ def run_benchmark(args: argparse.Namespace) -> int:
     if args.keep:
         print("\nkept: %s" % work)
     else:
+        shutil.rmtree(str(work), ignore_errors=True)
+    return 0
+
+
+PROVIDER_APPLY = ["repair-provider", "--from", "openai", "--to", "auto", "--apply"]
+
+
+def apply_round(script: Path, home: Path, work: Path, label: str) -> Dict[str, Any]:
+    """One provider apply by `script` on a fresh copy of `home` (wall, CPU, peak RSS), one more
+    in process on another fresh copy (fsyncs, SHA-256 bytes, time per phase), and a durable copy
+    (copy + fsync each) of the rollouts that apply rewrote, from the same master files."""
+    copy = work / ("apply-%s" % label)
+    copy_home(home, copy)
+    sample = measure(tool(copy, *PROVIDER_APPLY, "--json", script=script), ok_codes=(0,))
+    doc = json.loads(sample["stdout"])
+    if not doc.get("applied"):
+        raise SystemExit("%s: the apply did not apply: %s" % (script, sample["stdout"][-1000:]))
+    names = [os.path.relpath(p, str(copy)) for p in applied_rollouts(doc)]
+    shutil.rmtree(str(copy))
+    copy_home(home, copy)
+    counted = measure(me("--count-apply", str(script), str(copy), *PROVIDER_APPLY), ok_codes=(0,))
+    sample.update(json.loads(counted["stdout"].strip().splitlines()[-1]))
+    shutil.rmtree(str(copy))
+    listing = work / "rollouts.json"
+    listing.write_text(json.dumps([str(home / n) for n in names]))
+    durable = measure(me("--durable-copy", str(listing), str(work / "durable")), ok_codes=(0,))
+    sample["durable_s"] = json.loads(durable["stdout"])["copy_s"]
+    shutil.rmtree(str(work / "durable"))
+    return sample
+
+
+def run_apply_comparison(args: argparse.Namespace) -> int:
+    """`repair-provider --apply` of another version of the script (--apply-against) and of this
+    one, alternating on fresh hard-linked copies of the home, each against a durable copy of the
+    same rollouts; with fsyncs and SHA-256 passes per rewritten rollout."""
+    home = Path(args.home).resolve()
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="csr-apply-")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    versions = [("after", SCRIPT)]
+    if args.apply_against:
+        versions.insert(0, ("before", Path(args.apply_against).resolve()))
+    master = rollout_stats(home)
+    samples: Dict[str, List[Dict[str, Any]]] = {label: [] for label, _script in versions}
+    for n in range(args.runs):
+        for label, script in versions:
+            sample = apply_round(script, home, work, label)
+            samples[label].append(sample)
+            print("  %s run %d: apply %.2f s (apply_plan %.2f s), durable copy %.2f s, %.1f MB" % (
+                label, n + 1, sample["s"], sample["phases"]["apply_plan"], sample["durable_s"], sample["rss"]),
+                flush=True)
+    if [p for p, st in rollout_stats(home).items() if master.get(p) != st]:
+        raise SystemExit("master rollouts changed during the benchmark (written in place?)")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    first = samples[versions[-1][0]][0]
+    lines = ["", "repair-provider --apply: %d changes, %d rollouts rewritten (%.0f MB); median of %d, "
+             "alternating; load average %.1f at the end" % (first["changes"], first["rollouts"],
+                                                             first["rollout_bytes"] / 1e6, args.runs, load), "",
+             "| version | apply s | CPU s | durable copy s | apply / durable copy | apply_plan s | "
+             "apply_plan / durable copy | peak RSS MB | file fsyncs / rollout | folder fsyncs | "
+             "SHA-256 passes / rollout | target | |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    for label, _script in versions:
+        runs = samples[label]
+        s, copy_s = median(runs, "s"), median(runs, "durable_s")
+        phase = statistics.median(r["phases"]["apply_plan"] for r in runs)
+        rss = max(r["rss"] for r in runs)
+        ok = phase <= TARGET_APPLY_COPY_RATIO * copy_s and rss <= TARGET_RSS_MB
+        lines.append("| %s | %.2f | %.2f | %.2f | %.1f | %.2f | %.1f | %.1f | %.2f | %d | %.2f | "
+                     "apply_plan ≤ %.0f× copy, ≤ %d MB | %s |" % (
+                         label, s, median(runs, "cpu"), copy_s, s / copy_s, phase, phase / copy_s, rss,
+                         runs[0]["fsync_files"] / runs[0]["rollouts"], runs[0]["fsync_dirs"],
+                         runs[0]["hashed"] / runs[0]["rollout_bytes"], TARGET_APPLY_COPY_RATIO, TARGET_RSS_MB,
+                         verdict(ok)))
+    lines.append("")
+    lines.append("phases (median s): " + "; ".join(
+        "%s: %s" % (label, ", ".join("%s %.2f" % (k, statistics.median(r["phases"][k] for r in samples[label]))
+                                     for k in samples[label][0]["phases"])) for label, _script in versions))
+    print("\n".join(lines))
+    if not args.work_dir:
         shutil.rmtree(str(work), ignore_errors=True)
     return 0
 
@@ -564,6 +657,10 @@ def render_table(args: argparse.Namespace, made: Dict[str, Any], floor: Dict[str
         elif entry is giant.get("apply"):
             target = "≤ %d MB" % TARGET_RSS_MB
             ok = entry["rss"] <= TARGET_RSS_MB
+        elif "durable_of" in entry:
+            ratio = entry["durable_of"]["s"] / entry["s"]
+            target = "apply ≤ %.0f× this (now %.1f×)" % (TARGET_APPLY_COPY_RATIO, ratio)
+            ok = ratio <= TARGET_APPLY_COPY_RATIO
         name = entry["name"] + (" (%d changes)" % entry["changes"] if "changes" in entry else "")
         lines.append("| %s | %.3f | %.2f | %.3f | %.2f | %.1f | %s | %s |" % (
             name, entry["s"], entry["s"] / floor["s"], entry["cpu"], entry["cpu"] / floor["cpu"], entry["rss"],
@@ -643,11 +740,20 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "implies --skip-applies; --threads names its size)")
     parser.add_argument("--against", metavar="SCRIPT", help="with --home: compare another version of the script "
                         "(e.g. `git show main:scripts/codex_session_recovery.py > /tmp/main.py`) with this one")
+    parser.add_argument("--apply-against", metavar="SCRIPT", help="with --home: time the provider --apply of "
+                        "another version of the script and of this one, alternating on fresh copies, against "
+                        "a durable copy of the same rollouts (needs --apply-only)")
+    parser.add_argument("--apply-only", action="store_true", help="with --home: only the provider --apply "
+                        "against a durable copy of its rollouts (fsyncs, hash passes, peak RSS)")
     parser.add_argument("--skip-applies", action="store_true",
                         help="measure the read-only commands only (no copies of the home, no applies)")
     args = parser.parse_args(argv)
     args.skip_applies = args.skip_applies or bool(args.home)
     print(machine(), flush=True)
+    if args.apply_only or args.apply_against:
+        if not args.home:
+            parser.error("--apply-only needs --home")
+        return run_apply_comparison(args)
     if args.against:
         if not args.home:
             parser.error("--against needs --home")
