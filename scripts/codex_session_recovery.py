@@ -5528,12 +5528,28 @@ def _resolve_manifest_path(text: str, home: Path) -> Path:
 def write_manifest(folder: Path, manifest: Dict[str, Any]) -> None:
     tmp = folder / "manifest.json.tmp"
     with open(str(tmp), "w", encoding="utf-8") as handle:
-        json.dump(manifest, handle, indent=2, default=str)
-        handle.write("\n")
+        handle.write(manifest_text(manifest))
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(str(tmp), str(folder / "manifest.json"))
     fsync_folders([folder])
+
+
+def manifest_text(manifest: Dict[str, Any]) -> str:
+    """The manifest as JSON, one key a line and one entry or action a line: as readable as
+    indented JSON, and written by the C encoder (indent= makes json use its pure-Python one,
+    ~0.4 s for a manifest of 2,000 actions, written twice per run)."""
+    def dumps(value: Any) -> str:
+        return json.dumps(value, default=str)
+
+    fields = []
+    for key, value in manifest.items():
+        if isinstance(value, list) and value:
+            value_text = "[\n%s\n  ]" % ",\n".join("    " + dumps(item) for item in value)
+        else:
+            value_text = dumps(value)
+        fields.append("  %s: %s" % (dumps(key), value_text))
+    return "{\n%s\n}\n" % ",\n".join(fields)
 
 
 def fsync_path(path: Path) -> None:
