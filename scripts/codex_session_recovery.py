@@ -5481,10 +5481,11 @@ def copy_hashing(path: Path, target: Path) -> Tuple[str, os.stat_result]:
     bytes the copy holds. Returns it with the source's fstat after the copy; mode and times are
     carried over as shutil.copy2 does. Not synced here (the caller syncs all copies at once)."""
     digest = hashlib.sha256()
+    view = memoryview(bytearray(READ_CHUNK))  # one buffer, reused (see copy_span)
     with open_regular(path) as source, open(str(target), "wb") as out:
-        for chunk in iter(lambda: source.read(READ_CHUNK), b""):
-            digest.update(chunk)
-            out.write(chunk)
+        for got in iter(lambda: source.readinto(view), 0):
+            digest.update(view[:got])
+            out.write(view[:got])
         stat = os.fstat(source.fileno())
     os.chmod(str(target), stat.st_mode & 0o7777)
     os.utime(str(target), ns=(stat.st_atime_ns, stat.st_mtime_ns))
@@ -6271,10 +6272,25 @@ class SameBytesAs(SourceDigest):
     def __init__(self, copy: Path) -> None:
         super().__init__()
         self.copy, self.same = open_regular(copy), True
+        self.buffer = bytearray(READ_CHUNK)
 
-    def update(self, data: bytes) -> None:
-        if self.same and self.copy.read(len(data)) != data:
-            self.same = False
+    def update(self, data: Any) -> None:
+        if not self.same:
+            return
+        size = len(data)
+        if size > len(self.buffer):
+            self.buffer = bytearray(size)
+        view = memoryview(self.buffer)[:size]
+        got = 0
+        while got < size:
+            n = self.copy.readinto(view[got:])
+            if not n:
+                self.same = False  # the copy is shorter
+                return
+            got += n
+        # bytearray == buffer is one memcmp (a memoryview on the left compares item by item)
+        mine = self.buffer if size == len(self.buffer) else self.buffer[:size]
+        self.same = mine == data
 
     def holds(self, expected: str) -> bool:
         return self.same and not self.copy.read(1)  # and the copy ends where the read did
@@ -6514,16 +6530,17 @@ def write_edited_copy(source: Any, tmp: Path, edit: RolloutEdit, size: int,
     (unless `sync` is False: the caller syncs it); every byte read goes into `digest` (which the
     caller holds to the plan's read). Returns (bytes written, SHA-256 of what was written), or
     None when the source is not `size` bytes long."""
+    buffer = bytearray(min(READ_CHUNK, max(size, 1)))
     with open(str(tmp), "wb") as handle:
         out = HashingWriter(handle)
         position = 0
         for offset, length, new_raw in sorted(edit.replacements):
-            if not copy_span(source, out, digest, offset - position):
+            if not copy_span(source, out, digest, offset - position, buffer):
                 return None
             digest.update(source.read(length))
             out.write(new_raw)
             position = offset + length
-        if not copy_span(source, out, digest, size - position) or source.read(1):
+        if not copy_span(source, out, digest, size - position, buffer) or source.read(1):
             return None
         handle.flush()
         if sync:
@@ -6531,14 +6548,19 @@ def write_edited_copy(source: Any, tmp: Path, edit: RolloutEdit, size: int,
         return handle.tell(), out.digest.hexdigest()
 
 
-def copy_span(source: Any, out: Any, digest: Any, count: int) -> bool:
+def copy_span(source: Any, out: Any, digest: Any, count: int,
+              buffer: Optional[bytearray] = None) -> bool:
+    """`count` bytes from `source` to `out`, each fed to `digest`, through one reused buffer
+    (a fresh megabyte per read costs more than the copy: the allocator maps and faults it in)."""
+    view = memoryview(buffer if buffer is not None else bytearray(min(READ_CHUNK, max(count, 1))))
     while count > 0:
-        chunk = source.read(min(READ_CHUNK, count))
-        if not chunk:
+        got = source.readinto(view[:min(len(view), count)])
+        if not got:
             return False  # the file shrank since it was planned
+        chunk = view[:got]
         digest.update(chunk)
         out.write(chunk)
-        count -= len(chunk)
+        count -= got
     return True
 
 
