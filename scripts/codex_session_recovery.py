@@ -6272,14 +6272,16 @@ class SameBytesAs(SourceDigest):
     def __init__(self, copy: Path) -> None:
         super().__init__()
         self.copy, self.same = open_regular(copy), True
-        self.buffer = bytearray(READ_CHUNK)
+        # Allocated at the first read and freed by holds(): a batch keeps one check per
+        # rollout until its replace, and must not keep a megabyte with each.
+        self.buffer = bytearray(0)
 
     def update(self, data: Any) -> None:
         if not self.same:
             return
         size = len(data)
         if size > len(self.buffer):
-            self.buffer = bytearray(size)
+            self.buffer = bytearray(max(size, min(READ_CHUNK, 2 * len(self.buffer))))
         view = memoryview(self.buffer)[:size]
         got = 0
         while got < size:
@@ -6293,9 +6295,11 @@ class SameBytesAs(SourceDigest):
         self.same = mine == data
 
     def holds(self, expected: str) -> bool:
+        self.buffer = bytearray(0)
         return self.same and not self.copy.read(1)  # and the copy ends where the read did
 
     def close(self) -> None:
+        self.buffer = bytearray(0)
         self.copy.close()
 
 
