@@ -5500,7 +5500,10 @@ def fsync_folders(folders: Iterable[Path]) -> None:
         return
     import errno
     for folder in sorted(set(folders)):
-        fd = os.open(str(folder), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            fd = os.open(str(folder), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except PermissionError:
+            continue  # a folder one may write in but not list: its rename is the disk's to keep
         try:
             os.fsync(fd)
         except OSError as exc:
@@ -5587,6 +5590,7 @@ def replace_through_temp(path: Path, fill: Any, mode: Optional[int], mtime_ns: O
         if mtime_ns is not None:
             os.utime(str(tmp), ns=(mtime_ns, mtime_ns))
         os.replace(str(tmp), str(path))
+        fsync_folders([path.parent])
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -6522,6 +6526,7 @@ def copy_rollout(edit: RolloutEdit, journal: Optional["Journal"] = None) -> bool
         if journal is not None:
             journal.intend(edit.target, sha256_after=copied[1])
         os.replace(str(tmp), str(edit.target))
+        fsync_folders([edit.target.parent])
         return True
     finally:
         if tmp.exists():
