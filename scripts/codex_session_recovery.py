@@ -5471,7 +5471,7 @@ def _fill_backup(folder: Path, home: Path, command: str, dbs: Dict[Path, Dict[st
     # Written first, synced together: the disk gets the copies in one stream, not one by one.
     for target in copies:
         fsync_path(target)
-    fsync_folders([folder] + [t.parent for t in copies])
+    fsync_folders(folders_up_to(folder, [t.parent for t in copies]))
     write_manifest(folder, manifest)
     return folder, manifest
 
@@ -5490,6 +5490,16 @@ def copy_hashing(path: Path, target: Path) -> Tuple[str, os.stat_result]:
     os.chmod(str(target), stat.st_mode & 0o7777)
     os.utime(str(target), ns=(stat.st_atime_ns, stat.st_mtime_ns))
     return digest.hexdigest(), stat
+
+
+def folders_up_to(top: Path, folders: Iterable[Path]) -> set:
+    """`top` and every folder between it and each of `folders` (the ones a backup created)."""
+    found = {top}
+    for folder in folders:
+        while folder != top and is_within(folder, top) and folder not in found:
+            found.add(folder)
+            folder = folder.parent
+    return found
 
 
 def fsync_folders(folders: Iterable[Path]) -> None:
@@ -5541,8 +5551,8 @@ def write_manifest(folder: Path, manifest: Dict[str, Any]) -> None:
 
 def manifest_text(manifest: Dict[str, Any]) -> str:
     """The manifest as JSON, one key a line and one entry or action a line: as readable as
-    indented JSON, and written by the C encoder (indent= makes json use its pure-Python one,
-    ~0.4 s for a manifest of 2,000 actions, written twice per run)."""
+    indented JSON, and written by the C encoder (indent= makes json use its pure-Python one:
+    0.07 s against 0.03 s of CPU for 1,752 actions, and it is written twice per run)."""
     def dumps(value: Any) -> str:
         return json.dumps(value, default=str)
 
