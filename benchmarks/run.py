@@ -54,6 +54,7 @@ TARGET_DIAGNOSE_RSS_MB = 48  # at 10,000 threads
 TARGET_RSS_100K_MB = 128  # at 100,000 threads
 TARGET_DRY_RUN_RATIO = 2.0
 TARGET_REWRITE_SHARE = 0.70
+TARGET_APPLY_COPY_RATIO = 3.0  # the apply (backup included) against a durable copy of its rollouts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,16 +83,45 @@ def load_script() -> Any:
     return csr
 
 
-def rewrite_only(path: Path, thread_id: str, old: str, new: str) -> None:
-    """Plan and rewrite one rollout with the tool's own functions, timing each step."""
-    csr = load_script()
+def rewrite_only(path: Path, thread_id: str, old: str, new: str, script: Optional[Path] = None) -> None:
+    """Plan and rewrite one rollout with the tool's own functions (of `script`, e.g. main's, if
+    given), timing each step: the plan, the backup copy as --apply makes it, the rewrite."""
+    csr = load_script_from(script) if script else load_script()
+    cpu = [time.process_time()]
     t0 = time.perf_counter()
     edit = csr.plan_rollout_edit(path, thread_id, lambda raw: csr.provider_line_edit(raw, thread_id, old, new))
     t1 = time.perf_counter()
-    ok = csr.rewrite_rollout(edit)
-    t2 = time.perf_counter()
-    print(json.dumps({"plan_s": t1 - t0, "rewrite_s": t2 - t1, "replaced": ok, "changes": len(edit.changes),
-                      "bytes": path.stat().st_size}))
+    cpu.append(time.process_time())
+    backup_s = None
+    if hasattr(csr, "rewrite_batch"):
+        # As --apply runs it: the backup copy is made (copied, hashed, synced) first, and the
+        # rewrite compares what it reads with that copy.
+        copy = path.parent / (path.name + ".backup")
+        digest, _stat = csr.copy_hashing(path, copy)
+        csr.fsync_path(copy)
+        backup_s = time.perf_counter() - t1
+        cpu.append(time.process_time())
+        t1 = time.perf_counter()
+        references = {path: copy} if digest == edit.fingerprint[2] else None
+        ok = csr.rewrite_batch([edit], None, {}, None, references)[0]
+        t2 = time.perf_counter()
+        copy.unlink()
+    else:
+        # Before the batches: shutil.copy2, fsync, then a second read to hash the original.
+        copy = path.parent / (path.name + ".backup")
+        shutil.copy2(str(path), str(copy))
+        csr.fsync_path(copy)
+        csr.sha256_file(path)
+        backup_s = time.perf_counter() - t1
+        cpu.append(time.process_time())
+        copy.unlink()
+        t1 = time.perf_counter()
+        ok = csr.rewrite_rollout(edit)
+        t2 = time.perf_counter()
+    cpu.append(time.process_time())
+    print(json.dumps({"plan_s": t1 - t0 - (backup_s or 0), "rewrite_s": t2 - t1, "backup_s": backup_s,
+                      "plan_cpu": cpu[1] - cpu[0], "backup_cpu": cpu[2] - cpu[1], "rewrite_cpu": cpu[3] - cpu[2],
+                      "replaced": ok, "changes": len(edit.changes), "bytes": path.stat().st_size}))
 
 
 def copy_only(src: Path, dst: Path, fsync: bool) -> None:
@@ -101,6 +131,111 @@ def copy_only(src: Path, dst: Path, fsync: bool) -> None:
         with open(str(dst), "rb") as handle:
             os.fsync(handle.fileno())
     print(json.dumps({"copy_s": time.perf_counter() - t0}))
+
+
+def load_script_from(path: Path) -> Any:
+    """Another version of the script (e.g. main's, for a before/after), imported by path."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("csr_under_test", str(path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+class CountingHash:
+    """hashlib.sha256 with the bytes it is fed counted (class-wide)."""
+    fed = 0
+
+    def __init__(self, data: bytes = b"") -> None:
+        import hashlib
+        self._h = hashlib.sha256()
+        self.update(data)
+
+    def update(self, data: Any) -> None:
+        CountingHash.fed += len(data)
+        self._h.update(data)
+
+    def copy(self) -> Any:
+        other = CountingHash.__new__(CountingHash)
+        other._h = self._h.copy()
+        return other
+
+    def digest(self) -> bytes:
+        return self._h.digest()
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+def count_apply(script: Path, home: Path, argv: List[str]) -> None:
+    """One apply in this process with os.fsync and SHA-256 counted: fsyncs of files and of
+    folders, and bytes hashed, against the bytes of the rollouts the run rewrote."""
+    import hashlib
+    import stat as stat_module
+    import types
+    csr = load_script_from(script)
+    counts = {"fsync_files": 0, "fsync_dirs": 0}
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        kind = "fsync_dirs" if stat_module.S_ISDIR(os.fstat(fd).st_mode) else "fsync_files"
+        counts[kind] += 1
+        real_fsync(fd)
+
+    shim = types.ModuleType("hashlib")
+    shim.__dict__.update(hashlib.__dict__)
+    shim.sha256 = CountingHash  # type: ignore[attr-defined]
+    csr.hashlib = shim
+    os.fsync = counting_fsync
+    phases: Dict[str, float] = {}
+    for name in ("apply_plan", "backup_plan", "write_rollouts", "write_sql", "finish_manifest"):
+        if hasattr(csr, name):
+            setattr(csr, name, timed(getattr(csr, name), name, phases))
+    out = io.StringIO()
+    import contextlib
+    t0 = time.perf_counter()
+    try:
+        with contextlib.redirect_stdout(out):
+            code = csr.main(["--codex-home", str(home), *argv, "--json"])
+    finally:
+        os.fsync = real_fsync
+    seconds = time.perf_counter() - t0
+    doc = json.loads(out.getvalue())
+    rollouts = applied_rollouts(doc)
+    print(json.dumps({"code": code, "s": seconds, "changes": doc.get("changes"), "rollouts": len(rollouts),
+                      "rollout_bytes": sum(os.stat(p).st_size for p in rollouts), "hashed": CountingHash.fed,
+                      **counts, "phases": phases}))
+
+
+def timed(function: Any, name: str, phases: Dict[str, float]) -> Any:
+    def run(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            phases[name] = phases.get(name, 0.0) + time.perf_counter() - t0
+    return run
+
+
+def applied_rollouts(doc: Dict[str, Any]) -> List[str]:
+    """The rollouts an apply's backup holds (the files it rewrote), by their path in the home."""
+    manifest = json.loads((Path(doc["backup_dir"]) / "manifest.json").read_text(encoding="utf-8"))
+    home = Path(manifest["codex_home"])
+    return [str(home / e["path"]) for e in manifest["entries"]
+            if e["kind"] == "file" and Path(e["path"]).name.startswith("rollout-")]
+
+
+def durable_copy(list_file: Path, dst: Path) -> None:
+    """What the least durable rewrite of these rollouts costs: each copied, then fsynced."""
+    paths = json.loads(list_file.read_text())
+    dst.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    for n, path in enumerate(paths):
+        target = dst / ("%d.jsonl" % n)
+        shutil.copyfile(path, str(target))
+        with open(str(target), "rb") as handle:
+            os.fsync(handle.fileno())
+    print(json.dumps({"copy_s": time.perf_counter() - t0, "files": len(paths)}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,6 +459,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
         return 0
 
     print("applies, each on a fresh copy (median of %d):" % runs, flush=True)
+    copies: List[Dict[str, Any]] = []
     for label, argv in repairs:
         samples = []
         for n in range(runs):
@@ -335,8 +471,20 @@ def run_benchmark(args: argparse.Namespace) -> int:
                 raise SystemExit("%s --apply did not apply: %s" % (label, sample["stdout"][-1000:]))
             sample["changes"] = doc["changes"]
             samples.append(sample)
+            names = [os.path.relpath(p, str(copy)) for p in applied_rollouts(doc)]
             shutil.rmtree(str(copy))
-        row("%s --apply" % label, samples, changes=samples[0]["changes"])
+            if label.startswith("repair-provider") and names:
+                # The least any durable rewrite of the same rollouts costs: each copied, then fsynced.
+                listing = work / "rollouts.json"
+                listing.write_text(json.dumps([str(home / n) for n in names]))
+                durable = measure(me("--durable-copy", str(listing), str(work / "durable")), ok_codes=(0,))
+                shutil.rmtree(str(work / "durable"))
+                copies.append(dict(durable, s=json.loads(durable["stdout"])["copy_s"]))
+        entry = row("%s --apply" % label, samples, changes=samples[0]["changes"])
+        if copies:
+            durable_row = row("durable copy of the same %d rollouts (copy + fsync each)" % len(names), copies)
+            durable_row["durable_of"] = entry
+            copies = []
 
     evidence = evidence_io(home, made["giant"]["path"] if made["giant"] else None)
 
@@ -376,7 +524,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
         giant_rows["rewrite"] = rewrite = {
             "plan_s": median(rewrites, "plan_s"), "rewrite_s": median(rewrites, "rewrite_s"),
             "rss": max(s["rss"] for s in rewrites), "changes": rewrites[0]["changes"],
-            "copy_s": median(copies, "copy_s"), "copy_fsync_s": median(synced, "copy_s"), "bytes": giant["bytes"]}
+            "copy_s": median(copies, "copy_s"), "copy_fsync_s": median(synced, "copy_s"), "bytes": giant["bytes"],
+            "backup_s": (median(rewrites, "backup_s") if rewrites[0].get("backup_s") is not None else None)}
         mb = giant["bytes"] / 1e6
         print("  plan %.2f s, rewrite %.2f s (%.0f MB/s), copyfile %.2f s (%.0f MB/s), copyfile+fsync %.2f s, "
               "peak RSS %.1f MB" % (rewrite["plan_s"], rewrite["rewrite_s"], mb / rewrite["rewrite_s"],
@@ -392,6 +541,85 @@ def run_benchmark(args: argparse.Namespace) -> int:
     if args.keep:
         print("\nkept: %s" % work)
     else:
+        shutil.rmtree(str(work), ignore_errors=True)
+    return 0
+
+
+PROVIDER_APPLY = ["repair-provider", "--from", "openai", "--to", "auto", "--apply"]
+
+
+def apply_round(script: Path, home: Path, work: Path, label: str) -> Dict[str, Any]:
+    """One provider apply by `script` on a fresh copy of `home` (wall, CPU, peak RSS), one more
+    in process on another fresh copy (fsyncs, SHA-256 bytes, time per phase), and a durable copy
+    (copy + fsync each) of the rollouts that apply rewrote, from the same master files."""
+    copy = work / ("apply-%s" % label)
+    copy_home(home, copy)
+    sample = measure(tool(copy, *PROVIDER_APPLY, "--json", script=script), ok_codes=(0,))
+    doc = json.loads(sample["stdout"])
+    if not doc.get("applied"):
+        raise SystemExit("%s: the apply did not apply: %s" % (script, sample["stdout"][-1000:]))
+    names = [os.path.relpath(p, str(copy)) for p in applied_rollouts(doc)]
+    shutil.rmtree(str(copy))
+    copy_home(home, copy)
+    counted = measure(me("--count-apply", str(script), str(copy), *PROVIDER_APPLY), ok_codes=(0,))
+    sample.update(json.loads(counted["stdout"].strip().splitlines()[-1]))
+    shutil.rmtree(str(copy))
+    listing = work / "rollouts.json"
+    listing.write_text(json.dumps([str(home / n) for n in names]))
+    durable = measure(me("--durable-copy", str(listing), str(work / "durable")), ok_codes=(0,))
+    sample["durable_s"] = json.loads(durable["stdout"])["copy_s"]
+    shutil.rmtree(str(work / "durable"))
+    return sample
+
+
+def run_apply_comparison(args: argparse.Namespace) -> int:
+    """`repair-provider --apply` of another version of the script (--apply-against) and of this
+    one, alternating on fresh hard-linked copies of the home, each against a durable copy of the
+    same rollouts; with fsyncs and SHA-256 passes per rewritten rollout."""
+    home = Path(args.home).resolve()
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="csr-apply-")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    versions = [("after", SCRIPT)]
+    if args.apply_against:
+        versions.insert(0, ("before", Path(args.apply_against).resolve()))
+    master = rollout_stats(home)
+    samples: Dict[str, List[Dict[str, Any]]] = {label: [] for label, _script in versions}
+    for n in range(args.runs):
+        for label, script in versions:
+            sample = apply_round(script, home, work, label)
+            samples[label].append(sample)
+            print("  %s run %d: apply %.2f s (apply_plan %.2f s), durable copy %.2f s, %.1f MB" % (
+                label, n + 1, sample["s"], sample["phases"]["apply_plan"], sample["durable_s"], sample["rss"]),
+                flush=True)
+    if [p for p, st in rollout_stats(home).items() if master.get(p) != st]:
+        raise SystemExit("master rollouts changed during the benchmark (written in place?)")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    first = samples[versions[-1][0]][0]
+    lines = ["", "repair-provider --apply: %d changes, %d rollouts rewritten (%.0f MB); median of %d, "
+             "alternating; load average %.1f at the end" % (first["changes"], first["rollouts"],
+                                                             first["rollout_bytes"] / 1e6, args.runs, load), "",
+             "| version | apply s | CPU s | durable copy s | apply / durable copy | apply_plan s | "
+             "apply_plan / durable copy | peak RSS MB | file fsyncs / rollout | folder fsyncs | "
+             "SHA-256 passes / rollout | target | |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    for label, _script in versions:
+        runs = samples[label]
+        s, copy_s = median(runs, "s"), median(runs, "durable_s")
+        phase = statistics.median(r["phases"]["apply_plan"] for r in runs)
+        rss = max(r["rss"] for r in runs)
+        ok = phase <= TARGET_APPLY_COPY_RATIO * copy_s and rss <= TARGET_RSS_MB
+        lines.append("| %s | %.2f | %.2f | %.2f | %.1f | %.2f | %.1f | %.1f | %.2f | %d | %.2f | "
+                     "apply_plan ≤ %.0f× copy, ≤ %d MB | %s |" % (
+                         label, s, median(runs, "cpu"), copy_s, s / copy_s, phase, phase / copy_s, rss,
+                         runs[0]["fsync_files"] / runs[0]["rollouts"], runs[0]["fsync_dirs"],
+                         runs[0]["hashed"] / runs[0]["rollout_bytes"], TARGET_APPLY_COPY_RATIO, TARGET_RSS_MB,
+                         verdict(ok)))
+    lines.append("")
+    lines.append("phases (median s): " + "; ".join(
+        "%s: %s" % (label, ", ".join("%s %.2f" % (k, statistics.median(r["phases"][k] for r in samples[label]))
+                                     for k in samples[label][0]["phases"])) for label, _script in versions))
+    print("\n".join(lines))
+    if not args.work_dir:
         shutil.rmtree(str(work), ignore_errors=True)
     return 0
 
@@ -459,6 +687,10 @@ def render_table(args: argparse.Namespace, made: Dict[str, Any], floor: Dict[str
         elif entry is giant.get("apply"):
             target = "≤ %d MB" % TARGET_RSS_MB
             ok = entry["rss"] <= TARGET_RSS_MB
+        elif "durable_of" in entry:
+            ratio = entry["durable_of"]["s"] / entry["s"]
+            target = "apply ≤ %.0f× this (now %.1f×)" % (TARGET_APPLY_COPY_RATIO, ratio)
+            ok = ratio <= TARGET_APPLY_COPY_RATIO
         name = entry["name"] + (" (%d changes)" % entry["changes"] if "changes" in entry else "")
         lines.append("| %s | %.3f | %.2f | %.3f | %.2f | %.1f | %s | %s |" % (
             name, entry["s"], entry["s"] / floor["s"], entry["cpu"], entry["cpu"] / floor["cpu"], entry["rss"],
@@ -486,11 +718,19 @@ def render_table(args: argparse.Namespace, made: Dict[str, Any], floor: Dict[str
                      % (rw["bytes"] >> 20, rw["changes"]))
         lines.append("|---|---:|---:|---:|---|---|")
         share_copy = rw["copy_s"] / rw["rewrite_s"]
-        lines.append("| rewrite_rollout (stream, edit, fsync, replace) | %.2f | %.0f | %.0f %% | ≥ 70 %% | %s |" % (
-            rw["rewrite_s"], mb / rw["rewrite_s"], 100 * share_copy, verdict(share_copy >= TARGET_REWRITE_SHARE)))
+        step = ("rewrite (compare with the backup copy, edit, hash, fsync, replace)" if rw.get("backup_s")
+                else "rewrite_rollout (stream, edit, fsync, replace)")
+        lines.append("| %s | %.2f | %.0f | %.0f %% | ≥ 70 %% | %s |" % (
+            step, rw["rewrite_s"], mb / rw["rewrite_s"], 100 * share_copy, verdict(share_copy >= TARGET_REWRITE_SHARE)))
         lines.append("| shutil.copyfile | %.2f | %.0f | 100 %% | | |" % (rw["copy_s"], mb / rw["copy_s"]))
         lines.append("| shutil.copyfile + fsync | %.2f | %.0f | | | |" % (rw["copy_fsync_s"], mb / rw["copy_fsync_s"]))
         lines.append("| plan_rollout_edit (stream, hash) | %.2f | %.0f | | | |" % (rw["plan_s"], mb / rw["plan_s"]))
+        if rw.get("backup_s"):
+            lines.append("| backup copy before it (copy, hash, fsync) | %.2f | %.0f | %.0f %% | | |" % (
+                rw["backup_s"], mb / rw["backup_s"], 100 * rw["copy_s"] / rw["backup_s"]))
+            whole = rw["backup_s"] + rw["rewrite_s"]
+            lines.append("| backup copy + rewrite, against copyfile + fsync | %.2f | %.0f | %.0f %% of "
+                         "copyfile + fsync | | |" % (whole, mb / whole, 100 * rw["copy_fsync_s"] / whole))
         lines.append("| peak RSS, plan + rewrite in one process | %.1f MB | | | ≤ %d MB | %s |" % (
             rw["rss"], TARGET_RSS_MB, verdict(rw["rss"] <= TARGET_RSS_MB)))
     return "\n".join(lines)
@@ -512,7 +752,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         floor_reader(Path(argv[1]))
         return 0
     if argv[:1] == ["--rewrite"]:
-        rewrite_only(Path(argv[1]), argv[2], argv[3], argv[4])
+        rewrite_only(Path(argv[1]), argv[2], argv[3], argv[4], Path(argv[5]) if len(argv) > 5 else None)
+        return 0
+    if argv[:1] == ["--count-apply"]:
+        count_apply(Path(argv[1]), Path(argv[2]), argv[3:])
+        return 0
+    if argv[:1] == ["--durable-copy"]:
+        durable_copy(Path(argv[1]), Path(argv[2]))
         return 0
     if argv[:1] == ["--copy"]:
         copy_only(Path(argv[1]), Path(argv[2]), argv[3] == "1")
@@ -532,11 +778,20 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "implies --skip-applies; --threads names its size)")
     parser.add_argument("--against", metavar="SCRIPT", help="with --home: compare another version of the script "
                         "(e.g. `git show main:scripts/codex_session_recovery.py > /tmp/main.py`) with this one")
+    parser.add_argument("--apply-against", metavar="SCRIPT", help="with --home: time the provider --apply of "
+                        "another version of the script and of this one, alternating on fresh copies, against "
+                        "a durable copy of the same rollouts (needs --apply-only)")
+    parser.add_argument("--apply-only", action="store_true", help="with --home: only the provider --apply "
+                        "against a durable copy of its rollouts (fsyncs, hash passes, peak RSS)")
     parser.add_argument("--skip-applies", action="store_true",
                         help="measure the read-only commands only (no copies of the home, no applies)")
     args = parser.parse_args(argv)
     args.skip_applies = args.skip_applies or bool(args.home)
     print(machine(), flush=True)
+    if args.apply_only or args.apply_against:
+        if not args.home:
+            parser.error("--apply-only needs --home")
+        return run_apply_comparison(args)
     if args.against:
         if not args.home:
             parser.error("--against needs --home")
