@@ -6425,6 +6425,9 @@ def move_into_backup(moves: List[Path], folder: Path, manifest: Dict[str, Any], 
 # each folder synced once. A batch holds a lease, a writer lock and an open file per rollout
 # for its whole replace window, so it is bounded: a session opening one of them waits (the
 # kernel holds its open) at most for one batch, and the run holds ~200 descriptors at most.
+# Why a rollout of a batch was left as it was, when its rewrite gives no reason of its own.
+ROLLOUT_CHANGED = ("the rollout changed after it was read (a live session?); it was left as "
+                   "it is")
 ROLLOUT_BATCH_FILES = 64
 ROLLOUT_BATCH_BYTES = 64 * 1024 * 1024
 # What a replaced rollout is right after the run wrote it: (st_dev, st_ino, size, mtime_ns,
@@ -6479,9 +6482,6 @@ def write_rollouts(plan: Plan, result: Dict[str, Any], busy: Dict[str, List[str]
             skipped.add(edit.thread_id)
             result["skipped"].append({"thread_id": edit.thread_id, "reason": reasons[id(edit)]})
     return skipped
-
-
-ROLLOUT_CHANGED = "the rollout changed after it was read (a live session?); it was left as it is"
 
 
 def backup_copies(folder: Path, manifest: Dict[str, Any], home: Path,
