@@ -6237,6 +6237,20 @@ def changed_since_backup(folder: Path, home: Path) -> List[str]:
 # on any failure after the first write, restore from the backup and say whether that worked.
 # ---------------------------------------------------------------------------------------------
 
+# Rollouts are rewritten in batches of this many files (or bytes, whichever comes first): each
+# batch's temp files are written, then synced together, journaled with one sync, renamed, and
+# each folder synced once. A batch holds a lease, a writer lock and an open file per rollout
+# for its whole replace window, so it is bounded: a session opening one of them waits (the
+# kernel holds its open) at most for one batch, and the run holds ~200 descriptors at most.
+ROLLOUT_BATCH_FILES = 64
+ROLLOUT_BATCH_BYTES = 64 * 1024 * 1024
+# Why a rollout of a batch was left as it was, when its rewrite gives no reason of its own.
+ROLLOUT_CHANGED = ("the rollout changed after it was read (a live session?); it was left as "
+                   "it is")
+# What a replaced rollout is right after the run wrote it: (st_dev, st_ino, size, mtime_ns,
+# SHA-256). finish_manifest reuses the digest while the file is still exactly that.
+WrittenState = Tuple[int, int, int, int, str]
+
 # Every write point calls _fault_point(name). The crash-injection tests set
 # CODEX_SESSION_RECOVERY_FAULT=NAME[:N][:kill|raise] to kill the process (SIGKILL) or fail at the
 # N-th visit of that point (default 1), proving the home survives a crash at each of them.
@@ -6418,21 +6432,6 @@ def move_into_backup(moves: List[Path], folder: Path, manifest: Dict[str, Any], 
         if journal is not None:
             journal.intend(path, sha256_after=None)
         os.replace(str(path), str(folder / entry["backup"]))
-
-
-# Rollouts are rewritten in batches of this many files (or bytes, whichever comes first): each
-# batch's temp files are written, then synced together, journaled with one sync, renamed, and
-# each folder synced once. A batch holds a lease, a writer lock and an open file per rollout
-# for its whole replace window, so it is bounded: a session opening one of them waits (the
-# kernel holds its open) at most for one batch, and the run holds ~200 descriptors at most.
-# Why a rollout of a batch was left as it was, when its rewrite gives no reason of its own.
-ROLLOUT_CHANGED = ("the rollout changed after it was read (a live session?); it was left as "
-                   "it is")
-ROLLOUT_BATCH_FILES = 64
-ROLLOUT_BATCH_BYTES = 64 * 1024 * 1024
-# What a replaced rollout is right after the run wrote it: (st_dev, st_ino, size, mtime_ns,
-# SHA-256). finish_manifest reuses the digest while the file is still exactly that.
-WrittenState = Tuple[int, int, int, int, str]
 
 
 def write_rollouts(plan: Plan, result: Dict[str, Any], busy: Dict[str, List[str]], home: Path,
