@@ -6001,6 +6001,14 @@ class RestoreAction:
             return "restore_db"
         return "restore_file" if self.entry.get("existed", True) else "remove"
 
+    def as_the_run_left_it(self, intents: Dict[str, set]) -> bool:
+        """Is the target in a state the run's journal says it was writing, i.e. has nothing
+        but the run written it since the backup?"""
+        states = intents.get(self.entry["path"], set())
+        if self.kind == "restore_db":
+            return current_db_digest(self.target) in states
+        return current_sha256(self.target) in states
+
     def needed(self) -> bool:
         """False when the target already is what the backup holds (nothing to put back)."""
         if self.kind == "restore_db":
@@ -6107,14 +6115,24 @@ def restore_payload(entry: Dict[str, Any], folder: Path) -> Path:
     return payload
 
 
-def restore_backup(folder: Path, home: Path) -> List[str]:
-    """The engine's automatic undo: put back every file and DB of the backup it just made, with
-    the same actions `restore` plans. Returns the paths restored."""
+def restore_backup(folder: Path, home: Path) -> Tuple[List[str], List[str]]:
+    """The engine's automatic undo, with the same actions `restore` plans: put back each file
+    and DB of the backup it just made that is still as the run left it (a state its journal
+    says it was writing) and that no other process holds open. Anything else is kept as it is:
+    a rollout a live session appended to after the run replaced it, or one the run never
+    replaced, which only another process can have changed; putting the old bytes back would
+    drop that process's lines. Returns (the paths restored, the paths kept)."""
     manifest = read_manifest(folder)
-    restored, failures = [], []
+    intents = read_journal(folder)
+    held = open_elsewhere(home)
+    restored, kept, failures = [], [], []
     for action in verified_restore_actions(folder, manifest, home, restore_db_dirs(home)):
         try:
             if not action.needed():
+                continue
+            if not action.as_the_run_left_it(intents) or (
+                    action.kind != "restore_db" and os.path.realpath(str(action.target)) in held):
+                kept.append(action.entry["path"])
                 continue
             action.apply()
             restored.append(action.entry["path"])
@@ -6123,7 +6141,17 @@ def restore_backup(folder: Path, home: Path) -> List[str]:
             failures.append("%s: %s" % (action.entry["path"], short(str(exc), 120)))
     if failures:
         raise ApplyError("could not put back %s" % "; ".join(failures))
-    return restored
+    return restored, kept
+
+
+def kept_after_restore(kept: List[str]) -> str:
+    """What the automatic restore's message says of the paths it left as they are."""
+    if not kept:
+        return ""
+    names = ", ".join(kept[:3]) + (" and %d more" % (len(kept) - 3) if len(kept) > 3 else "")
+    return ("; kept as they are: %s (changed after this run wrote them, or held open by another "
+            "process; `restore --latest --apply --discard-changes` puts the old bytes back once "
+            "Codex is closed)" % names)
 
 
 def restore_db_dirs(home: Path, config: Optional[Config] = None) -> List[Path]:
@@ -6244,6 +6272,11 @@ def changed_since_backup(folder: Path, home: Path) -> List[str]:
 # kernel holds its open) at most for one batch, and the run holds ~200 descriptors at most.
 ROLLOUT_BATCH_FILES = 64
 ROLLOUT_BATCH_BYTES = 64 * 1024 * 1024
+# Descriptors a batch holds per rollout (the rollout, its backup copy, its writer lock, its
+# temp file while it is written), and those kept free for the rest of the run (the DBs, the
+# journal, the tool lock): under a low `ulimit -n` batches get smaller, the apply goes on.
+FDS_PER_ROLLOUT = 4
+FDS_SPARE = 16
 # Why a rollout of a batch was left as it was, when its rewrite gives no reason of its own.
 ROLLOUT_CHANGED = ("the rollout changed after it was read (a live session?); it was left as "
                    "it is")
@@ -6304,15 +6337,23 @@ def apply_plan(inv: Inventory, plan: Plan, args: argparse.Namespace, argv: Seque
         except Exception as exc:  # noqa: BLE001 - any failure after writing began must restore
             close_all(connections)
             try:
-                restore_backup(folder, inv.home)
-                restored = "the automatic restore from %s succeeded" % folder
+                _restored, kept = restore_backup(folder, inv.home)
+                restored = ("the automatic restore from %s succeeded" % folder
+                            + kept_after_restore(kept))
             except Exception as again:  # noqa: BLE001
                 restored = "the automatic restore FAILED (%s); the backup is intact at %s" % (
                     short(str(again), 300), folder)
-            raise ApplyError("%s; %s" % (short(str(exc) or type(exc).__name__, 200), restored)) from None
+            raise ApplyError("%s; %s" % (short(str(exc) or type(exc).__name__, 200),
+                                         restored)) from None
         close_all(connections)
-        _fault_point("before_manifest_finish")
-        finish_manifest(folder, manifest, inv.home, written)
+        try:
+            _fault_point("before_manifest_finish")
+            finish_manifest(folder, manifest, inv.home, written)
+        except Exception as exc:  # noqa: BLE001 - every write stands; say how to undo them
+            raise ApplyError("the repair was written, but its backup's manifest could not be "
+                             "finished (%s); nothing was put back, and `restore --latest "
+                             "--apply` undoes the run from its journal"
+                             % short(str(exc) or type(exc).__name__, 200)) from None
     return result
 
 
@@ -6434,6 +6475,36 @@ def move_into_backup(moves: List[Path], folder: Path, manifest: Dict[str, Any], 
         os.replace(str(path), str(folder / entry["backup"]))
 
 
+def rollout_batch_files(soft: Optional[int] = None, already_open: Optional[int] = None) -> int:
+    """How many rollouts one batch may hold: ROLLOUT_BATCH_FILES, or fewer where the limit on
+    open files (`soft`, this process's by default) leaves less room."""
+    soft = open_file_limit() if soft is None else soft
+    if soft is None:
+        return ROLLOUT_BATCH_FILES
+    already_open = count_open_files() if already_open is None else already_open
+    room = (soft - already_open - FDS_SPARE) // FDS_PER_ROLLOUT
+    return max(1, min(ROLLOUT_BATCH_FILES, room))
+
+
+def open_file_limit() -> Optional[int]:
+    """The soft RLIMIT_NOFILE, or None where there is none (Windows) or it is unlimited."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def count_open_files() -> int:
+    for folder in ("/proc/self/fd", "/dev/fd"):
+        try:
+            return len(os.listdir(folder))
+        except OSError:
+            continue
+    return FDS_SPARE
+
+
 def write_rollouts(plan: Plan, result: Dict[str, Any], busy: Dict[str, List[str]], home: Path,
                    journal: Optional["Journal"] = None,
                    references: Optional[Dict[Path, Path]] = None,
@@ -6444,6 +6515,7 @@ def write_rollouts(plan: Plan, result: Dict[str, Any], busy: Dict[str, List[str]
     Returns the threads left as they were, each reported in `result["skipped"]` in plan order."""
     reasons: Dict[int, str] = {}
     batch: List[RolloutEdit] = []
+    batch_files = rollout_batch_files()
 
     def run_batch() -> None:
         replaced = rewrite_batch(batch, home, result, journal, references, written)
@@ -6460,7 +6532,7 @@ def write_rollouts(plan: Plan, result: Dict[str, Any], busy: Dict[str, List[str]
         elif edit.target == edit.path:
             batch.append(edit)
             batch_bytes = sum(e.fingerprint[0] for e in batch)
-            if len(batch) >= ROLLOUT_BATCH_FILES or batch_bytes >= ROLLOUT_BATCH_BYTES:
+            if len(batch) >= batch_files or batch_bytes >= ROLLOUT_BATCH_BYTES:
                 run_batch()
         else:
             run_batch()  # keep plan order: what came before is written before this copy
