@@ -5748,9 +5748,11 @@ def check_backup_root(folder: Path) -> None:
     """recovery-backups/ is a real folder of the home: a symlink would send the copies (the
     conversations) elsewhere, a file in its place is not a folder to write into."""
     if os.path.islink(str(folder)):
-        raise refuse("%s is a symlink; backups are never written outside the home" % folder.name, None)
+        raise refuse("%s is a symlink; backups are never written outside the home" % folder.name,
+                     None)
     if os.path.lexists(str(folder)) and not folder.is_dir():
-        raise refuse("%s exists and is not a folder; move it away so backups can be made" % folder, None)
+        raise refuse("%s exists and is not a folder; move it away so backups can be made" % folder,
+                     None)
 
 
 def make_backup_dir(home: Path, command: str) -> Path:
@@ -5792,7 +5794,8 @@ def backup_plan(inv: Inventory, plan: Plan, argv: Sequence[str]) -> Tuple[Path, 
                        plan.actions_json(inv.home), argv, rollouts)
 
 
-def make_backup(home: Path, command: str, dbs: Dict[Path, Dict[str, List[Dict[str, Any]]]], files: List[Path],
+def make_backup(home: Path, command: str, dbs: Dict[Path, Dict[str, List[Dict[str, Any]]]],
+                files: List[Path],
                 actions: List[Dict[str, Any]], argv: Sequence[str],
                 rollouts: frozenset = frozenset()) -> Tuple[Path, Dict[str, Any]]:
     folder = make_backup_dir(home, command)
@@ -5803,7 +5806,8 @@ def make_backup(home: Path, command: str, dbs: Dict[Path, Dict[str, List[Dict[st
         raise
 
 
-def _fill_backup(folder: Path, home: Path, command: str, dbs: Dict[Path, Dict[str, List[Dict[str, Any]]]],
+def _fill_backup(folder: Path, home: Path, command: str,
+                 dbs: Dict[Path, Dict[str, List[Dict[str, Any]]]],
                  files: List[Path], actions: List[Dict[str, Any]], argv: Sequence[str],
                  rollouts: frozenset = frozenset()) -> Tuple[Path, Dict[str, Any]]:
     """Every DB and file copied into `folder`, and the manifest written last: each copy and its
@@ -5824,7 +5828,8 @@ def _fill_backup(folder: Path, home: Path, command: str, dbs: Dict[Path, Dict[st
         dest = sqlite3.connect(str(target))
         try:
             source.backup(dest)
-            entry = {"path": _manifest_path(db, home), "kind": "sqlite", "backup": str(target.relative_to(folder)),
+            entry = {"path": _manifest_path(db, home), "kind": "sqlite",
+                     "backup": str(target.relative_to(folder)),
                      "rows": rows, "digest_before": db_digest(source), "digest_after": None}
         finally:
             dest.close()
@@ -5954,7 +5959,8 @@ def fsync_path(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def atomic_write(path: Path, data: bytes, mode: Optional[int], mtime_ns: Optional[int] = None) -> None:
+def atomic_write(path: Path, data: bytes, mode: Optional[int],
+                 mtime_ns: Optional[int] = None) -> None:
     def fill(tmp: Path) -> None:
         with open(str(tmp), "wb") as handle:
             handle.write(data)
@@ -5972,7 +5978,8 @@ def atomic_copy(source: Path, path: Path, mode: Optional[int], mtime_ns: Optiona
     replace_through_temp(path, fill, mode, mtime_ns)
 
 
-def replace_through_temp(path: Path, fill: Any, mode: Optional[int], mtime_ns: Optional[int]) -> None:
+def replace_through_temp(path: Path, fill: Any, mode: Optional[int],
+                         mtime_ns: Optional[int]) -> None:
     """`fill(tmp)` writes and fsyncs the new content beside `path`; it gets `mode` and
     `mtime_ns` and replaces `path` in one rename. The temp file never outlives the call."""
     tmp = temp_beside(path)
@@ -6029,11 +6036,13 @@ class RestoreAction:
             if os.path.lexists(str(self.target)):
                 self.target.unlink()
         else:
-            atomic_copy(self.payload, self.target, self.entry.get("mode"), self.entry.get("mtime_ns"))
+            atomic_copy(self.payload, self.target, self.entry.get("mode"),
+                        self.entry.get("mtime_ns"))
 
     def verify(self) -> None:
         if self.needed():
-            raise ApplyError("%s is not what the backup holds after putting it back" % self.entry["path"])
+            raise ApplyError("%s is not what the backup holds after putting it back"
+                             % self.entry["path"])
 
     def as_json(self, home: Path) -> Dict[str, Any]:
         return {"kind": self.kind, "path": self.entry["path"]}
@@ -6063,9 +6072,10 @@ def verified_restore_actions(folder: Path, manifest: Dict[str, Any], home: Path,
     whole restore: a backup that does not verify is not trusted in part."""
     actions = []
     for number, entry in enumerate(manifest["entries"]):
-        if not isinstance(entry, dict) or entry.get("kind") not in ("file", "sqlite") or not isinstance(
-                entry.get("path"), str) or not entry["path"]:
-            raise refuse("entry %d of %s/manifest.json is not an entry this tool writes" % (number, folder.name), None)
+        if (not isinstance(entry, dict) or entry.get("kind") not in ("file", "sqlite")
+                or not isinstance(entry.get("path"), str) or not entry["path"]):
+            raise refuse("entry %d of %s/manifest.json is not an entry this tool writes"
+                         % (number, folder.name), None)
         reason = tool_write_refusal(entry["path"], entry["kind"])
         if reason:
             raise refuse("the backup names %s, %s" % (entry["path"], reason), None)
@@ -6076,11 +6086,11 @@ def verified_restore_actions(folder: Path, manifest: Dict[str, Any], home: Path,
             if entry["kind"] == "sqlite":
                 digest = current_db_digest(payload)
                 if digest is None or digest != entry.get("digest_before"):
-                    raise refuse("the backup copy of %s does not match its manifest (the backup was changed "
-                                 "or damaged)" % entry["path"], None)
+                    raise refuse("the backup copy of %s does not match its manifest (the backup "
+                                 "was changed or damaged)" % entry["path"], None)
             elif sha256_file(payload) != entry.get("sha256_before"):
-                raise refuse("the backup copy of %s does not match its manifest's SHA-256 (the backup was "
-                             "changed or damaged)" % entry["path"], None)
+                raise refuse("the backup copy of %s does not match its manifest's SHA-256 (the "
+                             "backup was changed or damaged)" % entry["path"], None)
         actions.append(RestoreAction(entry, target, payload))
     return actions
 
@@ -6089,9 +6099,11 @@ def restore_target(entry: Dict[str, Any], home: Path, allowed_db_dirs: Sequence[
     text = entry["path"]
     path = Path(text)
     if path.is_absolute() or is_windows_path(text):
-        if entry["kind"] == "sqlite" and STATE_DB_RE.match(path.name) and path.parent in allowed_db_dirs:
+        if (entry["kind"] == "sqlite" and STATE_DB_RE.match(path.name)
+                and path.parent in allowed_db_dirs):
             return path  # a state DB in the configured sqlite_home, outside the home
-        raise refuse("the backup names %s, an absolute path; a backup of this tool names paths inside the home"
+        raise refuse("the backup names %s, an absolute path; a backup of this tool names paths "
+                     "inside the home"
                      % text, None)
     if ".." in path.parts or not is_within(Path(os.path.normpath(str(home / path))), home):
         raise refuse("the backup names %s, which leaves CODEX_HOME" % text, None)
@@ -6102,8 +6114,10 @@ def restore_target(entry: Dict[str, Any], home: Path, allowed_db_dirs: Sequence[
 def restore_payload(entry: Dict[str, Any], folder: Path) -> Path:
     text = entry.get("backup")
     files = folder / "files"
-    if not isinstance(text, str) or not text or Path(text).is_absolute() or ".." in Path(text).parts:
-        raise refuse("the backup entry for %s names no copy inside the backup folder" % entry["path"], None)
+    if (not isinstance(text, str) or not text or Path(text).is_absolute()
+            or ".." in Path(text).parts):
+        raise refuse("the backup entry for %s names no copy inside the backup folder"
+                     % entry["path"], None)
     payload = folder / text
     current = payload
     while current != folder and is_within(current, folder):
@@ -6185,9 +6199,12 @@ def read_manifest(folder: Path) -> Dict[str, Any]:
     try:
         manifest = json.loads(read_small_file(path, MAX_MANIFEST_BYTES).decode("utf-8"))
     except (OSError, ValueError) as exc:
-        raise refuse("%s/manifest.json does not verify (%s)" % (folder.name, short(str(exc), 100)), None) from None
-    if not isinstance(manifest, dict) or manifest.get("tool") != TOOL_NAME or not isinstance(manifest.get("entries"), list):
-        raise refuse("%s/manifest.json does not verify: it is not a manifest of this tool" % folder.name, None)
+        raise refuse("%s/manifest.json does not verify (%s)" % (folder.name, short(str(exc), 100)),
+                     None) from None
+    if (not isinstance(manifest, dict) or manifest.get("tool") != TOOL_NAME
+            or not isinstance(manifest.get("entries"), list)):
+        raise refuse("%s/manifest.json does not verify: it is not a manifest of this tool"
+                     % folder.name, None)
     return manifest
 
 
@@ -6311,7 +6328,8 @@ def _fault_point(name: str) -> None:
     raise OSError("injected fault at %s" % name)
 
 
-def apply_plan(inv: Inventory, plan: Plan, args: argparse.Namespace, argv: Sequence[str]) -> Dict[str, Any]:
+def apply_plan(inv: Inventory, plan: Plan, args: argparse.Namespace,
+               argv: Sequence[str]) -> Dict[str, Any]:
     preflight(inv, plan, args.force)
     with ToolLock(inv.home):
         remove_stale_temp_files(inv.temp_files)
@@ -6363,7 +6381,8 @@ def make_backup_or_fail(make: Any) -> Tuple[Path, Dict[str, Any]]:
     try:
         return make()
     except (OSError, sqlite3.Error) as exc:
-        raise ApplyError("could not make the backup (%s); nothing was written to the home" % short(str(exc), 200)) from None
+        raise ApplyError("could not make the backup (%s); nothing was written to the home"
+                         % short(str(exc), 200)) from None
 
 
 def lock_databases(dbs: List[Path], backup_folder: Path) -> Dict[Path, sqlite3.Connection]:
@@ -6402,7 +6421,9 @@ def lock_failure_advice(error: str) -> str:
 def db_label(db: Path) -> str:
     """A DB by its name, and by what it is when it is a symlink (the link is not the file)."""
     real = os.path.realpath(str(db))
-    return db.name if real == str(db) or not os.path.islink(str(db)) else "%s (a link to %s)" % (db.name, real)
+    if real == str(db) or not os.path.islink(str(db)):
+        return db.name
+    return "%s (a link to %s)" % (db.name, real)
 
 
 def close_all(connections: Dict[Path, sqlite3.Connection]) -> None:
@@ -6603,7 +6624,8 @@ def thread_writer_lock(home: Path, thread_id: str) -> Iterator[None]:
         yield
         return
     try:
-        fd = os.open(str(path), os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        fd = os.open(str(path),
+                     os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise WriterLockHeld("its Codex writer lock cannot be opened (%s); it was left as it is"
                              % (exc.strerror or exc)) from None
@@ -6611,14 +6633,16 @@ def thread_writer_lock(home: Path, thread_id: str) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise WriterLockHeld("a Codex process holds the thread's writer lock (%s/%s.lock): it is loaded "
-                                 "right now; it was left as it is" % (WRITER_LOCKS_DIR, thread_id)) from None
+            raise WriterLockHeld("a Codex process holds the thread's writer lock (%s/%s.lock): it "
+                                 "is loaded right now; it was left as it is"
+                                 % (WRITER_LOCKS_DIR, thread_id)) from None
         yield
     finally:
         os.close(fd)
 
 
-F_SETLEASE, F_GETLEASE = 1024, 1025  # Linux fcntl commands (fcntl.F_SETLEASE on 3.9+ builds that have it)
+# Linux fcntl commands (fcntl.F_SETLEASE on 3.9+ builds that have it)
+F_SETLEASE, F_GETLEASE = 1024, 1025
 
 
 def take_read_lease(fd: int) -> Optional[bool]:
@@ -6678,7 +6702,8 @@ def holders_of(path: Path, identity: Tuple[int, int]) -> List[str]:
     return found
 
 
-def opened_for_writing_since(edit: RolloutEdit, source: Any, lease: Optional[bool], identity: Tuple[int, int]) -> bool:
+def opened_for_writing_since(edit: RolloutEdit, source: Any, lease: Optional[bool],
+                             identity: Tuple[int, int]) -> bool:
     """With a lease the kernel reports any open for writing (no /proc scan per file needed);
     without one, any other process holding the file counts."""
     if lease:
@@ -6697,7 +6722,8 @@ def same_file_as_planned(edit: RolloutEdit, source: Any) -> bool:
     same = (now.st_dev, now.st_ino) == (opened.st_dev, opened.st_ino)
     if edit.identity is not None:
         same = same and (now.st_dev, now.st_ino) == edit.identity
-    return same and (now.st_size, now.st_mtime_ns) == (size, mtime_ns) == (opened.st_size, opened.st_mtime_ns)
+    return same and ((now.st_size, now.st_mtime_ns) == (size, mtime_ns)
+                     == (opened.st_size, opened.st_mtime_ns))
 
 
 class HashingWriter:
@@ -6931,9 +6957,10 @@ def give_back_old_file(edit: RolloutEdit, keep: Path, written: int, result: Dict
             out.write(extra)
             out.flush()
             os.fsync(out.fileno())
-    edit.skip_reason = ("a process opened the rollout during the replace (a live session); the original file "
-                        "was put back with every line written to it")
-    result.setdefault("given_back", []).append({"thread_id": edit.thread_id, "bytes_carried": len(extra)})
+    edit.skip_reason = ("a process opened the rollout during the replace (a live session); the "
+                        "original file was put back with every line written to it")
+    result.setdefault("given_back", []).append({"thread_id": edit.thread_id,
+                                                "bytes_carried": len(extra)})
 
 
 def target_as_planned(edit: RolloutEdit) -> bool:
@@ -6956,7 +6983,8 @@ def carry_late_tail(source: Any, size: int, edit: RolloutEdit, result: Dict[str,
         shutil.copyfileobj(source, out, READ_CHUNK)
         out.flush()
         os.fsync(out.fileno())
-    result.setdefault("carried_over", []).append({"thread_id": edit.thread_id, "bytes": grown - size})
+    result.setdefault("carried_over", []).append({"thread_id": edit.thread_id,
+                                                  "bytes": grown - size})
     return True
 
 
@@ -7047,9 +7075,11 @@ def write_sql(plan: Plan, skipped_threads: set, connections: Dict[Path, sqlite3.
             _fault_point("mid_transaction")
             sql, params = change.statement()
             if conn.execute(sql, params).rowcount != 1:
-                raise ApplyError("%s: expected to change one row of %s for %s" % (db.name, change.table, change.key))
+                raise ApplyError("%s: expected to change one row of %s for %s"
+                                 % (db.name, change.table, change.key))
         if not changes:
-            conn.execute("ROLLBACK")  # locked only to prove it could be written: leave its bytes alone
+            # locked only to prove it could be written: leave its bytes alone
+            conn.execute("ROLLBACK")
             continue
         if journal is not None:
             # Inside the transaction the connection sees the content the commit will leave.
@@ -7063,14 +7093,18 @@ def verify_sql(conn: sqlite3.Connection, changes: List[SqlChange]) -> None:
     for change in changes:
         clauses = " AND ".join("%s IS ?" % c for c in change.key)
         if change.op == "delete":
-            gone = conn.execute("SELECT 1 FROM %s WHERE %s" % (change.table, clauses), list(change.key.values()))
+            gone = conn.execute("SELECT 1 FROM %s WHERE %s" % (change.table, clauses),
+                                list(change.key.values()))
             if gone.fetchone() is not None:
-                raise ApplyError("re-reading %s after commit still shows %s" % (change.table, change.key))
+                raise ApplyError("re-reading %s after commit still shows %s"
+                                 % (change.table, change.key))
             continue
-        row = conn.execute("SELECT %s FROM %s WHERE %s" % (", ".join(change.values), change.table, clauses),
+        row = conn.execute("SELECT %s FROM %s WHERE %s"
+                           % (", ".join(change.values), change.table, clauses),
                            list(change.key.values())).fetchone()
         if row is None or list(row) != list(change.values.values()):
-            raise ApplyError("re-reading %s after commit did not show the change for %s" % (change.table, change.key))
+            raise ApplyError("re-reading %s after commit did not show the change for %s"
+                             % (change.table, change.key))
 
 
 def finish_manifest(folder: Path, manifest: Dict[str, Any], home: Path,
@@ -7122,14 +7156,20 @@ def list_backups(home: Path) -> List[Dict[str, Any]]:
                 # No manifest: a run killed while backing up, before it wrote anything (removed
                 # by the next apply). A manifest that does not verify is listed, never removed.
                 partial = not os.path.lexists(str(folder / "manifest.json"))
-                found.append({"path": str(folder), "name": folder.name, "command": None, "created_at": None,
-                              "complete": False, "partial": partial, "unverifiable": not partial, "files": 0,
+                found.append({"path": str(folder), "name": folder.name, "command": None,
+                              "created_at": None,
+                              "complete": False, "partial": partial, "unverifiable": not partial,
+                              "files": 0,
                               "_order": (int(folder.stat().st_mtime * 1e9), folder.name)})
                 continue
-            found.append({"path": str(folder), "name": folder.name, "command": manifest.get("command"),
-                          "created_at": manifest.get("created_at"), "complete": manifest.get("complete"),
-                          "partial": False, "unverifiable": False, "files": len(manifest["entries"]),
-                          "_order": (manifest.get("created_ns") or int(folder.stat().st_mtime * 1e9), folder.name)})
+            found.append({"path": str(folder), "name": folder.name,
+                          "command": manifest.get("command"),
+                          "created_at": manifest.get("created_at"),
+                          "complete": manifest.get("complete"),
+                          "partial": False, "unverifiable": False,
+                          "files": len(manifest["entries"]),
+                          "_order": (manifest.get("created_ns")
+                                     or int(folder.stat().st_mtime * 1e9), folder.name)})
     found.sort(key=lambda b: b.pop("_order"))
     return found
 

@@ -130,3 +130,10 @@ def test_every_constant_is_defined_above_its_first_use():
                 continue
             early.add("%s (line %d, defined on line %d)" % (name.id, name.lineno, defined[name.id]))
     assert sorted(early) == []
+
+
+def test_every_line_of_the_script_fits_in_100_columns():
+    """The file is read as a book, on a screen or a printed page: no line runs past column 100."""
+    long = [n for n, line in enumerate(SCRIPT.read_text(encoding="utf-8").splitlines(), 1)
+            if len(line) > 100]
+    assert long == [], "lines longer than 100 characters: %s" % long[:20]
