@@ -350,15 +350,18 @@ class _TomlSubsetReader:
         while True:
             if self.pos >= len(self.text) or self.peek() == "\n":
                 raise self.error("unterminated string")
-            ch = self.text[self.pos]
-            if ch == '"':
+            if self.text[self.pos] == '"':
                 self.pos += 1
                 return "".join(out)
-            if ch == "\\":
-                out.append(self.escape())
-            else:
-                out.append(ch)
-                self.pos += 1
+            self.take_char(out)
+
+    def take_char(self, out: List[str]) -> None:
+        """One character of a basic string into `out`, an escape sequence decoded."""
+        if self.text[self.pos] == "\\":
+            out.append(self.escape())
+        else:
+            out.append(self.text[self.pos])
+            self.pos += 1
 
     def escape(self) -> str:
         code = self.text[self.pos + 1:self.pos + 2]
@@ -396,16 +399,13 @@ class _TomlSubsetReader:
             if self.peek(3) == '"""':
                 self.pos += 3
                 return "".join(out)
-            ch = self.text[self.pos]
-            if ch == "\\" and self.text[self.pos + 1:self.pos + 2] in ("\n", " ", "\t"):
+            if self.text[self.pos:self.pos + 2] in ("\\\n", "\\ ", "\\\t"):
+                # A line-ending backslash: the white space after it is not part of the value.
                 self.pos += 1
                 while self.pos < len(self.text) and self.text[self.pos] in " \t\n":
                     self.pos += 1
-            elif ch == "\\":
-                out.append(self.escape())
             else:
-                out.append(ch)
-                self.pos += 1
+                self.take_char(out)
 
     def multiline_literal_string(self) -> str:
         end = self.text.find("'''", self.pos + 3)
