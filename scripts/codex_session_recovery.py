@@ -3902,8 +3902,8 @@ def read_projection_offsets(db_path: Optional[Path]) -> Dict[str, Tuple[int, ...
             conn.close()
     except sqlite3.Error:
         return {}
-    return {thread_id: tuple(sorted(set(offsets))) for thread_id,
-            offsets in found.items() if offsets}
+    return {thread_id: tuple(sorted(set(offsets)))
+            for thread_id, offsets in found.items() if offsets}
 
 
 def misaligned_projection_offsets(inv: "Inventory") -> Dict[str, Dict[str, Any]]:
@@ -5341,8 +5341,8 @@ def applied_migrations(db: StateDb) -> Dict[int, str]:
         with readonly_db(db.path) as conn:
             if not table_exists(conn, "_sqlx_migrations"):
                 return {}
-            return {int(v): str(d) for v,
-                    d in conn.execute("SELECT version, description FROM _sqlx_migrations")}
+            return {int(v): str(d)
+                    for v, d in conn.execute("SELECT version, description FROM _sqlx_migrations")}
     except (sqlite3.Error, ValueError, TypeError):
         return {}
 
@@ -5369,10 +5369,11 @@ def schema_compatibility(inv: Inventory, plan: Optional[Plan] = None) -> Optiona
                        % ", ".join(map(str, live.checksum_drift[:5])))
     return {"schema_version": live.schema_version, "newest_checked": NEWEST_CHECKED_SCHEMA,
             "newer": newer,
-            "unchecked_migrations": ["%d %s" % (v, d) for v,
-                                     d in sorted(migrations.items()) if v > NEWEST_CHECKED_SCHEMA],
-            "touches": sorted("%s.%s" % (t, c) for tables in touched.values() for t,
-                              cs in tables.items() for c in cs)
+            "unchecked_migrations": ["%d %s" % (v, d)
+                                     for v, d in sorted(migrations.items())
+                                     if v > NEWEST_CHECKED_SCHEMA],
+            "touches": sorted("%s.%s" % (t, c) for tables in touched.values()
+                              for t, cs in tables.items() for c in cs)
             if plan is not None else sorted(t for tables in touched.values() for t in tables),
             "changed": changed, "unchanged": not changed}
 
@@ -5486,8 +5487,8 @@ def plan_path_refusal(inv: Inventory, plan: Plan) -> Optional[str]:
 
 
 def is_configured_sqlite_home(db: Path, inv: Inventory) -> bool:
-    return any(db.parent == folder for folder,
-               origin in sqlite_home_dirs(inv.home, inv.config, dict(os.environ))
+    return any(db.parent == folder
+               for folder, origin in sqlite_home_dirs(inv.home, inv.config, dict(os.environ))
                if origin in ("config sqlite_home", "CODEX_SQLITE_HOME"))
 
 
@@ -5616,8 +5617,8 @@ def _proc_holders(home: Path) -> List[Tuple[str, str]]:
     for pid, target in proc_open_files(home):
         if pid not in named and BACKUP_DIR_NAME not in target:
             named.add(pid)
-            users.append((pid, "pid %s (%s) has %s open" % (pid, _process_name(pid),
-                                                              display_path(Path(target), home))))
+            users.append((pid, "pid %s (%s) has %s open"
+                          % (pid, _process_name(pid), display_path(Path(target), home))))
     return users
 
 
@@ -7600,8 +7601,8 @@ def build_scratch_home(inv: Inventory, scratch: ScratchHome, plan: Optional[Plan
         if source.is_file():
             copy_file_to_scratch(source, scratch.home / name, scratch)
     db_targets: Dict[Path, Path] = {}
-    explicit = [folder for folder,
-                origin in sqlite_home_dirs(inv.home, inv.config, dict(os.environ))
+    explicit = [folder for folder, origin in sqlite_home_dirs(inv.home, inv.config,
+                                                              dict(os.environ))
                 if origin in ("config sqlite_home", "CODEX_SQLITE_HOME")]
     if explicit:
         # The copied config.toml names a sqlite_home Codex would open and write: the verifying
@@ -7683,8 +7684,8 @@ def apply_plan_to_scratch(plan: Plan, mapper: PathMapper, db_targets: Dict[Path,
         target = mapper.path(write.path)
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         atomic_write(target, write.data, 0o600)
-    copies = {Path(str(real) + suffix): Path(str(copy) + suffix) for real,
-              copy in db_targets.items()
+    copies = {Path(str(real) + suffix): Path(str(copy) + suffix)
+              for real, copy in db_targets.items()
               for suffix in ("", "-wal", "-shm")}
     for moved in plan.moves:
         target = copies.get(moved) or mapper.path(moved)
@@ -8036,9 +8037,9 @@ def verification_lines(verification: Optional[Dict[str, Any]], applied: bool) ->
             who, len(verification["listed_before"]), verification["conversations_before"], now)
     if after_error:
         text += "; %s it still cannot (%s)" % (then, short(after_error, 160))
-    elif verification["listed_after"] is not None and (verification["listed_after"]
-                                                       != verification["listed_before"]
-                                                      or "before" not in errors):
+    elif verification["listed_after"] is not None and (
+            verification["listed_after"] != verification["listed_before"]
+            or "before" not in errors):
         text += "; %s it lists %d of %d" % (then, len(verification["listed_after"]),
                                             verification["conversations_after"])
     lines.append("Verify:    " + text)
@@ -8098,9 +8099,9 @@ def report_verification(verification: Optional[Dict[str, Any]]) -> None:
             verification["codex_version"], short(verification["codex_errors"]["after"], 200)))
     elif "applied" in verification["codex_errors"]:
         sys.stderr.write("warning: Codex %s cannot open the home as the apply left it (%s); "
-                         "`restore --latest --apply` puts it "
-                         "back\n" % (verification["codex_version"],
-                                              short(verification["codex_errors"]["applied"], 200)))
+                         "`restore --latest --apply` puts it back\n"
+                         % (verification["codex_version"],
+                            short(verification["codex_errors"]["applied"], 200)))
     elif not verification["agrees"]:
         ids = sorted({d["id"] for d in verification["disagreements"]})
         sys.stderr.write("warning: Codex %s disagrees with this tool's prediction for %s (%s); do "
@@ -8184,10 +8185,9 @@ def render_diagnose_text(doc: Dict[str, Any], verbose: bool) -> str:
                  % (doc["codex_home"],
                     "the default, ~/.codex" if origin == "default" else "from " + origin))
     lines.append("Safety:    %s" % doc["safety"])
+    profile = "; profile %s" % cfg["profile"] if cfg["profile"] else ""
     lines.append("Provider:  %s (%s)%s"
-                 % (cfg["active_provider"] or "unknown", cfg["provider_source"],
-                                                 "; profile %s" % cfg["profile"] if cfg["profile"]
-                                                 else ""))
+                 % (cfg["active_provider"] or "unknown", cfg["provider_source"], profile))
     if db["live"]:
         live = db["live"]
         lines.append("State DB:  %s (schema %s, %d thread columns; %s)" % (
@@ -8259,9 +8259,8 @@ def render_plan_text(doc: Dict[str, Any], verbose: bool) -> str:
         if key == "folders":
             lines.append("Folders:   %s"
                          % ("none under --from" if not value else plural(len(value), "thread")))
-            lines.extend("  %s  %s" % (tid, move) for tid,
-                         move in (sorted(value.items()) if verbose else
-                                                                   sorted(value.items())[:20]))
+            moves = sorted(value.items()) if verbose else sorted(value.items())[:20]
+            lines.extend("  %s  %s" % (tid, move) for tid, move in moves)
             if len(value) > 20 and not verbose:
                 lines.append("  … %d more (--verbose lists all)" % (len(value) - 20))
             continue
@@ -8282,17 +8281,16 @@ def render_plan_text(doc: Dict[str, Any], verbose: bool) -> str:
     shown = actions if verbose else actions[:10]
     for action in shown:
         if action["kind"] == "rollout_edit":
-            lines.append("  rollout  %s: %s%s" % (action["path"], ", ".join(
-                "line %d %s" % (c["line"], c["field"]) for c in action["changes"]),
-                "; damaged lines kept verbatim (%s)" % ", ".join(action["kept_verbatim"])
-                if action.get("kept_verbatim") else ""))
+            changed = ", ".join("line %d %s" % (c["line"], c["field"])
+                                for c in action["changes"])
+            kept = ("; damaged lines kept verbatim (%s)" % ", ".join(action["kept_verbatim"])
+                    if action.get("kept_verbatim") else "")
+            lines.append("  rollout  %s: %s%s" % (action["path"], changed, kept))
         elif action["kind"] == "rollout_copy":
-            lines.append("  copy     %s %s %s%s"
-                         % (action["from"], "over the shorter" if action["replaces"] else "to",
-                                                   action["path"],
-                                                   "; %s" % plural(len(action["changes"]), "line")
-                                                   + " moved to the provider" if action["changes"]
-                                                   else ""))
+            how = "over the shorter" if action["replaces"] else "to"
+            moved = ("; %s moved to the provider" % plural(len(action["changes"]), "line")
+                     if action["changes"] else "")
+            lines.append("  copy     %s %s %s%s" % (action["from"], how, action["path"], moved))
         elif action["kind"] == "sql":
             detail = "%s %s" % (action["sql"], action["params"]) if verbose else "%s %s row %s" % (
                 action["op"], action["table"], action["thread_id"] or "")
@@ -8443,8 +8441,8 @@ def find_thread(inv: Inventory, wanted: str) -> ThreadView:
     matches = ([v for k, v in inv.threads.items() if k.startswith(wanted)] if len(wanted) >= 6
                else [])
     if not matches:
-        named = [inv.threads[k] for k,
-                 n in inv.index["names"].items() if n.lower() == wanted and k in inv.threads]
+        named = [inv.threads[k]
+                 for k, n in inv.index["names"].items() if n.lower() == wanted and k in inv.threads]
         matches = named
     if len(matches) == 1:
         return matches[0]
@@ -8512,6 +8510,8 @@ def projection_layer(inv: Inventory, view: ThreadView) -> Optional[Dict[str, Any
 def filter_verdicts(inv: Inventory, view: ThreadView) -> List[Dict[str, Any]]:
     codes = {r["code"]: r for r in view.reasons}
     gate = inv.gate_column() or "preview (file listing)"
+    first_message = ("found at line %s" % view.primary.evidence_line
+                     if view.primary and view.primary.has_evidence else "not found")
     rank = view.rank
     return [
         {"filter": "provider", "passes": "provider_mismatch" not in codes,
@@ -8522,11 +8522,7 @@ def filter_verdicts(inv: Inventory, view: ThreadView) -> List[Dict[str, Any]]:
          "detail": "in archived_sessions/" if view.archived else "in sessions/"},
         {"filter": "preview", "passes": not ({"no_user_content"} & set(codes)) and not (
             "user_event_missing" in codes and codes["user_event_missing"]["hides"]),
-         "detail": "gate column %s; first user message %s"
-         % (gate, "found at line %s" % view.primary.evidence_line
-                                                              if view.primary
-                                                              and view.primary.has_evidence
-                                                              else "not found")},
+         "detail": "gate column %s; first user message %s" % (gate, first_message)},
         {"filter": "cwd", "passes": "cwd_unmatchable" not in codes and "cwd_moved" not in codes,
          "detail": (codes["cwd_unmatchable"]["evidence"]["problem"] if "cwd_unmatchable" in codes
                     else
@@ -8672,10 +8668,10 @@ def render_trace_text(doc: Dict[str, Any]) -> str:
         if not hints.get("readable"):
             lines.append("Desktop state: .codex-global-state.json is unreadable")
         else:
-            held = [label for key,
-                    label in (("workspace_root_hint", "a workspace hint"), ("project_assignment",
-                    "a project assignment"), ("pinned", "pinned"), ("projectless", "projectless"))
-                    if hints.get(key)]
+            labels = (("workspace_root_hint", "a workspace hint"),
+                      ("project_assignment", "a project assignment"), ("pinned", "pinned"),
+                      ("projectless", "projectless"))
+            held = [label for key, label in labels if hints.get(key)]
             lines.append("Desktop state: %s"
                          % (", ".join(held) if held else "no hint, pin or project for this thread"))
     for fix in t["fixes"]:
@@ -8689,9 +8685,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
     run_checks(inv)
     view = find_thread(inv, args.thread_id)
     trace = trace_thread(inv, view, args.verbose)
-    code = EXIT_OK if trace["listed_by_default"] and not [r for r in view.reasons
-                                                          if r["severity"]
-                                                          != "info"] else EXIT_FINDINGS
+    worth_a_look = [r for r in view.reasons if r["severity"] != "info"]
+    code = EXIT_OK if trace["listed_by_default"] and not worth_a_look else EXIT_FINDINGS
     doc = envelope("trace", inv, code, safety=SAFETY_LINE_READ, trace=trace)
     if args.json:
         emit_json(doc)
@@ -8856,6 +8851,15 @@ def plan_restore(inv: Inventory, folder: Path, manifest: Dict[str, Any]) -> Plan
     return plan
 
 
+def backup_note(backup: Dict[str, Any]) -> str:
+    """What `restore --list` says after a backup's name when it is not a complete run's."""
+    if backup["partial"]:
+        return "  (partial: no manifest; removed by the next --apply)"
+    if backup["unverifiable"]:
+        return "  (manifest does not verify)"
+    return "" if backup["complete"] else "  (incomplete run)"
+
+
 def cmd_restore(args: argparse.Namespace) -> int:
     home, _origin = resolve_codex_home(args.codex_home, dict(os.environ))
     if args.list:
@@ -8867,14 +8871,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         else:
             width = max([len(b["name"]) for b in backups] + [0])
             print("\n".join("%-*s  %-18s %3d file(s)%s"
-                            % (width, b["name"], b["command"] or "-", b["files"],
-                                                         "  (partial: no manifest; removed by the "
-                                                         "next --apply)"
-                                                         if b["partial"]
-                                                         else "  (manifest does not verify)"
-                                                         if b["unverifiable"] else ""
-                                                         if b["complete"]
-                                                         else "  (incomplete run)")
+                            % (width, b["name"], b["command"] or "-", b["files"], backup_note(b))
                             for b in backups) or "No backups under %s" % (home / BACKUP_DIR_NAME))
         return EXIT_OK
     folder = choose_backup(home, args)
