@@ -5624,10 +5624,14 @@ def _proc_holders(home: Path) -> List[Tuple[str, str]]:
 
 def proc_open_files(home: Path) -> Iterator[Tuple[str, str]]:
     """(pid, path) for every file under the home that another process has open (Linux /proc)."""
-    prefixes = tuple({str(home) + os.sep, os.path.realpath(str(home)) + os.sep})
     for pid, _link, target in other_process_fds():
-        if target.startswith(prefixes):
+        if target.startswith(home_prefixes(home)):
             yield pid, target
+
+
+def home_prefixes(home: Path) -> Tuple[str, ...]:
+    """What an open file's path under the home starts with, spelled as given or resolved."""
+    return tuple({str(home) + os.sep, os.path.realpath(str(home)) + os.sep})
 
 
 def other_process_fds() -> Iterator[Tuple[str, str, str]]:
@@ -6439,14 +6443,29 @@ def close_all(connections: Dict[Path, sqlite3.Connection]) -> None:
 
 
 def open_elsewhere(home: Path) -> Dict[str, List[str]]:
-    """Files of the home that another process has open right now, by real path. A rollout a
-    live writer holds is never replaced (its later lines would land in the replaced file),
-    not even with --force."""
+    """Files of the home that another process has open for writing right now, by real path. A
+    rollout a live writer holds is never replaced (its later lines would land in the replaced
+    file), not even with --force. A reader is no such risk: it goes on reading the bytes it
+    opened, and opening for writing later breaks the replace window's lease."""
     found: Dict[str, List[str]] = {}
     if os.name == "posix" and Path("/proc/self/fd").is_dir():
-        for pid, target in proc_open_files(home):
-            found.setdefault(os.path.realpath(target), []).append(pid)
+        for pid, link, target in other_process_fds():
+            if target.startswith(home_prefixes(home)) and opened_for_writing(link):
+                found.setdefault(os.path.realpath(target), []).append(pid)
     return found
+
+
+def opened_for_writing(link: str) -> bool:
+    """Was the descriptor behind /proc/PID/fd/N opened for writing? Its fdinfo's `flags` say;
+    one that cannot be read counts as a writer."""
+    try:
+        with open(link.replace("/fd/", "/fdinfo/", 1)) as info:
+            for line in info:
+                if line.startswith("flags:"):
+                    return int(line.split()[1], 8) & os.O_ACCMODE != os.O_RDONLY
+    except (OSError, ValueError, IndexError):
+        pass
+    return True
 
 
 def temp_beside(path: Path, kind: str = "") -> Path:

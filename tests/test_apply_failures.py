@@ -158,3 +158,33 @@ def test_an_apply_under_a_low_open_file_limit_succeeds(tmp_path):
     assert done.returncode == csr.EXIT_OK, done.stderr.decode()
     for thread in threads:
         assert b'"model_provider":"proxy"' in thread.path.read_bytes()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="open files are read from /proc")
+def test_a_process_reading_a_rollout_does_not_keep_it_from_the_repair(tmp_path, cli):
+    """Only a writer can lose lines to a replace; a reader (another copy of this tool scanning
+    the home, a viewer) keeps reading the bytes it opened."""
+    root = tmp_path / "home"
+    threads = switched_home(root, 2)
+    read = threads[0].path
+    old = read.read_bytes()
+    reader = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "f = open(sys.argv[1], 'rb')\n"
+        "print('ready', flush=True)\n"
+        "sys.stdin.readline()\n"
+        "sys.stdout.write(str(len(f.read())) + '\\n')\n"
+        "sys.stdout.flush()\n"), str(read)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, universal_newlines=True)
+    try:
+        assert reader.stdout.readline().strip() == "ready"
+        code, doc = cli("repair-provider", "--codex-home", str(root), "--from", "openai",
+                        "--apply", "--force")
+        assert code == csr.EXIT_OK and not doc["skipped"], doc
+        assert b'"model_provider":"proxy"' in read.read_bytes()
+        reader.stdin.write("go\n")
+        reader.stdin.flush()
+        assert int(reader.stdout.readline()) == len(old)  # the reader saw the bytes it opened
+    finally:
+        reader.kill()
+        reader.wait()

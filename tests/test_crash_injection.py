@@ -645,7 +645,7 @@ def test_two_copies_applying_at_once(tmp_path, force):
         results = [(code, out.read_text(), err.read_text()) for code, (out, err) in zip(codes_in_order, logs)]
         codes = sorted(r[0] for r in results)
         assert all("Traceback" not in r[2] for r in results), results
-        assert snapshot(root) == expected, "the two runs interleaved"
+        assert snapshot(root) == expected, ("the two runs interleaved", codes, [r[1][-3000:] for r in results])
         backups = [b for b in (root / csr.BACKUP_DIR_NAME).iterdir() if b.is_dir()]
         applied = [json.loads(r[1]) for r in results if r[0] == csr.EXIT_OK]
         outcomes.append(codes)
