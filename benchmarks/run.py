@@ -389,8 +389,13 @@ def evidence_io(home: Path, giant: Optional[str]) -> Dict[str, Any]:
 def describe_home(home: Path, threads: int) -> Dict[str, Any]:
     """What make_home reports, for a home it made earlier (read-only runs only: no giant)."""
     stats = rollout_stats(home)
+    conn = sqlite3.connect((home / "state_5.sqlite").as_uri() + "?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT count(*) FROM threads").fetchone()[0]
+    finally:
+        conn.close()
     return {"threads": threads, "rollout_files": len(stats), "rollout_bytes": sum(s[1] for s in stats.values()),
-            "giant": None, "seconds": 0, "rows": None}
+            "giant": None, "seconds": 0, "rows": rows}
 
 
 def median(samples: List[Dict[str, Any]], key: str) -> float:
