@@ -5794,18 +5794,16 @@ def touched_rows(plan: Plan, db: Path) -> Dict[str, List[Dict[str, Any]]]:
 
 def backup_plan(inv: Inventory, plan: Plan, argv: Sequence[str]) -> Tuple[Path, Dict[str, Any]]:
     dbs = {db: touched_rows(plan, db) for db in plan.touched_dbs()}
-    rollouts = frozenset(edit.target for edit in plan.rollout_edits)
     return make_backup(inv.home, plan.command, dbs, plan.touched_files(),
-                       plan.actions_json(inv.home), argv, rollouts)
+                       plan.actions_json(inv.home), argv)
 
 
 def make_backup(home: Path, command: str, dbs: Dict[Path, Dict[str, List[Dict[str, Any]]]],
                 files: List[Path],
-                actions: List[Dict[str, Any]], argv: Sequence[str],
-                rollouts: frozenset = frozenset()) -> Tuple[Path, Dict[str, Any]]:
+                actions: List[Dict[str, Any]], argv: Sequence[str]) -> Tuple[Path, Dict[str, Any]]:
     folder = make_backup_dir(home, command)
     try:
-        return _fill_backup(folder, home, command, dbs, files, actions, argv, rollouts)
+        return _fill_backup(folder, home, command, dbs, files, actions, argv)
     except BaseException:
         shutil.rmtree(str(folder), ignore_errors=True)
         raise
@@ -5813,12 +5811,13 @@ def make_backup(home: Path, command: str, dbs: Dict[Path, Dict[str, List[Dict[st
 
 def _fill_backup(folder: Path, home: Path, command: str,
                  dbs: Dict[Path, Dict[str, List[Dict[str, Any]]]],
-                 files: List[Path], actions: List[Dict[str, Any]], argv: Sequence[str],
-                 rollouts: frozenset = frozenset()) -> Tuple[Path, Dict[str, Any]]:
+                 files: List[Path], actions: List[Dict[str, Any]],
+                 argv: Sequence[str]) -> Tuple[Path, Dict[str, Any]]:
     """Every DB and file copied into `folder`, and the manifest written last: each copy and its
-    folder fsynced first, so a manifest on disk always names copies that are on disk. A rollout
-    (`rollouts`: the bulk of the bytes) is hashed as it is copied, one read of it; the rewrite
-    then compares its bytes with this copy instead of hashing them again."""
+    folder fsynced first, so a manifest on disk always names copies that are on disk. A file is
+    hashed as it is copied, one read of it, so the digest is of exactly the bytes the copy
+    holds; the rewrite then compares a rollout's bytes with this copy instead of hashing them
+    again."""
     manifest: Dict[str, Any] = {
         "tool": TOOL_NAME, "version": __version__, "command": command, "argv": list(argv),
         "created_at": utc_now().strftime("%Y-%m-%dT%H:%M:%SZ"), "codex_home": str(home),
@@ -5848,12 +5847,8 @@ def _fill_backup(folder: Path, home: Path, command: str,
         target.parent.mkdir(parents=True, exist_ok=True)
         exists = path.exists()
         digest, stat = None, None
-        if exists and path in rollouts:
-            digest, stat = copy_hashing(path, target)
-        elif exists:
-            shutil.copy2(str(path), str(target))
-            stat, digest = path.stat(), sha256_file(path)
         if exists:
+            digest, stat = copy_hashing(path, target)
             copies.append(target)
         manifest["entries"].append({
             "path": _manifest_path(path, home), "kind": "file", "existed": exists,
@@ -5872,7 +5867,7 @@ def _fill_backup(folder: Path, home: Path, command: str,
 def copy_hashing(path: Path, target: Path) -> Tuple[str, os.stat_result]:
     """`path` copied to `target` in one read, hashed as it is read: the SHA-256 is of exactly the
     bytes the copy holds. Returns it with the source's fstat after the copy; mode and times are
-    carried over as shutil.copy2 does. Not synced here (the caller syncs all copies at once)."""
+    carried over. Not synced here (the caller syncs all copies at once)."""
     digest = hashlib.sha256()
     view = memoryview(bytearray(READ_CHUNK))  # one buffer, reused (see copy_span)
     with open_regular(path) as source, open(str(target), "wb") as out:

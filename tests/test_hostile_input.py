@@ -1071,7 +1071,7 @@ def test_disk_full_while_copying_a_file_into_the_backup(tmp_path, monkeypatch):
     def full(*args: Any, **kwargs: Any) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(csr.shutil, "copy2", full)
+    monkeypatch.setattr(csr, "copy_hashing", full)  # what the backup copies every file with
     before = logical_home(scene.root)
     # The backup cannot be made, so the apply fails before anything is written (never a refusal).
     exercise(scene, [path], ["repair-ui-state", "--codex-home", str(scene.root)], finding="sidebar_filtered",
