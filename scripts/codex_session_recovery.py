@@ -6008,14 +6008,6 @@ class RestoreAction:
             return "restore_db"
         return "restore_file" if self.entry.get("existed", True) else "remove"
 
-    def as_the_run_left_it(self, intents: Dict[str, set]) -> bool:
-        """Is the target in a state the run's journal says it was writing, i.e. has nothing
-        but the run written it since the backup?"""
-        states = intents.get(self.entry["path"], set())
-        if self.kind == "restore_db":
-            return current_db_digest(self.target) in states
-        return current_sha256(self.target) in states
-
     def needed(self) -> bool:
         """False when the target already is what the backup holds (nothing to put back)."""
         if self.kind == "restore_db":
@@ -6130,21 +6122,22 @@ def restore_payload(entry: Dict[str, Any], folder: Path) -> Path:
 
 
 def restore_backup(folder: Path, home: Path) -> Tuple[List[str], List[str]]:
-    """The engine's automatic undo, with the same actions `restore` plans: put back each file
-    and DB of the backup it just made that is still as the run left it (a state its journal
-    says it was writing) and that no other process holds open. Anything else is kept as it is:
-    a rollout a live session appended to after the run replaced it, or one the run never
-    replaced, which only another process can have changed; putting the old bytes back would
-    drop that process's lines. Returns (the paths restored, the paths kept)."""
+    """The engine's automatic undo, with the same actions `restore` plans and the same test of
+    what changed since the run (changed_since_backup, which `restore` refuses on): put back
+    each file and DB of the backup it just made that is still as the run left it and that no
+    other process holds open. Anything else is kept as it is: a rollout a live session appended
+    to after the run replaced it, or one the run never replaced, which only another process can
+    have changed; putting the old bytes back would drop that process's lines. Returns (the
+    paths restored, the paths kept)."""
     manifest = read_manifest(folder)
-    intents = read_journal(folder)
+    changed = set(changed_since_backup(folder, home))
     held = open_elsewhere(home)
     restored, kept, failures = [], [], []
     for action in verified_restore_actions(folder, manifest, home, restore_db_dirs(home)):
         try:
             if not action.needed():
                 continue
-            if not action.as_the_run_left_it(intents) or (
+            if action.entry["path"] in changed or (
                     action.kind != "restore_db" and os.path.realpath(str(action.target)) in held):
                 kept.append(action.entry["path"])
                 continue
