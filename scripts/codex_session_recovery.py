@@ -2692,8 +2692,9 @@ def severity_of(code: str, lowered: bool = False) -> str:
 
 class Reason:
     """Why one thread is hidden or worth a look: a code, whether it hides the thread, and the
-    evidence. Read like the dict it stands for (reason["code"]); one object with three slots
-    instead of a dict, since most threads carry a reason or two and a home has tens of thousands."""
+    evidence, and its severity with the check's why. Read like the dict it stands for
+    (reason["code"]); one object with slots instead of a dict, since most threads carry a
+    reason or two and a home has tens of thousands."""
 
     __slots__ = ("code", "hides", "_keys", "_values", "severity", "why")
     _key_tuples: Dict[Tuple[str, ...], Tuple[str, ...]] = {}  # one per call site, shared
@@ -6560,8 +6561,8 @@ def write_rollouts(plan: Plan, result: Dict[str, Any], busy: Dict[str, List[str]
                                  "it is" % ", ".join(holders))
         elif edit.target == edit.path:
             batch.append(edit)
-            batch_bytes = sum(e.fingerprint[0] for e in batch)
-            if len(batch) >= batch_files or batch_bytes >= ROLLOUT_BATCH_BYTES:
+            if (len(batch) >= batch_files
+                    or sum(e.fingerprint[0] for e in batch) >= ROLLOUT_BATCH_BYTES):
                 run_batch()
         else:
             run_batch()  # keep plan order: what came before is written before this copy
@@ -6831,9 +6832,7 @@ class PendingRewrite:
 
 def rewrite_rollout(edit: RolloutEdit, result: Optional[Dict[str, Any]] = None,
                     journal: Optional["Journal"] = None) -> bool:
-    """One rollout rewritten (a batch of one; see rewrite_batch), or an import's copy written."""
-    if edit.target != edit.path:
-        return copy_rollout(edit, journal)
+    """One rollout rewritten in place: a batch of one (see rewrite_batch)."""
     return rewrite_batch([edit], None, result if result is not None else {}, journal)[0]
 
 
@@ -7007,17 +7006,17 @@ def copy_rollout(edit: RolloutEdit, journal: Optional["Journal"] = None) -> bool
         return False
     edit.target.parent.mkdir(parents=True, exist_ok=True)  # a new date folder
     tmp = temp_beside(edit.target)
-    digest = hashlib.sha256()
+    check = SourceDigest()
     try:
         with open_regular(edit.path) as source:
-            copied = write_edited_copy(source, tmp, edit, size, digest)
+            copied = write_edited_copy(source, tmp, edit, size, check)
         if copied is None:
             return False
         # A copy from a read-only backup must stay appendable: Codex appends when it resumes.
         os.chmod(str(tmp), (stat.st_mode & 0o7777) | 0o600)
         # Codex orders threads by the rollout's mtime when it re-derives a row: keep it.
         os.utime(str(tmp), ns=(stat.st_atime_ns, mtime_ns))
-        if digest.hexdigest() != expected or not target_as_planned(edit):
+        if not check.holds(expected) or not target_as_planned(edit):
             return False
         if journal is not None:
             journal.intend(edit.target, sha256_after=copied[1])
