@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import py_compile
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -54,7 +54,7 @@ def commands(python: str, pyc: Path, home: Optional[Path]) -> Dict[str, List[str
 def compile_copy(python: str, folder: Path) -> Path:
     """A .pyc of the script made by `python` itself (bytecode is specific to its version)."""
     pyc = folder / ("codex_session_recovery-%s.pyc" % Path(python).name)
-    run.subprocess.run([python, "-c", "import py_compile, sys; py_compile.compile(sys.argv[1], "
+    subprocess.run([python, "-c", "import py_compile, sys; py_compile.compile(sys.argv[1], "
                         "cfile=sys.argv[2], doraise=True)", str(run.SCRIPT), str(pyc)], check=True)
     return pyc
 
@@ -76,7 +76,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             for _ in range(args.runs):
                 for name, command in todo.items():
                     samples[name].append(run.measure(command))
-            version = run.subprocess.run([python, "--version"], stdout=run.subprocess.PIPE,
+            version = subprocess.run([python, "--version"], stdout=subprocess.PIPE,
                                          universal_newlines=True).stdout.strip()
             print("%s (%s), median of %d" % (version, python, args.runs))
             print("| command | wall s | CPU s | peak RSS MB |")

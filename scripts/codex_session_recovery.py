@@ -6439,12 +6439,12 @@ def open_elsewhere(home: Path) -> Dict[str, List[str]]:
     found: Dict[str, List[str]] = {}
     if os.name == "posix" and Path("/proc/self/fd").is_dir():
         for pid, link, target in other_process_fds():
-            if target.startswith(home_prefixes(home)) and opened_for_writing(link):
+            if target.startswith(home_prefixes(home)) and descriptor_writes(link):
                 found.setdefault(os.path.realpath(target), []).append(pid)
     return found
 
 
-def opened_for_writing(link: str) -> bool:
+def descriptor_writes(link: str) -> bool:
     """Was the descriptor behind /proc/PID/fd/N opened for writing? Its fdinfo's `flags` say;
     one that cannot be read counts as a writer."""
     try:
