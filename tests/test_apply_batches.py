@@ -21,7 +21,7 @@ from typing import Any, Dict, List
 import pytest
 
 import codex_session_recovery as csr
-from homes import HomeBuilder, hash_tree
+from homes import HomeBuilder, hash_tree, run_script
 
 SCRIPT = Path(csr.__file__).resolve()
 POSIX = os.name == "posix"
@@ -155,20 +155,15 @@ def test_a_kill_between_temp_files_and_renames_keeps_every_original_byte(tmp_pat
     root = tmp_path / "home"
     threads = padded_home(root, 3)
     originals = {t.path: t.path.read_bytes() for t in threads}
-    env = dict(os.environ, **{csr.FAULT_ENV: "after_rollout_temps:1:kill"})
-    done = subprocess.run([sys.executable, str(SCRIPT), *provider_apply(root)], env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
+    done = run_script(*provider_apply(root), fault="after_rollout_temps:1:kill", timeout=120)
     assert done.returncode == -9, done.stderr.decode()[-1000:]
     assert {path: path.read_bytes() for path in originals} == originals
     # Every temp file was written and synced before the kill: the next run finds them.
     assert len(temp_files(root)) == len(threads), temp_files(root)
-    env.pop(csr.FAULT_ENV)
-    restored = subprocess.run([sys.executable, str(SCRIPT), "restore", "--codex-home", str(root), "--latest",
-                               "--apply"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
+    restored = run_script("restore", "--codex-home", str(root), "--latest", "--apply", timeout=120)
     assert restored.returncode == csr.EXIT_OK, restored.stderr.decode()[-1000:]
     assert {path: path.read_bytes() for path in originals} == originals
-    again = subprocess.run([sys.executable, str(SCRIPT), *provider_apply(root)], env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
+    again = run_script(*provider_apply(root), timeout=120)
     assert again.returncode == csr.EXIT_OK, again.stderr.decode()[-1000:]
     assert temp_files(root) == []
     for path in originals:

@@ -18,15 +18,15 @@ from typing import Any, List
 import pytest
 
 import codex_session_recovery as csr
-from homes import HomeBuilder
+import homes
 
 LIVE_LINE = (b'{"timestamp":"2026-09-21T00:09:00.000Z","type":"event_msg",'
              b'"payload":{"type":"agent_message","message":"a live session wrote this"}}\n')
 
 
-def switched_home(root: Path, threads: int) -> List[Any]:
-    home = HomeBuilder(root, "0.169.0").provider_config("proxy")
-    return [home.thread(provider="openai", turns=2) for _ in range(threads)]
+def switched(root: Path, threads: int) -> List[Any]:
+    """`threads` two-turn chats under openai, config.toml switched to proxy."""
+    return homes.switched_home(root, turns=(2,) * threads)[1]
 
 
 def digest(path: Path) -> str:
@@ -50,7 +50,7 @@ def fail_at(monkeypatch: Any, name: str, before_raising: Any = None) -> None:
 def test_automatic_restore_keeps_a_line_appended_after_the_run_wrote_the_rollout(
         tmp_path, monkeypatch, cli):
     root = tmp_path / "home"
-    threads = switched_home(root, 3)
+    threads = switched(root, 3)
     before = {t.path: digest(t.path) for t in threads}
     appended = threads[1].path
 
@@ -77,7 +77,7 @@ def test_automatic_restore_keeps_a_line_appended_after_the_run_wrote_the_rollout
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="open files are read from /proc")
 def test_automatic_restore_leaves_a_rollout_the_run_skipped_as_open(tmp_path, monkeypatch, cli):
     root = tmp_path / "home"
-    threads = switched_home(root, 3)
+    threads = switched(root, 3)
     held = threads[0].path
     before = {t.path: digest(t.path) for t in threads}
     # A session holds the rollout open for appending: the run must not replace it, and its
@@ -116,7 +116,7 @@ def test_automatic_restore_leaves_a_rollout_the_run_skipped_as_open(tmp_path, mo
 def test_a_failure_finishing_the_manifest_is_an_apply_failure_in_one_line(tmp_path, monkeypatch,
                                                                          cli):
     root = tmp_path / "home"
-    threads = switched_home(root, 2)
+    threads = switched(root, 2)
 
     def broken(*_args: Any, **_kwargs: Any) -> None:
         raise OSError(28, "No space left on device")
@@ -145,16 +145,14 @@ def test_batches_shrink_to_the_open_file_limit(soft, expected):
 @pytest.mark.skipif(os.name != "posix", reason="RLIMIT_NOFILE is POSIX")
 def test_an_apply_under_a_low_open_file_limit_succeeds(tmp_path):
     root = tmp_path / "home"
-    threads = switched_home(root, 40)
+    threads = switched(root, 40)
     limit = ("import resource, runpy, sys\n"
              "resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))\n"
              "sys.argv = sys.argv[1:]\n"
              "runpy.run_path(sys.argv[0], run_name='__main__')\n")
     # The limit is set in the child before the script starts, as `ulimit -n 64` would.
-    done = subprocess.run([sys.executable, "-c", limit, str(csr.__file__), "repair-provider",
-                           "--codex-home", str(root), "--from", "openai", "--apply"],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120,
-                          env={k: v for k, v in os.environ.items() if k != csr.FAULT_ENV})
+    done = homes.run_script("repair-provider", "--codex-home", str(root), "--from", "openai",
+                            "--apply", python_flags=("-c", limit), timeout=120)
     assert done.returncode == csr.EXIT_OK, done.stderr.decode()
     for thread in threads:
         assert b'"model_provider":"proxy"' in thread.path.read_bytes()
@@ -165,7 +163,7 @@ def test_a_process_reading_a_rollout_does_not_keep_it_from_the_repair(tmp_path, 
     """Only a writer can lose lines to a replace; a reader (another copy of this tool scanning
     the home, a viewer) keeps reading the bytes it opened."""
     root = tmp_path / "home"
-    threads = switched_home(root, 2)
+    threads = switched(root, 2)
     read = threads[0].path
     old = read.read_bytes()
     reader = subprocess.Popen([sys.executable, "-c", (
