@@ -6527,6 +6527,7 @@ def open_file_limit() -> Optional[int]:
 
 
 def count_open_files() -> int:
+    """Descriptors this process has open now; where no folder lists them, FDS_SPARE again."""
     for folder in ("/proc/self/fd", "/dev/fd"):
         try:
             return len(os.listdir(folder))
