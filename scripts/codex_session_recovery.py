@@ -2192,7 +2192,8 @@ class ThreadView:
         self.files = tuple(files)  # one file for nearly every thread: no list each
         self.primary = self._primary_file()
         self.index_name: Optional[str] = None
-        self.reasons: Sequence[Any] = NO_REASONS  # a list once it has one
+        # A list while its checks run, a tuple (often shared: settled_reasons) once they end.
+        self.reasons: Sequence[Any] = NO_REASONS
         self.rank: Optional[int] = None
 
     def _primary_file(self) -> Optional[RolloutInfo]:
@@ -2726,6 +2727,10 @@ class Reason:
     def as_dict(self) -> Dict[str, Any]:
         return {"code": self.code, "hides": self.hides, "evidence": self.evidence}
 
+    def shared_key(self) -> Optional[Tuple[Any, ...]]:
+        """What shared_reason looks an equal reason up by."""
+        return reason_key(self.code, self.hides, self.why, zip(self._keys, self._values))
+
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Reason):
             other = other.as_dict()
@@ -2735,13 +2740,83 @@ class Reason:
         return "Reason(%r, %r, %r)" % (self.code, self.hides, self.evidence)
 
 
+# Most reasons repeat across threads (one source, one provider pair, one archive state): while
+# the checks run, equal reasons are one object, and equal sets of them one tuple. The tables are
+# bounded per code (a code whose evidence names the thread, like a rank or a file, stops being
+# shared after that many variants) and dropped when the checks end.
+SHARED_VARIANTS_PER_CODE = 64
+_shared_reasons: Dict[Tuple[Any, ...], "Reason"] = {}
+_shared_reason_tuples: Dict[Tuple[int, ...], Tuple["Reason", ...]] = {}
+_variants_per_code: Dict[str, int] = {}
+
+
 def add_reason(view: ThreadView, code: str, hides: bool, why_no_action: Optional[str] = None,
                **evidence: Any) -> None:
     """A reason on the thread; `why_no_action`, when the check finds nothing to act on, lowers
     it to info (SEVERITY_LOWERED)."""
     if view.reasons is NO_REASONS:
         view.reasons = []
-    view.reasons.append(Reason(code, hides, evidence, why_no_action))
+    view.reasons.append(shared_reason(code, hides, evidence, why_no_action))
+
+
+def shared_reason(code: str, hides: bool, evidence: Dict[str, Any],
+                  why_no_action: Optional[str]) -> "Reason":
+    """Reason(...), or the equal one an earlier thread already holds."""
+    key = reason_key(code, hides, why_no_action, evidence.items())
+    if key is None:
+        return Reason(code, hides, evidence, why_no_action)
+    found = _shared_reasons.get(key)
+    if found is not None:
+        return found
+    reason = Reason(code, hides, evidence, why_no_action)
+    variants = _variants_per_code.get(code, 0)
+    if variants < SHARED_VARIANTS_PER_CODE:
+        _variants_per_code[code] = variants + 1
+        _shared_reasons[key] = reason
+    return reason
+
+
+# Only values that are equal exactly when their JSON is equal (1 == True == 1.0, 0.0 == -0.0).
+_SHAREABLE_TYPES = (str, bool, int, type(None))
+
+
+def reason_key(code: str, hides: bool, why: Optional[str],
+               evidence: Iterable[Tuple[str, Any]]) -> Optional[Tuple[Any, ...]]:
+    """The key of a reason's table entry: its fields and each evidence value with its type; None
+    when a value is of another type (a list, a dict, a float), which is not shared."""
+    key: List[Any] = [code, type(hides), hides, why]
+    for name, value in evidence:
+        kind = type(value)
+        if kind not in _SHAREABLE_TYPES:
+            return None
+        key += (name, kind, value)
+    return tuple(key)
+
+
+def settled_reasons(reasons: Sequence["Reason"]) -> Tuple["Reason", ...]:
+    """A thread's reasons once its checks are done: a tuple, shared with every thread that
+    holds the same shared reasons (the tuple keeps them alive, so their ids stay theirs)."""
+    if not reasons:
+        return NO_REASONS
+    key = tuple(map(id, reasons))
+    found = _shared_reason_tuples.get(key)
+    if found is not None:
+        return found
+    settled = tuple(reasons)
+    if all(_is_shared(r) for r in settled):
+        _shared_reason_tuples[key] = settled
+    return settled
+
+
+def _is_shared(reason: "Reason") -> bool:
+    key = reason.shared_key()
+    return key is not None and _shared_reasons.get(key) is reason
+
+
+def forget_shared_reasons() -> None:
+    _shared_reasons.clear()
+    _shared_reason_tuples.clear()
+    _variants_per_code.clear()
 
 
 def user_event_gate_hides(release: Tuple[int, ...]) -> bool:
@@ -3181,10 +3256,16 @@ def legacy_profile_verdict(evidence: Dict[str, Any], inv: Inventory) -> bool:
 def run_checks(inv: Inventory) -> List[Dict[str, Any]]:
     """Per-thread reasons aggregated into findings per code and severity (the ones to act on
     first), then the home-level findings."""
-    for view in inv.threads.values():
-        view.reasons = NO_REASONS
-        check_thread(view, inv)
-    rank_threads(inv)
+    forget_shared_reasons()
+    try:
+        for view in inv.threads.values():
+            view.reasons = NO_REASONS
+            check_thread(view, inv)
+        rank_threads(inv)
+        for view in inv.threads.values():
+            view.reasons = settled_reasons(view.reasons)
+    finally:
+        forget_shared_reasons()
     findings = []
     grouped: Dict[Tuple[str, str], List[Any]] = {}
     # one pass; each thread once per code and severity, in thread order
