@@ -1961,49 +1961,66 @@ def _tail_problems(tail: bytes, info: RolloutInfo) -> None:
 
 META_KEYS = ("id", "timestamp", "cwd", "originator", "cli_version", "source", "thread_source",
              "model_provider", "history_mode", "forked_from_id")
-# Values shared by thousands of rollouts (a release, a provider, a source) are kept once.
-_SHARED_POSITIONS = tuple(META_KEYS.index(k) for k in (
-    "id", "cwd", "originator", "cli_version", "source", "thread_source", "model_provider",
-    "history_mode"))
-_PROVIDER_POSITION = META_KEYS.index("model_provider")
-_SOURCE_POSITION = META_KEYS.index("source")
+# Each rollout's own values; the others (a folder, a release, a provider, a source) are the same
+# for thousands of rollouts, and are kept as one tuple they all share.
+_META_OWN = ("id", "timestamp", "forked_from_id")
+_META_SHARED = tuple(k for k in META_KEYS if k not in _META_OWN)
+_META_AT = dict([(k, (n, None)) for n, k in enumerate(_META_OWN)]
+                + [(k, (len(_META_OWN), n)) for n, k in enumerate(_META_SHARED)])
+_PROVIDER_POSITION = _META_SHARED.index("model_provider")
+_SOURCE_POSITION = _META_SHARED.index("source")
+_shared_meta_values: Dict[Tuple[Any, ...], Tuple[Any, ...]] = {}
 
 
-class Meta:
-    """The session_meta fields the tool reads, as a tuple with one shared key index. Reads like
-    the dict it replaces (one per rollout, kept for the whole run)."""
+class Meta(tuple):
+    """The session_meta fields the tool reads (one per rollout, kept for the whole run): a tuple
+    of the rollout's own values and the shared tuple of the rest. Reads like the dict it
+    replaces."""
 
-    __slots__ = ("_values",)
-    _index = {key: n for n, key in enumerate(META_KEYS)}
+    __slots__ = ()
 
-    def __init__(self, payload: Dict[str, Any]) -> None:
-        values = [payload.get(key) for key in META_KEYS]
-        for n in _SHARED_POSITIONS:
-            if type(values[n]) is str:
-                values[n] = sys.intern(values[n])
-        if values[_SOURCE_POSITION] is not None:
+    def __new__(cls, payload: Dict[str, Any]) -> "Meta":
+        shared = [payload.get(key) for key in _META_SHARED]
+        if shared[_SOURCE_POSITION] is not None:
             # Kept in its canonical stored form (what RolloutInfo.source returns), not as the
             # decoded JSON value: a subagent's source is an object per rollout otherwise.
-            values[_SOURCE_POSITION] = sys.intern(decode_source(values[_SOURCE_POSITION]))
-        if isinstance(values[_PROVIDER_POSITION], (int, float, list, dict)):
-            values[_PROVIDER_POSITION] = None  # wrong_shape: reported, never used as a provider
-        self._values = tuple(values)
+            shared[_SOURCE_POSITION] = decode_source(shared[_SOURCE_POSITION])
+        if isinstance(shared[_PROVIDER_POSITION], (int, float, list, dict)):
+            shared[_PROVIDER_POSITION] = None  # wrong_shape: reported, never used as a provider
+        own = [payload.get(key) for key in _META_OWN]
+        if type(own[0]) is str:
+            own[0] = sys.intern(own[0])
+        return tuple.__new__(cls, own + [_shared_meta_tuple(shared)])
 
     def get(self, key: str, default: Any = None) -> Any:
-        position = self._index.get(key)
-        return default if position is None else self._values[position]
+        at = _META_AT.get(key)
+        if at is None:
+            return default
+        value = tuple.__getitem__(self, at[0])
+        return value if at[1] is None else value[at[1]]
 
-    def __getitem__(self, key: str) -> Any:
-        return self._values[self._index[key]]
+    def __getitem__(self, key: str) -> Any:  # type: ignore[override]
+        at = _META_AT[key]
+        value = tuple.__getitem__(self, at[0])
+        return value if at[1] is None else value[at[1]]
 
     def __contains__(self, key: object) -> bool:
-        return key in self._index
+        return key in _META_AT
 
-    def keys(self) -> List[str]:
+    def keys(self) -> List[str]:  # type: ignore[override]
         return list(META_KEYS)
 
     def items(self) -> List[Tuple[str, Any]]:
-        return list(zip(META_KEYS, self._values))
+        return [(key, self[key]) for key in META_KEYS]
+
+
+def _shared_meta_tuple(values: List[Any]) -> Tuple[Any, ...]:
+    """One tuple for every rollout with these values. Shared only when each is a str or None:
+    other JSON values may be equal without being alike (1 == True == 1.0) or unhashable."""
+    shared = tuple(sys.intern(v) if type(v) is str else v for v in values)
+    if not all(v is None or type(v) is str for v in shared):
+        return shared
+    return _shared_meta_values.setdefault(shared, shared)
 
 
 def _take_first_line(info: RolloutInfo, record: Dict[str, Any]) -> None:
@@ -2328,6 +2345,7 @@ class Inventory:
                                       projection)
                          for path, is_file in progress(entries, "reading rollouts")]
         del paths, projection
+        _shared_meta_values.clear()  # the rollouts hold what they share; the table is done
         self.dangling_links = {p for p in self.linked_rollouts if not os.path.exists(p)}
         self.index = read_session_index(home)
         self.global_state = read_global_state(home)
