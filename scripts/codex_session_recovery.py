@@ -1248,10 +1248,17 @@ def read_thread_rows(db: StateDb) -> Dict[str, "Row"]:
     select, names = _row_select(_ROW_KEPT_COLUMNS, set(db.columns))
     kept = len(select)
     select += [c for c in _ROW_RECENCY_COLUMNS if c in db.columns]
-    row_type = Row.of_columns({name: n for n, name in enumerate(names)})
+    own = [n for n, name in enumerate(names) if name in _ROW_OWN_COLUMNS]
+    shared = [n for n, name in enumerate(names) if name not in _ROW_OWN_COLUMNS]
+    row_type = Row.of_columns(names, own, shared)
     rows = {}
+    table: Dict[Tuple[Any, ...], Tuple[Any, ...]] = {}
     for key, values in _thread_row_values(db, select):
-        rows[key] = row_type(values[:kept] + (first_millis(values[kept:]),))
+        common = tuple([values[n] for n in shared])
+        if all(type(v) in _ROW_SHAREABLE_TYPES for v in common):
+            common = table.setdefault(common, common)
+        rows[key] = row_type(tuple([values[n] for n in own])
+                             + (first_millis(values[kept:]), common))
     return rows
 
 
@@ -1312,26 +1319,43 @@ def first_millis(values: Sequence[Any]) -> Optional[int]:
     return None
 
 
+# The columns whose values are each row's own; the rest (a source, a provider, a folder, a
+# release, flags) repeat across thousands of rows and are kept as one tuple they share, when
+# each value is a str, an int or NULL (a REAL would be equal to an int and print otherwise).
+_ROW_OWN_COLUMNS = ("id", "rollout_path", "name")
+_ROW_SHAREABLE_TYPES = (str, int, type(None))
+
+
 class Row(tuple):
-    """One threads row: the tuple of its values, with the column index every row of one DB
-    shares on its class (a dict per row costs several times as much, and an index beside each
-    tuple a second object per row, at tens of thousands of threads). Reads like a dict. The
-    value after the columns is updated_ms: when the thread was last active by the row
-    (_ROW_RECENCY_COLUMNS), or None."""
+    """One threads row: a tuple of its own values (_ROW_OWN_COLUMNS), updated_ms (when the
+    thread was last active by the row, _ROW_RECENCY_COLUMNS, or None), and the tuple of its
+    other values, often shared with other rows. The column index every row of one DB shares is
+    on its class (a dict per row costs several times as much, and an index beside each tuple a
+    second object per row, at tens of thousands of threads). Reads like a dict."""
 
     __slots__ = ()
-    _index: Dict[str, int] = {}
+    # column -> (position in the row, position in the shared tuple or None)
+    _index: Dict[str, Tuple[int, Optional[int]]] = {}
+    _updated_at = 0
 
     @classmethod
-    def of_columns(cls, index: Dict[str, int]) -> type:
-        return type("Row", (cls,), {"__slots__": (), "_index": index})
+    def of_columns(cls, names: List[str], own: List[int], shared: List[int]) -> type:
+        at = {n: (place, None) for place, n in enumerate(own)}
+        at.update({n: (len(own) + 1, place) for place, n in enumerate(shared)})
+        index = {name: at[n] for n, name in enumerate(names)}
+        return type("Row", (cls,), {"__slots__": (), "_index": index, "_updated_at": len(own)})
 
     def get(self, key: str, default: Any = None) -> Any:
-        position = self._index.get(key)
-        return default if position is None else tuple.__getitem__(self, position)
+        at = self._index.get(key)
+        if at is None:
+            return default
+        value = tuple.__getitem__(self, at[0])
+        return value if at[1] is None else value[at[1]]
 
     def __getitem__(self, key: str) -> Any:  # type: ignore[override]
-        return tuple.__getitem__(self, self._index[key])
+        at = self._index[key]
+        value = tuple.__getitem__(self, at[0])
+        return value if at[1] is None else value[at[1]]
 
     def __contains__(self, key: object) -> bool:
         return key in self._index
@@ -1341,7 +1365,7 @@ class Row(tuple):
 
     @property
     def updated_ms(self) -> Optional[int]:
-        return tuple.__getitem__(self, len(self._index))
+        return tuple.__getitem__(self, self._updated_at)
 
 
 def _text(value: bytes) -> str:
@@ -2200,18 +2224,27 @@ NO_REASONS: Tuple[Any, ...] = ()  # shared by every thread nothing hides or flag
 class ThreadView:
     """One thread as every layer sees it: its DB row (if any) and its rollout file(s)."""
 
-    __slots__ = ("id", "row", "files", "primary", "index_name", "reasons", "rank")
+    __slots__ = ("id", "row", "_more_files", "primary", "index_name", "reasons", "rank")
 
     def __init__(self, thread_id: str, row: Optional[Dict[str, Any]],
                  files: List[RolloutInfo]) -> None:
         self.id = thread_id
         self.row = row
-        self.files = tuple(files)  # one file for nearly every thread: no list each
+        # Nearly every thread has one file, its primary: only a thread with more keeps a tuple.
+        self._more_files = tuple(files) if len(files) > 1 else None
+        self.primary = files[0] if files else None
         self.primary = self._primary_file()
         self.index_name: Optional[str] = None
         # A list while its checks run, a tuple (often shared: settled_reasons) once they end.
         self.reasons: Sequence[Any] = NO_REASONS
         self.rank: Optional[int] = None
+
+    @property
+    def files(self) -> Tuple[RolloutInfo, ...]:
+        """The thread's rollouts (the primary first only when it is the first found)."""
+        if self._more_files is not None:
+            return self._more_files
+        return () if self.primary is None else (self.primary,)
 
     def _primary_file(self) -> Optional[RolloutInfo]:
         if not self.files:
