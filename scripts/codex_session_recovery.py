@@ -1242,6 +1242,21 @@ def migration_checksum_drift(conn: sqlite3.Connection) -> List[int]:
     return drift
 
 
+# One string for each thread id and each value many records hold (a folder, a release), while
+# an inventory is built: the key, the row and the rollout share it. Not sys.intern, whose table
+# lives as long as the strings do (~40 bytes a thread at 100,000); this one is emptied when the
+# inventory is built (forget_shared_strings).
+_shared_strings: Dict[str, str] = {}
+
+
+def shared_str(text: str) -> str:
+    return _shared_strings.setdefault(text, text)
+
+
+def forget_shared_strings() -> None:
+    _shared_strings.clear()
+
+
 def read_thread_rows(db: StateDb) -> Dict[str, "Row"]:
     """Every threads row by lowercased id: the columns the checks and plans read, the presence
     of each text column, and when the thread was last active (Row.updated_ms)."""
@@ -1301,8 +1316,8 @@ def _thread_row_values(db: StateDb, select: List[str],
             values = [_text(v) if isinstance(v, bytes) else v for v in raw]
             for n in shared:
                 if type(values[n]) is str:
-                    values[n] = sys.intern(values[n])
-            key = sys.intern(str(values[at_id]).lower())
+                    values[n] = shared_str(values[n])
+            key = shared_str(str(values[at_id]).lower())
             if values[at_id] == key:
                 values[at_id] = key
             yield key, tuple(values)
@@ -1410,7 +1425,7 @@ class RolloutInfo:
         self.rel_at = len(self.file) - len(rel)  # rel is a suffix of file: kept as its offset
         name = os.path.basename(self.file)
         match = ROLLOUT_NAME_RE.match(name)
-        self.name_uuid = sys.intern(match.group("uuid").lower()) if match else None
+        self.name_uuid = shared_str(match.group("uuid").lower()) if match else None
         self.compressed = name.endswith(".zst")
         self.archived_location = rel.replace("\\", "/").startswith("archived_sessions/")
         self.meta: Any = EMPTY_META
@@ -2013,7 +2028,7 @@ class Meta(tuple):
             shared[_PROVIDER_POSITION] = None  # wrong_shape: reported, never used as a provider
         own = [payload.get(key) for key in _META_OWN]
         if type(own[0]) is str:
-            own[0] = sys.intern(own[0])
+            own[0] = shared_str(own[0])
         return tuple.__new__(cls, own + [_shared_meta_tuple(shared)])
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -2041,7 +2056,7 @@ class Meta(tuple):
 def _shared_meta_tuple(values: List[Any]) -> Tuple[Any, ...]:
     """One tuple for every rollout with these values. Shared only when each is a str or None:
     other JSON values may be equal without being alike (1 == True == 1.0) or unhashable."""
-    shared = tuple(sys.intern(v) if type(v) is str else v for v in values)
+    shared = tuple(shared_str(v) if type(v) is str else v for v in values)
     if not all(v is None or type(v) is str for v in shared):
         return shared
     return _shared_meta_values.setdefault(shared, shared)
@@ -2196,7 +2211,7 @@ def read_projected_ids(path: Path) -> Optional[set]:
         with readonly_db(path) as conn:
             if not table_exists(conn, "thread_history_projection_state"):
                 return None
-            return {sys.intern(str(r[0]).lower())
+            return {shared_str(str(r[0]).lower())
                     for r in conn.execute("SELECT thread_id FROM thread_history_projection_state")}
     except sqlite3.Error:
         return None
@@ -2397,6 +2412,7 @@ class Inventory:
         # Which of the threads' project folders exist on this machine is a fact read from the
         # disk, like the files: gathered here, so the checks only read the inventory.
         self.folder_moves = detect_folder_moves(self)
+        forget_shared_strings()
 
     def _projected_ids(self) -> Tuple[Optional[set], set]:
         """Threads that have rows in the history projection Codex uses (beside the live DB),
