@@ -1034,6 +1034,11 @@ _ROW_KEPT_COLUMNS = ("id", "rollout_path", "source", "model_provider", "cwd", "a
 _ROW_RECENCY_COLUMNS = ("recency_at_ms", "updated_at_ms", "updated_at")  # the first one set counts
 _ROW_SHARED_COLUMNS = ("source", "model_provider", "cli_version", "history_mode", "thread_source",
                        "cwd")
+# The columns whose values are each row's own; the rest (a source, a provider, a folder, a
+# release, flags) repeat across thousands of rows and are kept as one tuple they share, when
+# each value is a str, an int or NULL (a REAL would be equal to an int and print otherwise).
+_ROW_OWN_COLUMNS = ("id", "rollout_path", "name")
+_ROW_SHAREABLE_TYPES = (str, int, type(None))
 
 
 def open_db_readonly(path: Path) -> sqlite3.Connection:
@@ -1332,13 +1337,6 @@ def first_millis(values: Sequence[Any]) -> Optional[int]:
         if millis:
             return millis
     return None
-
-
-# The columns whose values are each row's own; the rest (a source, a provider, a folder, a
-# release, flags) repeat across thousands of rows and are kept as one tuple they share, when
-# each value is a str, an int or NULL (a REAL would be equal to an int and print otherwise).
-_ROW_OWN_COLUMNS = ("id", "rollout_path", "name")
-_ROW_SHAREABLE_TYPES = (str, int, type(None))
 
 
 class Row(tuple):
@@ -2425,27 +2423,41 @@ class Inventory:
         return (read_projected_ids(live_path) if live_path else None), other
 
     def _join(self) -> Dict[str, ThreadView]:
-        by_id: Dict[str, List[RolloutInfo]] = {}
+        # A thread's one rollout as it is; a list only for a thread with several (rare): a
+        # list per thread is ~90 bytes more, at the moment the inventory is largest.
+        by_id: Dict[str, Any] = {}
         for info in self.rollouts:
-            if info.thread_id:
-                by_id.setdefault(info.thread_id, []).append(info)
+            thread_id = info.thread_id
+            if thread_id:
+                found = by_id.setdefault(thread_id, info)
+                if found is not info:
+                    if type(found) is not list:
+                        found = by_id[thread_id] = [found]
+                    found.append(info)
         for thread_id, infos in by_id.items():
+            if type(infos) is not list:
+                continue
             # Codex's file listing skips links: where a thread also has a rollout that is no
             # link, a link to it (or to a copy of it) is not a second copy Codex could show.
             real = [i for i in infos if i.file not in self.linked_rollouts]
             if real and len(real) < len(infos):
                 by_id[thread_id] = real
-        ids = sorted(set(self.rows) | set(by_id))
+        ids = sorted(self.rows.keys() | by_id.keys())
         threads = {}
         for thread_id in ids:
-            view = ThreadView(thread_id, self.rows.get(thread_id), by_id.get(thread_id, []))
+            infos = by_id.get(thread_id, [])
+            view = ThreadView(thread_id, self.rows.get(thread_id),
+                              infos if type(infos) is list else [infos])
             view.index_name = self.index["names"].get(thread_id)
             threads[thread_id] = view
         return threads
 
     def _newest_release(self) -> Tuple[int, ...]:
-        versions = [parse_version(r.get("cli_version")) for r in self.rows.values()]
-        versions += [parse_version(i.meta.get("cli_version")) for i in self.rollouts]
+        # Each release once (a handful of strings), not a tuple per row and per rollout.
+        texts = {r.get("cli_version") for r in self.rows.values()}
+        texts.update(i.meta.get("cli_version") for i in self.rollouts
+                     if isinstance(i.meta.get("cli_version"), str))  # JSON may hold a list
+        versions = [parse_version(t) for t in texts if isinstance(t, str)]
         return max((v for v in versions if v), default=())
 
     @property
