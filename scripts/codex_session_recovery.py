@@ -53,6 +53,7 @@ The file reads top to bottom. After the constants, each section opens with a `# 
 from __future__ import annotations
 
 import argparse
+import collections.abc
 import contextlib
 import datetime as _dt
 import hashlib
@@ -2353,6 +2354,26 @@ class _Progress:
 progress = _Progress()
 
 
+class ThreadRows(collections.abc.Mapping):
+    """The threads rows by lowercased id, read through the threads' views (each holds its own
+    row), as read_thread_rows returned them."""
+
+    def __init__(self, threads: Dict[str, ThreadView], count: int) -> None:
+        self._threads, self._count = threads, count
+
+    def __getitem__(self, thread_id: str) -> Any:
+        view = self._threads[thread_id]
+        if view.row is None:
+            raise KeyError(thread_id)
+        return view.row
+
+    def __iter__(self) -> Iterator[str]:
+        return (thread_id for thread_id, view in self._threads.items() if view.row is not None)
+
+    def __len__(self) -> int:
+        return self._count
+
+
 class Inventory:
     def __init__(self, home: Path, home_origin: str, config: Config, environ: Dict[str, str],
                  deep: bool = False, keep_text: bool = True) -> None:
@@ -2399,6 +2420,8 @@ class Inventory:
                                                     else None)
         self.threads = self._join()
         self.written_release = self._newest_release()
+        # Every row is its thread's view's now: a second dict of them is ~40 bytes a thread.
+        self.rows = ThreadRows(self.threads, len(self.rows))
         self.reader = reader_release(self.written_release, environ)
         # Every release-dependent verdict follows the release that reads the home next.
         self.release = self.reader["version"]
@@ -8328,19 +8351,54 @@ def emit_json(doc: Dict[str, Any]) -> None:
         return "\n" + "  " * depth if pretty else ""
 
     write = sys.stdout.write
-    write("{")
-    for n, (key, value) in enumerate(doc.items()):
-        write(("," if n else "") + newline(1) + json.dumps(key) + (": " if pretty else ":"))
-        if isinstance(value, Iterator):
+
+    def stream(value: Any, depth: int) -> None:
+        """`value` written piece by piece where it holds a long list (a finding's thread ids:
+        one string of them all, and the encoder's pieces of it, cost ~150 bytes a thread at
+        once), else in one piece; the same text either way."""
+        if isinstance(value, Iterator):  # one small record an item (a thread, an action)
             write("[")
             items = 0
             for item in value:
-                write(("," if items else "") + newline(2) + dump(item, 2))
+                write(("," if items else "") + newline(depth + 1) + dump(item, depth + 1))
                 items += 1
-            write((newline(1) if items else "") + "]")
+            write((newline(depth) if items else "") + "]")
+        elif type(value) in (list, tuple) and holds_long(value):
+            write("[")
+            for n, item in enumerate(value):
+                write(("," if n else "") + newline(depth + 1))
+                stream(item, depth + 1)
+            write((newline(depth) if value else "") + "]")
+        elif type(value) is dict and holds_long(value) and all(type(k) is str for k in value):
+            write("{")
+            for n, (key, item) in enumerate(value.items()):
+                write(("," if n else "") + newline(depth + 1) + json.dumps(key)
+                      + (": " if pretty else ":"))
+                stream(item, depth + 1)
+            write(newline(depth) + "}")
         else:
-            write(dump(value, 1))
-    write(newline(0) + "}\n")
+            write(dump(value, depth))
+
+    stream(doc, 0)
+    write("\n")
+
+
+# A list longer than this is written to the JSON output item by item (emit_json).
+JSON_PIECE_ITEMS = 1000
+
+
+def holds_long(value: Any) -> bool:
+    """Whether a list or dict is, or holds at any depth, an iterator or a list longer than
+    JSON_PIECE_ITEMS."""
+    if isinstance(value, Iterator):
+        return True
+    if type(value) in (list, tuple):
+        return len(value) > JSON_PIECE_ITEMS or any(holds_long(v) for v in value
+                                                   if type(v) in (list, tuple, dict))
+    if type(value) is dict:
+        return any(holds_long(v) for v in value.values()
+                   if isinstance(v, Iterator) or type(v) in (list, tuple, dict))
+    return False
 
 
 def render_diagnose_text(doc: Dict[str, Any], verbose: bool) -> str:
