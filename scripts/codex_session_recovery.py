@@ -2793,30 +2793,36 @@ def severity_of(code: str, lowered: bool = False) -> str:
     return "info"
 
 
-class Reason:
+class Reason(tuple):
     """Why one thread is hidden or worth a look: a code, whether it hides the thread, and the
     evidence, and its severity with the check's why. Read like the dict it stands for
-    (reason["code"]); one object with slots instead of a dict, since most threads carry a
-    reason or two and a home has tens of thousands."""
+    (reason["code"]); one tuple (the fields, then the evidence's values) instead of a dict,
+    since most threads carry a reason or two and a home has tens of thousands."""
 
-    __slots__ = ("code", "hides", "_keys", "_values", "severity", "why")
+    __slots__ = ()
     _key_tuples: Dict[Tuple[str, ...], Tuple[str, ...]] = {}  # one per call site, shared
     FIELDS = ("code", "hides", "evidence", "severity", "why")
 
-    def __init__(self, code: str, hides: bool, evidence: Dict[str, Any],
-                 why_no_action: Optional[str] = None) -> None:
-        self.code, self.hides = code, hides
-        # Whether there is something to do, and if not why: from the check (severity_of).
-        self.severity: str = severity_of(code, why_no_action is not None)
-        self.why = why_no_action
+    def __new__(cls, code: str, hides: bool, evidence: Dict[str, Any],
+                why_no_action: Optional[str] = None) -> "Reason":
         keys = tuple(evidence)
-        self._keys = self._key_tuples.setdefault(keys, keys)
-        self._values = tuple(evidence.values())
+        keys = cls._key_tuples.setdefault(keys, keys)
+        # Whether there is something to do, and if not why: from the check (severity_of).
+        severity = severity_of(code, why_no_action is not None)
+        return tuple.__new__(cls, (code, hides, keys, severity, why_no_action)
+                             + tuple(evidence.values()))
+
+    code = property(lambda self: tuple.__getitem__(self, 0))
+    hides = property(lambda self: tuple.__getitem__(self, 1))
+    _keys = property(lambda self: tuple.__getitem__(self, 2))
+    severity = property(lambda self: tuple.__getitem__(self, 3))
+    why = property(lambda self: tuple.__getitem__(self, 4))
+    _values = property(lambda self: tuple(self)[5:])
 
     @property
     def evidence(self) -> Dict[str, Any]:
         """A new dict on each read: evidence is a record of the check, not something to edit."""
-        return dict(zip(self._keys, self._values))
+        return dict(zip(self._keys, tuple(self)[5:]))
 
     def __getitem__(self, key: str) -> Any:
         if key not in self.FIELDS:
@@ -2837,6 +2843,11 @@ class Reason:
         if isinstance(other, Reason):
             other = other.as_dict()
         return self.as_dict() == other
+
+    def __ne__(self, other: object) -> bool:  # a tuple's own would compare the tuples
+        return not self == other
+
+    __hash__ = None  # type: ignore[assignment]  # as a dict's: equal to one
 
     def __repr__(self) -> str:
         return "Reason(%r, %r, %r)" % (self.code, self.hides, self.evidence)
