@@ -53,6 +53,7 @@ The file reads top to bottom. After the constants, each section opens with a `# 
 from __future__ import annotations
 
 import argparse
+import bisect
 import collections.abc
 import contextlib
 import datetime as _dt
@@ -63,6 +64,7 @@ import os
 import re
 import shutil
 import sqlite3
+import struct
 import subprocess
 import sys
 import tempfile
@@ -1406,6 +1408,10 @@ def read_backfill_state(db: StateDb) -> Optional[Dict[str, Any]]:
 
 # What RolloutInfo.meta holds until a session_meta line is read; never written to.
 EMPTY_META: Dict[str, Any] = {}
+# RolloutInfo's packed fields.
+_COMPRESSED, _ARCHIVED_LOCATION, _SCANNED_TO_END = 1, 2, 4
+_LOW64, _LOW128 = (1 << 64) - 1, (1 << 128) - 1
+_DOUBLE = struct.Struct("<d")
 
 
 class RolloutInfo:
@@ -1413,10 +1419,11 @@ class RolloutInfo:
 
     # One of these per rollout stays in memory for the whole run: no per-object dict, the path
     # as a plain str (a Path object per file costs time and memory at tens of thousands).
-    __slots__ = ("file", "rel_at", "name_uuid", "compressed", "archived_location", "meta",
-                 "meta_lines",
-                 "evidence_kind", "evidence_line", "evidence_text", "scanned_to_end", "problems",
-                 "bytes_read", "size", "mtime", "offset_faults")
+    # Three flags are one int (_flags), and size, mtime and bytes_read one int (_sizes): three
+    # objects and three slots each are ~70 bytes a rollout more.
+    __slots__ = ("file", "rel_at", "name_uuid", "_flags", "meta", "meta_lines",
+                 "evidence_kind", "evidence_line", "evidence_text", "problems",
+                 "_sizes", "offset_faults")
 
     def __init__(self, path: Any, home: Path, stat: Any = None) -> None:
         self.file = str(path)
@@ -1425,16 +1432,16 @@ class RolloutInfo:
         name = os.path.basename(self.file)
         match = ROLLOUT_NAME_RE.match(name)
         self.name_uuid = shared_str(match.group("uuid").lower()) if match else None
-        self.compressed = name.endswith(".zst")
-        self.archived_location = rel.replace("\\", "/").startswith("archived_sessions/")
+        self._flags = ((_COMPRESSED if name.endswith(".zst") else 0)
+                       | (_ARCHIVED_LOCATION if rel.replace("\\", "/").startswith(
+                           "archived_sessions/") else 0))
         self.meta: Any = EMPTY_META
         self.meta_lines = 0
         self.evidence_kind: Optional[str] = None
         self.evidence_line: Optional[int] = None
         self.evidence_text: Optional[str] = None
-        self.scanned_to_end = False
         self.problems: List[str] = []
-        self.bytes_read = 0
+        self._sizes = 0  # mtime's bits, size << 64, bytes_read << 128
         self.offset_faults: Optional[Tuple[int, int, int]] = None  # see check_offsets
         # stat=False: the caller fills size and mtime in (from the fstat of its descriptor).
         self.set_stat(_stat_or_none(self.file) if stat is None else stat)
@@ -1445,7 +1452,43 @@ class RolloutInfo:
         return self.file[self.rel_at:]
 
     def set_stat(self, stat: Any) -> None:
-        self.size, self.mtime = (stat.st_size, stat.st_mtime) if stat else (0, 0.0)
+        size, mtime = (stat.st_size, stat.st_mtime) if stat else (0, 0.0)
+        bits = int.from_bytes(_DOUBLE.pack(mtime), "little")
+        self._sizes = (self._sizes >> 128 << 128) | (size << 64) | bits
+
+    @property
+    def size(self) -> int:
+        return (self._sizes >> 64) & _LOW64
+
+    @property
+    def mtime(self) -> float:
+        return _DOUBLE.unpack((self._sizes & _LOW64).to_bytes(8, "little"))[0]
+
+    @property
+    def bytes_read(self) -> int:
+        """How many bytes of the file the scan read (what the benchmarks count)."""
+        return self._sizes >> 128
+
+    @bytes_read.setter
+    def bytes_read(self, count: int) -> None:
+        self._sizes = (self._sizes & _LOW128) | (count << 128)
+
+    @property
+    def compressed(self) -> bool:
+        return bool(self._flags & _COMPRESSED)
+
+    @property
+    def archived_location(self) -> bool:
+        return bool(self._flags & _ARCHIVED_LOCATION)
+
+    @property
+    def scanned_to_end(self) -> bool:
+        return bool(self._flags & _SCANNED_TO_END)
+
+    @scanned_to_end.setter
+    def scanned_to_end(self, value: bool) -> None:
+        self._flags = (self._flags | _SCANNED_TO_END) if value else (
+            self._flags & ~_SCANNED_TO_END)
 
     @property
     def path(self) -> Path:
@@ -1999,9 +2042,10 @@ def _tail_problems(tail: bytes, info: RolloutInfo) -> None:
 
 META_KEYS = ("id", "timestamp", "cwd", "originator", "cli_version", "source", "thread_source",
              "model_provider", "history_mode", "forked_from_id")
-# Each rollout's own values; the others (a folder, a release, a provider, a source) are the same
-# for thousands of rollouts, and are kept as one tuple they all share.
-_META_OWN = ("id", "timestamp", "forked_from_id")
+# Each rollout's own values; the others (a folder, a release, a provider, a source, and the parent
+# of a fork, which most rollouts lack) are the same for thousands of rollouts, and are kept as
+# one tuple they all share.
+_META_OWN = ("id", "timestamp")
 _META_SHARED = tuple(k for k in META_KEYS if k not in _META_OWN)
 _META_AT = dict([(k, (n, None)) for n, k in enumerate(_META_OWN)]
                 + [(k, (len(_META_OWN), n)) for n, k in enumerate(_META_SHARED)])
@@ -2205,15 +2249,38 @@ def _summarise_value(value: Any) -> Any:
     return short(str(value), 40)
 
 
-def read_projected_ids(path: Path) -> Optional[set]:
+def read_projected_ids(path: Path) -> Optional["IdSet"]:
     try:
         with readonly_db(path) as conn:
             if not table_exists(conn, "thread_history_projection_state"):
                 return None
-            return {shared_str(str(r[0]).lower())
-                    for r in conn.execute("SELECT thread_id FROM thread_history_projection_state")}
+            rows = conn.execute("SELECT thread_id FROM thread_history_projection_state")
+            return IdSet(shared_str(str(r[0]).lower()) for r in rows)
     except sqlite3.Error:
         return None
+
+
+class IdSet:
+    """A set of thread ids read once and only asked about: a sorted tuple searched by bisection,
+    8 bytes an id where a set's table is ~40."""
+
+    __slots__ = ("_ids",)
+
+    def __init__(self, ids: Iterable[str] = ()) -> None:
+        self._ids = tuple(sorted(set(ids)))
+
+    def __contains__(self, thread_id: object) -> bool:
+        at = bisect.bisect_left(self._ids, thread_id)
+        return at < len(self._ids) and self._ids[at] == thread_id
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __or__(self, other: Iterable[str]) -> "IdSet":
+        return IdSet(list(self._ids) + list(other))
 
 
 def history_projection_files(home: Path, sqlite_folder: Optional[Path] = None) -> List[str]:
@@ -2435,14 +2502,14 @@ class Inventory:
         self.folder_moves = detect_folder_moves(self)
         forget_shared_strings()
 
-    def _projected_ids(self) -> Tuple[Optional[set], set]:
+    def _projected_ids(self) -> Tuple[Optional[IdSet], IdSet]:
         """Threads that have rows in the history projection Codex uses (beside the live DB),
         and in any other projection of the home (a sqlite_home that moved)."""
         live_path = history_db_path(self)
-        other = set()
+        other = IdSet()
         for candidate in sorted(self.home.glob("thread_history_*.sqlite")):
             if candidate != live_path:
-                other |= read_projected_ids(candidate) or set()
+                other |= read_projected_ids(candidate) or ()
         return (read_projected_ids(live_path) if live_path else None), other
 
     def _join(self) -> Dict[str, ThreadView]:

@@ -1,0 +1,89 @@
+"""What the records of one thread share with other threads' (diagnose's memory grows with the
+threads: benchmarks/README.md has the figures). Structure only: no timed or RSS assertion."""
+
+import io
+import json
+import sys
+
+import codex_session_recovery as csr
+from homes import HomeBuilder
+
+
+def checked_inventory(builder):
+    args = csr.build_parser().parse_args(["diagnose", "--codex-home", str(builder.root)])
+    inv = csr.build_inventory(args)
+    csr.run_checks(inv)
+    return inv
+
+
+def test_threads_alike_share_their_reasons_and_a_thread_without_any_the_empty_tuple(tmp_path):
+    builder = HomeBuilder(tmp_path / "home", "0.169.0").provider_config("proxy")
+    moved = [builder.thread(provider="openai") for _ in range(3)]
+    healthy = builder.thread(provider="proxy")
+    inv = checked_inventory(builder)
+    views = [inv.threads[t.id] for t in moved]
+    assert [r.code for r in views[0].reasons] == ["provider_mismatch"], views[0].reasons
+    assert all(v.reasons == views[0].reasons for v in views)
+    # One tuple of one Reason for all three, not a list and a Reason each.
+    assert all(v.reasons is views[0].reasons for v in views)
+    assert type(views[0].reasons) is tuple
+    assert inv.threads[healthy.id].reasons is csr.NO_REASONS
+    # The tables that found them are dropped with the checks.
+    assert not csr._shared_reasons and not csr._shared_reason_tuples
+
+
+def test_reasons_naming_their_thread_are_its_own_and_equal_values_of_other_types_are_not_merged():
+    a = csr.shared_reason("archived", True, {"db_archived": 1}, None)
+    b = csr.shared_reason("archived", True, {"db_archived": True}, None)
+    c = csr.shared_reason("archived", True, {"db_archived": True}, None)
+    assert b is c and a is not b  # 1 == True, but the JSON says 1 or true
+    assert json.dumps(a.evidence) == '{"db_archived": 1}'
+    assert json.dumps(b.evidence) == '{"db_archived": true}'
+    listed = {"line": [1]}  # not hashable: never shared
+    code = "user_message_beyond_scan"
+    assert csr.shared_reason(code, False, listed, None) is not csr.shared_reason(code, False, listed, None)
+    csr.forget_shared_reasons()
+
+
+def test_records_keep_no_dict_and_share_the_values_threads_have_in_common(tmp_path):
+    builder = HomeBuilder(tmp_path / "home", "0.169.0").provider_config("proxy")
+    first, second = builder.thread(provider="openai"), builder.thread(provider="openai")
+    inv = checked_inventory(builder)
+    a, b = inv.threads[first.id], inv.threads[second.id]
+    for record in (a, a.primary, a.primary.meta, a.row, a.reasons[0]):
+        assert not hasattr(record, "__dict__"), type(record)
+    # session_meta: the folder, release, provider and source are one tuple for both rollouts.
+    meta_shared = len(csr._META_OWN)
+    assert tuple.__getitem__(a.primary.meta, meta_shared) is tuple.__getitem__(b.primary.meta, meta_shared)
+    assert a.primary.meta["cwd"] == "/home/ana/shop" and a.primary.meta["id"] == first.id
+    # The rows' values other than their own (id, rollout_path, name) likewise.
+    assert tuple.__getitem__(a.row, -1) is tuple.__getitem__(b.row, -1)
+    assert a.row["model_provider"] == "openai" and a.row["id"] == first.id
+    # A thread with one rollout keeps no tuple of files.
+    assert a._more_files is None and a.files == (a.primary,)
+    # size, mtime and bytes_read read back as they were found.
+    stat = first.path.stat()
+    assert (a.primary.size, a.primary.mtime) == (stat.st_size, stat.st_mtime)
+    deep = csr.scan_rollout(first.path, builder.root, deep=True)
+    assert a.primary.bytes_read == deep.bytes_read >= stat.st_size  # read whole, and the tail
+    assert a.primary.scanned_to_end is deep.scanned_to_end is False  # it stops at the prompt
+    assert a.primary.compressed is False and a.primary.archived_location is False
+
+
+def test_a_long_list_is_written_in_pieces_as_the_same_text(monkeypatch):
+    ids = ["019a%04d-0000-7000-8000-000000000000" % n for n in range(5000)]
+    doc = {"command": "diagnose", "findings": [{"code": "x", "count": len(ids), "thread_ids": ids}],
+           "threads": iter([{"id": ids[0]}]), "next": []}
+    for pretty in (False, True):
+        writes = []
+        out = io.StringIO()
+        out.isatty = lambda: pretty
+        out.write = lambda text: writes.append(text)
+        monkeypatch.setattr(sys, "stdout", out)
+        csr.emit_json(dict(doc, threads=iter([{"id": ids[0]}])))
+        plain = dict(doc, threads=[{"id": ids[0]}])
+        expected = (json.dumps(plain, indent=2) if pretty
+                    else json.dumps(plain, separators=(",", ":"))) + "\n"
+        assert "".join(writes) == expected
+        # No piece holds the whole list of ids (~200 KB): it is written id by id.
+        assert max(len(w) for w in writes) < 1000
