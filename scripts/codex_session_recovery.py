@@ -3736,6 +3736,9 @@ class SqlChange:
     """One guarded change of one row (UPDATE by default; INSERT or DELETE by `op`): it must
     touch exactly one row, or the apply fails and everything is restored."""
 
+    # A provider move plans one or more per thread it moves (its row, its projection's offsets).
+    __slots__ = ("db", "table", "key", "values", "expect", "thread_id", "op")
+
     def __init__(self, db: Path, table: str, key: Dict[str, Any], values: Dict[str, Any],
                  expect: Optional[Dict[str, Any]] = None, thread_id: Optional[str] = None,
                  op: str = "update") -> None:
