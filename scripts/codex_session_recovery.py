@@ -53,6 +53,7 @@ The file reads top to bottom. After the constants, each section opens with a `# 
 from __future__ import annotations
 
 import argparse
+import array
 import bisect
 import collections.abc
 import contextlib
@@ -1704,7 +1705,7 @@ def _content_text(content: Any) -> str:
 
 def scan_rollout(path: Any, home: Path, deep: bool = False, is_file: Optional[bool] = None,
                  keep_text: bool = True,
-                 projection: Optional[Dict[str, Tuple[int, ...]]] = None) -> RolloutInfo:
+                 projection: Optional[Dict[str, Sequence[int]]] = None) -> RolloutInfo:
     """Read the head of a rollout: its own session_meta and the first real user message, and
     the last bytes (a torn or NUL-padded tail). The same facts as scan_rollout_deep, found with
     less work: one os.read of the head (most rollouts' heads, many whole files, fit in it), the
@@ -1728,7 +1729,7 @@ def _finished(info: RolloutInfo) -> RolloutInfo:
 
 
 def _scan_fast(path: Any, home: Path, is_file: Optional[bool],
-               projection: Optional[Dict[str, Tuple[int, ...]]] = None) -> RolloutInfo:
+               projection: Optional[Dict[str, Sequence[int]]] = None) -> RolloutInfo:
     info = RolloutInfo(path, home, stat=False)
     if info.compressed:
         info.set_stat(_stat_or_none(info.file))
@@ -1929,7 +1930,7 @@ def _learn_instructions(text: str, start: int) -> None:
 
 
 def scan_rollout_deep(path: Path, home: Path,
-                      projection: Optional[Dict[str, Tuple[int, ...]]] = None) -> RolloutInfo:
+                      projection: Optional[Dict[str, Sequence[int]]] = None) -> RolloutInfo:
     """Read the head of a rollout: its own session_meta and the first real user message, with
     buffered readline and json.loads, every line decoded in full. The reference reader:
     `--deep` uses it, and the tests hold scan_rollout to it, fact for fact."""
@@ -1937,7 +1938,7 @@ def scan_rollout_deep(path: Path, home: Path,
 
 
 def _scan_deep(info: RolloutInfo, path: Path,
-               projection: Optional[Dict[str, Tuple[int, ...]]] = None) -> RolloutInfo:
+               projection: Optional[Dict[str, Sequence[int]]] = None) -> RolloutInfo:
     """The reading loop of scan_rollout_deep."""
     if info.compressed:
         info.problems.append("compressed")  # zstd is not in the standard library
@@ -4142,13 +4143,15 @@ def read_projection_rows(db_path: Path, thread_id: Optional[str] = None
     return found
 
 
-def read_projection_offsets(db_path: Optional[Path]) -> Dict[str, Tuple[int, ...]]:
+def read_projection_offsets(db_path: Optional[Path]) -> Dict[str, Sequence[int]]:
     """thread id -> the distinct byte offsets its projection rows hold, sorted: the offset
-    columns alone, a tuple of ints per thread (every Inventory reads them; rows as dicts cost
-    ~2 KB a thread). Empty without a projection or when it cannot be read."""
+    columns alone, an array of 64-bit ints per thread (every Inventory reads them while it
+    scans the rollouts; rows as dicts cost ~2 KB a thread, a list or tuple of ints ~150 bytes
+    more than the array), keyed by the id string the rows already hold. Empty without a
+    projection or when it cannot be read."""
     if db_path is None:
         return {}
-    found: Dict[str, List[int]] = {}
+    found: Dict[str, Any] = {}
     try:
         conn = open_db_readonly(db_path)
         try:
@@ -4161,14 +4164,20 @@ def read_projection_offsets(db_path: Optional[Path]) -> Dict[str, Tuple[int, ...
                     continue
                 for row in conn.execute("SELECT thread_id, %s FROM %s"
                                         % (", ".join(present), table)):
-                    offsets = found.setdefault(str(row[0]).lower(), [])
+                    thread_id = str(row[0]).lower()
+                    offsets = found.get(thread_id)
+                    if offsets is None:
+                        offsets = found[shared_str(thread_id)] = array.array("q")
                     offsets.extend(v for v in tuple(row)[1:] if isinstance(v, int))
         finally:
             conn.close()
     except sqlite3.Error:
         return {}
-    return {thread_id: tuple(sorted(set(offsets)))
-            for thread_id, offsets in found.items() if offsets}
+    for thread_id in [t for t, offsets in found.items() if not offsets]:
+        del found[thread_id]
+    for thread_id, offsets in found.items():
+        found[thread_id] = array.array("q", sorted(set(offsets)))
+    return found
 
 
 def misaligned_projection_offsets(inv: "Inventory") -> Dict[str, Dict[str, Any]]:
@@ -4186,7 +4195,7 @@ def misaligned_projection_offsets(inv: "Inventory") -> Dict[str, Dict[str, Any]]
 
 
 def check_offsets(info: "RolloutInfo", fd: int,
-                  projection: Optional[Dict[str, Tuple[int, ...]]]) -> None:
+                  projection: Optional[Dict[str, Sequence[int]]]) -> None:
     """Set info.offset_faults ((offsets, how many are off a line start, the first of those)) when
     the projection's offsets for this rollout's thread are not all line starts. A torn last
     line leaves every earlier line where it was; other damage makes the ordinals of the lines
