@@ -2909,10 +2909,6 @@ class Reason(tuple):
     def as_dict(self) -> Dict[str, Any]:
         return {"code": self.code, "hides": self.hides, "evidence": self.evidence}
 
-    def shared_key(self) -> Optional[Tuple[Any, ...]]:
-        """What shared_reason looks an equal reason up by."""
-        return reason_key(self.code, self.hides, self.why, zip(self._keys, self._values))
-
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Reason):
             other = other.as_dict()
@@ -2935,6 +2931,7 @@ SHARED_VARIANTS_PER_CODE = 64
 _shared_reasons: Dict[Tuple[Any, ...], "Reason"] = {}
 _shared_reason_tuples: Dict[Tuple[int, ...], Tuple["Reason", ...]] = {}
 _variants_per_code: Dict[str, int] = {}
+_shared_reason_ids: set = set()  # id() of each reason in _shared_reasons (alive while it is)
 
 
 def add_reason(view: ThreadView, code: str, hides: bool, why_no_action: Optional[str] = None,
@@ -2946,10 +2943,18 @@ def add_reason(view: ThreadView, code: str, hides: bool, why_no_action: Optional
     view.reasons.append(shared_reason(code, hides, evidence, why_no_action))
 
 
+def add_own_reason(view: ThreadView, code: str, hides: bool, **evidence: Any) -> None:
+    """add_reason for a reason whose evidence is the thread's alone (its rank): no other
+    thread's is equal, so none is looked for."""
+    if view.reasons is NO_REASONS:
+        view.reasons = []
+    view.reasons.append(Reason(code, hides, evidence))
+
+
 def shared_reason(code: str, hides: bool, evidence: Dict[str, Any],
                   why_no_action: Optional[str]) -> "Reason":
     """Reason(...), or the equal one an earlier thread already holds."""
-    key = reason_key(code, hides, why_no_action, evidence.items())
+    key = reason_key(code, hides, why_no_action, tuple(evidence), tuple(evidence.values()))
     if key is None:
         return Reason(code, hides, evidence, why_no_action)
     found = _shared_reasons.get(key)
@@ -2960,24 +2965,22 @@ def shared_reason(code: str, hides: bool, evidence: Dict[str, Any],
     if variants < SHARED_VARIANTS_PER_CODE:
         _variants_per_code[code] = variants + 1
         _shared_reasons[key] = reason
+        _shared_reason_ids.add(id(reason))
     return reason
 
 
 # Only values that are equal exactly when their JSON is equal (1 == True == 1.0, 0.0 == -0.0).
-_SHAREABLE_TYPES = (str, bool, int, type(None))
+_SHAREABLE_TYPES = frozenset((str, bool, int, type(None)))
 
 
-def reason_key(code: str, hides: bool, why: Optional[str],
-               evidence: Iterable[Tuple[str, Any]]) -> Optional[Tuple[Any, ...]]:
-    """The key of a reason's table entry: its fields and each evidence value with its type; None
-    when a value is of another type (a list, a dict, a float), which is not shared."""
-    key: List[Any] = [code, type(hides), hides, why]
-    for name, value in evidence:
-        kind = type(value)
-        if kind not in _SHAREABLE_TYPES:
-            return None
-        key += (name, kind, value)
-    return tuple(key)
+def reason_key(code: str, hides: bool, why: Optional[str], keys: Tuple[str, ...],
+               values: Tuple[Any, ...]) -> Optional[Tuple[Any, ...]]:
+    """The key of a reason's table entry: its fields, its evidence and the type of each value;
+    None when a value is of another type (a list, a dict, a float), which is not shared."""
+    kinds = tuple(map(type, values))
+    if not _SHAREABLE_TYPES.issuperset(kinds):
+        return None
+    return (code, type(hides), hides, why, keys, values, kinds)
 
 
 def settled_reasons(reasons: Sequence["Reason"]) -> Tuple["Reason", ...]:
@@ -2990,20 +2993,16 @@ def settled_reasons(reasons: Sequence["Reason"]) -> Tuple["Reason", ...]:
     if found is not None:
         return found
     settled = tuple(reasons)
-    if all(_is_shared(r) for r in settled):
+    if _shared_reason_ids.issuperset(key):
         _shared_reason_tuples[key] = settled
     return settled
-
-
-def _is_shared(reason: "Reason") -> bool:
-    key = reason.shared_key()
-    return key is not None and _shared_reasons.get(key) is reason
 
 
 def forget_shared_reasons() -> None:
     _shared_reasons.clear()
     _shared_reason_tuples.clear()
     _variants_per_code.clear()
+    _shared_reason_ids.clear()
 
 
 def user_event_gate_hides(release: Tuple[int, ...]) -> bool:
@@ -3257,7 +3256,7 @@ def rank_threads(inv: Inventory) -> None:
     for rank, view in enumerate(listable, 1):
         view.rank = rank
         if rank > RECENT_WINDOW:
-            add_reason(view, "beyond_recent_window", False, rank=rank, window=RECENT_WINDOW)
+            add_own_reason(view, "beyond_recent_window", False, rank=rank, window=RECENT_WINDOW)
 
 
 BACKFILL_LEASE_SECONDS = 900  # CODEX-COMPAT: Codex's backfill lease
@@ -8430,6 +8429,10 @@ def envelope(command: Optional[str], inv: Any, exit_code: int, applied: bool = F
     return doc
 
 
+# A list longer than this is written to the JSON output this many items at a time (emit_json).
+JSON_PIECE_ITEMS = 1000
+
+
 def emit_json(doc: Dict[str, Any]) -> None:
     """One document. Indented for a person at a terminal; compact otherwise (agents and pipes),
     which also lets Python use its fast encoder on homes with thousands of threads. A value
@@ -8451,7 +8454,7 @@ def emit_json(doc: Dict[str, Any]) -> None:
     def stream(value: Any, depth: int) -> None:
         """`value` written piece by piece where it holds a long list (a finding's thread ids:
         one string of them all, and the encoder's pieces of it, cost ~150 bytes a thread at
-        once), else in one piece; the same text either way."""
+        once), JSON_PIECE_ITEMS items a piece, else in one piece; the same text either way."""
         if isinstance(value, Iterator):  # one small record an item (a thread, an action)
             write("[")
             items = 0
@@ -8461,9 +8464,16 @@ def emit_json(doc: Dict[str, Any]) -> None:
             write((newline(depth) if items else "") + "]")
         elif type(value) in (list, tuple) and holds_long(value):
             write("[")
-            for n, item in enumerate(value):
-                write(("," if n else "") + newline(depth + 1))
-                stream(item, depth + 1)
+            for start in range(0, len(value), JSON_PIECE_ITEMS):
+                piece = list(value[start:start + JSON_PIECE_ITEMS])
+                if start:
+                    write(",")
+                if holds_long(piece):
+                    for n, item in enumerate(piece):
+                        write(("," if n else "") + newline(depth + 1))
+                        stream(item, depth + 1)
+                else:  # the piece's items as json.dumps writes them inside its brackets
+                    write(dump(piece, depth)[1:-1 - len(newline(depth))])
             write((newline(depth) if value else "") + "]")
         elif type(value) is dict and holds_long(value) and all(type(k) is str for k in value):
             write("{")
@@ -8479,13 +8489,9 @@ def emit_json(doc: Dict[str, Any]) -> None:
     write("\n")
 
 
-# A list longer than this is written to the JSON output item by item (emit_json).
-JSON_PIECE_ITEMS = 1000
-
-
 def holds_long(value: Any) -> bool:
     """Whether a list or dict is, or holds at any depth, an iterator or a list longer than
-    JSON_PIECE_ITEMS."""
+    JSON_PIECE_ITEMS (written JSON_PIECE_ITEMS items at a time)."""
     if isinstance(value, Iterator):
         return True
     if type(value) in (list, tuple):

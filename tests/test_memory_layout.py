@@ -85,5 +85,6 @@ def test_a_long_list_is_written_in_pieces_as_the_same_text(monkeypatch):
         expected = (json.dumps(plain, indent=2) if pretty
                     else json.dumps(plain, separators=(",", ":"))) + "\n"
         assert "".join(writes) == expected
-        # No piece holds the whole list of ids (~200 KB): it is written id by id.
-        assert max(len(w) for w in writes) < 1000
+        # No piece holds the whole list of ids (~200 KB): it is written JSON_PIECE_ITEMS at a time.
+        assert len(ids) > 4 * csr.JSON_PIECE_ITEMS
+        assert max(len(w) for w in writes) < 60 * csr.JSON_PIECE_ITEMS
