@@ -95,15 +95,23 @@ def rewrite_only(path: Path, thread_id: str, old: str, new: str, script: Optiona
     backup_s = None
     if hasattr(csr, "rewrite_batch"):
         # As --apply runs it: the backup copy is made (copied, hashed, synced) first, and the
-        # rewrite compares what it reads with that copy.
+        # rewrite compares what it reads with that copy; where the script has EditedDigest, the
+        # backup's read also hashes the copy's bytes with the edits (what the rewrite writes).
         copy = path.parent / (path.name + ".backup")
-        digest, _stat = csr.copy_hashing(path, copy)
+        edited: Dict[str, Any] = {}
+        if hasattr(csr, "EditedDigest"):
+            after = csr.EditedDigest(edit.replacements)
+            digest, _stat = csr.copy_hashing(path, copy, after)
+            if after.hexdigest() is not None:
+                edited["edited"] = {path: after.hexdigest()}
+        else:
+            digest, _stat = csr.copy_hashing(path, copy)
         csr.fsync_path(copy)
         backup_s = time.perf_counter() - t1
         cpu.append(time.process_time())
         t1 = time.perf_counter()
         references = {path: copy} if digest == edit.fingerprint[2] else None
-        ok = csr.rewrite_batch([edit], None, {}, None, references)[0]
+        ok = csr.rewrite_batch([edit], None, {}, None, references, **edited)[0]
         t2 = time.perf_counter()
         copy.unlink()
     else:

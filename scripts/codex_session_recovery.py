@@ -6071,18 +6071,24 @@ def touched_rows(plan: Plan, db: Path) -> Dict[str, List[Dict[str, Any]]]:
     return rows
 
 
-def backup_plan(inv: Inventory, plan: Plan, argv: Sequence[str]) -> Tuple[Path, Dict[str, Any]]:
+def backup_plan(inv: Inventory, plan: Plan, argv: Sequence[str],
+                edited: Optional[Dict[Path, str]] = None) -> Tuple[Path, Dict[str, Any]]:
+    """The plan's backup; `edited` collects, per rollout rewritten in place, the SHA-256 of its
+    backup copy's bytes with the planned edits (see _fill_backup)."""
     dbs = {db: touched_rows(plan, db) for db in plan.touched_dbs()}
+    edits = {e.path: e.replacements for e in plan.rollout_edits if e.target == e.path}
     return make_backup(inv.home, plan.command, dbs, plan.touched_files(),
-                       plan.actions_json(inv.home), argv)
+                       plan.actions_json(inv.home), argv, edits, edited)
 
 
 def make_backup(home: Path, command: str, dbs: Dict[Path, Dict[str, List[Dict[str, Any]]]],
                 files: List[Path],
-                actions: List[Dict[str, Any]], argv: Sequence[str]) -> Tuple[Path, Dict[str, Any]]:
+                actions: List[Dict[str, Any]], argv: Sequence[str],
+                edits: Optional[Dict[Path, List[Tuple[int, int, bytes]]]] = None,
+                edited: Optional[Dict[Path, str]] = None) -> Tuple[Path, Dict[str, Any]]:
     folder = make_backup_dir(home, command)
     try:
-        return _fill_backup(folder, home, command, dbs, files, actions, argv)
+        return _fill_backup(folder, home, command, dbs, files, actions, argv, edits, edited)
     except BaseException:
         shutil.rmtree(str(folder), ignore_errors=True)
         raise
@@ -6091,12 +6097,16 @@ def make_backup(home: Path, command: str, dbs: Dict[Path, Dict[str, List[Dict[st
 def _fill_backup(folder: Path, home: Path, command: str,
                  dbs: Dict[Path, Dict[str, List[Dict[str, Any]]]],
                  files: List[Path], actions: List[Dict[str, Any]],
-                 argv: Sequence[str]) -> Tuple[Path, Dict[str, Any]]:
+                 argv: Sequence[str],
+                 edits: Optional[Dict[Path, List[Tuple[int, int, bytes]]]] = None,
+                 edited: Optional[Dict[Path, str]] = None) -> Tuple[Path, Dict[str, Any]]:
     """Every DB and file copied into `folder`, and the manifest written last: each copy and its
     folder fsynced first, so a manifest on disk always names copies that are on disk. A file is
     hashed as it is copied, one read of it, so the digest is of exactly the bytes the copy
     holds; the rewrite then compares a rollout's bytes with this copy instead of hashing them
-    again."""
+    again. For a file with planned `edits` the same read also hashes those bytes with the edits
+    applied (into `edited`): what the rewrite will write when the rollout still holds the
+    copy's bytes, so the rewrite need not hash what it writes."""
     manifest: Dict[str, Any] = {
         "tool": TOOL_NAME, "version": __version__, "command": command, "argv": list(argv),
         "created_at": utc_now().strftime("%Y-%m-%dT%H:%M:%SZ"), "codex_home": str(home),
@@ -6127,8 +6137,11 @@ def _fill_backup(folder: Path, home: Path, command: str,
         exists = path.exists()
         digest, stat = None, None
         if exists:
-            digest, stat = copy_hashing(path, target)
+            after = EditedDigest((edits or {})[path]) if path in (edits or {}) else None
+            digest, stat = copy_hashing(path, target, after)
             copies.append(target)
+            if after is not None and edited is not None and after.hexdigest() is not None:
+                edited[path] = after.hexdigest()
         manifest["entries"].append({
             "path": _manifest_path(path, home), "kind": "file", "existed": exists,
             "backup": str(target.relative_to(folder)) if exists else None,
@@ -6143,20 +6156,63 @@ def _fill_backup(folder: Path, home: Path, command: str,
     return folder, manifest
 
 
-def copy_hashing(path: Path, target: Path) -> Tuple[str, os.stat_result]:
+def copy_hashing(path: Path, target: Path,
+                 also: Optional["EditedDigest"] = None) -> Tuple[str, os.stat_result]:
     """`path` copied to `target` in one read, hashed as it is read: the SHA-256 is of exactly the
-    bytes the copy holds. Returns it with the source's fstat after the copy; mode and times are
-    carried over. Not synced here (the caller syncs all copies at once)."""
+    bytes the copy holds (and, into `also`, of those bytes with its edits). Returns it with the
+    source's fstat after the copy; mode and times are carried over. Not synced here (the caller
+    syncs all copies at once)."""
     digest = hashlib.sha256()
     view = memoryview(bytearray(READ_CHUNK))  # one buffer, reused (see copy_span)
     with open_regular(path) as source, open(str(target), "wb") as out:
         for got in iter(lambda: source.readinto(view), 0):
             digest.update(view[:got])
+            if also is not None:
+                also.update(view[:got])
             out.write(view[:got])
         stat = os.fstat(source.fileno())
     os.chmod(str(target), stat.st_mode & 0o7777)
     os.utime(str(target), ns=(stat.st_atime_ns, stat.st_mtime_ns))
     return digest.hexdigest(), stat
+
+
+class EditedDigest:
+    """The SHA-256 of a file's bytes with planned replacements ((offset, length, new bytes), as
+    RolloutEdit.replacements) applied, fed the original bytes in order, chunk by chunk: the
+    digest of what write_edited_copy writes from those bytes. None (hexdigest) when the bytes
+    fed end before the last replacement or the replacements overlap."""
+
+    def __init__(self, replacements: Sequence[Tuple[int, int, bytes]]) -> None:
+        self.digest = hashlib.sha256()
+        self.pending = sorted(replacements)
+        self.next = 0  # index of the next replacement to apply
+        self.position = 0  # offset of the next byte fed
+        self.skip_to = 0  # bytes before this offset are replaced, not hashed
+        self.valid = True
+
+    def update(self, chunk: Any) -> None:
+        start, end = self.position, self.position + len(chunk)
+        at = max(start, min(end, self.skip_to))
+        while at < end and self.valid:
+            if self.next < len(self.pending) and self.pending[self.next][0] < end:
+                offset, length, new = self.pending[self.next]
+                if offset < at:
+                    self.valid = False  # overlapping replacements: write_edited_copy refuses too
+                    break
+                self.digest.update(chunk[at - start:offset - start])
+                self.digest.update(new)
+                self.next += 1
+                self.skip_to = offset + length
+                at = min(end, self.skip_to)
+            else:
+                self.digest.update(chunk[at - start:])
+                at = end
+        self.position = end
+
+    def hexdigest(self) -> Optional[str]:
+        if not self.valid or self.next < len(self.pending) or self.position < self.skip_to:
+            return None
+        return self.digest.hexdigest()
 
 
 def folders_up_to(top: Path, folders: Iterable[Path]) -> set:
@@ -6572,6 +6628,9 @@ ROLLOUT_CHANGED = ("the rollout changed after it was read (a live session?); it 
 # What a replaced rollout is right after the run wrote it: (st_dev, st_ino, size, mtime_ns,
 # SHA-256). finish_manifest reuses the digest while the file is still exactly that.
 WrittenState = Tuple[int, int, int, int, str]
+# What a DB is right after the run committed to it: (the digest the journal recorded, its
+# data_version on the run's connection, the file's (st_dev, st_ino)).
+CommittedState = Tuple[str, int, Optional[Tuple[int, int]]]
 
 # Every write point calls _fault_point(name). The crash-injection tests set
 # CODEX_SESSION_RECOVERY_FAULT=NAME[:N][:kill|raise] to kill the process (SIGKILL) or fail at the
@@ -6606,17 +6665,20 @@ def apply_plan(inv: Inventory, plan: Plan, args: argparse.Namespace,
     with ToolLock(inv.home):
         remove_stale_temp_files(inv.temp_files)
         remove_partial_backups(inv.home)
-        folder, manifest = make_backup_or_fail(lambda: backup_plan(inv, plan, argv))
+        edited: Dict[Path, str] = {}
+        folder, manifest = make_backup_or_fail(lambda: backup_plan(inv, plan, argv, edited))
         _fault_point("after_backup")
         result: Dict[str, Any] = {"backup_dir": str(folder), "skipped": []}
         connections = lock_databases(plan.touched_dbs(), folder)
         journal = Journal(folder, inv.home)
         written: Dict[str, WrittenState] = {}
+        committed: Dict[Path, CommittedState] = {}
         try:
             busy = open_elsewhere(inv.home)
             copies = backup_copies(folder, manifest, inv.home, plan)
-            skipped_threads = write_rollouts(plan, result, busy, inv.home, journal, copies, written)
-            write_sql(plan, skipped_threads, connections, journal)
+            skipped_threads = write_rollouts(plan, result, busy, inv.home, journal, copies, written,
+                                             edited)
+            write_sql(plan, skipped_threads, connections, journal, committed)
             write_restores(plan, journal)
             for write in plan.file_writes:
                 _fault_point("before_file_write")
@@ -6635,10 +6697,11 @@ def apply_plan(inv: Inventory, plan: Plan, args: argparse.Namespace,
                     short(str(again), 300), folder)
             raise ApplyError("%s; %s" % (short(str(exc) or type(exc).__name__, 200),
                                          restored)) from None
+        settled = still_as_committed(connections, committed, inv.home)
         close_all(connections)
         try:
             _fault_point("before_manifest_finish")
-            finish_manifest(folder, manifest, inv.home, written)
+            finish_manifest(folder, manifest, inv.home, written, settled)
         except Exception as exc:  # noqa: BLE001 - every write stands; say how to undo them
             raise ApplyError("the repair was written, but its backup's manifest could not be "
                              "finished (%s); nothing was put back, and `restore --latest "
@@ -6817,17 +6880,19 @@ def count_open_files() -> int:
 def write_rollouts(plan: Plan, result: Dict[str, Any], busy: Dict[str, List[str]], home: Path,
                    journal: Optional["Journal"] = None,
                    references: Optional[Dict[Path, Path]] = None,
-                   written: Optional[Dict[str, WrittenState]] = None) -> set:
+                   written: Optional[Dict[str, WrittenState]] = None,
+                   edited: Optional[Dict[Path, str]] = None) -> set:
     """Every rollout edit of the plan, in batches (rewrite_batch); an import's copy from another
     home one at a time (copy_rollout). `references`: rollout -> its backup copy, known to hold
-    the planned bytes. `written` collects what each replaced rollout now is, for the manifest.
+    the planned bytes; `edited`: rollout -> the SHA-256 of that copy's bytes with the planned
+    edits. `written` collects what each replaced rollout now is, for the manifest.
     Returns the threads left as they were, each reported in `result["skipped"]` in plan order."""
     reasons: Dict[int, str] = {}
     batch: List[RolloutEdit] = []
     batch_files = rollout_batch_files()
 
     def run_batch() -> None:
-        replaced = rewrite_batch(batch, home, result, journal, references, written)
+        replaced = rewrite_batch(batch, home, result, journal, references, written, edited)
         for edit, done in zip(batch, replaced):
             if not done:
                 reasons[id(edit)] = edit.skip_reason or ROLLOUT_CHANGED
@@ -7118,10 +7183,13 @@ def rewrite_rollout(edit: RolloutEdit, result: Optional[Dict[str, Any]] = None,
 def rewrite_batch(edits: List[RolloutEdit], home: Optional[Path], result: Dict[str, Any],
                   journal: Optional["Journal"] = None,
                   references: Optional[Dict[Path, Path]] = None,
-                  written: Optional[Dict[str, WrittenState]] = None) -> List[bool]:
+                  written: Optional[Dict[str, WrittenState]] = None,
+                  edited: Optional[Dict[Path, str]] = None) -> List[bool]:
     """Each rollout written anew beside it: the unchanged byte ranges copied in large chunks,
     the planned lines substituted. Every byte read must be the plan's (hashed, or compared with
-    the backup's copy of it where `references` names one), inode, size and mtime must not move,
+    the backup's copy of it where `references` names one; then what is written is that copy's
+    bytes with the edits, whose SHA-256 `edited` holds, and is not hashed again), inode, size
+    and mtime must not move,
     and no other process may open the file for writing; otherwise (a live session) it is left
     alone, with the reason in `edit.skip_reason`. The temp files are synced together and
     journaled with one sync; then each, checked once more, replaces its rollout, bytes appended
@@ -7135,7 +7203,9 @@ def rewrite_batch(edits: List[RolloutEdit], home: Optional[Path], result: Dict[s
     with contextlib.ExitStack() as locks:
         try:
             for item in pending:
-                prepare_rewrite(item, home, locks, (references or {}).get(item.edit.path))
+                path = item.edit.path
+                prepare_rewrite(item, home, locks, (references or {}).get(path),
+                                (edited or {}).get(path))
             ready = [item for item in pending if item.ready]
             for item in ready:
                 fsync_path(item.tmp)
@@ -7162,9 +7232,11 @@ def rewrite_batch(edits: List[RolloutEdit], home: Optional[Path], result: Dict[s
 
 
 def prepare_rewrite(item: PendingRewrite, home: Optional[Path], locks: contextlib.ExitStack,
-                    reference: Optional[Path]) -> None:
+                    reference: Optional[Path], reference_after: Optional[str] = None) -> None:
     """The temp file of one rollout, written (not yet synced) under its writer lock and lease;
-    `item.ready` once it holds the planned edit of exactly the planned bytes."""
+    `item.ready` once it holds the planned edit of exactly the planned bytes. With a `reference`
+    copy every byte read is compared with it, so what is written is the copy's bytes with the
+    edits: their SHA-256, `reference_after` where the backup took it, is not taken again."""
     edit = item.edit
     if home is not None:
         try:
@@ -7185,10 +7257,12 @@ def prepare_rewrite(item: PendingRewrite, home: Optional[Path], locks: contextli
     opened = os.fstat(source.fileno())
     item.identity = (opened.st_dev, opened.st_ino)
     item.check = SameBytesAs(reference) if reference is not None else SourceDigest()
-    copied = write_edited_copy(source, item.tmp, edit, size, item.check, sync=False)
+    known_after = reference_after if reference is not None else None
+    copied = write_edited_copy(source, item.tmp, edit, size, item.check, sync=False,
+                               hash_written=known_after is None)
     if copied is None:
         return
-    item.written, item.sha256_after = copied
+    item.written, item.sha256_after = copied[0], known_after or copied[1]
     os.chmod(str(item.tmp), stat.st_mode & 0o7777)
     # Codex orders threads by the rollout's mtime when it re-derives a row: keep it.
     os.utime(str(item.tmp), ns=(stat.st_atime_ns, mtime_ns))
@@ -7308,14 +7382,16 @@ def copy_rollout(edit: RolloutEdit, journal: Optional["Journal"] = None) -> bool
 
 
 def write_edited_copy(source: Any, tmp: Path, edit: RolloutEdit, size: int,
-                      digest: Any, sync: bool = True) -> Optional[Tuple[int, str]]:
+                      digest: Any, sync: bool = True,
+                      hash_written: bool = True) -> Optional[Tuple[int, str]]:
     """The source's bytes with the planned lines substituted, written to `tmp` and fsynced
     (unless `sync` is False: the caller syncs it); every byte read goes into `digest` (which the
-    caller holds to the plan's read). Returns (bytes written, SHA-256 of what was written), or
-    None when the source is not `size` bytes long."""
+    caller holds to the plan's read). Returns (bytes written, SHA-256 of what was written, or ""
+    when not `hash_written`: the caller knows it), or None when the source is not `size` bytes
+    long."""
     buffer = bytearray(min(READ_CHUNK, max(size, 1)))
     with open(str(tmp), "wb") as handle:
-        out = HashingWriter(handle)
+        out: Any = HashingWriter(handle) if hash_written else handle
         position = 0
         for offset, length, new_raw in sorted(edit.replacements):
             if not copy_span(source, out, digest, offset - position, buffer):
@@ -7328,7 +7404,7 @@ def write_edited_copy(source: Any, tmp: Path, edit: RolloutEdit, size: int,
         handle.flush()
         if sync:
             os.fsync(handle.fileno())
-        return handle.tell(), out.digest.hexdigest()
+        return handle.tell(), out.digest.hexdigest() if hash_written else ""
 
 
 def copy_span(source: Any, out: Any, digest: Any, count: int,
@@ -7348,9 +7424,12 @@ def copy_span(source: Any, out: Any, digest: Any, count: int,
 
 
 def write_sql(plan: Plan, skipped_threads: set, connections: Dict[Path, sqlite3.Connection],
-              journal: Optional["Journal"] = None) -> None:
+              journal: Optional["Journal"] = None,
+              committed: Optional[Dict[Path, CommittedState]] = None) -> None:
     """One transaction per DB, on the connection that has held its write lock since before the
-    first rollout was rewritten; verified by re-reading after the commit."""
+    first rollout was rewritten; verified by re-reading after the commit. `committed` collects,
+    per DB committed, the digest the journal recorded and what tells a later commit of another
+    process (data_version, the file's identity), for the manifest."""
     by_db: Dict[Path, List[SqlChange]] = {}
     for change in plan.sql:
         if change.thread_id not in skipped_threads:
@@ -7367,11 +7446,15 @@ def write_sql(plan: Plan, skipped_threads: set, connections: Dict[Path, sqlite3.
             # locked only to prove it could be written: leave its bytes alone
             conn.execute("ROLLBACK")
             continue
+        digest = None
         if journal is not None:
             # Inside the transaction the connection sees the content the commit will leave.
-            journal.intend(db, digest_after=db_digest(conn))
+            digest = db_digest(conn)
+            journal.intend(db, digest_after=digest)
         conn.execute("COMMIT")
         _fault_point("after_commit")
+        if committed is not None and digest is not None:
+            committed[db] = (digest, data_version(conn), file_identity(db))
         verify_sql(conn, changes)
 
 
@@ -7393,15 +7476,51 @@ def verify_sql(conn: sqlite3.Connection, changes: List[SqlChange]) -> None:
                              % (change.table, change.key))
 
 
+def data_version(conn: sqlite3.Connection) -> int:
+    """SQLite's count of commits by other connections, as this one sees it: unchanged across
+    its own commits, changed by anyone else's."""
+    return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+
+def file_identity(path: Path) -> Optional[Tuple[int, int]]:
+    try:
+        stat = os.stat(str(path))
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def still_as_committed(connections: Dict[Path, sqlite3.Connection],
+                       committed: Dict[Path, CommittedState], home: Path) -> Dict[str, str]:
+    """manifest path -> the digest the run committed, for each DB no other connection has
+    committed to since (data_version, read on the run's own connection before it is closed)
+    and whose path still names the same file; finish_manifest dumps the others again."""
+    settled = {}
+    for db, (digest, version, identity) in committed.items():
+        conn = connections.get(db)
+        try:
+            same = conn is not None and data_version(conn) == version
+        except sqlite3.Error:
+            same = False
+        if same and identity is not None and file_identity(db) == identity:
+            settled[_manifest_path(db, home)] = digest
+    return settled
+
+
 def finish_manifest(folder: Path, manifest: Dict[str, Any], home: Path,
-                    written: Optional[Dict[str, WrittenState]] = None) -> None:
+                    written: Optional[Dict[str, WrittenState]] = None,
+                    committed: Optional[Dict[str, str]] = None) -> None:
     """Each entry's state after the run. A rollout the run replaced that is still the file it
     wrote (same inode, size and mtime: nothing appended since) has the SHA-256 it was written
-    with; anything else is hashed as it is now."""
-    written = written or {}
+    with, and a DB no other connection committed to since the run's commit has the digest the
+    journal recorded for that commit (`committed`, from still_as_committed); anything else is
+    hashed (or dumped) as it is now."""
+    written, committed = written or {}, committed or {}
     for entry in manifest["entries"]:
         target = _resolve_manifest_path(entry["path"], home)
-        if entry["kind"] == "sqlite":
+        if entry["kind"] == "sqlite" and entry["path"] in committed:
+            entry["digest_after"] = committed[entry["path"]]
+        elif entry["kind"] == "sqlite":
             conn = open_db_readonly(target)
             try:
                 entry["digest_after"] = db_digest(conn)

@@ -268,3 +268,117 @@ def test_a_session_opening_an_earlier_rollout_of_the_batch_loses_nothing(tmp_pat
     assert first.id in {s["thread_id"] for s in doc["skipped"]}, doc["skipped"]
     for thread in threads[1:]:
         assert json.loads(thread.path.read_bytes().splitlines()[0])["payload"]["model_provider"] == "proxy"
+
+
+def test_the_rewrite_hashes_nothing_when_the_backup_copy_holds_the_planned_bytes(tmp_path, monkeypatch, cli):
+    """The new bytes' SHA-256 (what the journal records before the renames) is taken from the
+    backup copy's bytes with the planned edits, as the backup copies them: the rewrite, which
+    holds each rollout's lease and writer lock, compares and writes but hashes nothing. The
+    journal and the manifest still name the digest of exactly the bytes the new file holds."""
+    root = tmp_path / "home"
+    threads = padded_home(root, 3)
+    counted = Counted(monkeypatch)
+    in_rewrite: List[int] = []
+    real_rewrite_batch = csr.rewrite_batch
+
+    def rewrite_batch(*args: Any, **kwargs: Any) -> Any:
+        before = counted.hashed
+        try:
+            return real_rewrite_batch(*args, **kwargs)
+        finally:
+            in_rewrite.append(counted.hashed - before)
+
+    monkeypatch.setattr(csr, "rewrite_batch", rewrite_batch)
+    code, doc = cli(*provider_apply(root))
+    assert code == csr.EXIT_OK and not doc["skipped"], doc
+    assert in_rewrite == [0], in_rewrite
+    backup = Path(doc["backup_dir"])
+    intents = [json.loads(line) for line in (backup / csr.JOURNAL_NAME).read_text().splitlines()]
+    for thread in threads:
+        now = hashlib.sha256(thread.path.read_bytes()).hexdigest()
+        name = str(thread.path.relative_to(root))
+        assert [i["sha256_after"] for i in intents if i["path"] == name] == [now]
+
+
+def test_each_committed_db_is_dumped_twice_its_state_after_taken_from_the_commit(tmp_path, monkeypatch, cli):
+    """A DB's dump digest is taken for the backup and, inside the transaction, for the journal;
+    the manifest's `digest_after` reuses the journal's while no other connection has committed
+    since (PRAGMA data_version) and the path still names that file, instead of a third dump."""
+    root = tmp_path / "home"
+    padded_home(root, 2)
+    dumps: List[str] = []
+    real_db_digest = csr.db_digest
+
+    def db_digest(conn: Any) -> str:
+        dumps.append(conn.execute("PRAGMA database_list").fetchone()[2])
+        return real_db_digest(conn)
+
+    monkeypatch.setattr(csr, "db_digest", db_digest)
+    code, doc = cli(*provider_apply(root))
+    assert code == csr.EXIT_OK and not doc["skipped"], doc
+    manifest = json.loads((Path(doc["backup_dir"]) / "manifest.json").read_text())
+    committed = [e for e in manifest["entries"] if e["kind"] == "sqlite" and e["digest_after"] != e["digest_before"]]
+    assert committed, manifest["entries"]
+    for entry in committed:
+        db = os.path.realpath(str(root / entry["path"]))
+        assert dumps.count(db) == 2, (db, dumps)
+        assert entry["digest_after"] == real_db_digest(csr.open_db_readonly(Path(db)))
+
+
+def test_a_db_committed_to_by_another_process_after_the_run_is_dumped_again(tmp_path, monkeypatch, cli):
+    """Another connection commits after the run's commit (before it finishes): the manifest's
+    `digest_after` is the DB as it is, not the run's own commit (as before the reuse)."""
+    import sqlite3
+
+    root = tmp_path / "home"
+    padded_home(root, 2)
+    real_write_sql = csr.write_sql
+    changed: List[Path] = []
+
+    def write_sql(plan: Any, *args: Any, **kwargs: Any) -> Any:
+        done = real_write_sql(plan, *args, **kwargs)
+        db = sorted({change.db for change in plan.sql})[0]
+        other = sqlite3.connect(str(db), isolation_level=None)
+        other.execute("UPDATE threads SET title = 'changed by another process'")
+        other.close()
+        changed.append(db)
+        return done
+
+    monkeypatch.setattr(csr, "write_sql", write_sql)
+    code, doc = cli(*provider_apply(root))
+    assert code == csr.EXIT_OK and changed, doc
+    manifest = json.loads((Path(doc["backup_dir"]) / "manifest.json").read_text())
+    entry = [e for e in manifest["entries"] if e["kind"] == "sqlite" and root / e["path"] == changed[0]][0]
+    assert entry["digest_after"] == csr.db_digest(csr.open_db_readonly(changed[0]))
+
+
+def test_the_edited_digest_is_the_digest_of_the_edited_bytes_whatever_the_chunks():
+    import random
+
+    rng = random.Random(7)
+    for _ in range(300):
+        data = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300)))
+        cuts = sorted(rng.sample(range(len(data)), min(len(data), rng.randrange(0, 6))))
+        replacements, position = [], 0
+        for a, b in zip(cuts[::2], cuts[1::2]):
+            length = 0 if rng.random() < 0.2 else b - a  # an insertion, or a span replaced
+            new = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 5)))
+            replacements.append((a, length, new))
+        edited, position = b"", 0
+        for offset, length, new in replacements:
+            edited += data[position:offset] + new
+            position = offset + length
+        edited += data[position:]
+        check = csr.EditedDigest(list(reversed(replacements)))
+        at = 0
+        while at < len(data):
+            step = rng.randrange(1, 40)
+            check.update(memoryview(data)[at:at + step])
+            at += step
+        assert check.hexdigest() == hashlib.sha256(edited).hexdigest(), (data, replacements)
+    short = csr.EditedDigest([(5, 2, b"x")])
+    short.update(b"0123")
+    assert short.hexdigest() is None  # the bytes ended before the replacement: not the plan's
+    overlapping = csr.EditedDigest([(1, 4, b"a"), (3, 1, b"b")])
+    overlapping.update(b"0123456789")
+    assert overlapping.hexdigest() is None
