@@ -6137,11 +6137,13 @@ def _fill_backup(folder: Path, home: Path, command: str,
         exists = path.exists()
         digest, stat = None, None
         if exists:
-            after = EditedDigest((edits or {})[path]) if path in (edits or {}) else None
+            replacements = (edits or {}).get(path)
+            after = EditedDigest(replacements) if replacements is not None else None
             digest, stat = copy_hashing(path, target, after)
             copies.append(target)
-            if after is not None and edited is not None and after.hexdigest() is not None:
-                edited[path] = after.hexdigest()
+            after_digest = after.hexdigest() if after is not None else None
+            if after_digest is not None and edited is not None:
+                edited[path] = after_digest
         manifest["entries"].append({
             "path": _manifest_path(path, home), "kind": "file", "existed": exists,
             "backup": str(target.relative_to(folder)) if exists else None,

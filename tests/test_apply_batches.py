@@ -322,7 +322,8 @@ def test_each_committed_db_is_dumped_twice_its_state_after_taken_from_the_commit
     for entry in committed:
         db = os.path.realpath(str(root / entry["path"]))
         assert dumps.count(db) == 2, (db, dumps)
-        assert entry["digest_after"] == real_db_digest(csr.open_db_readonly(Path(db)))
+        with csr.readonly_db(Path(db)) as conn:
+            assert entry["digest_after"] == real_db_digest(conn)
 
 
 def test_a_db_committed_to_by_another_process_after_the_run_is_dumped_again(tmp_path, monkeypatch, cli):
@@ -349,7 +350,8 @@ def test_a_db_committed_to_by_another_process_after_the_run_is_dumped_again(tmp_
     assert code == csr.EXIT_OK and changed, doc
     manifest = json.loads((Path(doc["backup_dir"]) / "manifest.json").read_text())
     entry = [e for e in manifest["entries"] if e["kind"] == "sqlite" and root / e["path"] == changed[0]][0]
-    assert entry["digest_after"] == csr.db_digest(csr.open_db_readonly(changed[0]))
+    with csr.readonly_db(changed[0]) as conn:
+        assert entry["digest_after"] == csr.db_digest(conn)
 
 
 def test_the_edited_digest_is_the_digest_of_the_edited_bytes_whatever_the_chunks():
