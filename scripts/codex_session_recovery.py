@@ -6121,9 +6121,11 @@ def _fill_backup(folder: Path, home: Path, command: str,
         dest = sqlite3.connect(str(target))
         try:
             source.backup(dest)
+            # The digest of the copy, which restore checks and puts back: the live DB may have
+            # taken another commit (Codex's) since the copy was made.
             entry = {"path": _manifest_path(db, home), "kind": "sqlite",
                      "backup": str(target.relative_to(folder)),
-                     "rows": rows, "digest_before": db_digest(source), "digest_after": None}
+                     "rows": rows, "digest_before": db_digest(dest), "digest_after": None}
         finally:
             dest.close()
             source.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -186,3 +187,53 @@ def test_a_process_reading_a_rollout_does_not_keep_it_from_the_repair(tmp_path, 
     finally:
         reader.kill()
         reader.wait()
+
+
+def test_a_commit_by_codex_during_the_backup_leaves_a_backup_restore_accepts(
+        tmp_path, monkeypatch, cli):
+    """Codex commits to the state DB right after the backup copied it: the manifest's digest
+    must be the copy's (what restore puts back), not the live DB's a moment later, or restore
+    refuses the backup as damaged."""
+    root = tmp_path / "home"
+    threads = switched(root, 2)
+    db = root / "state_5.sqlite"
+    real_open = csr.open_db_readonly
+
+    class CodexCommitsAfterTheCopy:
+        def __init__(self, conn: Any) -> None:
+            self._conn = conn
+
+        def backup(self, dest: Any, *args: Any, **kwargs: Any) -> None:
+            self._conn.backup(dest, *args, **kwargs)
+            codex = sqlite3.connect(str(db))
+            changed = codex.execute("UPDATE threads SET title = 'renamed by Codex' WHERE id = ?",
+                                    (threads[1].id,)).rowcount
+            codex.commit()
+            assert changed == 1
+            codex.close()
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._conn, name)
+
+    def opened(path: Any) -> Any:
+        conn = real_open(path)
+        return CodexCommitsAfterTheCopy(conn) if Path(path) == db else conn
+
+    # Codex keeps the DB in WAL mode with its -wal beside it while it runs (the tool reads such a
+    # DB as it is, not as an immutable file).
+    session = sqlite3.connect(str(db))
+    assert session.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
+    session.execute("SELECT count(*) FROM threads").fetchone()
+    monkeypatch.setattr(csr, "open_db_readonly", opened)
+    try:
+        code, doc = cli("repair-provider", "--codex-home", str(root), "--from", "openai",
+                        "--apply", "--force")
+    finally:
+        session.close()
+    assert code == csr.EXIT_OK, doc
+    monkeypatch.undo()
+    code, doc = cli("restore", "--codex-home", str(root), "--latest", "--apply",
+                    "--discard-changes")
+    assert code == csr.EXIT_OK, doc
+    for thread in threads:
+        assert b'"model_provider":"openai"' in thread.path.read_bytes()
