@@ -482,7 +482,11 @@ def iso_from_millis(millis: Optional[int]) -> Optional[str]:
         stamp = _dt.datetime.fromtimestamp(millis / 1000, _dt.timezone.utc)
     except (OverflowError, ValueError, OSError):
         return None  # a stored value past year 9999: no date to show
-    return stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if stamp.year < 1000:  # strftime's %Y pads such years by platform: left to it
+        return stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+    # The same text as strftime's, formatted directly: written once per listed thread.
+    return "%d-%02d-%02dT%02d:%02d:%02dZ" % (stamp.year, stamp.month, stamp.day, stamp.hour,
+                                            stamp.minute, stamp.second)
 
 
 def decode_source(raw: Any) -> str:
@@ -1787,6 +1791,12 @@ def open_regular_readonly(path: str) -> Tuple[Optional[int], Optional[os.stat_re
         return None, None
 
 
+# CODEX-COMPAT: the listers read on past the prompt's response_item to the event form of the
+# first user message (USER_EVENT_MARKERS; the next line or two); a line on the way that is not
+# UTF-8 stops them, and the thread is not listed (measured 0.130.0 and 0.171.0). Looked for in
+# a bounded window after the prompt, read with pread (the scan's position does not move)
+# or taken from the head's buffer.
+EVENT_LOOKAHEAD_BYTES = 64 * 1024
 HEAD_READ = 32 * 1024  # one read: a 0.169.0 head up to the first prompt is ~25-45 KB
 
 
@@ -1853,6 +1863,14 @@ class HeadReader:
                 self.buf, self.pos = chunk, end + 1 if end >= 0 else 0
                 return b"", True
 
+    def buffered(self, start: int) -> Optional[bytes]:
+        """The next EVENT_LOOKAHEAD_BYTES from `start` (fewer at the end of the file) when the
+        buffer already holds them, else None (they are read with pread)."""
+        at = self.total - len(self.buf)
+        if start < at or not (self.eof or self.total - start >= EVENT_LOOKAHEAD_BYTES):
+            return None
+        return self.buf[start - at:start - at + EVENT_LOOKAHEAD_BYTES]
+
     def tail(self, start: int) -> bytes:
         """The bytes from `start` to the end: from the buffer when it holds them."""
         buffered = self.total - len(self.buf)
@@ -1878,7 +1896,7 @@ def _scan_head(info: RolloutInfo, reader: HeadReader) -> None:
         info.bytes_read += len(tail)
         _tail_problems(tail, info)
     if read_on:
-        check_lines_to_user_event(info, reader.fd, head_end)
+        check_lines_to_user_event(info, reader.fd, head_end, reader.buffered(head_end))
 
 
 # session_meta carries the model's instructions (~20 KB in 0.169.0), the same text in every
@@ -2001,20 +2019,16 @@ def scan_head_lines(info: RolloutInfo, next_line: Any, decode: Any) -> bool:
     return False
 
 
-# CODEX-COMPAT: the listers read on past the prompt's response_item to the event form of the
-# first user message (USER_EVENT_MARKERS; the next line or two); a line on the way that is not
-# UTF-8 stops them, and the thread is not listed (measured 0.130.0 and 0.171.0). Looked for in
-# a bounded window after the prompt, read with pread (the scan's position does not move).
-EVENT_LOOKAHEAD_BYTES = 64 * 1024
-
-
-def check_lines_to_user_event(info: RolloutInfo, fd: int, offset: int) -> None:
-    """The whole lines after the first user message, up to its event form, within the window:
-    a line that is not UTF-8 among them is recorded as the listers would meet it."""
-    try:
-        window = os.pread(fd, EVENT_LOOKAHEAD_BYTES, offset)
-    except OSError:
-        return
+def check_lines_to_user_event(info: RolloutInfo, fd: int, offset: int,
+                              window: Optional[bytes] = None) -> None:
+    """The whole lines after the first user message, up to its event form, within the window
+    (read here unless the caller's buffer holds it): a line that is not UTF-8 among them is
+    recorded as the listers would meet it."""
+    if window is None:
+        try:
+            window = os.pread(fd, EVENT_LOOKAHEAD_BYTES, offset)
+        except OSError:
+            return
     info.bytes_read += len(window)
     for raw in window.split(b"\n")[:-1]:  # the last piece may be cut by the window: not judged
         try:
@@ -2396,7 +2410,7 @@ class ThreadView:
 
     @property
     def hidden(self) -> bool:
-        return any(r["hides"] for r in self.reasons)
+        return any(r.hides for r in self.reasons)
 
 
 class _Progress:
@@ -2897,6 +2911,10 @@ class Reason(tuple):
     def evidence(self) -> Dict[str, Any]:
         """A new dict on each read: evidence is a record of the check, not something to edit."""
         return dict(zip(self._keys, tuple(self)[5:]))
+
+    @property
+    def has_evidence(self) -> bool:
+        return bool(self._values)
 
     def __getitem__(self, key: str) -> Any:
         if key not in self.FIELDS:
@@ -3641,11 +3659,14 @@ def remap_cwd_next_args(inv: Inventory, findings: List[Dict[str, Any]],
 
 
 def thread_entry(view: ThreadView, verbose: bool) -> Dict[str, Any]:
+    # Written once per listed thread (tens of thousands in a big home): the reasons' slots are
+    # read directly, not through the dict-like reading the checks use.
+    reasons = view.reasons
     entry: Dict[str, Any] = {
         "id": view.id,
-        "hidden": view.hidden,
-        "reasons": [r["code"] for r in view.reasons],
-        "evidence": {r["code"]: r["evidence"] for r in view.reasons if r["evidence"]},
+        "hidden": any(r.hides for r in reasons),
+        "reasons": [r.code for r in reasons],
+        "evidence": {r.code: r.evidence for r in reasons if r.has_evidence},
         "source": view.source,
         "provider": {"db": view.db_provider, "rollout": view.rollout_provider},
         "archived": view.archived,
@@ -8562,11 +8583,13 @@ def emit_json(doc: Dict[str, Any]) -> None:
     that is an iterator (diagnose's per-thread list) is written item by item, so the whole
     list is never held in memory at once."""
     pretty = sys.stdout.isatty()
+    # json.dumps with options builds a new encoder on each call; one serves every item.
+    compact = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
     def dump(value: Any, depth: int) -> str:
         """`value` as it reads `depth` levels down: the same text json.dumps(doc, indent=2) has."""
         if not pretty:
-            return json.dumps(value, separators=(",", ":"), default=str)
+            return compact(value)
         return json.dumps(value, indent=2, default=str).replace("\n", "\n" + "  " * depth)
 
     def newline(depth: int) -> str:

@@ -34,6 +34,7 @@ USER = line("response_item", {"type": "message", "role": "user", "content": [{"t
 CONTEXT = line("response_item", {"type": "message", "role": "user", "content": [
     {"type": "input_text", "text": "<environment_context>\n</environment_context>"}]})
 FILLER = line("event_msg", {"type": "token_count", "info": None})
+USER_EVENT = line("event_msg", {"type": "user_message", "message": "fix it", "images": []})
 
 
 def pieces(rnd, thread_id):
@@ -50,8 +51,11 @@ def pieces(rnd, thread_id):
                                                        "role": "user", "content": "nested"})]))
     if rnd.random() < 0.6:
         body.append(USER)
+    # After the prompt: what the look-ahead to its event form reads (in the head's buffer or
+    # past it, cut or not by its window), with a line that is not UTF-8 before or after it.
     for _ in range(rnd.randint(0, 6)):
-        body.append(rnd.choice([FILLER, b"y" * rnd.randint(100, 3000)]))
+        body.append(rnd.choice([FILLER, b"y" * rnd.randint(100, 3000), b"\xff\xfe bad utf8",
+                                USER_EVENT]))
     data = b"\n".join(body)
     ending = rnd.choice([b"\n", b"", b"\n\x00\x00", b'\n{"torn":', b"\r\n"])
     return data + ending
@@ -59,13 +63,16 @@ def pieces(rnd, thread_id):
 
 @pytest.mark.parametrize("seed", range(40))
 def test_fast_reader_matches_reference_reader_with_small_buffers(tmp_path, monkeypatch, seed):
-    monkeypatch.setattr(csr, "HEAD_READ", 97)
+    # Mostly tiny reads; some seeds read a head of 4 KB, which then holds a short look-ahead
+    # window before the end of the file.
+    monkeypatch.setattr(csr, "HEAD_READ", 4096 if seed % 5 == 4 else 97)
     monkeypatch.setattr(csr, "READ_CHUNK", 61)
     # Odd seeds: lines over 700 bytes (session_meta among them) are oversized; even: none is.
     monkeypatch.setattr(csr, "MAX_LINE_BYTES", 700 if seed % 2 else 1 << 20)
     monkeypatch.setattr(csr, "TAIL_BYTES", 150)
     monkeypatch.setattr(csr, "_known_instructions", [])
     rnd = random.Random(seed)
+    monkeypatch.setattr(csr, "EVENT_LOOKAHEAD_BYTES", rnd.choice([120, 400, 64 * 1024]))
     folder = tmp_path / "sessions"
     folder.mkdir()
     for n in range(12):
