@@ -573,6 +573,18 @@ def test_model_provider_is_a_number(tmp_path):
     exercise(scene, [bad.path], scene.provider_repair(), problem="wrong_shape", skipped=bad.id)
 
 
+def test_cli_version_of_unexpected_shape(tmp_path):
+    """A release named by a list or an object in session_meta names no release: the home's
+    release comes from the other rollouts and rows, and nothing breaks."""
+    scene = switched(tmp_path)
+    odd = [victim(scene), victim(scene), victim(scene)]
+    for thread, shape in zip(odd, (["0", "999", "0"], {"v": "999.0.0"}, 999)):
+        _rewrite_meta(thread.path, lambda rec, shape=shape: rec["payload"].__setitem__(
+            "cli_version", shape))
+    results = exercise(scene, [], scene.provider_repair())
+    assert results["diagnose"].doc["codex_release"] == "0.169.0"
+
+
 def test_source_of_unexpected_shape(tmp_path):
     scene = switched(tmp_path)
     shapes = [{"subagent": {"weird": [1, {"x": None}]}}, [1, 2], 42, {}, {"custom": 5}]
