@@ -224,3 +224,21 @@ def test_the_thread_list_is_still_written_item_by_item(monkeypatch):
     csr.emit_json({"tool": "t", "threads": items()})
     assert [s.count('"n"') for s in seen] == [0, 1, 2]
     assert json.loads(stream.getvalue()) == {"tool": "t", "threads": [{"n": 0}, {"n": 1}, {"n": 2}]}
+
+
+def test_dates_read_as_strftime_writes_them():
+    """iso_from_millis formats the fields itself (it runs once per listed thread): the text is
+    strftime's for every instant a datetime holds, and None past them."""
+    import datetime
+    import random
+    rnd = random.Random(7)
+    first, last = -62135596800000, 253402300799999  # year 1 and the end of year 9999, in ms
+    samples = [0, 1, -1, first, last, last + 1, first - 1, -30610224000001, 1764600000000]
+    samples += [rnd.randrange(first, last) for _ in range(20000)]
+    for millis in samples:
+        try:
+            expected = datetime.datetime.fromtimestamp(millis / 1000, datetime.timezone.utc)
+            text = expected.strftime("%Y-%m-%dT%H:%M:%SZ")
+        except (OverflowError, ValueError, OSError):
+            text = None
+        assert csr.iso_from_millis(millis) == text, millis
