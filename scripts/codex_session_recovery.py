@@ -2914,7 +2914,7 @@ class Reason(tuple):
 
     @property
     def has_evidence(self) -> bool:
-        return bool(self._values)
+        return tuple.__len__(self) > 5  # the evidence's values follow the five fields
 
     def __getitem__(self, key: str) -> Any:
         if key not in self.FIELDS:
