@@ -1863,19 +1863,19 @@ class HeadReader:
                 self.buf, self.pos = chunk, end + 1 if end >= 0 else 0
                 return b"", True
 
-    def buffered(self, start: int) -> Optional[bytes]:
-        """The next EVENT_LOOKAHEAD_BYTES from `start` (fewer at the end of the file) when the
-        buffer already holds them, else None (they are read with pread)."""
+    def held(self, start: int, count: Optional[int] = None) -> Optional[bytes]:
+        """The `count` bytes from `start` (all to the end without a count; fewer at the end of
+        the file) when the buffer already holds them, else None."""
         at = self.total - len(self.buf)
-        if start < at or not (self.eof or self.total - start >= EVENT_LOOKAHEAD_BYTES):
+        if start < at or not (self.eof or (count is not None and self.total - start >= count)):
             return None
-        return self.buf[start - at:start - at + EVENT_LOOKAHEAD_BYTES]
+        return self.buf[start - at:] if count is None else self.buf[start - at:start - at + count]
 
     def tail(self, start: int) -> bytes:
         """The bytes from `start` to the end: from the buffer when it holds them."""
-        buffered = self.total - len(self.buf)
-        if self.eof and start >= buffered:
-            return self.buf[start - buffered:]
+        held = self.held(start)
+        if held is not None:
+            return held
         os.lseek(self.fd, start, os.SEEK_SET)
         parts = []
         while True:
@@ -1896,7 +1896,8 @@ def _scan_head(info: RolloutInfo, reader: HeadReader) -> None:
         info.bytes_read += len(tail)
         _tail_problems(tail, info)
     if read_on:
-        check_lines_to_user_event(info, reader.fd, head_end, reader.buffered(head_end))
+        check_lines_to_user_event(info, reader.fd, head_end,
+                                  reader.held(head_end, EVENT_LOOKAHEAD_BYTES))
 
 
 # session_meta carries the model's instructions (~20 KB in 0.169.0), the same text in every
