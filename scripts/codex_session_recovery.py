@@ -2906,12 +2906,12 @@ class Reason(tuple):
     _keys = property(lambda self: tuple.__getitem__(self, 2))
     severity = property(lambda self: tuple.__getitem__(self, 3))
     why = property(lambda self: tuple.__getitem__(self, 4))
-    _values = property(lambda self: tuple(self)[5:])
+    _values = property(lambda self: tuple.__getitem__(self, slice(5, None)))
 
     @property
     def evidence(self) -> Dict[str, Any]:
         """A new dict on each read: evidence is a record of the check, not something to edit."""
-        return dict(zip(self._keys, tuple(self)[5:]))
+        return dict(zip(self._keys, self._values))
 
     @property
     def has_evidence(self) -> bool:
@@ -2957,17 +2957,19 @@ def add_reason(view: ThreadView, code: str, hides: bool, why_no_action: Optional
                **evidence: Any) -> None:
     """A reason on the thread; `why_no_action`, when the check finds nothing to act on, lowers
     it to info (SEVERITY_LOWERED)."""
-    if view.reasons is NO_REASONS:
-        view.reasons = []
-    view.reasons.append(shared_reason(code, hides, evidence, why_no_action))
+    _append_reason(view, shared_reason(code, hides, evidence, why_no_action))
 
 
 def add_own_reason(view: ThreadView, code: str, hides: bool, **evidence: Any) -> None:
     """add_reason for a reason whose evidence is the thread's alone (its rank): no other
     thread's is equal, so none is looked for."""
-    if view.reasons is NO_REASONS:
+    _append_reason(view, Reason(code, hides, evidence))
+
+
+def _append_reason(view: ThreadView, reason: "Reason") -> None:
+    if view.reasons is NO_REASONS:  # the shared empty tuple: the thread's first reason
         view.reasons = []
-    view.reasons.append(Reason(code, hides, evidence))
+    view.reasons.append(reason)
 
 
 def shared_reason(code: str, hides: bool, evidence: Dict[str, Any],
