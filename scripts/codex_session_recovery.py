@@ -1507,7 +1507,7 @@ class RolloutInfo:
             # that hold the id, not a new lowercased copy on each read.
             return self.name_uuid
         meta_id = self.meta.get("id")
-        return (meta_id.lower() if isinstance(meta_id, str) else None) or self.name_uuid
+        return (meta_id.lower() if isinstance(meta_id, str) else None) or None
 
     @property
     def provider(self) -> Optional[str]:
@@ -2566,10 +2566,10 @@ class Inventory:
 
     def _newest_release(self) -> Tuple[int, ...]:
         # Each release once (a handful of strings), not a tuple per row and per rollout.
-        texts = {r.get("cli_version") for r in self.rows.values()}
-        texts.update(i.meta.get("cli_version") for i in self.rollouts
-                     if isinstance(i.meta.get("cli_version"), str))  # JSON may hold a list
-        versions = [parse_version(t) for t in texts if isinstance(t, str)]
+        texts = [r.get("cli_version") for r in self.rows.values()]
+        texts += [i.meta.get("cli_version") for i in self.rollouts]
+        # Only a string names a release (JSON may hold a list there, which is not hashable).
+        versions = [parse_version(t) for t in {t for t in texts if isinstance(t, str)}]
         return max((v for v in versions if v), default=())
 
     @property
