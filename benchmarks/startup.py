@@ -1,19 +1,24 @@
 #!/usr/bin/env python3
-"""What starting the script costs, and what running it from bytecode would save.
+"""What starting the script costs: in place, from its cached bytecode, and from bytecode alone.
 
-`python3 scripts/codex_session_recovery.py` compiles the whole file on every run: Python caches
-bytecode only for imported modules, never for the script it is given. This prints, for each
-interpreter named (default: this one), in alternating rounds and as medians:
+`python3 scripts/codex_session_recovery.py` compiles the whole file on every run (Python caches
+bytecode for imported modules, never for the script it is given), and holds the file's parsed
+tree while it runs. The script therefore replaces its process with one importing it, which reads
+the bytecode cached in __pycache__ beside it (see its Start-up section). This prints, for each
+interpreter named (default: this one), in alternating rounds and as medians, on copies of the
+script in a temporary folder (nothing is written beside the real one):
 
 * the bare interpreter (`-c pass`), and the script's imports alone;
-* `--version` run from the source, and from a .pyc of the same source (made in a temporary
-  folder with py_compile; nothing is written beside the script);
-* with `--home DIR` (a home `make_home.py` built), `diagnose --json` both ways.
+* `--version`: in place (no cache, PYTHONDONTWRITEBYTECODE: as before the start-up existed);
+  the first run, which compiles and writes the cache; from the cache; and a .pyc run directly
+  (the least a run from bytecode costs: no compile of the script at all);
+* with `--home DIR` (a home `make_home.py` built), `diagnose --json` in place, from the cache,
+  and from the .pyc.
 
 Peak RSS and CPU come from the same wrapper as run.py (`os.wait4` of the child).
 
     python3 benchmarks/startup.py --runs 5 --home /tmp/csr-home
-    python3 benchmarks/startup.py --python python3.9 --python python3.13
+    python3 benchmarks/startup.py --python python3.10 --python python3.13
 """
 
 from __future__ import annotations
@@ -26,29 +31,72 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run  # noqa: E402  (the wrapper that measures a child's peak RSS and CPU)
 
+Command = Tuple[List[str], Dict[str, Optional[str]], Optional[Callable[[], None]]]
 IMPORTS = ("import argparse, contextlib, datetime, hashlib, json, json.scanner, os, re, shutil, "
            "sqlite3, subprocess, sys, tempfile, pathlib, stat, typing")
 
 
-def commands(python: str, pyc: Path, home: Optional[Path]) -> Dict[str, List[str]]:
-    script = str(run.SCRIPT)
-    found = {
-        "bare interpreter": [python, "-c", "pass"],
-        "the script's imports": [python, "-c", IMPORTS],
-        "--version, source": [python, script, "--version"],
-        "--version, bytecode": [python, str(pyc), "--version"],
+def commands(python: str, copies: Dict[str, Path], home: Optional[Path]) -> Dict[str, Command]:
+    """name: (argv, environment changes, what to do before each run)."""
+    in_place, cached, first, pyc = (str(copies[k]) for k in ("in place", "cached", "first", "pyc"))
+    dont_write = {"PYTHONDONTWRITEBYTECODE": "1"}
+    may_write = {"PYTHONDONTWRITEBYTECODE": None}
+    forget = lambda: shutil.rmtree(str(copies["first"].parent / "__pycache__"), ignore_errors=True)
+    found: Dict[str, Command] = {
+        "bare interpreter": ([python, "-c", "pass"], dont_write, None),
+        "the script's imports": ([python, "-c", IMPORTS], dont_write, None),
+        "--version, in place": ([python, in_place, "--version"], dont_write, None),
+        "--version, first run (writes its cache)": ([python, first, "--version"], may_write,
+                                                    forget),
+        "--version, from its cache": ([python, cached, "--version"], dont_write, None),
+        "--version, .pyc alone": ([python, pyc, "--version"], dont_write, None),
     }
     if home is not None:
-        found["diagnose --json, source"] = [python, script, "--codex-home", str(home), "diagnose",
-                                            "--json"]
-        found["diagnose --json, bytecode"] = [python, str(pyc), "--codex-home", str(home),
-                                              "diagnose", "--json"]
+        args = ["--codex-home", str(home), "diagnose", "--json"]
+        found["diagnose --json, in place"] = ([python, in_place] + args, dont_write, None)
+        found["diagnose --json, from its cache"] = ([python, cached] + args, dont_write, None)
+        found["diagnose --json, .pyc alone"] = ([python, pyc] + args, dont_write, None)
     return found
+
+
+def measure(command: Command) -> Dict[str, float]:
+    argv, env, before = command
+    if before is not None:
+        before()
+    saved = {name: os.environ.get(name) for name in env}
+    try:
+        for name, value in env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        return run.measure(argv)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def script_copies(python: str, folder: Path) -> Dict[str, Path]:
+    """Copies of the script, one folder each: without a cache, with a current one, one whose
+    cache is removed before each run, and a .pyc alone."""
+    copies = {}
+    for name in ("in place", "cached", "first"):
+        where = folder / name.replace(" ", "-") / run.SCRIPT.name
+        where.parent.mkdir(parents=True)
+        shutil.copy2(str(run.SCRIPT), str(where))
+        copies[name] = where
+    subprocess.run([python, "-c", "import py_compile, sys; py_compile.compile(sys.argv[1], "
+                    "doraise=True)", str(copies["cached"])], check=True)
+    copies["pyc"] = compile_copy(python, folder)
+    return copies
 
 
 def compile_copy(python: str, folder: Path) -> Path:
@@ -67,15 +115,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--runs", type=int, default=5, help="rounds; medians are printed")
     args = parser.parse_args(argv)
     pythons = [shutil.which(p) or p for p in args.python] or [sys.executable]
-    os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
     with tempfile.TemporaryDirectory(prefix="csr-startup-") as tmp:
         for python in pythons:
-            pyc = compile_copy(python, Path(tmp))
-            todo = commands(python, pyc, args.home)
+            todo = commands(python, script_copies(python, Path(tmp) / Path(python).name), args.home)
             samples: Dict[str, List[Dict[str, float]]] = {name: [] for name in todo}
             for _ in range(args.runs):
                 for name, command in todo.items():
-                    samples[name].append(run.measure(command))
+                    samples[name].append(measure(command))
             version = subprocess.run([python, "--version"], stdout=subprocess.PIPE,
                                          universal_newlines=True).stdout.strip()
             print("%s (%s), median of %d" % (version, python, args.runs))

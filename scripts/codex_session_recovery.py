@@ -26,6 +26,7 @@ Exit codes (every command):
   4  apply failed (the output says whether the automatic restore worked)
 
 The file reads top to bottom. After the constants, each section opens with a `# ----` banner:
+  Start-up: the script runs from its cached bytecode
   Errors: each expected failure carries its exit code
   TOML: config.toml's reader (the standard library's where there is one)
   Small helpers
@@ -52,7 +53,146 @@ The file reads top to bottom. After the constants, each section opens with a `# 
 
 from __future__ import annotations
 
-import argparse
+import os
+import sys
+
+# ---------------------------------------------------------------------------------------------
+# Start-up: the script runs from its cached bytecode
+# ---------------------------------------------------------------------------------------------
+# `python3 codex_session_recovery.py` compiles the whole file on every run, and CPython keeps
+# the file's parsed tree alive until the script returns: ~16 MB, a quarter of diagnose's peak at
+# 10,000 threads. Python caches bytecode for imported modules only. So before it imports
+# anything else, the script replaces its process (same process id, descriptors, environment and
+# interpreter options) with one that imports this file as a module: the import system reads the
+# bytecode cached in __pycache__ beside it (writing it on the first run, as for any import) and
+# frees the tree as soon as the code is compiled. Where that cannot be done exactly (Windows,
+# Python 3.9 without sys.orig_argv, an interpreter option not recognised, a cache that would be
+# compiled again on every run), the script runs in place, as before.
+
+_RUN_AS_MODULE = """\
+import sys
+argv0, path, path0 = sys.argv[1:4]
+sys.argv[0:4] = [argv0]
+if path0 and sys.path[:1] == [""]:
+    sys.path[0] = path0
+from importlib.machinery import SourceFileLoader
+from importlib.util import module_from_spec, spec_from_loader
+loader = SourceFileLoader("codex_session_recovery", path)
+module = module_from_spec(spec_from_loader(loader.name, loader))
+sys.modules[loader.name] = module
+try:
+    code = loader.get_code(loader.name)
+except (ImportError, EOFError, TypeError, ValueError):
+    # A damaged cache (a valid header over bad data): the source, compiled; the cache goes,
+    # so that the next run writes it again.
+    code = compile(loader.get_data(path), path, "exec", dont_inherit=True)
+    if not sys.dont_write_bytecode:
+        import os
+        try:
+            os.unlink(module.__cached__)
+        except OSError:
+            pass
+exec(code, module.__dict__)
+raise SystemExit(module.main())
+"""
+
+# Interpreter options whose value is the next word (`-W error`); every other option recognised
+# is one word. `-c` and `-m` name what runs, so a command line holding them is not a script run.
+_OPTIONS_WITH_VALUE = ("-W", "-X", "--check-hash-based-pycs")
+
+
+def run_from_cached_bytecode() -> None:
+    """Replace this process with the same run importing this file, when that is exact and the
+    bytecode will not be compiled on every run; return (run in place) otherwise."""
+    command = _command_as_module()
+    if command is not None and _cached_bytecode_usable(__file__):
+        try:
+            os.execv(sys.executable, command)
+        except OSError:
+            pass  # not replaced: the run goes on in place
+
+
+def _command_as_module() -> Optional[List[str]]:
+    """The interpreter's own command line with the script replaced by _RUN_AS_MODULE, or None."""
+    original = getattr(sys, "orig_argv", None)  # Python 3.10+
+    if os.name != "posix" or not original or not sys.executable or not sys.argv[0]:
+        return None
+    script_at = len(original) - len(sys.argv)
+    if script_at < 1 or original[script_at:] != sys.argv:
+        return None
+    if os.path.abspath(sys.argv[0]) != os.path.abspath(__file__):
+        return None
+    options = _interpreter_options(original[1:script_at])
+    if options is None:
+        return None
+    # The script's folder heads sys.path where `-c` would put the working folder ("") instead;
+    # both are left out alike by -I and -P.
+    path0 = sys.path[0] if sys.path else ""
+    return ([original[0]] + options + ["-c", _RUN_AS_MODULE, sys.argv[0], os.path.abspath(__file__),
+                                       path0] + sys.argv[1:])
+
+
+def _interpreter_options(words: List[str]) -> Optional[List[str]]:
+    """`words` when they are interpreter options only (none naming another thing to run)."""
+    at = 0
+    while at < len(words):
+        word = words[at]
+        if word in _OPTIONS_WITH_VALUE:
+            at += 2
+        elif word.startswith(("-W", "-X")) or (
+                word.startswith("-") and word not in ("-", "--") and not word.startswith("--")
+                and not set(word[1:]) & set("cm")):
+            at += 1
+        else:
+            return None
+    return list(words) if at == len(words) else None
+
+
+def _cached_bytecode_usable(path: str) -> bool:
+    """The bytecode Python caches for `path` is current, or may be written now (the import that
+    follows writes it). A cache that is stale and cannot be written would have the file compiled
+    in both processes on every run."""
+    try:
+        from importlib.util import MAGIC_NUMBER, cache_from_source
+        cache = cache_from_source(path)
+        source = os.stat(path)
+    except (ImportError, NotImplementedError, OSError, ValueError):
+        return False
+    try:
+        with open(cache, "rb") as handle:
+            header = handle.read(16)
+    except OSError:
+        header = b""
+    if _bytecode_header_current(header, MAGIC_NUMBER, source):
+        return True
+    return not sys.dont_write_bytecode and os.access(_nearest_folder(cache), os.W_OK)
+
+
+def _bytecode_header_current(header: bytes, magic: bytes, source: os.stat_result) -> bool:
+    """The import system's own test of a cached .pyc (PEP 552): this interpreter's magic, then
+    the source's mtime and size for a timestamp pyc; a hash-based one is checked by the loader."""
+    if len(header) < 16 or header[:4] != magic:
+        return False
+    flags = int.from_bytes(header[4:8], "little")
+    if flags & 1:
+        return True
+    mtime, size = int.from_bytes(header[8:12], "little"), int.from_bytes(header[12:16], "little")
+    return (flags == 0 and mtime == int(source.st_mtime) & 0xFFFFFFFF
+            and size == source.st_size & 0xFFFFFFFF)
+
+
+def _nearest_folder(path: str) -> str:
+    """The closest existing folder above `path` (the import system creates the rest)."""
+    folder = os.path.dirname(path)
+    while folder and not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    return folder or "."
+
+
+if __name__ == "__main__":
+    run_from_cached_bytecode()
+
+import argparse  # noqa: E402  (after the start-up, which runs before any other import)
 import array
 import bisect
 import collections.abc
@@ -61,13 +201,11 @@ import datetime as _dt
 import hashlib
 import json
 import json.scanner
-import os
 import re
 import shutil
 import sqlite3
 import struct
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from stat import S_ISREG

@@ -1,0 +1,232 @@
+"""Start-up: run as a script, the file replaces its process with one importing it, so Python's
+bytecode cache serves it and the parsed tree of the file is not held while it runs. Each test
+works on a copy of the script in its own folder, so the cache it writes or refuses is its own.
+Python 3.9 has no sys.orig_argv: there the script always runs in place (also tested)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import pytest
+
+import codex_session_recovery as csr
+from homes import HomeBuilder, script_env
+
+SCRIPT = Path(csr.__file__).resolve()
+CACHE_NAME = "codex_session_recovery.%s.pyc" % sys.implementation.cache_tag
+EXECS = sys.version_info >= (3, 10) and os.name == "posix"
+needs_exec = pytest.mark.skipif(not EXECS, reason="Python 3.9 and Windows run the script in place")
+
+
+def copy_script(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copy2(str(SCRIPT), str(folder / SCRIPT.name)))
+
+
+def run(script: Path, *args: str, flags: Sequence[str] = (), write_bytecode: bool = True,
+        cwd: Optional[Path] = None) -> "subprocess.CompletedProcess[str]":
+    env = script_env()
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env.pop("PYTHONPYCACHEPREFIX", None)
+    if not write_bytecode:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return subprocess.run([sys.executable, *flags, str(script), *args],
+                          cwd=str(cwd or script.parent), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, env=env, text=True,
+                          timeout=120)
+
+
+def loaded_from(result: "subprocess.CompletedProcess[str]", script: Path) -> List[str]:
+    """What `python -v` says the script's code was read from, in order: the .py when compiled,
+    the cached .pyc when read from it (a run in place compiles the script without a line)."""
+    return [line.split(" from ", 1)[1].strip("'") for line in result.stderr.splitlines()
+            if line.startswith("# code object from") and "codex_session_recovery" in line]
+
+
+@needs_exec
+def test_the_first_run_writes_the_cache_and_the_next_reads_it(tmp_path):
+    script = copy_script(tmp_path / "skill" / "scripts")
+    cache = script.parent / "__pycache__" / CACHE_NAME
+
+    first = run(script, "--version", flags=("-v",))
+    assert first.returncode == 0, first.stderr
+    assert loaded_from(first, script) == [str(script)]  # compiled once more, by the import
+    assert cache.is_file()
+
+    second = run(script, "--version", flags=("-v",))
+    assert second.returncode == 0, second.stderr
+    assert loaded_from(second, script) == [str(cache)]
+    assert first.stdout == second.stdout == "%s %s\n" % (csr.TOOL_NAME, csr.__version__)
+
+
+def test_without_a_cache_that_can_be_kept_the_script_runs_in_place(tmp_path):
+    """PYTHONDONTWRITEBYTECODE and no cache: a run through the import would compile the file in
+    both processes every time, so the script runs where it is, and writes no cache."""
+    script = copy_script(tmp_path / "scripts")
+    result = run(script, "--version", flags=("-v",), write_bytecode=False)
+    assert result.returncode == 0, result.stderr
+    assert loaded_from(result, script) == []
+    assert not (script.parent / "__pycache__").exists()
+
+
+@needs_exec
+def test_a_stale_cache_is_never_run(tmp_path):
+    """The source changed after its bytecode was cached: where the cache may be rewritten the
+    import compiles the new source; where it may not, the script runs in place. Both run the
+    new text."""
+    script = copy_script(tmp_path / "scripts")
+    assert run(script, "--version").returncode == 0
+    cache = script.parent / "__pycache__" / CACHE_NAME
+    assert cache.is_file()
+    text = script.read_text(encoding="utf-8")
+    script.write_text(text.replace('__version__ = "%s"' % csr.__version__, '__version__ = "9.9.9"'),
+                      encoding="utf-8")
+    stat = script.stat()
+    os.utime(str(script), (stat.st_atime, stat.st_mtime + 5))
+
+    in_place = run(script, "--version", flags=("-v",), write_bytecode=False)
+    assert in_place.stdout == "%s 9.9.9\n" % csr.TOOL_NAME
+    assert loaded_from(in_place, script) == []
+
+    rewritten = run(script, "--version", flags=("-v",))
+    assert rewritten.stdout == "%s 9.9.9\n" % csr.TOOL_NAME
+    assert loaded_from(rewritten, script) == [str(script)]
+    assert loaded_from(run(script, "--version", flags=("-v",)), script) == [str(cache)]
+
+
+@needs_exec
+@pytest.mark.parametrize("args, code", [
+    (("diagnose", "--json"), csr.EXIT_FINDINGS),
+    (("diagnose",), csr.EXIT_FINDINGS),
+    (("repair-provider", "--from", "openai", "--to", "proxy", "--json"), csr.EXIT_FINDINGS),
+    (("diagnose", "--no-such-option", "--json"), csr.EXIT_USAGE),
+    (("trace", "0000", "--json"), csr.EXIT_USAGE),
+])
+def test_the_same_output_and_exit_code_both_ways(tmp_path, args, code):
+    builder = HomeBuilder(tmp_path / "home", "0.169.0").provider_config("proxy")
+    builder.thread(provider="openai")
+    builder.thread(provider="proxy")
+    script = copy_script(tmp_path / "scripts")
+    argv = ("--codex-home", str(builder.root)) + args
+
+    # Each way run twice: with -v to see where the code came from, and as a user runs it.
+    assert loaded_from(run(script, *argv, flags=("-v",), write_bytecode=False), script) == []
+    in_place = run(script, *argv, write_bytecode=False)
+    assert run(script, "--version").returncode == 0  # the cache, written
+    cache = script.parent / "__pycache__" / CACHE_NAME
+    assert loaded_from(run(script, *argv, flags=("-v",)), script) == [str(cache)]
+    from_cache = run(script, *argv)
+
+    assert in_place.returncode == from_cache.returncode == code, from_cache.stderr
+    assert in_place.stdout == from_cache.stdout
+    assert in_place.stderr == from_cache.stderr
+    if "--json" in args:
+        document = json.loads(from_cache.stdout)
+        assert document["exit_code"] == code
+        if args[0] == "diagnose" and code == csr.EXIT_FINDINGS:  # Next names this script
+            assert str(script) in json.dumps(document.get("next_commands"))
+
+
+@needs_exec
+def test_the_working_folder_does_not_shadow_the_standard_library(tmp_path):
+    """A script run puts its own folder first on sys.path, never the working folder; `-c`
+    would put the working folder there. Modules named like the standard library's in the
+    folder the user runs from stay unread."""
+    script = copy_script(tmp_path / "scripts")
+    assert run(script, "--version").returncode == 0
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("json", "sqlite3", "argparse", "importlib", "hashlib"):
+        (work / (name + ".py")).write_text("raise SystemExit('shadowed: %s')\n" % name)
+    home = HomeBuilder(tmp_path / "home", "0.169.0")
+    home.thread(provider="openai")
+    result = run(script, "--codex-home", str(home.root), "diagnose", "--json", flags=("-v",),
+                 cwd=work)
+    assert "shadowed" not in result.stderr
+    assert result.returncode in (csr.EXIT_OK, csr.EXIT_FINDINGS), result.stderr
+    assert loaded_from(result, script) == [str(script.parent / "__pycache__" / CACHE_NAME)]
+
+
+@needs_exec
+@pytest.mark.parametrize("flags", [("-I",), ("-S", "-E"), ("-X", "utf8"), ("-W", "error", "-B"),
+                                   ("-OO",)])
+def test_interpreter_options_are_kept(tmp_path, flags):
+    """The options reach the replacing process: -v is among them here (its import lines come
+    from that process), and -OO gets a cache of its own."""
+    script = copy_script(tmp_path / "scripts")
+    run(script, "--version", flags=flags)  # writes the cache these options read, where allowed
+    result = run(script, "--help", flags=("-v",) + tuple(flags))
+    assert result.returncode == 0, result.stderr
+    assert "repair-provider" in result.stdout
+    loaded = loaded_from(result, script)
+    if "-B" in flags:
+        assert loaded == []  # no cache was written for -W error -B: in place
+    else:
+        assert len(loaded) == 1 and loaded[0].endswith(".pyc")
+        assert (".opt-2." in loaded[0]) == ("-OO" in flags)
+
+
+@pytest.mark.parametrize("words, kept", [
+    ([], True), (["-B"], True), (["-X", "utf8"], True), (["-Xutf8"], True),
+    (["-W", "error"], True), (["-Werror"], True), (["-I", "-S"], True), (["-OO", "-u"], True),
+    (["-X", "frozen_modules=off"], True), (["--check-hash-based-pycs", "always"], True),
+    (["-m", "pdb"], False), (["-m", "cProfile"], False), (["-c", "pass"], False), (["-Bc"], False),
+    (["-Bm", "trace"], False), (["-"], False), (["--"], False), (["-W"], False), (["x"], False),
+    (["--help"], False),
+])
+def test_only_interpreter_options_are_repeated(words, kept):
+    assert (csr._interpreter_options(words) == words) is kept
+    if not kept:
+        assert csr._interpreter_options(words) is None
+
+
+def test_the_header_test_is_the_import_systems(tmp_path):
+    """A timestamp pyc is current when its magic, mtime and size are the source's; a hash-based
+    one is left to the loader; anything shorter or foreign is not."""
+    import importlib.util
+    import py_compile
+
+    source = tmp_path / "m.py"
+    source.write_text("x = 1\n")
+    cache = Path(py_compile.compile(str(source), cfile=str(tmp_path / "m.pyc"), doraise=True))
+    magic = importlib.util.MAGIC_NUMBER
+    header = cache.read_bytes()[:16]
+    assert csr._bytecode_header_current(header, magic, source.stat())
+    assert not csr._bytecode_header_current(header[:15], magic, source.stat())
+    assert not csr._bytecode_header_current(b"\0\0\0\0" + header[4:], magic, source.stat())
+    source.write_text("x = 22\n")  # one byte longer
+    assert not csr._bytecode_header_current(header, magic, source.stat())
+    hashed = Path(py_compile.compile(
+        str(source), cfile=str(tmp_path / "h.pyc"), doraise=True,
+        invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH))
+    assert csr._bytecode_header_current(hashed.read_bytes()[:16], magic, source.stat())
+
+
+
+@needs_exec
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "not code"])
+def test_a_damaged_cache_is_compiled_past_and_replaced(tmp_path, damage):
+    """A cache with a current header over bad data (a disk or sync tool's damage): the run
+    compiles the source as it would in place, and drops the cache, so the next run rewrites it."""
+    import marshal
+
+    script = copy_script(tmp_path / "scripts")
+    assert run(script, "--version").returncode == 0
+    cache = script.parent / "__pycache__" / CACHE_NAME
+    data = cache.read_bytes()
+    body = {"garbage": b"\xff\x00garbage", "truncated": data[16:len(data) // 2],
+            "not code": marshal.dumps(("a tuple", 1))}[damage]
+    cache.write_bytes(data[:16] + body)
+
+    damaged = run(script, "--version")
+    assert damaged.returncode == 0, damaged.stderr
+    assert damaged.stdout == "%s %s\n" % (csr.TOOL_NAME, csr.__version__)
+    assert damaged.stderr == ""
+    assert not cache.exists()
+    again = run(script, "--version", flags=("-v",))
+    assert loaded_from(again, script) == [str(script)] and cache.is_file()
+    assert loaded_from(run(script, "--version", flags=("-v",)), script) == [str(cache)]
