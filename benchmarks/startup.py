@@ -116,8 +116,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     pythons = [shutil.which(p) or p for p in args.python] or [sys.executable]
     with tempfile.TemporaryDirectory(prefix="csr-startup-") as tmp:
-        for python in pythons:
-            todo = commands(python, script_copies(python, Path(tmp) / Path(python).name), args.home)
+        for number, python in enumerate(pythons):
+            todo = commands(python, script_copies(python, Path(tmp) / str(number)), args.home)
             samples: Dict[str, List[Dict[str, float]]] = {name: [] for name in todo}
             for _ in range(args.runs):
                 for name, command in todo.items():
