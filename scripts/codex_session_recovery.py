@@ -9388,15 +9388,19 @@ def run_repair(args: argparse.Namespace) -> int:
     verification: Optional[Dict[str, Any]] = None
     writes = bool(args.apply and plan.change_count)
 
-    def apply() -> Inventory:
+    def apply() -> None:
         nonlocal applied
         applied = apply_plan(inv, plan, args, args.argv)
+
+    def apply_and_read_again() -> Inventory:
+        """For --verify, which lists the repaired home: the apply, then the home read again."""
+        apply()
         repaired = build_inventory(args)
         run_checks(repaired)
         return repaired
 
     if getattr(args, "verify", False):
-        verification = verify_with_codex(inv, args, plan, apply if writes else None)
+        verification = verify_with_codex(inv, args, plan, apply_and_read_again if writes else None)
     elif writes:
         apply()
     code = EXIT_OK if applied is not None or (plan.change_count == 0

@@ -88,3 +88,22 @@ def test_a_long_list_is_written_in_pieces_as_the_same_text(monkeypatch):
         # No piece holds the whole list of ids (~200 KB): it is written JSON_PIECE_ITEMS at a time.
         assert len(ids) > 4 * csr.JSON_PIECE_ITEMS
         assert max(len(w) for w in writes) < 60 * csr.JSON_PIECE_ITEMS
+
+
+def test_an_apply_reads_the_home_once_and_only_verify_reads_it_again(tmp_path, monkeypatch,
+                                                                      capsys):
+    """The repaired home is read again only for --verify, which lists it: an apply without it
+    held two inventories at once for nothing (its peak, and a second scan of every rollout)."""
+    builder = HomeBuilder(tmp_path / "home", "0.169.0").provider_config("proxy")
+    moved = builder.thread(provider="openai")
+    reads = []
+    real = csr.build_inventory
+    monkeypatch.setattr(csr, "build_inventory", lambda args: reads.append(1) or real(args))
+    code = csr.main(["repair-provider", "--codex-home", str(builder.root), "--from", "openai",
+                     "--to", "proxy", "--apply", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == csr.EXIT_OK and doc["applied"], doc
+    assert len(reads) == 1
+    assert csr.main(["diagnose", "--codex-home", str(builder.root), "--json"]) == csr.EXIT_OK
+    after = json.loads(capsys.readouterr().out)
+    assert after["threads"] == [] and after["latest_interactive_thread"]["id"] == moved.id
