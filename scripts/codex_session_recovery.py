@@ -165,7 +165,9 @@ def _cached_bytecode_usable(path: str) -> bool:
         header = b""
     if _bytecode_header_current(header, MAGIC_NUMBER, source):
         return True
-    return not sys.dont_write_bytecode and os.access(_nearest_folder(cache), os.W_OK)
+    folder = _nearest_folder(cache)
+    return (not sys.dont_write_bytecode and folder is not None and not os.path.isdir(cache)
+            and os.access(folder, os.W_OK))
 
 
 def _bytecode_header_current(header: bytes, magic: bytes, source: os.stat_result) -> bool:
@@ -181,12 +183,14 @@ def _bytecode_header_current(header: bytes, magic: bytes, source: os.stat_result
             and size == source.st_size & 0xFFFFFFFF)
 
 
-def _nearest_folder(path: str) -> str:
-    """The closest existing folder above `path` (the import system creates the rest)."""
+def _nearest_folder(path: str) -> Optional[str]:
+    """The closest existing folder above `path` (the import system creates the rest), or None
+    when what exists there first is no folder (a file, a link to nothing)."""
     folder = os.path.dirname(path)
-    while folder and not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+    while folder and not os.path.lexists(folder) and os.path.dirname(folder) != folder:
         folder = os.path.dirname(folder)
-    return folder or "."
+    folder = folder or "."
+    return folder if os.path.isdir(folder) else None
 
 
 if __name__ == "__main__":

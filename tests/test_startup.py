@@ -230,3 +230,30 @@ def test_a_damaged_cache_is_compiled_past_and_replaced(tmp_path, damage):
     again = run(script, "--version", flags=("-v",))
     assert loaded_from(again, script) == [str(script)] and cache.is_file()
     assert loaded_from(run(script, "--version", flags=("-v",)), script) == [str(cache)]
+
+
+def banners(result: "subprocess.CompletedProcess[str]") -> int:
+    """How many interpreters `python -v` started: 1 in place, 2 through the replacement."""
+    return sum(line.startswith("Python %d.%d." % sys.version_info[:2])
+               for line in result.stderr.splitlines())
+
+
+@needs_exec
+@pytest.mark.parametrize("obstacle", ["a file", "a dangling link", "a folder at the cache"])
+def test_a_cache_that_cannot_be_written_runs_in_place(tmp_path, obstacle):
+    """__pycache__ is a file or a link to nothing, or a folder holds the .pyc's name: the import
+    could not write the cache, so every run would compile the file in both processes. The
+    script runs in place instead, as for an unwritable folder."""
+    script = copy_script(tmp_path / "scripts")
+    pycache = script.parent / "__pycache__"
+    if obstacle == "a file":
+        pycache.write_text("not a folder\n")
+    elif obstacle == "a dangling link":
+        pycache.symlink_to(tmp_path / "nowhere" / "__pycache__")
+    else:
+        (pycache / CACHE_NAME).mkdir(parents=True)
+    for _ in range(2):
+        result = run(script, "--version", flags=("-v",))
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "%s %s\n" % (csr.TOOL_NAME, csr.__version__)
+        assert loaded_from(result, script) == [] and banners(result) == 1
