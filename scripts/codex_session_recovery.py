@@ -66,10 +66,12 @@ import sys
 # interpreter options) with one that imports this file as a module: the import system reads the
 # bytecode cached in __pycache__ beside it (writing it on the first run, as for any import) and
 # frees the tree as soon as the code is compiled. Where that cannot be done exactly (Windows,
-# Python 3.9 without sys.orig_argv, an interpreter option not recognised, a cache that would be
-# compiled again on every run), the script runs in place, as before.
+# Python 3.9 without sys.orig_argv, an interpreter option not recognised, a file not named .py,
+# a cache that would be compiled again on every run), the script runs in place, as before.
+# Through a link, the file linked to is cached.
 
 _RUN_AS_MODULE = """\
+import os
 import sys
 argv0, path, path0 = sys.argv[1:4]
 sys.argv[0:4] = [argv0]
@@ -77,8 +79,9 @@ if path0 and sys.path[:1] == [""]:
     sys.path[0] = path0
 from importlib.machinery import SourceFileLoader
 from importlib.util import module_from_spec, spec_from_loader
-loader = SourceFileLoader("codex_session_recovery", path)
+loader = SourceFileLoader("codex_session_recovery", os.path.realpath(path))
 module = module_from_spec(spec_from_loader(loader.name, loader))
+module.__file__ = path  # as run, through any link (the Next lines name it)
 sys.modules[loader.name] = module
 try:
     code = loader.get_code(loader.name)
@@ -87,7 +90,6 @@ except (ImportError, EOFError, TypeError, ValueError):
     # so that the next run writes it again.
     code = compile(loader.get_data(path), path, "exec", dont_inherit=True)
     if not sys.dont_write_bytecode:
-        import os
         try:
             os.unlink(module.__cached__)
         except OSError:
@@ -105,7 +107,7 @@ def run_from_cached_bytecode() -> None:
     """Replace this process with the same run importing this file, when that is exact and the
     bytecode will not be compiled on every run; return (run in place) otherwise."""
     command = _command_as_module()
-    if command is not None and _cached_bytecode_usable(__file__):
+    if command is not None and _cached_bytecode_usable(os.path.realpath(__file__)):
         try:
             os.execv(sys.executable, command)
         except OSError:
@@ -152,6 +154,8 @@ def _cached_bytecode_usable(path: str) -> bool:
     """The bytecode Python caches for `path` is current, or may be written now (the import that
     follows writes it). A cache that is stale and cannot be written would have the file compiled
     in both processes on every run."""
+    if not path.endswith(".py"):  # the import system caches .py files only
+        return False
     try:
         from importlib.util import MAGIC_NUMBER, cache_from_source
         cache = cache_from_source(path)

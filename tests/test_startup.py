@@ -257,3 +257,43 @@ def test_a_cache_that_cannot_be_written_runs_in_place(tmp_path, obstacle):
         assert result.returncode == 0, result.stderr
         assert result.stdout == "%s %s\n" % (csr.TOOL_NAME, csr.__version__)
         assert loaded_from(result, script) == [] and banners(result) == 1
+
+
+@needs_exec
+def test_a_link_to_the_script_caches_beside_the_script(tmp_path):
+    """A link in a folder of commands (named without .py, as commands are) runs the script it
+    names: the cache is written beside that script, never in the commands' folder, and the run
+    says what a run in place says."""
+    builder = HomeBuilder(tmp_path / "home", "0.169.0").provider_config("proxy")
+    builder.thread(provider="openai")
+    script = copy_script(tmp_path / "skill" / "scripts")
+    commands = tmp_path / "bin"
+    commands.mkdir()
+    link = commands / "codex-session-recovery"
+    link.symlink_to(script)
+    argv = ("--codex-home", str(builder.root), "diagnose", "--json")
+
+    in_place = run(link, *argv, write_bytecode=False)
+    first = run(link, *argv, flags=("-v",))
+    second = run(link, *argv, flags=("-v",))
+    from_cache = run(link, *argv)
+
+    assert sorted(os.listdir(str(commands))) == [link.name]
+    cache = script.parent / "__pycache__" / CACHE_NAME
+    assert loaded_from(first, link) == [str(script)] and loaded_from(second, link) == [str(cache)]
+    assert in_place.returncode == from_cache.returncode == csr.EXIT_FINDINGS, from_cache.stderr
+    assert in_place.stdout == from_cache.stdout and in_place.stderr == from_cache.stderr
+
+
+@needs_exec
+def test_a_copy_named_without_py_runs_in_place(tmp_path):
+    """A copy installed as a command (`bin/codex-session-recovery`): the import system caches
+    only .py files, and would write a .pyc named after the command into the commands' folder."""
+    commands = tmp_path / "bin"
+    commands.mkdir()
+    command = Path(shutil.copy2(str(SCRIPT), str(commands / "codex-session-recovery")))
+    for _ in range(2):
+        result = run(command, "--version", flags=("-v",))
+        assert result.stdout == "%s %s\n" % (csr.TOOL_NAME, csr.__version__), result.stderr
+        assert banners(result) == 1
+    assert sorted(os.listdir(str(commands))) == [command.name]
