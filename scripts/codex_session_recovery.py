@@ -66,8 +66,8 @@ import sys
 # interpreter options) with one that imports this file as a module: the import system reads the
 # bytecode cached in __pycache__ beside it (writing it on the first run, as for any import) and
 # frees the tree as soon as the code is compiled. Where that cannot be done exactly (Windows,
-# Python 3.9 without sys.orig_argv, an interpreter option not recognised, a file not named .py,
-# a cache that would be compiled again on every run), the script runs in place, as before.
+# Python 3.9 without sys.orig_argv, an interpreter option not recognised, -i, a file not named
+# .py, a cache that would be compiled again on every run), the script runs in place, as before.
 # Through a link, the file linked to is cached.
 
 _RUN_AS_MODULE = """\
@@ -117,7 +117,8 @@ def run_from_cached_bytecode() -> None:
 def _command_as_module() -> Optional[List[str]]:
     """The interpreter's own command line with the script replaced by _RUN_AS_MODULE, or None."""
     original = getattr(sys, "orig_argv", None)  # Python 3.10+
-    if os.name != "posix" or not original or not sys.executable or not sys.argv[0]:
+    if (os.name != "posix" or not original or not sys.executable or not sys.argv[0]
+            or sys.flags.inspect):  # -i: a prompt in the script's namespace when it ends
         return None
     script_at = len(original) - len(sys.argv)
     if script_at < 1 or original[script_at:] != sys.argv:

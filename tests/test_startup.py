@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import pytest
 
@@ -297,3 +297,29 @@ def test_a_copy_named_without_py_runs_in_place(tmp_path):
         assert result.stdout == "%s %s\n" % (csr.TOOL_NAME, csr.__version__), result.stderr
         assert banners(result) == 1
     assert sorted(os.listdir(str(commands))) == [command.name]
+
+
+@needs_exec
+def test_an_interactive_run_after_the_script_sees_the_scripts_names(tmp_path):
+    """`python3 -i script ...` (or PYTHONINSPECT) opens a prompt in the script's namespace when
+    it ends, after the same traceback of its SystemExit: the script runs in place for it."""
+    script = copy_script(tmp_path / "scripts")
+    probe = "print([name for name in ('TOOL_NAME', 'loader', 'main') if name in globals()])\n"
+
+    def interactive(flags: Sequence[str],
+                    env: Dict[str, str]) -> "subprocess.CompletedProcess[str]":
+        full = script_env(env)
+        full.pop("PYTHONDONTWRITEBYTECODE", None)
+        full.update(env)
+        return subprocess.run([sys.executable, *flags, str(script), "--bogus"], input=probe,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=full, timeout=120)
+
+    ways = ((("-i",), {}), ((), {"PYTHONINSPECT": "1"}))
+    in_place = [interactive(flags, dict(env, PYTHONDONTWRITEBYTECODE="1")) for flags, env in ways]
+    assert "['TOOL_NAME', 'main']" in in_place[0].stdout
+    assert run(script, "--version").returncode == 0  # a current cache
+    for (flags, env), alone in zip(ways, in_place):
+        result = interactive(flags, env)
+        assert (result.returncode, result.stdout) == (alone.returncode, alone.stdout)
+        assert result.stderr == alone.stderr
