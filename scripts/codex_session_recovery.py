@@ -66,9 +66,9 @@ import sys
 # interpreter options) with one that imports this file as a module: the import system reads the
 # bytecode cached in __pycache__ beside it (writing it on the first run, as for any import) and
 # frees the tree as soon as the code is compiled. Where that cannot be done exactly (Windows,
-# Python 3.9 without sys.orig_argv, an interpreter option not recognised, -i, a file not named
-# .py, a cache that would be compiled again on every run), the script runs in place, as before.
-# Through a link, the file linked to is cached.
+# Python 3.9 without sys.orig_argv, an interpreter option not recognised, -i, a sys.executable
+# that is not this interpreter, a file not named .py, a cache that would be compiled again on
+# every run), the script runs in place, as before. Through a link, the file linked to is cached.
 
 _RUN_AS_MODULE = """\
 import os
@@ -119,6 +119,11 @@ def _command_as_module() -> Optional[List[str]]:
     original = getattr(sys, "orig_argv", None)  # Python 3.10+
     if (os.name != "posix" or not original or not sys.executable or not sys.argv[0]
             or sys.flags.inspect):  # -i: a prompt in the script's namespace when it ends
+        return None
+    # sys.executable is argv[0] looked up on PATH: started as `python3` from another file
+    # (`exec -a`, sudo's secure_path) it names some other interpreter, which must not run.
+    if os.path.exists("/proc/self/exe") and (os.path.realpath(sys.executable)
+                                             != os.path.realpath("/proc/self/exe")):
         return None
     script_at = len(original) - len(sys.argv)
     if script_at < 1 or original[script_at:] != sys.argv:

@@ -323,3 +323,25 @@ def test_an_interactive_run_after_the_script_sees_the_scripts_names(tmp_path):
         result = interactive(flags, env)
         assert (result.returncode, result.stdout) == (alone.returncode, alone.stdout)
         assert result.stderr == alone.stderr
+
+
+@needs_exec
+@pytest.mark.skipif(not os.path.exists("/proc/self/exe"),
+                    reason="only /proc/self/exe tells which file the running interpreter is")
+def test_the_replacement_runs_the_interpreter_that_is_running(tmp_path):
+    """sys.executable is looked up from argv[0] on PATH: started as `python3` from another file
+    (`exec -a`, a caller's `executable=`, sudo's secure_path), it names some other python3. The
+    replacement must not run that one: the script stays in this interpreter."""
+    script = copy_script(tmp_path / "scripts")
+    assert run(script, "--version").returncode == 0  # a current cache
+    decoy = tmp_path / "decoy"
+    decoy.mkdir()
+    (decoy / "python3").write_text("#!/bin/sh\necho decoy python3 ran\nexit 7\n")
+    (decoy / "python3").chmod(0o755)
+    env = script_env({"PATH": "%s%s%s" % (decoy, os.pathsep, os.environ.get("PATH", ""))})
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    result = subprocess.run(["python3", str(script), "--version"], executable=sys.executable,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            timeout=120)
+    assert "decoy" not in result.stdout
+    assert (result.returncode, result.stdout) == (0, "%s %s\n" % (csr.TOOL_NAME, csr.__version__))
