@@ -64,8 +64,9 @@ import sys
 # 10,000 threads. Python caches bytecode for imported modules only. So before it imports
 # anything else, the script replaces its process (same process id, descriptors, environment and
 # interpreter options) with one that imports this file as a module: the import system reads the
-# bytecode cached in __pycache__ beside it (writing it on the first run, as for any import) and
-# frees the tree as soon as the code is compiled. Where that cannot be done exactly (Windows,
+# bytecode cached in __pycache__ beside it (writing it on the first run, as for any import, but
+# checked by the source's hash, not its mtime and size) and frees the tree as soon as the code
+# is compiled. Where that cannot be done exactly (Windows,
 # Python 3.9 without sys.orig_argv, an interpreter option not recognised, -i, a sys.executable
 # that is not this interpreter, a file not named .py, a cache that would be compiled again on
 # every run), the script runs in place, as before. Through a link, the file linked to is cached.
@@ -78,8 +79,29 @@ sys.argv[0:4] = [argv0]
 if path0 and sys.path[:1] == [""]:
     sys.path[0] = path0
 from importlib.machinery import SourceFileLoader
-from importlib.util import module_from_spec, spec_from_loader
-loader = SourceFileLoader("codex_session_recovery", os.path.realpath(path))
+from importlib.util import module_from_spec, source_hash, spec_from_loader
+CHECKED_HASH = (3).to_bytes(4, "little")  # PEP 552 flags: hash-based, checked against the source
+
+
+# The cache is trusted by the source's hash, never by its mtime and size (a new text of the same
+# size with the old mtime would run the old code): read only when it holds this source's hash,
+# written with that hash.
+class Loader(SourceFileLoader):
+    def get_data(self, path):
+        data = super().get_data(path)
+        if path != self.path and data[4:16] != CHECKED_HASH + self.source_hash():
+            raise OSError("not this source's bytecode")  # so the loader compiles the source
+        return data
+
+    def set_data(self, path, data, *, _mode=0o666):
+        data = data[:4] + CHECKED_HASH + self.source_hash() + data[16:]
+        super().set_data(path, data, _mode=_mode)
+
+    def source_hash(self):
+        return source_hash(super().get_data(self.path))
+
+
+loader = Loader("codex_session_recovery", os.path.realpath(path))
 module = module_from_spec(spec_from_loader(loader.name, loader))
 module.__file__ = path  # as run, through any link (the Next lines name it)
 sys.modules[loader.name] = module
@@ -88,7 +110,7 @@ try:
 except (ImportError, EOFError, TypeError, ValueError):
     # A damaged cache (a valid header over bad data): the source, compiled; the cache goes,
     # so that the next run writes it again.
-    code = compile(loader.get_data(path), path, "exec", dont_inherit=True)
+    code = compile(loader.get_data(loader.path), loader.path, "exec", dont_inherit=True)
     if not sys.dont_write_bytecode:
         try:
             os.unlink(module.__cached__)
@@ -165,7 +187,8 @@ def _cached_bytecode_usable(path: str) -> bool:
     try:
         from importlib.util import MAGIC_NUMBER, cache_from_source
         cache = cache_from_source(path)
-        source = os.stat(path)
+        with open(path, "rb") as handle:
+            source = handle.read()
     except (ImportError, NotImplementedError, OSError, ValueError):
         return False
     try:
@@ -180,17 +203,14 @@ def _cached_bytecode_usable(path: str) -> bool:
             and os.access(folder, os.W_OK))
 
 
-def _bytecode_header_current(header: bytes, magic: bytes, source: os.stat_result) -> bool:
-    """The import system's own test of a cached .pyc (PEP 552): this interpreter's magic, then
-    the source's mtime and size for a timestamp pyc; a hash-based one is checked by the loader."""
-    if len(header) < 16 or header[:4] != magic:
-        return False
-    flags = int.from_bytes(header[4:8], "little")
-    if flags & 1:
-        return True
-    mtime, size = int.from_bytes(header[8:12], "little"), int.from_bytes(header[12:16], "little")
-    return (flags == 0 and mtime == int(source.st_mtime) & 0xFFFFFFFF
-            and size == source.st_size & 0xFFFFFFFF)
+def _bytecode_header_current(header: bytes, magic: bytes, source: bytes) -> bool:
+    """The cached .pyc is the one _RUN_AS_MODULE reads (PEP 552): this interpreter's magic, the
+    flags of a hash-based pyc checked against its source, and this source's hash. A timestamp
+    pyc (an ordinary import's) is not: its mtime and size may match another text."""
+    from importlib.util import source_hash
+
+    return (len(header) >= 16 and header[:4] == magic
+            and header[4:16] == (3).to_bytes(4, "little") + source_hash(source))
 
 
 def _nearest_folder(path: str) -> Optional[str]:

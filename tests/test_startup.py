@@ -184,26 +184,34 @@ def test_only_interpreter_options_are_repeated(words, kept):
         assert csr._interpreter_options(words) is None
 
 
-def test_the_header_test_is_the_import_systems(tmp_path):
-    """A timestamp pyc is current when its magic, mtime and size are the source's; a hash-based
-    one is left to the loader; anything shorter or foreign is not."""
+def test_the_header_test_wants_this_sources_hash(tmp_path):
+    """A cache is current when it is a hash-based pyc checked against its source, with this
+    interpreter's magic and this source's hash. A timestamp pyc is not, though its mtime and
+    size are the source's (another text may share them); nor an unchecked hash-based one, nor
+    one of another text of the same size, nor anything shorter or foreign."""
     import importlib.util
     import py_compile
 
+    def header(mode: "py_compile.PycInvalidationMode", name: str) -> bytes:
+        cache = py_compile.compile(str(source), cfile=str(tmp_path / name), doraise=True,
+                                   invalidation_mode=mode)
+        return Path(cache).read_bytes()[:16]
+
     source = tmp_path / "m.py"
     source.write_text("x = 1\n")
-    cache = Path(py_compile.compile(str(source), cfile=str(tmp_path / "m.pyc"), doraise=True))
+    modes = py_compile.PycInvalidationMode
+    checked = header(modes.CHECKED_HASH, "c.pyc")
     magic = importlib.util.MAGIC_NUMBER
-    header = cache.read_bytes()[:16]
-    assert csr._bytecode_header_current(header, magic, source.stat())
-    assert not csr._bytecode_header_current(header[:15], magic, source.stat())
-    assert not csr._bytecode_header_current(b"\0\0\0\0" + header[4:], magic, source.stat())
-    source.write_text("x = 22\n")  # one byte longer
-    assert not csr._bytecode_header_current(header, magic, source.stat())
-    hashed = Path(py_compile.compile(
-        str(source), cfile=str(tmp_path / "h.pyc"), doraise=True,
-        invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH))
-    assert csr._bytecode_header_current(hashed.read_bytes()[:16], magic, source.stat())
+    assert csr._bytecode_header_current(checked, magic, source.read_bytes())
+    assert not csr._bytecode_header_current(checked[:15], magic, source.read_bytes())
+    assert not csr._bytecode_header_current(b"\0\0\0\0" + checked[4:], magic,
+                                            source.read_bytes())
+    assert not csr._bytecode_header_current(header(modes.TIMESTAMP, "t.pyc"), magic,
+                                            source.read_bytes())
+    assert not csr._bytecode_header_current(header(modes.UNCHECKED_HASH, "u.pyc"), magic,
+                                            source.read_bytes())
+    source.write_text("x = 2\n")  # the same size
+    assert not csr._bytecode_header_current(checked, magic, source.read_bytes())
 
 
 
@@ -345,3 +353,24 @@ def test_the_replacement_runs_the_interpreter_that_is_running(tmp_path):
                             timeout=120)
     assert "decoy" not in result.stdout
     assert (result.returncode, result.stdout) == (0, "%s %s\n" % (csr.TOOL_NAME, csr.__version__))
+
+
+@needs_exec
+def test_an_edit_keeping_size_and_mtime_runs_the_new_text(tmp_path):
+    """A cache is checked against its source's content, not its mtime and size: a new text of
+    the same size given the old mtime (cp -p, rsync -t, an unpacked archive, an edit within the
+    same second) runs as the new text, also where no cache may be written."""
+    script = copy_script(tmp_path / "scripts")
+    assert run(script, "--version").returncode == 0
+    before = script.stat()
+    text = script.read_text(encoding="utf-8")
+    script.write_text(text.replace('__version__ = "%s"' % csr.__version__, '__version__ = "9.9.9"'),
+                      encoding="utf-8")
+    os.utime(str(script), ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (script.stat().st_size, script.stat().st_mtime) == (before.st_size, before.st_mtime)
+
+    for flags, write_bytecode in (((), False), (("-B",), True), ((), True)):
+        result = run(script, "--version", flags=flags, write_bytecode=write_bytecode)
+        assert result.stdout == "%s 9.9.9\n" % csr.TOOL_NAME, (flags, write_bytecode)
+    cache = script.parent / "__pycache__" / CACHE_NAME
+    assert loaded_from(run(script, "--version", flags=("-v",)), script) == [str(cache)]
