@@ -65,11 +65,12 @@ import sys
 # anything else, the script replaces its process (same process id, descriptors, environment and
 # interpreter options) with one that imports this file as a module: the import system reads the
 # bytecode cached in __pycache__ beside it (writing it on the first run, as for any import, but
-# checked by the source's hash, not its mtime and size) and frees the tree as soon as the code
-# is compiled. Where that cannot be done exactly (Windows,
-# Python 3.9 without sys.orig_argv, an interpreter option not recognised, -i, a sys.executable
-# that is not this interpreter, a file not named .py, a cache that would be compiled again on
-# every run), the script runs in place, as before. Through a link, the file linked to is cached.
+# checked by the source's hash, not its mtime and size, and read only if this user, the source's
+# owner or root wrote it) and frees the tree as soon as the code is compiled. Where that cannot
+# be done exactly (Windows, Python 3.9 without sys.orig_argv, an interpreter option not
+# recognised, -i, a sys.executable that is not this interpreter, a file not named .py, a cache
+# that would be compiled again on every run), the script runs in place, as before. Through a
+# link, the file linked to is cached.
 
 _RUN_AS_MODULE = """\
 import os
@@ -85,12 +86,18 @@ CHECKED_HASH = (3).to_bytes(4, "little")  # PEP 552 flags: hash-based, checked a
 
 # The cache is trusted by the source's hash, never by its mtime and size (a new text of the same
 # size with the old mtime would run the old code): read only when it holds this source's hash,
-# written with that hash.
+# written with that hash; and only when this user, the source's owner or root wrote it.
 class Loader(SourceFileLoader):
     def get_data(self, path):
-        data = super().get_data(path)
-        if path != self.path and data[4:16] != CHECKED_HASH + self.source_hash():
-            raise OSError("not this source's bytecode")  # so the loader compiles the source
+        if path == self.path:
+            return super().get_data(path)
+        with open(path, "rb") as handle:
+            owner = os.fstat(handle.fileno()).st_uid
+            if owner not in (0, os.geteuid(), os.stat(self.path).st_uid):
+                raise OSError("bytecode another user wrote")  # so the loader compiles the source
+            data = handle.read()
+        if data[4:16] != CHECKED_HASH + self.source_hash():
+            raise OSError("not this source's bytecode")
         return data
 
     def set_data(self, path, data, *, _mode=0o666):
@@ -189,11 +196,12 @@ def _cached_bytecode_usable(path: str) -> bool:
         cache = cache_from_source(path)
         with open(path, "rb") as handle:
             source = handle.read()
+            owners = (0, os.geteuid(), os.fstat(handle.fileno()).st_uid)
     except (ImportError, NotImplementedError, OSError, ValueError):
         return False
     try:
-        with open(cache, "rb") as handle:
-            header = handle.read(16)
+        with open(cache, "rb") as handle:  # read only if this user, the source's owner or root
+            header = handle.read(16) if os.fstat(handle.fileno()).st_uid in owners else b""
     except OSError:
         header = b""
     if _bytecode_header_current(header, MAGIC_NUMBER, source):

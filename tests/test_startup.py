@@ -374,3 +374,33 @@ def test_an_edit_keeping_size_and_mtime_runs_the_new_text(tmp_path):
         assert result.stdout == "%s 9.9.9\n" % csr.TOOL_NAME, (flags, write_bytecode)
     cache = script.parent / "__pycache__" / CACHE_NAME
     assert loaded_from(run(script, "--version", flags=("-v",)), script) == [str(cache)]
+
+
+@needs_exec
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
+                    reason="giving a file to another user needs root")
+def test_a_cache_another_user_wrote_is_never_run(tmp_path):
+    """A script run in place never read __pycache__; run through the replacement it runs what
+    is cached there. Where another user could write that cache (a script in /tmp, whose
+    __pycache__ anyone may create first), a .pyc they wrote, with the header of this source,
+    must not run: only a cache of this user, of the source's owner or of root is read."""
+    import importlib.util
+    import marshal
+
+    script = copy_script(tmp_path / "scripts")
+    source = script.read_bytes()
+    planted = source.replace(b'__version__ = "%s"' % csr.__version__.encode(),
+                             b'__version__ = "6.6.6"')
+    code = compile(planted, str(script), "exec", dont_inherit=True)
+    pycache = script.parent / "__pycache__"
+    pycache.mkdir()
+    cache = pycache / CACHE_NAME
+    cache.write_bytes(importlib.util.MAGIC_NUMBER + (3).to_bytes(4, "little")
+                      + importlib.util.source_hash(source) + marshal.dumps(code))
+    nobody = 65534
+    os.chown(str(pycache), nobody, nobody)
+    os.chown(str(cache), nobody, nobody)
+
+    for write_bytecode in (False, True):
+        result = run(script, "--version", write_bytecode=write_bytecode)
+        assert result.stdout == "%s %s\n" % (csr.TOOL_NAME, csr.__version__), result.stderr
