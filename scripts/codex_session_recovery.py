@@ -64,30 +64,61 @@ import sys
 # 10,000 threads. Python caches bytecode for imported modules only. So before it imports
 # anything else, the script replaces its process (same process id, descriptors, environment and
 # interpreter options) with one that imports this file as a module: the import system reads the
-# bytecode cached in __pycache__ beside it (writing it on the first run, as for any import) and
-# frees the tree as soon as the code is compiled. Where that cannot be done exactly (Windows,
-# Python 3.9 without sys.orig_argv, an interpreter option not recognised, a cache that would be
-# compiled again on every run), the script runs in place, as before.
+# bytecode cached in __pycache__ beside it (writing it on the first run, as for any import, but
+# checked by the source's hash, not its mtime and size, and read only if this user, the source's
+# owner or root wrote it) and frees the tree as soon as the code is compiled. Where that cannot
+# be done exactly (Windows, Python 3.9 without sys.orig_argv, an interpreter option not
+# recognised, -i, a sys.executable that is not this interpreter, a file not named .py, a cache
+# that would be compiled again on every run), the script runs in place, as before. Through a
+# link, the file linked to is cached.
 
 _RUN_AS_MODULE = """\
+import os
 import sys
 argv0, path, path0 = sys.argv[1:4]
 sys.argv[0:4] = [argv0]
 if path0 and sys.path[:1] == [""]:
     sys.path[0] = path0
 from importlib.machinery import SourceFileLoader
-from importlib.util import module_from_spec, spec_from_loader
-loader = SourceFileLoader("codex_session_recovery", path)
+from importlib.util import module_from_spec, source_hash, spec_from_loader
+CHECKED_HASH = (3).to_bytes(4, "little")  # PEP 552 flags: hash-based, checked against the source
+
+
+# The cache is trusted by the source's hash, never by its mtime and size (a new text of the same
+# size with the old mtime would run the old code): read only when it holds this source's hash,
+# written with that hash; and only when this user, the source's owner or root wrote it.
+class Loader(SourceFileLoader):
+    def get_data(self, path):
+        if path == self.path:
+            return super().get_data(path)
+        with open(path, "rb") as handle:
+            owner = os.fstat(handle.fileno()).st_uid
+            if owner not in (0, os.geteuid(), os.stat(self.path).st_uid):
+                raise OSError("bytecode another user wrote")  # so the loader compiles the source
+            data = handle.read()
+        if data[4:16] != CHECKED_HASH + self.source_hash():
+            raise OSError("not this source's bytecode")
+        return data
+
+    def set_data(self, path, data, *, _mode=0o666):
+        data = data[:4] + CHECKED_HASH + self.source_hash() + data[16:]
+        super().set_data(path, data, _mode=_mode)
+
+    def source_hash(self):
+        return source_hash(super().get_data(self.path))
+
+
+loader = Loader("codex_session_recovery", os.path.realpath(path))
 module = module_from_spec(spec_from_loader(loader.name, loader))
+module.__file__ = path  # as run, through any link (the Next lines name it)
 sys.modules[loader.name] = module
 try:
     code = loader.get_code(loader.name)
 except (ImportError, EOFError, TypeError, ValueError):
     # A damaged cache (a valid header over bad data): the source, compiled; the cache goes,
     # so that the next run writes it again.
-    code = compile(loader.get_data(path), path, "exec", dont_inherit=True)
+    code = compile(loader.get_data(loader.path), loader.path, "exec", dont_inherit=True)
     if not sys.dont_write_bytecode:
-        import os
         try:
             os.unlink(module.__cached__)
         except OSError:
@@ -105,7 +136,7 @@ def run_from_cached_bytecode() -> None:
     """Replace this process with the same run importing this file, when that is exact and the
     bytecode will not be compiled on every run; return (run in place) otherwise."""
     command = _command_as_module()
-    if command is not None and _cached_bytecode_usable(__file__):
+    if command is not None and _cached_bytecode_usable(os.path.realpath(__file__)):
         try:
             os.execv(sys.executable, command)
         except OSError:
@@ -115,7 +146,13 @@ def run_from_cached_bytecode() -> None:
 def _command_as_module() -> Optional[List[str]]:
     """The interpreter's own command line with the script replaced by _RUN_AS_MODULE, or None."""
     original = getattr(sys, "orig_argv", None)  # Python 3.10+
-    if os.name != "posix" or not original or not sys.executable or not sys.argv[0]:
+    if (os.name != "posix" or not original or not sys.executable or not sys.argv[0]
+            or sys.flags.inspect):  # -i: a prompt in the script's namespace when it ends
+        return None
+    # sys.executable is argv[0] looked up on PATH: started as `python3` from another file
+    # (`exec -a`, sudo's secure_path) it names some other interpreter, which must not run.
+    if os.path.exists("/proc/self/exe") and (os.path.realpath(sys.executable)
+                                             != os.path.realpath("/proc/self/exe")):
         return None
     script_at = len(original) - len(sys.argv)
     if script_at < 1 or original[script_at:] != sys.argv:
@@ -152,41 +189,46 @@ def _cached_bytecode_usable(path: str) -> bool:
     """The bytecode Python caches for `path` is current, or may be written now (the import that
     follows writes it). A cache that is stale and cannot be written would have the file compiled
     in both processes on every run."""
+    if not path.endswith(".py"):  # the import system caches .py files only
+        return False
     try:
         from importlib.util import MAGIC_NUMBER, cache_from_source
         cache = cache_from_source(path)
-        source = os.stat(path)
+        with open(path, "rb") as handle:
+            source = handle.read()
+            owners = (0, os.geteuid(), os.fstat(handle.fileno()).st_uid)
     except (ImportError, NotImplementedError, OSError, ValueError):
         return False
     try:
-        with open(cache, "rb") as handle:
-            header = handle.read(16)
+        with open(cache, "rb") as handle:  # read only if this user, the source's owner or root
+            header = handle.read(16) if os.fstat(handle.fileno()).st_uid in owners else b""
     except OSError:
         header = b""
     if _bytecode_header_current(header, MAGIC_NUMBER, source):
         return True
-    return not sys.dont_write_bytecode and os.access(_nearest_folder(cache), os.W_OK)
+    folder = _nearest_folder(cache)
+    return (not sys.dont_write_bytecode and folder is not None and not os.path.isdir(cache)
+            and os.access(folder, os.W_OK))
 
 
-def _bytecode_header_current(header: bytes, magic: bytes, source: os.stat_result) -> bool:
-    """The import system's own test of a cached .pyc (PEP 552): this interpreter's magic, then
-    the source's mtime and size for a timestamp pyc; a hash-based one is checked by the loader."""
-    if len(header) < 16 or header[:4] != magic:
-        return False
-    flags = int.from_bytes(header[4:8], "little")
-    if flags & 1:
-        return True
-    mtime, size = int.from_bytes(header[8:12], "little"), int.from_bytes(header[12:16], "little")
-    return (flags == 0 and mtime == int(source.st_mtime) & 0xFFFFFFFF
-            and size == source.st_size & 0xFFFFFFFF)
+def _bytecode_header_current(header: bytes, magic: bytes, source: bytes) -> bool:
+    """The cached .pyc is the one _RUN_AS_MODULE reads (PEP 552): this interpreter's magic, the
+    flags of a hash-based pyc checked against its source, and this source's hash. A timestamp
+    pyc (an ordinary import's) is not: its mtime and size may match another text."""
+    from importlib.util import source_hash
+
+    return (len(header) >= 16 and header[:4] == magic
+            and header[4:16] == (3).to_bytes(4, "little") + source_hash(source))
 
 
-def _nearest_folder(path: str) -> str:
-    """The closest existing folder above `path` (the import system creates the rest)."""
+def _nearest_folder(path: str) -> Optional[str]:
+    """The closest existing folder above `path` (the import system creates the rest), or None
+    when what exists there first is no folder (a file, a link to nothing)."""
     folder = os.path.dirname(path)
-    while folder and not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+    while folder and not os.path.lexists(folder) and os.path.dirname(folder) != folder:
         folder = os.path.dirname(folder)
-    return folder or "."
+    folder = folder or "."
+    return folder if os.path.isdir(folder) else None
 
 
 if __name__ == "__main__":
