@@ -404,3 +404,20 @@ def test_a_cache_another_user_wrote_is_never_run(tmp_path):
     for write_bytecode in (False, True):
         result = run(script, "--version", write_bytecode=write_bytecode)
         assert result.stdout == "%s %s\n" % (csr.TOOL_NAME, csr.__version__), result.stderr
+
+
+@needs_exec
+def test_where_the_running_interpreter_cannot_be_told_the_script_runs_in_place(monkeypatch):
+    """The replacement runs sys.executable only when it is the file this process runs (Linux's
+    /proc/self/exe); where that cannot be read (macOS, a container without /proc) it would be
+    a guess, so the script runs in place."""
+    monkeypatch.setattr(sys, "argv", [csr.__file__, "--version"])
+    monkeypatch.setattr(sys, "orig_argv", [sys.executable, "-B", csr.__file__, "--version"])
+    command = csr._command_as_module()
+    if not os.path.exists("/proc/self/exe"):
+        assert command is None
+        return
+    assert command is not None and command[:3] == [sys.executable, "-B", "-c"]
+    assert command[-1] == "--version"
+    monkeypatch.setattr(csr, "RUNNING_INTERPRETER", "/nonexistent/proc/self/exe")
+    assert csr._command_as_module() is None
