@@ -70,18 +70,19 @@ def measure(command: Command) -> Dict[str, float]:
         before()
     saved = {name: os.environ.get(name) for name in env}
     try:
-        for name, value in env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        set_environment(env)
         return run.measure(argv)
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        set_environment(saved)
+
+
+def set_environment(values: Dict[str, Optional[str]]) -> None:
+    """Each variable set, or removed where its value is None."""
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def script_copies(python: str, folder: Path) -> Dict[str, Path]:
