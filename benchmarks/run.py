@@ -292,10 +292,16 @@ def measure(argv: List[str], ok_codes: Tuple[int, ...] = (0, 1)) -> Dict[str, An
 
 
 def cache_bytecode(script: Path) -> str:
-    """Write the bytecode cache a user's first run of the script writes (its __pycache__), so
-    every measured run is a later one: it starts from that cache (see the script's Start-up)."""
-    import py_compile
-    return "bytecode cache: %s" % py_compile.compile(str(script), doraise=True)
+    """Run the script once as a user's first run does (bytecode writing allowed), so every
+    measured run is a later one: it starts from the cache that run wrote (see the script's
+    Start-up)."""
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    subprocess.run([sys.executable, str(script), "--version"], env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+    import importlib.util
+    cache = importlib.util.cache_from_source(str(script))
+    return "bytecode cache: %s (%s)" % (cache, "written" if os.path.isfile(cache) else "absent")
 
 
 def tool(home: Path, *args: str, script: Path = SCRIPT) -> List[str]:

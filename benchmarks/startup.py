@@ -94,8 +94,10 @@ def script_copies(python: str, folder: Path) -> Dict[str, Path]:
         where.parent.mkdir(parents=True)
         shutil.copy2(str(run.SCRIPT), str(where))
         copies[name] = where
-    subprocess.run([python, "-c", "import py_compile, sys; py_compile.compile(sys.argv[1], "
-                    "doraise=True)", str(copies["cached"])], check=True)
+    first_run = dict(os.environ)
+    first_run.pop("PYTHONDONTWRITEBYTECODE", None)  # the cache a user's first run writes
+    subprocess.run([python, str(copies["cached"]), "--version"], env=first_run, check=True,
+                   stdout=subprocess.DEVNULL)
     copies["pyc"] = compile_copy(python, folder)
     return copies
 
