@@ -291,17 +291,25 @@ def measure(argv: List[str], ok_codes: Tuple[int, ...] = (0, 1)) -> Dict[str, An
     return {"s": float(elapsed), "cpu": float(cpu), "rss": rss_mb(int(maxrss)), "code": int(code), "stdout": stdout}
 
 
-def cache_bytecode(script: Path) -> str:
+def cache_bytecode(script: Path, python: str = sys.executable) -> str:
     """Run the script once as a user's first run does (bytecode writing allowed), so every
     measured run is a later one: it starts from the cache that run wrote (see the script's
     Start-up)."""
     env = dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    subprocess.run([sys.executable, str(script), "--version"], env=env, check=True,
+    subprocess.run([python, str(script), "--version"], env=env, check=True,
                    stdout=subprocess.DEVNULL)
-    import importlib.util
-    cache = importlib.util.cache_from_source(str(script))
-    return "bytecode cache: %s (%s)" % (cache, "written" if os.path.isfile(cache) else "absent")
+    cache = subprocess.run([python, "-c", "import importlib.util, sys; "
+                            "print(importlib.util.cache_from_source(sys.argv[1]))", str(script)],
+                           stdout=subprocess.PIPE, universal_newlines=True).stdout.strip()
+    # Whether the runs measured start from it (`-v` names where the script's code came from):
+    # a run in place would be measured otherwise, and this line says so.
+    verbose = subprocess.run([python, "-v", str(script), "--version"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             universal_newlines=True).stderr
+    used = "# code object from %r" % cache in verbose.splitlines()
+    return "bytecode cache: %s (%s)" % (cache, "the runs start from it" if used else
+                                        "NOT USED: the runs run in place")
 
 
 def tool(home: Path, *args: str, script: Path = SCRIPT) -> List[str]:

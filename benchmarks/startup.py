@@ -94,10 +94,7 @@ def script_copies(python: str, folder: Path) -> Dict[str, Path]:
         where.parent.mkdir(parents=True)
         shutil.copy2(str(run.SCRIPT), str(where))
         copies[name] = where
-    first_run = dict(os.environ)
-    first_run.pop("PYTHONDONTWRITEBYTECODE", None)  # the cache a user's first run writes
-    subprocess.run([python, str(copies["cached"]), "--version"], env=first_run, check=True,
-                   stdout=subprocess.DEVNULL)
+    print(run.cache_bytecode(copies["cached"], python))  # as a user's first run writes it
     copies["pyc"] = compile_copy(python, folder)
     return copies
 
