@@ -25,8 +25,7 @@ Exit codes (every command):
   3  refused by a safety check (the message names the override, if any)
   4  apply failed (the output says whether the automatic restore worked)
 
-The file reads top to bottom. Each section opens with a `# ----` banner; the constants come
-after the first:
+The file reads top to bottom, and each section opens with a `# ----` banner:
   Start-up: the script runs from its cached bytecode
   Errors: each expected failure carries its exit code
   TOML: config.toml's reader (the standard library's where there is one)
