@@ -8765,6 +8765,50 @@ def envelope(command: Optional[str], inv: Any, exit_code: int, applied: bool = F
 JSON_PIECE_ITEMS = 1000
 
 
+class Output:
+    """Everything the commands print on stdout goes through here. A stdout that cannot take it
+    (a full disk, a device that fails) is said once, in one line on stderr; what is left is
+    not printed (stdout is pointed at the null device, so no later write or the interpreter's
+    last flush fails again) and main() ends with 1, as for a closed pipe: the output was not
+    delivered. A closed pipe itself (`| head`) stays quiet: BrokenPipeError goes to main()."""
+
+    def __init__(self) -> None:
+        self.lost = False
+
+    def write(self, text: str) -> None:
+        if self.lost:
+            return
+        try:
+            sys.stdout.write(text)
+        except BrokenPipeError:
+            raise
+        except (OSError, ValueError) as exc:  # ValueError: a stream already closed
+            self._lose(exc)
+
+    def line(self, text: str) -> None:
+        """What print(text) would write."""
+        self.write(text + "\n")
+
+    def flush(self) -> None:
+        if self.lost:
+            return
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise
+        except (OSError, ValueError) as exc:
+            self._lose(exc)
+
+    def _lose(self, exc: BaseException) -> None:
+        self.lost = True
+        sys.stderr.write("stdout: the output could not be written (%s); the rest is not "
+                         "printed\n" % (getattr(exc, "strerror", None) or exc))
+        closed_pipe_exit()
+
+
+output = Output()
+
+
 def emit_json(doc: Dict[str, Any]) -> None:
     """One document. Indented for a person at a terminal; compact otherwise (agents and pipes),
     which also lets Python use its fast encoder on homes with thousands of threads. A value
@@ -8783,7 +8827,7 @@ def emit_json(doc: Dict[str, Any]) -> None:
     def newline(depth: int) -> str:
         return "\n" + "  " * depth if pretty else ""
 
-    write = sys.stdout.write
+    write = output.write
 
     def stream(value: Any, depth: int) -> None:
         """`value` written piece by piece where it holds a long list (a finding's thread ids:
@@ -9052,7 +9096,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(doc)
     else:
-        print(render_diagnose_text(doc, args.verbose))
+        output.line(render_diagnose_text(doc, args.verbose))
     report_verification(doc.get("verification"))
     return code
 
@@ -9352,7 +9396,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(doc)
     else:
-        print(render_trace_text(doc))
+        output.line(render_trace_text(doc))
     return code
 
 
@@ -9469,7 +9513,7 @@ def run_repair(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(doc)
     else:
-        print(render_plan_text(doc, args.verbose))
+        output.line(render_plan_text(doc, args.verbose))
     for warning in plan.warnings:
         sys.stderr.write("warning: %s\n" % warning)
     report_verification(verification)
@@ -9535,9 +9579,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
             emit_json(doc)
         else:
             width = max([len(b["name"]) for b in backups] + [0])
-            print("\n".join("%-*s  %-18s %3d file(s)%s"
-                            % (width, b["name"], b["command"] or "-", b["files"], backup_note(b))
-                            for b in backups) or "No backups under %s" % (home / BACKUP_DIR_NAME))
+            output.line("\n".join("%-*s  %-18s %3d file(s)%s"
+                                   % (width, b["name"], b["command"] or "-", b["files"],
+                                      backup_note(b)) for b in backups)
+                        or "No backups under %s" % (home / BACKUP_DIR_NAME))
         return EXIT_OK
     folder = choose_backup(home, args)
     if not is_within(folder, (home / BACKUP_DIR_NAME).resolve()):
@@ -9572,23 +9617,24 @@ def cmd_restore(args: argparse.Namespace) -> int:
         emit_json(doc)
     else:
         verb = "Restored" if args.apply else "Would restore"
-        print("%s %d file(s) from %s" % (verb, len(entries), folder))
+        output.line("%s %d file(s) from %s" % (verb, len(entries), folder))
         for path in entries:
-            print("  %s%s" % (path, "  (changed since that run)" if path in changed else ""))
+            output.line("  %s%s" % (path, "  (changed since that run)" if path in changed else ""))
         for path in removals:
-            print("%s %s (that run created it)"
-                  % ("Removed" if args.apply else "Would remove", path))
+            output.line("%s %s (that run created it)"
+                        % ("Removed" if args.apply else "Would remove", path))
         for path in creations:
-            print("%s %s (it no longer exists)"
-                  % ("Created" if args.apply else "Would create", path))
+            output.line("%s %s (it no longer exists)"
+                        % ("Created" if args.apply else "Would create", path))
         for skip in plan.skipped:
-            print("Left alone: %s (%s)" % (skip["path"], skip["reason"]))
+            output.line("Left alone: %s (%s)" % (skip["path"], skip["reason"]))
         if args.apply and result["undo_backup_dir"]:
-            print("The state just before this restore is saved in %s" % result["undo_backup_dir"])
+            output.line("The state just before this restore is saved in %s"
+                        % result["undo_backup_dir"])
         elif args.apply:
-            print("Nothing to put back: the home already holds what the backup holds.")
+            output.line("Nothing to put back: the home already holds what the backup holds.")
         else:
-            print("Nothing was written. Re-run with --apply to restore%s." % (
+            output.line("Nothing was written. Re-run with --apply to restore%s." % (
                 " (--discard-changes too: files changed since that run)" if changed else ""))
     return code
 
@@ -9800,6 +9846,17 @@ def home_for_error(args: argparse.Namespace) -> Optional[Path]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    if sys.stdout is None:  # started with stdout closed (`>&-`): nothing could be reported
+        sys.stderr.write("stdout is closed: nothing this run did could be reported; run it "
+                         "with stdout open\n")
+        return EXIT_USAGE
+    output.lost = False
+    code = _run_main(argv)
+    # Output not delivered is not a success; any other code already says more than 1 would.
+    return (code or EXIT_FINDINGS) if output.lost else code
+
+
+def _run_main(argv: Optional[Sequence[str]]) -> int:
     parser = build_parser()
     raw = list(sys.argv[1:] if argv is None else argv)
     if "--version" in raw and "--json" in raw:
@@ -9824,7 +9881,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_USAGE
     try:
         code = args.handler(args)
-        sys.stdout.flush()
+        output.flush()
         return code
     except BrokenPipeError:
         return closed_pipe_exit()

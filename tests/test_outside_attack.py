@@ -9,6 +9,8 @@ import contextlib
 import hashlib
 import json
 import os
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
@@ -16,7 +18,7 @@ from typing import Any, Dict, List, Tuple
 import pytest
 
 import codex_session_recovery as csr
-from homes import HomeBuilder, hash_tree, run_captured, run_script
+from homes import HomeBuilder, hash_tree, run_captured, run_script, script_env
 
 POSIX = os.name == "posix"
 
@@ -331,6 +333,54 @@ def test_a_closed_pipe_is_no_traceback(tmp_path, argv):
     assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err
     # Output not all delivered ends with 1 whatever the command (closed_pipe_exit).
     assert proc.returncode == csr.EXIT_FINDINGS, (proc.returncode, err)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="a device that is always full")
+@pytest.mark.parametrize("argv", [["report"], ["diagnose"], ["diagnose", "--json"],
+                                  ["trace", "--json", "THREAD"],
+                                  ["repair-provider", "--from", "openai", "--to", "proxy"],
+                                  ["restore", "--list"]])
+def test_a_stdout_that_cannot_be_written_is_one_line_not_a_traceback(tmp_path, argv):
+    """stdout on a full disk (/dev/full answers every write with ENOSPC): the run ends with
+    one line on stderr naming what failed, and 1, as for a closed pipe: the output was not
+    delivered. Nothing is written to the home by the dry runs that get there."""
+    root = tmp_path / "home"
+    home = HomeBuilder(root, "0.169.0").provider_config("proxy")
+    thread = home.thread(provider="openai")
+    argv = [thread.id if word == "THREAD" else word for word in argv]
+    before = hash_tree(root)
+    with open("/dev/full", "wb") as full:
+        proc = run_script(argv[0], "--codex-home", str(root), *argv[1:], stdout=full)
+    err = proc.stderr.decode("utf-8", "replace")
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    lines = err.strip().splitlines()
+    assert len([line for line in lines if "stdout" in line]) == 1, err
+    assert "No space left on device" in err, err
+    assert proc.returncode == csr.EXIT_FINDINGS, (proc.returncode, err)
+    assert hash_tree(root) == before
+
+
+@pytest.mark.skipif(not POSIX, reason="a descriptor closed before the run")
+@pytest.mark.parametrize("apply", [False, True])
+def test_a_closed_stdout_refuses_before_anything_is_read_or_written(tmp_path, apply):
+    """`cmd >&-`: Python starts with no sys.stdout. Nothing the run did could be reported (an
+    --apply's backup folder, its plan), so it refuses at once, with one line and 2, and an
+    --apply writes nothing."""
+    root = tmp_path / "home"
+    home = HomeBuilder(root, "0.169.0").provider_config("proxy")
+    home.thread(provider="openai")
+    before = hash_tree(root)
+    argv = ["repair-provider", "--codex-home", str(root), "--from", "openai", "--to", "proxy"]
+    command = " ".join(shlex.quote(word) for word in
+                       [sys.executable, str(csr.__file__)] + argv + (["--apply"] if apply else []))
+    proc = subprocess.run(["sh", "-c", "exec %s >&-" % command], stderr=subprocess.PIPE,
+                          env=script_env(), timeout=60)
+    err = proc.stderr.decode("utf-8", "replace")
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert len(err.strip().splitlines()) == 1 and "stdout" in err, err
+    assert proc.returncode == csr.EXIT_USAGE, (proc.returncode, err)
+    assert hash_tree(root) == before
+    assert not (root / csr.BACKUP_DIR_NAME).exists()
 
 
 # ---------------------------------------------------------------------------------------------
