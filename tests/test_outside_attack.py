@@ -349,14 +349,17 @@ def test_a_stdout_that_cannot_be_written_is_one_line_not_a_traceback(tmp_path, a
     thread = home.thread(provider="openai")
     argv = [thread.id if word == "THREAD" else word for word in argv]
     before = hash_tree(root)
-    with open("/dev/full", "wb") as full:
-        proc = run_script(argv[0], "--codex-home", str(root), *argv[1:], stdout=full)
-    err = proc.stderr.decode("utf-8", "replace")
-    assert "Traceback" not in err and "Exception ignored" not in err, err
-    lines = err.strip().splitlines()
-    assert len([line for line in lines if "stdout" in line]) == 1, err
-    assert "No space left on device" in err, err
-    assert proc.returncode == csr.EXIT_FINDINGS, (proc.returncode, err)
+    # Unbuffered, the first write fails; buffered (PYTHONUNBUFFERED empty), the flush does.
+    for unbuffered in ("1", ""):
+        with open("/dev/full", "wb") as full:
+            proc = run_script(argv[0], "--codex-home", str(root), *argv[1:], stdout=full,
+                              env={"PYTHONUNBUFFERED": unbuffered})
+        err = proc.stderr.decode("utf-8", "replace")
+        assert "Traceback" not in err and "Exception ignored" not in err, err
+        lines = err.strip().splitlines()
+        assert len([line for line in lines if "stdout" in line]) == 1, err
+        assert "No space left on device" in err, err
+        assert proc.returncode == csr.EXIT_FINDINGS, (proc.returncode, err)
     assert hash_tree(root) == before
 
 
