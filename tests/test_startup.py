@@ -18,8 +18,10 @@ from homes import HomeBuilder, script_env
 
 SCRIPT = Path(csr.__file__).resolve()
 CACHE_NAME = "codex_session_recovery.%s.pyc" % sys.implementation.cache_tag
-EXECS = sys.version_info >= (3, 10) and os.name == "posix"
-needs_exec = pytest.mark.skipif(not EXECS, reason="Python 3.9 and Windows run the script in place")
+EXECS = (sys.version_info >= (3, 10) and os.name == "posix"
+         and os.path.exists(csr.RUNNING_INTERPRETER))
+needs_exec = pytest.mark.skipif(not EXECS, reason="Python 3.9, Windows and systems without "
+                                "/proc/self/exe (macOS) run the script in place")
 
 
 def copy_script(folder: Path) -> Path:
