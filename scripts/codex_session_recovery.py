@@ -1692,7 +1692,7 @@ class RolloutInfo:
             # that hold the id, not a new lowercased copy on each read.
             return self.name_uuid
         meta_id = self.meta.get("id")
-        return (meta_id.lower() if isinstance(meta_id, str) else None) or None
+        return meta_id.lower() if isinstance(meta_id, str) and meta_id else None
 
     @property
     def provider(self) -> Optional[str]:
@@ -8766,44 +8766,37 @@ JSON_PIECE_ITEMS = 1000
 
 
 class Output:
-    """Everything the commands print on stdout goes through here. A stdout that cannot take it
-    (a full disk, a device that fails) is said once, in one line on stderr; what is left is
-    not printed (stdout is pointed at the null device, so no later write or the interpreter's
-    last flush fails again) and main() ends with 1, as for a closed pipe: the output was not
-    delivered. A closed pipe itself (`| head`) stays quiet: BrokenPipeError goes to main()."""
+    """Everything the commands print on stdout goes through here. When stdout stops taking it
+    (its reader gone, `| head`; a full disk; a device that fails), the rest is not printed:
+    stdout is pointed at the null device (closed_pipe_exit), so no later write or the
+    interpreter's last flush fails again, and main() ends with 1 unless the run's code already
+    says more. A closed pipe is quiet (the output was not wanted); anything else is said once,
+    in one line on stderr."""
 
     def __init__(self) -> None:
         self.lost = False
 
     def write(self, text: str) -> None:
-        if self.lost:
-            return
-        try:
-            sys.stdout.write(text)
-        except BrokenPipeError:
-            raise
-        except (OSError, ValueError) as exc:  # ValueError: a stream already closed
-            self._lose(exc)
+        self._attempt("write", text)
 
     def line(self, text: str) -> None:
         """What print(text) would write."""
-        self.write(text + "\n")
+        self._attempt("write", text + "\n")
 
     def flush(self) -> None:
+        self._attempt("flush")
+
+    def _attempt(self, method: str, *args: str) -> None:
         if self.lost:
             return
         try:
-            sys.stdout.flush()
-        except BrokenPipeError:
-            raise
-        except (OSError, ValueError) as exc:
-            self._lose(exc)
-
-    def _lose(self, exc: BaseException) -> None:
-        self.lost = True
-        sys.stderr.write("stdout: the output could not be written (%s); the rest is not "
-                         "printed\n" % (getattr(exc, "strerror", None) or exc))
-        closed_pipe_exit()
+            getattr(sys.stdout, method)(*args)
+        except (OSError, ValueError) as exc:  # ValueError: a stream already closed
+            self.lost = True
+            if not isinstance(exc, BrokenPipeError):
+                sys.stderr.write("stdout: the output could not be written (%s); the rest is "
+                                 "not printed\n" % (getattr(exc, "strerror", None) or exc))
+            closed_pipe_exit()
 
 
 output = Output()
@@ -9899,7 +9892,8 @@ def closed_pipe_exit() -> int:
     """The reader of stdout went away (`| head`, `| sed -n 1,6p`): what is left is not wanted.
     stdout is pointed at the null device so the interpreter's last flush cannot fail again, and
     the run ends quietly with 1, as the output was not all delivered. Any --apply had already
-    finished or been undone by then: the engine prints nothing while it writes."""
+    finished or been undone by then: the engine prints nothing while it writes. (Output does
+    the same for the commands' own output; this is for a write outside it.)"""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
