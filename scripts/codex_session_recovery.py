@@ -256,7 +256,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 from stat import S_ISREG
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 try:  # Python 3.11+
     import tomllib as _tomllib  # type: ignore[import-not-found]
@@ -2243,12 +2243,12 @@ def _tail_problems(tail: bytes, info: RolloutInfo) -> None:
         info.problems.append("torn_line")
 
 
-META_KEYS = ("id", "timestamp", "cwd", "originator", "cli_version", "source", "thread_source",
+META_KEYS = ("id", "cwd", "originator", "cli_version", "source", "thread_source",
              "model_provider", "history_mode", "forked_from_id")
-# Each rollout's own values; the others (a folder, a release, a provider, a source, and the parent
-# of a fork, which most rollouts lack) are the same for thousands of rollouts, and are kept as
-# one tuple they all share.
-_META_OWN = ("id", "timestamp")
+# Each rollout's own value (its id); the others (a folder, a release, a provider, a source, and
+# the parent of a fork, which most rollouts lack) are the same for thousands of rollouts, and are
+# kept as one tuple they all share. (When it began is read again where a row is built.)
+_META_OWN = ("id",)
 _META_SHARED = tuple(k for k in META_KEYS if k not in _META_OWN)
 _META_AT = dict([(k, (n, None)) for n, k in enumerate(_META_OWN)]
                 + [(k, (len(_META_OWN), n)) for n, k in enumerate(_META_SHARED)])
@@ -2644,6 +2644,10 @@ class ThreadRows(collections.abc.Mapping):
         return self._count
 
 
+def _thread_id_of(info: RolloutInfo) -> Optional[str]:
+    return info.thread_id
+
+
 class Inventory:
     def __init__(self, home: Path, home_origin: str, config: Config, environ: Dict[str, str],
                  deep: bool = False, keep_text: bool = True) -> None:
@@ -2716,38 +2720,38 @@ class Inventory:
         return (read_projected_ids(live_path) if live_path else None), other
 
     def _join(self) -> Dict[str, ThreadView]:
-        # A thread's one rollout as it is; a list only for a thread with several (rare): a
-        # list per thread is ~90 bytes more, at the moment the inventory is largest.
-        by_id: Dict[str, Any] = {}
-        for info in self.rollouts:
-            thread_id = info.thread_id
-            if thread_id:
-                found = by_id.setdefault(thread_id, info)
-                if found is not info:
-                    if type(found) is not list:
-                        found = by_id[thread_id] = [found]
-                    found.append(info)
-        for thread_id, infos in by_id.items():
-            if type(infos) is not list:
-                continue
-            # Codex's file listing skips links: where a thread also has a rollout that is no
-            # link, a link to it (or to a copy of it) is not a second copy Codex could show.
-            real = [i for i in infos if i.file not in self.linked_rollouts]
-            if real and len(real) < len(infos):
-                by_id[thread_id] = real
-        # One list of the ids, not a set of them first (4 MB at 100,000 threads, while the
-        # inventory is at its largest).
-        ids = list(self.rows)
-        ids.extend(thread_id for thread_id in by_id if thread_id not in self.rows)
-        ids.sort()
+        """A view per thread id, in id order: the rows' ids and the rollouts, each sorted by
+        thread id, walked side by side (a dict of the rollouts by id would be ~5 MB more at
+        100,000 threads, at the moment the inventory is largest)."""
+        files = sorted((i for i in self.rollouts if i.thread_id), key=_thread_id_of)
+        row_ids = sorted(self.rows)
+        names = self.index["names"]
         threads = {}
-        for thread_id in ids:
-            infos = by_id.get(thread_id, [])
+        at_row = at_file = 0
+        while at_row < len(row_ids) or at_file < len(files):
+            if at_row < len(row_ids) and (at_file == len(files)
+                                          or row_ids[at_row] <= files[at_file].thread_id):
+                thread_id = row_ids[at_row]
+                at_row += 1
+            else:
+                thread_id = files[at_file].thread_id
+            first = at_file
+            while at_file < len(files) and files[at_file].thread_id == thread_id:
+                at_file += 1
             view = ThreadView(thread_id, self.rows.get(thread_id),
-                              infos if type(infos) is list else [infos])
-            view.index_name = self.index["names"].get(thread_id)
+                              self._shown_files(files[first:at_file]))
+            view.index_name = names.get(thread_id)
             threads[thread_id] = view
         return threads
+
+    def _shown_files(self, infos: List[RolloutInfo]) -> List[RolloutInfo]:
+        """A thread's rollouts, in the order they were found. Codex's file listing skips links:
+        where a thread also has a rollout that is no link, a link to it (or to a copy of it) is
+        not a second copy Codex could show."""
+        if len(infos) < 2:
+            return infos
+        real = [i for i in infos if i.file not in self.linked_rollouts]
+        return real if real and len(real) < len(infos) else infos
 
     def _newest_release(self) -> Tuple[int, ...]:
         # Each release once (a handful of strings), not a tuple per row and per rollout.
@@ -3098,6 +3102,11 @@ class Reason(tuple):
         """A new dict on each read: evidence is a record of the check, not something to edit."""
         return dict(zip(self._keys, self._values))
 
+    def evidence_of(self, view: "ThreadView") -> Dict[str, Any]:
+        """The evidence as shown for `view`: each ThreadFact read from it."""
+        return {key: value.read(view) if type(value) is ThreadFact else value
+                for key, value in zip(self._keys, self._values)}
+
     @property
     def has_evidence(self) -> bool:
         return tuple.__len__(self) > 5  # the evidence's values follow the five fields
@@ -3127,6 +3136,28 @@ class Reason(tuple):
         return "Reason(%r, %r, %r)" % (self.code, self.hides, self.evidence)
 
 
+class ThreadFact:
+    """An evidence value that is the thread's own (its rank; a step that names its id), read
+    from the thread when the evidence is shown (Reason.evidence_of). The reason that holds it
+    stays equal across threads, so one object serves them all: a reason of its own per thread
+    is ~200 bytes, and at 100,000 threads most are past Desktop's recent window."""
+
+    __slots__ = ("name", "read")
+
+    def __init__(self, name: str, read: Callable[["ThreadView"], Any]) -> None:
+        self.name, self.read = name, read
+
+    def __repr__(self) -> str:
+        return "<the thread's %s>" % self.name
+
+
+THREAD_RANK = ThreadFact("rank", lambda view: view.rank)
+# history_projection_missing's step (projection_manual_step), which names the thread's id.
+PROJECTION_STEPS = {elsewhere: ThreadFact("manual step", lambda view, elsewhere=elsewhere:
+                                          projection_manual_step(view.id, elsewhere))
+                    for elsewhere in (False, True)}
+
+
 # Most reasons repeat across threads (one source, one provider pair, one archive state): while
 # the checks run, equal reasons are one object, and equal sets of them one tuple. The tables are
 # bounded per code (a code whose evidence names the thread, like a rank or a file, stops being
@@ -3143,12 +3174,6 @@ def add_reason(view: ThreadView, code: str, hides: bool, why_no_action: Optional
     """A reason on the thread; `why_no_action`, when the check finds nothing to act on, lowers
     it to info (SEVERITY_LOWERED)."""
     _append_reason(view, shared_reason(code, hides, evidence, why_no_action))
-
-
-def add_own_reason(view: ThreadView, code: str, hides: bool, **evidence: Any) -> None:
-    """add_reason for a reason whose evidence is the thread's alone (its rank): no other
-    thread's is equal, so none is looked for."""
-    _append_reason(view, Reason(code, hides, evidence))
 
 
 def _append_reason(view: ThreadView, reason: "Reason") -> None:
@@ -3176,7 +3201,8 @@ def shared_reason(code: str, hides: bool, evidence: Dict[str, Any],
 
 
 # Only values that are equal exactly when their JSON is equal (1 == True == 1.0, 0.0 == -0.0).
-_SHAREABLE_TYPES = frozenset((str, bool, int, type(None)))
+# A ThreadFact is equal only to itself.
+_SHAREABLE_TYPES = frozenset((str, bool, int, type(None), ThreadFact))
 
 
 def reason_key(code: str, hides: bool, why: Optional[str], keys: Tuple[str, ...],
@@ -3330,7 +3356,7 @@ def check_thread(view: ThreadView, inv: Inventory) -> None:
             and view.files):
         elsewhere = view.id in inv.other_projected_ids
         add_reason(view, "history_projection_missing", False, elsewhere=elsewhere,
-                   manual_step=projection_manual_step(view.id, elsewhere))
+                   manual_step=PROJECTION_STEPS[elsewhere])
     if row is not None:
         path = str(row.get("rollout_path") or "")
         state = view.row_rollout_state()
@@ -3429,6 +3455,7 @@ def projection_manual_step(thread_id: str, elsewhere: bool) -> str:
             % thread_id)
 
 
+
 def cwd_spelling_problem(cwd: str, home: Path) -> Optional[str]:
     """Why a project view cannot match this cwd to the folder the user opened, if it can't."""
     if not cwd:
@@ -3459,10 +3486,12 @@ def rank_threads(inv: Inventory) -> None:
     """Each listable thread's place in the recent order Desktop loads (newest first)."""
     listable = [v for v in inv.threads.values() if not v.hidden]
     listable.sort(key=lambda v: -(v.updated_ms or 0))
+    beyond = shared_reason("beyond_recent_window", False,
+                           {"rank": THREAD_RANK, "window": RECENT_WINDOW}, None)
     for rank, view in enumerate(listable, 1):
         view.rank = rank
         if rank > RECENT_WINDOW:
-            add_own_reason(view, "beyond_recent_window", False, rank=rank, window=RECENT_WINDOW)
+            view.reasons = settled_reasons(tuple(view.reasons) + (beyond,))
 
 
 BACKFILL_LEASE_SECONDS = 900  # CODEX-COMPAT: Codex's backfill lease
@@ -3653,30 +3682,31 @@ def run_checks(inv: Inventory) -> List[Dict[str, Any]]:
         for view in inv.threads.values():
             view.reasons = NO_REASONS
             check_thread(view, inv)
-        rank_threads(inv)
-        for view in inv.threads.values():
+            # Settled at once: a list per thread until the last check ends is ~90 bytes each.
             view.reasons = settled_reasons(view.reasons)
+        rank_threads(inv)
     finally:
         forget_shared_reasons()
     findings = []
-    grouped: Dict[Tuple[str, str], List[Any]] = {}
-    # one pass; each thread once per code and severity, in thread order
+    # (code, severity) -> the ids in thread order, each once, and the whys: one pass, and no
+    # record per thread beyond its id (the list is the finding's own).
+    grouped: Dict[Tuple[str, str], Tuple[List[str], set]] = {}
     for view in inv.threads.values():
         for reason in view.reasons:
-            entries = grouped.setdefault((reason.code, reason.severity), [])
-            if not entries or entries[-1][0] != view.id:
-                entries.append((view.id, reason.why))
+            ids, whys = grouped.setdefault((reason.code, reason.severity), ([], set()))
+            if not ids or ids[-1] is not view.id:
+                ids.append(view.id)
+                if reason.why:
+                    whys.add(reason.why)
     for code, (_severity, message) in REASONS.items():
         for severity in ("error", "warning", "info"):
-            entries = grouped.get((code, severity))
-            if not entries:
+            ids, whys = grouped.get((code, severity), ((), ()))
+            if not ids:
                 continue
             finding = {"code": code, "severity": severity, "message": message,
-                       "count": len(entries),
-                       "thread_ids": [thread_id for thread_id, _why in entries]}
-            whys = sorted({why for _id, why in entries if why})
+                       "count": len(ids), "thread_ids": ids}
             if whys:
-                finding["why_no_action"] = whys
+                finding["why_no_action"] = sorted(whys)
             findings.append(finding)
     return findings + check_home(inv)
 
@@ -3854,7 +3884,7 @@ def thread_entry(view: ThreadView, verbose: bool) -> Dict[str, Any]:
         "id": view.id,
         "hidden": any(r.hides for r in reasons),
         "reasons": [r.code for r in reasons],
-        "evidence": {r.code: r.evidence for r in reasons if r.has_evidence},
+        "evidence": {r.code: r.evidence_of(view) for r in reasons if r.has_evidence},
         "source": view.source,
         "provider": {"db": view.db_provider, "rollout": view.rollout_provider},
         "archived": view.archived,
@@ -4882,6 +4912,16 @@ def plan_cwd_remap(inv: Inventory, args: argparse.Namespace) -> Plan:
     return plan
 
 
+def rollout_created_ms(path: Path) -> Optional[int]:
+    """When the session_meta on a rollout's first line says it began, as milliseconds. Read
+    again where a row is built (a few threads): kept in the inventory it is ~70 bytes a thread."""
+    with open_regular(path) as handle:
+        raw, oversized = read_line_bounded(handle)
+    record = None if oversized else parse_rollout_line(raw, 1, [])
+    payload = record.get("payload") if record and record.get("type") == "session_meta" else None
+    return iso_to_millis(payload.get("timestamp")) if isinstance(payload, dict) else None
+
+
 def full_first_user_text(path: Path) -> Optional[str]:
     """The complete first user message of a rollout, read as a stream up to that line."""
     with open_regular(path) as handle:
@@ -5132,7 +5172,7 @@ def row_from_rollout(view: ThreadView, inv: Inventory) -> Dict[str, Any]:
     info = view.primary
     meta = info.meta
     text = full_first_user_text(info.path) or ""
-    created_ms = iso_to_millis(meta.get("timestamp")) or int(info.mtime * 1000)
+    created_ms = rollout_created_ms(info.path) or int(info.mtime * 1000)
     updated_ms = int(info.mtime * 1000)
     # CODEX-COMPAT: an absent provider means the default
     provider = info.provider or inv.config.provider
@@ -9288,7 +9328,7 @@ def trace_thread(inv: Inventory, view: ThreadView, verbose: bool) -> Dict[str, A
     return {
         "id": view.id, "listed_by_default": not view.hidden,
         "reasons": [r["code"] for r in view.reasons],
-        "evidence": {r["code"]: r["evidence"] for r in view.reasons if r["evidence"]},
+        "evidence": {r.code: r.evidence_of(view) for r in view.reasons if r.has_evidence},
         "fixes": fixes,
         "fix_commands": commands,
         "filters": filter_verdicts(inv, view),

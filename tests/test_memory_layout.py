@@ -107,3 +107,36 @@ def test_an_apply_reads_the_home_once_and_only_verify_reads_it_again(tmp_path, m
     assert csr.main(["diagnose", "--codex-home", str(builder.root), "--json"]) == csr.EXIT_OK
     after = json.loads(capsys.readouterr().out)
     assert after["threads"] == [] and after["latest_interactive_thread"]["id"] == moved.id
+
+
+def test_a_reason_that_names_its_thread_is_shared_and_shows_each_threads_own_value(tmp_path, cli):
+    import sqlite3
+    builder = HomeBuilder(tmp_path / "home", "0.169.0").provider_config("proxy")
+    threads = [builder.thread(provider="proxy") for _ in range(csr.RECENT_WINDOW + 3)]
+    copied = threads[:2]  # the oldest: past the window, and without their turns' projection
+    history = sqlite3.connect(str(builder.root / "thread_history_1.sqlite"))
+    with history:
+        for thread in copied:
+            history.execute("DELETE FROM thread_turns WHERE thread_id = ?", (thread.id,))
+            history.execute("DELETE FROM thread_history_projection_state WHERE thread_id = ?", (thread.id,))
+    history.close()
+    inv = checked_inventory(builder)
+    beyond = [inv.threads[t.id] for t in threads[:3]]
+    assert [r.code for r in beyond[2].reasons] == ["beyond_recent_window"]
+    # One reason object (and, for the threads with nothing else, one tuple) for every rank.
+    assert beyond[0].reasons[-1] is beyond[2].reasons[-1]
+    assert beyond[0].reasons is beyond[1].reasons
+    assert [r.code for r in beyond[0].reasons] == ["history_projection_missing", "beyond_recent_window"]
+    # What diagnose and trace show is each thread's own rank and its own id in the step.
+    code, doc = cli("diagnose", "--codex-home", str(builder.root))
+    entries = {t["id"]: t for t in doc["threads"]}
+    for n, thread in enumerate(threads[:3]):
+        entry = entries[thread.id]
+        assert entry["rank"] == len(threads) - n
+        assert entry["evidence"]["beyond_recent_window"] == {"rank": entry["rank"], "window": csr.RECENT_WINDOW}
+    for thread in copied:
+        step = entries[thread.id]["evidence"]["history_projection_missing"]["manual_step"]
+        assert "`codex resume %s`" % thread.id in step, step
+        _code, traced = cli("trace", thread.id, "--codex-home", str(builder.root))
+        assert traced["trace"]["evidence"] == entries[thread.id]["evidence"], traced["trace"]
+
