@@ -3921,7 +3921,8 @@ class RolloutEdit:
         self.target = target or path
         self.target_fingerprint: Optional[Tuple[int, int]] = None
         self.fingerprint: Tuple[int, int, str] = (0, 0, "")
-        self.changes: List[Dict[str, Any]] = []
+        # (line number, field) of each edited line: a dict each only when shown (as_json).
+        self.changes: List[Tuple[int, str]] = []
         # (byte offset, length, new bytes) of each changed span: the bytes of a line that differ,
         # not the whole line (a session_meta line is ~21 KB; its provider is a few bytes), so a
         # plan of thousands of edits stays small. Offsets are into the file as planned.
@@ -3965,7 +3966,8 @@ class RolloutEdit:
     def as_json(self, home: Path) -> Dict[str, Any]:
         doc = {"kind": "rollout_edit", "thread_id": self.thread_id,
                "path": display_path(self.target, home),
-               "changes": self.changes, "bytes_delta": sum(d for _s, _l, d in self.deltas)}
+               "changes": [{"line": line, "field": field} for line, field in self.changes],
+               "bytes_delta": sum(d for _s, _l, d in self.deltas)}
         if self.target != self.path:
             doc.update({"kind": "rollout_copy", "from": str(self.path),
                         "replaces": self.target_fingerprint is not None})
@@ -3981,21 +3983,47 @@ class SqlChange:
     """One guarded change of one row (UPDATE by default; INSERT or DELETE by `op`): it must
     touch exactly one row, or the apply fails and everything is restored."""
 
-    # A provider move plans one or more per thread it moves (its row, its projection's offsets).
-    __slots__ = ("db", "table", "key", "values", "expect", "thread_id", "op")
+    # A provider move plans one or more per thread it moves (its row, its projection's offsets):
+    # tens of thousands in a big home. So the column names of `key`, `values` and `expect` are
+    # one tuple every change of the same shape shares, and their values one tuple of its own:
+    # three dicts a change are ~500 bytes more. Each reads as a new dict.
+    __slots__ = ("db", "table", "_shape", "_data", "thread_id", "op")
+    _shapes: Dict[Tuple[Tuple[str, ...], ...], Tuple[Tuple[str, ...], ...]] = {}
 
     def __init__(self, db: Path, table: str, key: Dict[str, Any], values: Dict[str, Any],
                  expect: Optional[Dict[str, Any]] = None, thread_id: Optional[str] = None,
                  op: str = "update") -> None:
-        self.db, self.table, self.key, self.values = db, table, key, values
-        self.expect = expect or {}
+        expect = expect or {}
+        shape = (tuple(key), tuple(values), tuple(expect))
+        self._shape = SqlChange._shapes.setdefault(shape, shape)  # names come from the code
+        self._data = tuple(key.values()) + tuple(values.values()) + tuple(expect.values())
+        self.db, self.table = db, table
         self.thread_id = thread_id
         self.op = op
 
+    def _part(self, part: int) -> Dict[str, Any]:
+        shape = self._shape
+        start = sum(len(names) for names in shape[:part])
+        return dict(zip(shape[part], self._data[start:start + len(shape[part])]))
+
+    @property
+    def key(self) -> Dict[str, Any]:
+        """The columns that name the row (a new dict on each read, as `values` and `expect`)."""
+        return self._part(0)
+
+    @property
+    def values(self) -> Dict[str, Any]:
+        return self._part(1)
+
+    @property
+    def expect(self) -> Dict[str, Any]:
+        return self._part(2)
+
     def statement(self) -> Tuple[str, List[Any]]:
         if self.op == "insert":
-            names = list(self.key) + [c for c in self.values if c not in self.key]
-            params = [self.key.get(c, self.values.get(c)) for c in names]
+            key, values = self.key, self.values
+            names = list(key) + [c for c in values if c not in key]
+            params = [key.get(c, values.get(c)) for c in names]
             return ("INSERT INTO %s (%s) VALUES (%s)"
                     % (self.table, ", ".join(names), ", ".join("?" * len(names))),
                     params)
@@ -4004,16 +4032,17 @@ class SqlChange:
         clauses = " AND ".join("%s IS ?" % c for c in where)
         if self.op == "delete":
             return ("DELETE FROM %s WHERE %s" % (self.table, clauses), list(where.values()))
-        sets = ", ".join("%s = ?" % c for c in self.values)
+        values = self.values
+        sets = ", ".join("%s = ?" % c for c in values)
         return ("UPDATE %s SET %s WHERE %s" % (self.table, sets, clauses),
-                list(self.values.values()) + list(where.values()))
+                list(values.values()) + list(where.values()))
 
     def as_json(self, home: Path, verbose: bool = True) -> Dict[str, Any]:
         sql, params = self.statement()
         if not verbose:
             # Columns that hold the user's own words are shown by size only (--verbose shows them).
-            hidden = {self.values.get(c)
-                      for c in TEXT_COLUMNS if isinstance(self.values.get(c), str)}
+            values = self.values
+            hidden = {values.get(c) for c in TEXT_COLUMNS if isinstance(values.get(c), str)}
             params = ["<%d chars>" % len(p) if isinstance(p, str) and p in hidden and p else p
                       for p in params]
         return {"kind": "sql", "op": self.op, "db": display_path(self.db, home),
@@ -4186,7 +4215,7 @@ def plan_rollout_edit(path: Path, thread_id: str, line_edit: Any,
             result = line_edit(raw)
             if result is not None:
                 new_raw, field = result
-                edit.changes.append({"line": line_no, "field": field})
+                edit.changes.append((line_no, field))
                 edit.replacements.append(changed_span(offset, raw, new_raw))
                 edit.lines.append((offset, len(raw)))
     edit.fingerprint = file_fingerprint(path, digest.hexdigest())
@@ -4291,7 +4320,10 @@ def plan_projection_shift(inv: "Inventory", edit: RolloutEdit) -> List[SqlChange
         old = {c: row[c] for c in present if isinstance(row[c], int)}
         new = {c: edit.shift(v) for c, v in old.items() if edit.shift(v) != v}
         if new:
-            changes.append(SqlChange(reader.db_path, table, {k: row[k] for k in keys}, new,
+            # The thread's id is the edit's string, not a copy from each row.
+            key = {k: edit.thread_id if k == "thread_id" and row[k] == edit.thread_id else row[k]
+                   for k in keys}
+            changes.append(SqlChange(reader.db_path, table, key, new,
                                      expect={c: old[c] for c in new}, thread_id=edit.thread_id))
     return changes
 
@@ -6314,9 +6346,15 @@ def db_digest(conn: sqlite3.Connection) -> str:
 
 def touched_rows(plan: Plan, db: Path) -> Dict[str, List[Dict[str, Any]]]:
     rows: Dict[str, List[Dict[str, Any]]] = {}
+    seen = set()  # not a search of each table's list: a projection has thousands of rows
     for change in plan.sql:
-        if change.db == db and change.key not in rows.setdefault(change.table, []):
-            rows[change.table].append(change.key)
+        if change.db != db:
+            continue
+        key = change.key
+        mark = (change.table, frozenset(key.items()))  # equal exactly when the dicts are
+        if mark not in seen:
+            seen.add(mark)
+            rows.setdefault(change.table, []).append(key)
     return rows
 
 

@@ -140,3 +140,32 @@ def test_a_reason_that_names_its_thread_is_shared_and_shows_each_threads_own_val
         _code, traced = cli("trace", thread.id, "--codex-home", str(builder.root))
         assert traced["trace"]["evidence"] == entries[thread.id]["evidence"], traced["trace"]
 
+
+def test_a_plans_changes_share_their_column_names_and_keep_no_dict_per_change(tmp_path):
+    """A provider move plans a row change and the projection's offsets per thread: tens of
+    thousands in a big home, so each is a few tuples, and reads as the dicts it stands for."""
+    builder = HomeBuilder(tmp_path / "home", "0.169.0").provider_config("proxy")
+    moved = [builder.thread(provider="openai", turns=2) for _ in range(2)]
+    inv = checked_inventory(builder)
+    args = csr.build_parser().parse_args(["repair-provider", "--codex-home", str(builder.root),
+                                          "--from", "openai", "--to", "proxy"])
+    plan = csr.plan_provider_repair(inv, args)
+    csr.close_plan_readers(inv)
+    shifts = [c for c in plan.sql if c.table != "threads"]
+    rows = [c for c in plan.sql if c.table == "threads"]
+    assert len(rows) == 2 and len(shifts) >= 2, plan.sql
+    assert rows[0].key == {"id": moved[0].id} or rows[0].key == {"id": moved[1].id}
+    assert rows[0].values == {"model_provider": "proxy"} and rows[0].expect == {"model_provider": "openai"}
+    for change in plan.sql:
+        assert not hasattr(change, "__dict__")
+        assert not any(isinstance(value, dict) for value in (change._shape, change._data))
+    same_shape = [c for c in shifts if c.table == shifts[0].table]
+    assert all(c._shape is same_shape[0]._shape for c in same_shape)
+    # The thread's id in a projection key is the edit's own string, not one per row read.
+    edits = {e.thread_id: e for e in plan.rollout_edits}
+    assert all(c.key["thread_id"] is edits[c.thread_id].thread_id for c in shifts)
+    # Each edited line is (line number, field) until shown.
+    assert all(type(change) is tuple for e in plan.rollout_edits for change in e.changes)
+    shown = plan.rollout_edits[0].as_json(builder.root)["changes"]
+    assert shown[0] == {"line": 1, "field": "model_provider"}, shown
+    assert [change["field"] for change in shown[1:]] == ["model_provider_id"] * (len(shown) - 1), shown

@@ -178,7 +178,7 @@ def test_direct_plan_and_rewrite_stream(tmp_path, monkeypatch):
     install_open(monkeypatch, guarded=True)
     edit = csr.plan_rollout_edit(thread.path, thread.id,
                                  lambda raw: csr.provider_line_edit(raw, thread.id, "openai", "proxy"))
-    assert [c["field"] for c in edit.changes] == ["model_provider"] + ["model_provider_id"] * 3
+    assert [field for _line, field in edit.changes] == ["model_provider"] + ["model_provider_id"] * 3
     assert csr.rewrite_rollout(edit)
     assert b'"model_provider":"openai"' not in thread.path.read_bytes()
 
