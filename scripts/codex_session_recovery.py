@@ -3915,10 +3915,16 @@ class RolloutEdit:
     copies a rollout of another home, never writing there); `target_fingerprint` is the
     (size, mtime_ns) the target must still have, or None when it must not exist yet."""
 
+    # A provider move plans one per thread it moves: no dict per edit, and its paths kept as
+    # strings (a Path holds each component, its text and its parts again: ~450 bytes).
+    __slots__ = ("_path", "thread_id", "_target", "target_fingerprint", "fingerprint",
+                 "changes", "replacements", "lines", "encrypted_reasoning", "identity",
+                 "skip_reason", "kept_verbatim")
+
     def __init__(self, path: Path, thread_id: str, target: Optional[Path] = None) -> None:
-        self.path = path
+        self._path = str(path)
         self.thread_id = thread_id
-        self.target = target or path
+        self._target = None if target is None or target == path else str(target)
         self.target_fingerprint: Optional[Tuple[int, int]] = None
         self.fingerprint: Tuple[int, int, str] = (0, 0, "")
         # (line number, field) of each edited line: a dict each only when shown (as_json).
@@ -3935,6 +3941,16 @@ class RolloutEdit:
         self.skip_reason: Optional[str] = None
         # Damage the read found in lines this edit does not touch; they are copied as they are.
         self.kept_verbatim: List[str] = []
+
+    @property
+    def path(self) -> Path:
+        """The rollout read (a new Path on each read, as `target`)."""
+        return Path(self._path)
+
+    @property
+    def target(self) -> Path:
+        """Where the edited copy goes: the rollout itself, or import's place for it."""
+        return Path(self._path if self._target is None else self._target)
 
     @property
     def deltas(self) -> List[Tuple[int, int, int]]:
