@@ -2644,10 +2644,6 @@ class ThreadRows(collections.abc.Mapping):
         return self._count
 
 
-def _thread_id_of(info: RolloutInfo) -> Optional[str]:
-    return info.thread_id
-
-
 class Inventory:
     def __init__(self, home: Path, home_origin: str, config: Config, environ: Dict[str, str],
                  deep: bool = False, keep_text: bool = True) -> None:
@@ -2723,7 +2719,7 @@ class Inventory:
         """A view per thread id, in id order: the rows' ids and the rollouts, each sorted by
         thread id, walked side by side (a dict of the rollouts by id would be ~5 MB more at
         100,000 threads, at the moment the inventory is largest)."""
-        files = sorted((i for i in self.rollouts if i.thread_id), key=_thread_id_of)
+        files = sorted((i for i in self.rollouts if i.thread_id), key=lambda i: i.thread_id)
         row_ids = sorted(self.rows)
         names = self.index["names"]
         threads = {}
@@ -3455,7 +3451,6 @@ def projection_manual_step(thread_id: str, elsewhere: bool) -> str:
             % thread_id)
 
 
-
 def cwd_spelling_problem(cwd: str, home: Path) -> Optional[str]:
     """Why a project view cannot match this cwd to the folder the user opened, if it can't."""
     if not cwd:
@@ -3694,7 +3689,7 @@ def run_checks(inv: Inventory) -> List[Dict[str, Any]]:
     for view in inv.threads.values():
         for reason in view.reasons:
             ids, whys = grouped.setdefault((reason.code, reason.severity), ([], set()))
-            if not ids or ids[-1] is not view.id:
+            if not ids or ids[-1] != view.id:
                 ids.append(view.id)
                 if reason.why:
                     whys.add(reason.why)
@@ -4960,27 +4955,28 @@ def plan_cwd_remap(inv: Inventory, args: argparse.Namespace) -> Plan:
     return plan
 
 
-def rollout_created_ms(path: Path) -> Optional[int]:
-    """When the session_meta on a rollout's first line says it began, as milliseconds. Read
-    again where a row is built (a few threads): kept in the inventory it is ~70 bytes a thread."""
-    with open_regular(path) as handle:
-        raw, oversized = read_line_bounded(handle)
-    record = None if oversized else parse_rollout_line(raw, 1, [])
-    payload = record.get("payload") if record and record.get("type") == "session_meta" else None
-    return iso_to_millis(payload.get("timestamp")) if isinstance(payload, dict) else None
-
-
 def full_first_user_text(path: Path) -> Optional[str]:
     """The complete first user message of a rollout, read as a stream up to that line."""
+    return first_user_text_and_start(path)[0]
+
+
+def first_user_text_and_start(path: Path) -> Tuple[Optional[str], Optional[int]]:
+    """full_first_user_text, and when the session_meta on the first line says the rollout
+    began (milliseconds), from the same read: a row built from a rollout needs both, and the
+    inventory does not keep the time (~70 bytes a thread)."""
+    started = None
     with open_regular(path) as handle:
         line_no = 0
         for raw in iter(lambda: handle.readline(MAX_LINE_BYTES), b""):
             line_no += 1
             record = parse_rollout_line(raw, line_no, [])
+            payload = record.get("payload") if record and line_no == 1 else None
+            if record and record.get("type") == "session_meta" and isinstance(payload, dict):
+                started = iso_to_millis(payload.get("timestamp"))
             found = user_text_of(record) if record else None
             if found:
-                return found[1]
-    return None
+                return found[1], started
+    return None, started
 
 
 def plan_user_events_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
@@ -5219,8 +5215,9 @@ def row_from_rollout(view: ThreadView, inv: Inventory) -> Dict[str, Any]:
     session_meta, timestamps from it and from the file's mtime, text from the first user message."""
     info = view.primary
     meta = info.meta
-    text = full_first_user_text(info.path) or ""
-    created_ms = rollout_created_ms(info.path) or int(info.mtime * 1000)
+    text, started = first_user_text_and_start(info.path)
+    text = text or ""
+    created_ms = started or int(info.mtime * 1000)
     updated_ms = int(info.mtime * 1000)
     # CODEX-COMPAT: an absent provider means the default
     provider = info.provider or inv.config.provider
