@@ -3995,27 +3995,38 @@ class SqlChange:
     touch exactly one row, or the apply fails and everything is restored."""
 
     # A provider move plans one or more per thread it moves (its row, its projection's offsets):
-    # tens of thousands in a big home. So the column names of `key`, `values` and `expect` are
-    # one tuple every change of the same shape shares, and their values one tuple of its own:
-    # three dicts a change are ~500 bytes more. Each reads as a new dict.
-    __slots__ = ("db", "table", "_shape", "_data", "thread_id", "op")
-    _shapes: Dict[Tuple[Tuple[str, ...], ...], Tuple[Tuple[str, ...], ...]] = {}
+    # tens of thousands in a big home. So the DB, table, operation and the column names of
+    # `key`, `values` and `expect` are one tuple every change of the same shape shares, and the
+    # values one tuple of its own: three dicts a change are ~500 bytes more. Each reads as a new
+    # dict.
+    __slots__ = ("_shape", "_data", "thread_id")
+    _shapes: Dict[Tuple[Any, ...], Tuple[Any, ...]] = {}
 
     def __init__(self, db: Path, table: str, key: Dict[str, Any], values: Dict[str, Any],
                  expect: Optional[Dict[str, Any]] = None, thread_id: Optional[str] = None,
                  op: str = "update") -> None:
         expect = expect or {}
-        shape = (tuple(key), tuple(values), tuple(expect))
+        shape = (db, table, op, tuple(key), tuple(values), tuple(expect))
         self._shape = SqlChange._shapes.setdefault(shape, shape)  # names come from the code
         self._data = tuple(key.values()) + tuple(values.values()) + tuple(expect.values())
-        self.db, self.table = db, table
         self.thread_id = thread_id
-        self.op = op
+
+    @property
+    def db(self) -> Path:
+        return self._shape[0]
+
+    @property
+    def table(self) -> str:
+        return self._shape[1]
+
+    @property
+    def op(self) -> str:
+        return self._shape[2]
 
     def _part(self, part: int) -> Dict[str, Any]:
-        shape = self._shape
-        start = sum(len(names) for names in shape[:part])
-        return dict(zip(shape[part], self._data[start:start + len(shape[part])]))
+        names = self._shape[3:]
+        start = sum(len(columns) for columns in names[:part])
+        return dict(zip(names[part], self._data[start:start + len(names[part])]))
 
     @property
     def key(self) -> Dict[str, Any]:
@@ -4095,10 +4106,13 @@ class Plan:
         return sorted({c.db for c in self.sql}
                       | {r.target for r in self.restores if r.kind == "restore_db"}, key=str)
 
-    def touched_files(self) -> List[Path]:
-        return ([e.target for e in self.rollout_edits] + [w.path for w in self.file_writes]
-                + list(self.moves)
-                + [r.target for r in self.restores if r.kind != "restore_db"])
+    def touched_files(self) -> Iterator[Path]:
+        """Each file the plan writes, made one at a time: a Path for every rollout of a provider
+        move at once is ~450 bytes a thread."""
+        yield from (e.target for e in self.rollout_edits)
+        yield from (w.path for w in self.file_writes)
+        yield from self.moves
+        yield from (r.target for r in self.restores if r.kind != "restore_db")
 
     def plan_id(self, home: Path) -> str:
         """A digest of exactly what would change: the dry run prints it, and `--apply
@@ -6377,7 +6391,7 @@ def backup_plan(inv: Inventory, plan: Plan, argv: Sequence[str],
     backup copy's bytes with the planned edits (see _fill_backup)."""
     dbs = {db: touched_rows(plan, db) for db in plan.touched_dbs()}
     edits = {e.path: e.replacements for e in plan.rollout_edits if e.target == e.path}
-    return make_backup(inv.home, plan.command, dbs, plan.touched_files(),
+    return make_backup(inv.home, plan.command, dbs, list(plan.touched_files()),
                        plan.actions_json(inv.home), argv, edits, edited)
 
 

@@ -169,3 +169,23 @@ def test_a_plans_changes_share_their_column_names_and_keep_no_dict_per_change(tm
     shown = plan.rollout_edits[0].as_json(builder.root)["changes"]
     assert shown[0] == {"line": 1, "field": "model_provider"}, shown
     assert [change["field"] for change in shown[1:]] == ["model_provider_id"] * (len(shown) - 1), shown
+
+
+
+def test_changes_of_one_shape_share_db_table_and_operation_and_touched_files_are_made_lazily(
+        tmp_path):
+    builder = HomeBuilder(tmp_path / "home", "0.169.0").provider_config("proxy")
+    for _ in range(3):
+        builder.thread(provider="openai", turns=2)
+    inv = checked_inventory(builder)
+    args = csr.build_parser().parse_args(["repair-provider", "--codex-home", str(builder.root),
+                                          "--from", "openai", "--to", "proxy"])
+    plan = csr.plan_provider_repair(inv, args)
+    csr.close_plan_readers(inv)
+    assert set(csr.SqlChange.__slots__) == {"_shape", "_data", "thread_id"}
+    rows = [c for c in plan.sql if c.table == "threads"]
+    assert len(rows) == 3 and all(c._shape is rows[0]._shape for c in rows)
+    assert rows[0].op == "update" and rows[0].db.name.startswith("state_")
+    touched = plan.touched_files()
+    assert iter(touched) is touched  # a generator, not a list of a Path per rollout
+    assert sorted(touched) == sorted(e.target for e in plan.rollout_edits)
