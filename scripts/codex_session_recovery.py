@@ -3513,6 +3513,11 @@ CARRIED_PROBLEMS = ("torn_line", "nul_bytes", "bad_json", "invalid_utf8", "overs
 READ_PAST_PROBLEMS = ("torn_line", "nul_bytes", "bad_json")
 
 
+def carried_problems(info: "RolloutInfo") -> Tuple[str, ...]:
+    """The rollout's damage a repair carries over verbatim (the shared empty tuple for most)."""
+    return tuple(p for p in info.problems if p in CARRIED_PROBLEMS) or ()
+
+
 def check_home(inv: Inventory) -> List[Dict[str, Any]]:
     findings: List[Dict[str, Any]] = []
 
@@ -3901,6 +3906,21 @@ def thread_entry(view: ThreadView, verbose: bool) -> Dict[str, Any]:
 # rollout edits, guarded SQL updates and whole-file writes; apply_plan() is the one writer.
 # ---------------------------------------------------------------------------------------------
 
+# A rollout edit's file as read, packed in one bytes object: size, mtime_ns, st_dev, st_ino
+# (st_dev and st_ino as unsigned 64-bit patterns), then the SHA-256. Four ints, two tuples and a
+# hex string are ~360 bytes an edit; this is ~100, and a provider move plans one per thread.
+_EDIT_STAMP = struct.Struct("<QqQQ32s")
+# Each edited line, packed the same way: its number, offset and length, the changed span's
+# offset and length, and how many new bytes follow this header in place of the span.
+_EDITED_LINE = struct.Struct("<QQQQQQ")
+_UNSIGNED64 = (1 << 64) - 1
+
+
+def stat_identity(stat: Any) -> Tuple[int, int]:
+    """(st_dev, st_ino) as a rollout edit keeps them (st_dev can be negative on some systems)."""
+    return (stat.st_dev & _UNSIGNED64, stat.st_ino & _UNSIGNED64)
+
+
 class RolloutEdit:
     """Line edits to one rollout, planned from a full streaming read of it. `fingerprint` is
     (size, mtime_ns, sha256) at planning time: the writer refuses to replace a file that no
@@ -3910,32 +3930,28 @@ class RolloutEdit:
     copies a rollout of another home, never writing there); `target_fingerprint` is the
     (size, mtime_ns) the target must still have, or None when it must not exist yet."""
 
-    # A provider move plans one per thread it moves: no dict per edit, and its paths kept as
-    # strings (a Path holds each component, its text and its parts again: ~450 bytes).
-    __slots__ = ("_path", "thread_id", "_target", "target_fingerprint", "fingerprint",
-                 "changes", "replacements", "lines", "encrypted_reasoning", "identity",
-                 "skip_reason", "kept_verbatim")
+    # A provider move plans one per thread it moves: no dict per edit, its paths kept as strings
+    # (a Path holds each component, its text and its parts again: ~450 bytes), and what it read
+    # and changes packed in bytes (_stamp, _edited), read back as tuples when asked for.
+    __slots__ = ("_path", "thread_id", "_target", "target_fingerprint", "_stamp", "_edited",
+                 "_fields", "encrypted_reasoning", "skip_reason", "kept_verbatim")
 
-    def __init__(self, path: Path, thread_id: str, target: Optional[Path] = None) -> None:
-        self._path = str(path)
+    def __init__(self, path: Any, thread_id: str, target: Optional[Path] = None) -> None:
+        self._path = str(path)  # a str given (the inventory's) is kept, not copied
         self.thread_id = thread_id
-        self._target = None if target is None or target == path else str(target)
+        self._target = None if target is None or Path(target) == Path(self._path) else str(target)
         self.target_fingerprint: Optional[Tuple[int, int]] = None
-        self.fingerprint: Tuple[int, int, str] = (0, 0, "")
-        # (line number, field) of each edited line: a dict each only when shown (as_json).
-        self.changes: List[Tuple[int, str]] = []
-        # (byte offset, length, new bytes) of each changed span: the bytes of a line that differ,
-        # not the whole line (a session_meta line is ~21 KB; its provider is a few bytes), so a
-        # plan of thousands of edits stays small. Offsets are into the file as planned.
-        self.replacements: List[Tuple[int, int, bytes]] = []
-        # (byte offset, length) of the whole line each replacement lies in, in the same order
-        self.lines: List[Tuple[int, int]] = []
+        self._stamp: Optional[bytes] = None
+        # The edited lines (_EDITED_LINE headers, each followed by its new bytes) and the field
+        # each changed, in the order found; offsets are into the file as planned. A span is the
+        # bytes of a line that differ, not the whole line (a session_meta line is ~21 KB; its
+        # provider is a few bytes), so a plan of thousands of edits stays small.
+        self._edited = b""
+        self._fields: Tuple[str, ...] = ()
         self.encrypted_reasoning = False
-        # (st_dev, st_ino) of the file that was read: a file replaced since is not this one.
-        self.identity: Optional[Tuple[int, int]] = None
         self.skip_reason: Optional[str] = None
         # Damage the read found in lines this edit does not touch; they are copied as they are.
-        self.kept_verbatim: List[str] = []
+        self.kept_verbatim: Sequence[str] = ()
 
     @property
     def path(self) -> Path:
@@ -3947,6 +3963,62 @@ class RolloutEdit:
         """Where the edited copy goes: the rollout itself, or import's place for it."""
         return Path(self._path if self._target is None else self._target)
 
+    def record_read(self, stat: Any, sha256: bytes) -> None:
+        """What the planning read saw: the file's stat (taken after the read) and its digest."""
+        self._stamp = _EDIT_STAMP.pack(stat.st_size, stat.st_mtime_ns,
+                                       *stat_identity(stat), sha256)
+
+    @property
+    def fingerprint(self) -> Tuple[int, int, str]:
+        """(size, mtime_ns, SHA-256 hex) of the file as planned; (0, 0, "") before it is read."""
+        if self._stamp is None:
+            return (0, 0, "")
+        size, mtime_ns, _dev, _ino, digest = _EDIT_STAMP.unpack(self._stamp)
+        return (size, mtime_ns, digest.hex())
+
+    @property
+    def identity(self) -> Optional[Tuple[int, int]]:
+        """stat_identity() of the file that was read: a file replaced since is not this one."""
+        if self._stamp is None:
+            return None
+        return tuple(_EDIT_STAMP.unpack(self._stamp)[2:4])
+
+    @staticmethod
+    def packed_line(line_no: int, offset: int, raw: bytes, new_raw: bytes) -> bytes:
+        """Line `line_no` (at `offset`, old bytes `raw`) becoming `new_raw`, as set_lines takes it:
+        the whole lines are not kept."""
+        start, length, new = changed_span(offset, raw, new_raw)
+        return _EDITED_LINE.pack(line_no, offset, len(raw), start, length, len(new)) + new
+
+    def set_lines(self, packed: List[bytes], fields: List[str]) -> None:
+        """The edited lines (packed_line()s, in file order) and the field each changes, set once
+        when the read is done (joined once: appending to bytes copies them every time)."""
+        self._edited, self._fields = b"".join(packed), tuple(fields) or ()
+
+    def _edited_lines(self) -> Iterator[Tuple[int, int, int, int, int, bytes]]:
+        """(line number, line offset, line length, span offset, span length, new bytes)."""
+        data, at = self._edited, 0
+        while at < len(data):
+            line_no, offset, length, start, span, count = _EDITED_LINE.unpack_from(data, at)
+            at += _EDITED_LINE.size
+            yield line_no, offset, length, start, span, data[at:at + count]
+            at += count
+
+    @property
+    def changes(self) -> List[Tuple[int, str]]:
+        """(line number, field) of each edited line."""
+        return [(line[0], field) for line, field in zip(self._edited_lines(), self._fields)]
+
+    @property
+    def replacements(self) -> List[Tuple[int, int, bytes]]:
+        """(byte offset, length, new bytes) of each changed span."""
+        return [line[3:] for line in self._edited_lines()]
+
+    @property
+    def lines(self) -> List[Tuple[int, int]]:
+        """(byte offset, length) of the whole line each replacement lies in, in the same order."""
+        return [line[1:3] for line in self._edited_lines()]
+
     @property
     def deltas(self) -> List[Tuple[int, int, int]]:
         return [(start, length, len(new) - length) for start, length,
@@ -3955,35 +4027,41 @@ class RolloutEdit:
     def line_spans(self) -> Dict[int, Tuple[int, List[Tuple[int, int, bytes]]]]:
         """line offset -> (its old length, the replacements inside it)."""
         found: Dict[int, Tuple[int, List[Tuple[int, int, bytes]]]] = {}
-        for (start, length), span in zip(self.lines, self.replacements):
-            found.setdefault(start, (length, []))[1].append(span)
+        for _line_no, offset, length, start, span, new in self._edited_lines():
+            found.setdefault(offset, (length, []))[1].append((start, span, new))
         return found
 
-    def edited_line(self, start: int, raw: bytes) -> bytes:
-        """The line at `start` (its old bytes `raw`) as the rewrite writes it."""
+    def edited_line(self, start: int, raw: bytes,
+                    spans: Optional[List[Tuple[int, int, bytes]]] = None) -> bytes:
+        """The line at `start` (its old bytes `raw`) as the rewrite writes it; `spans`, when
+        given, are its replacements from line_spans() (read once for a file of many lines)."""
+        if spans is None:
+            spans = self.line_spans().get(start, (0, []))[1]
         out, position = [], start
-        for offset, length, new in sorted(self.line_spans().get(start, (0, []))[1]):
+        for offset, length, new in sorted(spans):
             out.append(raw[position - start:offset - start])
             out.append(new)
             position = offset + length
         out.append(raw[position - start:])
         return b"".join(out)
 
-    def shift(self, offset: int) -> int:
-        """Where a byte offset into the old file lands in the new one (offsets are line starts)."""
-        return offset + sum(delta for start, length,
-                            delta in self.deltas if start + length <= offset)
+    def shift(self, offset: int, deltas: Optional[List[Tuple[int, int, int]]] = None) -> int:
+        """Where a byte offset into the old file lands in the new one (offsets are line starts).
+        `deltas`, when given, is this edit's, read once for many offsets."""
+        return offset + sum(delta for start, length, delta in (
+            self.deltas if deltas is None else deltas) if start + length <= offset)
 
     def as_json(self, home: Path) -> Dict[str, Any]:
+        target = self.target
         doc = {"kind": "rollout_edit", "thread_id": self.thread_id,
-               "path": display_path(self.target, home),
+               "path": display_path(target, home),
                "changes": [{"line": line, "field": field} for line, field in self.changes],
                "bytes_delta": sum(d for _s, _l, d in self.deltas)}
-        if self.target != self.path:
+        if self._target is not None:
             doc.update({"kind": "rollout_copy", "from": str(self.path),
                         "replaces": self.target_fingerprint is not None})
         if self.kept_verbatim:
-            doc["kept_verbatim"] = self.kept_verbatim
+            doc["kept_verbatim"] = list(self.kept_verbatim)
         return doc
 
 
@@ -4153,11 +4231,6 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def file_fingerprint(path: Path, digest: str) -> Tuple[int, int, str]:
-    stat = path.stat()
-    return (stat.st_size, stat.st_mtime_ns, digest)
-
-
 def replace_json_value(raw: bytes, key: str, old: str, new: str) -> Optional[bytes]:
     """Change one string value in a raw JSON line, keeping every other byte. Returns None
     unless the key/value pair occurs exactly once (escaped text inside strings cannot match:
@@ -4228,24 +4301,25 @@ class PlanError(ValueError):
     """A thread whose files do not look as the repair expects: it is skipped and reported."""
 
 
-def plan_rollout_edit(path: Path, thread_id: str, line_edit: Any,
+def plan_rollout_edit(path: Any, thread_id: str, line_edit: Any,
                       needles: Sequence[bytes] = PROVIDER_LINE_MARKERS,
                       target: Optional[Path] = None) -> RolloutEdit:
-    """Read the whole rollout as a stream and record the edits `line_edit` makes to the lines
-    that contain one of `needles` (only those can change). Nothing is written here."""
+    """Read the whole rollout (`path`, a Path or the inventory's str) as a stream and record
+    the edits `line_edit` makes to the lines that contain one of `needles` (only those can
+    change). Nothing is written here."""
     edit = RolloutEdit(path, thread_id, target)
     digest = hashlib.sha256()
+    packed: List[bytes] = []
+    fields: List[str] = []
     with open_regular(path) as handle:
         for line_no, offset, raw in iter_marked_lines(handle, needles, digest, edit):
             result = line_edit(raw)
             if result is not None:
                 new_raw, field = result
-                edit.changes.append((line_no, field))
-                edit.replacements.append(changed_span(offset, raw, new_raw))
-                edit.lines.append((offset, len(raw)))
-    edit.fingerprint = file_fingerprint(path, digest.hexdigest())
-    stat = path.stat()
-    edit.identity = (stat.st_dev, stat.st_ino)
+                packed.append(RolloutEdit.packed_line(line_no, offset, raw, new_raw))
+                fields.append(field)
+    edit.set_lines(packed, fields)
+    edit.record_read(os.stat(edit._path), digest.digest())
     return edit
 
 
@@ -4335,7 +4409,8 @@ def history_db_path(inv: "Inventory") -> Optional[Path]:
 def plan_projection_shift(inv: "Inventory", edit: RolloutEdit) -> List[SqlChange]:
     """0.169.0's paginated-history projection stores byte offsets into the rollout. When a
     rewrite changes line lengths, every later offset moves by the same amount: keep them true."""
-    if not edit.deltas:
+    deltas = edit.deltas
+    if not deltas:
         return []
     reader = projection_offsets(inv)
     if reader is None:
@@ -4343,7 +4418,8 @@ def plan_projection_shift(inv: "Inventory", edit: RolloutEdit) -> List[SqlChange
     changes: List[SqlChange] = []
     for table, keys, present, row in reader.rows(edit.thread_id):
         old = {c: row[c] for c in present if isinstance(row[c], int)}
-        new = {c: edit.shift(v) for c, v in old.items() if edit.shift(v) != v}
+        new = {c: edit.shift(v, deltas) for c, v in old.items()}
+        new = {c: v for c, v in new.items() if v != old[c]}
         if new:
             # The thread's id is the edit's string, not a copy from each row.
             key = {k: edit.thread_id if k == "thread_id" and row[k] == edit.thread_id else row[k]
@@ -4698,9 +4774,9 @@ def plan_provider_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
             continue
         try:
             if view.primary is not None:
-                edit = provider_rollout_edit(view.primary.path, view.id, args.from_provider, target)
+                edit = provider_rollout_edit(view.primary.file, view.id, args.from_provider, target)
                 encrypted += int(edit.encrypted_reasoning)
-                edit.kept_verbatim = [p for p in view.primary.problems if p in CARRIED_PROBLEMS]
+                edit.kept_verbatim = carried_problems(view.primary)
                 if edit.changes:
                     plan.rollout_edits.append(edit)
                     plan.sql.extend(plan_projection_shift(inv, edit))
@@ -4723,7 +4799,7 @@ def plan_provider_repair(inv: Inventory, args: argparse.Namespace) -> Plan:
     return plan
 
 
-def provider_rollout_edit(path: Path, thread_id: str, old: Optional[str], new: Optional[str],
+def provider_rollout_edit(path: Any, thread_id: str, old: Optional[str], new: Optional[str],
                           target: Optional[Path] = None) -> RolloutEdit:
     """The provider move of one rollout (in place, or into `target`); with no `new`, an
     unchanged copy, still read whole and fingerprinted."""
@@ -4952,7 +5028,7 @@ def plan_cwd_remap(inv: Inventory, args: argparse.Namespace) -> Plan:
         except (OSError, PlanError) as exc:
             plan.skipped.append({"thread_id": view.id, "reason": short(str(exc), 160)})
             continue
-        edit.kept_verbatim = [p for p in view.primary.problems if p in CARRIED_PROBLEMS]
+        edit.kept_verbatim = carried_problems(view.primary)
         if edit.changes:
             plan.rollout_edits.append(edit)
             plan.sql.extend(plan_projection_shift(inv, edit))
@@ -5576,7 +5652,7 @@ def import_one(inv: Inventory, plan: Plan, other: OtherHome, info: RolloutInfo,
                                    "%s exists here and is not this thread's rollout"
                                    % destination)
         edit = provider_rollout_edit(info.path, thread_id, carried, target, path)
-        edit.kept_verbatim = [p for p in info.problems if p in CARRIED_PROBLEMS]
+        edit.kept_verbatim = carried_problems(info)
     except (OSError, PlanError) as exc:
         plan.skipped.append({"thread_id": thread_id, "reason": short(str(exc), 160)})
         return "skipped"
@@ -7392,7 +7468,7 @@ def same_file_as_planned(edit: RolloutEdit, source: Any) -> bool:
     size, mtime_ns, _digest = edit.fingerprint
     same = (now.st_dev, now.st_ino) == (opened.st_dev, opened.st_ino)
     if edit.identity is not None:
-        same = same and (now.st_dev, now.st_ino) == edit.identity
+        same = same and stat_identity(now) == edit.identity
     return same and ((now.st_size, now.st_mtime_ns) == (size, mtime_ns)
                      == (opened.st_size, opened.st_mtime_ns))
 
@@ -8274,8 +8350,7 @@ def copy_rollout_head(info: RolloutInfo, target: Path, edit: Optional[RolloutEdi
                 break
             end = source.tell()
             if start in lines:
-                lines.pop(start)
-                raw = edit.edited_line(start, raw)
+                raw = edit.edited_line(start, raw, lines.pop(start)[1])
             elif oversized:
                 source.seek(start)
                 raw = source.read(end - start)
@@ -8293,7 +8368,8 @@ def copy_rollout_head(info: RolloutInfo, target: Path, edit: Optional[RolloutEdi
                 source.seek(offset)
                 later[offset] = source.read(length)
         for offset in sorted(later):
-            raw = edit.edited_line(offset, later[offset]) if offset in lines else later[offset]
+            raw = (edit.edited_line(offset, later[offset], lines[offset][1]) if offset in lines
+                   else later[offset])
             out.write(raw)
             written += len(raw)
     stat = info.path.stat()

@@ -171,6 +171,41 @@ def test_a_plans_changes_share_their_column_names_and_keep_no_dict_per_change(tm
     assert [change["field"] for change in shown[1:]] == ["model_provider_id"] * (len(shown) - 1), shown
 
 
+def test_a_planned_rollout_edit_keeps_what_it_read_and_changes_packed_and_reads_them_back(tmp_path):
+    """A provider move plans one rollout edit per thread: what it read (size, mtime, identity,
+    digest) and the lines it changes are packed bytes, the path is the inventory's own string,
+    and a rollout with nothing carried over shares the empty tuple."""
+    import hashlib
+    import os
+    builder = HomeBuilder(tmp_path / "home", "0.169.0").provider_config("proxy")
+    moved = builder.thread(provider="openai", turns=3)
+    inv = checked_inventory(builder)
+    args = csr.build_parser().parse_args(["repair-provider", "--codex-home", str(builder.root),
+                                          "--from", "openai", "--to", "proxy"])
+    plan = csr.plan_provider_repair(inv, args)
+    csr.close_plan_readers(inv)
+    [edit] = plan.rollout_edits
+    assert edit._path is inv.threads[moved.id].primary.file
+    for name in csr.RolloutEdit.__slots__:
+        assert not isinstance(getattr(edit, name), (list, dict)), name
+    assert type(edit._stamp) is bytes and type(edit._edited) is bytes
+    assert edit.kept_verbatim is ()
+    stat = os.stat(edit._path)
+    digest = hashlib.sha256(moved.path.read_bytes()).hexdigest()
+    assert edit.fingerprint == (stat.st_size, stat.st_mtime_ns, digest)
+    assert edit.identity == csr.stat_identity(stat)
+    # Read back, the packed lines are what the file holds: each replacement lies in its line,
+    # and the line with the new bytes in place is the line the rewrite writes.
+    data = moved.path.read_bytes()
+    assert len(edit.changes) == len(edit.replacements) == len(edit.lines) >= 2
+    for (line_start, length), (start, span, new) in zip(edit.lines, edit.replacements):
+        assert line_start <= start and start + span <= line_start + length
+        raw = data[line_start:line_start + length]
+        assert b'"openai"' in raw and b'"proxy"' in edit.edited_line(line_start, raw)
+    # Before a read, an edit says so rather than inventing a file.
+    fresh = csr.RolloutEdit(moved.path, moved.id)
+    assert fresh.fingerprint == (0, 0, "") and fresh.identity is None and fresh.changes == []
+
 
 def test_changes_of_one_shape_share_db_table_and_operation_and_touched_files_are_made_lazily(
         tmp_path):
@@ -189,3 +224,18 @@ def test_changes_of_one_shape_share_db_table_and_operation_and_touched_files_are
     touched = plan.touched_files()
     assert iter(touched) is touched  # a generator, not a list of a Path per rollout
     assert sorted(touched) == sorted(e.target for e in plan.rollout_edits)
+
+
+def test_an_edit_of_many_lines_reads_back_in_file_order_with_its_offsets_shifted(tmp_path):
+    path = tmp_path / "rollout.jsonl"
+    lines = [b'{"type":"event_msg","payload":{"model_provider":"a","n":%d}}\n' % n
+             for n in range(2000)]
+    path.write_bytes(b"".join(lines))
+    edit = csr.plan_rollout_edit(
+        path, "t", lambda raw: (raw.replace(b'"a"', b'"bb"'), "model_provider"),
+        needles=(b"model_provider",))
+    assert [n for n, _f in edit.changes] == list(range(1, 2001))
+    offsets = [start for start, _length in edit.lines]
+    assert offsets == sorted(offsets) and offsets[1] == len(lines[0])
+    assert sum(d for _s, _l, d in edit.deltas) == 2000
+    assert edit.shift(len(lines[0])) == len(lines[0]) + 1
