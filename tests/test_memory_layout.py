@@ -239,3 +239,24 @@ def test_an_edit_of_many_lines_reads_back_in_file_order_with_its_offsets_shifted
     assert offsets == sorted(offsets) and offsets[1] == len(lines[0])
     assert sum(d for _s, _l, d in edit.deltas) == 2000
     assert edit.shift(len(lines[0])) == len(lines[0]) + 1
+
+
+def test_the_backup_manifest_is_written_an_entry_at_a_time_as_the_same_text(tmp_path):
+    """A provider apply at 100,000 threads writes a manifest of ~50,000 actions and entries:
+    held as one text, its items' texts and their joins at once, it was the apply's peak."""
+    actions = [{"kind": "sql_update", "n": n, "path": "a\u00e9\\b"} for n in range(5000)]
+    manifest = {"tool": csr.TOOL_NAME, "complete": False, "entries": [], "actions": actions,
+                "argv": ["repair-provider", "--apply"]}
+    pieces = list(csr.manifest_pieces(manifest))
+    text = "".join(pieces)
+    assert json.loads(text) == manifest
+    lines = text.splitlines()
+    assert lines[0] == "{" and lines[-1] == "}" and lines[3] == '  "entries": [],'
+    # One action a line, as before: readable, and diffable between two backups.
+    assert lines[4] == '  "actions": [' and lines[5] == "    " + json.dumps(actions[0]) + ","
+    assert sum(line.startswith('    {"kind"') for line in lines) == len(actions)
+    assert max(len(piece) for piece in pieces) < 200
+    csr.write_manifest(tmp_path, manifest)
+    assert (tmp_path / "manifest.json").read_text(encoding="utf-8") == text
+    empty = {"entries": []}
+    assert "".join(csr.manifest_pieces(empty)) == '{\n  "entries": []\n}\n'
