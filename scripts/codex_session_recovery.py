@@ -3515,7 +3515,7 @@ READ_PAST_PROBLEMS = ("torn_line", "nul_bytes", "bad_json")
 
 def carried_problems(info: "RolloutInfo") -> Tuple[str, ...]:
     """The rollout's damage a repair carries over verbatim (the shared empty tuple for most)."""
-    return tuple(p for p in info.problems if p in CARRIED_PROBLEMS) or ()
+    return tuple(p for p in info.problems if p in CARRIED_PROBLEMS)
 
 
 def check_home(inv: Inventory) -> List[Dict[str, Any]]:
@@ -3913,12 +3913,11 @@ _EDIT_STAMP = struct.Struct("<QqQQ32s")
 # Each edited line, packed the same way: its number, offset and length, the changed span's
 # offset and length, and how many new bytes follow this header in place of the span.
 _EDITED_LINE = struct.Struct("<QQQQQQ")
-_UNSIGNED64 = (1 << 64) - 1
 
 
 def stat_identity(stat: Any) -> Tuple[int, int]:
     """(st_dev, st_ino) as a rollout edit keeps them (st_dev can be negative on some systems)."""
-    return (stat.st_dev & _UNSIGNED64, stat.st_ino & _UNSIGNED64)
+    return (stat.st_dev & _LOW64, stat.st_ino & _LOW64)
 
 
 class RolloutEdit:
@@ -3981,7 +3980,7 @@ class RolloutEdit:
         """stat_identity() of the file that was read: a file replaced since is not this one."""
         if self._stamp is None:
             return None
-        return tuple(_EDIT_STAMP.unpack(self._stamp)[2:4])
+        return _EDIT_STAMP.unpack(self._stamp)[2:4]
 
     @staticmethod
     def packed_line(line_no: int, offset: int, raw: bytes, new_raw: bytes) -> bytes:
@@ -3993,7 +3992,7 @@ class RolloutEdit:
     def set_lines(self, packed: List[bytes], fields: List[str]) -> None:
         """The edited lines (packed_line()s, in file order) and the field each changes, set once
         when the read is done (joined once: appending to bytes copies them every time)."""
-        self._edited, self._fields = b"".join(packed), tuple(fields) or ()
+        self._edited, self._fields = b"".join(packed), tuple(fields)
 
     def _edited_lines(self) -> Iterator[Tuple[int, int, int, int, int, bytes]]:
         """(line number, line offset, line length, span offset, span length, new bytes)."""
@@ -4031,25 +4030,15 @@ class RolloutEdit:
             found.setdefault(offset, (length, []))[1].append((start, span, new))
         return found
 
-    def edited_line(self, start: int, raw: bytes,
-                    spans: Optional[List[Tuple[int, int, bytes]]] = None) -> bytes:
-        """The line at `start` (its old bytes `raw`) as the rewrite writes it; `spans`, when
-        given, are its replacements from line_spans() (read once for a file of many lines)."""
-        if spans is None:
-            spans = self.line_spans().get(start, (0, []))[1]
-        out, position = [], start
-        for offset, length, new in sorted(spans):
-            out.append(raw[position - start:offset - start])
-            out.append(new)
-            position = offset + length
-        out.append(raw[position - start:])
-        return b"".join(out)
+    def shifter(self) -> Callable[[int], int]:
+        """shift(offset): where a byte offset into the old file lands in the new one (offsets
+        are line starts), with the edit's deltas unpacked once for all the offsets it is given."""
+        deltas = self.deltas
 
-    def shift(self, offset: int, deltas: Optional[List[Tuple[int, int, int]]] = None) -> int:
-        """Where a byte offset into the old file lands in the new one (offsets are line starts).
-        `deltas`, when given, is this edit's, read once for many offsets."""
-        return offset + sum(delta for start, length, delta in (
-            self.deltas if deltas is None else deltas) if start + length <= offset)
+        def shift(offset: int) -> int:
+            return offset + sum(delta for start, length, delta in deltas
+                                if start + length <= offset)
+        return shift
 
     def as_json(self, home: Path) -> Dict[str, Any]:
         target = self.target
@@ -4066,6 +4055,18 @@ class RolloutEdit:
 
 
 TEXT_COLUMNS = ("title", "first_user_message", "preview", "name")
+
+
+def spliced_line(start: int, raw: bytes, spans: List[Tuple[int, int, bytes]]) -> bytes:
+    """The line at byte `start` (its old bytes `raw`) as the rewrite writes it: `spans`
+    ((offset, length, new bytes) inside it, from RolloutEdit.line_spans()) replaced."""
+    out, position = [], start
+    for offset, length, new in sorted(spans):
+        out.append(raw[position - start:offset - start])
+        out.append(new)
+        position = offset + length
+    out.append(raw[position - start:])
+    return b"".join(out)
 
 
 class SqlChange:
@@ -4409,16 +4410,16 @@ def history_db_path(inv: "Inventory") -> Optional[Path]:
 def plan_projection_shift(inv: "Inventory", edit: RolloutEdit) -> List[SqlChange]:
     """0.169.0's paginated-history projection stores byte offsets into the rollout. When a
     rewrite changes line lengths, every later offset moves by the same amount: keep them true."""
-    deltas = edit.deltas
-    if not deltas:
+    if not edit.deltas:
         return []
     reader = projection_offsets(inv)
     if reader is None:
         return []
     changes: List[SqlChange] = []
+    shift = edit.shifter()
     for table, keys, present, row in reader.rows(edit.thread_id):
         old = {c: row[c] for c in present if isinstance(row[c], int)}
-        new = {c: edit.shift(v, deltas) for c, v in old.items()}
+        new = {c: shift(v) for c, v in old.items()}
         new = {c: v for c, v in new.items() if v != old[c]}
         if new:
             # The thread's id is the edit's string, not a copy from each row.
@@ -5708,6 +5709,7 @@ def import_projection(inv: Inventory, other: OtherHome, thread_id: str,
                               "threads list, but a 0.169-era Codex shows their turns only after "
                               "one `codex resume ID`")
         return []
+    shift = edit.shifter()
     with readonly_db(dest) as conn:
         changes = []
         for table in PROJECTION_TABLES:
@@ -5724,7 +5726,7 @@ def import_projection(inv: Inventory, other: OtherHome, thread_id: str,
                 values = {c: row[c] for c in columns if c in row}
                 for column in COPIED_OFFSET_COLUMNS:
                     if isinstance(values.get(column), int):
-                        values[column] = edit.shift(values[column])
+                        values[column] = shift(values[column])
                 key = {k: values.pop(k) for k in keys}
                 changes.append(SqlChange(dest, table, key, values, thread_id=thread_id,
                                          op="insert"))
@@ -8356,7 +8358,7 @@ def copy_rollout_head(info: RolloutInfo, target: Path, edit: Optional[RolloutEdi
                 break
             end = source.tell()
             if start in lines:
-                raw = edit.edited_line(start, raw, lines.pop(start)[1])
+                raw = spliced_line(start, raw, lines.pop(start)[1])
             elif oversized:
                 source.seek(start)
                 raw = source.read(end - start)
@@ -8374,7 +8376,7 @@ def copy_rollout_head(info: RolloutInfo, target: Path, edit: Optional[RolloutEdi
                 source.seek(offset)
                 later[offset] = source.read(length)
         for offset in sorted(later):
-            raw = (edit.edited_line(offset, later[offset], lines[offset][1]) if offset in lines
+            raw = (spliced_line(offset, later[offset], lines[offset][1]) if offset in lines
                    else later[offset])
             out.write(raw)
             written += len(raw)

@@ -201,7 +201,7 @@ def test_a_planned_rollout_edit_keeps_what_it_read_and_changes_packed_and_reads_
     for (line_start, length), (start, span, new) in zip(edit.lines, edit.replacements):
         assert line_start <= start and start + span <= line_start + length
         raw = data[line_start:line_start + length]
-        assert b'"openai"' in raw and b'"proxy"' in edit.edited_line(line_start, raw)
+        assert b'"openai"' in raw and b'"proxy"' in csr.spliced_line(line_start, raw, edit.line_spans()[line_start][1])
     # Before a read, an edit says so rather than inventing a file.
     fresh = csr.RolloutEdit(moved.path, moved.id)
     assert fresh.fingerprint == (0, 0, "") and fresh.identity is None and fresh.changes == []
@@ -238,7 +238,7 @@ def test_an_edit_of_many_lines_reads_back_in_file_order_with_its_offsets_shifted
     offsets = [start for start, _length in edit.lines]
     assert offsets == sorted(offsets) and offsets[1] == len(lines[0])
     assert sum(d for _s, _l, d in edit.deltas) == 2000
-    assert edit.shift(len(lines[0])) == len(lines[0]) + 1
+    assert edit.shifter()(len(lines[0])) == len(lines[0]) + 1
 
 
 def test_the_backup_manifest_is_written_an_entry_at_a_time_as_the_same_text(tmp_path):
