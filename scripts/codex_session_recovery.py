@@ -3515,7 +3515,8 @@ READ_PAST_PROBLEMS = ("torn_line", "nul_bytes", "bad_json")
 
 def carried_problems(info: "RolloutInfo") -> Tuple[str, ...]:
     """The rollout's damage a repair carries over verbatim (the shared empty tuple for most)."""
-    return tuple(p for p in info.problems if p in CARRIED_PROBLEMS)
+    # `or ()`: Python 3.9 makes a new empty tuple from an empty generator, not the shared one.
+    return tuple(p for p in info.problems if p in CARRIED_PROBLEMS) or ()
 
 
 def check_home(inv: Inventory) -> List[Dict[str, Any]]:
@@ -3992,7 +3993,7 @@ class RolloutEdit:
     def set_lines(self, packed: List[bytes], fields: List[str]) -> None:
         """The edited lines (packed_line()s, in file order) and the field each changes, set once
         when the read is done (joined once: appending to bytes copies them every time)."""
-        self._edited, self._fields = b"".join(packed), tuple(fields)
+        self._edited, self._fields = b"".join(packed), tuple(fields) or ()
 
     def _edited_lines(self) -> Iterator[Tuple[int, int, int, int, int, bytes]]:
         """(line number, line offset, line length, span offset, span length, new bytes)."""
