@@ -103,7 +103,8 @@ def rewrite_only(path: Path, thread_id: str, old: str, new: str, script: Optiona
             after = csr.EditedDigest(edit.replacements)
             digest, _stat = csr.copy_hashing(path, copy, after)
             if after.hexdigest() is not None:
-                edited["edited"] = {path: after.hexdigest()}
+                # By name where the script keys it so, by Path where an older one did.
+                edited["edited"] = {path: after.hexdigest(), str(path): after.hexdigest()}
         else:
             digest, _stat = csr.copy_hashing(path, copy)
         csr.fsync_path(copy)

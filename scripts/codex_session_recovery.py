@@ -3963,6 +3963,11 @@ class RolloutEdit:
         """Where the edited copy goes: the rollout itself, or import's place for it."""
         return Path(self._path if self._target is None else self._target)
 
+    @property
+    def in_place(self) -> bool:
+        """Whether the edit rewrites the rollout it read (not a copy of it elsewhere)."""
+        return self._target is None
+
     def record_read(self, stat: Any, sha256: bytes) -> None:
         """What the planning read saw: the file's stat (taken after the read) and its digest."""
         self._stamp = _EDIT_STAMP.pack(stat.st_size, stat.st_mtime_ns,
@@ -6450,35 +6455,57 @@ def db_digest(conn: sqlite3.Connection) -> str:
     return digest.hexdigest()
 
 
-def touched_rows(plan: Plan, db: Path) -> Dict[str, List[Dict[str, Any]]]:
-    rows: Dict[str, List[Dict[str, Any]]] = {}
-    seen = set()  # not a search of each table's list: a projection has thousands of rows
+class Streamed:
+    """A list of the backup manifest made again from the plan, an item at a time, each time the
+    manifest is written: a provider move at 100,000 threads plans ~42,000 changes, and its
+    actions and touched rows held as dicts for the whole apply were ~35 MB."""
+
+    __slots__ = ("make",)
+
+    def __init__(self, make: Callable[[], Iterable[Any]]) -> None:
+        self.make = make
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.make())
+
+
+def touched_rows(plan: Plan, db: Path) -> Dict[str, Streamed]:
+    """The key of each row the plan changes in `db`, by table, each once and in plan order."""
+    tables: List[str] = []
     for change in plan.sql:
-        if change.db != db:
-            continue
-        key = change.key
-        mark = (change.table, frozenset(key.items()))  # equal exactly when the dicts are
-        if mark not in seen:
-            seen.add(mark)
-            rows.setdefault(change.table, []).append(key)
-    return rows
+        if change.table not in tables and change.db == db:
+            tables.append(change.table)
+    return {table: Streamed(lambda table=table: _touched_keys(plan, db, table))
+            for table in tables}
+
+
+def _touched_keys(plan: Plan, db: Path, table: str) -> Iterator[Dict[str, Any]]:
+    seen = set()  # not a search of the keys so far: a projection has thousands of rows
+    for change in plan.sql:
+        if change.table == table and change.db == db:
+            key = change.key
+            mark = json.dumps(key, sort_keys=True, default=str)  # equal as the manifest shows them
+            if mark not in seen:
+                seen.add(mark)
+                yield key
 
 
 def backup_plan(inv: Inventory, plan: Plan, argv: Sequence[str],
-                edited: Optional[Dict[Path, str]] = None) -> Tuple[Path, Dict[str, Any]]:
+                edited: Optional[Dict[str, str]] = None) -> Tuple[Path, Dict[str, Any]]:
     """The plan's backup; `edited` collects, per rollout rewritten in place, the SHA-256 of its
-    backup copy's bytes with the planned edits (see _fill_backup)."""
+    backup copy's bytes with the planned edits (see _fill_backup). The manifest's actions and
+    rows are written from the plan (Streamed), which the apply holds anyway."""
     dbs = {db: touched_rows(plan, db) for db in plan.touched_dbs()}
-    edits = {e.path: e.replacements for e in plan.rollout_edits if e.target == e.path}
-    return make_backup(inv.home, plan.command, dbs, list(plan.touched_files()),
-                       plan.actions_json(inv.home), argv, edits, edited)
+    edits = {str(e.target): e for e in plan.rollout_edits if e.in_place}  # as `files` names it
+    actions = Streamed(lambda: plan.iter_actions_json(inv.home))
+    return make_backup(inv.home, plan.command, dbs, plan.touched_files(), actions, argv, edits,
+                       edited)
 
 
-def make_backup(home: Path, command: str, dbs: Dict[Path, Dict[str, List[Dict[str, Any]]]],
-                files: List[Path],
-                actions: List[Dict[str, Any]], argv: Sequence[str],
-                edits: Optional[Dict[Path, List[Tuple[int, int, bytes]]]] = None,
-                edited: Optional[Dict[Path, str]] = None) -> Tuple[Path, Dict[str, Any]]:
+def make_backup(home: Path, command: str, dbs: Dict[Path, Dict[str, Streamed]],
+                files: Iterable[Path], actions: Streamed, argv: Sequence[str],
+                edits: Optional[Dict[str, "RolloutEdit"]] = None,
+                edited: Optional[Dict[str, str]] = None) -> Tuple[Path, Dict[str, Any]]:
     folder = make_backup_dir(home, command)
     try:
         return _fill_backup(folder, home, command, dbs, files, actions, argv, edits, edited)
@@ -6487,12 +6514,10 @@ def make_backup(home: Path, command: str, dbs: Dict[Path, Dict[str, List[Dict[st
         raise
 
 
-def _fill_backup(folder: Path, home: Path, command: str,
-                 dbs: Dict[Path, Dict[str, List[Dict[str, Any]]]],
-                 files: List[Path], actions: List[Dict[str, Any]],
-                 argv: Sequence[str],
-                 edits: Optional[Dict[Path, List[Tuple[int, int, bytes]]]] = None,
-                 edited: Optional[Dict[Path, str]] = None) -> Tuple[Path, Dict[str, Any]]:
+def _fill_backup(folder: Path, home: Path, command: str, dbs: Dict[Path, Dict[str, Streamed]],
+                 files: Iterable[Path], actions: Streamed, argv: Sequence[str],
+                 edits: Optional[Dict[str, "RolloutEdit"]] = None,
+                 edited: Optional[Dict[str, str]] = None) -> Tuple[Path, Dict[str, Any]]:
     """Every DB and file copied into `folder`, and the manifest written last: each copy and its
     folder fsynced first, so a manifest on disk always names copies that are on disk. A file is
     hashed as it is copied, one read of it, so the digest is of exactly the bytes the copy
@@ -6525,20 +6550,24 @@ def _fill_backup(folder: Path, home: Path, command: str,
         fsync_path(target)
         manifest["entries"].append(entry)
         _fault_point("mid_backup")
-    copies = []
+    copies: List[str] = []  # strings, not Paths: ~450 bytes less per rollout until the sync
+    folders = set()
     for path in files:
         target = folder / "files" / _backup_name(path, home)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.parent not in folders:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            folders.add(target.parent)
         exists = path.exists()
         digest, stat = None, None
         if exists:
-            replacements = (edits or {}).get(path)
-            after = EditedDigest(replacements) if replacements is not None else None
+            name = str(path)
+            edit = (edits or {}).get(name)
+            after = EditedDigest(edit.replacements) if edit is not None else None
             digest, stat = copy_hashing(path, target, after)
-            copies.append(target)
+            copies.append(str(target))
             after_digest = after.hexdigest() if after is not None else None
             if after_digest is not None and edited is not None:
-                edited[path] = after_digest
+                edited[name] = after_digest
         manifest["entries"].append({
             "path": _manifest_path(path, home), "kind": "file", "existed": exists,
             "backup": str(target.relative_to(folder)) if exists else None,
@@ -6546,9 +6575,9 @@ def _fill_backup(folder: Path, home: Path, command: str,
             "mtime_ns": stat.st_mtime_ns if stat else None,
             "sha256_before": digest, "sha256_after": None})
     # Written first, synced together: the disk gets the copies in one stream, not one by one.
-    for target in copies:
-        fsync_path(target)
-    fsync_folders(folders_up_to(folder, [t.parent for t in copies]))
+    for copy in copies:
+        fsync_path(copy)
+    fsync_folders(folders_up_to(folder, list(folders)))
     write_manifest(folder, manifest)
     return folder, manifest
 
@@ -6670,29 +6699,62 @@ def write_manifest(folder: Path, manifest: Dict[str, Any]) -> None:
     fsync_folders([folder])
 
 
+# What an exhausted iterator gives manifest_pieces (None is a value a list can hold).
+_NO_ITEM = object()
+
+
 def manifest_pieces(manifest: Dict[str, Any]) -> Iterator[str]:
     """The manifest as JSON, one key a line and one entry or action a line: as readable as
     indented JSON, and written by the C encoder (indent= makes json use its pure-Python one:
     0.07 s against 0.03 s of CPU for 1,752 actions, and it is written twice per run). Made a
-    line at a time: a provider move at 100,000 threads has ~50,000 actions and entries, and
-    their texts joined at once were ~70 MB on top of the manifest itself."""
-    def dumps(value: Any) -> str:
-        return json.dumps(value, default=str)
-
+    line at a time, a Streamed list an item at a time: a provider move at 100,000 threads has
+    ~50,000 actions and entries, and their texts joined at once were ~70 MB on top of the
+    manifest itself."""
     yield "{\n"
     for number, (key, value) in enumerate(manifest.items()):
-        yield "%s  %s: " % (",\n" if number else "", dumps(key))
-        if isinstance(value, list) and value:
-            yield "[\n"
-            for at, item in enumerate(value):
-                yield ("    " if at == 0 else ",\n    ") + dumps(item)
-            yield "\n  ]"
-        else:
-            yield dumps(value)
+        yield "%s  %s: " % (",\n" if number else "", _manifest_json(key))
+        items = iter(value) if isinstance(value, (list, Streamed)) else None
+        first = next(items, _NO_ITEM) if items is not None else _NO_ITEM
+        if first is _NO_ITEM:
+            yield from _json_pieces(value)
+            continue
+        yield "[\n    "
+        yield from _json_pieces(first)
+        for item in items:  # type: ignore[union-attr]
+            yield ",\n    "
+            yield from _json_pieces(item)
+        yield "\n  ]"
     yield "\n}\n"
 
 
-def fsync_path(path: Path) -> None:
+def _manifest_json(value: Any) -> str:
+    return json.dumps(value, default=str)
+
+
+def _json_pieces(value: Any) -> Iterator[str]:
+    """`value` as json.dumps writes it (default separators), made a piece at a time through a
+    dict that holds a Streamed list and an item at a time through that list."""
+    if isinstance(value, Streamed):
+        yield "["
+        for at, item in enumerate(value):
+            yield ", " + _manifest_json(item) if at else _manifest_json(item)
+        yield "]"
+    elif isinstance(value, dict) and _holds_streamed(value):
+        yield "{"
+        for at, (key, inner) in enumerate(value.items()):
+            yield "%s%s: " % (", " if at else "", _manifest_json(str(key)))
+            yield from _json_pieces(inner)
+        yield "}"
+    else:
+        yield _manifest_json(value)
+
+
+def _holds_streamed(value: Dict[Any, Any]) -> bool:
+    return any(isinstance(inner, Streamed) or (isinstance(inner, dict) and _holds_streamed(inner))
+               for inner in value.values())
+
+
+def fsync_path(path: "Path | str") -> None:
     with open(str(path), "rb") as handle:
         os.fsync(handle.fileno())
 
@@ -7028,9 +7090,11 @@ FDS_SPARE = 16
 # Why a rollout of a batch was left as it was, when its rewrite gives no reason of its own.
 ROLLOUT_CHANGED = ("the rollout changed after it was read (a live session?); it was left as "
                    "it is")
-# What a replaced rollout is right after the run wrote it: (st_dev, st_ino, size, mtime_ns,
-# SHA-256). finish_manifest reuses the digest while the file is still exactly that.
-WrittenState = Tuple[int, int, int, int, str]
+# What a replaced rollout is right after the run wrote it: st_dev, st_ino, size, mtime_ns and
+# its SHA-256, packed (a tuple of five and a hex string were ~400 bytes a rollout, held for the
+# whole apply). finish_manifest reuses the digest while the file is still exactly that.
+WrittenState = bytes
+_WRITTEN_STATE = struct.Struct("<QQQq32s")
 # What a DB is right after the run committed to it: (the digest the journal recorded, its
 # data_version on the run's connection, the file's (st_dev, st_ino)).
 CommittedState = Tuple[str, int, Optional[Tuple[int, int]]]
@@ -7068,7 +7132,7 @@ def apply_plan(inv: Inventory, plan: Plan, args: argparse.Namespace,
     with ToolLock(inv.home):
         remove_stale_temp_files(inv.temp_files)
         remove_partial_backups(inv.home)
-        edited: Dict[Path, str] = {}
+        edited: Dict[str, str] = {}
         folder, manifest = make_backup_or_fail(lambda: backup_plan(inv, plan, argv, edited))
         _fault_point("after_backup")
         result: Dict[str, Any] = {"backup_dir": str(folder), "skipped": []}
@@ -7282,9 +7346,9 @@ def count_open_files() -> int:
 
 def write_rollouts(plan: Plan, result: Dict[str, Any], busy: Dict[str, List[str]], home: Path,
                    journal: Optional["Journal"] = None,
-                   references: Optional[Dict[Path, Path]] = None,
+                   references: Optional["BackupCopies | Dict[Path, Path]"] = None,
                    written: Optional[Dict[str, WrittenState]] = None,
-                   edited: Optional[Dict[Path, str]] = None) -> set:
+                   edited: Optional[Dict[str, str]] = None) -> set:
     """Every rollout edit of the plan, in batches (rewrite_batch); an import's copy from another
     home one at a time (copy_rollout). `references`: rollout -> its backup copy, known to hold
     the planned bytes; `edited`: rollout -> the SHA-256 of that copy's bytes with the planned
@@ -7333,17 +7397,48 @@ def write_rollouts(plan: Plan, result: Dict[str, Any], busy: Dict[str, List[str]
 
 
 def backup_copies(folder: Path, manifest: Dict[str, Any], home: Path,
-                  plan: Plan) -> Dict[Path, Path]:
+                  plan: Plan) -> "BackupCopies":
     """rollout -> its copy in the backup, for each rollout rewritten in place whose copy holds
     exactly the planned bytes (the SHA-256 taken as it was copied is the plan's): the rewrite
     compares what it reads with that copy instead of hashing it a second time."""
     entries = {e["path"]: e for e in manifest["entries"] if e["kind"] == "file" and e.get("backup")}
-    found = {}
+    found = BackupCopies(folder, home)
     for edit in plan.rollout_edits:
-        entry = entries.get(_manifest_path(edit.path, home))
-        if edit.target == edit.path and entry and entry.get("sha256_before") == edit.fingerprint[2]:
-            found[edit.path] = folder / entry["backup"]
+        entry = entries.get(_manifest_path(edit.path, home)) if edit.in_place else None
+        if entry and entry.get("sha256_before") == edit.fingerprint[2]:
+            found.add(entry)
     return found
+
+
+class BackupCopies:
+    """What backup_copies found, held for the whole rewrite: the manifest entries' own strings
+    (their path and their copy's), each copy's Path made when the rewrite asks for it. A pair of
+    Paths per rollout held in a dict was ~10 MB at 100,000 threads."""
+
+    __slots__ = ("folder", "home", "_copies")
+
+    def __init__(self, folder: Path, home: Path) -> None:
+        self.folder, self.home = folder, home
+        self._copies: Dict[str, str] = {}
+
+    def add(self, entry: Dict[str, Any]) -> None:
+        self._copies[entry["path"]] = entry["backup"]
+
+    def get(self, path: Path, default: Optional[Path] = None) -> Optional[Path]:
+        copy = self._copies.get(_manifest_path(path, self.home))
+        return default if copy is None else self.folder / copy
+
+    def __getitem__(self, path: Path) -> Path:
+        copy = self.get(path)
+        if copy is None:
+            raise KeyError(path)
+        return copy
+
+    def __contains__(self, path: Any) -> bool:
+        return self.get(path) is not None
+
+    def __len__(self) -> int:
+        return len(self._copies)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -7585,9 +7680,9 @@ def rewrite_rollout(edit: RolloutEdit, result: Optional[Dict[str, Any]] = None,
 
 def rewrite_batch(edits: List[RolloutEdit], home: Optional[Path], result: Dict[str, Any],
                   journal: Optional["Journal"] = None,
-                  references: Optional[Dict[Path, Path]] = None,
+                  references: Optional["BackupCopies | Dict[Path, Path]"] = None,
                   written: Optional[Dict[str, WrittenState]] = None,
-                  edited: Optional[Dict[Path, str]] = None) -> List[bool]:
+                  edited: Optional[Dict[str, str]] = None) -> List[bool]:
     """Each rollout written anew beside it: the unchanged byte ranges copied in large chunks,
     the planned lines substituted. Every byte read must be the plan's (hashed, or compared with
     the backup's copy of it where `references` names one; then what is written is that copy's
@@ -7608,7 +7703,7 @@ def rewrite_batch(edits: List[RolloutEdit], home: Optional[Path], result: Dict[s
             for item in pending:
                 path = item.edit.path
                 prepare_rewrite(item, home, locks, (references or {}).get(path),
-                                (edited or {}).get(path))
+                                (edited or {}).get(str(path)))
             ready = [item for item in pending if item.ready]
             for item in ready:
                 fsync_path(item.tmp)
@@ -7627,10 +7722,10 @@ def rewrite_batch(edits: List[RolloutEdit], home: Optional[Path], result: Dict[s
                 item.close()
     if written is not None and home is not None:
         for item in pending:
-            if item.replaced and not item.carried:
+            if item.replaced and not item.carried and item.sha256_after:
                 _size, mtime_ns, _digest = item.edit.fingerprint
-                written[_manifest_path(item.edit.path, home)] = item.tmp_identity + (
-                    item.written, mtime_ns, item.sha256_after)
+                written[_manifest_path(item.edit.path, home)] = _WRITTEN_STATE.pack(
+                    *item.tmp_identity, item.written, mtime_ns, bytes.fromhex(item.sha256_after))
     return [item.replaced for item in pending]
 
 
@@ -7930,7 +8025,7 @@ def finish_manifest(folder: Path, manifest: Dict[str, Any], home: Path,
             finally:
                 conn.close()
         elif entry["path"] in written and still_as_written(target, written[entry["path"]]):
-            entry["sha256_after"] = written[entry["path"]][4]
+            entry["sha256_after"] = _WRITTEN_STATE.unpack(written[entry["path"]])[4].hex()
         else:
             entry["sha256_after"] = sha256_file(target) if target.exists() else None
     manifest["complete"] = True
@@ -7946,7 +8041,8 @@ def still_as_written(path: Path, state: WrittenState) -> bool:
         now = os.stat(str(path))
     except OSError:
         return False
-    return (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns) == state[:4]
+    dev, ino, size, mtime_ns, _digest = _WRITTEN_STATE.unpack(state)
+    return (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns) == (dev, ino, size, mtime_ns)
 
 
 def list_backups(home: Path) -> List[Dict[str, Any]]:

@@ -1,6 +1,7 @@
 """What the records of one thread share with other threads' (diagnose's memory grows with the
 threads: benchmarks/README.md has the figures). Structure only: no timed or RSS assertion."""
 
+import hashlib
 import io
 import json
 import sys
@@ -260,3 +261,65 @@ def test_the_backup_manifest_is_written_an_entry_at_a_time_as_the_same_text(tmp_
     assert (tmp_path / "manifest.json").read_text(encoding="utf-8") == text
     empty = {"entries": []}
     assert "".join(csr.manifest_pieces(empty)) == '{\n  "entries": []\n}\n'
+
+
+def test_the_backup_manifest_writes_the_plans_actions_and_rows_from_the_plan(tmp_path, monkeypatch,
+                                                                            capsys):
+    """At 100,000 threads the actions as dicts, the touched rows and the copies' entries held
+    for the whole apply were ~60 MB: the manifest is written from the plan each time instead,
+    as the same text, before the first write and again when the run completes."""
+    builder = HomeBuilder(tmp_path / "home", "0.169.0").provider_config("proxy")
+    for _ in range(3):
+        builder.thread(provider="openai", turns=2)
+    inv = checked_inventory(builder)
+    args = csr.build_parser().parse_args(["repair-provider", "--codex-home", str(builder.root),
+                                          "--from", "openai", "--to", "proxy"])
+    plan = csr.plan_provider_repair(inv, args)
+    csr.close_plan_readers(inv)
+    expected_actions = plan.actions_json(builder.root)
+    expected_rows = {}
+    for change in plan.sql:
+        keys = expected_rows.setdefault(change.db.name, {}).setdefault(change.table, [])
+        if change.key not in keys:
+            keys.append(change.key)
+    written, held = [], []
+    real = csr.write_manifest
+
+    def recording(folder, manifest):
+        held.append((type(manifest["actions"]),
+                     [type(r) for e in manifest["entries"] if e["kind"] == "sqlite"
+                      for r in e["rows"].values()]))
+        real(folder, manifest)
+        written.append((folder / "manifest.json").read_text(encoding="utf-8"))
+
+    monkeypatch.setattr(csr, "write_manifest", recording)
+    found, states = [], []
+    real_copies, real_finish = csr.backup_copies, csr.finish_manifest
+    monkeypatch.setattr(csr, "backup_copies", lambda *a: found.append(real_copies(*a)) or found[0])
+    monkeypatch.setattr(csr, "finish_manifest",
+                        lambda *a: states.append(dict(a[3])) or real_finish(*a))
+    code = csr.main(["repair-provider", "--codex-home", str(builder.root), "--from", "openai",
+                     "--to", "proxy", "--apply", "--json"])
+    assert code == csr.EXIT_OK and json.loads(capsys.readouterr().out)["applied"]
+    # Held for the whole rewrite: the entries' own strings, and what each rollout became packed.
+    edited = [e.path for e in plan.rollout_edits]
+    assert len(found[0]) == 3 and all(found[0][path].is_file() for path in edited)
+    assert all(type(copy) is str for copy in found[0]._copies.values())
+    assert len(states[0]) == 3
+    assert all(len(state) == csr._WRITTEN_STATE.size for state in states[0].values())
+    finished = {e["path"]: e for e in json.loads(written[-1])["entries"]}
+    for path in edited:
+        entry = finished[csr.display_path(path, builder.root)]
+        assert entry["sha256_after"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert entry["sha256_after"] != entry["sha256_before"]
+    assert len(written) == 2  # before the first write, and complete
+    for (actions_type, row_types), text in zip(held, written):
+        assert actions_type is not list and row_types and list not in row_types
+        manifest = json.loads(text)
+        assert manifest["actions"] == expected_actions
+        rows = {e["path"]: e["rows"] for e in manifest["entries"] if e["kind"] == "sqlite"}
+        assert rows == expected_rows and len(rows) >= 2
+        assert len(rows[inv.live_db.path.name]["threads"]) == 3
+        # The same layout as a manifest of lists: one key, entry or action a line.
+        assert text == "".join(csr.manifest_pieces(manifest))
+    assert [json.loads(t)["complete"] for t in written] == [False, True]
