@@ -17,6 +17,19 @@ def checked_inventory(builder):
     return inv
 
 
+def three_moves_planned(tmp_path):
+    """A home of three threads of another provider, and its provider move's plan."""
+    builder = HomeBuilder(tmp_path / "home", "0.169.0").provider_config("proxy")
+    for _ in range(3):
+        builder.thread(provider="openai", turns=2)
+    inv = checked_inventory(builder)
+    args = csr.build_parser().parse_args(["repair-provider", "--codex-home", str(builder.root),
+                                          "--from", "openai", "--to", "proxy"])
+    plan = csr.plan_provider_repair(inv, args)
+    csr.close_plan_readers(inv)
+    return builder, inv, plan
+
+
 def test_threads_alike_share_their_reasons_and_a_thread_without_any_the_empty_tuple(tmp_path):
     builder = HomeBuilder(tmp_path / "home", "0.169.0").provider_config("proxy")
     moved = [builder.thread(provider="openai") for _ in range(3)]
@@ -210,14 +223,7 @@ def test_a_planned_rollout_edit_keeps_what_it_read_and_changes_packed_and_reads_
 
 def test_changes_of_one_shape_share_db_table_and_operation_and_touched_files_are_made_lazily(
         tmp_path):
-    builder = HomeBuilder(tmp_path / "home", "0.169.0").provider_config("proxy")
-    for _ in range(3):
-        builder.thread(provider="openai", turns=2)
-    inv = checked_inventory(builder)
-    args = csr.build_parser().parse_args(["repair-provider", "--codex-home", str(builder.root),
-                                          "--from", "openai", "--to", "proxy"])
-    plan = csr.plan_provider_repair(inv, args)
-    csr.close_plan_readers(inv)
+    builder, inv, plan = three_moves_planned(tmp_path)
     assert set(csr.SqlChange.__slots__) == {"_shape", "_data", "thread_id"}
     rows = [c for c in plan.sql if c.table == "threads"]
     assert len(rows) == 3 and all(c._shape is rows[0]._shape for c in rows)
@@ -265,17 +271,10 @@ def test_the_backup_manifest_is_written_an_entry_at_a_time_as_the_same_text(tmp_
 
 def test_the_backup_manifest_writes_the_plans_actions_and_rows_from_the_plan(tmp_path, monkeypatch,
                                                                             capsys):
-    """At 100,000 threads the actions as dicts, the touched rows and the copies' entries held
-    for the whole apply were ~60 MB: the manifest is written from the plan each time instead,
-    as the same text, before the first write and again when the run completes."""
-    builder = HomeBuilder(tmp_path / "home", "0.169.0").provider_config("proxy")
-    for _ in range(3):
-        builder.thread(provider="openai", turns=2)
-    inv = checked_inventory(builder)
-    args = csr.build_parser().parse_args(["repair-provider", "--codex-home", str(builder.root),
-                                          "--from", "openai", "--to", "proxy"])
-    plan = csr.plan_provider_repair(inv, args)
-    csr.close_plan_readers(inv)
+    """At 100,000 threads the actions as dicts and the touched rows held for the whole apply,
+    with the copies' Paths and the written states, were ~45 MB: the manifest is written from the
+    plan each time instead, as the same text, before the first write and when the run completes."""
+    builder, inv, plan = three_moves_planned(tmp_path)
     expected_actions = plan.actions_json(builder.root)
     expected_rows = {}
     for change in plan.sql:
