@@ -111,7 +111,14 @@ def rewrite_only(path: Path, thread_id: str, old: str, new: str, script: Optiona
         backup_s = time.perf_counter() - t1
         cpu.append(time.process_time())
         t1 = time.perf_counter()
-        references = {path: copy} if digest == edit.fingerprint[2] else None
+        references: Any = {path: copy} if digest == edit.fingerprint[2] else None
+        if hasattr(csr, "BackupCopies") and references:
+            # Where the backup's entries carry the copies and the digests with the edits.
+            files = csr.CopiedFiles()
+            files.add(path.name, copy.name, _stat, digest, after.hexdigest())
+            references = csr.BackupCopies(path.parent, path.parent, files)
+            references.add(0)
+            edited = {}
         ok = csr.rewrite_batch([edit], None, {}, None, references, **edited)[0]
         t2 = time.perf_counter()
         copy.unlink()

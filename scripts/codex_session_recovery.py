@@ -4194,10 +4194,14 @@ class Plan:
     def touched_files(self) -> Iterator[Path]:
         """Each file the plan writes, made one at a time: a Path for every rollout of a provider
         move at once is ~450 bytes a thread."""
-        yield from (e.target for e in self.rollout_edits)
-        yield from (w.path for w in self.file_writes)
-        yield from self.moves
-        yield from (r.target for r in self.restores if r.kind != "restore_db")
+        return (path for path, _edit in self.touched_files_and_edits())
+
+    def touched_files_and_edits(self) -> Iterator[Tuple[Path, Optional["RolloutEdit"]]]:
+        """The same, each with the edit that rewrites it in place (None for any other write)."""
+        yield from ((e.target, e if e.in_place else None) for e in self.rollout_edits)
+        yield from ((w.path, None) for w in self.file_writes)
+        yield from ((path, None) for path in self.moves)
+        yield from ((r.target, None) for r in self.restores if r.kind != "restore_db")
 
     def plan_id(self, home: Path) -> str:
         """A digest of exactly what would change: the dry run prints it, and `--apply
@@ -6490,48 +6494,137 @@ def _touched_keys(plan: Plan, db: Path, table: str) -> Iterator[Dict[str, Any]]:
                 yield key
 
 
-def backup_plan(inv: Inventory, plan: Plan, argv: Sequence[str],
-                edited: Optional[Dict[str, str]] = None) -> Tuple[Path, Dict[str, Any]]:
-    """The plan's backup; `edited` collects, per rollout rewritten in place, the SHA-256 of its
-    backup copy's bytes with the planned edits (see _fill_backup). The manifest's actions and
-    rows are written from the plan (Streamed), which the apply holds anyway."""
+# A copied file's facts in the backup manifest, packed: whether it existed, its size, mode and
+# mtime_ns, and the SHA-256 of its copy (zeros where it did not exist); then whether the SHA-256
+# of the copy's bytes with the planned edits is known, and it (not in the manifest: the rewrite's).
+_COPIED_FILE = struct.Struct("<?QIq32s?32s")
+# Its SHA-256 when the run completed, packed the same way: whether it had one (it existed), and it.
+_COPIED_AFTER = struct.Struct("<?32s")
+
+
+class CopiedFiles:
+    """The backup manifest's file entries, in the order the files were copied: the name the
+    manifest gives each, and its facts packed; each entry's dict is made again as the manifest is
+    written. As dicts (nine keys, three strings) they were ~750 bytes a rollout for the whole
+    apply, ~8 MB at 100,000 threads."""
+
+    __slots__ = ("names", "_facts", "_odd_backups", "_after")
+
+    def __init__(self) -> None:
+        self.names: List[str] = []
+        self._facts = bytearray()
+        self._odd_backups: Dict[int, str] = {}  # a copy not at files/<name>: outside the home
+        self._after: Optional[bytearray] = None
+
+    def add(self, name: str, backup: str, stat: Optional[os.stat_result],
+            digest: Optional[str], edited: Optional[str] = None) -> None:
+        """A file copied to `backup` (its stat and digest, and `edited`: the digest of its bytes
+        with the planned edits, when known), or one that did not exist (None)."""
+        at = len(self.names)
+        self.names.append(name)
+        if backup != os.path.join("files", name):
+            self._odd_backups[at] = backup
+        self._facts += _COPIED_FILE.pack(
+            stat is not None, stat.st_size if stat else 0, stat.st_mode & 0o7777 if stat else 0,
+            stat.st_mtime_ns if stat else 0, bytes.fromhex(digest) if digest else b"",
+            edited is not None, bytes.fromhex(edited) if edited else b"")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def _facts_of(self, at: int) -> Tuple[bool, int, int, int, bytes]:
+        return _COPIED_FILE.unpack_from(self._facts, at * _COPIED_FILE.size)[:5]
+
+    def edited_digest(self, at: int) -> Optional[str]:
+        """The SHA-256 of the copy's bytes with the planned edits (None: not known)."""
+        known, digest = _COPIED_FILE.unpack_from(self._facts, at * _COPIED_FILE.size)[5:]
+        return digest.hex() if known else None
+
+    def backup(self, at: int) -> Optional[str]:
+        """Where the file's copy is in the backup folder (None: it did not exist)."""
+        if not self._facts_of(at)[0]:
+            return None
+        return self._odd_backups.get(at) or os.path.join("files", self.names[at])
+
+    def sha256_before(self, at: int) -> Optional[str]:
+        existed, _size, _mode, _mtime_ns, digest = self._facts_of(at)
+        return digest.hex() if existed else None
+
+    def set_after(self, at: int, digest: Optional[str]) -> None:
+        if self._after is None:
+            self._after = bytearray(_COPIED_AFTER.size * len(self.names))
+        _COPIED_AFTER.pack_into(self._after, at * _COPIED_AFTER.size, digest is not None,
+                                bytes.fromhex(digest) if digest else b"")
+
+    def sha256_after(self, at: int) -> Optional[str]:
+        if self._after is None:
+            return None
+        known, digest = _COPIED_AFTER.unpack_from(self._after, at * _COPIED_AFTER.size)
+        return digest.hex() if known else None
+
+    def entry(self, at: int) -> Dict[str, Any]:
+        """The entry as the manifest shows it."""
+        existed, size, mode, mtime_ns, _digest = self._facts_of(at)
+        return {"path": self.names[at], "kind": "file", "existed": existed,
+                "backup": self.backup(at), "size": size if existed else None,
+                "mode": mode if existed else None, "mtime_ns": mtime_ns if existed else None,
+                "sha256_before": self.sha256_before(at), "sha256_after": self.sha256_after(at)}
+
+    def __iter__(self) -> Iterator[Dict[str, Any]]:
+        return (self.entry(at) for at in range(len(self.names)))
+
+
+class ManifestEntries:
+    """The manifest's entries: each DB's (a dict; a few), then each copied file's."""
+
+    __slots__ = ("dbs", "files")
+
+    def __init__(self) -> None:
+        self.dbs: List[Dict[str, Any]] = []
+        self.files = CopiedFiles()
+
+    def __iter__(self) -> Iterator[Dict[str, Any]]:
+        yield from self.dbs
+        yield from self.files
+
+
+def backup_plan(inv: Inventory, plan: Plan, argv: Sequence[str]) -> Tuple[Path, Dict[str, Any]]:
+    """The plan's backup. The manifest's actions and rows are written from the plan
+    (Streamed), which the apply holds anyway."""
     dbs = {db: touched_rows(plan, db) for db in plan.touched_dbs()}
-    edits = {str(e.target): e for e in plan.rollout_edits if e.in_place}  # as `files` names it
     actions = Streamed(lambda: plan.iter_actions_json(inv.home))
-    return make_backup(inv.home, plan.command, dbs, plan.touched_files(), actions, argv, edits,
-                       edited)
+    return make_backup(inv.home, plan.command, dbs, plan.touched_files_and_edits(), actions, argv)
 
 
 def make_backup(home: Path, command: str, dbs: Dict[Path, Dict[str, Streamed]],
-                files: Iterable[Path], actions: Streamed, argv: Sequence[str],
-                edits: Optional[Dict[str, "RolloutEdit"]] = None,
-                edited: Optional[Dict[str, str]] = None) -> Tuple[Path, Dict[str, Any]]:
+                files: Iterable[Tuple[Path, Optional["RolloutEdit"]]], actions: Streamed,
+                argv: Sequence[str]) -> Tuple[Path, Dict[str, Any]]:
     folder = make_backup_dir(home, command)
     try:
-        return _fill_backup(folder, home, command, dbs, files, actions, argv, edits, edited)
+        return _fill_backup(folder, home, command, dbs, files, actions, argv)
     except BaseException:
         shutil.rmtree(str(folder), ignore_errors=True)
         raise
 
 
 def _fill_backup(folder: Path, home: Path, command: str, dbs: Dict[Path, Dict[str, Streamed]],
-                 files: Iterable[Path], actions: Streamed, argv: Sequence[str],
-                 edits: Optional[Dict[str, "RolloutEdit"]] = None,
-                 edited: Optional[Dict[str, str]] = None) -> Tuple[Path, Dict[str, Any]]:
+                 files: Iterable[Tuple[Path, Optional["RolloutEdit"]]], actions: Streamed,
+                 argv: Sequence[str]) -> Tuple[Path, Dict[str, Any]]:
     """Every DB and file copied into `folder`, and the manifest written last: each copy and its
     folder fsynced first, so a manifest on disk always names copies that are on disk. A file is
     hashed as it is copied, one read of it, so the digest is of exactly the bytes the copy
     holds; the rewrite then compares a rollout's bytes with this copy instead of hashing them
-    again. For a file with planned `edits` the same read also hashes those bytes with the edits
-    applied (into `edited`): what the rewrite will write when the rollout still holds the
+    again. For a rollout with its edit the same read also hashes those bytes with the edits
+    applied (kept with its entry): what the rewrite will write when the rollout still holds the
     copy's bytes, so the rewrite need not hash what it writes."""
     manifest: Dict[str, Any] = {
         "tool": TOOL_NAME, "version": __version__, "command": command, "argv": list(argv),
         "created_at": utc_now().strftime("%Y-%m-%dT%H:%M:%SZ"), "codex_home": str(home),
         # Folder names have one-second resolution; this orders two runs of the same second.
         "created_ns": _time_ns(),
-        "complete": False, "entries": [], "actions": actions,
+        "complete": False, "entries": ManifestEntries(), "actions": actions,
     }
+    entries = manifest["entries"]
     for db, rows in dbs.items():
         target = folder / "files" / _backup_name(db, home)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -6548,35 +6641,26 @@ def _fill_backup(folder: Path, home: Path, command: str, dbs: Dict[Path, Dict[st
             dest.close()
             source.close()
         fsync_path(target)
-        manifest["entries"].append(entry)
+        entries.dbs.append(entry)
         _fault_point("mid_backup")
-    copies: List[str] = []  # strings, not Paths: ~450 bytes less per rollout until the sync
     folders = set()
-    for path in files:
+    for path, edit in files:
         target = folder / "files" / _backup_name(path, home)
         if target.parent not in folders:
             target.parent.mkdir(parents=True, exist_ok=True)
             folders.add(target.parent)
         exists = path.exists()
-        digest, stat = None, None
+        digest, stat, after = None, None, None
         if exists:
-            name = str(path)
-            edit = (edits or {}).get(name)
             after = EditedDigest(edit.replacements) if edit is not None else None
             digest, stat = copy_hashing(path, target, after)
-            copies.append(str(target))
-            after_digest = after.hexdigest() if after is not None else None
-            if after_digest is not None and edited is not None:
-                edited[name] = after_digest
-        manifest["entries"].append({
-            "path": _manifest_path(path, home), "kind": "file", "existed": exists,
-            "backup": str(target.relative_to(folder)) if exists else None,
-            "size": stat.st_size if stat else None, "mode": stat.st_mode & 0o7777 if stat else None,
-            "mtime_ns": stat.st_mtime_ns if stat else None,
-            "sha256_before": digest, "sha256_after": None})
+        entries.files.add(_manifest_path(path, home), str(target.relative_to(folder)), stat,
+                          digest, after.hexdigest() if after is not None else None)
     # Written first, synced together: the disk gets the copies in one stream, not one by one.
-    for copy in copies:
-        fsync_path(copy)
+    for at in range(len(entries.files)):
+        copy = entries.files.backup(at)
+        if copy is not None:
+            fsync_path(os.path.join(str(folder), copy))
     fsync_folders(folders_up_to(folder, list(folders)))
     write_manifest(folder, manifest)
     return folder, manifest
@@ -6713,7 +6797,7 @@ def manifest_pieces(manifest: Dict[str, Any]) -> Iterator[str]:
     yield "{\n"
     for number, (key, value) in enumerate(manifest.items()):
         yield "%s  %s: " % (",\n" if number else "", _manifest_json(key))
-        items = iter(value) if isinstance(value, (list, Streamed)) else None
+        items = iter(value) if isinstance(value, (list, Streamed, ManifestEntries)) else None
         first = next(items, _NO_ITEM) if items is not None else _NO_ITEM
         if first is _NO_ITEM:
             yield from _json_pieces(value)
@@ -7132,8 +7216,7 @@ def apply_plan(inv: Inventory, plan: Plan, args: argparse.Namespace,
     with ToolLock(inv.home):
         remove_stale_temp_files(inv.temp_files)
         remove_partial_backups(inv.home)
-        edited: Dict[str, str] = {}
-        folder, manifest = make_backup_or_fail(lambda: backup_plan(inv, plan, argv, edited))
+        folder, manifest = make_backup_or_fail(lambda: backup_plan(inv, plan, argv))
         _fault_point("after_backup")
         result: Dict[str, Any] = {"backup_dir": str(folder), "skipped": []}
         connections = lock_databases(plan.touched_dbs(), folder)
@@ -7143,8 +7226,7 @@ def apply_plan(inv: Inventory, plan: Plan, args: argparse.Namespace,
         try:
             busy = open_elsewhere(inv.home)
             copies = backup_copies(folder, manifest, inv.home, plan)
-            skipped_threads = write_rollouts(plan, result, busy, inv.home, journal, copies, written,
-                                             edited)
+            skipped_threads = write_rollouts(plan, result, busy, inv.home, journal, copies, written)
             write_sql(plan, skipped_threads, connections, journal, committed)
             write_restores(plan, journal)
             for write in plan.file_writes:
@@ -7302,15 +7384,16 @@ def write_restores(plan: Plan, journal: "Journal") -> None:
 def move_into_backup(moves: List[Path], folder: Path, manifest: Dict[str, Any], home: Path,
                      journal: Optional["Journal"] = None) -> None:
     """Move each file over its own byte copy in the backup: the original file lives on there."""
-    entries = {e["path"]: e for e in manifest["entries"]}
+    files = manifest["entries"].files
+    copied = {name: at for at, name in enumerate(files.names)} if moves else {}
     for path in moves:
         _fault_point("before_file_write")
-        entry = entries[_manifest_path(path, home)]
-        if sha256_file(path) != entry["sha256_before"]:
+        at = copied[_manifest_path(path, home)]
+        if sha256_file(path) != files.sha256_before(at):
             raise ApplyError("%s changed while it was being backed up" % display_path(path, home))
         if journal is not None:
             journal.intend(path, sha256_after=None)
-        os.replace(str(path), str(folder / entry["backup"]))
+        os.replace(str(path), str(folder / str(files.backup(at))))
 
 
 def rollout_batch_files(soft: Optional[int] = None, already_open: Optional[int] = None) -> int:
@@ -7346,20 +7429,19 @@ def count_open_files() -> int:
 
 def write_rollouts(plan: Plan, result: Dict[str, Any], busy: Dict[str, List[str]], home: Path,
                    journal: Optional["Journal"] = None,
-                   references: Optional["BackupCopies | Dict[Path, Path]"] = None,
-                   written: Optional[Dict[str, WrittenState]] = None,
-                   edited: Optional[Dict[str, str]] = None) -> set:
+                   references: Optional["BackupCopies"] = None,
+                   written: Optional[Dict[str, WrittenState]] = None) -> set:
     """Every rollout edit of the plan, in batches (rewrite_batch); an import's copy from another
     home one at a time (copy_rollout). `references`: rollout -> its backup copy, known to hold
-    the planned bytes; `edited`: rollout -> the SHA-256 of that copy's bytes with the planned
-    edits. `written` collects what each replaced rollout now is, for the manifest.
+    the planned bytes, with the SHA-256 of that copy's bytes with the planned edits. `written`
+    collects what each replaced rollout now is, for the manifest.
     Returns the threads left as they were, each reported in `result["skipped"]` in plan order."""
     reasons: Dict[int, str] = {}
     batch: List[RolloutEdit] = []
     batch_files = rollout_batch_files()
 
     def run_batch() -> None:
-        replaced = rewrite_batch(batch, home, result, journal, references, written, edited)
+        replaced = rewrite_batch(batch, home, result, journal, references, written)
         for edit, done in zip(batch, replaced):
             if not done:
                 reasons[id(edit)] = edit.skip_reason or ROLLOUT_CHANGED
@@ -7401,32 +7483,39 @@ def backup_copies(folder: Path, manifest: Dict[str, Any], home: Path,
     """rollout -> its copy in the backup, for each rollout rewritten in place whose copy holds
     exactly the planned bytes (the SHA-256 taken as it was copied is the plan's): the rewrite
     compares what it reads with that copy instead of hashing it a second time."""
-    entries = {e["path"]: e for e in manifest["entries"] if e["kind"] == "file" and e.get("backup")}
-    found = BackupCopies(folder, home)
+    files = manifest["entries"].files
+    copied = {name: at for at, name in enumerate(files.names)}
+    found = BackupCopies(folder, home, files)
     for edit in plan.rollout_edits:
-        entry = entries.get(_manifest_path(edit.path, home)) if edit.in_place else None
-        if entry and entry.get("sha256_before") == edit.fingerprint[2]:
-            found.add(entry)
+        at = copied.get(_manifest_path(edit.path, home)) if edit.in_place else None
+        if at is not None and files.sha256_before(at) == edit.fingerprint[2]:
+            found.add(at)
     return found
 
 
 class BackupCopies:
-    """What backup_copies found, held for the whole rewrite: the manifest entries' own strings
-    (their path and their copy's), each copy's Path made when the rewrite asks for it. A pair of
-    Paths per rollout held in a dict was ~10 MB at 100,000 threads."""
+    """What backup_copies found, held for the whole rewrite: which of the backup's copied files
+    (by their name there and their place in it), each copy's Path made when the rewrite asks
+    for it. A pair of Paths per rollout in a dict was ~10 MB at 100,000 threads."""
 
-    __slots__ = ("folder", "home", "_copies")
+    __slots__ = ("folder", "home", "files", "_copies")
 
-    def __init__(self, folder: Path, home: Path) -> None:
-        self.folder, self.home = folder, home
-        self._copies: Dict[str, str] = {}
+    def __init__(self, folder: Path, home: Path, files: CopiedFiles) -> None:
+        self.folder, self.home, self.files = folder, home, files
+        self._copies: Dict[str, int] = {}
 
-    def add(self, entry: Dict[str, Any]) -> None:
-        self._copies[entry["path"]] = entry["backup"]
+    def add(self, at: int) -> None:
+        self._copies[self.files.names[at]] = at
 
     def get(self, path: Path, default: Optional[Path] = None) -> Optional[Path]:
-        copy = self._copies.get(_manifest_path(path, self.home))
+        at = self._copies.get(_manifest_path(path, self.home))
+        copy = self.files.backup(at) if at is not None else None
         return default if copy is None else self.folder / copy
+
+    def edited_digest(self, path: Path) -> Optional[str]:
+        """The SHA-256 of the copy's bytes with the edits (see _fill_backup), when known."""
+        at = self._copies.get(_manifest_path(path, self.home))
+        return self.files.edited_digest(at) if at is not None else None
 
     def __getitem__(self, path: Path) -> Path:
         copy = self.get(path)
@@ -7680,13 +7769,12 @@ def rewrite_rollout(edit: RolloutEdit, result: Optional[Dict[str, Any]] = None,
 
 def rewrite_batch(edits: List[RolloutEdit], home: Optional[Path], result: Dict[str, Any],
                   journal: Optional["Journal"] = None,
-                  references: Optional["BackupCopies | Dict[Path, Path]"] = None,
-                  written: Optional[Dict[str, WrittenState]] = None,
-                  edited: Optional[Dict[str, str]] = None) -> List[bool]:
+                  references: Optional["BackupCopies"] = None,
+                  written: Optional[Dict[str, WrittenState]] = None) -> List[bool]:
     """Each rollout written anew beside it: the unchanged byte ranges copied in large chunks,
     the planned lines substituted. Every byte read must be the plan's (hashed, or compared with
     the backup's copy of it where `references` names one; then what is written is that copy's
-    bytes with the edits, whose SHA-256 `edited` holds, and is not hashed again), inode, size
+    bytes with the edits, whose SHA-256 `references` may hold, not hashed again), inode, size
     and mtime must not move,
     and no other process may open the file for writing; otherwise (a live session) it is left
     alone, with the reason in `edit.skip_reason`. The temp files are synced together and
@@ -7702,8 +7790,9 @@ def rewrite_batch(edits: List[RolloutEdit], home: Optional[Path], result: Dict[s
         try:
             for item in pending:
                 path = item.edit.path
-                prepare_rewrite(item, home, locks, (references or {}).get(path),
-                                (edited or {}).get(str(path)))
+                reference = references.get(path) if references is not None else None
+                prepare_rewrite(item, home, locks, reference,
+                                references.edited_digest(path) if reference is not None else None)
             ready = [item for item in pending if item.ready]
             for item in ready:
                 fsync_path(item.tmp)
@@ -8014,20 +8103,22 @@ def finish_manifest(folder: Path, manifest: Dict[str, Any], home: Path,
     journal recorded for that commit (`committed`, from still_as_committed); anything else is
     hashed (or dumped) as it is now."""
     written, committed = written or {}, committed or {}
-    for entry in manifest["entries"]:
-        target = _resolve_manifest_path(entry["path"], home)
-        if entry["kind"] == "sqlite" and entry["path"] in committed:
+    for entry in manifest["entries"].dbs:
+        if entry["path"] in committed:
             entry["digest_after"] = committed[entry["path"]]
-        elif entry["kind"] == "sqlite":
-            conn = open_db_readonly(target)
-            try:
-                entry["digest_after"] = db_digest(conn)
-            finally:
-                conn.close()
-        elif entry["path"] in written and still_as_written(target, written[entry["path"]]):
-            entry["sha256_after"] = _WRITTEN_STATE.unpack(written[entry["path"]])[4].hex()
+            continue
+        conn = open_db_readonly(_resolve_manifest_path(entry["path"], home))
+        try:
+            entry["digest_after"] = db_digest(conn)
+        finally:
+            conn.close()
+    files = manifest["entries"].files
+    for at, name in enumerate(files.names):
+        target = _resolve_manifest_path(name, home)
+        if name in written and still_as_written(target, written[name]):
+            files.set_after(at, _WRITTEN_STATE.unpack(written[name])[4].hex())
         else:
-            entry["sha256_after"] = sha256_file(target) if target.exists() else None
+            files.set_after(at, sha256_file(target) if target.exists() else None)
     manifest["complete"] = True
     write_manifest(folder, manifest)
     (folder / "README.txt").write_text(

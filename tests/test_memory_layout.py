@@ -4,6 +4,7 @@ threads: benchmarks/README.md has the figures). Structure only: no timed or RSS 
 import hashlib
 import io
 import json
+import os
 import sys
 
 import codex_session_recovery as csr
@@ -300,13 +301,19 @@ def test_the_backup_manifest_writes_the_plans_actions_and_rows_from_the_plan(tmp
     code = csr.main(["repair-provider", "--codex-home", str(builder.root), "--from", "openai",
                      "--to", "proxy", "--apply", "--json"])
     assert code == csr.EXIT_OK and json.loads(capsys.readouterr().out)["applied"]
-    # Held for the whole rewrite: the entries' own strings, and what each rollout became packed.
+    # Held for the whole rewrite: the copies by their place among the backup's packed entries,
+    # and what each rollout became, packed.
     edited = [e.path for e in plan.rollout_edits]
     assert len(found[0]) == 3 and all(found[0][path].is_file() for path in edited)
-    assert all(type(copy) is str for copy in found[0]._copies.values())
+    assert all(type(at) is int for at in found[0]._copies.values())
+    # Each copy with its bytes' digest with the edits, which the rewrite does not take again.
+    assert all(len(found[0].edited_digest(path)) == 64 for path in edited)
+    files = found[0].files
+    assert type(files._facts) is bytearray
     assert len(states[0]) == 3
     assert all(len(state) == csr._WRITTEN_STATE.size for state in states[0].values())
     finished = {e["path"]: e for e in json.loads(written[-1])["entries"]}
+    assert sorted(files.names) == sorted(p for p, e in finished.items() if e["kind"] == "file")
     for path in edited:
         entry = finished[csr.display_path(path, builder.root)]
         assert entry["sha256_after"] == hashlib.sha256(path.read_bytes()).hexdigest()
@@ -322,3 +329,36 @@ def test_the_backup_manifest_writes_the_plans_actions_and_rows_from_the_plan(tmp
         # The same layout as a manifest of lists: one key, entry or action a line.
         assert text == "".join(csr.manifest_pieces(manifest))
     assert [json.loads(t)["complete"] for t in written] == [False, True]
+
+
+def test_the_backup_entries_of_files_read_back_as_the_dicts_the_manifest_shows(tmp_path):
+    """Kept packed for the whole apply (see above); each reads back as its dict, also a file
+    that did not exist and one outside the home, whose copy is not at files/<its name>."""
+    inside, outside = tmp_path / "a.jsonl", tmp_path / "b.txt"
+    inside.write_bytes(b"12345")
+    outside.write_bytes(b"")
+    os.chmod(str(inside), 0o640)
+    files = csr.CopiedFiles()
+    digest = hashlib.sha256(b"12345").hexdigest()
+    files.add("sessions/a.jsonl", os.path.join("files", "sessions/a.jsonl"), inside.stat(), digest)
+    files.add("sessions/gone.jsonl", os.path.join("files", "sessions/gone.jsonl"), None, None)
+    outside_copy = os.path.join("files", "_outside", "x", "b.txt")
+    files.add(str(outside), outside_copy, outside.stat(), hashlib.sha256(b"").hexdigest())
+    assert files.edited_digest(0) is None
+    files.add("sessions/c.jsonl", os.path.join("files", "sessions/c.jsonl"), inside.stat(), digest,
+              "cd" * 32)
+    assert files.edited_digest(3) == "cd" * 32  # the rewrite's, not the manifest's
+    assert "cd" * 32 not in json.dumps(list(files))
+    files.set_after(0, "ab" * 32)
+    files.set_after(1, None)
+    shown = list(files)
+    assert shown[0] == {"path": "sessions/a.jsonl", "kind": "file", "existed": True,
+                        "backup": os.path.join("files", "sessions/a.jsonl"), "size": 5,
+                        "mode": 0o640, "mtime_ns": inside.stat().st_mtime_ns,
+                        "sha256_before": digest, "sha256_after": "ab" * 32}
+    assert shown[1] == {"path": "sessions/gone.jsonl", "kind": "file", "existed": False,
+                        "backup": None, "size": None, "mode": None, "mtime_ns": None,
+                        "sha256_before": None, "sha256_after": None}
+    assert shown[2]["backup"] == outside_copy and shown[2]["size"] == 0
+    assert shown[2]["sha256_before"] == hashlib.sha256(b"").hexdigest()
+    assert shown[2]["sha256_after"] is None  # not set: the run did not complete
