@@ -7336,12 +7336,16 @@ def open_elsewhere(home: Path) -> Dict[str, List[str]]:
 
 def descriptor_writes(link: str) -> bool:
     """Was the descriptor behind /proc/PID/fd/N opened for writing? Its fdinfo's `flags` say;
-    one that cannot be read counts as a writer."""
+    one whose flags cannot be read counts as a writer, unless it is gone: a reader that closed
+    the file since it was listed (another copy of this tool reading rollout heads) writes
+    nothing, and counting it made an apply leave that rollout alone as a live session."""
     try:
         with open(link.replace("/fd/", "/fdinfo/", 1)) as info:
             for line in info:
                 if line.startswith("flags:"):
                     return int(line.split()[1], 8) & os.O_ACCMODE != os.O_RDONLY
+    except FileNotFoundError:  # the descriptor (or its process) is gone
+        return False
     except (OSError, ValueError, IndexError):
         pass
     return True

@@ -304,3 +304,42 @@ def test_backups_are_private_and_keep_modes(switched, capsys):
     manifest = json.loads((folder / "manifest.json").read_text())
     entry = next(e for e in manifest["entries"] if e["path"].endswith(threads[0].path.name))
     assert entry["mode"] == 0o640
+
+
+HOLDER = r"""
+import os, sys
+reader = os.open(sys.argv[1], os.O_RDONLY)
+writer = os.open(sys.argv[2], os.O_WRONLY | os.O_APPEND)
+print(reader, writer, flush=True)
+sys.stdin.readline()
+os.close(reader)
+os.close(writer)
+print("closed", flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fdinfo"), reason="needs Linux /proc")
+def test_a_descriptor_closed_while_it_is_looked_at_is_no_writer(tmp_path):
+    """Another process's descriptor is found in /proc/PID/fd, then its flags are read from
+    /proc/PID/fdinfo: a reader that closes the file in between (a second copy of this tool
+    reading rollout heads) was counted as a writer, so an apply left that rollout alone as
+    "a live session". A descriptor whose flags cannot be read while it is open still counts."""
+    read, written = tmp_path / "read.jsonl", tmp_path / "written.jsonl"
+    read.write_bytes(b"{}\n")
+    written.write_bytes(b"{}\n")
+    child = subprocess.Popen([sys.executable, "-c", HOLDER, str(read), str(written)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        reader, writer = child.stdout.readline().split()
+        links = ["/proc/%d/fd/%s" % (child.pid, fd) for fd in (reader, writer)]
+        assert [csr.descriptor_writes(link) for link in links] == [False, True]
+        assert set(csr.open_elsewhere(tmp_path)) == {os.path.realpath(str(written))}
+        child.stdin.write("\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "closed"
+        assert [csr.descriptor_writes(link) for link in links] == [False, False]
+        assert csr.open_elsewhere(tmp_path) == {}
+    finally:
+        child.kill()
+        child.wait()
