@@ -7393,11 +7393,12 @@ def move_into_backup(moves: List[Path], folder: Path, manifest: Dict[str, Any], 
     for path in moves:
         _fault_point("before_file_write")
         at = copied[_manifest_path(path, home)]
-        if sha256_file(path) != files.sha256_before(at):
+        copy = files.backup(at)
+        if copy is None or sha256_file(path) != files.sha256_before(at):
             raise ApplyError("%s changed while it was being backed up" % display_path(path, home))
         if journal is not None:
             journal.intend(path, sha256_after=None)
-        os.replace(str(path), str(folder / str(files.backup(at))))
+        os.replace(str(path), str(folder / copy))
 
 
 def rollout_batch_files(soft: Optional[int] = None, already_open: Optional[int] = None) -> int:
