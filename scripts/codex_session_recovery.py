@@ -6818,7 +6818,7 @@ def _manifest_json(value: Any) -> str:
 def _json_pieces(value: Any) -> Iterator[str]:
     """`value` as json.dumps writes it (default separators), made a piece at a time through a
     dict that holds a Streamed list and an item at a time through that list."""
-    if isinstance(value, Streamed):
+    if isinstance(value, (Streamed, ManifestEntries)):
         yield "["
         for at, item in enumerate(value):
             yield ", " + _manifest_json(item) if at else _manifest_json(item)

@@ -362,3 +362,6 @@ def test_the_backup_entries_of_files_read_back_as_the_dicts_the_manifest_shows(t
     assert shown[2]["backup"] == outside_copy and shown[2]["size"] == 0
     assert shown[2]["sha256_before"] == hashlib.sha256(b"").hexdigest()
     assert shown[2]["sha256_after"] is None  # not set: the run did not complete
+    # With nothing in them, the entries and a Streamed list are written as empty lists.
+    empty = {"entries": csr.ManifestEntries(), "actions": csr.Streamed(lambda: iter(()))}
+    assert "".join(csr.manifest_pieces(empty)) == '{\n  "entries": [],\n  "actions": []\n}\n'
