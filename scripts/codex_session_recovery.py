@@ -6564,26 +6564,35 @@ class CopiedFiles:
 
     def entry(self, at: int) -> Dict[str, Any]:
         """The entry as the manifest shows it."""
-        existed, size, mode, mtime_ns, _digest = self._facts_of(at)
-        return {"path": self.names[at], "kind": "file", "existed": existed,
-                "backup": self.backup(at), "size": size if existed else None,
-                "mode": mode if existed else None, "mtime_ns": mtime_ns if existed else None,
-                "sha256_before": self.sha256_before(at), "sha256_after": self.sha256_after(at)}
+        existed, size, mode, mtime_ns, digest = self._facts_of(at)
+        if not existed:
+            return {"path": self.names[at], "kind": "file", "existed": False, "backup": None,
+                    "size": None, "mode": None, "mtime_ns": None, "sha256_before": None,
+                    "sha256_after": self.sha256_after(at)}
+        return {"path": self.names[at], "kind": "file", "existed": True,
+                "backup": self._odd_backups.get(at) or os.path.join("files", self.names[at]),
+                "size": size, "mode": mode, "mtime_ns": mtime_ns, "sha256_before": digest.hex(),
+                "sha256_after": self.sha256_after(at)}
+
+    def by_name(self) -> Dict[str, int]:
+        """Each file's place, by the name the manifest gives it (the last, if one is twice)."""
+        return {name: at for at, name in enumerate(self.names)}
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
         return (self.entry(at) for at in range(len(self.names)))
 
 
-class ManifestEntries:
+class ManifestEntries(Streamed):
     """The manifest's entries: each DB's (a dict; a few), then each copied file's."""
 
     __slots__ = ("dbs", "files")
 
     def __init__(self) -> None:
+        super().__init__(self._all)
         self.dbs: List[Dict[str, Any]] = []
         self.files = CopiedFiles()
 
-    def __iter__(self) -> Iterator[Dict[str, Any]]:
+    def _all(self) -> Iterator[Dict[str, Any]]:
         yield from self.dbs
         yield from self.files
 
@@ -6797,7 +6806,7 @@ def manifest_pieces(manifest: Dict[str, Any]) -> Iterator[str]:
     yield "{\n"
     for number, (key, value) in enumerate(manifest.items()):
         yield "%s  %s: " % (",\n" if number else "", _manifest_json(key))
-        items = iter(value) if isinstance(value, (list, Streamed, ManifestEntries)) else None
+        items = iter(value) if isinstance(value, (list, Streamed)) else None
         first = next(items, _NO_ITEM) if items is not None else _NO_ITEM
         if first is _NO_ITEM:
             yield from _json_pieces(value)
@@ -6818,7 +6827,7 @@ def _manifest_json(value: Any) -> str:
 def _json_pieces(value: Any) -> Iterator[str]:
     """`value` as json.dumps writes it (default separators), made a piece at a time through a
     dict that holds a Streamed list and an item at a time through that list."""
-    if isinstance(value, (Streamed, ManifestEntries)):
+    if isinstance(value, Streamed):
         yield "["
         for at, item in enumerate(value):
             yield ", " + _manifest_json(item) if at else _manifest_json(item)
@@ -7389,7 +7398,7 @@ def move_into_backup(moves: List[Path], folder: Path, manifest: Dict[str, Any], 
                      journal: Optional["Journal"] = None) -> None:
     """Move each file over its own byte copy in the backup: the original file lives on there."""
     files = manifest["entries"].files
-    copied = {name: at for at, name in enumerate(files.names)} if moves else {}
+    copied = files.by_name() if moves else {}
     for path in moves:
         _fault_point("before_file_write")
         at = copied[_manifest_path(path, home)]
@@ -7457,7 +7466,7 @@ def write_rollouts(plan: Plan, result: Dict[str, Any], busy: Dict[str, List[str]
         if holders:
             reasons[id(edit)] = ("pid %s has the rollout open (a live session); it was left as "
                                  "it is" % ", ".join(holders))
-        elif edit.target == edit.path:
+        elif edit.in_place:
             batch.append(edit)
             if (len(batch) >= batch_files
                     or sum(e.fingerprint[0] for e in batch) >= ROLLOUT_BATCH_BYTES):
@@ -7489,7 +7498,7 @@ def backup_copies(folder: Path, manifest: Dict[str, Any], home: Path,
     exactly the planned bytes (the SHA-256 taken as it was copied is the plan's): the rewrite
     compares what it reads with that copy instead of hashing it a second time."""
     files = manifest["entries"].files
-    copied = {name: at for at, name in enumerate(files.names)}
+    copied = files.by_name()
     found = BackupCopies(folder, home, files)
     for edit in plan.rollout_edits:
         at = copied.get(_manifest_path(edit.path, home)) if edit.in_place else None
@@ -7512,15 +7521,18 @@ class BackupCopies:
     def add(self, at: int) -> None:
         self._copies[self.files.names[at]] = at
 
-    def get(self, path: Path, default: Optional[Path] = None) -> Optional[Path]:
+    def reference(self, path: Path) -> Tuple[Optional[Path], Optional[str]]:
+        """The rollout's copy, and the SHA-256 of its bytes with the edits (see _fill_backup)
+        when known; (None, None) where the backup holds no copy of the planned bytes."""
         at = self._copies.get(_manifest_path(path, self.home))
         copy = self.files.backup(at) if at is not None else None
-        return default if copy is None else self.folder / copy
+        if copy is None:
+            return None, None
+        return self.folder / copy, self.files.edited_digest(at)  # type: ignore[arg-type]
 
-    def edited_digest(self, path: Path) -> Optional[str]:
-        """The SHA-256 of the copy's bytes with the edits (see _fill_backup), when known."""
-        at = self._copies.get(_manifest_path(path, self.home))
-        return self.files.edited_digest(at) if at is not None else None
+    def get(self, path: Path, default: Optional[Path] = None) -> Optional[Path]:
+        copy = self.reference(path)[0]
+        return default if copy is None else copy
 
     def __getitem__(self, path: Path) -> Path:
         copy = self.get(path)
@@ -7794,10 +7806,9 @@ def rewrite_batch(edits: List[RolloutEdit], home: Optional[Path], result: Dict[s
     with contextlib.ExitStack() as locks:
         try:
             for item in pending:
-                path = item.edit.path
-                reference = references.get(path) if references is not None else None
-                prepare_rewrite(item, home, locks, reference,
-                                references.edited_digest(path) if reference is not None else None)
+                reference, after = (references.reference(item.edit.path) if references is not None
+                                    else (None, None))
+                prepare_rewrite(item, home, locks, reference, after)
             ready = [item for item in pending if item.ready]
             for item in ready:
                 fsync_path(item.tmp)
@@ -8120,10 +8131,10 @@ def finish_manifest(folder: Path, manifest: Dict[str, Any], home: Path,
     files = manifest["entries"].files
     for at, name in enumerate(files.names):
         target = _resolve_manifest_path(name, home)
-        if name in written and still_as_written(target, written[name]):
-            files.set_after(at, _WRITTEN_STATE.unpack(written[name])[4].hex())
-        else:
-            files.set_after(at, sha256_file(target) if target.exists() else None)
+        digest = written_digest(target, written[name]) if name in written else None
+        if digest is None:
+            digest = sha256_file(target) if target.exists() else None
+        files.set_after(at, digest)
     manifest["complete"] = True
     write_manifest(folder, manifest)
     (folder / "README.txt").write_text(
@@ -8132,13 +8143,16 @@ def finish_manifest(folder: Path, manifest: Dict[str, Any], home: Path,
             TOOL_NAME, __version__, manifest["command"], TOOL_NAME, folder), encoding="utf-8")
 
 
-def still_as_written(path: Path, state: WrittenState) -> bool:
+def written_digest(path: Path, state: WrittenState) -> Optional[str]:
+    """The SHA-256 the run wrote `path` with, while it is still exactly that file (same inode,
+    size and mtime: nothing appended since); None otherwise."""
+    dev, ino, size, mtime_ns, digest = _WRITTEN_STATE.unpack(state)
     try:
         now = os.stat(str(path))
     except OSError:
-        return False
-    dev, ino, size, mtime_ns, _digest = _WRITTEN_STATE.unpack(state)
-    return (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns) == (dev, ino, size, mtime_ns)
+        return None
+    same = (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns) == (dev, ino, size, mtime_ns)
+    return digest.hex() if same else None
 
 
 def list_backups(home: Path) -> List[Dict[str, Any]]:
@@ -8621,7 +8635,7 @@ def build_scratch_home(inv: Inventory, scratch: ScratchHome, plan: Optional[Plan
     edits = {e.path: e for e in (plan.rollout_edits if plan else [])}
     # import's copies come from another home: the copy goes where the plan puts it, over this
     # home's shorter copy where there is one.
-    copies = {e.target: e for e in (plan.rollout_edits if plan else []) if e.target != e.path}
+    copies = {e.target: e for e in (plan.rollout_edits if plan else []) if not e.in_place}
     for info in progress(inv.rollouts, "verify: copying rollout heads"):
         if info.path in copies:
             continue

@@ -307,7 +307,7 @@ def test_the_backup_manifest_writes_the_plans_actions_and_rows_from_the_plan(tmp
     assert len(found[0]) == 3 and all(found[0][path].is_file() for path in edited)
     assert all(type(at) is int for at in found[0]._copies.values())
     # Each copy with its bytes' digest with the edits, which the rewrite does not take again.
-    assert all(len(found[0].edited_digest(path)) == 64 for path in edited)
+    assert all(len(found[0].reference(path)[1]) == 64 for path in edited)
     files = found[0].files
     assert type(files._facts) is bytearray
     assert len(states[0]) == 3
