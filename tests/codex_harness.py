@@ -675,6 +675,28 @@ class AppServer:
             if not cursor:
                 return items
 
+    def wait_until_listed(self, thread_id: str, preview: str,
+                          timeout: float = 10.0) -> Dict[str, Any]:
+        """Poll the default ``thread/list`` until the thread is listed with this preview.
+
+        CODEX-COMPAT: a clean-clone run once saw 0.120.0 list a two-turn thread with its
+        second question as the preview when the turns were sent back to back (not
+        reproduced in 35 later runs, idle or under CPU load). Waiting for the first turn's
+        listing before the next turn is sent keeps the sample home what a user typing at
+        human speed makes, and a failure here names what was listed instead."""
+        deadline = time.monotonic() + timeout
+        item: Optional[Dict[str, Any]] = None
+        while True:
+            item = next((entry for entry in self.list_threads()
+                         if entry["id"] == thread_id), None)
+            if item is not None and item.get("preview") == preview:
+                return item
+            if time.monotonic() >= deadline:
+                raise CodexError("thread %s not listed with preview %r within %.0f s; "
+                                 "listed as %s" % (thread_id, preview, timeout,
+                                                   json.dumps(item)))
+            time.sleep(0.05)
+
     def listed_ids(self, **params: Any) -> List[str]:
         return [item["id"] for item in self.list_threads(**params)]
 
@@ -713,6 +735,7 @@ def populate_sample_home(version: str, home: Union[str, Path],
         for label in ("alpha", "beta"):
             thread_id = server.start_thread(cwd)
             server.run_turn(thread_id, "first question in %s" % label)
+            server.wait_until_listed(thread_id, "first question in %s" % label)
             server.run_turn(thread_id, "second question in %s" % label)
             interactive.append(thread_id)
         archived = server.start_thread(cwd)
