@@ -6500,6 +6500,10 @@ def _touched_keys(plan: Plan, db: Path, table: str) -> Iterator[Dict[str, Any]]:
 _COPIED_FILE = struct.Struct("<?QIq32s?32s")
 # Its SHA-256 when the run completed, packed the same way: whether it had one (it existed), and it.
 _COPIED_AFTER = struct.Struct("<?32s")
+# What a rollout the run replaced was right after it was written: whether it was, st_dev, st_ino,
+# size, mtime_ns and its SHA-256 (a dict of path -> state was ~250 bytes a rollout, ~2.7 MB at
+# 100,000 threads). finish_manifest reuses the digest while the file is still exactly that.
+_COPIED_WRITTEN = struct.Struct("<?QQQq32s")
 
 
 class CopiedFiles:
@@ -6508,13 +6512,14 @@ class CopiedFiles:
     written. As dicts (nine keys, three strings) they were ~750 bytes a rollout for the whole
     apply, ~8 MB at 100,000 threads."""
 
-    __slots__ = ("names", "_facts", "_odd_backups", "_after")
+    __slots__ = ("names", "_facts", "_odd_backups", "_after", "_written")
 
     def __init__(self) -> None:
         self.names: List[str] = []
         self._facts = bytearray()
         self._odd_backups: Dict[int, str] = {}  # a copy not at files/<name>: outside the home
         self._after: Optional[bytearray] = None
+        self._written: Optional[bytearray] = None
 
     def add(self, name: str, backup: str, stat: Optional[os.stat_result],
             digest: Optional[str], edited: Optional[str] = None) -> None:
@@ -6561,6 +6566,31 @@ class CopiedFiles:
             return None
         known, digest = _COPIED_AFTER.unpack_from(self._after, at * _COPIED_AFTER.size)
         return digest.hex() if known else None
+
+    def set_written(self, at: int, identity: Tuple[int, int], size: int, mtime_ns: int,
+                    digest: str) -> None:
+        """The file was replaced by the run: the new file's (st_dev, st_ino), size, mtime_ns and
+        the SHA-256 it was written with."""
+        if self._written is None:
+            self._written = bytearray(_COPIED_WRITTEN.size * len(self.names))
+        _COPIED_WRITTEN.pack_into(self._written, at * _COPIED_WRITTEN.size, True, *identity,
+                                  size, mtime_ns, bytes.fromhex(digest))
+
+    def written_digest(self, at: int, path: Path) -> Optional[str]:
+        """The SHA-256 the run wrote `path` with, while it is still exactly that file (same
+        inode, size and mtime: nothing appended since); None otherwise, or when not written."""
+        if self._written is None:
+            return None
+        known, dev, ino, size, mtime_ns, digest = _COPIED_WRITTEN.unpack_from(
+            self._written, at * _COPIED_WRITTEN.size)
+        if not known:
+            return None
+        try:
+            now = os.stat(str(path))
+        except OSError:
+            return None
+        same = (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns) == (dev, ino, size, mtime_ns)
+        return digest.hex() if same else None
 
     def entry(self, at: int) -> Dict[str, Any]:
         """The entry as the manifest shows it."""
@@ -7183,11 +7213,6 @@ FDS_SPARE = 16
 # Why a rollout of a batch was left as it was, when its rewrite gives no reason of its own.
 ROLLOUT_CHANGED = ("the rollout changed after it was read (a live session?); it was left as "
                    "it is")
-# What a replaced rollout is right after the run wrote it: st_dev, st_ino, size, mtime_ns and
-# its SHA-256, packed (a tuple of five and a hex string were ~400 bytes a rollout, held for the
-# whole apply). finish_manifest reuses the digest while the file is still exactly that.
-WrittenState = bytes
-_WRITTEN_STATE = struct.Struct("<QQQq32s")
 # What a DB is right after the run committed to it: (the digest the journal recorded, its
 # data_version on the run's connection, the file's (st_dev, st_ino)).
 CommittedState = Tuple[str, int, Optional[Tuple[int, int]]]
@@ -7230,12 +7255,11 @@ def apply_plan(inv: Inventory, plan: Plan, args: argparse.Namespace,
         result: Dict[str, Any] = {"backup_dir": str(folder), "skipped": []}
         connections = lock_databases(plan.touched_dbs(), folder)
         journal = Journal(folder, inv.home)
-        written: Dict[str, WrittenState] = {}
         committed: Dict[Path, CommittedState] = {}
         try:
             busy = open_elsewhere(inv.home)
             copies = backup_copies(folder, manifest, inv.home, plan)
-            skipped_threads = write_rollouts(plan, result, busy, inv.home, journal, copies, written)
+            skipped_threads = write_rollouts(plan, result, busy, inv.home, journal, copies)
             write_sql(plan, skipped_threads, connections, journal, committed)
             write_restores(plan, journal)
             for write in plan.file_writes:
@@ -7259,7 +7283,7 @@ def apply_plan(inv: Inventory, plan: Plan, args: argparse.Namespace,
         close_all(connections)
         try:
             _fault_point("before_manifest_finish")
-            finish_manifest(folder, manifest, inv.home, written, settled)
+            finish_manifest(folder, manifest, inv.home, settled)
         except Exception as exc:  # noqa: BLE001 - every write stands; say how to undo them
             raise ApplyError("the repair was written, but its backup's manifest could not be "
                              "finished (%s); nothing was put back, and `restore --latest "
@@ -7443,19 +7467,18 @@ def count_open_files() -> int:
 
 def write_rollouts(plan: Plan, result: Dict[str, Any], busy: Dict[str, List[str]], home: Path,
                    journal: Optional["Journal"] = None,
-                   references: Optional["BackupCopies"] = None,
-                   written: Optional[Dict[str, WrittenState]] = None) -> set:
+                   references: Optional["BackupCopies"] = None) -> set:
     """Every rollout edit of the plan, in batches (rewrite_batch); an import's copy from another
     home one at a time (copy_rollout). `references`: rollout -> its backup copy, known to hold
-    the planned bytes, with the SHA-256 of that copy's bytes with the planned edits. `written`
-    collects what each replaced rollout now is, for the manifest.
+    the planned bytes, with the SHA-256 of that copy's bytes with the planned edits; it keeps
+    what each replaced rollout now is, for the manifest.
     Returns the threads left as they were, each reported in `result["skipped"]` in plan order."""
     reasons: Dict[int, str] = {}
     batch: List[RolloutEdit] = []
     batch_files = rollout_batch_files()
 
     def run_batch() -> None:
-        replaced = rewrite_batch(batch, home, result, journal, references, written)
+        replaced = rewrite_batch(batch, home, result, journal, references)
         for edit, done in zip(batch, replaced):
             if not done:
                 reasons[id(edit)] = edit.skip_reason or ROLLOUT_CHANGED
@@ -7529,6 +7552,14 @@ class BackupCopies:
         if copy is None:
             return None, None
         return self.folder / copy, self.files.edited_digest(at)  # type: ignore[arg-type]
+
+    def wrote(self, path: Path, identity: Tuple[int, int], size: int, mtime_ns: int,
+              digest: str) -> None:
+        """The rollout was replaced with a file of this identity, size, mtime and SHA-256, kept
+        with its entry for finish_manifest. A rollout with no copy here is hashed there."""
+        at = self._copies.get(_manifest_path(path, self.home))
+        if at is not None:
+            self.files.set_written(at, identity, size, mtime_ns, digest)
 
     def get(self, path: Path, default: Optional[Path] = None) -> Optional[Path]:
         copy = self.reference(path)[0]
@@ -7786,8 +7817,7 @@ def rewrite_rollout(edit: RolloutEdit, result: Optional[Dict[str, Any]] = None,
 
 def rewrite_batch(edits: List[RolloutEdit], home: Optional[Path], result: Dict[str, Any],
                   journal: Optional["Journal"] = None,
-                  references: Optional["BackupCopies"] = None,
-                  written: Optional[Dict[str, WrittenState]] = None) -> List[bool]:
+                  references: Optional["BackupCopies"] = None) -> List[bool]:
     """Each rollout written anew beside it: the unchanged byte ranges copied in large chunks,
     the planned lines substituted. Every byte read must be the plan's (hashed, or compared with
     the backup's copy of it where `references` names one; then what is written is that copy's
@@ -7825,12 +7855,11 @@ def rewrite_batch(edits: List[RolloutEdit], home: Optional[Path], result: Dict[s
         finally:
             for item in pending:
                 item.close()
-    if written is not None and home is not None:
+    if references is not None:
         for item in pending:
             if item.replaced and not item.carried and item.sha256_after:
-                _size, mtime_ns, _digest = item.edit.fingerprint
-                written[_manifest_path(item.edit.path, home)] = _WRITTEN_STATE.pack(
-                    *item.tmp_identity, item.written, mtime_ns, bytes.fromhex(item.sha256_after))
+                references.wrote(item.edit.path, item.tmp_identity, item.written,
+                                 item.edit.fingerprint[1], item.sha256_after)
     return [item.replaced for item in pending]
 
 
@@ -8111,14 +8140,13 @@ def still_as_committed(connections: Dict[Path, sqlite3.Connection],
 
 
 def finish_manifest(folder: Path, manifest: Dict[str, Any], home: Path,
-                    written: Optional[Dict[str, WrittenState]] = None,
                     committed: Optional[Dict[str, str]] = None) -> None:
     """Each entry's state after the run. A rollout the run replaced that is still the file it
     wrote (same inode, size and mtime: nothing appended since) has the SHA-256 it was written
     with, and a DB no other connection committed to since the run's commit has the digest the
     journal recorded for that commit (`committed`, from still_as_committed); anything else is
     hashed (or dumped) as it is now."""
-    written, committed = written or {}, committed or {}
+    committed = committed or {}
     for entry in manifest["entries"].dbs:
         if entry["path"] in committed:
             entry["digest_after"] = committed[entry["path"]]
@@ -8131,7 +8159,7 @@ def finish_manifest(folder: Path, manifest: Dict[str, Any], home: Path,
     files = manifest["entries"].files
     for at, name in enumerate(files.names):
         target = _resolve_manifest_path(name, home)
-        digest = written_digest(target, written[name]) if name in written else None
+        digest = files.written_digest(at, target)
         if digest is None:
             digest = sha256_file(target) if target.exists() else None
         files.set_after(at, digest)
@@ -8141,18 +8169,6 @@ def finish_manifest(folder: Path, manifest: Dict[str, Any], home: Path,
         "Backup made by %s %s before `%s --apply`.\nTo put everything back: %s restore %s --apply\n"
         "(without --apply it only shows what it would restore)\n" % (
             TOOL_NAME, __version__, manifest["command"], TOOL_NAME, folder), encoding="utf-8")
-
-
-def written_digest(path: Path, state: WrittenState) -> Optional[str]:
-    """The SHA-256 the run wrote `path` with, while it is still exactly that file (same inode,
-    size and mtime: nothing appended since); None otherwise."""
-    dev, ino, size, mtime_ns, digest = _WRITTEN_STATE.unpack(state)
-    try:
-        now = os.stat(str(path))
-    except OSError:
-        return None
-    same = (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns) == (dev, ino, size, mtime_ns)
-    return digest.hex() if same else None
 
 
 def list_backups(home: Path) -> List[Dict[str, Any]]:

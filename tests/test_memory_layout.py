@@ -297,7 +297,7 @@ def test_the_backup_manifest_writes_the_plans_actions_and_rows_from_the_plan(tmp
     real_copies, real_finish = csr.backup_copies, csr.finish_manifest
     monkeypatch.setattr(csr, "backup_copies", lambda *a: found.append(real_copies(*a)) or found[0])
     monkeypatch.setattr(csr, "finish_manifest",
-                        lambda *a: states.append(dict(a[3])) or real_finish(*a))
+                        lambda *a: states.append(bytes(found[0].files._written)) or real_finish(*a))
     code = csr.main(["repair-provider", "--codex-home", str(builder.root), "--from", "openai",
                      "--to", "proxy", "--apply", "--json"])
     assert code == csr.EXIT_OK and json.loads(capsys.readouterr().out)["applied"]
@@ -310,8 +310,11 @@ def test_the_backup_manifest_writes_the_plans_actions_and_rows_from_the_plan(tmp
     assert all(len(found[0].reference(path)[1]) == 64 for path in edited)
     files = found[0].files
     assert type(files._facts) is bytearray
-    assert len(states[0]) == 3
-    assert all(len(state) == csr._WRITTEN_STATE.size for state in states[0].values())
+    # What each replaced rollout became, packed with its entry: known for the three edited ones.
+    size = csr._COPIED_WRITTEN.size
+    assert len(states[0]) == size * len(files)
+    known = [files.names[at] for at in range(len(files)) if states[0][at * size]]
+    assert sorted(known) == sorted(csr.display_path(path, builder.root) for path in edited)
     finished = {e["path"]: e for e in json.loads(written[-1])["entries"]}
     assert sorted(files.names) == sorted(p for p, e in finished.items() if e["kind"] == "file")
     for path in edited:
@@ -365,3 +368,31 @@ def test_the_backup_entries_of_files_read_back_as_the_dicts_the_manifest_shows(t
     # With nothing in them, the entries and a Streamed list are written as empty lists.
     empty = {"entries": csr.ManifestEntries(), "actions": csr.Streamed(lambda: iter(()))}
     assert "".join(csr.manifest_pieces(empty)) == '{\n  "entries": [],\n  "actions": []\n}\n'
+
+
+def test_a_written_rollouts_digest_is_reused_only_while_it_is_the_file_the_run_wrote(tmp_path):
+    """finish_manifest takes a replaced rollout's SHA-256 from its packed entry, not from a second
+    pass, but only while the file is the one written: a line appended since (a session resumed
+    between the replace and the manifest) or another file in its place is hashed as it is."""
+    files = csr.CopiedFiles()
+    paths = [tmp_path / name for name in ("a.jsonl", "b.jsonl", "c.jsonl", "d.jsonl")]
+    for path in paths:
+        path.write_bytes(b'{"x":1}\n')
+        files.add(path.name, os.path.join("files", path.name), path.stat(), "00" * 32)
+    assert files.written_digest(0, paths[0]) is None  # nothing written yet
+    for at, path in enumerate(paths[:3]):
+        made = path.stat()
+        files.set_written(at, (made.st_dev, made.st_ino), made.st_size, made.st_mtime_ns,
+                          "%02x" % at * 32)
+    assert files.written_digest(0, paths[0]) == "00" * 32
+    with open(str(paths[1]), "ab") as handle:
+        handle.write(b'{"appended":true}\n')
+    os.utime(str(paths[1]), ns=(paths[0].stat().st_atime_ns, paths[0].stat().st_mtime_ns))
+    assert files.written_digest(1, paths[1]) is None  # grew since
+    replacement = tmp_path / "other"
+    replacement.write_bytes(paths[2].read_bytes())
+    os.replace(str(replacement), str(paths[2]))
+    assert files.written_digest(2, paths[2]) is None  # another inode in its place
+    assert files.written_digest(3, paths[3]) is None  # never written by the run
+    paths[0].unlink()
+    assert files.written_digest(0, paths[0]) is None
