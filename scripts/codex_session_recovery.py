@@ -6712,8 +6712,11 @@ def copy_hashing(path: Path, target: Path,
     source's fstat after the copy; mode and times are carried over. Not synced here (the caller
     syncs all copies at once)."""
     digest = hashlib.sha256()
-    view = memoryview(bytearray(READ_CHUNK))  # one buffer, reused (see copy_span)
     with open_regular(path) as source, open(str(target), "wb") as out:
+        # One buffer, reused (see copy_span), no larger than the file: with a 1 MB one made
+        # (and its pages mapped) for each, copying 10,722 small rollouts took 0.7-1 s more.
+        size = os.fstat(source.fileno()).st_size
+        view = memoryview(bytearray(min(READ_CHUNK, max(size, 1))))
         for got in iter(lambda: source.readinto(view), 0):
             digest.update(view[:got])
             if also is not None:
