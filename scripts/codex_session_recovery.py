@@ -847,14 +847,19 @@ def open_regular_fd(path: Any) -> Tuple[int, os.stat_result]:
 
 def open_regular(path: Path) -> Any:
     """open_regular_fd as a blocking binary file object."""
-    fd, _stat = open_regular_fd(path)
+    return open_regular_with_stat(path)[0]
+
+
+def open_regular_with_stat(path: Path) -> Tuple[Any, os.stat_result]:
+    """open_regular, with the fstat it was opened with."""
+    fd, stat = open_regular_fd(path)
     try:
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
         raise
-    return open(fd, "rb")
+    return open(fd, "rb"), stat
 
 
 class NotRegularFile(OSError):
@@ -6712,11 +6717,11 @@ def copy_hashing(path: Path, target: Path,
     source's fstat after the copy; mode and times are carried over. Not synced here (the caller
     syncs all copies at once)."""
     digest = hashlib.sha256()
-    with open_regular(path) as source, open(str(target), "wb") as out:
+    source, opened = open_regular_with_stat(path)
+    with source, open(str(target), "wb") as out:
         # One buffer, reused (see copy_span), no larger than the file: with a 1 MB one made
         # (and its pages mapped) for each, copying 10,722 small rollouts took 0.7-1 s more.
-        size = os.fstat(source.fileno()).st_size
-        view = memoryview(bytearray(min(READ_CHUNK, max(size, 1))))
+        view = memoryview(bytearray(min(READ_CHUNK, max(opened.st_size, 1))))
         for got in iter(lambda: source.readinto(view), 0):
             digest.update(view[:got])
             if also is not None:
@@ -7547,22 +7552,21 @@ class BackupCopies:
     def add(self, at: int) -> None:
         self._copies[self.files.names[at]] = at
 
-    def reference(self, path: Path) -> Tuple[Optional[Path], Optional[str]]:
-        """The rollout's copy, and the SHA-256 of its bytes with the edits (see _fill_backup)
-        when known; (None, None) where the backup holds no copy of the planned bytes."""
+    def reference(self, path: Path) -> Tuple[Optional[Path], Optional[str], Optional[int]]:
+        """The rollout's copy, the SHA-256 of its bytes with the edits (see _fill_backup) when
+        known, and the copy's place among the entries (for wrote); (None, None, None) where the
+        backup holds no copy of the planned bytes."""
         at = self._copies.get(_manifest_path(path, self.home))
         copy = self.files.backup(at) if at is not None else None
         if copy is None:
-            return None, None
-        return self.folder / copy, self.files.edited_digest(at)  # type: ignore[arg-type]
+            return None, None, None
+        return self.folder / copy, self.files.edited_digest(at), at
 
-    def wrote(self, path: Path, identity: Tuple[int, int], size: int, mtime_ns: int,
+    def wrote(self, at: int, identity: Tuple[int, int], size: int, mtime_ns: int,
               digest: str) -> None:
-        """The rollout was replaced with a file of this identity, size, mtime and SHA-256, kept
-        with its entry for finish_manifest. A rollout with no copy here is hashed there."""
-        at = self._copies.get(_manifest_path(path, self.home))
-        if at is not None:
-            self.files.set_written(at, identity, size, mtime_ns, digest)
+        """The rollout whose copy is at `at` (see reference) was replaced with a file of this
+        identity, size, mtime and SHA-256, kept with its entry for finish_manifest."""
+        self.files.set_written(at, identity, size, mtime_ns, digest)
 
     def get(self, path: Path, default: Optional[Path] = None) -> Optional[Path]:
         copy = self.reference(path)[0]
@@ -7796,6 +7800,7 @@ class PendingRewrite:
         self.check: Optional[SourceDigest] = None
         self.identity: Tuple[int, int] = (0, 0)
         self.written, self.sha256_after, self.tmp_identity = 0, "", (0, 0)
+        self.copy_at: Optional[int] = None  # its backup copy's place (BackupCopies.reference)
         self.ready = self.renamed = self.replaced = self.carried = False
 
     def close(self) -> None:
@@ -7839,8 +7844,9 @@ def rewrite_batch(edits: List[RolloutEdit], home: Optional[Path], result: Dict[s
     with contextlib.ExitStack() as locks:
         try:
             for item in pending:
-                reference, after = (references.reference(item.edit.path) if references is not None
-                                    else (None, None))
+                reference, after, item.copy_at = (references.reference(item.edit.path)
+                                                  if references is not None
+                                                  else (None, None, None))
                 prepare_rewrite(item, home, locks, reference, after)
             ready = [item for item in pending if item.ready]
             for item in ready:
@@ -7860,8 +7866,9 @@ def rewrite_batch(edits: List[RolloutEdit], home: Optional[Path], result: Dict[s
                 item.close()
     if references is not None:
         for item in pending:
-            if item.replaced and not item.carried and item.sha256_after:
-                references.wrote(item.edit.path, item.tmp_identity, item.written,
+            if (item.copy_at is not None and item.replaced and not item.carried
+                    and item.sha256_after):
+                references.wrote(item.copy_at, item.tmp_identity, item.written,
                                  item.edit.fingerprint[1], item.sha256_after)
     return [item.replaced for item in pending]
 

@@ -385,13 +385,16 @@ def test_a_written_rollouts_digest_is_reused_only_while_it_is_the_file_the_run_w
         files.set_written(at, (made.st_dev, made.st_ino), made.st_size, made.st_mtime_ns,
                           "%02x" % at * 32)
     assert files.written_digest(0, paths[0]) == "00" * 32
+    written = paths[1].stat()
     with open(str(paths[1]), "ab") as handle:
         handle.write(b'{"appended":true}\n')
-    os.utime(str(paths[1]), ns=(paths[0].stat().st_atime_ns, paths[0].stat().st_mtime_ns))
+    os.utime(str(paths[1]), ns=(written.st_atime_ns, written.st_mtime_ns))  # only the size moved
     assert files.written_digest(1, paths[1]) is None  # grew since
+    written = paths[2].stat()
     replacement = tmp_path / "other"
     replacement.write_bytes(paths[2].read_bytes())
-    os.replace(str(replacement), str(paths[2]))
+    os.utime(str(replacement), ns=(written.st_atime_ns, written.st_mtime_ns))
+    os.replace(str(replacement), str(paths[2]))  # same size and mtime: only the inode moved
     assert files.written_digest(2, paths[2]) is None  # another inode in its place
     assert files.written_digest(3, paths[3]) is None  # never written by the run
     paths[0].unlink()
