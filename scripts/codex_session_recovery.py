@@ -6455,13 +6455,114 @@ def make_backup_dir(home: Path, command: str) -> Path:
     raise ApplyError("could not create a backup folder under %s" % root)
 
 
+# A DB's content as backups and journals name it: the tool's own digest, with its scheme in
+# front. Digests recorded before it are a bare SHA-256 of sqlite3's iterdump() text, which CPython
+# lays out by version (3.9 puts the sqlite_sequence statements among the tables, 3.10 and later
+# just before COMMIT; 3.13 adds a pragma where a foreign key is violated). Every real state DB
+# has a sqlite_sequence, so a home repaired under one python3 could not trust its backup under
+# another; those digests are still read, in every layout (legacy_db_digests).
+DB_DIGEST_SCHEME = "sqlite-rows-1:"
+# Rows hashed per JSON text: bounded memory, and one encoder call per batch, not per row.
+DIGEST_BATCH_ROWS = 512
+# The SQLite tables iterdump() dumped beside the schema's own, which the digest keeps.
+DIGESTED_INTERNAL_TABLES = ("sqlite_sequence", "sqlite_stat1")
+
+
+def _blob_json(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"blob": value.hex()}  # an object: never equal to the encoding of a text
+    raise TypeError("not a SQLite value: %r" % type(value))
+
+
+# JSON gives each SQLite value one exact text in every Python 3: an integer's digits, a real's
+# shortest round-trip repr, a text with every non-ASCII character escaped, a blob as hex.
+_DIGEST_JSON = json.JSONEncoder(separators=(",", ":"), default=_blob_json, check_circular=False)
+
+
 def db_digest(conn: sqlite3.Connection) -> str:
-    """A digest of the whole DB's content. `restore` puts the whole DB back, so it compares
-    this, not only the rows the run touched: a change Codex made since would be undone too."""
+    """A digest of the whole DB's content: the schema's SQL, then each table's rows in rowid
+    order. `restore` puts the whole DB back, so it compares this, not only the rows the run
+    touched: a change Codex made since would be undone too."""
+    cursor = conn.cursor()
+    cursor.row_factory = None  # tuples, whatever the connection's factory
     digest = hashlib.sha256()
+    encode = _DIGEST_JSON.encode
+    schema = cursor.execute("SELECT type, name, tbl_name, sql FROM sqlite_master "
+                            "ORDER BY type, name, tbl_name, sql").fetchall()
+    digest.update(encode(schema).encode("ascii"))
+    for kind, name, _table, _sql in schema:
+        if kind != "table" or (name.startswith("sqlite_")
+                               and name not in DIGESTED_INTERNAL_TABLES):
+            continue
+        digest.update(encode(name).encode("ascii"))
+        rows = _table_rows(cursor, name)
+        while True:
+            batch = rows.fetchmany(DIGEST_BATCH_ROWS)
+            if not batch:
+                break
+            digest.update(encode(batch).encode("ascii"))
+    return DB_DIGEST_SCHEME + digest.hexdigest()
+
+
+def _table_rows(cursor: sqlite3.Cursor, table: str) -> sqlite3.Cursor:
+    """Every row of `table` in an order that does not depend on the query planner: by rowid,
+    or for a WITHOUT ROWID table (no rowid to name) by its primary key, its only order."""
+    quoted = '"%s"' % table.replace('"', '""')
+    try:
+        return cursor.execute("SELECT * FROM %s ORDER BY rowid" % quoted)
+    except sqlite3.OperationalError:
+        return cursor.execute("SELECT * FROM %s" % quoted)
+
+
+_SEQUENCE_LINES = ('DELETE FROM "sqlite_sequence";', 'INSERT INTO "sqlite_sequence" VALUES(')
+_FOREIGN_KEYS_OFF = "PRAGMA foreign_keys=OFF;"
+
+
+def legacy_db_digests(conn: sqlite3.Connection) -> set:
+    """The digests recorded before DB_DIGEST_SCHEME, as each CPython 3.9-3.13 took them of this
+    content, from one pass of this Python's iterdump(): its lines with the sqlite_sequence
+    statements where 3.9 put them and where later releases do; where a foreign key is violated,
+    each of those also with 3.13's pragma in front."""
+    cursor = conn.cursor()
+    cursor.row_factory = None
+    sequence, anchors = _legacy_sequence_statements(cursor)
+    violated = cursor.execute("PRAGMA foreign_key_check").fetchone() is not None
+    layouts = {(inline, pragma): hashlib.sha256() for inline in (True, False)
+               for pragma in ((False, True) if violated else (False,))}
+    placed = False
     for line in conn.iterdump():
-        digest.update(line.encode("utf-8", "surrogatepass"))
-    return digest.hexdigest()
+        if line == _FOREIGN_KEYS_OFF or line.startswith(_SEQUENCE_LINES):
+            continue  # where this Python put them: each layout puts them in its own place
+        for (inline, pragma), digest in layouts.items():
+            if pragma and line == "BEGIN TRANSACTION;":
+                digest.update(_FOREIGN_KEYS_OFF.encode("utf-8"))
+            if (line in anchors and not placed) if inline else line == "COMMIT;":
+                for statement in sequence:
+                    digest.update(statement.encode("utf-8", "surrogatepass"))
+            digest.update(line.encode("utf-8", "surrogatepass"))
+        placed = placed or line in anchors
+    return {digest.hexdigest() for digest in layouts.values()}
+
+
+def _legacy_sequence_statements(cursor: sqlite3.Cursor) -> Tuple[List[str], set]:
+    """iterdump()'s statements for sqlite_sequence (none without that table), and the lines
+    before which 3.9 wrote them: in that table's place in name order, so before the next table
+    it dumped, or without one, before the first statement that is not a table's."""
+    tables = cursor.execute('SELECT "name", "sql" FROM "sqlite_master" WHERE "sql" NOT NULL '
+                            'AND "type" == \'table\' ORDER BY "name"').fetchall()
+    if not any(name == "sqlite_sequence" for name, _sql in tables):
+        return [], set()
+    statements = [_SEQUENCE_LINES[0]] + [row[0] for row in cursor.execute(
+        "SELECT 'INSERT INTO \"sqlite_sequence\" VALUES('||quote(\"name\")||','"
+        "||quote(\"seq\")||');' FROM \"sqlite_sequence\"")]
+    for name, sql in tables:
+        if name > "sqlite_sequence" and name == "sqlite_stat1":
+            return statements, {'ANALYZE "sqlite_master";'}
+        if name > "sqlite_sequence" and not name.startswith("sqlite_"):
+            return statements, {sql + ";"}
+    others = cursor.execute("SELECT sql FROM sqlite_master WHERE sql NOT NULL "
+                            "AND type IN ('index', 'trigger', 'view')").fetchall()
+    return statements, {sql + ";" for (sql,) in others} | {"COMMIT;"}
 
 
 class Streamed:
@@ -6942,7 +7043,7 @@ class RestoreAction:
     def needed(self) -> bool:
         """False when the target already is what the backup holds (nothing to put back)."""
         if self.kind == "restore_db":
-            return current_db_digest(self.target) != self.entry.get("digest_before")
+            return not DbContent(self.target).matches(self.entry.get("digest_before"))
         if self.kind == "remove":
             return os.path.lexists(str(self.target))
         return current_sha256(self.target) != self.entry.get("sha256_before")
@@ -6986,6 +7087,36 @@ def current_db_digest(path: Path) -> Optional[str]:
         return None
 
 
+_UNREAD = object()
+
+
+class DbContent:
+    """What one DB holds now, compared with digests this tool recorded in any of its schemes
+    (see DB_DIGEST_SCHEME); each kind of digest is taken at most once. A DB that cannot be read
+    has no digest: it matches None, as an absent state does."""
+
+    __slots__ = ("path", "_digest", "_legacy")
+
+    def __init__(self, path: Path) -> None:
+        self.path, self._digest, self._legacy = path, _UNREAD, None
+
+    def matches(self, recorded: Any) -> bool:
+        if isinstance(recorded, str) and not recorded.startswith(DB_DIGEST_SCHEME):
+            if self._legacy is None:
+                try:
+                    with readonly_db(self.path) as conn:
+                        self._legacy = legacy_db_digests(conn)
+                except sqlite3.Error:
+                    self._legacy = set()
+            return recorded in self._legacy
+        if self._digest is _UNREAD:
+            self._digest = current_db_digest(self.path)
+        return self._digest == recorded
+
+    def matches_any(self, recorded: Iterable[Any]) -> bool:
+        return any(self.matches(state) for state in recorded)
+
+
 def verified_restore_actions(folder: Path, manifest: Dict[str, Any], home: Path,
                              allowed_db_dirs: Sequence[Path] = ()) -> List[RestoreAction]:
     """Every entry of a backup, checked before anything is written: a path relative to the home
@@ -7007,8 +7138,8 @@ def verified_restore_actions(folder: Path, manifest: Dict[str, Any], home: Path,
         if entry["kind"] == "sqlite" or entry.get("existed", True):
             payload = restore_payload(entry, folder)
             if entry["kind"] == "sqlite":
-                digest = current_db_digest(payload)
-                if digest is None or digest != entry.get("digest_before"):
+                recorded = entry.get("digest_before")
+                if not isinstance(recorded, str) or not DbContent(payload).matches(recorded):
                     raise refuse("the backup copy of %s does not match its manifest (the backup "
                                  "was changed or damaged)" % entry["path"], None)
             elif sha256_file(payload) != entry.get("sha256_before"):
@@ -7102,7 +7233,7 @@ def restore_db_dirs(home: Path, config: Optional[Config] = None) -> List[Path]:
 def restore_database(backup: Path, target: Path, entry: Dict[str, Any]) -> bool:
     """Put a DB back through SQLite (WAL-safe). A DB whose content is what it was before the
     run is left alone; a DB another process holds is reported after a bounded wait."""
-    if target.exists() and current_db_digest(target) == entry.get("digest_before"):
+    if target.exists() and DbContent(target).matches(entry.get("digest_before")):
         return False
     dest = sqlite3.connect(str(target), timeout=10.0, isolation_level=None)
     source = sqlite3.connect(str(backup))
@@ -7189,14 +7320,14 @@ def changed_since_backup(folder: Path, home: Path) -> List[str]:
         target = _resolve_manifest_path(entry["path"], home)
         if entry["kind"] == "sqlite":
             expected = {entry.get("digest_" + state)} | intents.get(entry["path"], set())
-            now = current_db_digest(target)
+            unchanged = DbContent(target).matches_any(expected)
         else:
             expected = {entry.get("sha256_" + state)} | intents.get(entry["path"], set())
             try:
-                now = sha256_file(target) if target.exists() else None
+                unchanged = (sha256_file(target) if target.exists() else None) in expected
             except OSError:
-                now = "unreadable"
-        if now not in expected:
+                unchanged = False
+        if not unchanged:
             changed.append(entry["path"])
     return changed
 

@@ -1,8 +1,9 @@
 """Synthetic Codex homes for the fast test tier.
 
 The state DB schemas in tests/fixtures/ were dumped from homes that the real Codex releases
-created (tables, indexes, triggers and `_sqlx_migrations` rows; no thread data), and the
-rollout lines below follow the line sequences those releases wrote:
+created (tables, indexes, triggers and `_sqlx_migrations` rows, and the empty `sqlite_sequence`
+every real state DB has; no thread data), and the rollout lines below follow the line
+sequences those releases wrote:
 
 * 0.169.0: session_meta (~21 KB, `history_mode`, `ordinal` on every line), task_started,
   developer and <environment_context> messages, world_state, turn_context,
@@ -374,6 +375,19 @@ def script_env(env: Optional[Dict[str, str]] = None, fault: Optional[str] = None
     if fault:
         full[csr.FAULT_ENV] = fault
     return full
+
+
+def pythons_here() -> List[str]:
+    """The newest Python of each 3.9-3.13 on this machine, found as .ci/run finds them."""
+    root = Path(os.environ.get("PYENV_ROOT", str(Path.home() / ".pyenv"))) / "versions"
+    found = []
+    for minor in range(9, 14):
+        candidates = sorted(root.glob("3.%d.*/bin/python3" % minor),
+                            key=lambda p: [int(n) if n.isdigit() else -1
+                                           for n in p.parent.parent.name.split(".")])
+        if candidates:
+            found.append(str(candidates[-1]))
+    return found
 
 
 def run_script(*args: str, cwd: Optional[Path] = None, python_flags: Sequence[str] = (),

@@ -20,6 +20,7 @@ import re
 import shutil
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -27,7 +28,7 @@ import pytest
 
 import codex_harness as harness
 import codex_session_recovery as csr
-from homes import hash_tree, run_in_process, run_script
+from homes import SCRIPT, hash_tree, pythons_here, run_in_process, run_script, script_env
 
 pytestmark = pytest.mark.realcodex
 
@@ -466,6 +467,42 @@ def test_restore_after_codex_only_listed_and_read_needs_no_force(real_home):
             server.request("thread/turns/list", {"threadId": tid})
     code, doc, _ = run_tool(home.home, "restore", "--latest")
     assert (code, doc["changed_since_run"]) == (csr.EXIT_FINDINGS, [])
+    code, doc, _ = run_tool(home.home, "restore", "--latest", "--apply")
+    assert code == csr.EXIT_OK, doc
+    for tid in home.interactive:
+        assert home.rollout(tid).read_bytes() == original[tid]
+    assert home.listed() == []
+
+
+def python_of_the_other_dump_layout() -> Optional[str]:
+    """A Python whose sqlite3 dump lays out sqlite_sequence otherwise than this one's: 3.9
+    among the tables, 3.10 and later at the end."""
+    found = [p for p in pythons_here() if ("3.9." in p) != (sys.version_info[:2] == (3, 9))]
+    return found[0] if found else None
+
+
+def test_a_repair_applied_under_one_python_restores_under_another(real_home):
+    """Codex 0.171.0: repair-provider --apply run by one python3 (3.9, as macOS has it; or a
+    later one when this is 3.9), then restore run by this one: the backup verifies, nothing
+    counts as changed since, every rollout comes back byte for byte and the real Codex lists
+    what it listed before the repair. The real state DB has a sqlite_sequence, which the two
+    Pythons' SQL dumps place differently."""
+    other = python_of_the_other_dump_layout()
+    if other is None:
+        pytest.skip("no Python here whose SQL dump is laid out otherwise than this one's")
+    home = real_home("0.171.0", "openai")
+    home.switch_provider(CUSTOM)
+    original = {tid: home.rollout(tid).read_bytes() for tid in home.interactive}
+    assert query(home.state_db, "SELECT name FROM sqlite_master WHERE name = 'sqlite_sequence'")
+    applied = subprocess.run([other, str(SCRIPT), "--codex-home", str(home.home),
+                              "repair-provider", "--from", "openai", "--apply", "--json"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             timeout=120, env=script_env())
+    assert applied.returncode == csr.EXIT_OK, applied.stderr
+    assert sorted(home.listed()) == sorted(home.interactive)
+    code, doc, _ = run_tool(home.home, "restore", "--latest")
+    assert code == csr.EXIT_FINDINGS, doc
+    assert doc["changed_since_run"] == []
     code, doc, _ = run_tool(home.home, "restore", "--latest", "--apply")
     assert code == csr.EXIT_OK, doc
     for tid in home.interactive:
