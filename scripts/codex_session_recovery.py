@@ -6462,8 +6462,9 @@ def make_backup_dir(home: Path, command: str) -> Path:
 # has a sqlite_sequence, so a home repaired under one python3 could not trust its backup under
 # another; those digests are still read, in every layout (legacy_db_digests).
 DB_DIGEST_SCHEME = "sqlite-rows-1:"
-# Rows hashed per JSON text: bounded memory, and one encoder call per batch, not per row.
-DIGEST_BATCH_ROWS = 512
+# Rows encoded per JSON text: bounded memory (~1.4 MB at 256 rows of a state DB's threads),
+# and one encoder call per batch, not per row. The digest does not depend on it.
+DIGEST_BATCH_ROWS = 256
 # The SQLite tables iterdump() dumped beside the schema's own, which the digest keeps.
 DIGESTED_INTERNAL_TABLES = ("sqlite_sequence", "sqlite_stat1")
 
@@ -6480,9 +6481,10 @@ _DIGEST_JSON = json.JSONEncoder(separators=(",", ":"), default=_blob_json, check
 
 
 def db_digest(conn: sqlite3.Connection) -> str:
-    """A digest of the whole DB's content: the schema's SQL, then each table's rows in rowid
-    order. `restore` puts the whole DB back, so it compares this, not only the rows the run
-    touched: a change Codex made since would be undone too."""
+    """A digest of the whole DB's content: the SHA-256 of the JSON of the schema's SQL, then of
+    each table's name and array of rows in rowid order. `restore` puts the whole DB back, so it
+    compares this, not only the rows the run touched: a change Codex made since would be undone
+    too."""
     cursor = conn.cursor()
     cursor.row_factory = None  # tuples, whatever the connection's factory
     digest = hashlib.sha256()
@@ -6494,13 +6496,16 @@ def db_digest(conn: sqlite3.Connection) -> str:
         if kind != "table" or (name.startswith("sqlite_")
                                and name not in DIGESTED_INTERNAL_TABLES):
             continue
-        digest.update(encode(name).encode("ascii"))
-        rows = _table_rows(cursor, name)
+        digest.update(encode(name).encode("ascii") + b"[")
+        rows, separator = _table_rows(cursor, name), b""
         while True:
             batch = rows.fetchmany(DIGEST_BATCH_ROWS)
             if not batch:
                 break
-            digest.update(encode(batch).encode("ascii"))
+            # The batch's array without its brackets: the table's one array, however batched.
+            digest.update(separator + encode(batch)[1:-1].encode("ascii"))
+            separator = b","
+        digest.update(b"]")
     return DB_DIGEST_SCHEME + digest.hexdigest()
 
 

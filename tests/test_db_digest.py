@@ -164,6 +164,27 @@ def digest_of(path: Path) -> str:
         conn.close()
 
 
+def test_the_digest_is_the_json_of_the_schema_and_each_tables_rows(tmp_path, monkeypatch):
+    """Its definition, which backups keep: it does not depend on how many rows are read at a
+    time, nor on anything but the content."""
+    db = tmp_path / "a.sqlite"
+    db_with_every_kind_of_value(db)
+    encode = json.JSONEncoder(separators=(",", ":"), default=lambda b: {"blob": b.hex()}).encode
+    expected = hashlib.sha256()
+    with closing(sqlite3.connect(str(db))) as conn:
+        schema = conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master "
+                              "ORDER BY type, name, tbl_name, sql").fetchall()
+        expected.update(encode(schema).encode("ascii"))
+        for name in ("keyed", "logs", "parent", "sqlite_sequence"):  # the tables, by name
+            order = "" if name == "keyed" else " ORDER BY rowid"
+            rows = conn.execute('SELECT * FROM "%s"%s' % (name, order)).fetchall()
+            expected.update((encode(name) + encode(rows)).encode("ascii"))
+    assert digest_of(db) == csr.DB_DIGEST_SCHEME + expected.hexdigest()
+    for batch in (1, 2, 3, 1000):
+        monkeypatch.setattr(csr, "DIGEST_BATCH_ROWS", batch)
+        assert digest_of(db) == csr.DB_DIGEST_SCHEME + expected.hexdigest(), batch
+
+
 def test_the_digest_names_the_content(tmp_path):
     db = tmp_path / "a.sqlite"
     db_with_every_kind_of_value(db)
