@@ -6510,13 +6510,21 @@ def db_digest(conn: sqlite3.Connection) -> str:
 
 
 def _table_rows(cursor: sqlite3.Cursor, table: str) -> sqlite3.Cursor:
-    """Every row of `table` in an order that does not depend on the query planner: by rowid,
-    or for a WITHOUT ROWID table (no rowid to name) by its primary key, its only order."""
-    quoted = '"%s"' % table.replace('"', '""')
+    """Every row of `table` in an order that does not depend on the query planner (which may
+    read a covering index instead): by rowid, or for a WITHOUT ROWID table, which has none to
+    name, by its primary key's columns."""
+    quoted = _quoted_name(table)
     try:
         return cursor.execute("SELECT * FROM %s ORDER BY rowid" % quoted)
     except sqlite3.OperationalError:
-        return cursor.execute("SELECT * FROM %s" % quoted)
+        columns = cursor.execute("PRAGMA table_info(%s)" % quoted).fetchall()
+        key = ", ".join(_quoted_name(name) for _position, name in
+                        sorted((info[5], info[1]) for info in columns if info[5]))
+        return cursor.execute("SELECT * FROM %s%s" % (quoted, " ORDER BY " + key if key else ""))
+
+
+def _quoted_name(name: str) -> str:
+    return '"%s"' % name.replace('"', '""')
 
 
 _SEQUENCE_LINES = ('DELETE FROM "sqlite_sequence";', 'INSERT INTO "sqlite_sequence" VALUES(')
