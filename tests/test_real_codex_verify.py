@@ -196,10 +196,13 @@ def test_interrupted_verify_removes_the_scratch_and_stops_codex(real_home, tmp_p
     tmp.mkdir()
     before = snapshot(home.home)
     env = script_env({"TMPDIR": str(tmp)})
-    # Popen, not run_script: the run is interrupted while it runs.
+    # Popen, not run_script: the run is interrupted while it runs. SIGINT as a terminal leaves
+    # it: a suite started as a background job of a non-interactive shell passes SIGINT on
+    # ignored (POSIX), and Python then installs no Ctrl-C handler at all.
     proc = subprocess.Popen([sys.executable, str(SCRIPT), "--codex-home", str(home.home), "repair-provider",
                              "--from", "openai", "--verify", "--codex-bin", binary_of("0.169.0")],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     running = False
     while time.monotonic() < deadline and proc.poll() is None:
