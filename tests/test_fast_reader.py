@@ -120,3 +120,44 @@ def test_a_fifo_named_like_a_rollout_is_never_opened(tmp_path):
     assert info.problems == ("not_a_file",)
     fd, stat = csr.open_regular_readonly(str(fifo))  # swapped in after the listing: opened, refused
     assert fd is None and stat is not None
+
+
+def lookahead_reference(window):
+    """The look-ahead's definition: the window's whole lines in order, up to and including the
+    first holding an event marker; one that is not UTF-8 among them is the listers' stop."""
+    for raw in window.split(b"\n")[:-1]:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return ("invalid_utf8",)
+        if any(marker in raw for marker in csr.USER_EVENT_MARKERS):
+            return ()
+    return ()
+
+
+@pytest.mark.parametrize("window, problems", [
+    (b"", ()),
+    (b"\xff no line ending: cut by the window", ()),
+    (b"\xff\n", ("invalid_utf8",)),
+    (USER_EVENT + b"\n\xff\n", ()),  # past the event form: the listers stopped before it
+    (FILLER + b"\n\xff\n" + USER_EVENT + b"\n", ("invalid_utf8",)),
+    (FILLER + b"\n" + USER_EVENT[:-5] + b"\xff" + USER_EVENT[-5:] + b"\n", ("invalid_utf8",)),
+    (FILLER + b"\n" + FILLER + b"\n\xff", ()),
+    (b"\n\n" + USER_EVENT + b"\n", ()),
+])
+def test_the_look_ahead_judges_whole_lines_up_to_the_event_form(window, problems):
+    info = csr.RolloutInfo("rollout-x.jsonl", csr.Path("."), stat=False)
+    csr.check_lines_to_user_event(info, -1, 0, window)
+    assert tuple(info.problems) == problems == lookahead_reference(window)
+    assert info.bytes_read == len(window)
+
+
+def test_the_look_ahead_agrees_with_its_definition_on_random_windows():
+    rnd = random.Random(7)
+    shapes = [FILLER, USER_EVENT, b"\xff\xfe bad utf8", b"", b"y" * 50, USER_EVENT + b"\xff", b"\xc3"]
+    for _ in range(3000):
+        window = b"\n".join(rnd.choice(shapes) for _ in range(rnd.randint(0, 6)))
+        window = window[:rnd.randint(0, len(window))] if rnd.random() < 0.5 else window + b"\n"
+        info = csr.RolloutInfo("rollout-x.jsonl", csr.Path("."), stat=False)
+        csr.check_lines_to_user_event(info, -1, 0, window)
+        assert tuple(info.problems) == lookahead_reference(window), window
