@@ -4412,7 +4412,8 @@ def iter_marked_lines(handle: Any, needles: Sequence[bytes], digest: Any,
             previous = start
             stop = buf.find(b"\n", start, end)
             yield counted + 1, offset_base + start, buf[start:(end if stop == -1 else stop + 1)]
-        lines_base += buf.count(b"\n", 0, end)
+        # The rest of the block from the last line counted: each byte is counted once.
+        lines_base = counted + buf.count(b"\n", previous, end)
         offset_base += end
         carry = buf[end:]
         if not block:
