@@ -6157,8 +6157,9 @@ def check_tool_writes(text: str, kind: str) -> None:
 def check_plan_paths(inv: Inventory, plan: Plan) -> None:
     """Where a plan writes: inside the home, through no symlink, only files this tool writes.
     The same rule for --apply (preflight) and for the dry run (plan_path_refusal)."""
+    verified: set = set()  # folders already walked: a provider move names ~10,000 in a few dozen
     for path in plan.touched_files():
-        check_inside_home(path, inv.home)
+        check_inside_home(path, inv.home, verified)
         check_tool_writes(display_path(path, inv.home), "file")
     for db in plan.touched_dbs():
         check_tool_writes(db.name, "sqlite")
@@ -6182,24 +6183,39 @@ def is_configured_sqlite_home(db: Path, inv: Inventory) -> bool:
                if origin in ("config sqlite_home", "CODEX_SQLITE_HOME"))
 
 
-def check_inside_home(path: Path, home: Path) -> None:
+def check_inside_home(path: Any, home: Path, verified: Optional[set] = None) -> None:
     """Writes stay inside the home and never go through a symlink (a symlinked home itself is
-    resolved once, up front, and is fine)."""
-    if not is_within(Path(os.path.abspath(str(path))), home):
+    resolved once, up front, and is fine). `verified` holds the folders earlier calls of one
+    check walked and found to be no link: the walk up from a path stops at the first of them
+    (strings, not Paths: a provider move checks every rollout it rewrites)."""
+    root = str(home)
+    current = os.path.abspath(str(path))
+    if not _text_within(current, root):
         raise refuse("%s lies outside CODEX_HOME" % path, None)
-    current = Path(os.path.abspath(str(path)))
-    while current != home and is_within(current, home):
+    walked = []
+    while current != root and _text_within(current, root):
+        if verified is not None and current in verified:
+            break
+        parent = os.path.dirname(current)
         # CODEX-COMPAT: a linked sessions/ or archived_sessions/ (a synced folder) is followed by
         # every release measured (0.120.0-0.171.0): it is where the conversations live, as a
         # linked home is. A link deeper down is skipped by Codex and never written through.
-        top_level_folder = (current.parent == home
-                            and current.name in ("sessions", "archived_sessions"))
-        if current.is_symlink() and not top_level_folder:
+        top_level_folder = (parent == root
+                            and os.path.basename(current) in ("sessions", "archived_sessions"))
+        if os.path.islink(current) and not top_level_folder:
             raise refuse("%s is reached through a symlink (%s)"
                          % (display_path(path, home), display_path(current, home)), None)
-        current = current.parent
-    if path.exists() and not path.is_file():
+        walked.append(current)
+        current = parent
+    if verified is not None:
+        verified.update(walked[1:])  # the folders, not the file: each file is looked at itself
+    if os.path.exists(str(path)) and not os.path.isfile(str(path)):
         raise refuse("%s is not a regular file" % display_path(path, home), None)
+
+
+def _text_within(text: str, root: str) -> bool:
+    """is_within for normalised absolute path strings: `root` itself or a path under it."""
+    return text == root or text.startswith(root if root.endswith(os.sep) else root + os.sep)
 
 
 def codex_users(home: Path, dbs: List[Path]) -> List[str]:

@@ -3,6 +3,7 @@ no write outside CODEX_HOME."""
 
 import json
 import os
+import random
 import sqlite3
 import subprocess
 import sys
@@ -189,6 +190,59 @@ def test_never_writes_through_a_symlinked_folder_inside_the_home(tmp_path, capsy
     assert step.startswith("replace the linked folder") and str(thread.path.parent) in step, step
     with pytest.raises(csr.RefusedError, match="through a symlink"):
         csr.check_inside_home(Path(thread.path), Path(home.root).resolve())
+
+
+def _guard_verdict(path, home, verified=None):
+    try:
+        csr.check_inside_home(path, home, verified)
+    except csr.RefusedError as exc:
+        return str(exc)
+    return "ok"
+
+
+def test_the_path_guard_gives_each_path_its_own_verdict_with_walked_folders_remembered(tmp_path, monkeypatch):
+    """check_plan_paths walks each folder once for all the rollouts in it; a path's verdict is
+    the one it gets alone, whatever was checked before it and in whatever order."""
+    home = (tmp_path / "home").resolve()
+    days = home / "sessions" / "2026" / "09"
+    for day in ("21", "23"):
+        (days / day).mkdir(parents=True)
+        (days / day / "rollout-a.jsonl").write_text("x")
+        (days / day / "rollout-b.jsonl").write_text("x")
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "day").mkdir(parents=True)
+    (elsewhere / "day" / "rollout-c.jsonl").write_text("x")
+    (elsewhere / "archive").mkdir()
+    (elsewhere / "archive" / "rollout-d.jsonl").write_text("x")
+    os.symlink(elsewhere / "day", days / "22")  # a linked day folder: refused
+    os.symlink(elsewhere / "archive", home / "archived_sessions")  # a linked top folder: followed
+    os.symlink(days / "21" / "rollout-a.jsonl", days / "21" / "rollout-link.jsonl")
+    (days / "21" / "rollout-dir.jsonl").mkdir()
+    paths = [days / "21" / "rollout-a.jsonl", days / "21" / "rollout-b.jsonl",
+             days / "22" / "rollout-c.jsonl", days / "21" / "rollout-link.jsonl",
+             days / "21" / "rollout-dir.jsonl", days / "23" / "rollout-new.jsonl",
+             home / "archived_sessions" / "rollout-d.jsonl", home / "session_index.jsonl",
+             tmp_path / "outside.jsonl", days / "21" / ".." / ".." / ".." / ".." / ".." / "escape.jsonl",
+             days / "21", days / "22"]
+    alone = {str(p): _guard_verdict(p, home) for p in paths}
+    assert alone[str(paths[0])] == alone[str(paths[6])] == alone[str(paths[5])] == "ok"
+    assert "through a symlink" in alone[str(paths[2])] and "through a symlink" in alone[str(paths[3])]
+    assert "not a regular file" in alone[str(paths[4])] and "not a regular file" in alone[str(paths[10])]
+    assert "outside CODEX_HOME" in alone[str(paths[8])] and "outside CODEX_HOME" in alone[str(paths[9])]
+    rnd = random.Random(3)
+    for _ in range(30):
+        order = paths[:]
+        rnd.shuffle(order)
+        verified = set()
+        assert {str(p): _guard_verdict(p, home, verified) for p in order} == alone
+    looked_at = []
+    real_islink = os.path.islink
+    monkeypatch.setattr(os.path, "islink", lambda p: looked_at.append(p) or real_islink(p))
+    verified = set()
+    for n in range(50):
+        assert _guard_verdict(days / "23" / ("rollout-%d.jsonl" % n), home, verified) == "ok"
+    # Each file, then its three folders up to sessions/ once: not 50 walks of four.
+    assert len(looked_at) == 50 + 4, looked_at
 
 
 def test_symlinked_home_itself_is_allowed(switched, tmp_path, capsys):
