@@ -334,6 +334,82 @@ def test_the_backup_manifest_writes_the_plans_actions_and_rows_from_the_plan(tmp
     assert [json.loads(t)["complete"] for t in written] == [False, True]
 
 
+def test_the_completed_manifest_copies_the_plans_actions_and_rows_from_the_first_write(
+        tmp_path, monkeypatch, capsys):
+    """The plan does not change once made: the manifest written when the run completes copies
+    the actions' and rows' text from the one written before the first write (proven by its
+    SHA-256) instead of making them from the plan again, and reads the same."""
+    builder, _inv, plan = three_moves_planned(tmp_path)
+    expected_actions = plan.actions_json(builder.root)
+    made = []
+    real_actions, real_keys = csr.Plan.iter_actions_json, csr._touched_keys
+    monkeypatch.setattr(csr.Plan, "iter_actions_json",
+                        lambda self, *a, **k: made.append("actions") or real_actions(self, *a, **k))
+    monkeypatch.setattr(csr, "_touched_keys", lambda *a: made.append("rows") or real_keys(*a))
+    writes = []
+    real = csr.write_manifest
+
+    def recording(folder, manifest):
+        before = len(made)
+        real(folder, manifest)
+        writes.append((made[before:], (folder / "manifest.json").read_text(encoding="utf-8")))
+
+    monkeypatch.setattr(csr, "write_manifest", recording)
+    code = csr.main(["repair-provider", "--codex-home", str(builder.root), "--from", "openai",
+                     "--to", "proxy", "--apply", "--json"])
+    assert code == csr.EXIT_OK and json.loads(capsys.readouterr().out)["applied"]
+    (first_made, first), (second_made, second) = writes
+    assert first_made.count("actions") == 1 and first_made.count("rows") >= 2
+    assert second_made == []
+    for text in (first, second):
+        manifest = json.loads(text)
+        assert manifest["actions"] == expected_actions
+        assert text == "".join(csr.manifest_pieces(manifest))
+    assert json.loads(second)["complete"] is True
+    assert second.split('"actions": ')[1] == first.split('"actions": ')[1]
+
+
+def test_a_fixed_list_is_made_again_where_the_last_manifest_no_longer_holds_it(tmp_path):
+    made = []
+    actions = csr.Streamed(lambda: made.append("actions") or iter([{"n": n} for n in range(300)]),
+                           fixed=True)
+    rows = csr.Streamed(lambda: made.append("rows") or iter([{"id": "a"}, {"id": "b"}]), fixed=True)
+    manifest = {"tool": csr.TOOL_NAME, "complete": False,
+                "entries": [{"kind": "sqlite", "rows": {"threads": rows}}], "actions": actions}
+    expected = {"tool": csr.TOOL_NAME, "complete": False,
+                "entries": [{"kind": "sqlite", "rows": {"threads": [{"id": "a"}, {"id": "b"}]}}],
+                "actions": [{"n": n} for n in range(300)]}
+    path = tmp_path / "manifest.json"
+
+    def write_and_read():
+        del made[:]
+        csr.write_manifest(tmp_path, manifest)
+        text = path.read_text(encoding="utf-8")
+        expected["complete"] = manifest["complete"]
+        assert json.loads(text) == expected
+        return sorted(made), text
+
+    assert write_and_read()[0] == ["actions", "rows"]
+    manifest["complete"] = True
+    kept, text = write_and_read()
+    assert kept == [] and text == "".join(csr.manifest_pieces(manifest))
+    # One byte of the actions changed since (same length): they are made again, not copied.
+    path.write_text(text.replace('{"n": 217}', '{"n": 317}'), encoding="utf-8")
+    assert write_and_read()[0] == ["actions"]
+    # Made again, they are copied next time; also where the entries before them grew.
+    manifest["entries"].insert(0, {"kind": "file", "path": "sessions/x.jsonl" * 20})
+    expected["entries"].insert(0, manifest["entries"][0])
+    assert write_and_read()[0] == []
+    path.write_text(text[:200], encoding="utf-8")  # cut short
+    assert write_and_read()[0] == ["actions", "rows"]
+    path.unlink()
+    assert write_and_read()[0] == ["actions", "rows"]
+    # The same text behind a link in its place: a link is not followed.
+    os.replace(str(path), str(tmp_path / "elsewhere.json"))
+    os.symlink(str(tmp_path / "elsewhere.json"), str(path))
+    assert write_and_read()[0] == ["actions", "rows"]
+
+
 def test_the_backup_entries_of_files_read_back_as_the_dicts_the_manifest_shows(tmp_path):
     """Kept packed for the whole apply (see above); each reads back as its dict, also a file
     that did not exist and one outside the home, whose copy is not at files/<its name>."""
