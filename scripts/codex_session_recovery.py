@@ -255,7 +255,7 @@ import struct
 import subprocess
 import tempfile
 from pathlib import Path
-from stat import S_ISREG
+from stat import S_ISLNK, S_ISREG
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 try:  # Python 3.11+
@@ -829,11 +829,11 @@ READ_ONLY_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NO
     | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 
 
-def open_regular_fd(path: Any) -> Tuple[int, os.stat_result]:
+def open_regular_fd(path: Any, extra_flags: int = 0) -> Tuple[int, os.stat_result]:
     """(descriptor, fstat) of `path` opened read-only, only if it is a regular file: O_NONBLOCK
     so a FIFO cannot block the open, and fstat on the opened descriptor (not the name) so
     nothing can be swapped in. Anything else raises NotRegularFile, which carries its fstat."""
-    fd = os.open(str(path), READ_ONLY_FLAGS)
+    fd = os.open(str(path), READ_ONLY_FLAGS | extra_flags)
     try:
         stat = os.fstat(fd)
     except BaseException:
@@ -845,14 +845,14 @@ def open_regular_fd(path: Any) -> Tuple[int, os.stat_result]:
     return fd, stat
 
 
-def open_regular(path: Path) -> Any:
+def open_regular(path: Path, extra_flags: int = 0) -> Any:
     """open_regular_fd as a blocking binary file object."""
-    return open_regular_with_stat(path)[0]
+    return open_regular_with_stat(path, extra_flags)[0]
 
 
-def open_regular_with_stat(path: Path) -> Tuple[Any, os.stat_result]:
+def open_regular_with_stat(path: Path, extra_flags: int = 0) -> Tuple[Any, os.stat_result]:
     """open_regular, with the fstat it was opened with."""
-    fd, stat = open_regular_fd(path)
+    fd, stat = open_regular_fd(path, extra_flags)
     try:
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
@@ -6202,15 +6202,36 @@ def check_inside_home(path: Any, home: Path, verified: Optional[set] = None) -> 
         # linked home is. A link deeper down is skipped by Codex and never written through.
         top_level_folder = (parent == root
                             and os.path.basename(current) in ("sessions", "archived_sessions"))
-        if os.path.islink(current) and not top_level_folder:
+        if _is_link_for_guard(current, path, home) and not top_level_folder:
             raise refuse("%s is reached through a symlink (%s)"
                          % (display_path(path, home), display_path(current, home)), None)
         walked.append(current)
+        if parent == current:  # a file system's root ("//" is its own parent): nothing above
+            break
         current = parent
     if verified is not None:
         verified.update(walked[1:])  # the folders, not the file: each file is looked at itself
-    if os.path.exists(str(path)) and not os.path.isfile(str(path)):
+    mode = _guard_lstat_mode(str(path), path, home, follow=True)
+    if mode is not None and not S_ISREG(mode):
         raise refuse("%s is not a regular file" % display_path(path, home), None)
+
+
+def _is_link_for_guard(text: str, path: Any, home: Path) -> bool:
+    mode = _guard_lstat_mode(text, path, home)
+    return mode is not None and S_ISLNK(mode)
+
+
+def _guard_lstat_mode(text: str, path: Any, home: Path, follow: bool = False) -> Optional[int]:
+    """The mode of `text` (None where nothing is there). Anything else the system answers (a
+    name too long, a folder that may not be read) leaves the guard unable to say the write is
+    safe: it refuses then, before anything is written."""
+    try:
+        return (os.stat(text) if follow else os.lstat(text)).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise refuse("%s cannot be checked (%s)" % (display_path(path, home),
+                                                    exc.strerror or exc), None) from None
 
 
 def _text_within(text: str, root: str) -> bool:
@@ -6616,7 +6637,8 @@ class Streamed:
 
     def __init__(self, make: Callable[[], Iterable[Any]], fixed: bool = False) -> None:
         self.make, self.fixed = make, fixed
-        self.written: Optional[Tuple[str, int, int, bytes]] = None  # file, start, length, SHA-256
+        # Where the last manifest holds its text: file, form (_Span), start, length, SHA-256.
+        self.written: Optional[Tuple[str, str, int, int, bytes]] = None
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.make())
@@ -6976,12 +6998,14 @@ def write_manifest(folder: Path, manifest: Dict[str, Any]) -> None:
 
 
 class _Span:
-    """A fixed Streamed list in the manifest's parts, with the pieces that make its text."""
+    """A fixed Streamed list in the manifest's parts, with the pieces that make its text in its
+    `form`: "lines" at the top level (an item a line), "inline" inside an entry (one line). The
+    same list may stand in both; its text is copied only into the form it was written in."""
 
-    __slots__ = ("streamed", "pieces")
+    __slots__ = ("streamed", "pieces", "form")
 
-    def __init__(self, streamed: Streamed, pieces: Iterator[Any]) -> None:
-        self.streamed, self.pieces = streamed, pieces
+    def __init__(self, streamed: Streamed, pieces: Iterator[Any], form: str) -> None:
+        self.streamed, self.pieces, self.form = streamed, pieces, form
 
 
 class ManifestWriter:
@@ -7011,32 +7035,29 @@ class ManifestWriter:
                 self.write(part)
             return
         start = self.at
-        if self._copied(span.streamed.written):
-            span.streamed.written = (self.name,) + (start,) + span.streamed.written[2:]
+        written = span.streamed.written
+        if written is not None and written[1] == span.form and self._copied(written):
+            span.streamed.written = (self.name, span.form, start) + written[3:]
             return
         self.digest = hashlib.sha256()
         try:
             for part in span.pieces:
                 self.write(part)
-            span.streamed.written = (self.name, start, self.at - start, self.digest.digest())
+            span.streamed.written = (self.name, span.form, start, self.at - start,
+                                     self.digest.digest())
         finally:
             self.digest = None
 
-    def _copied(self, written: Optional[Tuple[str, int, int, bytes]]) -> bool:
+    def _copied(self, written: Tuple[str, str, int, int, bytes]) -> bool:
         """The text copied from where the last write put it, if it is still those bytes; when
         it is not (or cannot be read, or a link stands in the manifest's place), nothing copied
         stays behind."""
-        if written is None or written[0] != self.name:
+        if written[0] != self.name:
             return False
-        _name, start, length, expected = written
+        _name, _form, start, length, expected = written
         begin, digest = self.at, hashlib.sha256()
         try:
-            fd = os.open(self.name, READ_ONLY_FLAGS | getattr(os, "O_NOFOLLOW", 0))
-            with open(fd, "rb") as source:
-                if not S_ISREG(os.fstat(source.fileno()).st_mode):
-                    raise NotRegularFile(self.name)
-                if hasattr(os, "set_blocking"):
-                    os.set_blocking(fd, True)
+            with open_regular(Path(self.name), getattr(os, "O_NOFOLLOW", 0)) as source:
                 source.seek(start)
                 left = length
                 while left:
@@ -7080,7 +7101,7 @@ def _manifest_parts(manifest: Dict[str, Any]) -> Iterator[Any]:
     for number, (key, value) in enumerate(manifest.items()):
         yield "%s  %s: " % (",\n" if number else "", _manifest_json(key))
         if isinstance(value, Streamed) and value.fixed:
-            yield _Span(value, _listed_pieces(value))
+            yield _Span(value, _listed_pieces(value), "lines")
         else:
             yield from _listed_pieces(value)
     yield "\n}\n"
@@ -7114,7 +7135,7 @@ def _json_pieces(value: Any) -> Iterator[Any]:
     dict that holds a Streamed list and an item at a time through that list."""
     if isinstance(value, Streamed):
         if value.fixed:
-            yield _Span(value, _streamed_pieces(value))
+            yield _Span(value, _streamed_pieces(value), "inline")
         else:
             yield from _streamed_pieces(value)
     elif isinstance(value, dict) and _holds_streamed(value):

@@ -7,6 +7,8 @@ import json
 import os
 import sys
 
+import pytest
+
 import codex_session_recovery as csr
 from homes import HomeBuilder
 
@@ -408,6 +410,38 @@ def test_a_fixed_list_is_made_again_where_the_last_manifest_no_longer_holds_it(t
     os.replace(str(path), str(tmp_path / "elsewhere.json"))
     os.symlink(str(tmp_path / "elsewhere.json"), str(path))
     assert write_and_read()[0] == ["actions", "rows"]
+
+
+def test_a_fixed_list_is_copied_only_into_the_form_it_was_written_in(tmp_path):
+    """A list inside an entry is written on one line, one at the top level a line per item:
+    the same fixed list in both places gets each place's own text, never the other's."""
+    shared = csr.Streamed(lambda: iter([{"id": "a"}, {"id": "b"}]), fixed=True)
+    manifest = {"complete": False, "entries": [{"kind": "sqlite", "rows": {"threads": shared}}],
+                "actions": shared}
+    for complete in (False, True, True):
+        manifest["complete"] = complete
+        csr.write_manifest(tmp_path, manifest)
+        text = (tmp_path / "manifest.json").read_text(encoding="utf-8")
+        assert text == "".join(csr.manifest_pieces(manifest))
+
+
+def test_a_manifest_in_place_of_a_folder_leaves_no_descriptor_open(tmp_path):
+    """The copy of a fixed list reads the last manifest; where a folder stands in its place the
+    write fails as before (nothing can replace a folder), and every descriptor it opened is
+    closed again."""
+    fds = "/proc/self/fd"
+    if not os.path.isdir(fds):
+        pytest.skip("no /proc/self/fd to count descriptors with")
+    actions = csr.Streamed(lambda: iter([{"n": n} for n in range(50)]), fixed=True)
+    manifest = {"complete": False, "actions": actions}
+    csr.write_manifest(tmp_path, manifest)
+    (tmp_path / "manifest.json").unlink()
+    (tmp_path / "manifest.json").mkdir()
+    before = len(os.listdir(fds))
+    for _ in range(5):
+        with pytest.raises(OSError):
+            csr.write_manifest(tmp_path, manifest)
+    assert len(os.listdir(fds)) == before
 
 
 def test_the_backup_entries_of_files_read_back_as_the_dicts_the_manifest_shows(tmp_path):

@@ -236,13 +236,43 @@ def test_the_path_guard_gives_each_path_its_own_verdict_with_walked_folders_reme
         verified = set()
         assert {str(p): _guard_verdict(p, home, verified) for p in order} == alone
     looked_at = []
-    real_islink = os.path.islink
-    monkeypatch.setattr(os.path, "islink", lambda p: looked_at.append(p) or real_islink(p))
+    real_is_link = csr._is_link_for_guard
+    monkeypatch.setattr(csr, "_is_link_for_guard",
+                        lambda p, path, home: looked_at.append(p) or real_is_link(p, path, home))
     verified = set()
     for n in range(50):
         assert _guard_verdict(days / "23" / ("rollout-%d.jsonl" % n), home, verified) == "ok"
     # Each file, then its three folders up to sessions/ once: not 50 walks of four.
     assert len(looked_at) == 50 + 4, looked_at
+
+
+def test_the_path_guard_refuses_a_path_it_cannot_look_at(tmp_path):
+    """A name too long to look up (or a folder it may not read) is neither a link nor absent:
+    the guard cannot say the write is safe, so it refuses, before anything is written, in one
+    line (not an OSError from deep in the apply, and not a pass)."""
+    home = (tmp_path / "home").resolve()
+    (home / "sessions" / "2026").mkdir(parents=True)
+    too_long = home / "sessions" / "2026" / ("x" * 300 + ".jsonl")
+    verdict = _guard_verdict(too_long, home)
+    assert "cannot be checked" in verdict and "name too long" in verdict.lower(), verdict
+    deeper = home / "sessions" / ("y" * 300) / "rollout.jsonl"
+    assert "cannot be checked" in _guard_verdict(deeper, home, set())
+
+
+def test_the_path_guard_ends_at_the_file_systems_root(tmp_path):
+    """With the home at / a path spelled with two leading slashes walks up to "//", whose parent
+    is itself: the walk ends there (it looped for ever)."""
+    code = ("import sys; sys.path.insert(0, %r); import codex_session_recovery as csr; "
+            "from pathlib import Path\n"
+            "for path in ('//x/y', '//', '/x/y'):\n"
+            "    try:\n"
+            "        csr.check_inside_home(Path(path), Path('/'), set())\n"
+            "    except csr.RefusedError as exc:\n"
+            "        print(exc)\n"
+            "print('done')\n" % str(Path(csr.__file__).parent))
+    result = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, timeout=10)
+    assert result.returncode == 0 and result.stdout.decode().splitlines()[-1] == "done", result
 
 
 def test_symlinked_home_itself_is_allowed(switched, tmp_path, capsys):
