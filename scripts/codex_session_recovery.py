@@ -7008,6 +7008,9 @@ class _Span:
         self.streamed, self.pieces, self.form = streamed, pieces, form
 
 
+MANIFEST_COPY_CHUNK = 64 * 1024
+
+
 class ManifestWriter:
     """Writes manifest parts to `handle` (binary), which becomes the file `name`. A fixed list's
     text is copied from the manifest last written when that file still holds it there, proven by
@@ -7060,13 +7063,16 @@ class ManifestWriter:
             with open_regular(Path(self.name), getattr(os, "O_NOFOLLOW", 0)) as source:
                 source.seek(start)
                 left = length
+                # One small buffer, reused: a fresh 1 MB chunk per read put the completion of a
+                # 100,000-thread apply 0.7-1 MB above the run's peak until then.
+                view = memoryview(bytearray(MANIFEST_COPY_CHUNK))
                 while left:
-                    chunk = source.read(min(READ_CHUNK, left))
-                    if not chunk:
+                    got = source.readinto(view[:min(MANIFEST_COPY_CHUNK, left)])
+                    if not got:
                         break
-                    digest.update(chunk)
-                    self.handle.write(chunk)
-                    left -= len(chunk)
+                    digest.update(view[:got])
+                    self.handle.write(view[:got])
+                    left -= got
         except (OSError, ValueError):
             left = length
         if left == 0 and digest.digest() == expected:
@@ -9698,12 +9704,11 @@ def render_plan_text(doc: Dict[str, Any], verbose: bool) -> str:
         elif isinstance(value, list):
             value = ", ".join(str(v) for v in value)
         lines.append("%-10s %s" % (key.replace("_", " ") + ":", value))
-    actions = doc["actions"]
     compat = compatibility_line(doc.get("compatibility"))
     if compat:
         lines.append("Schema:    %s" % compat)
-    lines.append("Plan:      %s" % (summarise_actions(actions) or "nothing"))
-    shown = actions if verbose else actions[:10]
+    counts, shown, total = tally_actions(doc["actions"], None if verbose else 10)
+    lines.append("Plan:      %s" % (summary_of_counts(counts) or "nothing"))
     for action in shown:
         if action["kind"] == "rollout_edit":
             changed = ", ".join("line %d %s" % (c["line"], c["field"])
@@ -9725,8 +9730,8 @@ def render_plan_text(doc: Dict[str, Any], verbose: bool) -> str:
                          % action["path"])
         else:
             lines.append("  file     %s: %s" % (action["path"], json.dumps(action["summary"])))
-    if len(actions) > len(shown):
-        lines.append("  … %d more (--verbose lists all)" % (len(actions) - len(shown)))
+    if total > len(shown):
+        lines.append("  … %d more (--verbose lists all)" % (total - len(shown)))
     for item in doc["skipped"]:
         lines.append("  skipped  %s: %s"
                      % (item.get("thread_id") or item.get("path"), item["reason"]))
@@ -9750,10 +9755,17 @@ def render_plan_text(doc: Dict[str, Any], verbose: bool) -> str:
     return "\n".join(lines)
 
 
-def summarise_actions(actions: List[Dict[str, Any]]) -> str:
-    """`3 rollouts rewritten; 3 thread rows updated; 6 history-offset rows updated`."""
+def tally_actions(actions: Iterable[Dict[str, Any]], keep: Optional[int]
+                  ) -> Tuple[Dict[Tuple[str, str], int], List[Dict[str, Any]], int]:
+    """One pass over the actions: how many of each kind (noun, verb), the first `keep` of them
+    (all where None) and how many there are."""
     counts: Dict[Tuple[str, str], int] = {}
+    kept: List[Dict[str, Any]] = []
+    total = 0
     for action in actions:
+        total += 1
+        if keep is None or len(kept) < keep:
+            kept.append(action)
         if action["kind"] == "sql":
             noun = "thread row" if action["table"] == "threads" else "history-offset row"
             verb = {"update": "updated", "insert": "added", "delete": "removed"}[action["op"]]
@@ -9763,6 +9775,11 @@ def summarise_actions(actions: List[Dict[str, Any]]) -> str:
                           "file_write": ("file", "rewritten"),
                           "move_to_backup": ("file", "moved into the backup")}[action["kind"]]
         counts[(noun, verb)] = counts.get((noun, verb), 0) + 1
+    return counts, kept, total
+
+
+def summary_of_counts(counts: Dict[Tuple[str, str], int]) -> str:
+    """`3 rollouts rewritten; 3 thread rows updated; 6 history-offset rows updated`."""
     return "; ".join("%s %s" % (plural(n, noun), verb) for (noun, verb), n in counts.items())
 
 
@@ -10221,9 +10238,9 @@ def run_repair(args: argparse.Namespace) -> int:
                    safety=SAFETY_LINE_READ if applied is None else SAFETY_LINE_WRITE,
                    plan=plan.notes, plan_id=plan_id, changes=plan.change_count,
                    compatibility=compat,
-                   # streamed under --json (thousands of actions are never held as one list)
-                   actions=plan.iter_actions_json(inv.home, args.verbose) if args.json
-                   else plan.actions_json(inv.home, args.verbose),
+                   # read once as they are written (JSON) or counted (text): thousands of
+                   # actions are never held as one list
+                   actions=plan.iter_actions_json(inv.home, args.verbose),
                    warnings=plan.warnings,
                    skipped=plan.skipped + (applied or {}).get("skipped", []),
                    findings=plan.findings,

@@ -425,6 +425,22 @@ def test_a_fixed_list_is_copied_only_into_the_form_it_was_written_in(tmp_path):
         assert text == "".join(csr.manifest_pieces(manifest))
 
 
+def test_a_fixed_list_is_copied_in_small_reads_of_one_buffer(tmp_path, monkeypatch):
+    """The copy reads the last manifest a small buffer at a time (the list's text is ~14.5 MB at
+    100,000 threads); a list many buffers long, ending mid-buffer, is copied whole."""
+    monkeypatch.setattr(csr, "MANIFEST_COPY_CHUNK", 7)
+    made = []
+    actions = csr.Streamed(lambda: made.append(1) or iter([{"n": n, "t": "é" * n} for n in range(40)]),
+                           fixed=True)
+    manifest = {"complete": False, "actions": actions}
+    csr.write_manifest(tmp_path, manifest)
+    manifest["complete"] = True
+    csr.write_manifest(tmp_path, manifest)
+    assert len(made) == 1
+    assert (tmp_path / "manifest.json").read_text(encoding="utf-8") == "".join(
+        csr.manifest_pieces(manifest))
+
+
 def test_a_manifest_in_place_of_a_folder_leaves_no_descriptor_open(tmp_path):
     """The copy of a fixed list reads the last manifest; where a folder stands in its place the
     write fails as before (nothing can replace a folder), and every descriptor it opened is
@@ -442,6 +458,31 @@ def test_a_manifest_in_place_of_a_folder_leaves_no_descriptor_open(tmp_path):
         with pytest.raises(OSError):
             csr.write_manifest(tmp_path, manifest)
     assert len(os.listdir(fds)) == before
+
+
+def test_the_text_report_of_a_plan_reads_its_actions_once_without_holding_them(tmp_path, monkeypatch, capsys):
+    """The text a repair prints names ten actions (all with --verbose) and counts the rest: it
+    reads them once, as --json does, and never makes the whole list (at 100,000 threads ~42,000
+    dicts, +24 MB over the apply's peak). Its text is the text the whole list gives."""
+    from homes import switched_home
+
+    home, _ = switched_home(tmp_path / "home", turns=(1,) * 14)
+    argv = ["repair-provider", "--codex-home", str(home.root), "--from", "openai"]
+    real_render = csr.render_plan_text
+    for flags in ([], ["--verbose"]):
+        assert csr.main(argv + flags + ["--json"]) == csr.EXIT_FINDINGS
+        listed = json.loads(capsys.readouterr().out)["actions"]
+        assert len(listed) > 10
+        rendered = []
+        with monkeypatch.context() as patch:
+            patch.setattr(csr.Plan, "actions_json", lambda *a, **k: pytest.fail("the whole list"))
+            patch.setattr(csr, "render_plan_text",
+                          lambda doc, verbose: rendered.append(dict(doc)) or real_render(doc, verbose))
+            assert csr.main(argv + flags) == csr.EXIT_FINDINGS
+        text = capsys.readouterr().out
+        assert not isinstance(rendered[0]["actions"], list)
+        assert text == real_render(dict(rendered[0], actions=listed), bool(flags)) + "\n"
+        assert ("… %d more" % (len(listed) - 10) in text) is not bool(flags)
 
 
 def test_the_backup_entries_of_files_read_back_as_the_dicts_the_manifest_shows(tmp_path):
