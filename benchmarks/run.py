@@ -488,8 +488,10 @@ def run_benchmark(args: argparse.Namespace) -> int:
                  ("diagnose --json", tool(home, "diagnose", "--json")),
                  ("diagnose --json --deep", tool(home, "diagnose", "--json", "--deep"))]
     read_only += [("%s (dry run)" % label, tool(home, *argv, "--json")) for label, argv in repairs]
+    # The provider dry run as a user runs it (text), beside its --json form.
+    read_only.insert(4, ("%s (dry run, text)" % repairs[0][0], tool(home, *repairs[0][1])))
     if args.skip_applies:
-        read_only = read_only[:4]  # the floor, diagnose both ways and the provider dry run
+        read_only = read_only[:5]  # the floor, diagnose both ways, the provider dry run both ways
     print("read-only, alternating (median of %d):" % runs, flush=True)
     samples_by: Dict[str, List[Dict[str, Any]]] = {label: [] for label, _argv in read_only}
     for _ in range(runs):
@@ -685,8 +687,11 @@ def run_comparison(args: argparse.Namespace) -> int:
     made = describe_home(home, args.threads)
     print("using %s: %d rollout files, %.2f GB; before = %s" % (
         home, made["rollout_files"], made["rollout_bytes"] / 1e9, args.against), flush=True)
+    # The text form too: it is what a user (and the agent following diagnose's Next block) runs,
+    # and it once held every action as a dict where --json streamed them (+24 MB at 100,000).
     commands = [("diagnose", ["diagnose", "--json"]),
-                ("provider dry run", ["repair-provider", "--from", "openai", "--to", "auto", "--json"])]
+                ("provider dry run", ["repair-provider", "--from", "openai", "--to", "auto", "--json"]),
+                ("provider dry run, text", ["repair-provider", "--from", "openai", "--to", "auto"])]
     before = Path(args.against).resolve()
     rounds = [("floor", me("--floor", str(home)))]
     for label, argv in commands:
